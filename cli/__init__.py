@@ -1,0 +1,30 @@
+"""The `llm-rollout` command line: the outermost layer (cli -> flows -> tasks -> llm_rollout).
+
+Each command group lives in its own module exposing `register(app)`; heavy imports (Prefect,
+kubernetes, great_expectations) happen inside the command functions so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="llm-rollout",
+    help="Take an LLM from its hub to a verified, serving endpoint on Kubernetes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# One entry per command module; each module owns its commands.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+for _module_name in COMMAND_MODULES:
+    importlib.import_module(_module_name).register(app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Prefect flows: deploy, refresh and redeploy, composed from `tasks`."""
