@@ -1,0 +1,362 @@
+"""Preflight: everything a rollout needs, checked with reads only, reported all at once.
+
+Each check appends human-readable problems instead of raising, so a user with a missing CRD,
+too few GPUs and wrong OSS keys learns about all three from one run. `run_preflight` raises one
+`PreflightError` listing every problem, before the flow writes anything anywhere.
+
+Checks:
+- the cluster answers and is Kubernetes >= 1.28;
+- the APIs the shape needs are served (LWS for multi-node, RBG for pd-disaggregated with its
+  flavor chosen from the served versions, KubeRay for ray-cluster);
+- the namespace exists;
+- schedulable nodes have the GPUs (and eRDMA) the new release needs, for the chosen strategy;
+- OSS credentials resolve and the bucket answers an authenticated request;
+- the model and revision exist on the hub.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from kubernetes import client as k8s_client
+
+from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
+from llm_rollout.errors import PreflightError, RolloutError
+from llm_rollout.hub import HubClient, HubSource
+from llm_rollout.kube.client import server_version
+from llm_rollout.kube.errors import NotFoundError
+from llm_rollout.kube.resources import list_objects, request_json, served_versions
+from llm_rollout.oss import OssTarget, open_bucket, oss_call
+from llm_rollout.spec import ServiceSpec
+from llm_rollout.strategy import (
+    ERDMA_RESOURCE,
+    GPU_RESOURCE,
+    NodeCapacity,
+    PodDemand,
+    StrategyDecision,
+    choose_strategy,
+    container_demand,
+    pod_demands,
+)
+
+MIN_SERVER_VERSION = (1, 28)
+RbgFlavor = Literal["v0.6", "v0.7"]
+
+LWS_GROUP = "leaderworkerset.x-k8s.io"
+RBG_GROUP = "workloads.x-k8s.io"
+RAY_GROUP = "ray.io"
+
+
+@dataclass(frozen=True)
+class ApiRequirement:
+    """An API group/kind a shape's objects need, and the versions that would do."""
+
+    group: str
+    kind: str
+    versions: tuple[str, ...]
+    why: str
+
+
+def required_apis(shape: str) -> list[ApiRequirement]:
+    """The custom resources a serving shape renders (core kinds are always present)."""
+    if shape == "multi-node":
+        return [ApiRequirement(LWS_GROUP, "LeaderWorkerSet", ("v1",), "multi-node (LWS)")]
+    if shape == "pd-disaggregated":
+        return [
+            ApiRequirement(
+                RBG_GROUP, "RoleBasedGroup", ("v1alpha2", "v1alpha1"), "pd-disaggregated (RBG)"
+            )
+        ]
+    if shape == "ray-cluster":
+        return [ApiRequirement(RAY_GROUP, "RayCluster", ("v1",), "ray-cluster (KubeRay)")]
+    return []
+
+
+def rbg_flavor_from_versions(versions: Sequence[str]) -> RbgFlavor | None:
+    """v0.7+ serves v1alpha2 (and keeps v1alpha1); v0.6 serves v1alpha1 only.
+
+    The flavor decides label and env conventions, so it must follow what the cluster runs,
+    not what the user guesses.
+    """
+    if "v1alpha2" in versions:
+        return "v0.7"
+    if "v1alpha1" in versions:
+        return "v0.6"
+    return None
+
+
+@dataclass(frozen=True)
+class ServingRelease:
+    """The release the stable Service points at, as read from the cluster."""
+
+    release: str | None
+    pods_by_node: Mapping[str, PodDemand]
+
+
+@dataclass
+class PreflightReport:
+    """What preflight found; the flow carries it into later stages and the summary."""
+
+    server_version: str = ""
+    rbg_flavor: RbgFlavor | None = None
+    decision: StrategyDecision | None = None
+    nodes: list[NodeCapacity] = field(default_factory=list)
+    namespace_exists: bool = False
+    serving_release: str | None = None
+    model_files: int | None = None
+    checks: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def strategy(self) -> str | None:
+        return self.decision.strategy if self.decision else None
+
+    @property
+    def gpus_free(self) -> int:
+        return sum(node.gpus_free for node in self.nodes)
+
+
+# -- cluster --------------------------------------------------------------------------------
+
+
+def _node_ready(node: Mapping[str, Any]) -> bool:
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def _int_quantity(value: Any) -> int:
+    try:
+        return int(str(value)) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def node_capacities(
+    nodes: Sequence[Mapping[str, Any]], pods: Sequence[Mapping[str, Any]]
+) -> list[NodeCapacity]:
+    """Free GPU/eRDMA per schedulable, Ready node: allocatable minus what bound pods request."""
+    requested: dict[str, list[int]] = {}
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if not node_name or phase in ("Succeeded", "Failed"):
+            continue  # unbound pods hold nothing; finished pods released their devices
+        demand = container_demand(pod.get("spec") or {})
+        totals = requested.setdefault(node_name, [0, 0])
+        totals[0] += demand.gpus
+        totals[1] += demand.erdma
+    result: list[NodeCapacity] = []
+    for node in nodes:
+        name = str((node.get("metadata") or {}).get("name"))
+        if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node):
+            continue
+        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        used = requested.get(name, [0, 0])
+        result.append(
+            NodeCapacity(
+                name=name,
+                gpus_allocatable=_int_quantity(allocatable.get(GPU_RESOURCE)),
+                gpus_requested=used[0],
+                erdma_allocatable=_int_quantity(allocatable.get(ERDMA_RESOURCE)),
+                erdma_requested=used[1],
+            )
+        )
+    return result
+
+
+def pods_by_node(pods: Sequence[Mapping[str, Any]]) -> dict[str, PodDemand]:
+    """Sum the GPU/eRDMA requests of running pods per node (what removing them would free)."""
+    totals: dict[str, PodDemand] = {}
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        if not node_name or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        demand = container_demand(pod.get("spec") or {})
+        old = totals.get(node_name, PodDemand(gpus=0))
+        totals[node_name] = PodDemand(old.gpus + demand.gpus, old.erdma + demand.erdma)
+    return totals
+
+
+def check_cluster(
+    api: k8s_client.ApiClient,
+    spec: ServiceSpec,
+    report: PreflightReport,
+    *,
+    render_workloads: Callable[[RbgFlavor | None], Sequence[Mapping[str, Any]]],
+    find_serving: Callable[[k8s_client.ApiClient], ServingRelease | None],
+) -> None:
+    """Version, APIs, namespace, capacity and strategy; reads only.
+
+    `render_workloads(flavor)` gives the new release's workload objects (their pods' GPU asks
+    decide capacity); `find_serving` reads the currently serving release from the cluster.
+    """
+    try:
+        major, minor = server_version(api)
+    except RolloutError as exc:
+        report.problems.append(f"cluster: cannot reach the API server ({exc})")
+        return
+    report.server_version = f"{major}.{minor}"
+    if (major, minor) < MIN_SERVER_VERSION:
+        report.problems.append(
+            f"cluster: Kubernetes {major}.{minor} is older than the minimum "
+            f"{MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]}"
+        )
+    else:
+        report.checks.append(f"Kubernetes {major}.{minor}")
+
+    apis_ok = True
+    for need in required_apis(spec.serving.shape):
+        try:
+            versions = served_versions(api, need.group)
+        except RolloutError as exc:
+            report.problems.append(f"cluster: cannot discover API group {need.group} ({exc})")
+            apis_ok = False
+            continue
+        usable = [v for v in need.versions if v in versions]
+        if not usable:
+            served = ", ".join(versions) or "nothing"
+            report.problems.append(
+                f"cluster: {need.why} needs CRD {need.kind}.{need.group} "
+                f"({' or '.join(need.versions)}); the cluster serves {served}"
+            )
+            apis_ok = False
+            continue
+        report.checks.append(f"{need.kind}.{need.group} served at {', '.join(usable)}")
+        if need.group == RBG_GROUP:
+            report.rbg_flavor = rbg_flavor_from_versions(versions)
+
+    try:
+        request_json(
+            api,
+            "GET",
+            f"/api/v1/namespaces/{spec.namespace}",
+            target=f"Namespace {spec.namespace}",
+        )
+        report.namespace_exists = True
+    except NotFoundError:
+        report.warnings.append(f"Namespace {spec.namespace} does not exist; it will be created")
+    except RolloutError as exc:
+        report.problems.append(f"cluster: cannot read Namespace {spec.namespace} ({exc})")
+
+    try:
+        nodes, _ = list_objects(api, "v1", "Node", None)
+        pods, _ = list_objects(api, "v1", "Pod", None)
+    except RolloutError as exc:
+        report.problems.append(f"cluster: cannot list nodes and pods ({exc})")
+        return
+    report.nodes = node_capacities(nodes, pods)
+    if not apis_ok:
+        return  # without the API the rendering flavor (and so the demand) is unknown
+
+    serving = find_serving(api) if report.namespace_exists else None
+    report.serving_release = serving.release if serving else None
+    demands = pod_demands(render_workloads(report.rbg_flavor))
+    decision = choose_strategy(
+        spec.rollout.strategy,
+        demands,
+        report.nodes,
+        dict(serving.pods_by_node) if serving is not None else None,
+    )
+    report.decision = decision
+    report.problems.extend(decision.problems)
+    report.warnings.extend(decision.warnings)
+    if decision.strategy:
+        report.checks.append(
+            f"capacity for {decision.strategy}: {sum(d.gpus for d in demands)} "
+            f"{GPU_RESOURCE} needed, {report.gpus_free} free"
+        )
+
+
+# -- OSS ------------------------------------------------------------------------------------
+
+
+def credentials_ref(spec: ServiceSpec) -> CredentialsRef | None:
+    """The spec's credentials reference in the shape the credentials module resolves."""
+    creds = spec.storage.credentials
+    if creds is None:
+        return None
+    return CredentialsRef(
+        secret_block=creds.secret_block,
+        access_key_id_env=creds.access_key_id_env,
+        access_key_secret_env=creds.access_key_secret_env,
+    )
+
+
+def check_oss(
+    spec: ServiceSpec, report: PreflightReport, environ: Mapping[str, str] | None = None
+) -> None:
+    """Credentials resolve and the model bucket answers one authenticated, cheap request."""
+    ref = credentials_ref(spec)
+    if ref is None:
+        report.checks.append("OSS: no AccessKeys (RRSA mount); bucket access not checked here")
+        return
+    try:
+        credentials = resolve_oss_credentials(ref, os.environ if environ is None else environ)
+    except RolloutError as exc:
+        report.problems.append(f"OSS credentials: {exc}")
+        return
+    target = OssTarget(
+        endpoint=spec.storage.endpoint, bucket=spec.model_bucket, region=spec.storage.region
+    )
+    bucket = open_bucket(target, credentials, connect_timeout_s=10.0, pool_size=1)
+    try:
+        oss_call(
+            f"list bucket {spec.model_bucket}",
+            lambda: bucket.list_objects_v2(prefix=spec.model_object_prefix, max_keys=1),
+        )
+    except RolloutError as exc:
+        report.problems.append(f"OSS bucket {spec.model_bucket} at {spec.storage.endpoint}: {exc}")
+        return
+    report.checks.append(f"OSS bucket {spec.model_bucket} readable with the configured keys")
+
+
+# -- hub ------------------------------------------------------------------------------------
+
+
+def check_hub(spec: ServiceSpec, report: PreflightReport) -> None:
+    """The model and revision exist on ModelScope (endpoint from MODELSCOPE_ENDPOINT)."""
+    source = spec.model.modelscope
+    if source is None:
+        report.checks.append("hub: model comes from OSS (oss_uri); hub not consulted")
+        return
+    client = HubClient()
+    try:
+        listing = client.list_files(
+            HubSource(
+                model_id=source.model_id,
+                revision=source.revision,
+                allow_patterns=tuple(source.allow_patterns),
+                ignore_patterns=tuple(source.ignore_patterns),
+            )
+        )
+    except RolloutError as exc:
+        report.problems.append(f"{exc} (hub {client.endpoint})")
+        return
+    report.model_files = len(listing.files)
+    report.checks.append(
+        f"hub: {source.model_id}@{source.revision} exists "
+        f"({len(listing.files)} files, {listing.total_bytes} bytes)"
+    )
+
+
+def run_preflight(
+    api: k8s_client.ApiClient,
+    spec: ServiceSpec,
+    *,
+    render_workloads: Callable[[RbgFlavor | None], Sequence[Mapping[str, Any]]],
+    find_serving: Callable[[k8s_client.ApiClient], ServingRelease | None],
+) -> PreflightReport:
+    """Run every check; raise one `PreflightError` listing all problems, else the report."""
+    report = PreflightReport()
+    check_cluster(api, spec, report, render_workloads=render_workloads, find_serving=find_serving)
+    check_oss(spec, report)
+    check_hub(spec, report)
+    if report.problems:
+        raise PreflightError(report.problems)
+    return report
