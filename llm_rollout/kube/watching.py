@@ -1,0 +1,346 @@
+"""Watch machinery: one thread per watched collection, all feeding one queue.
+
+Each stream lists once (to get a consistent snapshot and a resourceVersion), then watches from
+that version with `kubernetes.watch.Watch`. When the server expires the version (410 Gone, as
+an HTTP status or an ERROR event) or the connection is cut, the stream re-lists and resumes; a
+re-list is delivered as a full snapshot so the consumer's cache drops objects deleted while the
+stream was down. Consumers block on the queue with a deadline: nothing here sleeps to poll.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client as k8s_client
+from kubernetes import watch as _k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from llm_rollout.errors import PermanentError, RolloutError, TransientError
+from llm_rollout.kube.errors import CONNECTION_ERRORS, KubeApiError, translate
+from llm_rollout.kube.resources import (
+    JsonDict,
+    ObjectRef,
+    list_objects,
+    raw_request,
+    resolve_resource,
+)
+
+# How long one watch request stays open before the server ends it and we resume; short enough
+# that a silently dead connection is noticed, long enough not to churn the API server.
+WATCH_WINDOW_S = 60
+# Extra read time over the server-side window before the socket is declared dead.
+READ_SLACK_S = 15.0
+TRANSIENT_ATTEMPTS = 6
+# The watch module is untyped; one Any-typed handle keeps mypy --strict honest elsewhere.
+_WATCH_CLASS: Any = _k8s_watch.Watch
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (ApiException, *CONNECTION_ERRORS)
+BACKOFF_CAP_S = 5.0
+
+
+class WaitTimeout(PermanentError):
+    """A watch-based wait ran out of time; the message says what was still missing."""
+
+    def __init__(self, message: str, *, missing: list[str]) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """One collection to watch. `name` narrows it to a single object."""
+
+    api_version: str
+    kind: str
+    namespace: str | None
+    label_selector: str | None = None
+    name: str | None = None
+
+    def describe(self) -> str:
+        where = f" in {self.namespace}" if self.namespace else ""
+        if self.name:
+            return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
+        sel = f" ({self.label_selector})" if self.label_selector else ""
+        return f"{self.kind} objects{where}{sel}"
+
+
+@dataclass
+class StreamMessage:
+    """What a stream delivered: a full snapshot (`sync`), one change (`event`), or a fault."""
+
+    spec: WatchSpec
+    kind: str  # "sync" | "event" | "resync" | "error"
+    event_type: str = ""
+    obj: JsonDict | None = None
+    items: list[JsonDict] = field(default_factory=list)
+    error: RolloutError | None = None
+    note: str = ""
+    received_monotonic: float = field(default_factory=time.monotonic)
+
+
+def backoff_s(attempt: int, retry_after_s: float | None) -> float:
+    """Delay before retry `attempt` (1-based): the server's Retry-After wins when given."""
+    if retry_after_s is not None:
+        return min(retry_after_s, 30.0)
+    return float(min(BACKOFF_CAP_S, 0.2 * (2 ** (attempt - 1))))
+
+
+def call_with_retry(
+    fn: Callable[[], Any],
+    *,
+    attempts: int = TRANSIENT_ATTEMPTS,
+    stop: threading.Event | None = None,
+) -> Any:
+    """Call `fn`, retrying `TransientError`s a bounded number of times with backoff.
+
+    Meant for single API calls inside long waits, where one throttled request should not end
+    the whole wait. Permanent errors pass through at once.
+    """
+    stop = stop or threading.Event()
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except TransientError as exc:
+            if attempt == attempts:
+                raise
+            if stop.wait(backoff_s(attempt, exc.retry_after_s)):
+                raise
+    raise AssertionError("unreachable")
+
+
+class _Stream(threading.Thread):
+    def __init__(
+        self,
+        api: k8s_client.ApiClient,
+        spec: WatchSpec,
+        out: queue.Queue[StreamMessage],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(name=f"watch {spec.describe()}", daemon=True)
+        self.api = api
+        self.spec = spec
+        self.out = out
+        self.stop_event = stop
+        self._watch: Any = None
+        self.path = resolve_resource(api, spec.api_version, spec.kind).path(spec.namespace)
+
+    def halt(self) -> None:
+        watch = self._watch
+        if watch is not None:
+            watch.stop()
+
+    def _matches(self, obj: JsonDict) -> bool:
+        return self.spec.name is None or (obj.get("metadata") or {}).get("name") == self.spec.name
+
+    def _list(self) -> str:
+        field_selector = f"metadata.name={self.spec.name}" if self.spec.name else None
+        items, resource_version = list_objects(
+            self.api,
+            self.spec.api_version,
+            self.spec.kind,
+            self.spec.namespace,
+            label_selector=self.spec.label_selector,
+            field_selector=field_selector,
+        )
+        self.out.put(StreamMessage(self.spec, "sync", items=[i for i in items if self._matches(i)]))
+        return resource_version
+
+    def _open(self, **kwargs: Any) -> Any:
+        query = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(kwargs["timeout_seconds"])),
+        ]
+        if kwargs.get("resource_version"):
+            query.append(("resourceVersion", str(kwargs["resource_version"])))
+        if self.spec.label_selector:
+            query.append(("labelSelector", self.spec.label_selector))
+        if self.spec.name:
+            query.append(("fieldSelector", f"metadata.name={self.spec.name}"))
+        return raw_request(
+            self.api,
+            "GET",
+            self.path,
+            target=self.spec.describe(),
+            query=query,
+            timeout_s=(10.0, kwargs["timeout_seconds"] + READ_SLACK_S),
+            stream=True,
+        )
+
+    def _watch_from(self, resource_version: str) -> str:
+        watch = _WATCH_CLASS()
+        self._watch = watch
+        try:
+            for event in watch.stream(
+                self._open, resource_version=resource_version, timeout_seconds=WATCH_WINDOW_S
+            ):
+                if self.stop_event.is_set():
+                    break
+                obj = event.get("raw_object") or event.get("object")
+                if not isinstance(obj, dict):
+                    continue
+                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                if rv:
+                    resource_version = str(rv)
+                if event["type"] == "BOOKMARK" or not self._matches(obj):
+                    continue
+                self.out.put(StreamMessage(self.spec, "event", event_type=event["type"], obj=obj))
+        finally:
+            self._watch = None
+        return resource_version
+
+    def run(self) -> None:
+        resource_version: str | None = None
+        failures = 0
+        while not self.stop_event.is_set():
+            error: RolloutError
+            try:
+                if resource_version is None:
+                    resource_version = self._list()
+                resource_version = self._watch_from(resource_version)
+                failures = 0
+                continue
+            except _STREAM_ERRORS as exc:
+                error = translate(exc, verb="watch", target=self.spec.describe(), ref=None)
+                gone = isinstance(exc, ApiException) and exc.status == 410
+            except RolloutError as exc:
+                error = exc
+                gone = isinstance(exc, KubeApiError) and exc.status == 410
+            if self.stop_event.is_set():
+                return
+            resource_version = None
+            if gone:
+                # The version we watched from expired: a fresh list is the only way back in.
+                self.out.put(StreamMessage(self.spec, "resync", note="410 Gone; re-listing"))
+                continue
+            failures += 1
+            if not isinstance(error, TransientError) or failures > TRANSIENT_ATTEMPTS:
+                self.out.put(StreamMessage(self.spec, "error", error=error))
+                return
+            self.out.put(StreamMessage(self.spec, "resync", note=f"{error}; re-listing"))
+            self.stop_event.wait(backoff_s(failures, error.retry_after_s))
+
+
+class WatchGroup:
+    """Several streams and a cache of what they have seen, consumed from one thread.
+
+    `cache[spec][name]` holds the latest version of every object of that stream.
+    """
+
+    def __init__(self, api: k8s_client.ApiClient, specs: Sequence[WatchSpec]) -> None:
+        self.api = api
+        self.specs = list(specs)
+        self.queue: queue.Queue[StreamMessage] = queue.Queue()
+        self.stop_event = threading.Event()
+        self.cache: dict[WatchSpec, dict[str, JsonDict]] = {s: {} for s in self.specs}
+        self.synced: set[WatchSpec] = set()
+        self.resyncs = 0
+        self._streams = [_Stream(api, s, self.queue, self.stop_event) for s in self.specs]
+
+    def start(self) -> None:
+        for stream in self._streams:
+            stream.start()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        for stream in self._streams:
+            stream.halt()
+        for stream in self._streams:
+            stream.join(timeout=2.0)
+
+    @property
+    def all_synced(self) -> bool:
+        return len(self.synced) == len(self.specs)
+
+    def next(self, timeout_s: float) -> StreamMessage | None:
+        """The next message (already applied to the cache), or None when `timeout_s` passed.
+
+        A stream's permanent failure is raised here, in the consumer's thread.
+        """
+        try:
+            message = self.queue.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            return None
+        if message.kind == "error" and message.error is not None:
+            raise message.error
+        objects = self.cache[message.spec]
+        if message.kind == "sync":
+            objects.clear()
+            for item in message.items:
+                objects[_name(item)] = item
+            self.synced.add(message.spec)
+        elif message.kind == "event" and message.obj is not None:
+            if message.event_type == "DELETED":
+                objects.pop(_name(message.obj), None)
+            else:
+                objects[_name(message.obj)] = message.obj
+        elif message.kind == "resync":
+            self.resyncs += 1
+        return message
+
+
+def _name(obj: JsonDict) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+@contextmanager
+def watching(api: k8s_client.ApiClient, specs: Sequence[WatchSpec]) -> Iterator[WatchGroup]:
+    """Run a `WatchGroup` for the duration of the block; streams stop on exit."""
+    group = WatchGroup(api, specs)
+    group.start()
+    try:
+        yield group
+    finally:
+        group.close()
+
+
+def wait_deleted(api: k8s_client.ApiClient, ref: ObjectRef, timeout_s: float) -> None:
+    """Return once `ref` no longer exists (at once if it never did); `WaitTimeout` otherwise."""
+    spec = WatchSpec(ref.api_version, ref.kind, ref.namespace, name=ref.name)
+    deadline = time.monotonic() + timeout_s
+    with watching(api, [spec]) as group:
+        while True:
+            if spec in group.synced and ref.name not in group.cache[spec]:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                obj = group.cache[spec].get(ref.name) or {}
+                finalizers = (obj.get("metadata") or {}).get("finalizers") or []
+                detail = f" (finalizers: {', '.join(finalizers)})" if finalizers else ""
+                missing = f"{ref} still exists{detail}"
+                raise WaitTimeout(
+                    f"timed out after {timeout_s:.0f}s waiting for deletion: {missing}",
+                    missing=[missing],
+                )
+            group.next(remaining)
+
+
+def wait_pvc_bound(
+    api: k8s_client.ApiClient, namespace: str, name: str, timeout_s: float
+) -> JsonDict:
+    """Return the PersistentVolumeClaim once its phase is Bound.
+
+    Phase Lost fails at once; a timeout names the phase the claim was stuck in.
+    """
+    ref = ObjectRef("v1", "PersistentVolumeClaim", namespace, name)
+    spec = WatchSpec("v1", "PersistentVolumeClaim", namespace, name=name)
+    deadline = time.monotonic() + timeout_s
+    with watching(api, [spec]) as group:
+        while True:
+            pvc = group.cache[spec].get(name)
+            phase = str(((pvc or {}).get("status") or {}).get("phase") or "")
+            if phase == "Bound":
+                return pvc or {}
+            if phase == "Lost":
+                raise PermanentError(f"{ref}: phase Lost (its PersistentVolume is gone)")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                state = f"phase {phase or 'unknown'}" if pvc else "does not exist"
+                missing = f"{ref}: {state}, not Bound"
+                raise WaitTimeout(f"timed out after {timeout_s:.0f}s: {missing}", missing=[missing])
+            group.next(remaining)
