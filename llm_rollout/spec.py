@@ -234,13 +234,16 @@ class VolumeSpec(StrictModel):
 
     pv_name: str | None = Field(
         default=None,
-        description='PersistentVolume name (also its volumeHandle); default "<name>-model".',
+        description=(
+            "PersistentVolume name (also its volumeHandle); default "
+            '"<name>-model-<8 hex digest of the weights location>".'
+        ),
         max_length=63,
         pattern=DNS1123_LABEL.pattern,
     )
     pvc_name: str | None = Field(
         default=None,
-        description='PersistentVolumeClaim name; default "<name>-model".',
+        description="PersistentVolumeClaim name; default: the default PV name.",
         max_length=63,
         pattern=DNS1123_LABEL.pattern,
     )
@@ -706,12 +709,19 @@ class ServiceSpec(StrictModel):
         return self.volume.mount_path or f"/models/{self.model_dir_name}"
 
     @property
+    def model_location_id(self) -> str:
+        """Short digest of where the weights live; new revisions get new PV/PVC names."""
+        location = f"{self.model_bucket}/{self.model_object_prefix}"
+        return hashlib.sha256(location.encode("utf-8")).hexdigest()[:8]
+
+    @property
     def pv_name(self) -> str:
-        return self.volume.pv_name or f"{self.name}-model"
+        # A PV's source is immutable, so weights at another location need another PV.
+        return self.volume.pv_name or f"{self.name}-model-{self.model_location_id}"
 
     @property
     def pvc_name(self) -> str:
-        return self.volume.pvc_name or f"{self.name}-model"
+        return self.volume.pvc_name or f"{self.name}-model-{self.model_location_id}"
 
     @property
     def oss_secret_name(self) -> str:

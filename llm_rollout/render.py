@@ -1,0 +1,567 @@
+"""Render a `ServiceSpec` into the Kubernetes objects of one release.
+
+Call `render(spec, release="r1a2b3", rbg_flavor="v0.6")`; it returns a `RenderedRelease`:
+
+- `storage_objects`: shared by every release that serves the same weights, in apply order:
+  the OSS AccessKey `Secret` (only when the mount uses keys, i.e. no `volume.rrsa_role`; the
+  rendered object carries NO values, see below), the static OSS `PersistentVolume`
+  (CSI `ossplugin.csi.alibabacloud.com`, `volumeHandle` == PV name) and its
+  `PersistentVolumeClaim` (bound through the `alicloud-pvname` label selector, empty
+  storageClassName so no provisioner steps in). These carry no release label.
+- `workload_objects`: release-scoped, in apply order: the workload named `<name>-<release>`
+  (a `Deployment`, `LeaderWorkerSet`, `RoleBasedGroup` or `RayCluster`, by `serving.shape`) and
+  the release Service `<name>-<release>-api`, which selects only this release's entry pods
+  (LWS leaders via `role: leader`, the RBG router role, the Ray head, or the Deployment pods).
+- `stable_service`: the Service `<name>` clients use. Its selector is
+  `{app.kubernetes.io/part-of: <name>, llm-rollout.io/release: <release>,
+  llm-rollout.io/entrypoint: "true"}`; switching traffic to another release means patching the
+  `llm-rollout.io/release` value of that selector (see `stable_selector`).
+- `all()`: storage, workload, then stable Service: the apply order. Delete in reverse.
+
+Labels on every object: `app.kubernetes.io/name` (engine), `app.kubernetes.io/instance`
+(`<name>-<release>` for release objects, `<name>` for storage), `app.kubernetes.io/component`,
+`app.kubernetes.io/part-of` (`<name>`), `app.kubernetes.io/managed-by` (`llm-rollout`),
+`app.kubernetes.io/version` (image tag); release objects and their pods also carry
+`llm-rollout.io/release`. Annotations record `llm-rollout.io/model-source`,
+`llm-rollout.io/model-revision`, `llm-rollout.io/spec-hash` and `llm-rollout.io/release`.
+
+Secrets: plan output never holds secret values. The deploy flow resolves the AccessKey pair from
+the references in `storage.credentials` and calls `render_oss_secret(spec, id, secret)` at apply
+time; that is the only function that puts values into an object. The API key is referenced by
+`secretKeyRef` only.
+
+RBG flavors: `v0.6` renders `workloads.x-k8s.io/v1alpha1` with `rolebasedgroup.workloads.x-k8s.io/*`
+labels and `GROUP_NAME`/`ROLE_NAME` env; `v0.7` renders `v1alpha2` (`standalonePattern`) with
+`rbg.workloads.x-k8s.io/*` labels and `RBG_*` env.
+
+Templates live in `manifests/` (Jinja2 producing YAML); this module computes names, labels,
+commands and probe numbers, and the templates lay them out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import jinja2
+import yaml
+
+from llm_rollout.errors import SpecError
+from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
+
+RbgFlavor = Literal["v0.6", "v0.7"]
+K8sObject = dict[str, Any]
+
+MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
+MANAGED_BY = "llm-rollout"
+RELEASE_LABEL = "llm-rollout.io/release"
+ENTRYPOINT_LABEL = "llm-rollout.io/entrypoint"
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+RAY_GCS_PORT = 6379
+SGLANG_DIST_PORT = 20000
+SHM_VOLUME = "dshm"
+MODEL_VOLUME = "model"
+API_KEY_ENV = "LLM_API_KEY"
+
+_LABEL_VALUE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class RenderedRelease:
+    """Objects of one release, grouped by lifetime (see the module docstring)."""
+
+    release: str
+    storage_objects: list[K8sObject]
+    workload_objects: list[K8sObject]
+    stable_service: K8sObject
+
+    def all(self) -> list[K8sObject]:
+        """Every object in apply order; delete in reverse."""
+        return [*self.storage_objects, *self.workload_objects, self.stable_service]
+
+    @property
+    def workload(self) -> K8sObject:
+        """The Deployment/LeaderWorkerSet/RoleBasedGroup/RayCluster of this release."""
+        return self.workload_objects[0]
+
+
+def stable_selector(spec: ServiceSpec, release: str) -> dict[str, str]:
+    """Selector of the stable Service when `release` receives the traffic."""
+    return {PART_OF_LABEL: spec.name, RELEASE_LABEL: release, ENTRYPOINT_LABEL: "true"}
+
+
+def workload_name(spec: ServiceSpec, release: str) -> str:
+    return f"{spec.name}-{release}"
+
+
+def release_service_name(spec: ServiceSpec, release: str) -> str:
+    # LWS already creates a headless Service named after the workload, hence the suffix.
+    return f"{spec.name}-{release}-api"
+
+
+def check_release(release: str) -> None:
+    """Reject release ids that cannot be embedded in object names and label values."""
+    if len(release) > MAX_RELEASE_LEN or not DNS1123_LABEL.match(release):
+        raise SpecError(
+            "release",
+            f"must be a DNS-1123 label of at most {MAX_RELEASE_LEN} characters, got {release!r}",
+        )
+
+
+# --- engine commands ---------------------------------------------------------------------------
+
+
+def _shell(args: Iterable[str]) -> str:
+    return " ".join(shlex.quote(arg) for arg in args)
+
+
+def _vllm_args(spec: ServiceSpec, *, backend: str | None) -> list[str]:
+    serving = spec.serving
+    args = [
+        spec.model_mount_path,
+        "--served-model-name",
+        spec.served_model_name,
+        "--host",
+        "0.0.0.0",  # noqa: S104 - the server must listen on the pod IP
+        "--port",
+        str(serving.port),
+        "--tensor-parallel-size",
+        str(serving.tp),
+    ]
+    if serving.pp > 1:
+        args += ["--pipeline-parallel-size", str(serving.pp)]
+    if backend is not None:
+        args += ["--distributed-executor-backend", backend]
+    if serving.trust_remote_code:
+        args.append("--trust-remote-code")
+    return args + list(serving.extra_args)
+
+
+def _sglang_args(spec: ServiceSpec, *, tp: int) -> list[str]:
+    serving = spec.serving
+    args = [
+        "--model-path",
+        spec.model_mount_path,
+        "--served-model-name",
+        spec.served_model_name,
+        "--tp",
+        str(tp),
+        "--host",
+        "0.0.0.0",  # noqa: S104
+        "--port",
+        str(serving.port),
+        "--enable-metrics",
+    ]
+    if serving.pp > 1:
+        args += ["--pp-size", str(serving.pp)]
+    if serving.trust_remote_code:
+        args.append("--trust-remote-code")
+    if serving.api_key is not None:
+        # Kubernetes expands $(VAR) from the container env, so the key never appears in specs.
+        args += ["--api-key", f"$({API_KEY_ENV})"]
+    return args
+
+
+def _sglang_extra(spec: ServiceSpec) -> list[str]:
+    return list(spec.serving.extra_args)
+
+
+# --- probes ------------------------------------------------------------------------------------
+
+
+def _http_check_command(port: int, path: str) -> list[str]:
+    # Used only when the server requires an API key: an httpGet probe cannot send the header
+    # without writing the key into the manifest, so the probe reads it from the environment.
+    script = (
+        "import os,sys,urllib.request;"
+        f"r=urllib.request.Request('http://127.0.0.1:{port}{path}',"
+        f"headers={{'Authorization':'Bearer '+os.environ['{API_KEY_ENV}']}});"
+        "sys.exit(0 if urllib.request.urlopen(r,timeout=30).status==200 else 1)"
+    )
+    return ["python3", "-c", script]
+
+
+def _probe(
+    spec: ServiceSpec, path: str, *, failure_threshold: int, authenticated: bool
+) -> K8sObject:
+    probes = spec.serving.probes
+    port = spec.serving.port
+    handler: K8sObject
+    if authenticated and spec.serving.api_key is not None:
+        handler = {"exec": {"command": _http_check_command(port, path)}}
+    else:
+        handler = {"httpGet": {"path": path, "port": "http"}}
+    return {
+        **handler,
+        "periodSeconds": probes.period_s,
+        "timeoutSeconds": probes.timeout_s,
+        "failureThreshold": failure_threshold,
+    }
+
+
+def server_probes(spec: ServiceSpec, *, ready_path: str) -> dict[str, K8sObject]:
+    """Startup (weights loading), readiness (the model answers) and liveness probes."""
+    probes = spec.serving.probes
+    startup_failures = math.ceil(probes.startup_budget_s / probes.period_s)
+    return {
+        "startupProbe": _probe(
+            spec, "/health", failure_threshold=startup_failures, authenticated=False
+        ),
+        "readinessProbe": _probe(
+            spec, ready_path, failure_threshold=probes.failure_threshold, authenticated=True
+        ),
+        "livenessProbe": _probe(
+            spec, "/health", failure_threshold=probes.failure_threshold, authenticated=False
+        ),
+    }
+
+
+# --- template context --------------------------------------------------------------------------
+
+
+def _label_value(value: str) -> str:
+    cleaned = _LABEL_VALUE.sub("-", value)[:63].strip("-_.")
+    return cleaned or "unknown"
+
+
+def _image_tag(image: str) -> str:
+    tail = image.rsplit("/", 1)[-1]
+    if "@" in tail:
+        return _label_value(tail.split("@", 1)[1].replace("sha256:", "")[:12])
+    return _label_value(tail.split(":", 1)[1]) if ":" in tail else "latest"
+
+
+def _model_source(spec: ServiceSpec) -> str:
+    if spec.model.modelscope is not None:
+        return f"modelscope:{spec.model.modelscope.model_id}"
+    return str(spec.model.oss_uri)
+
+
+OSSFS_DEFAULT_OPTS = "-o umask=022 -o max_stat_cache_size=0 -o allow_other"
+
+
+class _Ctx:
+    """Names, labels and building blocks handed to the templates."""
+
+    RAY_GCS_PORT = RAY_GCS_PORT
+    SGLANG_DIST_PORT = SGLANG_DIST_PORT
+
+    def __init__(self, spec: ServiceSpec, release: str, rbg_flavor: RbgFlavor) -> None:
+        self.spec = spec
+        self.release = release
+        self.rbg_flavor = rbg_flavor
+        self.namespace = spec.namespace
+        self.workload = workload_name(spec, release)
+        self.api_service = release_service_name(spec, release)
+        self.storage_annotations = {
+            "llm-rollout.io/model-source": _model_source(spec),
+            "llm-rollout.io/model-revision": spec.model_revision,
+            "llm-rollout.io/spec-hash": spec_hash(spec),
+        }
+        self.annotations = {**self.storage_annotations, "llm-rollout.io/release": release}
+        if spec.volume.other_opts is not None:
+            self.other_opts = spec.volume.other_opts
+        else:
+            # ossfs2 takes different options; its defaults already suit read-only weights.
+            self.other_opts = OSSFS_DEFAULT_OPTS if spec.volume.fuse_type == "ossfs" else ""
+        self.base_labels = {
+            "app.kubernetes.io/name": spec.serving.engine,
+            PART_OF_LABEL: spec.name,
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/version": _image_tag(spec.serving.image),
+        }
+
+    def labels(self, component: str, *, entrypoint: bool = False, **extra: str) -> dict[str, str]:
+        """Labels of a release object or pod template; `entrypoint` marks client-facing pods."""
+        labels = {
+            **self.base_labels,
+            "app.kubernetes.io/instance": self.workload,
+            "app.kubernetes.io/component": component,
+            RELEASE_LABEL: self.release,
+        }
+        if entrypoint:
+            labels[ENTRYPOINT_LABEL] = "true"
+        labels.update(extra)
+        return labels
+
+    def stable_selector(self) -> dict[str, str]:
+        return stable_selector(self.spec, self.release)
+
+    def native_entry_selector(self) -> dict[str, str]:
+        """Labels the workload controller sets on the entry pods, narrowing the release Service."""
+        shape = self.spec.serving.shape
+        if shape == "multi-node":
+            return {"leaderworkerset.sigs.k8s.io/name": self.workload, "role": "leader"}
+        if shape == "pd-disaggregated":
+            return self.rbg_role_labels("router")
+        if shape == "ray-cluster":
+            return {"ray.io/cluster": self.workload, "ray.io/node-type": "head"}
+        return {}
+
+    def storage_labels(self) -> dict[str, str]:
+        return {
+            **self.base_labels,
+            "app.kubernetes.io/instance": self.spec.name,
+            "app.kubernetes.io/component": "model-storage",
+        }
+
+    def gpu_resources(self, gpus: int) -> K8sObject:
+        res = self.spec.serving.resources
+        amounts: dict[str, str | int] = {"cpu": res.cpu, "memory": f"{res.memory_gib}Gi"}
+        if gpus:
+            amounts["nvidia.com/gpu"] = str(gpus)
+        if gpus and res.erdma:
+            amounts["aliyun/erdma"] = str(res.erdma)
+        return {"requests": dict(amounts), "limits": dict(amounts)}
+
+    def cpu_resources(self) -> K8sObject:
+        return {
+            "requests": {"cpu": "1", "memory": "2Gi"},
+            "limits": {"cpu": "2", "memory": "4Gi"},
+        }
+
+    def api_key_env(self) -> list[K8sObject]:
+        ref = self.spec.serving.api_key
+        if ref is None:
+            return []
+        source = {"secretKeyRef": {"name": ref.secret_name, "key": ref.key}}
+        env = [{"name": API_KEY_ENV, "valueFrom": source}]
+        if self.spec.serving.engine == "vllm":
+            env.append({"name": "VLLM_API_KEY", "valueFrom": source})
+        return env
+
+    def model_volume(self) -> K8sObject:
+        return {
+            "name": MODEL_VOLUME,
+            "persistentVolumeClaim": {"claimName": self.spec.pvc_name, "readOnly": True},
+        }
+
+    def shm_volume(self) -> K8sObject:
+        return {
+            "name": SHM_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": f"{self.spec.serving.shm_size_gib}Gi"},
+        }
+
+    def mounts(self) -> list[K8sObject]:
+        return [
+            {"name": MODEL_VOLUME, "mountPath": self.spec.model_mount_path, "readOnly": True},
+            {"name": SHM_VOLUME, "mountPath": "/dev/shm"},  # noqa: S108 - the shm mount point
+        ]
+
+    def ready_path(self) -> str:
+        # vLLM lists the model only once it is loaded; SGLang generates one token.
+        return "/v1/models" if self.spec.serving.engine == "vllm" else "/health_generate"
+
+    def probes(self) -> dict[str, K8sObject]:
+        return server_probes(self.spec, ready_path=self.ready_path())
+
+    def wait_for_ray_nodes(self, count: str) -> str:
+        """Shell lines that block until `count` Ray nodes are alive or the startup budget ends."""
+        budget = self.spec.serving.probes.startup_budget_s
+        return (
+            f"python3 - {count} {budget} <<'PY'\n"
+            "import sys, time\n"
+            "import ray\n"
+            "want, deadline = int(sys.argv[1]), time.monotonic() + int(sys.argv[2])\n"
+            'ray.init(address="auto", logging_level="ERROR")\n'
+            'while sum(1 for n in ray.nodes() if n["Alive"]) < want:\n'
+            "    if time.monotonic() > deadline:\n"
+            '        sys.exit(f"only part of the {want} Ray nodes joined in time")\n'
+            "    time.sleep(5)\n"
+            "PY"
+        )
+
+    def vllm_serve(self, backend: str | None) -> str:
+        return "exec vllm serve " + _shell(_vllm_args(self.spec, backend=backend))
+
+    def vllm_args(self, backend: str | None) -> list[str]:
+        return _vllm_args(self.spec, backend=backend)
+
+    def sglang_args(self, tp: int) -> list[str]:
+        return _sglang_args(self.spec, tp=tp) + _sglang_extra(self.spec)
+
+    # RoleBasedGroup conventions differ between v0.6 (v1alpha1) and v0.7+ (v1alpha2).
+
+    def rbg_role_labels(self, role: str) -> dict[str, str]:
+        if self.rbg_flavor == "v0.6":
+            return {
+                "rolebasedgroup.workloads.x-k8s.io/name": self.workload,
+                "rolebasedgroup.workloads.x-k8s.io/role": role,
+            }
+        return {
+            "rbg.workloads.x-k8s.io/group-name": self.workload,
+            "rbg.workloads.x-k8s.io/role-name": role,
+        }
+
+    def rbg_pod_url(self, role: str, index: int) -> str:
+        # Role pods come from a StatefulSet "<rbg>-<role>" behind headless Service
+        # "s-<rbg>-<role>", so each pod has a stable DNS name.
+        pod = f"{self.workload}-{role}-{index}"
+        svc = f"s-{self.workload}-{role}"
+        return f"http://{pod}.{svc}.{self.namespace}.svc:{self.spec.serving.port}"
+
+    def pd_router_command(self) -> list[str]:
+        pd = self.spec.serving.pd
+        assert pd is not None
+        prefill = [self.rbg_pod_url("prefill", i) for i in range(pd.prefill_replicas)]
+        decode = [self.rbg_pod_url("decode", i) for i in range(pd.decode_replicas)]
+        listen = ["--host", "0.0.0.0", "--port", str(self.spec.serving.port)]  # noqa: S104
+        if pd.router == "sglang_router":
+            cmd = ["python3", "-m", "sglang_router.launch_router", "--pd-disaggregation"]
+            for url in prefill:
+                # An omitted bootstrap port silently means 8998; always pass ours.
+                cmd += ["--prefill", url, str(pd.bootstrap_port)]
+            for url in decode:
+                cmd += ["--decode", url]
+            return cmd + listen
+        cmd = ["python3", "-m", "sglang.srt.disaggregation.mini_lb", "--prefill", *prefill]
+        cmd += ["--prefill-bootstrap-ports", *[str(pd.bootstrap_port)] * len(prefill)]
+        return [*cmd, "--decode", *decode, *listen]
+
+    def pd_server_args(self, mode: Literal["prefill", "decode"]) -> list[str]:
+        pd = self.spec.serving.pd
+        assert pd is not None
+        tp = pd.prefill_tp if mode == "prefill" else pd.decode_tp
+        args = [*_sglang_args(self.spec, tp=tp), "--disaggregation-mode", mode]
+        if mode == "prefill":
+            # The port the router advertises to decode servers; never leave it to the default.
+            args += ["--disaggregation-bootstrap-port", str(pd.bootstrap_port)]
+        if pd.transfer_backend is not None:
+            args += ["--disaggregation-transfer-backend", pd.transfer_backend]
+        return args + _sglang_extra(self.spec)
+
+    def rbg_env(self) -> list[K8sObject]:
+        # Where the pod finds itself; the RBG controller injects the group/role variables.
+        return [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+
+    def ray_head_params(self) -> dict[str, str]:
+        # rayStartParams values must be strings.
+        return {
+            "dashboard-host": "0.0.0.0",  # noqa: S104
+            "num-gpus": str(self.spec.serving.gpus_per_node),
+            "port": str(RAY_GCS_PORT),
+        }
+
+    def ray_worker_params(self) -> dict[str, str]:
+        return {"num-gpus": str(self.spec.serving.gpus_per_node)}
+
+    def ray_head_address(self) -> str:
+        return f"{self.workload}-head-svc.{self.namespace}.svc.cluster.local:{RAY_GCS_PORT}"
+
+    @staticmethod
+    def ray_flags(params: dict[str, str]) -> str:
+        return " ".join(f"--{key}={shlex.quote(value)}" for key, value in params.items())
+
+
+# --- rendering ---------------------------------------------------------------------------------
+
+
+def _tojson(value: Any) -> str:
+    # JSON is valid YAML, and it quotes every string, so no value can break the document.
+    return json.dumps(value, ensure_ascii=False, sort_keys=False)
+
+
+def _environment(manifests_dir: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(manifests_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,  # noqa: S701 - YAML, not HTML; values are emitted through `j`
+    )
+    env.filters["j"] = _tojson
+    env.filters["sh"] = shlex.quote
+    return env
+
+
+_WORKLOAD_TEMPLATES: dict[tuple[str, str], str] = {
+    ("vllm", "single-gpu"): "vllm/single-gpu.yaml.j2",
+    ("vllm", "tensor-parallel"): "vllm/tensor-parallel.yaml.j2",
+    ("vllm", "multi-node"): "vllm/multi-node-lws.yaml.j2",
+    ("vllm", "ray-cluster"): "vllm/ray-cluster.yaml.j2",
+    ("sglang", "single-gpu"): "sglang/single-node.yaml.j2",
+    ("sglang", "tensor-parallel"): "sglang/single-node.yaml.j2",
+    ("sglang", "multi-node"): "sglang/multi-node-lws.yaml.j2",
+    ("sglang", "pd-disaggregated"): "sglang/pd-rbg.yaml.j2",
+}
+
+
+def _render_docs(env: jinja2.Environment, template: str, ctx: _Ctx) -> list[K8sObject]:
+    text = env.get_template(template).render(c=ctx, spec=ctx.spec)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def template_for(spec: ServiceSpec) -> str:
+    """Template path (relative to `manifests/`) of the workload for this engine and shape."""
+    key = (spec.serving.engine, spec.serving.shape)
+    if key not in _WORKLOAD_TEMPLATES:
+        raise SpecError(
+            "serving.shape", f"{spec.serving.shape} is not supported with {spec.serving.engine}"
+        )
+    return _WORKLOAD_TEMPLATES[key]
+
+
+def render(
+    spec: ServiceSpec,
+    *,
+    release: str,
+    rbg_flavor: RbgFlavor = "v0.6",
+    manifests_dir: Path = MANIFESTS_DIR,
+) -> RenderedRelease:
+    """Render every object of `release` (see the module docstring for the grouping)."""
+    check_release(release)
+    ctx = _Ctx(spec, release, rbg_flavor)
+    env = _environment(manifests_dir)
+    storage = _render_docs(env, "storage.yaml.j2", ctx)
+    workload = _render_docs(env, template_for(spec), ctx)
+    services = _render_docs(env, "services.yaml.j2", ctx)
+    release_services = [s for s in services if s["metadata"]["name"] != spec.name]
+    stable = [s for s in services if s["metadata"]["name"] == spec.name]
+    return RenderedRelease(
+        release=release,
+        storage_objects=storage,
+        workload_objects=workload + release_services,
+        stable_service=stable[0],
+    )
+
+
+def render_oss_secret(spec: ServiceSpec, access_key_id: str, access_key_secret: str) -> K8sObject:
+    """The OSS AccessKey Secret with its values, for the deploy flow to apply; never log it."""
+    # Storage objects do not depend on the release; any valid id renders them identically.
+    ctx = _Ctx(spec, "storage", "v0.6")
+    docs = _render_docs(_environment(MANIFESTS_DIR), "storage.yaml.j2", ctx)
+    secret = next(doc for doc in docs if doc["kind"] == "Secret")
+    secret["stringData"] = {"akId": access_key_id, "akSecret": access_key_secret}
+    return secret
+
+
+def secret_resource_names(spec: ServiceSpec) -> list[str]:
+    """Names of Secrets a release reads (OSS keys when used, the API key when set)."""
+    names = [spec.oss_secret_name] if spec.uses_access_keys else []
+    if spec.serving.api_key is not None:
+        names.append(spec.serving.api_key.secret_name)
+    return names
+
+
+class _BlockStyleDumper(yaml.SafeDumper):
+    """Writes multi-line strings (shell scripts) as literal blocks so plans read naturally."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockStyleDumper.add_representer(str, _str_representer)
+
+
+def to_yaml(obj: K8sObject) -> str:
+    """One object as YAML, keys in rendering order, scripts as literal blocks."""
+    return yaml.dump(obj, Dumper=_BlockStyleDumper, sort_keys=False, allow_unicode=True, width=100)
