@@ -22,8 +22,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any, Generic, Self, TypeVar
@@ -152,8 +154,12 @@ class _ThreadingServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # Clients hanging up mid-body are routine in fault tests; do not spray tracebacks.
-        return
+        # Clients hanging up mid-body are routine in fault tests: keep those quiet. Anything
+        # else is a sandbox bug; keep its traceback where tests can assert on it.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            return
+        self.owner.internal_errors.append(traceback.format_exc())
 
 
 class SandboxServer:
@@ -175,6 +181,10 @@ class SandboxServer:
             else None
         )
         self._server: _ThreadingServer | None = None
+        # Tracebacks of unexpected handler exceptions (sandbox bugs); tests assert it is empty.
+        self.internal_errors: list[str] = []
+        self._idle = threading.Condition()
+        self._in_flight = 0
         self._thread: threading.Thread | None = None
         self.base_url = ""
 
@@ -185,6 +195,25 @@ class SandboxServer:
         if self._aggregate_bucket is not None:
             buckets.append(self._aggregate_bucket)
         return Pacer(buckets)
+
+    def _request_started(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def _request_finished(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Block until no request is being handled, so logs and counters are final.
+
+        A client call returns as soon as the last response byte arrives, a moment before the
+        server thread has written its log record; tests call this before asserting on logs.
+        """
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise TimeoutError(f"{self._in_flight} request(s) still in flight")
 
     @property
     def port(self) -> int:
@@ -239,6 +268,22 @@ class SandboxHandler(BaseHTTPRequestHandler):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.pacer = self.server.owner.new_pacer()
+
+    def parse_request(self) -> bool:
+        # Counted from here, not from handle_one_request: an idle keep-alive connection
+        # waiting for its next request line is not a request in flight.
+        if not self._counted:
+            self._counted = True
+            self.server.owner._request_started()
+        return super().parse_request()
+
+    def handle_one_request(self) -> None:
+        self._counted = False
+        try:
+            super().handle_one_request()
+        finally:
+            if self._counted:
+                self.server.owner._request_finished()
 
     def log_message(self, format: str, *args: Any) -> None:
         # Request lines can carry signed query strings; the structured request log is enough.
@@ -297,11 +342,36 @@ class SandboxHandler(BaseHTTPRequestHandler):
             if deadline:
                 TokenBucket.wait_until(deadline)
 
+    def is_chunked(self) -> bool:
+        return "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+
+    def iter_body(self) -> Iterator[bytes]:
+        """The request body, ``Content-Length`` or ``Transfer-Encoding: chunked``, paced.
+
+        Clients streaming from a generator (``requests`` with an iterator body) send chunked.
+        """
+        if not self.is_chunked():
+            yield from self.read_body_into(None, int(self.headers.get("Content-Length") or 0))
+            return
+        while True:
+            line = self.rfile.readline(1024)
+            if not line:
+                raise ConnectionResetError("client closed inside a chunked body")
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                # Trailer section ends with an empty line.
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return
+            yield from self.read_body_into(None, size)
+            if self.rfile.readline(1024) not in (b"\r\n", b"\n"):
+                raise ConnectionResetError("malformed chunked body")
+
     def discard_body(self) -> int:
-        length = int(self.headers.get("Content-Length") or 0)
-        for _ in self.read_body_into(None, length):
-            pass
-        return length
+        total = 0
+        for chunk in self.iter_body():
+            total += len(chunk)
+        return total
 
     # -- faults ---------------------------------------------------------------------------
     def drop_connection(self) -> None:
