@@ -1,0 +1,423 @@
+"""Smoke test of an OpenAI-compatible endpoint, judged with great-expectations.
+
+`run_smoke` performs the three calls a person would make after a rollout (list models, one
+chat completion, one streamed chat completion timing the first token) and records what came
+back; `validate_smoke` turns that record into a pass/fail verdict listing every failed
+expectation. Neither puts credentials in its output: the API key only travels in a header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import httpx
+
+from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.spec import SmokeExpectations
+
+__all__ = [
+    "CallResult",
+    "SmokeExpectations",
+    "SmokeReport",
+    "SmokeUnreachable",
+    "SmokeVerdict",
+    "run_smoke",
+    "validate_smoke",
+]
+
+MAX_RECORDED_CHARS = 2000
+# Gateways answer these while the backend is still being wired: try the whole smoke test later.
+UNREACHABLE_STATUSES = frozenset({502, 503, 504})
+
+
+class SmokeUnreachable(TransientError):
+    """The endpoint could not be reached at all (no answer to GET /v1/models)."""
+
+
+@dataclass
+class CallResult:
+    """One HTTP call of the smoke test. `status` 0 means no HTTP answer (transport error)."""
+
+    call: str
+    status: int = 0
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    content: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    model: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class SmokeReport:
+    """Everything the smoke test observed; `base_url` is the endpoint, without credentials."""
+
+    base_url: str
+    model: str
+    served_models: list[str] = field(default_factory=list)
+    calls: list[CallResult] = field(default_factory=list)
+
+    def call(self, name: str) -> CallResult | None:
+        return next((c for c in self.calls if c.call == name), None)
+
+    @property
+    def answer(self) -> str:
+        """The plain chat completion's text (the streamed one when there was no plain call)."""
+        for name in ("chat", "stream"):
+            found = self.call(name)
+            if found is not None and found.content:
+                return found.content
+        return ""
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        return [asdict(c) for c in self.calls]
+
+
+@dataclass(frozen=True)
+class SmokeVerdict:
+    """`passed` and, when not, one human-readable line per failed expectation."""
+
+    passed: bool
+    failures: list[str]
+    checked: list[str]
+
+
+def _error_text(response: httpx.Response) -> str:
+    # Keep only the server's error message: bodies can be long and are not ours to echo.
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        message = err.get("message") if isinstance(err, dict) else err
+        if message:
+            return f"HTTP {response.status_code}: {str(message)[:300]}"
+    return f"HTTP {response.status_code}"
+
+
+def _headers(client: httpx.Client, api_key: str | None) -> dict[str, str]:
+    if api_key is None:
+        return {}
+    if "authorization" in client.headers:
+        # Through the API server's proxy the Authorization header belongs to Kubernetes and is
+        # not forwarded to the backend; a second one cannot be carried.
+        raise PermanentError(
+            "an API key cannot be sent through the API server's service proxy (its "
+            "Authorization header authenticates to Kubernetes); use a direct base URL"
+        )
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def _chat_body(
+    model: str, messages: Sequence[Mapping[str, str]], max_tokens: int, extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model, "messages": list(messages), "max_tokens": max_tokens}
+    body.update(extra)
+    return body
+
+
+def _list_models(
+    client: httpx.Client, base_url: str, headers: dict[str, str], timeout_s: float
+) -> tuple[CallResult, list[str]]:
+    result = CallResult(call="models")
+    started = time.perf_counter()
+    try:
+        response = client.get(f"{base_url}/v1/models", headers=headers, timeout=timeout_s)
+    except httpx.TransportError as exc:
+        raise SmokeUnreachable(
+            f"GET {base_url}/v1/models: no answer ({type(exc).__name__})"
+        ) from exc
+    result.latency_ms = (time.perf_counter() - started) * 1000
+    result.status = response.status_code
+    if response.status_code in UNREACHABLE_STATUSES:
+        raise SmokeUnreachable(f"GET {base_url}/v1/models: {_error_text(response)}")
+    served: list[str] = []
+    if response.status_code == 200:
+        try:
+            served = [str(m.get("id")) for m in response.json().get("data") or []]
+        except (ValueError, AttributeError):
+            result.error = "GET /v1/models: answer is not an OpenAI model list"
+    else:
+        result.error = _error_text(response)
+    return result, served
+
+
+def _fill_from_completion(result: CallResult, body: Mapping[str, Any]) -> None:
+    choices = body.get("choices") or [{}]
+    message = choices[0].get("message") or {}
+    result.content = str(message.get("content") or "")[:MAX_RECORDED_CHARS]
+    result.finish_reason = choices[0].get("finish_reason")
+    usage = body.get("usage") or {}
+    result.prompt_tokens = usage.get("prompt_tokens")
+    result.completion_tokens = usage.get("completion_tokens")
+    result.model = body.get("model")
+
+
+def _chat(
+    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
+) -> CallResult:
+    result = CallResult(call="chat")
+    started = time.perf_counter()
+    try:
+        response = client.post(url, json=body, headers=headers, timeout=timeout_s)
+    except httpx.TransportError as exc:
+        result.error = f"no answer ({type(exc).__name__})"
+        return result
+    result.latency_ms = (time.perf_counter() - started) * 1000
+    result.status = response.status_code
+    if response.status_code != 200:
+        result.error = _error_text(response)
+        return result
+    try:
+        _fill_from_completion(result, response.json())
+    except (ValueError, AttributeError, IndexError) as exc:
+        result.error = f"answer is not an OpenAI chat completion ({type(exc).__name__})"
+    return result
+
+
+def _sse_payloads(lines: Iterable[str]) -> Iterable[str]:
+    for line in lines:
+        if line.startswith("data:"):
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                return
+            if payload:
+                yield payload
+
+
+def _stream(
+    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
+) -> CallResult:
+    result = CallResult(call="stream")
+    stream_body = dict(body, stream=True, stream_options={"include_usage": True})
+    parts: list[str] = []
+    started = time.perf_counter()
+    try:
+        with client.stream(
+            "POST", url, json=stream_body, headers=headers, timeout=timeout_s
+        ) as response:
+            result.status = response.status_code
+            if response.status_code != 200:
+                response.read()
+                result.error = _error_text(response)
+                return result
+            for payload in _sse_payloads(response.iter_lines()):
+                chunk = json.loads(payload)
+                for choice in chunk.get("choices") or []:
+                    delta = choice.get("delta") or {}
+                    text = delta.get("content") or delta.get("reasoning_content") or ""
+                    if text and result.ttft_ms is None:
+                        result.ttft_ms = (time.perf_counter() - started) * 1000
+                    if delta.get("content"):
+                        parts.append(str(delta["content"]))
+                    if choice.get("finish_reason"):
+                        result.finish_reason = choice["finish_reason"]
+                usage = chunk.get("usage") or {}
+                if usage:
+                    result.prompt_tokens = usage.get("prompt_tokens")
+                    result.completion_tokens = usage.get("completion_tokens")
+                result.model = chunk.get("model") or result.model
+    except httpx.TransportError as exc:
+        result.error = f"stream broken ({type(exc).__name__})"
+    except (ValueError, AttributeError) as exc:
+        result.error = f"stream chunk is not an OpenAI chat chunk ({type(exc).__name__})"
+    result.latency_ms = (time.perf_counter() - started) * 1000
+    result.content = "".join(parts)[:MAX_RECORDED_CHARS]
+    return result
+
+
+def run_smoke(
+    client: httpx.Client,
+    base_url: str,
+    *,
+    model: str,
+    messages: Sequence[Mapping[str, str]],
+    max_tokens: int,
+    api_key: str | None,
+    timeout_s: float,
+    sampling: Mapping[str, Any] | None = None,
+    stream: bool = True,
+) -> SmokeReport:
+    """List models, send one chat completion and (with `stream`) one streamed completion.
+
+    `base_url` is the server root (e.g. a service proxy URL); `/v1/...` is appended.
+    `sampling` adds request fields such as temperature, top_p, seed. HTTP failures of the chat
+    calls are recorded in the report for `validate_smoke` to judge; only an endpoint that
+    does not answer at all raises (`SmokeUnreachable`, transient).
+    """
+    base_url = base_url.rstrip("/")
+    headers = _headers(client, api_key)
+    report = SmokeReport(base_url=base_url, model=model)
+    models_call, report.served_models = _list_models(client, base_url, headers, timeout_s)
+    report.calls.append(models_call)
+    url = f"{base_url}/v1/chat/completions"
+    body = _chat_body(model, messages, max_tokens, sampling or {})
+    report.calls.append(_chat(client, url, body, headers, timeout_s))
+    if stream:
+        report.calls.append(_stream(client, url, body, headers, timeout_s))
+    return report
+
+
+def _suite_items(
+    report: SmokeReport, expect: SmokeExpectations
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(description, GX expectation class name, kwargs) for every check to run."""
+    items: list[tuple[str, str, dict[str, Any]]] = [
+        (
+            "every call answered HTTP 200",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "status", "value_set": [200]},
+        ),
+        (
+            f"model {report.model!r} listed by GET /v1/models",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "model_listed", "value_set": [True]},
+        ),
+        (
+            "answer is non-empty",
+            "ExpectColumnValueLengthsToBeBetween",
+            {"column": "content", "min_value": 1},
+        ),
+        (
+            f"finish_reason in {list(expect.finish_reasons)}",
+            "ExpectColumnValuesToBeInSet",
+            {"column": "finish_reason", "value_set": list(expect.finish_reasons)},
+        ),
+        (
+            f"usage.completion_tokens >= {max(expect.min_completion_tokens, 1)}",
+            "ExpectColumnValuesToBeBetween",
+            {"column": "completion_tokens", "min_value": max(expect.min_completion_tokens, 1)},
+        ),
+        (
+            "usage.completion_tokens reported",
+            "ExpectColumnValuesToNotBeNull",
+            {"column": "completion_tokens"},
+        ),
+    ]
+    if expect.equals is not None:
+        items.append(
+            (
+                f"answer equals {expect.equals!r}",
+                "ExpectColumnValuesToBeInSet",
+                {"column": "content", "value_set": [expect.equals]},
+            )
+        )
+    for text in expect.contains:
+        items.append(
+            (
+                f"answer contains {text!r}",
+                "ExpectColumnValuesToMatchRegex",
+                {"column": "content", "regex": re.escape(text)},
+            )
+        )
+    if expect.starts_with is not None:
+        items.append(
+            (
+                f"answer starts with {expect.starts_with!r}",
+                "ExpectColumnValuesToMatchRegex",
+                {"column": "content", "regex": "^" + re.escape(expect.starts_with)},
+            )
+        )
+    if expect.max_latency_ms is not None:
+        items.append(
+            (
+                f"latency <= {expect.max_latency_ms} ms",
+                "ExpectColumnValuesToBeBetween",
+                {"column": "latency_ms", "max_value": float(expect.max_latency_ms)},
+            )
+        )
+    if expect.max_ttft_ms is not None:
+        items.append(
+            (
+                f"time to first token <= {expect.max_ttft_ms} ms",
+                "ExpectColumnValuesToBeBetween",
+                {"column": "ttft_ms", "max_value": float(expect.max_ttft_ms)},
+            )
+        )
+        items.append(
+            (
+                "time to first token measured (streamed call)",
+                "ExpectColumnValuesToNotBeNull",
+                {
+                    "column": "ttft_ms",
+                    "row_condition": 'call=="stream"',
+                    "condition_parser": "pandas",
+                },
+            )
+        )
+    return items
+
+
+def validate_smoke(report: SmokeReport, expectations: SmokeExpectations) -> SmokeVerdict:
+    """Judge `report` with great-expectations (ephemeral context, in-memory dataframe).
+
+    One row per completion call (plain, streamed); the GET /v1/models result is a column.
+    Every failed expectation is described with the offending values (answers are capped).
+    """
+    # GX costs seconds to import: only pay it when a verdict is actually needed.
+    import great_expectations as gx
+    import pandas as pd  # type: ignore[import-untyped]
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    models_call = report.call("models")
+    model_listed = report.model in report.served_models
+    rows = [r for r in report.as_rows() if r["call"] != "models"]
+    for row in rows:
+        row["model_listed"] = model_listed
+    failures: list[str] = []
+    if models_call is None or models_call.status != 200:
+        status = models_call.status if models_call else "not called"
+        failures.append(f"GET /v1/models answered HTTP 200 (got {status})")
+    if not rows:
+        failures.append("no chat completion was attempted")
+        return SmokeVerdict(passed=False, failures=failures, checked=[])
+    frame = pd.DataFrame(rows)
+    for column in ("latency_ms", "ttft_ms", "completion_tokens", "prompt_tokens"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch = (
+        context.data_sources.add_pandas("smoke")
+        .add_dataframe_asset("results")
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": frame})
+    )
+    items = _suite_items(report, expectations)
+    suite = gx.ExpectationSuite(name="smoke")
+    for description, class_name, kwargs in items:
+        expectation = getattr(gx.expectations, class_name)(**kwargs, meta={"check": description})
+        suite.add_expectation(expectation)
+    result = batch.validate(suite)
+    # GX does not keep suite order in its results: each check carries its description in meta.
+    for outcome in result.results:
+        if outcome.success:
+            continue
+        config = outcome.expectation_config
+        meta = (config.meta if config is not None else None) or {}
+        description = str(meta.get("check", "unnamed check"))
+        got = (outcome.result or {}).get("partial_unexpected_list")
+        if (
+            got is None
+            and outcome.exception_info
+            and outcome.exception_info.get("raised_exception")
+        ):
+            got = "check could not run"
+        failures.append(f"{description} (got {_short(got)})")
+    for call in report.calls:
+        if call.error:
+            failures.append(f"{call.call} call: {call.error}")
+    return SmokeVerdict(passed=not failures, failures=failures, checked=[d for d, _, _ in items])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
