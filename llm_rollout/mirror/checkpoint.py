@@ -1,0 +1,110 @@
+"""Durable multipart checkpoints: upload id plus every part OSS acknowledged.
+
+One small JSON file per object being uploaded, replaced atomically (write + fsync + rename)
+after each acknowledged part, so a kill -9 at any moment leaves either the old or the new
+state. On resume the checkpoint is reconciled with ListParts: a part counts as uploaded only
+when OSS lists it with the same ETag and size the checkpoint recorded; OSS's CRC64 of each part
+comes from the checkpoint because ListParts does not report it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+CHECKPOINT_FORMAT = 1
+
+
+class PartState(BaseModel):
+    """One part OSS acknowledged."""
+
+    number: int = Field(description="Part number (1-based).", ge=1)
+    size: int = Field(description="Part size in bytes.", ge=0)
+    crc64: int = Field(description="CRC-64/ECMA OSS reported for the part.")
+    etag: str = Field(description="ETag OSS returned for the part.")
+
+
+class UploadState(BaseModel):
+    """Checkpoint of one multipart upload."""
+
+    format: int = Field(default=CHECKPOINT_FORMAT, description="Checkpoint format version.")
+    bucket: str = Field(description="Bucket name.")
+    key: str = Field(description="Object key.")
+    upload_id: str = Field(description="OSS multipart upload id.")
+    size: int = Field(description="Total object size in bytes.")
+    sha256: str = Field(description="Expected sha256 of the whole object (from the hub).")
+    part_size: int = Field(description="Part size in bytes.")
+    parts: dict[int, PartState] = Field(default_factory=dict, description="Acknowledged parts.")
+
+
+def default_checkpoint_dir() -> Path:
+    """~/.cache/llm-rollout/mirror (XDG_CACHE_HOME honoured)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llm-rollout" / "mirror"
+
+
+class CheckpointStore:
+    """Checkpoint files under one directory, keyed by endpoint + bucket + key."""
+
+    def __init__(self, directory: Path, endpoint: str) -> None:
+        self._dir = directory
+        self._endpoint = endpoint
+        self._locks: dict[Path, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def _path(self, bucket: str, key: str) -> Path:
+        digest = hashlib.sha256(f"{self._endpoint}\0{bucket}\0{key}".encode()).hexdigest()
+        return self._dir / f"{digest[:32]}.json"
+
+    def _lock(self, path: Path) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(path, threading.Lock())
+
+    def load(self, bucket: str, key: str) -> UploadState | None:
+        """The checkpoint of `key`, or None when absent or unreadable (then start afresh)."""
+        path = self._path(bucket, key)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            state = UploadState.model_validate_json(raw)
+        except ValidationError:
+            return None
+        if state.format != CHECKPOINT_FORMAT or state.key != key or state.bucket != bucket:
+            return None
+        return state
+
+    def save(self, state: UploadState) -> None:
+        """Atomically replace the checkpoint of `state.key`."""
+        path = self._path(state.bucket, state.key)
+        with self._lock(path):
+            self._write(path, state)
+
+    def record_part(self, state: UploadState, part: PartState) -> None:
+        """Add an acknowledged part to `state` and persist it (thread-safe per object)."""
+        path = self._path(state.bucket, state.key)
+        with self._lock(path):
+            state.parts[part.number] = part
+            self._write(path, state)
+
+    def delete(self, bucket: str, key: str) -> None:
+        """Forget the checkpoint of `key` (after completion or abort)."""
+        path = self._path(bucket, key)
+        with self._lock(path):
+            path.unlink(missing_ok=True)
+
+    def _write(self, path: Path, state: UploadState) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
+        payload = json.dumps(state.model_dump(mode="json"), separators=(",", ":"))
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)

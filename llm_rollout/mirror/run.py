@@ -1,0 +1,265 @@
+"""`mirror_model`: one revision of a ModelScope model into OSS, verified, resumable.
+
+Order of a run (the manifest is the only completeness marker, so it is written last):
+1. read the existing manifest -- doubles as the preflight (wrong keys / missing bucket fail
+   here, before any byte moves);
+2. list the revision on the hub (unknown model fails here);
+3. if a manifest exists for other content (a moved branch), delete it before touching objects;
+4. skip every file already verified in place; transfer the rest (streamed or staged);
+5. validate the mirrored table with great-expectations;
+6. write the manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import oss2
+
+from llm_rollout.credentials import OssCredentials
+from llm_rollout.errors import PermanentError, RolloutError, is_transient
+from llm_rollout.hub import HubClient, HubFile, HubListing, HubSource, HubUnavailableError
+from llm_rollout.mirror.checkpoint import CheckpointStore, default_checkpoint_dir
+from llm_rollout.mirror.expectations import (
+    SAFETENSORS_INDEX,
+    raise_on_failures,
+    validate_mirror_table,
+)
+from llm_rollout.mirror.manifest import (
+    delete_manifest,
+    manifest_key,
+    read_manifest,
+    write_manifest,
+)
+from llm_rollout.mirror.models import (
+    FileOutcome,
+    FileRecord,
+    Manifest,
+    MirrorError,
+    MirrorOptions,
+    MirrorProgress,
+    MirrorResult,
+    MirrorTransientError,
+    NullProgress,
+)
+from llm_rollout.mirror.transfer import (
+    Counters,
+    HubRangeSource,
+    LocalRangeSource,
+    RangeSource,
+    TransferContext,
+    skipped_outcome,
+    transfer_file,
+    utc_now,
+    verified_in_place,
+)
+from llm_rollout.oss import OssTarget, open_bucket, oss_call
+
+
+def _read_index(bucket: oss2.Bucket, target: OssTarget, listing: HubListing) -> Any:
+    if not any(f.path == SAFETENSORS_INDEX for f in listing.files):
+        return None
+    key = target.key(SAFETENSORS_INDEX)
+    raw = oss_call(f"GET {key}", lambda: bucket.get_object(key).read())
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise PermanentError(f"{SAFETENSORS_INDEX} is not valid JSON") from exc
+
+
+def _summarise(failed: dict[str, BaseException]) -> tuple[str, dict[str, str]]:
+    messages = {path: str(exc) for path, exc in sorted(failed.items())}
+    head = "; ".join(f"{m}" for m in list(messages.values())[:3])
+    more = f" (+{len(messages) - 3} more)" if len(messages) > 3 else ""
+    return f"{len(messages)} file(s) not mirrored: {head}{more}", messages
+
+
+def _staged_source(
+    source: HubSource, listing: HubListing, paths: list[str], options: MirrorOptions, root: Path
+) -> RangeSource:
+    """Download exactly `paths` with the library's snapshot_download into `root`."""
+    from modelscope import snapshot_download
+    from modelscope_hub import errors as hub_errors
+
+    try:
+        snapshot_download(
+            source.model_id,
+            revision=listing.revision,
+            local_dir=str(root),
+            allow_patterns=paths,
+            max_workers=options.max_parallel_files,
+        )
+    except (hub_errors.NetworkError, hub_errors.ServerError, hub_errors.RateLimitError) as exc:
+        raise HubUnavailableError(f"staged download failed ({type(exc).__name__})") from exc
+    except hub_errors.HubError as exc:
+        raise PermanentError(f"staged download failed ({type(exc).__name__})") from exc
+    return LocalRangeSource(root)
+
+
+def _run_files(
+    ctx_factory: Any,
+    files: list[HubFile],
+    workers: int,
+) -> tuple[list[FileOutcome], dict[str, BaseException]]:
+    outcomes: list[FileOutcome] = []
+    failed: dict[str, BaseException] = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mirror-file") as pool:
+        futures: dict[Future[FileOutcome], str] = {
+            pool.submit(ctx_factory, f): f.path for f in files
+        }
+        for future, path in futures.items():
+            try:
+                outcomes.append(future.result())
+            except RolloutError as exc:
+                failed[path] = exc
+    return outcomes, failed
+
+
+def mirror_model(
+    source: HubSource,
+    target: OssTarget,
+    credentials: OssCredentials,
+    options: MirrorOptions | None = None,
+    progress: MirrorProgress | None = None,
+    hub: HubClient | None = None,
+) -> MirrorResult:
+    """Mirror `source` to `target.prefix`; return only when complete and verified.
+
+    Raises PermanentError subclasses for what a retry cannot fix (unknown model, wrong keys,
+    missing bucket, corrupt hub data, failed expectations) and `MirrorTransientError` when
+    only transient failures remain (a re-run resumes without re-sending verified bytes).
+    """
+    options = options or MirrorOptions()
+    progress = progress or NullProgress()
+    started = time.monotonic()
+    pool_size = options.max_parallel_parts + options.max_parallel_files + 4
+    bucket = open_bucket(target, credentials, pool_size=pool_size)
+    previous = read_manifest(bucket, target)
+    hub = hub or HubClient()
+    listing = hub.list_files(source)
+    same_content = previous is not None and previous.content_digest == listing.content_digest
+    if previous is not None and not same_content:
+        delete_manifest(bucket, target)
+    previous_records = {r.path: r for r in previous.files} if previous else {}
+    progress.on_start(len(listing.files), listing.total_bytes)
+
+    counters = Counters()
+    checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir()
+    checkpoints = CheckpointStore(checkpoint_dir, target.endpoint)
+    part_pool = ThreadPoolExecutor(options.max_parallel_parts, thread_name_prefix="mirror-part")
+    # Each slot is one part buffer; twice the parallelism keeps uploads busy while the
+    # in-order hashing catches up, and bounds memory to 2 * parts * part_size.
+    slots = threading.BoundedSemaphore(options.max_parallel_parts * 2)
+    staging: tempfile.TemporaryDirectory[str] | None = None
+    hub_source: HubRangeSource | None = None
+    try:
+        base = TransferContext(
+            bucket=bucket,
+            target=target,
+            source=LocalRangeSource(Path()),
+            options=options,
+            checkpoints=checkpoints,
+            part_pool=part_pool,
+            slots=slots,
+            progress=progress,
+            counters=counters,
+        )
+
+        def check(file: HubFile) -> FileRecord | None:
+            return verified_in_place(base, file, previous_records.get(file.path))
+
+        outcomes: list[FileOutcome] = []
+        failed: dict[str, BaseException] = {}
+        todo: list[HubFile] = []
+        with ThreadPoolExecutor(max_workers=16, thread_name_prefix="mirror-head") as pool:
+            checked = list(pool.map(check, listing.files))
+        for file, record in zip(listing.files, checked, strict=True):
+            if record is None:
+                todo.append(file)
+                continue
+            outcome = skipped_outcome(record)
+            outcomes.append(outcome)
+            progress.on_bytes(file.path, file.size)
+            progress.on_file_done(outcome)
+
+        if todo:
+            if options.mode == "staged":
+                root = options.staging_dir
+                if root is None:
+                    staging = tempfile.TemporaryDirectory(prefix="llm-rollout-staged-")
+                    root = Path(staging.name)
+                range_source: RangeSource = _staged_source(
+                    source, listing, [f.path for f in todo], options, root
+                )
+            else:
+                urls = {
+                    f.path: hub.file_url(source.model_id, listing.revision, f.path) for f in todo
+                }
+                hub_source = HubRangeSource(hub.access(), urls, options, counters.add_fetched)
+                range_source = hub_source
+            ctx = TransferContext(
+                bucket=bucket,
+                target=target,
+                source=range_source,
+                options=options,
+                checkpoints=checkpoints,
+                part_pool=part_pool,
+                slots=slots,
+                progress=progress,
+                counters=counters,
+            )
+
+            def run_one(file: HubFile) -> FileOutcome:
+                outcome = transfer_file(ctx, file)
+                progress.on_file_done(outcome)
+                return outcome
+
+            done, failed = _run_files(run_one, todo, options.max_parallel_files)
+            outcomes.extend(done)
+    finally:
+        part_pool.shutdown(wait=True, cancel_futures=True)
+        if hub_source is not None:
+            hub_source.close()
+        if staging is not None:
+            staging.cleanup()
+
+    if failed:
+        message, messages = _summarise(failed)
+        first = next(iter(failed.values()))
+        if all(is_transient(exc) for exc in failed.values()):
+            raise MirrorTransientError(message, failed=messages) from first
+        raise MirrorError(message, failed=messages) from first
+
+    records = sorted((o.record for o in outcomes), key=lambda r: r.path)
+    raise_on_failures(validate_mirror_table(listing, records, _read_index(bucket, target, listing)))
+    manifest = Manifest(
+        model_id=listing.model_id,
+        revision=listing.revision,
+        content_digest=listing.content_digest,
+        bucket=target.bucket,
+        prefix=target.key(),
+        created_at=previous.created_at
+        if previous is not None and same_content and not todo
+        else utc_now(),
+        total_bytes=listing.total_bytes,
+        files=records,
+    )
+    if not (same_content and not todo and previous == manifest):
+        manifest_uri = write_manifest(bucket, target, manifest)
+    else:
+        manifest_uri = target.uri(manifest_key(target))
+    return MirrorResult(
+        manifest_uri=manifest_uri,
+        model_uri=target.uri(target.key()) + "/",
+        manifest=manifest,
+        files=sorted(outcomes, key=lambda o: o.record.path),
+        bytes_sent=counters.sent,
+        bytes_fetched=counters.fetched,
+        seconds=time.monotonic() - started,
+    )

@@ -1,0 +1,553 @@
+"""Moving one file into OSS with end-to-end verification, from the hub or a local copy.
+
+Per file:
+- already there and verified (size + OSS CRC64 + sha256 recorded in the previous manifest or
+  in `x-oss-meta-sha256`, which is only ever set on verified objects) -> skipped, zero bytes;
+- up to one part -> one ranged GET, sha256 checked, one PutObject (CRC64 checked);
+- larger -> multipart: parts are fetched with ranged GETs and uploaded in parallel; the
+  file's sha256 is computed in part order (completed parts wait in a bounded window until their
+  turn), the part CRC64s OSS returns are combined and compared with the final object's
+  `x-oss-hash-crc64ecma` (HEAD) -- oss2 skips that comparison after a resumed upload.
+
+Resume: a checkpoint (upload id + acknowledged parts) is reconciled with ListParts. Parts OSS
+already holds are not sent again, but their bytes are read again from the *source* (hub range
+or local file) to continue the sha256: OSS does not serve the parts of an unfinished multipart
+upload, so reading them back from OSS is impossible. The re-read bytes are checked against the
+part's recorded CRC64, which ties the hashed bytes to the bytes OSS holds.
+
+Memory is bounded by the buffer slots (`2 * max_parallel_parts` parts of `part_size` bytes) plus
+one part per parallel small file; nothing is written to local disk in streamed mode.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+import httpx
+import oss2
+import oss2.exceptions
+import oss2.models
+
+from llm_rollout.errors import PermanentError
+from llm_rollout.hub import (
+    HubAccess,
+    HubAccessError,
+    HubFile,
+    HubNotFoundError,
+    HubUnavailableError,
+)
+from llm_rollout.mirror.checkpoint import CheckpointStore, PartState, UploadState
+from llm_rollout.mirror.models import (
+    SHA256_META,
+    FileOutcome,
+    FileRecord,
+    FileStatus,
+    MirrorOptions,
+    MirrorProgress,
+)
+from llm_rollout.oss import (
+    IntegrityError,
+    OssTarget,
+    crc64,
+    crc64_combine,
+    head_crc64,
+    oss_call,
+    retry_transient,
+    translate_oss_error,
+)
+
+_READ_CHUNK = 1024 * 1024
+_T = TypeVar("_T")
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO-8601 with seconds."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+class RangeSource(Protocol):
+    """Bytes of the files to mirror, readable by range."""
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes of `path` starting at `offset`."""
+        ...
+
+
+class HubRangeSource:
+    """Ranged GETs against the hub's file URLs (httpx streaming, resumed with Range)."""
+
+    def __init__(
+        self,
+        access: HubAccess,
+        urls: Mapping[str, str],
+        options: MirrorOptions,
+        on_fetched: Callable[[int], None],
+    ) -> None:
+        self._urls = dict(urls)
+        self._headers = {**access.headers, "Accept-Encoding": "identity"}
+        self._options = options
+        self._on_fetched = on_fetched
+        connections = options.max_parallel_parts + options.max_parallel_files + 2
+        self._client = httpx.Client(
+            cookies=access.cookies,
+            follow_redirects=True,
+            timeout=httpx.Timeout(options.request_timeout_s, connect=30.0),
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """Read a range, resuming after drops from the first byte not yet received."""
+        url = self._urls[path]
+        buf = bytearray()
+        failures = 0
+        while len(buf) < length:
+            before = len(buf)
+            error: Exception | None = None
+            try:
+                self._read_once(url, path, offset + len(buf), offset + length, buf)
+            except (httpx.TransportError, HubUnavailableError) as exc:
+                error = exc
+            if len(buf) >= length:
+                break
+            # Only consecutive attempts without progress count against the limit.
+            failures = 0 if len(buf) > before else failures + 1
+            if failures >= self._options.retry_attempts:
+                cause = type(error).__name__ if error else "no data"
+                raise HubUnavailableError(
+                    f"hub: reading {path} failed after {failures} attempts ({cause})"
+                ) from error
+            if failures:
+                delay = min(20.0, self._options.retry_base_delay_s * 2 ** (failures - 1))
+                time.sleep(delay)  # backoff between attempts
+        return bytes(buf)
+
+    def _read_once(self, url: str, path: str, start: int, stop: int, buf: bytearray) -> None:
+        """One GET of bytes [start, stop); appends to `buf`; may end early on a drop."""
+        headers = {**self._headers, "Range": f"bytes={start}-{stop - 1}"}
+        with self._client.stream("GET", url, headers=headers) as resp:
+            status = resp.status_code
+            if status == 206:
+                content_range = resp.headers.get("Content-Range", "")
+                if not content_range.startswith(f"bytes {start}-"):
+                    raise IntegrityError(f"hub: {path}: unexpected Content-Range {content_range}")
+            elif status == 200 and start == 0:
+                pass  # a server ignoring Range sends the whole file; we stop at `stop`
+            elif status == 404:
+                raise HubNotFoundError(f"hub: {path} not found")
+            elif status in (401, 403):
+                raise HubAccessError(f"hub: access to {path} denied (HTTP {status})")
+            elif status == 416:
+                raise IntegrityError(f"hub: {path} is shorter than its listed size")
+            elif status == 429 or status >= 500:
+                raise HubUnavailableError(f"hub: {path}: HTTP {status}")
+            else:
+                raise PermanentError(f"hub: {path}: unexpected HTTP {status}")
+            want = stop - start
+            got = 0
+            for chunk in resp.iter_bytes(_READ_CHUNK):
+                take = min(len(chunk), want - got)
+                buf += chunk[:take]
+                got += take
+                self._on_fetched(take)
+                if got >= want:
+                    break
+            # Ending before `want` bytes is a dropped transfer: the caller resumes from there.
+
+
+class LocalRangeSource:
+    """Ranges of files in a local directory (staged mode, after snapshot_download)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        """Exactly `length` bytes of `root/path` from `offset`."""
+        file_path = self._root / path
+        try:
+            with file_path.open("rb") as fh:
+                fh.seek(offset)
+                data = fh.read(length)
+        except OSError as exc:
+            raise PermanentError(f"staged copy of {path} unreadable: {exc.strerror}") from exc
+        if len(data) != length:
+            raise IntegrityError(f"staged copy of {path} is shorter than its listed size")
+        return data
+
+
+@dataclass
+class Counters:
+    """Byte counters shared by the workers of one run."""
+
+    sent: int = 0
+    fetched: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_sent(self, n: int) -> None:
+        """Count bytes sent to OSS."""
+        with self._lock:
+            self.sent += n
+
+    def add_fetched(self, n: int) -> None:
+        """Count bytes read from the source."""
+        with self._lock:
+            self.fetched += n
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a HEAD tells about an object."""
+
+    size: int
+    crc64: int | None
+    sha256_meta: str | None
+
+
+@dataclass
+class TransferContext:
+    """Everything the per-file workers share during one run."""
+
+    bucket: oss2.Bucket
+    target: OssTarget
+    source: RangeSource
+    options: MirrorOptions
+    checkpoints: CheckpointStore
+    part_pool: ThreadPoolExecutor
+    slots: threading.BoundedSemaphore
+    progress: MirrorProgress
+    counters: Counters
+
+    def retry(self, fn: Callable[[], _T]) -> _T:
+        """Retry an OSS call on transient errors with the run's backoff settings."""
+        return retry_transient(
+            fn, attempts=self.options.retry_attempts, base_delay_s=self.options.retry_base_delay_s
+        )
+
+
+def head_object(bucket: oss2.Bucket, key: str) -> ObjectInfo | None:
+    """HEAD `key`; None when the object does not exist. Other errors are translated."""
+    try:
+        result = bucket.head_object(key)
+    except oss2.exceptions.NoSuchKey:
+        return None
+    except oss2.exceptions.NotFound as exc:
+        if getattr(exc, "code", "") in ("", "NoSuchKey"):
+            return None
+        raise translate_oss_error(exc, f"HEAD {key}") from exc
+    except oss2.exceptions.OssError as exc:
+        raise translate_oss_error(exc, f"HEAD {key}") from exc
+    meta = result.headers.get(SHA256_META)
+    return ObjectInfo(
+        size=int(result.content_length or 0),
+        crc64=head_crc64(result.headers),
+        sha256_meta=meta.lower() if meta else None,
+    )
+
+
+def verified_in_place(
+    ctx: TransferContext, file: HubFile, previous: FileRecord | None
+) -> FileRecord | None:
+    """The record of `file` if OSS already holds it verified, else None."""
+    key = ctx.target.key(file.path)
+    info = ctx.retry(lambda: head_object(ctx.bucket, key))
+    if info is None or info.crc64 is None or info.size != file.size:
+        return None
+    recorded_by_manifest = (
+        previous is not None
+        and previous.sha256 == file.sha256
+        and previous.size == file.size
+        and previous.crc64 == str(info.crc64)
+    )
+    if not (recorded_by_manifest or info.sha256_meta == file.sha256):
+        return None
+    return FileRecord(
+        path=file.path,
+        key=key,
+        size=file.size,
+        sha256=file.sha256,
+        crc64=str(info.crc64),
+        uploaded_at=previous.uploaded_at if recorded_by_manifest and previous else utc_now(),
+    )
+
+
+def _sha_mismatch(file: HubFile, got: str) -> IntegrityError:
+    return IntegrityError(
+        f"{file.path}: sha256 mismatch: the hub lists {file.sha256[:16]}..., the bytes served "
+        f"hash to {got[:16]}...; the file was not stored as complete"
+    )
+
+
+def _verify_head(ctx: TransferContext, file: HubFile, key: str, crc: int) -> None:
+    info = ctx.retry(lambda: head_object(ctx.bucket, key))
+    problem = None
+    if info is None:
+        problem = "object missing after upload"
+    elif info.size != file.size:
+        problem = f"size {info.size} != {file.size}"
+    elif info.crc64 is None:
+        problem = "OSS reports no x-oss-hash-crc64ecma"
+    elif info.crc64 != crc:
+        problem = f"OSS CRC64 {info.crc64} != combined part CRC64 {crc}"
+    if problem is not None:
+        # The object cannot be trusted; remove it so nothing looks complete.
+        oss_call(f"DELETE {key}", lambda: ctx.bucket.delete_object(key))
+        raise IntegrityError(f"{file.path}: {problem}")
+
+
+def _put_single(ctx: TransferContext, file: HubFile, key: str, mine: Counters) -> FileRecord:
+    data = ctx.source.read(file.path, 0, file.size)
+    mine.add_fetched(len(data))
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != file.sha256:
+        raise _sha_mismatch(file, digest)
+    local_crc = crc64(data)
+    headers = {SHA256_META: file.sha256}
+
+    def put() -> oss2.models.PutObjectResult:
+        return oss_call(f"PUT {key}", lambda: ctx.bucket.put_object(key, data, headers=headers))
+
+    result = ctx.retry(put)
+    ctx.counters.add_sent(len(data))
+    mine.add_sent(len(data))
+    server_crc = getattr(result, "crc", None)
+    if server_crc is None or int(server_crc) != local_crc:
+        _verify_head(ctx, file, key, local_crc)
+    ctx.progress.on_bytes(file.path, file.size)
+    return FileRecord(
+        path=file.path,
+        key=key,
+        size=file.size,
+        sha256=file.sha256,
+        crc64=str(local_crc),
+        uploaded_at=utc_now(),
+    )
+
+
+def _list_parts(
+    ctx: TransferContext, key: str, upload_id: str
+) -> dict[int, tuple[str, int]] | None:
+    """Parts OSS holds for an upload as {number: (etag, size)}; None if the upload is gone."""
+
+    def listing() -> dict[int, tuple[str, int]]:
+        parts: dict[int, tuple[str, int]] = {}
+        try:
+            for part in oss2.PartIterator(ctx.bucket, key, upload_id):
+                parts[int(part.part_number)] = (str(part.etag), int(part.size))
+        except oss2.exceptions.NoSuchUpload:
+            raise
+        except oss2.exceptions.OssError as exc:
+            raise translate_oss_error(exc, f"ListParts {key}") from exc
+        return parts
+
+    try:
+        return ctx.retry(listing)
+    except oss2.exceptions.NoSuchUpload:
+        return None
+
+
+def _abort_quietly(ctx: TransferContext, key: str, upload_id: str) -> None:
+    # An upload we cannot abort expires through the bucket's lifecycle rules.
+    with contextlib.suppress(oss2.exceptions.OssError):
+        ctx.bucket.abort_multipart_upload(key, upload_id)
+
+
+@dataclass
+class _PartJob:
+    number: int
+    offset: int
+    length: int
+    known: PartState | None
+
+
+def _run_part(
+    ctx: TransferContext,
+    file: HubFile,
+    key: str,
+    state: UploadState,
+    job: _PartJob,
+    mine: Counters,
+) -> tuple[bytes, PartState]:
+    """Fetch one part; upload it unless OSS already holds identical bytes (CRC64 match)."""
+    data = ctx.source.read(file.path, job.offset, job.length)
+    mine.add_fetched(len(data))
+    if job.known is not None and crc64(data) == job.known.crc64:
+        return data, job.known
+
+    def upload() -> oss2.models.PutObjectResult:
+        return oss_call(
+            f"UploadPart {key} #{job.number}",
+            lambda: ctx.bucket.upload_part(key, state.upload_id, job.number, data),
+        )
+
+    result = ctx.retry(upload)
+    ctx.counters.add_sent(len(data))
+    mine.add_sent(len(data))
+    server_crc = getattr(result, "crc", None)
+    if server_crc is None:
+        raise IntegrityError(f"{file.path}: OSS returned no CRC64 for part {job.number}")
+    part = PartState(
+        number=job.number, size=len(data), crc64=int(server_crc), etag=str(result.etag)
+    )
+    ctx.checkpoints.record_part(state, part)
+    return data, part
+
+
+def _open_upload(
+    ctx: TransferContext, file: HubFile, key: str, part_size: int
+) -> tuple[UploadState, dict[int, PartState]]:
+    """Resume the checkpointed upload of `key` when OSS still has it, else start one."""
+    bucket_name = ctx.target.bucket
+    state = ctx.checkpoints.load(bucket_name, key)
+    if state is not None:
+        same = (state.size, state.sha256, state.part_size) == (file.size, file.sha256, part_size)
+        listed = _list_parts(ctx, key, state.upload_id) if same else None
+        if listed is not None:
+            reusable = {n: p for n, p in state.parts.items() if listed.get(n) == (p.etag, p.size)}
+            return state, reusable
+        if not same:
+            _abort_quietly(ctx, key, state.upload_id)
+        ctx.checkpoints.delete(bucket_name, key)
+
+    def init() -> oss2.models.InitMultipartUploadResult:
+        return oss_call(
+            f"InitiateMultipartUpload {key}",
+            lambda: ctx.bucket.init_multipart_upload(key, headers={SHA256_META: file.sha256}),
+        )
+
+    result = ctx.retry(init)
+    state = UploadState(
+        bucket=bucket_name,
+        key=key,
+        upload_id=str(getattr(result, "upload_id", "")),
+        size=file.size,
+        sha256=file.sha256,
+        part_size=part_size,
+    )
+    ctx.checkpoints.save(state)
+    return state, {}
+
+
+def _put_multipart(
+    ctx: TransferContext, file: HubFile, key: str, mine: Counters
+) -> tuple[FileRecord, bool]:
+    part_size = ctx.options.part_size_for(file.size)
+    state, reusable = _open_upload(ctx, file, key, part_size)
+    jobs = [
+        _PartJob(n, off, min(part_size, file.size - off), reusable.get(n))
+        for n, off in enumerate(range(0, file.size, part_size), start=1)
+    ]
+    sha = hashlib.sha256()
+    combined = 0
+    done: list[PartState] = []
+    pending: deque[Future[tuple[bytes, PartState]]] = deque()
+    window = ctx.options.max_parallel_parts
+
+    def consume() -> None:
+        nonlocal combined
+        future = pending.popleft()
+        try:
+            data, part = future.result()
+        finally:
+            ctx.slots.release()
+        sha.update(data)
+        combined = crc64_combine(combined, part.crc64, part.size)
+        done.append(part)
+        ctx.progress.on_bytes(file.path, part.size)
+
+    try:
+        for job in jobs:
+            # Drain finished parts in order first; never block on a slot while holding
+            # finished parts, or files could starve each other of slots.
+            while pending and (pending[0].done() or len(pending) >= window):
+                consume()
+            while not ctx.slots.acquire(blocking=not pending):
+                consume()
+            pending.append(ctx.part_pool.submit(_run_part, ctx, file, key, state, job, mine))
+        while pending:
+            consume()
+    finally:
+        for future in pending:
+            if not future.cancel():
+                future.exception()
+            ctx.slots.release()
+
+    digest = sha.hexdigest()
+    if digest != file.sha256:
+        _abort_quietly(ctx, key, state.upload_id)
+        ctx.checkpoints.delete(ctx.target.bucket, key)
+        raise _sha_mismatch(file, digest)
+
+    infos = [oss2.models.PartInfo(p.number, p.etag, size=p.size, part_crc=p.crc64) for p in done]
+
+    def complete() -> None:
+        try:
+            ctx.bucket.complete_multipart_upload(key, state.upload_id, infos)
+        except oss2.exceptions.NoSuchUpload:
+            # A retry after a lost response: the upload already completed; HEAD decides.
+            return
+        except oss2.exceptions.OssError as exc:
+            raise translate_oss_error(exc, f"CompleteMultipartUpload {key}") from exc
+
+    ctx.retry(complete)
+    _verify_head(ctx, file, key, combined)
+    ctx.checkpoints.delete(ctx.target.bucket, key)
+    record = FileRecord(
+        path=file.path,
+        key=key,
+        size=file.size,
+        sha256=file.sha256,
+        crc64=str(combined),
+        uploaded_at=utc_now(),
+    )
+    return record, bool(reusable)
+
+
+def transfer_file(ctx: TransferContext, file: HubFile) -> FileOutcome:
+    """Send `file` to OSS and verify it (the caller has checked it is not there already)."""
+    started = time.monotonic()
+    key = ctx.target.key(file.path)
+    mine = Counters()
+    status: FileStatus = "uploaded"
+    if file.size <= ctx.options.part_size_for(file.size):
+        record = _put_single(ctx, file, key, mine)
+    else:
+        record, resumed = _put_multipart(ctx, file, key, mine)
+        status = "resumed" if resumed else "uploaded"
+    return FileOutcome(
+        record=record,
+        status=status,
+        bytes_sent=mine.sent,
+        bytes_fetched=mine.fetched,
+        seconds=time.monotonic() - started,
+    )
+
+
+def skipped_outcome(record: FileRecord) -> FileOutcome:
+    """Outcome of a file found verified in place."""
+    return FileOutcome(record=record, status="skipped", bytes_sent=0, bytes_fetched=0, seconds=0)
+
+
+__all__ = [
+    "Counters",
+    "HubRangeSource",
+    "LocalRangeSource",
+    "RangeSource",
+    "TransferContext",
+    "head_object",
+    "skipped_outcome",
+    "transfer_file",
+    "verified_in_place",
+]
