@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llm_rollout.smoke import SmokeReport, SmokeVerdict
+
 ANNOTATION_PREFIX = "llm-rollout.io/"
 ANN_RELEASE = ANNOTATION_PREFIX + "release"
 ANN_PREVIOUS_RELEASE = ANNOTATION_PREFIX + "previous-release"
 ANN_REVISION = ANNOTATION_PREFIX + "model-revision"
-ANN_MODEL = ANNOTATION_PREFIX + "model"
+ANN_MODEL = ANNOTATION_PREFIX + "model-source"
 ANN_SPEC_HASH = ANNOTATION_PREFIX + "spec-hash"
 ANN_STRATEGY = ANNOTATION_PREFIX + "strategy"
 ANN_DEPLOYED_AT = ANNOTATION_PREFIX + "deployed-at"
@@ -193,3 +195,21 @@ def event_payload(summary: RunSummary) -> dict[str, str]:
     if summary.smoke is not None and summary.smoke.ttft_s is not None:
         payload["ttft_s"] = f"{summary.smoke.ttft_s:.3f}"
     return payload
+
+
+def smoke_summary(report: SmokeReport, verdict: SmokeVerdict) -> SmokeSummary:
+    """The smoke test as the summary and the CLI show it: answer, TTFT, each expectation."""
+    stream = report.call("stream")
+    chat = report.call("chat")
+    ttft_ms = stream.ttft_ms if stream is not None else None
+    latency_ms = chat.latency_ms if chat is not None else None
+    checks = [(failure, False, "failed") for failure in verdict.failures]
+    failed_text = " ".join(verdict.failures)
+    checks += [(check, True, "ok") for check in verdict.checked if check not in failed_text]
+    return SmokeSummary(
+        passed=verdict.passed,
+        answer=report.answer,
+        ttft_s=ttft_ms / 1000 if ttft_ms is not None else None,
+        latency_s=latency_ms / 1000 if latency_ms is not None else None,
+        checks=checks,
+    )

@@ -1,0 +1,150 @@
+"""`deploy`, `status`, `rollback` and `teardown`: the service lifecycle commands.
+
+`deploy` runs the Prefect flow (an ephemeral local Prefect server unless PREFECT_API_URL names
+one); the other three act on the cluster directly (KUBECONFIG), reading everything they need
+from the objects the flow left there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+NamespaceOpt = Annotated[
+    str, typer.Option("--namespace", "-n", help="Kubernetes namespace of the service (required).")
+]
+NameArg = Annotated[str, typer.Argument(help="Service name (the spec's `name`).")]
+
+
+def _ui_url() -> str | None:
+    """The Prefect UI of the server the run went to, when it is a lasting one."""
+    api_url = os.environ.get("PREFECT_API_URL", "")
+    if not api_url:
+        return None
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def deploy_command(
+    spec_path: Annotated[Path, typer.Argument(help="Path of the service spec (YAML).")],
+) -> None:
+    """Mirror, roll out, smoke-test and promote the service a spec describes."""
+    from llm_rollout.errors import RolloutError, SpecError
+    from llm_rollout.spec import load_spec
+
+    try:
+        spec = load_spec(spec_path)
+    except SpecError as exc:
+        err_console.print(f"invalid spec {spec_path}: {exc}")
+        raise typer.Exit(code=2) from exc
+
+    from flows.deploy import deploy
+
+    state = deploy(spec, return_state=True)
+    run_id = str(state.state_details.flow_run_id)
+    ui = _ui_url()
+    where = f"flow run {run_id}" + (f" ({ui}/runs/flow-run/{run_id})" if ui else "")
+    if state.is_completed():
+        result = state.result()
+        ttft = f"{result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else "-"
+        console.print(
+            f"Service {result.namespace}/{result.service} serves release {result.release} "
+            f"(strategy {result.strategy})"
+        )
+        console.print(f"smoke test answer: {result.answer!r} (time to first token {ttft})")
+        console.print(where)
+        return
+    try:
+        state.result(raise_on_failure=True)
+    except RolloutError as exc:
+        err_console.print(f"deploy failed: {exc}")
+    err_console.print(where)
+    raise typer.Exit(code=1)
+
+
+def status_command(name: NameArg, namespace: NamespaceOpt) -> None:
+    """Which release serves, whether its workload is ready, its revision and spec hash."""
+    from llm_rollout.errors import RolloutError
+    from llm_rollout.release import cluster_api, service_status
+
+    try:
+        with cluster_api() as api:
+            status = service_status(api, namespace, name)
+    except RolloutError as exc:
+        err_console.print(f"status failed: {exc}")
+        raise typer.Exit(code=1) from exc
+    state = status.state
+    if state.current_release is None:
+        console.print(f"Service {namespace}/{name}: not deployed (no stable Service)")
+        raise typer.Exit(code=3)
+    console.print(f"Service {namespace}/{name}")
+    console.print(f"  release:          {state.current_release}")
+    console.print(f"  model revision:   {state.revision or '-'}")
+    console.print(f"  spec hash:        {state.spec_hash or '-'}")
+    previous = state.previous_release or "-"
+    if state.previous_release:
+        previous += (
+            " (workload present: rollback possible)"
+            if status.previous_release_present
+            else " (workload removed)"
+        )
+    console.print(f"  previous release: {previous}")
+    if not status.workloads:
+        console.print("  workload:         MISSING (the Service routes to nothing)")
+    for workload in status.workloads:
+        ready = "ready" if workload.ready else "NOT ready: " + "; ".join(workload.missing)
+        console.print(f"  workload:         {workload.ref} {ready}")
+    if not status.workloads or not all(w.ready for w in status.workloads):
+        raise typer.Exit(code=1)
+
+
+def rollback_command(name: NameArg, namespace: NamespaceOpt) -> None:
+    """Point the stable Service back to the previous release, if its workload still exists."""
+    from llm_rollout.errors import RolloutError
+    from llm_rollout.release import cluster_api, rollback_to_previous
+
+    try:
+        with cluster_api() as api:
+            message = rollback_to_previous(api, namespace, name)
+    except RolloutError as exc:
+        err_console.print(f"rollback not possible: {exc}")
+        raise typer.Exit(code=1) from exc
+    console.print(message)
+
+
+def teardown_command(
+    name: NameArg,
+    namespace: NamespaceOpt,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout-s", help="Wait per object for its deletion (s).")
+    ] = 300.0,
+) -> None:
+    """Remove workloads, Services, PVC, PV and Secret of a service; the OSS data stays."""
+    from llm_rollout.errors import RolloutError
+    from llm_rollout.release import cluster_api, teardown
+
+    try:
+        with cluster_api() as api:
+            removed = teardown(api, namespace, name, wait_timeout_s=timeout_s)
+    except RolloutError as exc:
+        err_console.print(f"teardown failed: {exc}")
+        raise typer.Exit(code=1) from exc
+    if not removed:
+        console.print(f"nothing of Service {namespace}/{name} found")
+        return
+    for line in removed:
+        console.print(f"removed {line}")
+    console.print("the model data in OSS was kept")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy_command)
+    app.command("status")(status_command)
+    app.command("rollback")(rollback_command)
+    app.command("teardown")(teardown_command)

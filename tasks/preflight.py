@@ -1,0 +1,51 @@
+"""Preflight stage: read-only checks of cluster, OSS and hub, failing with every problem at once."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from llm_rollout.preflight import PreflightReport, RbgFlavor, run_preflight
+from llm_rollout.release import cluster_api, find_serving_release
+from llm_rollout.render import render
+from llm_rollout.spec import ServiceSpec
+from tasks.policy import retry_transient_only
+
+
+@task(
+    name="preflight",
+    retries=2,
+    retry_delay_seconds=[2, 5],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=120,
+    cache_policy=NO_CACHE,
+)
+def preflight(spec: ServiceSpec, release: str) -> PreflightReport:
+    """Check everything the rollout of `release` needs; raise `PreflightError` listing problems."""
+    logger = get_run_logger()
+    with cluster_api() as api:
+
+        def render_workloads(flavor: RbgFlavor | None) -> list[dict[str, object]]:
+            # Without an RBG API the flavor does not matter for shapes that use no RBG.
+            rendered = render(spec, release=release, rbg_flavor=flavor or "v0.7")
+            return list(rendered.workload_objects)
+
+        report = run_preflight(
+            api,
+            spec,
+            render_workloads=render_workloads,
+            find_serving=lambda a: find_serving_release(a, spec.namespace, spec.name),
+        )
+    for check in report.checks:
+        logger.info("preflight ok: %s", check)
+    for warning in report.warnings:
+        logger.warning("preflight: %s", warning)
+    logger.info(
+        "preflight for Service %s/%s: strategy %s, serving release %s",
+        spec.namespace,
+        spec.name,
+        report.strategy,
+        report.serving_release or "none",
+    )
+    return report
