@@ -7,6 +7,8 @@ the same path. Errors arrive already translated (see `kube.errors`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -14,6 +16,7 @@ from typing import Any, Literal
 
 from kubernetes import client as k8s_client
 
+from llm_rollout.errors import PermanentError
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.resources import JsonDict, ObjectRef, object_path, request_json
 from llm_rollout.kube.watching import wait_deleted
@@ -145,3 +148,21 @@ def delete_all(
         if delete(api, ref, propagation=propagation, wait_timeout_s=wait_timeout_s):
             deleted.append(ref)
     return deleted
+
+
+def secret_value(api: k8s_client.ApiClient, namespace: str, name: str, key: str) -> str:
+    """The decoded value of `key` in Secret `namespace/name`. Never log the result."""
+    ref = ObjectRef("v1", "Secret", namespace, name)
+    secret = get(api, ref)
+    if secret is None:
+        raise PermanentError(f"{ref} does not exist")
+    encoded = (secret.get("data") or {}).get(key)
+    if encoded is None:
+        plain = (secret.get("stringData") or {}).get(key)
+        if plain is None:
+            raise PermanentError(f"{ref} has no key {key!r}")
+        return str(plain)
+    try:
+        return base64.b64decode(str(encoded), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise PermanentError(f"{ref}: key {key!r} is not valid base64 UTF-8 text") from exc

@@ -1,0 +1,91 @@
+"""Readiness stage: watch the new release's workload until it serves, or explain why not."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
+from llm_rollout.kube.resources import ObjectRef
+from tasks.policy import retry_transient_only
+
+# The task's own limit only backstops `timeout_s`, which `wait_ready` enforces precisely.
+TASK_TIMEOUT_S = 3 * 3600
+
+
+@task(
+    name="readiness",
+    retries=2,
+    retry_delay_seconds=[5, 15],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=TASK_TIMEOUT_S,
+    cache_policy=NO_CACHE,
+)
+def wait_workload_ready(
+    workload: ObjectRef, *, timeout_s: float, pod_selector: str | None = None
+) -> ReadyReport:
+    """Block until `workload` and all its serving pods are ready.
+
+    Raises `WorkloadFailed` (reason, pod, event, log lines) or `ReadinessTimeout` (what is
+    missing); both are permanent and also published as a markdown artifact.
+    """
+    logger = get_run_logger()
+    logger.info("waiting up to %.0fs for %s to become ready", timeout_s, workload)
+    api = load_api_client()
+    try:
+        report = wait_ready(
+            api,
+            workload,
+            timeout_s=timeout_s,
+            pod_selector=pod_selector,
+            on_event=lambda ref, message: logger.info("%s: %s", ref, message),
+        )
+    except WorkloadFailed as exc:
+        logger.error("%s failed: %s", workload, exc)
+        create_markdown_artifact(
+            key="readiness",
+            markdown=_failure_markdown(
+                workload, exc.reason, str(exc.pod or "-"), exc.event_message, exc.log_lines
+            ),
+            description=f"{workload} failed: {exc.reason}",
+        )
+        raise
+    except ReadinessTimeout as exc:
+        logger.error("%s", exc)
+        create_markdown_artifact(
+            key="readiness",
+            markdown=f"## {workload} not ready after {timeout_s:.0f}s\n\n"
+            + "\n".join(f"- {m}" for m in exc.missing),
+            description=f"{workload} readiness timeout",
+        )
+        raise
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    logger.info(
+        "%s ready after %.1fs with %d pod(s): %s",
+        workload,
+        report.elapsed_s,
+        len(report.pods),
+        ", ".join(str(p) for p in report.pods),
+    )
+    return report
+
+
+def _failure_markdown(
+    workload: ObjectRef, reason: str, pod: str, event: str, log_lines: list[str]
+) -> str:
+    lines = [
+        f"## {workload} failed: {reason}",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| pod | {pod} |",
+        f"| reason | {reason} |",
+        f"| event | {event.replace('|', '/') or '-'} |",
+    ]
+    if log_lines:
+        lines += ["", "Last container log lines:", "", "```", *log_lines, "```"]
+    return "\n".join(lines)

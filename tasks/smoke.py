@@ -1,0 +1,140 @@
+"""Smoke-test stage: call the new release through the API server's service proxy (or a direct
+URL), then judge the answers with great-expectations. The verdict is returned, not raised: the
+gate decides what a failed smoke test means.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.objects import secret_value
+from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
+from llm_rollout.smoke import SmokeReport, SmokeVerdict, run_smoke, validate_smoke
+from llm_rollout.spec import SecretKeyRef, SmokeSpec
+from tasks.policy import retry_transient_only
+
+
+@dataclass(frozen=True)
+class SmokeOutcome:
+    """The observations and the verdict of one smoke test."""
+
+    report: SmokeReport
+    verdict: SmokeVerdict
+
+
+@task(
+    name="smoke-test",
+    retries=3,
+    retry_delay_seconds=[3, 10, 20],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=3600,
+    cache_policy=NO_CACHE,
+)
+def smoke_test(
+    smoke: SmokeSpec,
+    *,
+    model: str,
+    namespace: str,
+    service: str,
+    port: int,
+    timeout_s: float,
+    base_url: str | None = None,
+    api_key: SecretKeyRef | None = None,
+) -> SmokeOutcome:
+    """Smoke-test Service `namespace/service` on `port` serving `model`.
+
+    Without `base_url` the calls go through the API server's service proxy (works from outside
+    the cluster); with it, directly (in-cluster workers). `api_key` names the Kubernetes
+    Secret key holding the server's API key: the value is read here and never becomes a
+    parameter, log line or artifact.
+    """
+    logger = get_run_logger()
+    api = load_api_client()
+    try:
+        key = secret_value(api, namespace, api_key.secret_name, api_key.key) if api_key else None
+        if base_url is None:
+            url = service_proxy_url(api, namespace, service, port)
+            client = httpx_client_for(api, timeout_s=timeout_s)
+            route = "API server service proxy"
+        else:
+            import httpx
+
+            url, client, route = base_url, httpx.Client(timeout=timeout_s), "direct URL"
+        logger.info("smoke test of Service %s/%s port %d via %s", namespace, service, port, route)
+        with client:
+            report = run_smoke(
+                client,
+                url,
+                model=model,
+                messages=[m.model_dump() for m in smoke.messages],
+                max_tokens=smoke.max_tokens,
+                api_key=key,
+                timeout_s=timeout_s,
+                sampling=_sampling(smoke),
+                stream=smoke.stream,
+            )
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    verdict = validate_smoke(report, smoke.expect)
+    for call in report.calls:
+        logger.info(
+            "Service %s/%s smoke %s: HTTP %s, %s ms, TTFT %s ms",
+            namespace,
+            service,
+            call.call,
+            call.status,
+            _ms(call.latency_ms),
+            _ms(call.ttft_ms),
+        )
+    if verdict.passed:
+        logger.info(
+            "Service %s/%s smoke test passed; answer: %r", namespace, service, report.answer[:200]
+        )
+    else:
+        logger.warning(
+            "Service %s/%s smoke test failed: %s", namespace, service, "; ".join(verdict.failures)
+        )
+    create_table_artifact(
+        key="smoke-calls",
+        table=[{k: v for k, v in row.items() if v is not None} for row in report.as_rows()],
+        description=f"Smoke-test calls to Service {namespace}/{service}",
+    )
+    create_markdown_artifact(
+        key="smoke-verdict",
+        markdown=_verdict_markdown(namespace, service, report, verdict),
+        description=f"Smoke verdict for Service {namespace}/{service}",
+    )
+    return SmokeOutcome(report=report, verdict=verdict)
+
+
+def _sampling(smoke: SmokeSpec) -> dict[str, float | int]:
+    sampling: dict[str, float | int] = {"temperature": smoke.temperature, "top_p": smoke.top_p}
+    if smoke.seed is not None:
+        sampling["seed"] = smoke.seed
+    return sampling
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _verdict_markdown(
+    namespace: str, service: str, report: SmokeReport, verdict: SmokeVerdict
+) -> str:
+    status = "passed" if verdict.passed else "FAILED"
+    lines = [
+        f"## Smoke test of Service {namespace}/{service}: {status}",
+        "",
+        f"Model `{report.model}`; answer: `{report.answer[:300]}`",
+        "",
+    ]
+    if verdict.failures:
+        lines += ["Failed expectations:", "", *(f"- {f}" for f in verdict.failures), ""]
+    lines += ["Checked:", "", *(f"- {c}" for c in verdict.checked)]
+    return "\n".join(lines)
