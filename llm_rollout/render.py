@@ -105,6 +105,11 @@ def release_service_name(spec: ServiceSpec, release: str) -> str:
     return f"{spec.name}-{release}-api"
 
 
+def default_release(spec: ServiceSpec) -> str:
+    """Deterministic release id for a spec: "r" + the first 7 hex digits of its hash."""
+    return "r" + spec_hash(spec)[:7]
+
+
 def check_release(release: str) -> None:
     """Reject release ids that cannot be embedded in object names and label values."""
     if len(release) > MAX_RELEASE_LEN or not DNS1123_LABEL.match(release):

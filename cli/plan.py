@@ -1,0 +1,83 @@
+"""`plan` and `schema`: see what a spec renders to without touching any cluster.
+
+`plan SPEC --out DIR` loads the spec, renders one release, validates every object offline and
+writes `DIR/<kind>-<name>.yaml` (kind lowercased, one object per file). An invalid spec exits 2
+with the offending field named; objects that fail validation exit 1. The OSS Secret is written
+without values: values only exist at apply time.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+SpecArg = Annotated[Path, typer.Argument(help="Path of the service spec (YAML).")]
+
+
+def plan_command(
+    spec_path: SpecArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write objects into.")],
+    release: Annotated[
+        str | None,
+        typer.Option(help="Release id to render (default: derived from the spec hash)."),
+    ] = None,
+    rbg_flavor: Annotated[
+        str, typer.Option(help="RoleBasedGroup conventions: v0.6 (v1alpha1) or v0.7.")
+    ] = "v0.6",
+) -> None:
+    """Render and validate every object a spec produces, one YAML file per object."""
+    from llm_rollout.errors import ManifestValidationError, PermanentError, SpecError
+    from llm_rollout.render import default_release, render, to_yaml
+    from llm_rollout.spec import load_spec
+    from llm_rollout.validation import validate_objects
+
+    flavor: Literal["v0.6", "v0.7"]
+    if rbg_flavor == "v0.6":
+        flavor = "v0.6"
+    elif rbg_flavor == "v0.7":
+        flavor = "v0.7"
+    else:
+        typer.echo(f"--rbg-flavor: must be v0.6 or v0.7, got {rbg_flavor!r}", err=True)
+        raise typer.Exit(code=2)
+    try:
+        spec = load_spec(spec_path)
+        rendered = render(spec, release=release or default_release(spec), rbg_flavor=flavor)
+    except SpecError as exc:
+        typer.echo(f"invalid spec {spec_path}: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    objects = rendered.all()
+    try:
+        validate_objects(objects)
+    except ManifestValidationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from exc
+    except PermanentError as exc:  # e.g. the CRD directory is missing
+        typer.echo(f"cannot validate: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+
+    out.mkdir(parents=True, exist_ok=True)
+    typer.echo(
+        f"{spec.name} ({spec.serving.engine} {spec.serving.shape}) release {rendered.release} "
+        f"in namespace {spec.namespace}: {len(objects)} objects, validated"
+    )
+    for obj in objects:
+        kind, meta = obj["kind"], obj["metadata"]
+        path = out / f"{kind.lower()}-{meta['name']}.yaml"
+        path.write_text(to_yaml(obj), encoding="utf-8")
+        where = f"{meta['namespace']}/{meta['name']}" if "namespace" in meta else meta["name"]
+        typer.echo(f"  {kind:<22} {where:<52} -> {path}")
+
+
+def schema_command() -> None:
+    """Print the JSON schema of the service spec."""
+    from llm_rollout.spec import spec_json_schema
+
+    typer.echo(json.dumps(spec_json_schema(), indent=2, ensure_ascii=False))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_command)
+    app.command("schema")(schema_command)

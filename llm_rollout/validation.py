@@ -1,0 +1,329 @@
+"""Offline validation of rendered objects, before anything could be applied.
+
+`validate_objects(objects)` checks a whole release at once and raises one
+`ManifestValidationError` listing every problem as `Kind namespace/name: field.path: problem`:
+
+- core kinds (v1, apps/v1, ...) against the Kubernetes OpenAPI schemas shipped with
+  `kubernetes-validate`, strict mode (unknown fields rejected), for Kubernetes `K8S_VERSION`;
+- custom resources against the `openAPIV3Schema` of every CRD file in the CRD directory that
+  serves their apiVersion (see `llm_rollout.crds`); an unknown custom kind is a problem;
+- admission-webhook style rules the schemas cannot express: names and label values are valid,
+  namespaced objects name their namespace, an OSS CSI PV's volumeHandle equals its name, a
+  LeaderWorkerSet group has size >= 1, RoleBasedGroup role names are unique and dependencies
+  name existing roles, RayCluster worker replicas lie within min/max; and references across the
+  set resolve (PVC -> PV by the alicloud-pvname selector, pods -> PVC, PV -> Secret, every
+  Service selects some pod template of the set).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator
+from functools import cache
+from typing import Any
+
+import jsonschema
+import kubernetes_validate.utils as kv_utils
+
+from llm_rollout.crds import crd_schemas, known_custom_kinds
+from llm_rollout.errors import ManifestValidationError
+
+K8S_VERSION = "1.30"
+OSS_CSI_DRIVER = "ossplugin.csi.alibabacloud.com"
+
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_CLUSTER_SCOPED = {"PersistentVolume", "Namespace", "StorageClass", "ClusterRole"}
+# Kinds whose names become DNS labels (Service names, pod hostnames of the workloads).
+_LABEL_NAMED = {"Service", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster"}
+
+Obj = dict[str, Any]
+
+
+def _is_core(api_version: str) -> bool:
+    """Built-in API groups: "" (v1), dotless (apps, batch) and *.k8s.io except x-k8s.io."""
+    group = api_version.split("/", 1)[0] if "/" in api_version else ""
+    if group == "" or "." not in group:
+        return True
+    return group.endswith(".k8s.io") and not group.endswith(".x-k8s.io")
+
+
+def _where(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    name = meta.get("name", "<unnamed>")
+    return f"{obj.get('kind', '<no kind>')} {ns + '/' if ns else ''}{name}"
+
+
+def _path(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<root>"
+
+
+def _schema_errors(validator: jsonschema.protocols.Validator, obj: Obj) -> Iterator[str]:
+    for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path))):
+        # anyOf/oneOf failures are clearer through their most specific sub-error.
+        leaf = jsonschema.exceptions.best_match([error]) or error
+        yield f"{_path(leaf.absolute_path)}: {leaf.message}"
+
+
+@cache
+def _core_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator | None:
+    version = [v for v in kv_utils.all_versions() if kv_utils.major_minor(v) <= K8S_VERSION][-1]
+    group_version = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    schema_dir = f"kubernetes-json-schema/v{version}-local-strict"
+    try:
+        schema = kv_utils.schema_contents(
+            f"{schema_dir}/{kind.lower()}-{group_version}.json", K8S_VERSION
+        )
+    except FileNotFoundError:
+        return None
+    definitions = kv_utils.schema_contents(f"{schema_dir}/_definitions.json", K8S_VERSION)
+    registry = kv_utils.Resource.from_contents(definitions) @ (
+        kv_utils.Resource.from_contents(schema) @ kv_utils.Registry()
+    )
+    validator: jsonschema.protocols.Validator = jsonschema.Draft202012Validator(
+        schema, registry=registry
+    )
+    return validator
+
+
+@cache
+def _crd_validators(api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
+    return tuple(
+        (crd.source, jsonschema.Draft7Validator(crd.schema))
+        for crd in crd_schemas(api_version, kind)
+    )
+
+
+def schema_problems(obj: Obj) -> list[str]:
+    """Structural problems of one object against its core or CRD schema."""
+    api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
+    if not api_version or not kind:
+        return ["apiVersion and kind are required"]
+    if _is_core(api_version):
+        validator = _core_validator(api_version, kind)
+        if validator is None:
+            return [f"{api_version} {kind} is unknown to Kubernetes {K8S_VERSION}"]
+        return list(_schema_errors(validator, obj))
+    validators = _crd_validators(api_version, kind)
+    if not validators:
+        group = api_version.split("/", 1)[0]
+        known = sorted(f"{g}/{k}" for g, k in known_custom_kinds())
+        if (group, kind) in known_custom_kinds():
+            return [f"no CRD serves {api_version} for {kind}"]
+        return [f"no CRD defines {group} {kind} (known: {', '.join(known)})"]
+    problems: list[str] = []
+    for source, validator in validators:
+        problems += [f"{msg} (CRD {source})" for msg in _schema_errors(validator, obj)]
+    return problems
+
+
+# --- webhook-style rules -----------------------------------------------------------------------
+
+
+def _metadata_problems(obj: Obj) -> Iterator[str]:
+    meta = obj.get("metadata") or {}
+    name = str(meta.get("name", ""))
+    kind = obj.get("kind")
+    pattern = _DNS1123_LABEL if kind in _LABEL_NAMED else _DNS1123_SUBDOMAIN
+    limit = 63 if kind in _LABEL_NAMED else 253
+    if not pattern.match(name) or len(name) > limit:
+        yield f"metadata.name: {name!r} is not a valid {kind} name (DNS-1123, <= {limit})"
+    if kind not in _CLUSTER_SCOPED and not meta.get("namespace"):
+        yield "metadata.namespace: required (never left to a default)"
+    yield from _label_problems("metadata.labels", meta.get("labels"))
+
+
+def _label_problems(where: str, labels: Any) -> Iterator[str]:
+    for key, value in (labels or {}).items():
+        if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+            yield f"{where}.{key}: {value!r} is not a valid label value"
+
+
+def _pod_templates(obj: Obj) -> Iterator[tuple[str, Obj]]:
+    """Every pod template inside a workload, with its field path."""
+    spec = obj.get("spec") or {}
+    kind = obj.get("kind")
+    if kind in ("Deployment", "StatefulSet"):
+        yield "spec.template", spec.get("template") or {}
+    elif kind == "LeaderWorkerSet":
+        lwt = spec.get("leaderWorkerTemplate") or {}
+        if "leaderTemplate" in lwt:
+            yield "spec.leaderWorkerTemplate.leaderTemplate", lwt["leaderTemplate"]
+        yield "spec.leaderWorkerTemplate.workerTemplate", lwt.get("workerTemplate") or {}
+    elif kind == "RoleBasedGroup":
+        for i, role in enumerate(spec.get("roles") or []):
+            if "template" in role:
+                yield f"spec.roles[{i}].template", role["template"]
+            for pattern in ("standalonePattern", "leaderWorkerPattern"):
+                if "template" in (role.get(pattern) or {}):
+                    yield f"spec.roles[{i}].{pattern}.template", role[pattern]["template"]
+    elif kind == "RayCluster":
+        yield "spec.headGroupSpec.template", (spec.get("headGroupSpec") or {}).get("template", {})
+        for i, group in enumerate(spec.get("workerGroupSpecs") or []):
+            yield f"spec.workerGroupSpecs[{i}].template", group.get("template") or {}
+
+
+def _kind_rules(obj: Obj) -> Iterator[str]:
+    spec = obj.get("spec") or {}
+    kind = obj.get("kind")
+    name = (obj.get("metadata") or {}).get("name")
+    if kind == "PersistentVolume":
+        csi = spec.get("csi") or {}
+        if csi.get("driver") == OSS_CSI_DRIVER:
+            if csi.get("volumeHandle") != name:
+                yield (
+                    f"spec.csi.volumeHandle: {csi.get('volumeHandle')!r} must equal the PV "
+                    f"name {name!r} for {OSS_CSI_DRIVER}"
+                )
+            attrs = csi.get("volumeAttributes") or {}
+            for key in ("bucket", "url", "path"):
+                if not attrs.get(key):
+                    yield f"spec.csi.volumeAttributes.{key}: required by the OSS CSI driver"
+            if attrs.get("authType") == "rrsa" and not attrs.get("roleName"):
+                yield "spec.csi.volumeAttributes.roleName: required with authType rrsa"
+            if attrs.get("authType") != "rrsa" and not csi.get("nodePublishSecretRef"):
+                yield "spec.csi.nodePublishSecretRef: required unless authType is rrsa"
+    elif kind == "LeaderWorkerSet":
+        size = (spec.get("leaderWorkerTemplate") or {}).get("size", 1)
+        if not isinstance(size, int) or size < 1:
+            yield f"spec.leaderWorkerTemplate.size: must be >= 1, got {size!r}"
+    elif kind == "RoleBasedGroup":
+        yield from _rbg_rules(spec)
+    elif kind == "RayCluster":
+        for i, group in enumerate(spec.get("workerGroupSpecs") or []):
+            low, high = group.get("minReplicas", 0), group.get("maxReplicas", 0)
+            want = group.get("replicas", low)
+            if not low <= want <= high:
+                yield (
+                    f"spec.workerGroupSpecs[{i}].replicas: {want} is outside "
+                    f"minReplicas..maxReplicas {low}..{high}"
+                )
+    for where, template in _pod_templates(obj):
+        yield from _label_problems(
+            f"{where}.metadata.labels", (template.get("metadata") or {}).get("labels")
+        )
+
+
+def _rbg_rules(spec: Obj) -> Iterator[str]:
+    roles = spec.get("roles") or []
+    names = [role.get("name") for role in roles]
+    seen: set[Any] = set()
+    for i, role_name in enumerate(names):
+        if role_name in seen:
+            yield f"spec.roles[{i}].name: duplicate role name {role_name!r}"
+        seen.add(role_name)
+    graph = {role.get("name"): list(role.get("dependencies") or []) for role in roles}
+    for i, role in enumerate(roles):
+        for dep in role.get("dependencies") or []:
+            if dep not in graph:
+                yield f"spec.roles[{i}].dependencies: {dep!r} is not a role of this group"
+            elif dep == role.get("name"):
+                yield f"spec.roles[{i}].dependencies: a role cannot depend on itself"
+    if _has_cycle(graph):
+        yield "spec.roles: dependencies form a cycle"
+
+
+def _has_cycle(graph: dict[Any, list[Any]]) -> bool:
+    state: dict[Any, int] = {}
+
+    def visit(node: Any) -> bool:
+        if state.get(node) == 1:
+            return True
+        if state.get(node) == 2 or node not in graph:
+            return False
+        state[node] = 1
+        found = any(visit(dep) for dep in graph[node] if dep != node)
+        state[node] = 2
+        return found
+
+    return any(visit(node) for node in graph)
+
+
+# --- cross-object references -------------------------------------------------------------------
+
+
+def _pod_specs(objects: list[Obj]) -> Iterator[tuple[Obj, str, Obj]]:
+    for obj in objects:
+        for where, template in _pod_templates(obj):
+            yield obj, where, template
+
+
+def _reference_problems(objects: list[Obj]) -> Iterator[tuple[Obj, str]]:
+    by_kind: dict[str, dict[str, Obj]] = {}
+    for obj in objects:
+        by_kind.setdefault(str(obj.get("kind")), {})[obj["metadata"].get("name", "")] = obj
+    pvs = by_kind.get("PersistentVolume", {})
+    pvcs = by_kind.get("PersistentVolumeClaim", {})
+    secrets = by_kind.get("Secret", {})
+    for pvc in pvcs.values():
+        wanted = ((pvc["spec"].get("selector") or {}).get("matchLabels") or {}).get(
+            "alicloud-pvname"
+        )
+        if pvs and wanted is not None:
+            matches = [
+                pv
+                for pv in pvs.values()
+                if pv["metadata"].get("labels", {}).get("alicloud-pvname") == wanted
+            ]
+            if not matches:
+                yield pvc, f"spec.selector.matchLabels.alicloud-pvname: no PV labelled {wanted!r}"
+    for pv in pvs.values():
+        ref = (pv["spec"].get("csi") or {}).get("nodePublishSecretRef")
+        if ref and ref.get("name") not in secrets:
+            yield (
+                pv,
+                f"spec.csi.nodePublishSecretRef.name: Secret {ref.get('name')!r} not in the set",
+            )
+    templates = list(_pod_specs(objects))
+    for owner, where, template in templates:
+        for i, volume in enumerate((template.get("spec") or {}).get("volumes") or []):
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim is not None and pvcs and claim not in pvcs:
+                yield owner, f"{where}.spec.volumes[{i}]: PVC {claim!r} not in the set"
+    for service in by_kind.get("Service", {}).values():
+        selector = service["spec"].get("selector") or {}
+        if (
+            selector
+            and templates
+            and not any(
+                _selects(selector, (template.get("metadata") or {}).get("labels") or {})
+                for _, _, template in templates
+            )
+        ):
+            yield service, "spec.selector: selects no pod template of the set"
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    # Controller-added labels (LWS, RBG, KubeRay) are not in the templates; ignore those keys.
+    controller_prefixes = ("leaderworkerset.sigs.k8s.io/", "rolebasedgroup.", "rbg.", "ray.io/")
+    return all(
+        labels.get(key) == value
+        for key, value in selector.items()
+        if not key.startswith(controller_prefixes)
+    )
+
+
+# --- entry point -------------------------------------------------------------------------------
+
+
+def object_problems(obj: Obj) -> list[str]:
+    """Every problem of one object on its own (schema and webhook-style rules)."""
+    return [*schema_problems(obj), *_metadata_problems(obj), *_kind_rules(obj)]
+
+
+def validate_objects(objects: list[Obj]) -> None:
+    """Raise `ManifestValidationError` listing every problem of the set; return when clean."""
+    problems = [f"{_where(obj)}: {p}" for obj in objects for p in object_problems(obj)]
+    problems += [f"{_where(obj)}: {p}" for obj, p in _reference_problems(objects)]
+    if problems:
+        raise ManifestValidationError(
+            f"{len(problems)} problem(s) in rendered objects:\n"
+            + "\n".join(f"- {p}" for p in problems)
+        )
