@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from llm_rollout.validation import validate_objects
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -35,6 +34,7 @@ from llm_rollout.release import (
 from llm_rollout.render import RbgFlavor, render, render_oss_secret
 from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import GatePlan, Strategy, plan_promote, plan_rollback
+from llm_rollout.validation import validate_objects
 from tasks.policy import retry_transient_only
 
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")

@@ -1,0 +1,231 @@
+"""The deploy flow: from a validated spec to a verified, serving endpoint (or a clean rollback).
+
+Stages: preflight -> mirror -> volumes -> rollout -> readiness -> smoke -> gate -> record.
+Every stage is a task with its own retries (transient errors only) and timeout; this flow only
+sequences them, times them, and turns a failed readiness or smoke test into a rollback.
+
+The flow parameter is the `ServiceSpec` itself (the UI renders it as a form). It holds no
+secret: OSS keys are resolved by the tasks that need them, from the spec's references.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from prefect import flow
+from prefect.logging import get_run_logger
+from prefect.runtime import flow_run
+
+from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.preflight import PreflightReport
+from llm_rollout.record import Outcome, RunSummary, SmokeSummary, StageTiming, smoke_summary
+from llm_rollout.spec import ServiceSpec, spec_hash
+from llm_rollout.strategy import Strategy, new_release_id
+from tasks.kubernetes import AppliedRelease, promote, rollback, rollout, volumes
+from tasks.preflight import mirror_stage, preflight
+from tasks.readiness import wait_workload_ready
+from tasks.record import record_run
+from tasks.smoke import smoke_test
+
+
+class RolloutFailed(PermanentError):
+    """The new release did not pass readiness or the smoke gate and was rolled back."""
+
+
+@dataclass
+class DeployResult:
+    """What a successful run returns (and the CLI prints)."""
+
+    service: str
+    namespace: str
+    release: str
+    strategy: str
+    answer: str
+    ttft_s: float | None
+    flow_run_id: str
+    summary_markdown_key: str
+
+
+@dataclass
+class _Timer:
+    timings: list[StageTiming] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[list[str]]:
+        """Time one stage; the yielded list collects a short detail for the summary."""
+        detail: list[str] = []
+        started = time.monotonic()
+        try:
+            yield detail
+        except BaseException as exc:
+            reason = type(exc).__name__
+            self.timings.append(
+                StageTiming(
+                    name, time.monotonic() - started, f"failed: {reason}", "; ".join(detail)
+                )
+            )
+            raise
+        self.timings.append(StageTiming(name, time.monotonic() - started, "ok", "; ".join(detail)))
+
+    def skipped(self, name: str, why: str) -> None:
+        self.timings.append(StageTiming(name, 0.0, "skipped", why))
+
+
+def _summary(
+    spec: ServiceSpec,
+    *,
+    outcome: Outcome,
+    message: str,
+    release: str | None,
+    report: PreflightReport | None,
+    timer: _Timer,
+    objects: list[str],
+    smoke: SmokeSummary | None,
+) -> RunSummary:
+    source = spec.model.modelscope
+    return RunSummary(
+        service=spec.name,
+        namespace=spec.namespace,
+        model=source.model_id if source else str(spec.model.oss_uri),
+        revision=spec.model_revision,
+        engine=spec.serving.engine,
+        shape=spec.serving.shape,
+        requested_strategy=spec.rollout.strategy,
+        strategy=report.strategy if report else None,
+        release=release,
+        previous_release=report.serving_release if report else None,
+        spec_hash=spec_hash(spec),
+        outcome=outcome,
+        message=message,
+        objects_applied=objects,
+        timings=list(timer.timings),
+        smoke=smoke,
+        warnings=list(report.warnings) if report else [],
+        extra={
+            "Kubernetes": report.server_version if report else "-",
+            "free GPUs at preflight": str(report.gpus_free) if report else "-",
+            **({"RBG flavor": report.rbg_flavor} if report and report.rbg_flavor else {}),
+        },
+    )
+
+
+@flow(
+    name="deploy-model",
+    flow_run_name="deploy-{spec.namespace}-{spec.name}",
+    description="Mirror a model to OSS and roll it out to Kubernetes behind a smoke-test gate.",
+)
+def deploy(spec: ServiceSpec) -> DeployResult:
+    """Deploy `spec`: preflight, mirror, volumes, rollout, readiness, smoke, gate, record."""
+    logger = get_run_logger()
+    timer = _Timer()
+    release = new_release_id(spec_hash(spec), int(time.time() * 1000))
+    objects: list[str] = []
+    report: PreflightReport | None = None
+    smoke: SmokeSummary | None = None
+    logger.info(
+        "deploying Service %s/%s as release %s (%s on %s)",
+        spec.namespace,
+        spec.name,
+        release,
+        spec.serving.engine,
+        spec.serving.shape,
+    )
+
+    def fail(outcome: Outcome, message: str) -> None:
+        record_run(
+            _summary(
+                spec,
+                outcome=outcome,
+                message=message,
+                release=release,
+                report=report,
+                timer=timer,
+                objects=objects,
+                smoke=smoke,
+            )
+        )
+
+    try:
+        with timer.stage("preflight") as detail:
+            report = preflight(spec, release)
+            detail.append(f"strategy {report.strategy}")
+        if report.decision is None or report.decision.strategy is None:
+            raise PermanentError("preflight passed without choosing a strategy")
+        strategy: Strategy = report.decision.strategy
+        with timer.stage("mirror") as detail:
+            detail.append(mirror_stage(spec))
+        with timer.stage("volumes") as detail:
+            objects += volumes(spec, release, not report.namespace_exists)
+            detail.append(f"PersistentVolumeClaim {spec.namespace}/{spec.pvc_name} Bound")
+        with timer.stage("rollout") as detail:
+            applied: AppliedRelease = rollout(
+                spec, release, strategy, report.serving_release, report.rbg_flavor
+            )
+            objects += applied.applied
+            detail.append(f"{applied.workload} applied ({strategy})")
+    except RolloutError as exc:
+        # Nothing of the new release serves yet; what was applied stays for inspection.
+        fail("failed", str(exc))
+        raise
+
+    gate_error: RolloutError | None = None
+    try:
+        with timer.stage("readiness") as detail:
+            ready = wait_workload_ready(
+                applied.workload, timeout_s=float(spec.rollout.ready_timeout_s)
+            )
+            detail.append(f"{len(ready.pods)} pod(s) ready after {ready.elapsed_s:.1f}s")
+        with timer.stage("smoke") as detail:
+            outcome = smoke_test(
+                spec.smoke,
+                model=spec.served_model_name,
+                namespace=spec.namespace,
+                service=applied.service_name,
+                port=applied.service_port,
+                timeout_s=float(spec.rollout.smoke_timeout_s),
+                api_key=spec.serving.api_key,
+            )
+            smoke = smoke_summary(outcome.report, outcome.verdict)
+            detail.append("passed" if smoke.passed else "FAILED")
+        if not outcome.verdict.passed:
+            raise RolloutFailed("smoke test failed: " + "; ".join(outcome.verdict.failures))
+    except RolloutError as exc:
+        gate_error = exc
+
+    if gate_error is not None:
+        with timer.stage("gate"):
+            plan = rollback(spec, release, report.serving_release, strategy)
+        message = f"release {release} failed: {gate_error}\n{plan.message}"
+        logger.error(message)
+        fail("rolled-back", message)
+        raise RolloutFailed(message) from gate_error
+
+    with timer.stage("gate") as detail:
+        plan = promote(spec, release, report.serving_release, strategy)
+        detail.append(plan.message)
+    assert smoke is not None  # the smoke stage ran to get here
+    summary = _summary(
+        spec,
+        outcome="promoted",
+        message=f"Service {spec.namespace}/{spec.name} serves release {release}",
+        release=release,
+        report=report,
+        timer=timer,
+        objects=objects,
+        smoke=smoke,
+    )
+    with timer.stage("record"):
+        record_run(summary)
+    return DeployResult(
+        service=spec.name,
+        namespace=spec.namespace,
+        release=release,
+        strategy=strategy,
+        answer=smoke.answer,
+        ttft_s=smoke.ttft_s,
+        flow_run_id=str(flow_run.id),
+        summary_markdown_key=f"rollout-{spec.namespace}-{spec.name}",
+    )
