@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
 from llm_rollout.kube.watching import (
     WaitTimeout,
@@ -428,12 +429,7 @@ def wait_ready(
     event_spec = WatchSpec("v1", "Event", namespace)
 
     # The pod selector depends on the workload's spec, so the workload is read first.
-    with watching(api, [workload_spec]) as first:
-        while workload_spec not in first.synced:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or first.next(remaining) is None:
-                raise ReadinessTimeout(workload, timeout_s, ["workload could not be listed"])
-        initial = first.cache[workload_spec].get(workload.name)
+    initial = call_with_retry(lambda: get(api, workload))
     if initial is None:
         raise PermanentError(f"{workload} does not exist: nothing to wait for")
 
