@@ -189,15 +189,14 @@ def test_resumable_upload_resumes_after_503_on_a_part(oss: OssServer, tmp_path: 
     src.write_bytes(data)
     store = oss2.ResumableStore(root=str(tmp_path / "ckpt"))
     oss.faults.fail_parts([3], times=1)
+    opts = {"multipart_threshold": 1 << 20, "part_size": 1 << 20, "num_threads": 1}
     with pytest.raises(oss2.exceptions.ServerError) as info:
-        oss2.resumable_upload(b, "shard.bin", str(src), store=store, multipart_threshold=1024 * 1024,
-                              part_size=1024 * 1024, num_threads=1)  # fmt: skip
+        oss2.resumable_upload(b, "shard.bin", str(src), store=store, **opts)
     assert info.value.status == 503 and info.value.code == "ServiceUnavailable"
     assert oss.keys(BUCKET) == []
     oss.wait_idle()
     oss.reset_counters()
-    oss2.resumable_upload(b, "shard.bin", str(src), store=store, multipart_threshold=1024 * 1024,
-                          part_size=1024 * 1024, num_threads=1)  # fmt: skip
+    oss2.resumable_upload(b, "shard.bin", str(src), store=store, **opts)
     oss.wait_idle()
     sent = sorted(r.part_number for r in oss.request_log if r.op == "UploadPart")
     assert sent == [3, 4, 5]  # parts 1 and 2 were not re-sent
