@@ -441,10 +441,6 @@ class _Ctx:
             args += ["--disaggregation-transfer-backend", pd.transfer_backend]
         return args + _sglang_extra(self.spec)
 
-    def rbg_env(self) -> list[K8sObject]:
-        # Where the pod finds itself; the RBG controller injects the group/role variables.
-        return [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-
     def ray_head_params(self) -> dict[str, str]:
         # rayStartParams values must be strings.
         return {

@@ -628,12 +628,12 @@ class ServiceSpec(StrictModel):
     @model_validator(mode="after")
     def _cross_checks(self) -> ServiceSpec:
         problems: list[tuple[str, str]] = []
-        if self.storage.credentials is None and self.volume.rrsa_role is None:
-            problems.append(("storage.credentials", "required unless volume.rrsa_role is set"))
         if self.storage.credentials is None and self.model.modelscope is not None:
             problems.append(
-                ("storage.credentials", "mirroring from ModelScope needs OSS AccessKeys")
+                ("storage.credentials", "required: mirroring from ModelScope writes to OSS")
             )
+        elif self.storage.credentials is None and self.volume.rrsa_role is None:
+            problems.append(("storage.credentials", "required unless volume.rrsa_role is set"))
         if self.volume.capacity_gib is None and self.model.size_bytes is None:
             problems.append(("volume.capacity_gib", "required when model.size_bytes is unknown"))
         problems.extend(self._gpu_memory_problems())
