@@ -10,12 +10,25 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as _k8s_config
 from kubernetes.config.config_exception import ConfigException
+from urllib3.util.retry import Retry
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.resources import request_json
 
 # The config loaders are untyped; an Any handle keeps the rest of the module strictly typed.
 k8s_config: Any = _k8s_config
+
+
+# urllib3's default retries 429/503 answers itself, sleeping for their Retry-After before our
+# error translation sees them; throttling must surface as TransientError(retry_after_s) so the
+# caller's policy decides. Connection-level failures of idempotent requests are still retried.
+CONNECTION_RETRIES = Retry(
+    total=3,
+    backoff_factor=0.2,
+    status_forcelist=(),
+    respect_retry_after_header=False,
+    raise_on_status=False,
+)
 
 
 class KubeConfigError(PermanentError):
@@ -66,6 +79,7 @@ def load_api_client(
     except ConfigException as exc:
         where = source or "in-cluster service account"
         raise KubeConfigError(f"cannot load Kubernetes configuration from {where}: {exc}") from exc
+    configuration.retries = CONNECTION_RETRIES
     return k8s_client.ApiClient(configuration=configuration)
 
 
