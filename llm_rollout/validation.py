@@ -20,12 +20,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import kubernetes_validate.utils as kv_utils
 
-from llm_rollout.crds import crd_schemas, known_custom_kinds
+from llm_rollout.crds import crd_dir, crd_schemas, known_custom_kinds
 from llm_rollout.errors import ManifestValidationError
 
 K8S_VERSION = "1.30"
@@ -94,10 +95,10 @@ def _core_validator(api_version: str, kind: str) -> jsonschema.protocols.Validat
 
 
 @cache
-def _crd_validators(api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
+def _crd_validators(directory: Path, api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
     return tuple(
         (crd.source, jsonschema.Draft7Validator(crd.schema))
-        for crd in crd_schemas(api_version, kind)
+        for crd in crd_schemas(api_version, kind, directory)
     )
 
 
@@ -111,11 +112,13 @@ def schema_problems(obj: Obj) -> list[str]:
         if validator is None:
             return [f"{api_version} {kind} is unknown to Kubernetes {K8S_VERSION}"]
         return list(_schema_errors(validator, obj))
-    validators = _crd_validators(api_version, kind)
+    directory = crd_dir()
+    validators = _crd_validators(directory, api_version, kind)
     if not validators:
         group = api_version.split("/", 1)[0]
-        known = sorted(f"{g}/{k}" for g, k in known_custom_kinds())
-        if (group, kind) in known_custom_kinds():
+        kinds = known_custom_kinds(directory)
+        known = sorted(f"{g}/{k}" for g, k in kinds)
+        if (group, kind) in kinds:
             return [f"no CRD serves {api_version} for {kind}"]
         return [f"no CRD defines {group} {kind} (known: {', '.join(known)})"]
     problems: list[str] = []

@@ -1,0 +1,107 @@
+"""The plan and schema commands, run in-process through the real CLI app."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cli import app
+
+from .conftest import EXAMPLES
+
+runner = CliRunner()
+
+
+def _example(stem: str) -> Path:
+    return next(path for path in EXAMPLES if path.stem == stem)
+
+
+def test_plan_writes_one_file_per_object(tmp_path: Path) -> None:
+    out = tmp_path / "plan"
+    result = runner.invoke(
+        app, ["plan", str(_example("seed-vllm-lws")), "--out", str(out), "--release", "r7"]
+    )
+    assert result.exit_code == 0, result.output
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [
+        "leaderworkerset-qwen3-32b-vllm-r7.yaml",
+        "persistentvolume-qwen3-32b-vllm-model-c41cd8d0.yaml",
+        "persistentvolumeclaim-qwen3-32b-vllm-model-c41cd8d0.yaml",
+        "secret-qwen3-32b-vllm-oss.yaml",
+        "service-qwen3-32b-vllm-r7-api.yaml",
+        "service-qwen3-32b-vllm.yaml",
+    ]
+    for path in out.iterdir():
+        docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        assert len(docs) == 1
+        assert f"{docs[0]['kind'].lower()}-{docs[0]['metadata']['name']}.yaml" == path.name
+    assert "6 objects, validated" in result.output
+    assert "LeaderWorkerSet" in result.output
+
+
+def test_plan_rejects_invalid_spec_with_exit_2(tmp_path: Path) -> None:
+    spec = yaml.safe_load(_example("seed-vllm-lws").read_text(encoding="utf-8"))
+    spec["serving"]["nodes"] = 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = runner.invoke(app, ["plan", str(bad), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "serving.tp" in result.output and "must equal nodes*gpus_per_node" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_plan_rejects_unknown_rbg_flavor(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["plan", str(_example("seed-sglang-pd-rbg")), "--out", str(tmp_path), "--rbg-flavor", "v9"],
+    )
+    assert result.exit_code == 2
+    assert "--rbg-flavor" in result.output
+
+
+def test_plan_v07_flavor_renders_v1alpha2(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "plan",
+            str(_example("seed-sglang-pd-rbg")),
+            "--out",
+            str(tmp_path),
+            "--rbg-flavor",
+            "v0.7",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rbg = next(tmp_path.glob("rolebasedgroup-*.yaml"))
+    assert yaml.safe_load(rbg.read_text(encoding="utf-8"))["apiVersion"].endswith("v1alpha2")
+
+
+def test_plan_never_contains_secret_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key_id, key_secret = "LTAI-plan-test-id-7f3a", "plan-test-secret-9c1e"
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", key_id)
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", key_secret)
+    for example in EXAMPLES:
+        out = tmp_path / example.stem
+        result = runner.invoke(app, ["plan", str(example), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        texts = [result.output] + [p.read_text(encoding="utf-8") for p in out.iterdir()]
+        assert not any(key_id in text or key_secret in text for text in texts)
+        secret_files = list(out.glob("secret-*.yaml"))
+        assert len(secret_files) == 1
+        secret = yaml.safe_load(secret_files[0].read_text(encoding="utf-8"))
+        assert "data" not in secret and "stringData" not in secret
+
+
+def test_schema_prints_the_spec_json_schema() -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert schema["title"] == "ServiceSpec"
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"name", "namespace", "model", "storage", "serving"}
+    serving = schema["$defs"]["ServingSpec"]["properties"]
+    assert all("description" in prop for prop in serving.values())
