@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llm_rollout.render import render, to_yaml
+from llm_rollout.render import RbgFlavor, render, to_yaml
 from llm_rollout.spec import load_spec
 from llm_rollout.validation import validate_objects
 
@@ -15,7 +15,7 @@ from .conftest import EXAMPLES
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 RELEASE = "r1"
-CASES = [(path, "v0.6") for path in EXAMPLES] + [
+CASES: list[tuple[Path, RbgFlavor]] = [(path, "v0.6") for path in EXAMPLES] + [
     (path, "v0.7") for path in EXAMPLES if "rbg" in path.stem
 ]
 
@@ -34,8 +34,8 @@ def test_every_required_example_exists() -> None:
 
 
 @pytest.mark.parametrize(("path", "flavor"), CASES, ids=lambda v: getattr(v, "stem", v))
-def test_example_renders_validates_and_matches_golden(path: Path, flavor: str) -> None:
-    rendered = render(load_spec(path), release=RELEASE, rbg_flavor=flavor)  # type: ignore[arg-type]
+def test_example_renders_validates_and_matches_golden(path: Path, flavor: RbgFlavor) -> None:
+    rendered = render(load_spec(path), release=RELEASE, rbg_flavor=flavor)
     objects = rendered.all()
     validate_objects(objects)
     text = "---\n".join(to_yaml(obj) for obj in objects)

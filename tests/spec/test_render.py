@@ -271,3 +271,14 @@ def test_sglang_single_node_shapes_render_and_validate() -> None:
     args = _container(rendered.workload["spec"]["template"])["args"]
     assert args[args.index("--tp") + 1] == "4"
     validate_objects(rendered.all())
+
+
+def test_sglang_api_key_is_expanded_from_the_secret_env() -> None:
+    spec = _spec("seed-sglang-lws", api_key={"secret_name": "llm-key", "key": "token"})
+    rendered = render(spec, release="r1")
+    leader = _container(rendered.workload["spec"]["leaderWorkerTemplate"]["leaderTemplate"])
+    assert leader["args"][leader["args"].index("--api-key") + 1] == "$(LLM_API_KEY)"
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in leader["env"]}
+    assert env == {"LLM_API_KEY": {"name": "llm-key", "key": "token"}}
+    assert "/health_generate" in leader["readinessProbe"]["exec"]["command"][-1]
+    validate_objects(rendered.all())

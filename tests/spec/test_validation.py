@@ -10,16 +10,16 @@ import pytest
 
 from llm_rollout.crds import CrdDirError, crd_dir, crd_schemas, structural_to_jsonschema
 from llm_rollout.errors import ManifestValidationError, PermanentError
-from llm_rollout.render import render
+from llm_rollout.render import RbgFlavor, render
 from llm_rollout.spec import spec_from_dict
 from llm_rollout.validation import validate_objects
 
 from .conftest import example_dict
 
 
-def _objects(example: str, flavor: str = "v0.6") -> list[dict[str, Any]]:
+def _objects(example: str, flavor: RbgFlavor = "v0.6") -> list[dict[str, Any]]:
     spec = spec_from_dict(example_dict(example))
-    return render(spec, release="r1", rbg_flavor=flavor).all()  # type: ignore[arg-type]
+    return render(spec, release="r1", rbg_flavor=flavor).all()
 
 
 def _by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
