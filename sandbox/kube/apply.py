@@ -252,9 +252,12 @@ def server_side_apply(
     others: set[Path] = set()
     for entry in new_entries:
         others |= _owned(entry)
-    for path in sorted(previous - applied_set, key=len, reverse=True):
-        below_owned = any(o[: len(path)] == path for o in others | applied_set)
-        if not below_owned:
+    kept = others | applied_set
+    # Shortest first: a dropped list element goes whole; its key field is never removed alone.
+    for path in sorted(previous - applied_set, key=len):
+        if len(path) >= 2 and isinstance(path[-2], tuple) and path[-1] in json.loads(path[-2][1]):
+            continue
+        if not any(o[: len(path)] == path for o in kept):
             _remove_path(result, path)
     new_entries.append(_entry(manager, "Apply", api_version, applied_set, sub))
     _set_entries(result, new_entries)
