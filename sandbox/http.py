@@ -42,12 +42,15 @@ class TokenBucket:
         self.rate = float(rate_bytes_per_s)
         self._lock = threading.Lock()
         self._next_free = 0.0
+        self._burst_s = min(4 * CHUNK_BYTES / self.rate, 0.02)
 
     def reserve(self, nbytes: int) -> float:
         """Reserve link time for ``nbytes``; returns the monotonic time the slot ends."""
         with self._lock:
             now = time.monotonic()
-            start = max(self._next_free, now)
+            # A sender that fell slightly behind (scheduling, client stalls) may catch up
+            # by one short burst, so the long-run rate is the cap rather than a bit under it.
+            start = max(self._next_free, now - self._burst_s)
             self._next_free = start + nbytes / self.rate
             return self._next_free
 

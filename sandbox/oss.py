@@ -52,6 +52,7 @@ import email.utils
 import hashlib
 import hmac
 import json
+import queue
 import random
 import shutil
 import threading
@@ -60,6 +61,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -1085,18 +1087,42 @@ class _OssHandler(SandboxHandler):
             )
 
     def _receive_to_file(self, oss: OssServer) -> tuple[Path, int, str, int]:
-        """Stream the request body to a temp file; returns (path, size, md5 hex, crc64)."""
+        """Stream the request body to a temp file; returns (path, size, md5 hex, crc64).
+
+        MD5 and the file write release the GIL, CRC64 (crcmod) does not: a helper thread does
+        the former while this thread reads the socket and runs the CRC, so the three overlap.
+        """
         tmp = oss.data_dir / "tmp" / uuid.uuid4().hex
         md5 = hashlib.md5(usedforsecurity=False)
         crc = Crc64(0)
         size = 0
+        pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        failure: list[OSError] = []
+
+        def drain(fh: IO[bytes]) -> None:
+            while (chunk := pending.get()) is not None:
+                if failure:
+                    continue
+                try:
+                    fh.write(chunk)
+                except OSError as exc:
+                    failure.append(exc)
+                md5.update(chunk)
+
         try:
             with tmp.open("wb") as fh:
-                for chunk in self._body_chunks():
-                    fh.write(chunk)
-                    md5.update(chunk)
-                    crc.update(chunk)
-                    size += len(chunk)
+                worker = threading.Thread(target=drain, args=(fh,), daemon=True)
+                worker.start()
+                try:
+                    for chunk in self._body_chunks():
+                        pending.put(chunk)
+                        crc.update(chunk)
+                        size += len(chunk)
+                finally:
+                    pending.put(None)
+                    worker.join()
+            if failure:
+                raise failure[0]
             self._check_md5(md5.digest())
         except BaseException:
             tmp.unlink(missing_ok=True)
