@@ -770,6 +770,14 @@ class Kubelet(Controller):
     def _run_tick(
         self, pod: Obj, runtime: PodRuntime, c: ContainerRuntime, now: float
     ) -> float | None:
+        if c.crash_fault is None:
+            # A crash fault injected while the container runs hits it too, like a real crash.
+            crash = self._faults_for(pod, c.name, CrashFault)
+            if crash:
+                fault = crash[0]
+                assert isinstance(fault, CrashFault)
+                c.crash_fault = fault
+                c.crash_at = now + fault.after_s
         if c.crash_at is not None and now >= c.crash_at:
             assert c.crash_fault is not None
             self._terminate(
