@@ -12,6 +12,7 @@ Order of a run (the manifest is the only completeness marker, so it is written l
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import threading
@@ -81,7 +82,7 @@ def _summarise(failed: dict[str, BaseException]) -> tuple[str, dict[str, str]]:
 
 
 def _staged_source(
-    source: HubSource, listing: HubListing, paths: list[str], options: MirrorOptions, root: Path
+    hub: HubClient, listing: HubListing, paths: list[str], options: MirrorOptions, root: Path
 ) -> RangeSource:
     """Download exactly `paths` with the library's snapshot_download into `root`."""
     from modelscope import snapshot_download
@@ -89,8 +90,9 @@ def _staged_source(
 
     try:
         snapshot_download(
-            source.model_id,
+            listing.model_id,
             revision=listing.revision,
+            endpoint=hub.endpoint,
             local_dir=str(root),
             allow_patterns=paths,
             max_workers=options.max_parallel_files,
@@ -195,7 +197,7 @@ def mirror_model(
                     staging = tempfile.TemporaryDirectory(prefix="llm-rollout-staged-")
                     root = Path(staging.name)
                 range_source: RangeSource = _staged_source(
-                    source, listing, [f.path for f in todo], options, root
+                    hub, listing, [f.path for f in todo], options, root
                 )
             else:
                 urls = {
@@ -203,17 +205,7 @@ def mirror_model(
                 }
                 hub_source = HubRangeSource(hub.access(), urls, options, counters.add_fetched)
                 range_source = hub_source
-            ctx = TransferContext(
-                bucket=bucket,
-                target=target,
-                source=range_source,
-                options=options,
-                checkpoints=checkpoints,
-                part_pool=part_pool,
-                slots=slots,
-                progress=progress,
-                counters=counters,
-            )
+            ctx = dataclasses.replace(base, source=range_source)
 
             def run_one(file: HubFile) -> FileOutcome:
                 outcome = transfer_file(ctx, file)
@@ -250,7 +242,8 @@ def mirror_model(
         total_bytes=listing.total_bytes,
         files=records,
     )
-    if not (same_content and not todo and previous == manifest):
+    unchanged = previous is not None and previous.model_dump() == manifest.model_dump()
+    if not (same_content and not todo and unchanged):
         manifest_uri = write_manifest(bucket, target, manifest)
     else:
         manifest_uri = target.uri(manifest_key(target))

@@ -158,7 +158,8 @@ class HubRangeSource:
                 raise PermanentError(f"hub: {path}: unexpected HTTP {status}")
             want = stop - start
             got = 0
-            for chunk in resp.iter_bytes(_READ_CHUNK):
+            # No chunk_size: httpx would buffer up to it and lose the buffer on a drop.
+            for chunk in resp.iter_bytes():
                 take = min(len(chunk), want - got)
                 buf += chunk[:take]
                 got += take
