@@ -180,14 +180,21 @@ def _sglang_extra(spec: ServiceSpec) -> list[str]:
 # --- probes ------------------------------------------------------------------------------------
 
 
-def _http_check_command(port: int, path: str) -> list[str]:
+def api_key_env_name(spec: ServiceSpec) -> str:
+    """Container env var holding the API key: vLLM reads VLLM_API_KEY itself; SGLang gets it
+    through `--api-key $(LLM_API_KEY)`."""
+    return "VLLM_API_KEY" if spec.serving.engine == "vllm" else API_KEY_ENV
+
+
+def _http_check_command(spec: ServiceSpec, path: str) -> list[str]:
     # Used only when the server requires an API key: an httpGet probe cannot send the header
     # without writing the key into the manifest, so the probe reads it from the environment.
+    port, timeout_s = spec.serving.port, spec.serving.probes.timeout_s
     script = (
         "import os,sys,urllib.request;"
         f"r=urllib.request.Request('http://127.0.0.1:{port}{path}',"
-        f"headers={{'Authorization':'Bearer '+os.environ['{API_KEY_ENV}']}});"
-        "sys.exit(0 if urllib.request.urlopen(r,timeout=30).status==200 else 1)"
+        f"headers={{'Authorization':'Bearer '+os.environ['{api_key_env_name(spec)}']}});"
+        f"sys.exit(0 if urllib.request.urlopen(r,timeout={timeout_s}).status==200 else 1)"
     )
     return ["python3", "-c", script]
 
@@ -196,10 +203,9 @@ def _probe(
     spec: ServiceSpec, path: str, *, failure_threshold: int, authenticated: bool
 ) -> K8sObject:
     probes = spec.serving.probes
-    port = spec.serving.port
     handler: K8sObject
     if authenticated and spec.serving.api_key is not None:
-        handler = {"exec": {"command": _http_check_command(port, path)}}
+        handler = {"exec": {"command": _http_check_command(spec, path)}}
     else:
         handler = {"httpGet": {"path": path, "port": "http"}}
     return {
@@ -336,10 +342,7 @@ class _Ctx:
         if ref is None:
             return []
         source = {"secretKeyRef": {"name": ref.secret_name, "key": ref.key}}
-        env = [{"name": API_KEY_ENV, "valueFrom": source}]
-        if self.spec.serving.engine == "vllm":
-            env.append({"name": "VLLM_API_KEY", "valueFrom": source})
-        return env
+        return [{"name": api_key_env_name(self.spec), "valueFrom": source}]
 
     def model_volume(self) -> K8sObject:
         return {
