@@ -596,7 +596,8 @@ class Kubelet(Controller):
         elif c.stage == "creating":
             c.due = now + self.timings.container_start_s
         elif c.stage == "crash_backoff":
-            c.due = now + self._backoff(c.crash_count)
+            # The terminated state is visible briefly before the kubelet acts on it.
+            c.due = now + max(self.timings.container_start_s, 0.01)
         elif c.stage == "pull_backoff":
             c.due = now + self._backoff(c.pull_attempts)
 
@@ -657,9 +658,11 @@ class Kubelet(Controller):
             c.due = 0.0
             return
         if c.stage == "crash_backoff":
-            if c.state.get("terminated"):
+            # Upstream restarts after the first exit at once; back-off (10 s doubling, capped
+            # at 300 s) starts with the second one.
+            if c.state.get("terminated") and c.crash_count >= 2:
                 msg = (
-                    f"back-off {int(min(10 * 2 ** max(c.crash_count - 1, 0), 300))}s restarting "
+                    f"back-off {int(min(10 * 2 ** (c.crash_count - 2), 300))}s restarting "
                     f"failed container={c.name} "
                     f"pod={m['name']}_{m.get('namespace')}({m.get('uid')})"
                 )
@@ -672,7 +675,7 @@ class Kubelet(Controller):
                     KUBELET,
                 )
                 c.state = {"waiting": {"reason": "CrashLoopBackOff", "message": msg}}
-                c.due = now + self._backoff(c.crash_count)
+                c.due = now + self._backoff(c.crash_count - 1)
                 return
             # Back-off over: the kubelet restarts the container from the image it already has.
             self.store.rotate_logs(m.get("namespace", ""), m["name"], c.name)
