@@ -246,7 +246,9 @@ def check_cluster(
 
     try:
         nodes, _ = list_objects(api, "v1", "Node", None)
-        pods, _ = list_objects(api, "v1", "Pod", None)
+        # Every namespace's pods hold GPUs; list_objects addresses one namespace at a time.
+        listing = request_json(api, "GET", "/api/v1/pods", target="Pod list in all namespaces")
+        pods = list(listing.get("items") or [])
     except RolloutError as exc:
         report.problems.append(f"cluster: cannot list nodes and pods ({exc})")
         return

@@ -91,7 +91,10 @@ def volumes(spec: ServiceSpec, release: str, create_namespace: bool) -> list[str
         validate_objects(rendered.storage_objects)
         objects: list[dict[str, Any]] = []
         if create_namespace:
-            objects.append(namespace_object(spec.namespace))
+            # Namespaced objects cannot even be dry-run before their namespace exists.
+            namespace = namespace_object(spec.namespace)
+            apply_checked(api, [namespace])
+            logger.info("created Namespace %s", spec.namespace)
         ref = credentials_ref(spec)
         for obj in rendered.storage_objects:
             if obj.get("kind") == "Secret":
@@ -105,7 +108,7 @@ def volumes(spec: ServiceSpec, release: str, create_namespace: bool) -> list[str
                 obj = render_oss_secret(spec, keys["akId"], keys["akSecret"])
             objects.append(obj)
         apply_checked(api, objects)
-        applied = ordered_refs(objects)
+        applied = ordered_refs([namespace] if create_namespace else []) + ordered_refs(objects)
         for line in applied:
             logger.info("applied %s", line)
         started = time.monotonic()
