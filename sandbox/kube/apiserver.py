@@ -920,7 +920,6 @@ class ApiServer:
 
         rv_param = req.query.get("resourceVersion", "")
         current, list_rv = self.store.list(rt, namespace)
-        visible = {o["metadata"]["uid"] for o in current if matches(o)}
         initial: list[Obj] = []
         if rv_param in ("", "0"):
             initial = [o for o in current if matches(o)]
@@ -974,13 +973,15 @@ class ApiServer:
             for ev in events:
                 last_rv = ev.rv
                 obj = {**ev.obj, "apiVersion": rt.api_version}
-                uid = obj["metadata"]["uid"]
-                if ev.type != "DELETED" and matches(obj):
-                    type_ = ev.type if uid in visible else "ADDED"
-                    visible.add(uid)
-                    emit(type_, obj)
-                elif uid in visible:
-                    visible.discard(uid)
+                # Objects entering or leaving the selection are ADDED / DELETED for this watch.
+                was = ev.prev is not None and matches(ev.prev)
+                now_in = matches(obj)
+                if ev.type == "DELETED":
+                    if now_in:
+                        emit("DELETED", obj)
+                elif now_in:
+                    emit(ev.type if was else "ADDED", obj)
+                elif was:
                     emit("DELETED", obj)
             if bookmarks and time.monotonic() - last_bookmark >= self.bookmark_interval:
                 last_rv = max(last_rv, newest) if not events else last_rv

@@ -186,6 +186,7 @@ class WatchEvent:
     type: str  # ADDED / MODIFIED / DELETED
     key: tuple[str, str]  # storage key of the object's type
     obj: Obj
+    prev: Obj | None = None  # the object before this change (None for ADDED)
 
 
 @dataclass
@@ -206,6 +207,7 @@ class Store:
         self._history: deque[WatchEvent] = deque()
         self._history_size = history_size
         self._compacted_rv = 0
+        self._latest: dict[str, Obj] = {}  # uid -> last committed snapshot, for watch diffs
         self._subscribers: list[Callback] = []
         self._pending: deque[tuple[str, Obj]] = deque()
         self._deliver_lock = threading.Lock()
@@ -285,7 +287,13 @@ class Store:
         self._last_rv = rv
         obj["metadata"]["resourceVersion"] = str(rv)
         snapshot = clone(obj)
-        self._history.append(WatchEvent(rv, type_, rt.storage_key, snapshot))
+        uid = obj["metadata"].get("uid", "")
+        prev = self._latest.get(uid)
+        if type_ == "DELETED":
+            self._latest.pop(uid, None)
+        else:
+            self._latest[uid] = snapshot
+        self._history.append(WatchEvent(rv, type_, rt.storage_key, snapshot, prev))
         while len(self._history) > self._history_size:
             self._compacted_rv = self._history.popleft().rv
         self._pending.append((type_, snapshot))
