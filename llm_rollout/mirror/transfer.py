@@ -66,7 +66,6 @@ from llm_rollout.oss import (
     translate_oss_error,
 )
 
-_READ_CHUNK = 1024 * 1024
 _T = TypeVar("_T")
 
 
