@@ -14,7 +14,7 @@ from llm_rollout.kube.objects import apply
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from llm_rollout.kube.readiness import wait_ready
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.smoke import run_smoke, validate_smoke
+from llm_rollout.smoke import SmokeReport, run_smoke, validate_smoke
 from llm_rollout.spec import SmokeExpectations
 from tests.kube_edge.conftest import deployment
 
@@ -38,19 +38,23 @@ def served(api: k8s_client.ApiClient, namespace: str) -> str:
     return service_proxy_url(api, namespace, "qwen", 8000)
 
 
-def test_smoke_through_service_proxy_passes_and_measures_ttft(
-    api: k8s_client.ApiClient, served: str
-) -> None:
+def _smoke(api: k8s_client.ApiClient, base_url: str, model: str = MODEL) -> SmokeReport:
     with httpx_client_for(api, timeout_s=30) as client:
-        report = run_smoke(
+        return run_smoke(
             client,
-            served,
-            model=MODEL,
+            base_url,
+            model=model,
             messages=SEED_MESSAGES,
             max_tokens=30,
             api_key=None,
             timeout_s=30,
         )
+
+
+def test_smoke_through_service_proxy_passes_and_measures_ttft(
+    api: k8s_client.ApiClient, served: str
+) -> None:
+    report = _smoke(api, served)
     assert MODEL in report.served_models
     chat, stream = report.call("chat"), report.call("stream")
     assert chat is not None and stream is not None
@@ -65,16 +69,7 @@ def test_smoke_through_service_proxy_passes_and_measures_ttft(
 def test_wrong_answer_fails_the_verdict_with_each_failed_expectation(
     api: k8s_client.ApiClient, served: str
 ) -> None:
-    with httpx_client_for(api, timeout_s=30) as client:
-        report = run_smoke(
-            client,
-            served,
-            model=MODEL,
-            messages=SEED_MESSAGES,
-            max_tokens=30,
-            api_key=None,
-            timeout_s=30,
-        )
+    report = _smoke(api, served)
     expect = SmokeExpectations(equals="hello world", max_ttft_ms=None)
     verdict = validate_smoke(report, expect)
     assert not verdict.passed
@@ -83,16 +78,7 @@ def test_wrong_answer_fails_the_verdict_with_each_failed_expectation(
 
 
 def test_unknown_model_fails_listing_and_completion(api: k8s_client.ApiClient, served: str) -> None:
-    with httpx_client_for(api, timeout_s=30) as client:
-        report = run_smoke(
-            client,
-            served,
-            model="not-served",
-            messages=SEED_MESSAGES,
-            max_tokens=8,
-            api_key=None,
-            timeout_s=30,
-        )
+    report = _smoke(api, served, model="not-served")
     verdict = validate_smoke(report, SmokeExpectations())
     assert not verdict.passed
     assert any("'not-served' listed" in f for f in verdict.failures)
