@@ -46,6 +46,11 @@ class Kube:
     def pods(self, ns: str, selector: str = "") -> list[Any]:
         return list(self.core.list_namespaced_pod(ns, label_selector=selector).items)
 
+    def available(self, ns: str, deployment: str) -> int:
+        """availableReplicas of a Deployment (0 before the controller first wrote status)."""
+        status = self.apps.read_namespaced_deployment(deployment, ns).status
+        return int((status.available_replicas if status else 0) or 0)
+
     def events(self, ns: str, reason: str | None = None) -> list[Any]:
         items = self.core.list_namespaced_event(ns).items
         return [e for e in items if reason is None or e.reason == reason]

@@ -63,7 +63,7 @@ def test_unschedulable_pod_gets_failed_scheduling_and_binds_once_room_frees(
         },
     )
     wait_for(
-        lambda: kube.apps.read_namespaced_deployment("big", ns).status.available_replicas == 1,
+        lambda: kube.available(ns, "big") == 1,
         10,
         "deployment available after the request shrank",
     )
@@ -98,12 +98,11 @@ def test_image_pull_error_then_back_off(kube: Kube, ns: str, cluster: SandboxClu
         e.message == 'Back-off pulling image "registry.example/vllm:nope"'
         for e in kube.events(ns, "BackOff")
     )
-    d = kube.apps.read_namespaced_deployment("badimg", ns)
-    assert not d.status.available_replicas
+    assert kube.available(ns, "badimg") == 0
     # Fixing the registry lets the next pull succeed.
     cluster.kubelet.clear()
     wait_for(
-        lambda: kube.apps.read_namespaced_deployment("badimg", ns).status.available_replicas == 1,
+        lambda: kube.available(ns, "badimg") == 1,
         15,
         "available after the pull fault was cleared",
     )
@@ -182,7 +181,7 @@ def test_failed_mount_keeps_the_pod_creating(kube: Kube, ns: str, cluster: Sandb
     assert pod.status.phase == "Pending"
     cluster.kubelet.clear()
     wait_for(
-        lambda: kube.apps.read_namespaced_deployment("mnt", ns).status.available_replicas == 1,
+        lambda: kube.available(ns, "mnt") == 1,
         15,
         "available once the volume mounts",
     )
@@ -203,7 +202,7 @@ def test_missing_secret_volume_is_a_failed_mount(kube: Kube, ns: str) -> None:
         ns, {"metadata": {"name": "oss-ak"}, "stringData": {"akId": "x"}}
     )
     wait_for(
-        lambda: kube.apps.read_namespaced_deployment("nosecret", ns).status.available_replicas == 1,
+        lambda: kube.available(ns, "nosecret") == 1,
         15,
         "available once the secret exists",
     )
@@ -216,7 +215,7 @@ def test_node_lost_pods_are_replaced_on_the_healthy_node(shared_crds: Path, tmp_
         ns = kube.new_namespace()
         kube.apps.create_namespaced_deployment(ns, deployment("svc", replicas=2, gpus=4))
         wait_for(
-            lambda: kube.apps.read_namespaced_deployment("svc", ns).status.available_replicas == 2,
+            lambda: kube.available(ns, "svc") == 2,
             10,
             "deployment available",
         )
@@ -233,7 +232,7 @@ def test_node_lost_pods_are_replaced_on_the_healthy_node(shared_crds: Path, tmp_
             return (
                 len(pods) == 2
                 and all(p.spec.node_name and p.spec.node_name != lost for p in pods)
-                and kube.apps.read_namespaced_deployment("svc", ns).status.available_replicas == 2
+                and kube.available(ns, "svc") == 2
             )
 
         wait_for(replaced, 15, "pods replaced on the healthy node")

@@ -19,6 +19,8 @@ LWS = ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets")
 def _deploy_available(kube: Kube, ns: str, name: str, replicas: int) -> Any:
     def check() -> Any:
         d = kube.apps.read_namespaced_deployment(name, ns)
+        if d.status is None:
+            return None
         conds = {c.type: c for c in d.status.conditions or []}
         ok = (
             d.status.available_replicas == replicas
@@ -78,6 +80,8 @@ def test_deployment_rolling_update_replaces_pods(kube: Kube, ns: str) -> None:
 
     def rolled() -> bool:
         d = kube.apps.read_namespaced_deployment("roll", ns)
+        if d.status is None:
+            return False
         pods = [p for p in kube.pods(ns, "app=roll") if p.metadata.deletion_timestamp is None]
         return (
             d.status.observed_generation == 2
@@ -136,6 +140,11 @@ def test_service_proxy_reaches_a_ready_pods_backend(
     assert "vllm:time_to_first_token_seconds_count" in metrics
 
 
+def _sts_ready(kube: Kube, ns: str, name: str) -> int:
+    status = kube.apps.read_namespaced_stateful_set(name, ns).status
+    return int((status.ready_replicas if status else 0) or 0)
+
+
 def test_statefulset_creates_ordinal_pods_in_order(kube: Kube, ns: str) -> None:
     sts = {
         "metadata": {"name": "db"},
@@ -151,7 +160,7 @@ def test_statefulset_creates_ordinal_pods_in_order(kube: Kube, ns: str) -> None:
     }
     kube.apps.create_namespaced_stateful_set(ns, sts)
     wait_for(
-        lambda: kube.apps.read_namespaced_stateful_set("db", ns).status.ready_replicas == 3,
+        lambda: _sts_ready(kube, ns, "db") == 3,
         10,
         "statefulset ready",
     )
