@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import yaml
 
@@ -274,37 +274,41 @@ class ApiServer:
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         body = self._read_body(handler)
         user = self._authenticate(handler)
-        req = Request(handler, handler.command, split.path, query, split.query, body, user or "")
+        # Like the Go server, route on the decoded path (clients escape "/" in proxy paths).
+        path = unquote(split.path)
+        req = Request(handler, handler.command, path, query, split.query, body, user or "")
         status = 0
         try:
+            rule = self.faults.take(req.method, req.path, watch=req.flag("watch"))
             if user is None:
                 status = self._send_json(req, 401, _status(401, "Unauthorized", "Unauthorized"))
-                return
-            watch = req.flag("watch")
-            rule = self.faults.take(req.method, req.path, watch=watch)
-            if rule is not None and rule.action != "cut_watch":
+            elif rule is not None and rule.action != "cut_watch":
                 status = self._fire(req, rule)
-                return
-            status = self._route(req, rule)
+            else:
+                status = self._route(req, rule)
         except _Reset:
+            # Logged before the reset, so a client that saw the reset also sees the record.
+            self._log(req, 0)
             self._reset(handler)
-            status = 0
+            return
         except StoreError as exc:
             status = self._send_json(req, exc.code, _error_status(exc))
         except (BrokenPipeError, ConnectionResetError, _ClientGone):
             handler.close_connection = True
-        finally:
-            self.request_log.add(
-                RequestRecord(
-                    req.method,
-                    req.path,
-                    req.raw_query,
-                    status,
-                    req.user,
-                    req.verb,
-                    handler.headers.get("Content-Type", "") or "",
-                )
+        self._log(req, status)
+
+    def _log(self, req: Request, status: int) -> None:
+        self.request_log.add(
+            RequestRecord(
+                req.method,
+                req.path,
+                req.raw_query,
+                status,
+                req.user,
+                req.verb,
+                req.header("Content-Type"),
             )
+        )
 
     def _fire(self, req: Request, rule: FaultRule) -> int:
         req.verb = "fault"
