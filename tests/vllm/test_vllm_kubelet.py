@@ -1,0 +1,184 @@
+"""The sandbox kubelet serving a workload's pods with one real vLLM process."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from kubernetes import client as k8s_client
+
+from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.objects import apply
+from sandbox.kube.cluster import ClusterConfig, SandboxCluster
+from sandbox.vllm.backend import VllmBackendFactory, workload_key
+from sandbox.vllm.tiny_model import TinyModelInfo
+from tests.vllm.conftest import require_engine
+
+POLL = 0.25
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, shared_crds: Path) -> Iterator[Any]:
+    sandbox = SandboxCluster(ClusterConfig(), tmp_path_factory.mktemp("kube")).start()
+    try:
+        yield sandbox
+    finally:
+        sandbox.stop()
+
+
+@pytest.fixture
+def core(cluster: Any) -> Iterator[k8s_client.CoreV1Api]:
+    api = load_api_client(Path(cluster.kubeconfig))
+    try:
+        yield k8s_client.CoreV1Api(api)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def serving_deployment(name: str, replicas: int, served_name: str) -> dict[str, Any]:
+    labels = {"app": name}
+    container = {
+        "name": "vllm",
+        "image": "vllm/vllm-openai:v0.10.1",
+        "command": ["vllm", "serve", "/models/Qwen3-32B"],
+        "args": ["--served-model-name", served_name, "--port", "8000", "--max-model-len", "32768"],
+        "ports": [{"containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 5},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "default", "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+        },
+    }
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], timeout: float, died: Callable[[], bool]
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if died():
+            raise AssertionError(f"engine exited while waiting for {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(POLL)
+
+
+def pods_of(core: k8s_client.CoreV1Api, app: str) -> list[k8s_client.V1Pod]:
+    return list(core.list_namespaced_pod("default", label_selector=f"app={app}").items)
+
+
+def is_ready(pod: k8s_client.V1Pod) -> bool:
+    conditions = pod.status.conditions or []
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
+
+
+def test_workload_key_groups_replicas_and_lws_groups() -> None:
+    def pod(labels: dict[str, str], owner: tuple[str, str] | None = None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": "p", "namespace": "ns", "labels": labels}
+        if owner:
+            meta["ownerReferences"] = [{"kind": owner[0], "name": owner[1]}]
+        return {"metadata": meta}
+
+    leader = pod({"leaderworkerset.sigs.k8s.io/name": "qwen", "role": "leader"})
+    worker = pod({"leaderworkerset.sigs.k8s.io/name": "qwen", "role": "worker"})
+    assert workload_key(leader) == workload_key(worker)
+    a = pod({"pod-template-hash": "5d8f"}, ("ReplicaSet", "qwen-5d8f"))
+    b = pod({"pod-template-hash": "77aa"}, ("ReplicaSet", "qwen-77aa"))
+    # Old and new ReplicaSets of one Deployment are one workload.
+    assert workload_key(a) == workload_key(b) == "ns/ReplicaSet=qwen"
+    assert workload_key(pod({"app": "x"})) != workload_key(pod({"app": "y"}))
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(400)
+def test_replicas_share_one_real_engine(
+    cluster: Any, core: k8s_client.CoreV1Api, tiny_model: Path, tiny_info: TinyModelInfo
+) -> None:
+    require_engine()
+    factory = VllmBackendFactory(tiny_model, log_sink=cluster.store.append_log)
+    cluster.backends.route({"app": "tiny"}, factory)
+    api = core.api_client
+    try:
+        apply(api, serving_deployment("tiny", 2, tiny_info.served_name))
+
+        def engine_died() -> bool:
+            return any(e.exit_code is not None for e in factory.running().values())
+
+        wait_for(
+            "two ready pods",
+            lambda: sum(is_ready(p) for p in pods_of(core, "tiny")) == 2,
+            300,
+            engine_died,
+        )
+        assert factory.engines_started == 1
+        (engine,) = factory.running().values()
+        pods = [p.metadata.name for p in pods_of(core, "tiny")]
+        urls = {cluster.network.resolve("default", name, 8000) for name in pods}
+        assert urls == {engine.url}
+
+        body = {
+            "model": tiny_info.served_name,
+            "messages": [{"role": "user", "content": "測試一下"}],
+            "max_tokens": 30,
+        }
+        resp = httpx.post(f"{engine.url}/v1/chat/completions", json=body, timeout=60)
+        assert resp.json()["choices"][0]["message"]["content"] == tiny_info.answer
+
+        for name in pods:
+            log = core.read_namespaced_pod_log(name, "default", container="vllm")
+            # Lines only a real vLLM API server prints.
+            assert "(APIServer pid=" in log
+            assert str(tiny_model) in log
+
+        k8s_client.AppsV1Api(api).delete_namespaced_deployment("tiny", "default")
+        wait_for("the engine to stop", lambda: engine.exit_code is not None, 120, lambda: False)
+        assert factory.running() == {}
+    finally:
+        factory.close()
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+def test_engine_failure_lands_in_container_logs(
+    cluster: Any, core: k8s_client.CoreV1Api, tmp_path: Path
+) -> None:
+    require_engine()
+    missing = tmp_path / "not-mirrored"
+    factory = VllmBackendFactory(missing, log_sink=cluster.store.append_log)
+    cluster.backends.route({"app": "broken"}, factory)
+    try:
+        apply(core.api_client, serving_deployment("broken", 1, "broken"))
+
+        def logged_error() -> bool:
+            pods = pods_of(core, "broken")
+            if not pods:
+                return False
+            log = core.read_namespaced_pod_log(pods[0].metadata.name, "default", container="vllm")
+            return "Error" in log and str(missing) in log
+
+        wait_for("the engine's error in the pod log", logged_error, 240, lambda: False)
+        (pod,) = pods_of(core, "broken")
+        assert not is_ready(pod)
+        backends = list(cluster.kubelet.backends_of("default", pod.metadata.name)["vllm"].values())
+        assert backends
+        # The backend reports the engine's death, for the kubelet to end the container with.
+        wait_for(
+            "the engine to exit",
+            lambda: all(b.exit_code is not None for b in backends),
+            60,
+            lambda: False,
+        )
+        assert all(b.exit_code != 0 for b in backends)
+        k8s_client.AppsV1Api(core.api_client).delete_namespaced_deployment("broken", "default")
+    finally:
+        factory.close()
