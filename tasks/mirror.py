@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 from uuid import UUID
 
 from prefect import task
@@ -146,11 +147,15 @@ def mirror_model_task(spec: ServiceSpec, options: MirrorOptions | None = None) -
     logger = get_run_logger()
     inputs = mirror_inputs(spec)
     credentials = resolve_oss_credentials(inputs.credentials)
-    artifact_id = create_progress_artifact(
-        progress=0.0,
-        key=f"mirror-{spec.name}",
-        description=f"Mirror {inputs.source.model_id}@{inputs.source.revision} "
-        f"to {inputs.target.uri(inputs.target.key())}/",
+    # Called from a sync task the dispatcher returns the id itself, not a coroutine.
+    artifact_id = cast(
+        UUID,
+        create_progress_artifact(
+            progress=0.0,
+            key=f"mirror-{spec.name}",
+            description=f"Mirror {inputs.source.model_id}@{inputs.source.revision} "
+            f"to {inputs.target.uri(inputs.target.key())}/",
+        ),
     )
     progress = ArtifactProgress(artifact_id)
     result = mirror_model(inputs.source, inputs.target, credentials, options, progress)

@@ -13,6 +13,7 @@ Order of a run (the manifest is the only completeness marker, so it is written l
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import tempfile
 import threading
@@ -61,6 +62,13 @@ from llm_rollout.mirror.transfer import (
     verified_in_place,
 )
 from llm_rollout.oss import OssTarget, open_bucket, oss_call
+
+
+def _warm_validation_imports() -> None:
+    # great_expectations takes seconds to import; doing it while bytes move keeps it off the
+    # critical path (the validation step later finds the module loaded).
+    importlib.import_module("great_expectations")
+    importlib.import_module("pandas")
 
 
 def _read_index(bucket: oss2.Bucket, target: OssTarget, listing: HubListing) -> Any:
@@ -150,6 +158,8 @@ def mirror_model(
         delete_manifest(bucket, target)
     previous_records = {r.path: r for r in previous.files} if previous else {}
     progress.on_start(len(listing.files), listing.total_bytes)
+    warm = threading.Thread(target=_warm_validation_imports, name="gx-import", daemon=True)
+    warm.start()
 
     counters = Counters()
     checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir()
