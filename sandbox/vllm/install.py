@@ -128,13 +128,13 @@ def check_probe(data: dict[str, object]) -> list[str]:
 def is_installed(venv: Path = VENV_DIR) -> bool:
     """True when the stamp matches this recipe and the venv still holds what it records."""
     try:
-        recorded = json.loads(stamp_path(venv).read_text())
+        recorded: object = json.loads(stamp_path(venv).read_text())
         data = probe(venv)
     except (OSError, ValueError, InstallError):
         return False
     if check_probe(data):
         return False
-    return recorded == asdict(expected_stamp(str(data["python"])))
+    return bool(recorded == asdict(expected_stamp(str(data["python"]))))
 
 
 def _say(line: str, stream: TextIO = sys.stdout) -> None:

@@ -194,12 +194,41 @@ def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
             out.write(blob)
 
 
-def read_safetensors_header(path: Path) -> dict[str, dict[str, object]]:
+@dataclass(frozen=True)
+class TensorEntry:
+    dtype: str
+    shape: list[int]
+    start: int  # byte offsets relative to the data section
+    end: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    header_len: int
+    tensors: dict[str, TensorEntry]
+
+    @property
+    def data_start(self) -> int:
+        return 8 + self.header_len
+
+
+def read_safetensors_header(path: Path) -> SafetensorsHeader:
     with path.open("rb") as f:
         (length,) = struct.unpack("<Q", f.read(8))
-        header: dict[str, dict[str, object]] = json.loads(f.read(length))
-    header.pop("__metadata__", None)
-    return header
+        raw: dict[str, dict[str, object]] = json.loads(f.read(length))
+    raw.pop("__metadata__", None)
+    tensors = {}
+    for name, entry in raw.items():
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if not isinstance(shape, list) or not isinstance(offsets, list) or len(offsets) != 2:
+            raise ValueError(f"{path}: malformed header entry for {name}: {entry}")
+        tensors[name] = TensorEntry(
+            dtype=str(entry["dtype"]),
+            shape=[int(d) for d in shape],
+            start=int(offsets[0]),
+            end=int(offsets[1]),
+        )
+    return SafetensorsHeader(header_len=int(length), tensors=tensors)
 
 
 def _weights(vocab_size: int, answer_ids: list[int], im_end: int) -> dict[str, np.ndarray]:
@@ -290,7 +319,12 @@ def generate_tiny_model(
     pieces = split_answer(answer)
     tokenizer = _train_tokenizer(pieces)
     vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-    ids = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    ids: dict[str, int] = {}
+    for special in SPECIAL_TOKENS:
+        token_id = tokenizer.token_to_id(special)
+        if token_id is None:
+            raise TinyModelError(f"the trained tokenizer lacks {special}")
+        ids[special] = token_id
 
     answer_ids = tokenizer.encode(answer, add_special_tokens=False).ids
     if len(answer_ids) > MAX_ANSWER_TOKENS:

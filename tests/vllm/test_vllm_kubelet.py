@@ -22,21 +22,14 @@ POLL = 0.25
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, shared_crds: Path) -> Iterator[Any]:
-    sandbox = SandboxCluster(ClusterConfig(), tmp_path_factory.mktemp("kube")).start()
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
-
-
-@pytest.fixture
-def core(cluster: Any) -> Iterator[k8s_client.CoreV1Api]:
-    api = load_api_client(Path(cluster.kubeconfig))
-    try:
-        yield k8s_client.CoreV1Api(api)
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
+def kube(tmp_path_factory: pytest.TempPathFactory, shared_crds: Path) -> Iterator[Any]:
+    """A sandbox cluster for the module, reached through the real kubernetes client."""
+    with SandboxCluster(ClusterConfig(), tmp_path_factory.mktemp("kube")) as sandbox:
+        api = load_api_client(Path(sandbox.kubeconfig))
+        try:
+            yield sandbox, k8s_client.CoreV1Api(api)
+        finally:
+            api.close()  # type: ignore[no-untyped-call]
 
 
 def serving_deployment(name: str, replicas: int, served_name: str) -> dict[str, Any]:
@@ -77,8 +70,13 @@ def pods_of(core: k8s_client.CoreV1Api, app: str) -> list[k8s_client.V1Pod]:
     return list(core.list_namespaced_pod("default", label_selector=f"app={app}").items)
 
 
+def pod_name(pod: k8s_client.V1Pod) -> str:
+    assert pod.metadata is not None and pod_name(pod)
+    return str(pod_name(pod))
+
+
 def is_ready(pod: k8s_client.V1Pod) -> bool:
-    conditions = pod.status.conditions or []
+    conditions = (pod.status.conditions if pod.status else None) or []
     return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
@@ -102,9 +100,10 @@ def test_workload_key_groups_replicas_and_lws_groups() -> None:
 @pytest.mark.vllm
 @pytest.mark.timeout(400)
 def test_replicas_share_one_real_engine(
-    cluster: Any, core: k8s_client.CoreV1Api, tiny_model: Path, tiny_info: TinyModelInfo
+    kube: tuple[Any, k8s_client.CoreV1Api], tiny_model: Path, tiny_info: TinyModelInfo
 ) -> None:
     require_engine()
+    cluster, core = kube
     factory = VllmBackendFactory(tiny_model, log_sink=cluster.store.append_log)
     cluster.backends.route({"app": "tiny"}, factory)
     api = core.api_client
@@ -122,7 +121,7 @@ def test_replicas_share_one_real_engine(
         )
         assert factory.engines_started == 1
         (engine,) = factory.running().values()
-        pods = [p.metadata.name for p in pods_of(core, "tiny")]
+        pods = [pod_name(p) for p in pods_of(core, "tiny")]
         urls = {cluster.network.resolve("default", name, 8000) for name in pods}
         assert urls == {engine.url}
 
@@ -150,9 +149,10 @@ def test_replicas_share_one_real_engine(
 @pytest.mark.vllm
 @pytest.mark.timeout(300)
 def test_engine_failure_lands_in_container_logs(
-    cluster: Any, core: k8s_client.CoreV1Api, tmp_path: Path
+    kube: tuple[Any, k8s_client.CoreV1Api], tmp_path: Path
 ) -> None:
     require_engine()
+    cluster, core = kube
     missing = tmp_path / "not-mirrored"
     factory = VllmBackendFactory(missing, log_sink=cluster.store.append_log)
     cluster.backends.route({"app": "broken"}, factory)
@@ -163,13 +163,13 @@ def test_engine_failure_lands_in_container_logs(
             pods = pods_of(core, "broken")
             if not pods:
                 return False
-            log = core.read_namespaced_pod_log(pods[0].metadata.name, "default", container="vllm")
+            log = core.read_namespaced_pod_log(pod_name(pods[0]), "default", container="vllm")
             return "Error" in log and str(missing) in log
 
         wait_for("the engine's error in the pod log", logged_error, 240, lambda: False)
         (pod,) = pods_of(core, "broken")
         assert not is_ready(pod)
-        backends = list(cluster.kubelet.backends_of("default", pod.metadata.name)["vllm"].values())
+        backends = list(cluster.kubelet.backends_of("default", pod_name(pod))["vllm"].values())
         assert backends
         # The backend reports the engine's death, for the kubelet to end the container with.
         wait_for(

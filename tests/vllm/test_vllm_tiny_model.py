@@ -107,33 +107,27 @@ def test_safetensors_header_and_shapes_match_config(tiny_model: Path) -> None:
             p + "mlp.up_proj.weight": [inter, hidden],
             p + "mlp.down_proj.weight": [hidden, inter],
         }
-    assert {name: h["shape"] for name, h in header.items()} == expected
+    assert {name: t.shape for name, t in header.tensors.items()} == expected
     # Offsets tile the data section exactly, 2 bytes per bf16 value.
-    spans = sorted(tuple(h["data_offsets"]) for h in header.values())
+    spans = sorted((t.start, t.end) for t in header.tensors.values())
     assert spans[0][0] == 0
     for (_, end), (start, _) in itertools.pairwise(spans):
         assert end == start
-    with path.open("rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-    assert header_len % 8 == 0
-    assert path.stat().st_size == 8 + header_len + spans[-1][1]
-    for h in header.values():
-        assert h["dtype"] == "BF16"
-        shape = h["shape"]
-        offsets = h["data_offsets"]
-        assert isinstance(shape, list) and isinstance(offsets, list)
-        assert offsets[1] - offsets[0] == 2 * int(np.prod(shape))
+    assert header.header_len % 8 == 0
+    assert path.stat().st_size == header.data_start + spans[-1][1]
+    for t in header.tensors.values():
+        assert t.dtype == "BF16"
+        assert t.end - t.start == 2 * int(np.prod(t.shape))
 
 
 def _load_bf16(path: Path, name: str) -> np.ndarray:
     header = read_safetensors_header(path)
+    entry = header.tensors[name]
     with path.open("rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        start, end = header[name]["data_offsets"]
-        f.seek(8 + header_len + start)
-        raw = np.frombuffer(f.read(end - start), dtype="<u2")
+        f.seek(header.data_start + entry.start)
+        raw = np.frombuffer(f.read(entry.end - entry.start), dtype="<u2")
     as_f32 = (raw.astype("<u4") << 16).view("<f4")
-    return as_f32.reshape(header[name]["shape"])
+    return as_f32.reshape(entry.shape)
 
 
 def test_weights_decode_the_answer_greedily(tiny_model: Path, tiny_info: TinyModelInfo) -> None:
