@@ -1,0 +1,382 @@
+"""One rollout per service at a time: a Kubernetes `coordination.k8s.io/v1` Lease per service.
+
+Why a Lease rather than a Prefect concurrency limit keyed by the service:
+- the lock lives next to what it protects (the service's namespace), so every writer of that
+  service takes the same lock whether it runs as a Prefect deployment, a local flow or a CLI
+  command talking to an ephemeral API, and whichever Prefect server it reports to;
+- the holder is readable by anyone (`kubectl get lease`): a run that cannot get the lock says
+  who holds it, since when, and when the hold expires -- Prefect 3.9's API has no call that
+  names the holder of a concurrency slot;
+- a crashed holder stops renewing and its hold expires after `duration_s`, without any cleanup.
+
+Taking the lease is a compare-and-swap: create (409 if someone else created it first) or
+replace with the `resourceVersion` read (409 if it changed in between). Server-side apply
+cannot express "only if still free", so the Lease is the one object written with create and
+replace instead of the field manager's apply.
+
+Waiting for a held lease watches it (a release or a takeover is an event) and retries when the
+current hold would expire; nothing polls. A hold is re-entrant for the same `owner` (the root
+flow run), so a flow holding it can call a subflow that asks for it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from kubernetes import client as k8s_client
+
+from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.kube.errors import ConflictError, NotFoundError
+from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
+from llm_rollout.kube.resources import JsonDict, ObjectRef, request_json, resolve_resource
+from llm_rollout.kube.watching import WatchSpec, watching
+
+log = logging.getLogger(__name__)
+
+LEASE_API_VERSION = "coordination.k8s.io/v1"
+OWNER_ANNOTATION = "llm-rollout.io/lock-owner"
+LEASE_NAME_PREFIX = "llm-rollout-"
+DEFAULT_DURATION_S = 60
+_MICROTIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+class ServiceLockedError(PermanentError):
+    """Another run holds the service's rollout lease; the message names it."""
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class LeaseLostError(PermanentError):
+    """The hold was taken over (renewals failed for longer than its duration)."""
+
+
+def lease_name(service: str) -> str:
+    """Name of the Lease guarding rollouts of `service`."""
+    return LEASE_NAME_PREFIX + service
+
+
+def lease_ref(namespace: str, service: str) -> ObjectRef:
+    return ObjectRef(LEASE_API_VERSION, "Lease", namespace, lease_name(service))
+
+
+def _now_micro() -> str:
+    return datetime.now(UTC).strftime(_MICROTIME)
+
+
+def _parse_micro(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    for fmt in (_MICROTIME, "%Y-%m-%dT%H:%M:%SZ"):
+        try:
+            return datetime.strptime(value, fmt).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+    return None
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """What the Lease says now; `holder` is "" when free."""
+
+    holder: str
+    owner: str
+    acquired_at: datetime | None
+    renewed_at: datetime | None
+    duration_s: int
+    resource_version: str
+
+    @classmethod
+    def of(cls, obj: JsonDict) -> LeaseState:
+        spec = obj.get("spec") or {}
+        metadata = obj.get("metadata") or {}
+        return cls(
+            holder=str(spec.get("holderIdentity") or ""),
+            owner=str((metadata.get("annotations") or {}).get(OWNER_ANNOTATION) or ""),
+            acquired_at=_parse_micro(spec.get("acquireTime")),
+            renewed_at=_parse_micro(spec.get("renewTime")),
+            duration_s=int(spec.get("leaseDurationSeconds") or 0),
+            resource_version=str(metadata.get("resourceVersion") or ""),
+        )
+
+    def expires_in_s(self, now: datetime) -> float:
+        """Seconds until the hold lapses (<= 0 when free or expired)."""
+        if not self.holder or self.renewed_at is None:
+            return 0.0
+        return self.duration_s - (now - self.renewed_at).total_seconds()
+
+    def describe(self, now: datetime) -> str:
+        since = self.acquired_at.isoformat() if self.acquired_at else "unknown time"
+        return (
+            f"held by {self.holder!r} since {since}, expires in "
+            f"{max(0.0, self.expires_in_s(now)):.0f}s unless renewed"
+        )
+
+
+def _lease_body(
+    namespace: str,
+    service: str,
+    holder: str,
+    owner: str,
+    duration_s: int,
+    *,
+    previous: JsonDict | None,
+) -> JsonDict:
+    now = _now_micro()
+    transitions = 0
+    metadata: JsonDict = {
+        "name": lease_name(service),
+        "namespace": namespace,
+        "labels": {
+            "app.kubernetes.io/managed-by": FIELD_MANAGER,
+            "app.kubernetes.io/part-of": service,
+        },
+        "annotations": {OWNER_ANNOTATION: owner},
+    }
+    if previous is not None:
+        old_spec = previous.get("spec") or {}
+        transitions = int(old_spec.get("leaseTransitions") or 0) + 1
+        metadata["resourceVersion"] = (previous.get("metadata") or {}).get("resourceVersion")
+    return {
+        "apiVersion": LEASE_API_VERSION,
+        "kind": "Lease",
+        "metadata": metadata,
+        "spec": {
+            "holderIdentity": holder,
+            "leaseDurationSeconds": duration_s,
+            "acquireTime": now,
+            "renewTime": now,
+            "leaseTransitions": transitions,
+        },
+    }
+
+
+def _write(api: k8s_client.ApiClient, method: str, body: JsonDict) -> JsonDict:
+    """POST (create) or PUT (replace, guarded by the body's resourceVersion) the Lease."""
+    ref = ObjectRef.of(body)
+    info = resolve_resource(api, LEASE_API_VERSION, "Lease")
+    path = info.path(ref.namespace) if method == "POST" else info.path(ref.namespace, ref.name)
+    return request_json(
+        api,
+        method,
+        path,
+        target=str(ref),
+        query=[("fieldManager", FIELD_MANAGER)],
+        body=body,
+        content_type="application/json",
+        ref=ref,
+    )
+
+
+def _ensure_namespace(api: k8s_client.ApiClient, namespace: str) -> None:
+    # A first deploy may take the lock before anything else created the namespace.
+    if get(api, ObjectRef("v1", "Namespace", None, namespace)) is None:
+        apply(
+            api,
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": namespace,
+                    "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+                },
+            },
+        )
+
+
+def try_acquire(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    service: str,
+    *,
+    holder: str,
+    owner: str,
+    duration_s: int = DEFAULT_DURATION_S,
+) -> tuple[bool, LeaseState, bool]:
+    """One compare-and-swap attempt: (taken, state now, re-entrant).
+
+    Re-entrant means `owner` already held it: nothing was written and the caller must not
+    release it.
+    """
+    ref = lease_ref(namespace, service)
+    current = get(api, ref)
+    now = datetime.now(UTC)
+    if current is None:
+        body = _lease_body(namespace, service, holder, owner, duration_s, previous=None)
+        try:
+            created = _write(api, "POST", body)
+        except NotFoundError:
+            _ensure_namespace(api, namespace)
+            created = _write(api, "POST", body)
+        except ConflictError:
+            fresh = get(api, ref)
+            return False, LeaseState.of(fresh or {}), False
+        return True, LeaseState.of(created), False
+    state = LeaseState.of(current)
+    if state.holder and state.owner == owner:
+        return True, state, True
+    if state.holder and state.expires_in_s(now) > 0:
+        return False, state, False
+    body = _lease_body(namespace, service, holder, owner, duration_s, previous=current)
+    try:
+        replaced = _write(api, "PUT", body)
+    except ConflictError:
+        fresh = get(api, ref)
+        return False, LeaseState.of(fresh or {}), False
+    if state.holder:
+        log.warning("took over the lease of %s from %s (expired)", ref, state.holder)
+    return True, LeaseState.of(replaced), False
+
+
+def acquire(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    service: str,
+    *,
+    holder: str,
+    owner: str,
+    wait_s: float,
+    duration_s: int = DEFAULT_DURATION_S,
+) -> tuple[LeaseState, bool]:
+    """Take the lease, waiting up to `wait_s` (0: fail fast) for the current holder.
+
+    Returns the state and whether the hold is re-entrant. Raises `ServiceLockedError` naming
+    the holder when the wait runs out.
+    """
+    ref = lease_ref(namespace, service)
+    deadline = time.monotonic() + max(0.0, wait_s)
+    taken, state, reentrant = try_acquire(
+        api, namespace, service, holder=holder, owner=owner, duration_s=duration_s
+    )
+    if taken:
+        return state, reentrant
+    waited_from = time.monotonic()
+    spec = WatchSpec(LEASE_API_VERSION, "Lease", namespace, name=ref.name)
+    with watching(api, [spec]) as group:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                message = (
+                    f"Service {namespace}/{service} is being rolled out by another run: lease "
+                    f"{ref.name} {state.describe(datetime.now(UTC))}; waited "
+                    f"{time.monotonic() - waited_from:.0f}s"
+                )
+                raise ServiceLockedError(message, holder=state.holder)
+            log.info("waiting for lease %s: %s", ref, state.describe(datetime.now(UTC)))
+            # Wake on any change of the lease, or when the current hold would lapse.
+            expiry = max(0.05, state.expires_in_s(datetime.now(UTC)) + 0.05)
+            group.next(min(remaining, expiry))
+            taken, state, reentrant = try_acquire(
+                api, namespace, service, holder=holder, owner=owner, duration_s=duration_s
+            )
+            if taken:
+                return state, reentrant
+
+
+def renew(api: k8s_client.ApiClient, namespace: str, service: str, *, owner: str) -> LeaseState:
+    """Move renewTime forward; `LeaseLostError` when someone else holds it now."""
+    ref = lease_ref(namespace, service)
+    current = get(api, ref)
+    state = LeaseState.of(current or {})
+    if current is None or state.owner != owner or not state.holder:
+        raise LeaseLostError(f"lease {ref} is no longer ours ({state.holder or 'free'})")
+    body = dict(current)
+    body["spec"] = {**dict(current.get("spec") or {}), "renewTime": _now_micro()}
+    return LeaseState.of(_write(api, "PUT", body))
+
+
+def release(api: k8s_client.ApiClient, namespace: str, service: str, *, owner: str) -> bool:
+    """Clear the holder if it is still us (the Lease object stays for the next run)."""
+    ref = lease_ref(namespace, service)
+    for _ in range(3):
+        current = get(api, ref)
+        state = LeaseState.of(current or {})
+        if current is None or state.owner != owner or not state.holder:
+            return False
+        body = dict(current)
+        body["spec"] = {**dict(current.get("spec") or {}), "holderIdentity": ""}
+        try:
+            _write(api, "PUT", body)
+        except ConflictError:
+            continue  # a renewal raced us; read again
+        return True
+    return False
+
+
+@dataclass
+class ServiceLock:
+    """A held lease; `lost` turns true when a renewal found someone else holding it."""
+
+    namespace: str
+    service: str
+    holder: str
+    owner: str
+    reentrant: bool
+    acquired_at: datetime
+    lost: bool = False
+
+
+@contextmanager
+def service_lock(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    service: str,
+    *,
+    holder: str,
+    owner: str,
+    wait_s: float,
+    duration_s: int = DEFAULT_DURATION_S,
+) -> Iterator[ServiceLock]:
+    """Hold the service's rollout lease for the block, renewing it every `duration_s / 3`.
+
+    Raises `LeaseLostError` on exit if the hold was lost meanwhile (the work in the block may
+    have overlapped another run, which must be said loudly).
+    """
+    _, reentrant = acquire(
+        api, namespace, service, holder=holder, owner=owner, wait_s=wait_s, duration_s=duration_s
+    )
+    lock = ServiceLock(namespace, service, holder, owner, reentrant, datetime.now(UTC))
+    if reentrant:
+        yield lock
+        return
+    log.info("lease %s acquired by %s", lease_ref(namespace, service), holder)
+    stop = threading.Event()
+
+    def keep_renewing() -> None:
+        while not stop.wait(duration_s / 3):
+            try:
+                renew(api, namespace, service, owner=owner)
+            except LeaseLostError:
+                lock.lost = True
+                log.error("lost lease %s", lease_ref(namespace, service))
+                return
+            except RolloutError as exc:
+                # One failed renewal is not fatal: the hold lasts `duration_s`.
+                log.warning("renewing lease %s failed: %s", lease_ref(namespace, service), exc)
+
+    renewer = threading.Thread(target=keep_renewing, name="lease-renew", daemon=True)
+    renewer.start()
+    try:
+        yield lock
+    finally:
+        stop.set()
+        renewer.join(timeout=10)
+        released = release(api, namespace, service, owner=owner)
+        log.info(
+            "lease %s released by %s%s",
+            lease_ref(namespace, service),
+            holder,
+            "" if released else " (it was no longer ours)",
+        )
+    if lock.lost:
+        raise LeaseLostError(
+            f"the rollout lease of Service {namespace}/{service} was taken over while this run "
+            "held it; another run may have changed the service at the same time"
+        )

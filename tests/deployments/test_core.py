@@ -1,0 +1,230 @@
+"""Plain functions of the refresh against the sandbox hub, OSS and Kubernetes (real clients):
+refresh diff, server-side incremental copy that the mirror then skips, retention, the lease."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import oss2
+import pytest
+from pydantic import SecretStr
+
+from llm_rollout.credentials import OssCredentials
+from llm_rollout.hub import HubClient
+from llm_rollout.incremental import CopyItem, copy_unchanged, part_ranges
+from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.objects import get
+from llm_rollout.locking import ServiceLockedError, lease_ref, service_lock
+from llm_rollout.mirror import MirrorOptions, mirror_model
+from llm_rollout.mirror.manifest import read_manifest
+from llm_rollout.oss import open_bucket
+from llm_rollout.refresh import hub_source, pinned, plan_refresh, revision_target
+from llm_rollout.retention import (
+    RevisionDir,
+    delete_revision,
+    list_revisions,
+    model_root,
+    plan_retention,
+)
+from llm_rollout.spec import ServiceSpec, spec_from_dict, spec_hash
+from llm_rollout.strategy import ReleaseState
+from sandbox.hub import HubServer
+from sandbox.kube.cluster import SandboxCluster
+from sandbox.oss import OssServer
+from sandbox.synthetic import derive_changed_revision, shard_name
+from tests.deployments.conftest import KEY_ID, KEY_SECRET, SHARDS, Model, spec_data
+
+CREDS = OssCredentials(access_key_id=SecretStr(KEY_ID), access_key_secret=SecretStr(KEY_SECRET))
+
+
+def _options(tmp: Path) -> MirrorOptions:
+    return MirrorOptions(part_size_mb=0.25, checkpoint_dir=tmp / "ckpt", retry_base_delay_s=0.01)
+
+
+def _mirror(spec: ServiceSpec, revision: str, tmp: Path) -> None:
+    source = hub_source(pinned(spec, revision))
+    mirror_model(source, revision_target(spec, revision), CREDS, _options(tmp))
+
+
+def _state(spec: ServiceSpec, revision: str) -> ReleaseState:
+    return ReleaseState(
+        service=spec.name,
+        namespace=spec.namespace,
+        current_release="r1",
+        revision=revision,
+        spec_hash=spec_hash(pinned(spec, revision)),
+    )
+
+
+def test_refresh_moves_only_changed_bytes(
+    hub: HubServer, oss: OssServer, model: Model, tmp_path: Path
+) -> None:
+    spec = spec_from_dict(spec_data(oss, model.model_id, name="core-diff"))
+    _mirror(spec, "master", tmp_path)
+    client = HubClient(endpoint=hub.base_url)
+    bucket = open_bucket(revision_target(spec, "master"), CREDS)
+    manifest = read_manifest(bucket, revision_target(spec, "master"))
+    assert manifest is not None
+
+    # Unchanged hub: up to date, nothing to copy or move.
+    plan = plan_refresh(
+        spec, _state(spec, "master"), client.list_files(hub_source(spec)), manifest, None
+    )
+    assert plan.up_to_date and plan.reason.startswith("up to date")
+
+    v2 = derive_changed_revision(model.v1_dir, tmp_path / "v2", changed_shards=[2], seed=99)
+    hub.add_revision_from_dir(model.model_id, "v2", v2)
+    hub.move_branch(model.model_id, "master", "v2")
+    listing = client.list_files(hub_source(spec))
+    plan = plan_refresh(spec, _state(spec, "master"), listing, manifest, "v2")
+    assert not plan.up_to_date
+    assert plan.target_revision == "v2"
+    assert [f.path for f in plan.changed] == [shard_name(2, SHARDS)]
+    assert len(plan.copies) == len(listing.files) - 1
+    assert all(c.target_key.startswith(f"models/{model.model_id}/v2/") for c in plan.copies)
+
+    oss.reset_counters()
+    # A tiny multipart threshold so shards take UploadPartCopy and small files CopyObject.
+    result = copy_unchanged(
+        bucket, plan.copies, multipart_threshold_bytes=64 * 1024, part_bytes=256 * 1024
+    )
+    methods = {o.method for o in result.outcomes}
+    assert methods == {"copy-object", "upload-part-copy"}
+    ops = {r.op for r in oss.request_log}
+    assert "PutObject" not in ops and "UploadPart" not in ops
+    assert oss.bytes_received < 64 * 1024  # request bodies only (XML of the completes)
+
+    oss.reset_counters()
+    mirrored = mirror_model(
+        hub_source(pinned(spec, "v2")), revision_target(spec, "v2"), CREDS, _options(tmp_path)
+    )
+    changed = plan.changed_bytes
+    assert mirrored.bytes_sent == changed
+    uploaded = [o for o in mirrored.files if o.status != "skipped"]
+    assert [o.record.path for o in uploaded] == [shard_name(2, SHARDS)]
+    # Everything OSS received: the changed shard plus the manifest and request overhead (<1%).
+    assert oss.bytes_received <= changed * 1.01
+    # The copies verify like any mirrored object: a second copy run finds them all present.
+    again = copy_unchanged(bucket, plan.copies)
+    assert {o.method for o in again.outcomes} == {"already-present"}
+
+
+def test_part_ranges_cover_exactly() -> None:
+    ranges = part_ranges(1_000_001, 300_000)
+    assert ranges[0] == (0, 299_999) and ranges[-1] == (900_000, 1_000_000)
+    assert sum(last - first + 1 for first, last in ranges) == 1_000_001
+
+
+def test_copy_that_does_not_verify_is_removed(
+    oss: OssServer, model: Model, tmp_path: Path, hub: HubServer
+) -> None:
+    spec = spec_from_dict(spec_data(oss, model.model_id, name="core-bad"))
+    _mirror(spec, "master", tmp_path)
+    bucket = open_bucket(revision_target(spec, "master"), CREDS)
+    manifest = read_manifest(bucket, revision_target(spec, "master"))
+    assert manifest is not None
+    record = manifest.files[0]
+    wrong = CopyItem(
+        record.path,
+        record.key,
+        f"models/{model.model_id}/bad/{record.path}",
+        record.size,
+        record.sha256,
+        crc64="1",
+    )
+    with pytest.raises(Exception, match="did not verify"):
+        copy_unchanged(bucket, [wrong])
+    assert not bucket.object_exists(wrong.target_key)
+
+
+def test_retention_keeps_serving_previous_and_newest(
+    oss: OssServer, model: Model, tmp_path: Path, hub: HubServer
+) -> None:
+    spec = spec_from_dict(spec_data(oss, model.model_id, name="core-ret"))
+    for rev in ("v1",):
+        _mirror(spec, rev, tmp_path)
+    for n, rev in enumerate(("v2", "v3"), start=2):
+        changed = derive_changed_revision(model.v1_dir, tmp_path / rev, changed_shards=[n], seed=n)
+        hub.add_revision_from_dir(model.model_id, rev, changed)
+        _mirror(spec, rev, tmp_path)
+    bucket = open_bucket(revision_target(spec, "v1"), CREDS)
+    root = model_root(spec.storage.prefix, model.model_id)
+    found = list_revisions(bucket, revision_target(spec, "v1"), root)
+    assert sorted(r.revision for r in found) == ["v1", "v2", "v3"]
+
+    plan = plan_retention(found, keep=1, protected={"v3", "v2"})
+    assert plan.delete == ("v1",) and plan.keep == ("v2", "v3")
+    deleted = delete_revision(bucket, root + "v1/", root + "v1/.llm-rollout/manifest.json")
+    assert deleted.objects > SHARDS
+    assert not list(oss2.ObjectIteratorV2(bucket, prefix=root + "v1/"))
+    assert sorted(
+        r.revision for r in list_revisions(bucket, revision_target(spec, "v1"), root)
+    ) == ["v2", "v3"]
+
+
+def test_retention_plan_never_deletes_protected_or_incomplete() -> None:
+    revisions = [
+        RevisionDir("a", "m/a/", "2024-01-01T00:00:00Z"),
+        RevisionDir("b", "m/b/", "2024-01-02T00:00:00Z"),
+        RevisionDir("c", "m/c/", "2024-01-03T00:00:00Z"),
+        RevisionDir("partial", "m/partial/", None),
+    ]
+    plan = plan_retention(revisions, keep=1, protected={"a"})
+    assert plan.keep == ("a", "c")
+    assert plan.delete == ("b",)
+    assert plan.incomplete == ("partial",)
+    with pytest.raises(ValueError, match="keep"):
+        plan_retention(revisions, keep=0, protected=set())
+
+
+def test_lease_serialises_two_holders_and_names_the_holder(
+    cluster: SandboxCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
+    api = load_api_client()
+    events: list[tuple[str, str, float]] = []
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def first() -> None:
+        with service_lock(api, "locks", "svc", holder="run-A", owner="A", wait_s=5, duration_s=15):
+            events.append(("A", "in", time.monotonic()))
+            first_in.set()
+            release_first.wait(10)
+            events.append(("A", "out", time.monotonic()))
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert first_in.wait(10)
+    # Fail fast names the holder.
+    with (
+        pytest.raises(ServiceLockedError, match="run-A") as info,
+        service_lock(api, "locks", "svc", holder="run-B", owner="B", wait_s=0),
+    ):
+        pass
+    assert info.value.holder == "run-A"
+    lease = get(api, lease_ref("locks", "svc"))
+    assert lease is not None and lease["spec"]["holderIdentity"] == "run-A"
+
+    # A waiting second holder gets in only after the first released.
+    def let_go() -> None:
+        time.sleep(0.5)
+        release_first.set()
+
+    threading.Thread(target=let_go).start()
+    with service_lock(api, "locks", "svc", holder="run-B", owner="B", wait_s=10):
+        events.append(("B", "in", time.monotonic()))
+    thread.join(10)
+    order = [(who, what) for who, what, _ in sorted(events, key=lambda e: e[2])]
+    assert order == [("A", "in"), ("A", "out"), ("B", "in")]
+    # Re-entrant for the same owner; released lease has no holder.
+    with service_lock(api, "locks", "svc", holder="run-C", owner="C", wait_s=0):
+        with service_lock(api, "locks", "svc", holder="run-C/sub", owner="C", wait_s=0) as inner:
+            assert inner.reentrant
+        lease = get(api, lease_ref("locks", "svc"))
+        assert lease is not None and lease["spec"]["holderIdentity"] == "run-C"
+    lease = get(api, lease_ref("locks", "svc"))
+    assert lease is not None and not lease["spec"].get("holderIdentity")
+    api.close()
