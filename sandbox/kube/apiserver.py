@@ -118,6 +118,7 @@ class Request:
     body: bytes
     user: str
     verb: str = ""
+    logged: bool = False
 
     def header(self, name: str) -> str:
         return self.handler.headers.get(name, "") or ""
@@ -295,9 +296,14 @@ class ApiServer:
             status = self._send_json(req, exc.code, _error_status(exc))
         except (BrokenPipeError, ConnectionResetError, _ClientGone):
             handler.close_connection = True
-        self._log(req, status)
+        if not req.logged:
+            self._log(req, status)
 
     def _log(self, req: Request, status: int) -> None:
+        """Record a request; done before the answer leaves, so whoever saw it finds the record."""
+        if req.logged:
+            return
+        req.logged = True
         self.request_log.add(
             RequestRecord(
                 req.method,
@@ -344,6 +350,7 @@ class ApiServer:
         self, req: Request, code: int, body: Any, headers: dict[str, str] | None = None
     ) -> int:
         data = json.dumps(body, separators=(",", ":")).encode()
+        self._log(req, code)
         h = req.handler
         h.send_response(code)
         h.send_header("Content-Type", "application/json")
@@ -360,6 +367,7 @@ class ApiServer:
 
     def _send_text(self, req: Request, code: int, text: str) -> int:
         data = text.encode()
+        self._log(req, code)
         h = req.handler
         h.send_response(code)
         h.send_header("Content-Type", "text/plain")
@@ -368,10 +376,14 @@ class ApiServer:
         h.wfile.write(data)
         return code
 
-    @staticmethod
     def _start_stream(
-        req: Request, code: int, content_type: str, headers: list[tuple[str, str]] | None = None
+        self,
+        req: Request,
+        code: int,
+        content_type: str,
+        headers: list[tuple[str, str]] | None = None,
     ) -> None:
+        self._log(req, code)
         h = req.handler
         h.send_response(code)
         h.send_header("Content-Type", content_type)
@@ -1166,6 +1178,7 @@ class ApiServer:
         try:
             out_headers = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_HEADERS]
             if req.method == "HEAD" or resp.status in (204, 304):
+                self._log(req, resp.status)
                 h = req.handler
                 h.send_response(resp.status)
                 for k, v in out_headers:
