@@ -60,6 +60,9 @@ _HOP_HEADERS = frozenset(
         "authorization",
     }
 )
+_BUILTIN_GROUPS = frozenset(
+    {"", "apps", "coordination.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io"}
+)
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -681,6 +684,11 @@ class ApiServer:
     def _replace(
         self, req: Request, rt: ResourceType, namespace: str | None, name: str, sub: str | None
     ) -> int:
+        if sub == "scale":
+            scale = req.json_body()
+            if not isinstance(scale, dict) or scale.get("kind", "Scale") != "Scale":
+                raise BadRequest("the body of a scale update must be an autoscaling/v1 Scale")
+            return self._write_scale(req, rt, namespace, name, scale)
         obj = self._body_object(req, rt, namespace)
         if obj["metadata"].get("name") not in (None, name):
             raise BadRequest(
@@ -688,8 +696,6 @@ class ApiServer:
                 f"the URL ({name})"
             )
         obj["metadata"]["name"] = name
-        if sub == "scale":
-            return self._write_scale(req, rt, namespace, name, obj)
         old = self.store.get(rt, namespace, name)
         return self._write(req, rt, old, obj, sub)
 
@@ -713,13 +719,7 @@ class ApiServer:
         if ctype == "application/json-patch+json":
             return json_patch(current, body)
         if ctype == "application/strategic-merge-patch+json":
-            if rt.group not in (
-                "",
-                "apps",
-                "coordination.k8s.io",
-                "rbac.authorization.k8s.io",
-                "apiextensions.k8s.io",
-            ):
+            if rt.group not in _BUILTIN_GROUPS:
                 raise StoreErrorWithCode(
                     415,
                     "UnsupportedMediaType",
@@ -830,7 +830,7 @@ class ApiServer:
         )
         if out["metadata"].get("deletionTimestamp") and self._exists(rt, namespace, name, out):
             return self._send_json(req, 200, out)
-        if opts.get("dryRun") == "All":
+        if opts.get("dryRun") == "All" or self._returns_deleted_object(rt):
             return self._send_json(req, 200, out)
         body = {
             "kind": "Status",
@@ -845,6 +845,15 @@ class ApiServer:
             },
         }
         return self._send_json(req, 200, body)
+
+    @staticmethod
+    def _returns_deleted_object(rt: ResourceType) -> bool:
+        """Registries that answer a delete with the object (ReturnDeletedObject), not a Status."""
+        builtin_group = rt.group in _BUILTIN_GROUPS
+        return not builtin_group or (
+            rt.group == ""
+            and rt.kind in ("Pod", "Service", "PersistentVolume", "PersistentVolumeClaim")
+        )
 
     def _exists(self, rt: ResourceType, namespace: str | None, name: str, seen: Obj) -> bool:
         try:

@@ -349,3 +349,34 @@ def test_owner_references_garbage_collection(
             assert not orphan.metadata.owner_references
         with pytest.raises(ApiException):
             apps.read_namespaced_replica_set(owner.metadata.name, ns)
+
+
+def test_scale_subresource(apps: client.AppsV1Api, ns: str) -> None:
+    apps.create_namespaced_deployment(ns, _deployment("sc"))
+    scale = apps.read_namespaced_deployment_scale("sc", ns)
+    assert scale.spec.replicas == 1 and scale.status.selector == "app=sc"
+    patched = apps.patch_namespaced_deployment_scale("sc", ns, {"spec": {"replicas": 4}})
+    assert patched.spec.replicas == 4
+    dep = apps.read_namespaced_deployment("sc", ns)
+    assert dep.spec.replicas == 4 and dep.metadata.generation == 2
+    scale = apps.read_namespaced_deployment_scale("sc", ns)
+    scale.spec.replicas = 2
+    assert apps.replace_namespaced_deployment_scale("sc", ns, scale).spec.replicas == 2
+
+
+def test_graceful_pod_deletion_waits_for_the_kubelet(
+    core: client.CoreV1Api, plane: ControlPlane, ns: str
+) -> None:
+    bound = _pod("bound")
+    bound["spec"]["nodeName"] = "node-1"
+    core.create_namespaced_pod(ns, bound)
+    core.create_namespaced_pod(ns, _pod("pending"))
+    answer = core.delete_namespaced_pod("bound", ns)
+    # A pod on a node is only marked; the kubelet removes it once its containers stopped.
+    assert answer.metadata.deletion_timestamp is not None
+    assert answer.metadata.deletion_grace_period_seconds == 30
+    assert core.read_namespaced_pod("bound", ns).metadata.deletion_timestamp is not None
+    plane.store.finalize_pod(ns, "bound")
+    # A pod never bound to a node goes at once.
+    core.delete_namespaced_pod("pending", ns)
+    assert core.list_namespaced_pod(ns).items == []
