@@ -380,3 +380,32 @@ def test_graceful_pod_deletion_waits_for_the_kubelet(
     # A pod never bound to a node goes at once.
     core.delete_namespaced_pod("pending", ns)
     assert core.list_namespaced_pod(ns).items == []
+
+
+def test_strategic_merge_patch_is_refused_for_custom_resources(
+    custom: client.CustomObjectsApi, ns: str
+) -> None:
+    args = ("ray.io", "v1", ns, "rayclusters")
+    custom.create_namespaced_custom_object(
+        *args,
+        {
+            "apiVersion": "ray.io/v1",
+            "kind": "RayCluster",
+            "metadata": {"name": "rc"},
+            "spec": {
+                "headGroupSpec": {
+                    "rayStartParams": {"num-gpus": "0"},
+                    "template": {"spec": {"containers": [{"name": "head", "image": "ray:2"}]}},
+                }
+            },
+        },
+    )
+    with pytest.raises(ApiException) as err:
+        custom.patch_namespaced_custom_object(
+            *args,
+            "rc",
+            {"metadata": {"labels": {"a": "b"}}},
+            _content_type="application/strategic-merge-patch+json",
+        )
+    assert err.value.status == 415
+    assert json.loads(err.value.body)["reason"] == "UnsupportedMediaType"

@@ -354,3 +354,24 @@ def test_crd_selection_rbg_v07_and_missing_kuberay(shared_crds: Path, tmp_path: 
             assert "ray.io" not in groups
     finally:
         plane.stop()
+
+
+def test_cut_watch_after_seconds(core: client.CoreV1Api, plane: ControlPlane, ns: str) -> None:
+    plane.api.faults.cut_watch(rf"/namespaces/{ns}/configmaps$", after_seconds=0.5)
+    started = time.monotonic()
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        list(watch.Watch().stream(core.list_namespaced_config_map, ns, timeout_seconds=5))
+    assert 0.4 <= time.monotonic() - started < 3
+
+
+def test_seeded_probability_is_reproducible() -> None:
+    from sandbox.kube.faults import FaultPlan
+
+    def pattern(seed: int) -> list[bool]:
+        plan = FaultPlan(seed=seed)
+        plan.error("GET", "/x", times=None, probability=0.5)
+        return [plan.take("GET", "/x", watch=False) is not None for _ in range(40)]
+
+    first = pattern(7)
+    assert first == pattern(7)
+    assert 5 < sum(first) < 35  # it really is random, neither always nor never
