@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 KEY_ID = "LTAIdeploymentsKeyId"
 KEY_SECRET = "deploymentsSecretNeverLogged0123"
 BUCKET = "llm-models"
-POOL = "llm-rollout-test"
+POOL = "llm-rollout"  # the pool prefect.yaml names (a private server per session)
 SHARDS = 4
 SHARD_BYTES = 3 * 256 * 1024 + 777
 

@@ -1,0 +1,255 @@
+"""Day-2 actions on a serving service, without its spec: restart, update the engine image / args
+/ replicas, scale, or roll back to the previous release.
+
+Everything is read from the cluster: the stable Service names the serving release, whose
+workload is read back, changed, and applied whole by the one field manager (server-side apply
+with `force`, so the fields stay ours). A change that restarts pods goes through readiness and
+the smoke gate; when the gate fails, the workload read before the change is applied again.
+"""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime
+from typing import Any, Literal
+
+from kubernetes import client as k8s_client
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llm_rollout.errors import PermanentError
+from llm_rollout.kube.resources import JsonDict, ObjectRef
+from llm_rollout.release import read_release_state, release_objects
+from llm_rollout.spec import DNS1123_LABEL, IMAGE_REF, SAFE_ARG, SecretKeyRef, SmokeSpec
+
+RESTARTED_AT_ANNOTATION = "llm-rollout.io/restarted-at"
+WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")
+# Server-owned metadata that must not be sent back in an apply.
+_SERVER_METADATA = (
+    "resourceVersion",
+    "uid",
+    "managedFields",
+    "creationTimestamp",
+    "generation",
+    "selfLink",
+    "ownerReferences",
+)
+
+Action = Literal["restart", "update", "scale", "rollback"]
+
+
+class RedeployRequest(BaseModel):
+    """What to do to which service (the redeploy flow's parameter)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    service: str = Field(
+        description="Service name (the stable Service), as in the spec's `name`.",
+        min_length=1,
+        max_length=63,
+        pattern=DNS1123_LABEL.pattern,
+    )
+    namespace: str = Field(
+        description="Namespace of the service (no default).",
+        min_length=1,
+        max_length=63,
+        pattern=DNS1123_LABEL.pattern,
+    )
+    action: Action = Field(
+        description=(
+            "restart: new pods, same settings; update: change image / engine_args / replicas; "
+            "scale: change replicas only; rollback: route to the previous release again."
+        )
+    )
+    image: str | None = Field(
+        default=None, description="update: new engine image.", pattern=IMAGE_REF.pattern
+    )
+    engine_args: list[str] = Field(
+        default_factory=list,
+        description=(
+            'update: engine flags to set, one token each, e.g. ["--max-model-len", "4096"]; '
+            "an existing flag gets the new value, a new one is appended."
+        ),
+        max_length=64,
+    )
+    replicas: int | None = Field(
+        default=None, ge=1, le=64, description="update/scale: serving replicas."
+    )
+    ready_timeout_s: int = Field(
+        default=1800, ge=10, le=86_400, description="Wait for the workload to be ready (s)."
+    )
+    smoke_timeout_s: int = Field(
+        default=300, ge=1, le=3600, description="Time limit of the smoke test (s)."
+    )
+    smoke: SmokeSpec = Field(
+        default_factory=SmokeSpec, description="Smoke-test gate after pods restarted."
+    )
+    lock_wait_s: int = Field(
+        default=900,
+        ge=0,
+        le=86_400,
+        description="Wait this long for another rollout of the service to finish (0: fail).",
+    )
+
+    @field_validator("engine_args")
+    @classmethod
+    def _safe_args(cls, values: list[str]) -> list[str]:
+        for index, arg in enumerate(values):
+            if not SAFE_ARG.match(arg):
+                raise ValueError(f"entry {index} contains whitespace or shell metacharacters")
+        if values and not values[0].startswith("--"):
+            raise ValueError("must start with a flag such as --max-model-len")
+        return values
+
+    @model_validator(mode="after")
+    def _fits_action(self) -> RedeployRequest:
+        changes = self.image is not None or bool(self.engine_args) or self.replicas is not None
+        if self.action == "update" and not changes:
+            raise ValueError("action update needs image, engine_args or replicas")
+        if self.action == "scale" and (self.replicas is None or self.image or self.engine_args):
+            raise ValueError("action scale takes replicas only")
+        if self.action in ("restart", "rollback") and changes:
+            raise ValueError(f"action {self.action} takes no image, engine_args or replicas")
+        return self
+
+    @property
+    def restarts_pods(self) -> bool:
+        return self.action == "restart" or self.image is not None or bool(self.engine_args)
+
+
+def applyable(obj: JsonDict) -> JsonDict:
+    """A workload read back, without status and server-owned metadata, ready to apply whole."""
+    result = copy.deepcopy(obj)
+    result.pop("status", None)
+    metadata = result.setdefault("metadata", {})
+    for key in _SERVER_METADATA:
+        metadata.pop(key, None)
+    return result
+
+
+def pod_templates(obj: JsonDict) -> list[JsonDict]:
+    """Every pod template of a workload (a mapping whose `spec` has `containers`)."""
+    found: list[JsonDict] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            spec = node.get("spec")
+            if isinstance(spec, dict) and isinstance(spec.get("containers"), list):
+                found.append(node)
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(obj.get("spec") or {})
+    return found
+
+
+def _set_flags(args: list[str], flags: list[str]) -> list[str]:
+    result = list(args)
+    index = 0
+    while index < len(flags):
+        flag = flags[index]
+        value = (
+            flags[index + 1]
+            if index + 1 < len(flags) and not flags[index + 1].startswith("--")
+            else None
+        )
+        index += 2 if value is not None else 1
+        if flag in result:
+            position = result.index(flag)
+            has_value = position + 1 < len(result) and not result[position + 1].startswith("--")
+            if value is None:
+                if has_value:
+                    del result[position + 1]
+            elif has_value:
+                result[position + 1] = value
+            else:
+                result.insert(position + 1, value)
+        else:
+            result += [flag] if value is None else [flag, value]
+    return result
+
+
+def changed_workload(obj: JsonDict, request: RedeployRequest, now: datetime) -> JsonDict:
+    """The serving workload with the request's change applied (input left untouched)."""
+    desired = applyable(obj)
+    kind = str(desired.get("kind"))
+    templates = pod_templates(desired)
+    if not templates:
+        raise PermanentError(f"{kind} {ObjectRef.of(obj).name} has no pod template to change")
+    if request.restarts_pods:
+        for template in templates:
+            annotations = template.setdefault("metadata", {}).setdefault("annotations", {})
+            annotations[RESTARTED_AT_ANNOTATION] = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if request.image is not None:
+        for template in templates:
+            for container in template["spec"]["containers"]:
+                container["image"] = request.image
+    if request.engine_args:
+        for template in templates:
+            container = template["spec"]["containers"][0]
+            args = container.get("args")
+            command = container.get("command") or []
+            if not isinstance(args, list) or command[:2] == ["sh", "-c"]:
+                raise PermanentError(
+                    f"{kind}: the engine starts from a shell script here; change "
+                    "serving.extra_args in the spec and run deploy-model instead"
+                )
+            container["args"] = _set_flags([str(a) for a in args], request.engine_args)
+    if request.replicas is not None:
+        if "replicas" not in (desired.get("spec") or {}):
+            raise PermanentError(
+                f"{kind} has no spec.replicas (PD and Ray layouts size themselves); change "
+                "the spec and run deploy-model instead"
+            )
+        desired["spec"]["replicas"] = request.replicas
+    return desired
+
+
+def serving_workload(
+    api: k8s_client.ApiClient, namespace: str, service: str
+) -> tuple[str, JsonDict]:
+    """(serving release, its workload as stored), or a PermanentError saying what is missing."""
+    state = read_release_state(api, namespace, service)
+    if state.current_release is None:
+        raise PermanentError(f"Service {namespace}/{service} does not exist or serves nothing")
+    for obj in release_objects(api, namespace, service, state.current_release):
+        if obj.get("kind") in WORKLOAD_KINDS:
+            return state.current_release, obj
+    raise PermanentError(
+        f"the workload of release {state.current_release} of Service {namespace}/{service} is "
+        "missing"
+    )
+
+
+def release_service(
+    api: k8s_client.ApiClient, namespace: str, service: str, release: str
+) -> tuple[str, int]:
+    """Name and port of the release's own Service (what the smoke test talks to)."""
+    for obj in release_objects(api, namespace, service, release):
+        if obj.get("kind") == "Service":
+            ports = (obj.get("spec") or {}).get("ports") or [{}]
+            return str(obj["metadata"]["name"]), int(ports[0].get("port") or 0)
+    raise PermanentError(f"release {release} of Service {namespace}/{service} has no Service")
+
+
+def served_model(workload: JsonDict) -> tuple[str, SecretKeyRef | None]:
+    """The model name clients send and the API-key Secret reference, from the engine container."""
+    templates = pod_templates(workload)
+    container = templates[0]["spec"]["containers"][0] if templates else {}
+    args = [str(a) for a in container.get("args") or []]
+    name = None
+    if "--served-model-name" in args:
+        position = args.index("--served-model-name")
+        if position + 1 < len(args):
+            name = args[position + 1]
+    if name is None:
+        raise PermanentError("cannot tell the served model name from the engine arguments")
+    key: SecretKeyRef | None = None
+    for env in container.get("env") or []:
+        ref = ((env.get("valueFrom") or {}).get("secretKeyRef")) or {}
+        if str(env.get("name", "")).endswith("API_KEY") and ref:
+            key = SecretKeyRef(secret_name=str(ref["name"]), key=str(ref["key"]))
+    return name, key

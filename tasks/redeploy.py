@@ -1,0 +1,103 @@
+"""Prefect edge of the day-2 actions: read the serving workload, apply a change, revert it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
+
+from llm_rollout.kube.objects import FIELD_MANAGER, apply
+from llm_rollout.kube.resources import JsonDict, ObjectRef
+from llm_rollout.redeploy import (
+    RedeployRequest,
+    applyable,
+    changed_workload,
+    release_service,
+    served_model,
+    serving_workload,
+)
+from llm_rollout.release import cluster_api, rollback_to_previous
+from llm_rollout.spec import SecretKeyRef
+from tasks.policy import retry_transient_only
+
+
+@dataclass(frozen=True)
+class AppliedChange:
+    release: str
+    workload: ObjectRef
+    before: JsonDict  # the workload as it was, applyable: what a failed gate restores
+    service_name: str
+    service_port: int
+    model: str
+    api_key: SecretKeyRef | None
+
+
+@task(
+    name="apply-change",
+    retries=3,
+    retry_delay_seconds=[1, 3, 9],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=300,
+    cache_policy=NO_CACHE,
+)
+def apply_change(request: RedeployRequest) -> AppliedChange:
+    """Apply the request's change to the serving release's workload (SSA, one field manager)."""
+    logger = get_run_logger()
+    with cluster_api() as api:
+        release, workload = serving_workload(api, request.namespace, request.service)
+        desired = changed_workload(workload, request, datetime.now(UTC))
+        ref = ObjectRef.of(desired)
+        apply(api, desired, field_manager=FIELD_MANAGER, force=True, dry_run=True)
+        apply(api, desired, field_manager=FIELD_MANAGER, force=True)
+        logger.info(
+            "%s: applied %s to %s (release %s)", request.action, _what(request), ref, release
+        )
+        service_name, port = release_service(api, request.namespace, request.service, release)
+        model, key = served_model(desired)
+        return AppliedChange(release, ref, applyable(workload), service_name, port, model, key)
+
+
+def _what(request: RedeployRequest) -> str:
+    parts = []
+    if request.image:
+        parts.append(f"image {request.image}")
+    if request.engine_args:
+        parts.append("engine args " + " ".join(request.engine_args))
+    if request.replicas is not None:
+        parts.append(f"replicas {request.replicas}")
+    return ", ".join(parts) or "a pod-template restart annotation"
+
+
+@task(
+    name="revert-change",
+    retries=3,
+    retry_delay_seconds=[1, 3, 9],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=300,
+    cache_policy=NO_CACHE,
+)
+def revert_change(change: AppliedChange) -> None:
+    """Apply the workload as it was before the change."""
+    with cluster_api() as api:
+        apply(api, change.before, field_manager=FIELD_MANAGER, force=True)
+    get_run_logger().warning("%s restored to its state before the change", change.workload)
+
+
+@task(
+    name="route-to-previous",
+    retries=3,
+    retry_delay_seconds=[1, 3, 9],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=300,
+    cache_policy=NO_CACHE,
+)
+def route_to_previous(namespace: str, service: str) -> ObjectRef:
+    """Point the stable Service at the previous release; return that release's workload."""
+    with cluster_api() as api:
+        message = rollback_to_previous(api, namespace, service)
+        get_run_logger().info(message)
+        _, workload = serving_workload(api, namespace, service)
+        return ObjectRef.of(workload)

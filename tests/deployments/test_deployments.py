@@ -1,0 +1,308 @@
+"""The deployments in prefect.yaml on a REAL Prefect server with a REAL process worker, against
+the sandbox hub, OSS and Kubernetes started here (the worker's flow runs reach them over HTTP).
+
+Order matters inside the module: deploy-model first, then refreshes of that service, then
+redeploys of it (two at once for the lease)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import LogSort
+from prefect.flow_runs import wait_for_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from llm_rollout.kube.client import load_api_client
+from llm_rollout.release import read_release_state
+from sandbox.hub import HubServer
+from sandbox.kube.cluster import ClusterConfig, SandboxCluster
+from sandbox.oss import OssServer
+from sandbox.synthetic import derive_changed_revision, make_synthetic_model, shard_name
+from tests.deployments.conftest import (
+    BUCKET,
+    KEY_ID,
+    KEY_SECRET,
+    POOL,
+    REPO_ROOT,
+    SHARD_BYTES,
+    SHARDS,
+    PrefectStack,
+    spec_data,
+)
+
+pytestmark = pytest.mark.slow
+SERVICE = "tiny-chat"
+NAMESPACE = "llm-deployments"
+MODEL_ID = "acme/refresh-model"
+RUN_TIMEOUT_S = 150
+
+
+@dataclass
+class Stack:
+    prefect: PrefectStack
+    cluster: SandboxCluster
+    hub: HubServer
+    oss: OssServer
+    work: Path
+    spec: dict[str, Any]
+
+
+def _pool_ready(stack: PrefectStack, timeout_s: float) -> None:
+    """Wait until the work pool reports a live worker (status READY)."""
+    import time
+
+    async def status() -> str:
+        async with get_client() as client:
+            pool = await client.read_work_pool(POOL)
+            return str(pool.status.value if pool.status else "")
+
+    import asyncio
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if asyncio.run(status()) == "READY":
+            return
+        if stack.worker is not None and stack.worker.poll() is not None:
+            raise RuntimeError("worker exited")
+        # The worker's first heartbeat marks the pool READY; nothing pushes that to us.
+        time.sleep(0.5)
+    raise TimeoutError("work pool never became READY")
+
+
+@pytest.fixture(scope="module")
+def stack(
+    prefect_stack: PrefectStack,
+    hub: HubServer,
+    oss: OssServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("deployments")
+    v1 = make_synthetic_model(work / "v1", shards=SHARDS, shard_size_bytes=SHARD_BYTES, seed=5)
+    hub.add_revision_from_dir(MODEL_ID, "v1", v1)
+    with SandboxCluster(ClusterConfig(), work / "kube") as cluster:
+        env = {
+            **prefect_stack.env,
+            "KUBECONFIG": str(cluster.kubeconfig),
+            "MODELSCOPE_ENDPOINT": hub.base_url,
+            "OSS_ACCESS_KEY_ID": KEY_ID,
+            "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            "PWD": str(REPO_ROOT),
+        }
+        prefect_stack.env = env
+        created = prefect_stack.run("work-pool", "create", POOL, "--type", "process")
+        assert created.returncode == 0, created.stdout + created.stderr
+        deployed = prefect_stack.run("deploy", "--all")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        log_path = prefect_stack.home / "worker.log"
+        with log_path.open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            prefect_stack.worker, prefect_stack.worker_log = worker, log_path
+            try:
+                with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):
+                    _pool_ready(prefect_stack, 60)
+                    spec = spec_data(oss, MODEL_ID, name=SERVICE, namespace=NAMESPACE)
+                    yield Stack(prefect_stack, cluster, hub, oss, work, spec)
+            finally:
+                worker.send_signal(signal.SIGINT)
+                try:
+                    worker.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+                    worker.wait(timeout=10)
+
+
+def _cli_run(stack: Stack, deployment: str, params: dict[str, Any]) -> UUID:
+    """`prefect deployment run NAME --params JSON`; returns the flow run id it prints."""
+    result = stack.prefect.run("deployment", "run", deployment, "--params", json.dumps(params))
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"UUID:\s*([0-9a-f-]{36})", result.stdout)
+    assert match, result.stdout
+    return UUID(match.group(1))
+
+
+def _finish(run_id: UUID) -> FlowRun:
+    import asyncio
+
+    return asyncio.run(wait_for_flow_run(run_id, timeout=RUN_TIMEOUT_S, log_states=False))
+
+
+def _logs(run_id: UUID) -> list[tuple[float, str]]:
+    import asyncio
+
+    async def read() -> list[tuple[float, str]]:
+        async with get_client() as client:
+            logs = await client.read_logs(
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                sort=LogSort.TIMESTAMP_ASC,
+            )
+            return [(log.timestamp.timestamp(), log.message) for log in logs]
+
+    return asyncio.run(read())
+
+
+def _assert_completed(run: FlowRun) -> None:
+    assert run.state is not None
+    if not run.state.is_completed():
+        messages = "\n".join(m for _, m in _logs(run.id))
+        pytest.fail(f"flow run {run.name} ended {run.state.type}: {run.state.message}\n{messages}")
+
+
+def _serving_revision() -> str | None:
+    api = load_api_client()
+    try:
+        return read_release_state(api, NAMESPACE, SERVICE).revision
+    finally:
+        api.close()
+
+
+def _revision_folders(stack: Stack) -> set[str]:
+    root = stack.oss.data_dir if hasattr(stack.oss, "data_dir") else None
+    del root
+    import oss2
+
+    bucket = oss2.Bucket(oss2.Auth(KEY_ID, KEY_SECRET), stack.oss.endpoint, BUCKET)
+    listing = bucket.list_objects_v2(prefix=f"models/{MODEL_ID}/", delimiter="/")
+    return {p.rstrip("/").rsplit("/", 1)[-1] for p in listing.prefix_list}
+
+
+def test_deploy_model_runs_to_completion(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = _finish(_cli_run(stack, "deploy-model/deploy-model", {"spec": stack.spec}))
+    _assert_completed(run)
+    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
+    assert _serving_revision() == "master"
+    assert _revision_folders(stack) == {"master"}
+
+
+def test_refresh_when_nothing_changed_writes_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stack.oss.reset_counters()
+    stack.cluster.api.request_log.clear()
+    run = _finish(_cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec}))
+    _assert_completed(run)
+    assert any("up to date" in message for _, message in _logs(run.id))
+    oss_writes = [r for r in stack.oss.request_log if r.method not in ("GET", "HEAD")]
+    assert oss_writes == []
+    assert len(stack.oss.request_log) > 0  # it did look
+    assert stack.cluster.api.request_log.writes() == []
+    assert len(stack.cluster.api.request_log) > 0
+
+
+def _move_master(stack: Stack, revision: str, changed_shard: int, seed: int) -> int:
+    changed = derive_changed_revision(
+        stack.work / "v1", stack.work / revision, changed_shards=[changed_shard], seed=seed
+    )
+    stack.hub.add_revision_from_dir(MODEL_ID, revision, changed)
+    stack.hub.move_branch(MODEL_ID, "master", revision)
+    return (changed / shard_name(changed_shard, SHARDS)).stat().st_size
+
+
+def test_refresh_after_master_moved_moves_only_changed_bytes(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
+    changed_bytes = _move_master(stack, "v2", changed_shard=2, seed=21)
+    stack.oss.reset_counters()
+    run = _finish(_cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec}))
+    _assert_completed(run)
+    uploads = [r for r in stack.oss.request_log if r.op in ("PutObject", "UploadPart")]
+    uploaded_keys = {r.key for r in uploads}
+    assert uploaded_keys == {
+        f"models/{MODEL_ID}/v2/{shard_name(2, SHARDS)}",
+        f"models/{MODEL_ID}/v2/.llm-rollout/manifest.json",
+    }
+    shard_in = sum(r.bytes_in for r in uploads if r.key.endswith(shard_name(2, SHARDS)))
+    assert shard_in == changed_bytes
+    assert stack.oss.bytes_received <= changed_bytes * 1.01 + 64 * 1024  # + manifest and XML
+    copies = [r for r in stack.oss.request_log if r.op in ("CopyObject", "UploadPartCopy")]
+    assert copies, "unchanged files must be copied inside OSS"
+    assert _serving_revision() == "v2"
+    # The previous revision stays (rollback target); nothing older exists yet.
+    assert _revision_folders(stack) == {"master", "v2"}
+
+
+def test_second_refresh_cleans_up_the_oldest_revision(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
+    _move_master(stack, "v3", changed_shard=3, seed=31)
+    run = _finish(
+        _cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec, "keep_revisions": 1})
+    )
+    _assert_completed(run)
+    assert _serving_revision() == "v3"
+    assert _revision_folders(stack) == {"v2", "v3"}
+    assert any("deleted revision" in m for _, m in _logs(run.id))
+
+
+def test_two_redeploys_of_one_service_never_interleave(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = {"service": SERVICE, "namespace": NAMESPACE, "action": "restart"}
+    first = _cli_run(stack, "redeploy/redeploy", params)
+    second = _cli_run(stack, "redeploy/redeploy", params)
+    runs = [_finish(first), _finish(second)]
+    for run in runs:
+        _assert_completed(run)
+    spans = []
+    for run in runs:
+        logs = _logs(run.id)
+        held = [t for t, m in logs if "rollout lease" in m and "held by" in m]
+        released = [t for t, m in logs if "rollout lease" in m and "released by" in m]
+        assert len(held) == 1 and len(released) == 1, [m for _, m in logs]
+        spans.append((held[0], released[0]))
+    (_a_in, a_out), (b_in, _b_out) = sorted(spans)
+    assert a_out <= b_in, f"rollouts overlapped: {spans}"
+    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
+    assert _serving_revision() == "v3"
+
+
+def test_deployment_forms_show_field_descriptions(stack: Stack) -> None:
+    import asyncio
+
+    async def schemas() -> dict[str, dict[str, Any]]:
+        async with get_client() as client:
+            out = {}
+            for name in (
+                "deploy-model/deploy-model",
+                "refresh-model/refresh-model",
+                "redeploy/redeploy",
+            ):
+                deployment = await client.read_deployment_by_name(name)
+                out[name] = deployment.parameter_openapi_schema or {}
+                if name.startswith("refresh"):
+                    out["refresh-schedules"] = {
+                        "cron": [s.schedule.cron for s in deployment.schedules]
+                    }  # type: ignore[union-attr]
+            return out
+
+    found = asyncio.run(schemas())
+    deploy_schema = json.dumps(found["deploy-model/deploy-model"])
+    assert "Service name (DNS-1123 label)" in deploy_schema
+    assert "ModelScope model id" in deploy_schema
+    assert "Newest complete revisions kept" in json.dumps(found["refresh-model/refresh-model"])
+    assert found["refresh-schedules"]["cron"] == ["0 3 * * *"]
+    redeploy = found["redeploy/redeploy"]
+    assert redeploy["properties"]["action"]["enum"] == ["restart", "update", "scale", "rollback"]
+    assert "Namespace of the service" in json.dumps(redeploy)
