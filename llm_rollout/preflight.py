@@ -327,7 +327,8 @@ def check_hub(spec: ServiceSpec, report: PreflightReport) -> None:
     if source is None:
         report.checks.append("hub: model comes from OSS (oss_uri); hub not consulted")
         return
-    client = HubClient()
+    # Read the standard variable now: the library caches its endpoint per process.
+    client = HubClient(endpoint=os.environ.get("MODELSCOPE_ENDPOINT") or None)
     try:
         listing = client.list_files(
             HubSource(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
@@ -89,7 +91,7 @@ def mirror_stage(spec: ServiceSpec) -> str:
         allow_patterns=tuple(source.allow_patterns),
         ignore_patterns=tuple(source.ignore_patterns),
     )
-    hub = HubClient()
+    hub = HubClient(endpoint=os.environ.get("MODELSCOPE_ENDPOINT") or None)
     status = is_mirrored(target, credentials, hub.list_files(hub_source))
     if status.complete:
         logger.info(
