@@ -71,8 +71,8 @@ def pods_of(core: k8s_client.CoreV1Api, app: str) -> list[k8s_client.V1Pod]:
 
 
 def pod_name(pod: k8s_client.V1Pod) -> str:
-    assert pod.metadata is not None and pod_name(pod)
-    return str(pod_name(pod))
+    assert pod.metadata is not None and pod.metadata.name
+    return str(pod.metadata.name)
 
 
 def is_ready(pod: k8s_client.V1Pod) -> bool:
