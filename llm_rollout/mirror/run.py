@@ -165,9 +165,10 @@ def mirror_model(
     checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir()
     checkpoints = CheckpointStore(checkpoint_dir, target.endpoint)
     part_pool = ThreadPoolExecutor(options.max_parallel_parts, thread_name_prefix="mirror-part")
-    # Each slot is one part buffer; twice the parallelism keeps uploads busy while the
-    # in-order hashing catches up, and bounds memory to 2 * parts * part_size.
-    slots = threading.BoundedSemaphore(options.max_parallel_parts * 2)
+    # Each slot is one part buffer: one per running part plus one per file, so every file can
+    # hold a finished part while it waits for the one before it to be hashed. Memory is
+    # bounded by (parts + files) * part_size.
+    slots = threading.BoundedSemaphore(options.max_parallel_parts + options.max_parallel_files)
     staging: tempfile.TemporaryDirectory[str] | None = None
     hub_source: HubRangeSource | None = None
     try:

@@ -15,8 +15,8 @@ or local file) to continue the sha256: OSS does not serve the parts of an unfini
 upload, so reading them back from OSS is impossible. The re-read bytes are checked against the
 part's recorded CRC64, which ties the hashed bytes to the bytes OSS holds.
 
-Memory is bounded by the buffer slots (`2 * max_parallel_parts` parts of `part_size` bytes) plus
-one part per parallel small file; nothing is written to local disk in streamed mode.
+Memory is bounded by the buffer slots (`max_parallel_parts + max_parallel_files` parts of
+`part_size` bytes); nothing is written to local disk in streamed mode.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def utc_now() -> str:
 class RangeSource(Protocol):
     """Bytes of the files to mirror, readable by range."""
 
-    def read(self, path: str, offset: int, length: int) -> bytes:
+    def read(self, path: str, offset: int, length: int) -> bytes | bytearray:
         """Exactly `length` bytes of `path` starting at `offset`."""
         ...
 
@@ -132,6 +132,7 @@ class HubRangeSource:
             if failures:
                 delay = min(20.0, self._options.retry_base_delay_s * 2 ** (failures - 1))
                 time.sleep(delay)  # backoff between attempts
+        # oss2 takes bytes (a bytearray is mistaken for a file object).
         return bytes(buf)
 
     def _read_once(self, url: str, path: str, start: int, stop: int, buf: bytearray) -> None:
@@ -379,7 +380,7 @@ def _run_part(
     state: UploadState,
     job: _PartJob,
     mine: Counters,
-) -> tuple[bytes, PartState]:
+) -> tuple[bytes | bytearray, PartState]:
     """Fetch one part; upload it unless OSS already holds identical bytes (CRC64 match)."""
     data = ctx.source.read(file.path, job.offset, job.length)
     mine.add_fetched(len(data))
@@ -452,7 +453,7 @@ def _put_multipart(
     sha = hashlib.sha256()
     combined = 0
     done: list[PartState] = []
-    pending: deque[Future[tuple[bytes, PartState]]] = deque()
+    pending: deque[Future[tuple[bytes | bytearray, PartState]]] = deque()
     window = ctx.options.max_parallel_parts
 
     def consume() -> None:

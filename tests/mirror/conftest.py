@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import SecretStr
 
 from llm_rollout.credentials import OssCredentials
@@ -103,3 +104,20 @@ def case(hub_server: HubServer, oss_server: OssServer, tmp_path: Path) -> Iterat
     )
     hub_server.faults.clear()
     oss_server.faults.clear()
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed-vllm-single-gpu.yaml"
+
+
+def write_spec(case: MirrorCase, path: Path) -> Path:
+    """A valid service spec (from the single-GPU example) pointing at this case's model."""
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["model"] = {
+        "modelscope": {"model_id": case.source.model_id, "revision": "v1"},
+        "size_bytes": 4 * 1024 * 1024,
+    }
+    data["storage"].update(
+        {"bucket": BUCKET, "endpoint": case.oss.endpoint, "region": case.oss.region}
+    )
+    path.write_text(yaml.safe_dump(data))
+    return path

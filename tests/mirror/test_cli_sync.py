@@ -9,22 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.mirror.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET, MirrorCase
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed-vllm-single-gpu.yaml"
-
-
-def _spec(case: MirrorCase, path: Path) -> Path:
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["model"] = {
-        "modelscope": {"model_id": case.source.model_id, "revision": "v1"},
-        "size_bytes": 4 * 1024 * 1024,
-    }
-    data["storage"].update(
-        {"bucket": "models", "endpoint": case.oss.endpoint, "region": case.oss.region}
-    )
-    path.write_text(yaml.safe_dump(data))
-    return path
+from tests.mirror.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET, MirrorCase, write_spec
 
 
 def _sync(
@@ -51,7 +36,7 @@ def _sync(
 
 
 def test_sync_exit_zero_prints_manifest_uri(case: MirrorCase, tmp_path: Path) -> None:
-    spec = _spec(case, tmp_path / "spec.yaml")
+    spec = write_spec(case, tmp_path / "spec.yaml")
     done = _sync(case, spec, ACCESS_KEY_SECRET, tmp_path)
     assert done.returncode == 0, done.stderr
     expected = f"oss://models/models/{case.source.model_id}/v1/.llm-rollout/manifest.json"
@@ -60,7 +45,7 @@ def test_sync_exit_zero_prints_manifest_uri(case: MirrorCase, tmp_path: Path) ->
 
 
 def test_sync_invalid_spec_exits_2_naming_the_field(case: MirrorCase, tmp_path: Path) -> None:
-    spec = _spec(case, tmp_path / "spec.yaml")
+    spec = write_spec(case, tmp_path / "spec.yaml")
     data = yaml.safe_load(spec.read_text())
     data["storage"]["bucket"] = "Not_A_Bucket"
     spec.write_text(yaml.safe_dump(data))
@@ -70,7 +55,7 @@ def test_sync_invalid_spec_exits_2_naming_the_field(case: MirrorCase, tmp_path: 
 
 
 def test_sync_wrong_secret_fails_without_printing_it(case: MirrorCase, tmp_path: Path) -> None:
-    spec = _spec(case, tmp_path / "spec.yaml")
+    spec = write_spec(case, tmp_path / "spec.yaml")
     wrong = "wrong-secret-value-9f8e7d"
     done = _sync(case, spec, wrong, tmp_path)
     assert done.returncode == 1
