@@ -306,3 +306,45 @@ def test_deployment_forms_show_field_descriptions(stack: Stack) -> None:
     redeploy = found["redeploy/redeploy"]
     assert redeploy["properties"]["action"]["enum"] == ["restart", "update", "scale", "rollback"]
     assert "Namespace of the service" in json.dumps(redeploy)
+
+
+def test_redeploy_custom_run_from_the_ui(stack: Stack, repo_root: Path) -> None:
+    """Headless Chromium opens the redeploy deployment, starts a custom run with a changed
+    parameter, waits for the UI's create_flow_run call and the run page to say Completed."""
+    import asyncio
+
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    async def prepare() -> UUID:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("redeploy/redeploy")
+            defaults = {"service": SERVICE, "namespace": NAMESPACE, "action": "restart"}
+            await client.update_deployment(deployment.id, DeploymentUpdate(parameters=defaults))
+            return deployment.id
+
+    deployment_id = asyncio.run(prepare())
+    out_dir = repo_root / "test-output" / "ui"
+    result = subprocess.run(
+        [
+            "node",
+            "custom_run.mjs",
+            stack.prefect.ui_url,
+            str(deployment_id),
+            "ready_timeout_s",
+            "600",
+            str(out_dir),
+        ],
+        cwd=repo_root / "tests" / "ui",
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    reported = json.loads(result.stdout.strip().splitlines()[-1])
+    assert reported["parameters"]["ready_timeout_s"] == 600
+    run = _finish(UUID(reported["flow_run_id"]))
+    _assert_completed(run)
+    assert run.parameters["ready_timeout_s"] == 600
+    assert run.parameters["service"] == SERVICE
+    assert (out_dir / "flow-run-completed.png").stat().st_size > 0
