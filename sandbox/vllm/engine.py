@@ -29,6 +29,7 @@ START_TIMEOUT = 240.0
 STOP_TIMEOUT = 20.0
 LOG_RING = 4000
 _ERROR_MARKERS = ("error", "exception", "failed")
+_PORT_TAKEN = "Address already in use"
 _EXCEPTION_LINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception)(?:\[[^\]]*\])?: \S")
 
 
@@ -88,6 +89,7 @@ class VllmEngine:
         self.model_dir = model_dir
         self.served_name = served_name
         self.host = host
+        self._port_given = port is not None
         self.port = port if port is not None else free_port(host)
         self.max_model_len = max_model_len
         self.kv_cache_bytes = kv_cache_bytes
@@ -145,9 +147,33 @@ class VllmEngine:
         self.launch()
         try:
             self.wait_ready(timeout)
+        except EngineError as exc:
+            self.stop()
+            # A port picked free can be taken before vLLM binds it (other engines start in
+            # parallel on this machine): one more try on a fresh port.
+            if not self._port_given and any(_PORT_TAKEN in line for line in exc.lines):
+                self._reset(free_port(self.host))
+                self.launch()
+                try:
+                    self.wait_ready(timeout)
+                except BaseException:
+                    self.stop()
+                    raise
+                return
+            raise
         except BaseException:
             self.stop()
             raise
+
+    def _reset(self, port: int) -> None:
+        self.port = port
+        self._process = None
+        self._reader = None
+        self._exited = threading.Event()
+        with self._lock:
+            self._lines.clear()
+        self.started_at = None
+        self.ready_after = None
 
     def launch(self) -> None:
         """Spawn the server without waiting for it (a pod's container start does not wait)."""

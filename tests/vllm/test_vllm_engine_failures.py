@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import httpx
 import pytest
 
+import sandbox.vllm.engine as engine_module
 from sandbox.vllm.engine import EngineError, EngineNotInstalled, VllmEngine, error_lines
 from tests.vllm.conftest import require_engine
 
@@ -45,3 +48,31 @@ def test_too_little_kv_cache_raises_with_engine_lines(tiny_model: Path) -> None:
     summary = error_lines(caught.value.lines)
     assert any("ValueError" in line and "cache" in line.lower() for line in summary), summary
     assert "ValueError" in str(caught.value)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(400)
+def test_port_taken_after_pick_retries_on_a_fresh_port(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engines start in parallel here: a port picked free may be taken before vLLM binds it."""
+    require_engine()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_free_port = engine_module.free_port
+        monkeypatch.setattr(
+            engine_module,
+            "free_port",
+            lambda host="127.0.0.1": next(picks, None) or real_free_port(host),
+        )
+        engine = VllmEngine(tiny_model, served_name="tiny")
+        assert engine.port == taken
+        try:
+            engine.start()
+            assert engine.port != taken
+            assert httpx.get(f"{engine.url}/v1/models", timeout=10).status_code == 200
+        finally:
+            engine.stop()
