@@ -149,7 +149,10 @@ def mirror_model(
     progress = progress or NullProgress()
     started = time.monotonic()
     pool_size = options.max_parallel_parts + options.max_parallel_files + 4
-    bucket = open_bucket(target, credentials, pool_size=pool_size)
+    # oss2 applies one timeout to connecting and to each read: the option's read timeout.
+    bucket = open_bucket(
+        target, credentials, pool_size=pool_size, connect_timeout_s=options.request_timeout_s
+    )
     previous = read_manifest(bucket, target)
     hub = hub or HubClient()
     listing = hub.list_files(source)
