@@ -19,7 +19,7 @@ app = typer.Typer(
 )
 
 # One entry per command module; each module owns its commands.
-COMMAND_MODULES: tuple[str, ...] = ("cli.deploy", "cli.plan", "cli.sync")
+COMMAND_MODULES: tuple[str, ...] = ("cli.deploy", "cli.plan", "cli.rbac", "cli.sync")
 
 for _module_name in COMMAND_MODULES:
     importlib.import_module(_module_name).register(app)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -26,6 +27,16 @@ from sandbox.kube import apply as ssa
 from sandbox.kube.faults import FaultPlan, FaultRule, RequestLog, RequestRecord
 from sandbox.kube.network import PodNetwork
 from sandbox.kube.patch import json_merge_patch, json_patch, strategic_merge_patch
+from sandbox.kube.rbac import (
+    RbacAuthorizer,
+    RequestInfo,
+    UserInfo,
+    forbidden_message,
+    name_part,
+    qualified_resource,
+    request_info,
+    service_account_user,
+)
 from sandbox.kube.selectors import (
     SelectorError,
     labels_match,
@@ -34,6 +45,7 @@ from sandbox.kube.selectors import (
 )
 from sandbox.kube.store import (
     BadRequest,
+    Forbidden,
     Gone,
     NotFound,
     Obj,
@@ -41,6 +53,7 @@ from sandbox.kube.store import (
     Store,
     StoreError,
     clone,
+    now_iso,
     qualified,
 )
 
@@ -64,6 +77,21 @@ _BUILTIN_GROUPS = frozenset(
     {"", "apps", "coordination.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io"}
 )
 _VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+# Registries that answer a completed delete with the object (genericregistry.Store
+# ReturnDeletedObject, or their own Delete that returns it: CRDs); the others answer a Status.
+_RETURNS_DELETED_OBJECT = frozenset(
+    {
+        ("", "Pod"),
+        ("", "Service"),
+        ("", "PersistentVolume"),
+        ("", "PersistentVolumeClaim"),
+        ("", "Namespace"),
+        ("", "ServiceAccount"),
+        ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    }
+)
+# The garbage-collector finalizer a delete with this propagation policy puts on the object.
+_GC_FINALIZERS = {"Foreground": "foregroundDeletion", "Orphan": "orphan"}
 
 
 class _Reset(Exception):
@@ -122,6 +150,8 @@ class Request:
     user: str
     verb: str = ""
     logged: bool = False
+    # Set when RBAC applies to this request (None for superusers and unauthenticated ones).
+    auth: tuple[UserInfo, RequestInfo] | None = None
 
     def header(self, name: str) -> str:
         return self.handler.headers.get(name, "") or ""
@@ -182,8 +212,15 @@ class ApiServer:
         self.network = network
         self.faults = faults or FaultPlan()
         self.request_log = RequestLog()
-        # The authentication seam: bearer token -> user name. RBAC comes later.
+        # Authentication: bearer token -> user name (a request without credentials is
+        # "system:anonymous"). Authorization: users in `superusers` may do anything, like the
+        # members of system:masters; every other user is authorized by RBAC from the store.
+        # The default kubeconfig (no token) and tokens written for "admin" stay superusers,
+        # so only identities a test creates for the purpose (see
+        # `service_account_kubeconfig`) are held to their Roles.
         self.tokens: dict[str, str] = {}
+        self.superusers: set[str] = {"admin", "system:anonymous"}
+        self.authorizer = RbacAuthorizer(store)
         self.bookmark_interval = bookmark_interval
         self.default_watch_timeout = default_watch_timeout
         self._httpd: _HTTPServer | None = None
@@ -246,6 +283,19 @@ class ApiServer:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
+    def service_account_kubeconfig(
+        self, path: Path, namespace: str, name: str, *, token: str | None = None
+    ) -> Path:
+        """A kubeconfig authenticating as ServiceAccount `namespace/name` (which must exist),
+        like a token from the TokenRequest API; its context defaults to `namespace`."""
+        self.store.get(self.store.resource_type("v1", "ServiceAccount"), namespace, name)
+        user = service_account_user(namespace, name)
+        path = self.write_kubeconfig(path, token=token or secrets.token_urlsafe(24), user=user)
+        config = yaml.safe_load(path.read_text())
+        config["contexts"][0]["context"]["namespace"] = namespace
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
     # ------------------------------------------------------------------- plumbing
 
     def _authenticate(self, handler: BaseHTTPRequestHandler) -> str | None:
@@ -289,6 +339,7 @@ class ApiServer:
             elif rule is not None and rule.action != "cut_watch":
                 status = self._fire(req, rule)
             else:
+                self._authorize(req)
                 status = self._route(req, rule)
         except _Reset:
             # Logged before the reset, so a client that saw the reset also sees the record.
@@ -301,6 +352,42 @@ class ApiServer:
             handler.close_connection = True
         if not req.logged:
             self._log(req, status)
+
+    def _authorize(self, req: Request) -> None:
+        """403 unless RBAC allows the request (after authentication and the fault layer, as
+        the real filter chain runs authorization after priority and fairness)."""
+        if req.user in self.superusers:
+            return
+        user = UserInfo.for_name(req.user)
+        info = request_info(req.method, req.path, req.raw_query)
+        req.auth = (user, info)
+        decision = self.authorizer.authorize(user, info)
+        if decision.allowed:
+            return
+        req.verb = info.verb
+        raise Forbidden(
+            forbidden_message(user.name, info, decision.reason),
+            kind=info.resource,
+            name=info.name,
+            group=info.api_group,
+        )
+
+    def _authorize_create_on_apply(self, req: Request) -> None:
+        """An apply that creates the object also needs `create` (handlers/patch.go checks it
+        with the create attributes once it finds the object missing)."""
+        if req.auth is None:
+            return
+        user, info = req.auth
+        create = info.with_verb("create")
+        decision = self.authorizer.authorize(user, create)
+        if not decision.allowed:
+            # withAuthorization answers NewForbidden(gr, name, reason): no "User ... cannot".
+            raise Forbidden(
+                f"{qualified_resource(create)}{name_part(create)} is forbidden: {decision.reason}",
+                kind=create.resource,
+                name=create.name,
+                group=create.api_group,
+            )
 
     def _log(self, req: Request, status: int) -> None:
         """Record a request; done before the answer leaves, so whoever saw it finds the record."""
@@ -779,6 +866,7 @@ class ApiServer:
                 raise NotFound(
                     f'{qualified(rt)} "{name}" not found', kind=rt.plural, name=name, group=rt.group
                 )
+            self._authorize_create_on_apply(req)
             result = ssa.server_side_apply(
                 None, applied, manager=manager, force=force, api_version=rt.api_version
             )
@@ -818,11 +906,12 @@ class ApiServer:
         opts = self._delete_options(req)
         pre = opts.get("preconditions") or {}
         grace = opts.get("gracePeriodSeconds")
+        propagation = opts.get("propagationPolicy") or "Background"
         out = self.store.delete(
             rt,
             namespace,
             name,
-            propagation=opts.get("propagationPolicy") or "Background",
+            propagation=propagation,
             grace_period_seconds=int(grace) if grace is not None else None,
             dry_run=opts.get("dryRun") == "All",
             expect_rv=pre.get("resourceVersion"),
@@ -830,7 +919,18 @@ class ApiServer:
         )
         if out["metadata"].get("deletionTimestamp") and self._exists(rt, namespace, name, out):
             return self._send_json(req, 200, out)
-        if opts.get("dryRun") == "All" or self._returns_deleted_object(rt):
+        finalizer = _GC_FINALIZERS.get(propagation)
+        if finalizer and not out["metadata"].get("deletionTimestamp"):
+            # The real store first writes the GC finalizer and a deletionTimestamp and answers
+            # with that object; the garbage collector removes it afterwards. Here both steps
+            # already happened (no dependents to wait for), so answer what the first one wrote.
+            marked = clone(out)
+            meta = marked["metadata"]
+            meta["deletionTimestamp"] = now_iso()
+            meta["deletionGracePeriodSeconds"] = 0
+            meta["finalizers"] = [*(meta.get("finalizers") or []), finalizer]
+            return self._send_json(req, 200, marked)
+        if (rt.group, rt.kind) in _RETURNS_DELETED_OBJECT:
             return self._send_json(req, 200, out)
         body = {
             "kind": "Status",
@@ -845,15 +945,6 @@ class ApiServer:
             },
         }
         return self._send_json(req, 200, body)
-
-    @staticmethod
-    def _returns_deleted_object(rt: ResourceType) -> bool:
-        """Registries that answer a delete with the object (ReturnDeletedObject), not a Status."""
-        builtin_group = rt.group in _BUILTIN_GROUPS
-        return not builtin_group or (
-            rt.group == ""
-            and rt.kind in ("Pod", "Service", "PersistentVolume", "PersistentVolumeClaim")
-        )
 
     def _exists(self, rt: ResourceType, namespace: str | None, name: str, seen: Obj) -> bool:
         try:

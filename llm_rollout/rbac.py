@@ -1,0 +1,62 @@
+"""The worker's RBAC objects (ServiceAccount, Role, ClusterRole, bindings) for one namespace.
+
+Rendered from `manifests/rbac/worker.yaml.j2`, which documents which product code needs each
+verb. A cluster admin applies them once per namespace, after creating the namespace; the
+worker then runs the flows with the ServiceAccount's token.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from llm_rollout.errors import SpecError
+from llm_rollout.render import MANIFESTS_DIR
+
+DEFAULT_SERVICE_ACCOUNT = "llm-rollout-worker"
+DEFAULT_CLUSTER_ROLE = "llm-rollout-worker"
+TEMPLATE = "rbac/worker.yaml.j2"
+# Names go into YAML unquoted: anything but a DNS label is refused before rendering.
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+def _check(what: str, value: str, pattern: re.Pattern[str]) -> None:
+    if not pattern.fullmatch(value):
+        raise SpecError(
+            what,
+            f"{value!r} is not a valid Kubernetes name (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit)",
+        )
+
+
+def render_worker_rbac(
+    namespace: str,
+    *,
+    service_account: str = DEFAULT_SERVICE_ACCOUNT,
+    cluster_role: str = DEFAULT_CLUSTER_ROLE,
+    manifests_dir: Path = MANIFESTS_DIR,
+) -> list[dict[str, Any]]:
+    """The objects, in apply order (ServiceAccount, Role, RoleBinding, ClusterRole, binding)."""
+    _check("--namespace", namespace, _DNS_LABEL)
+    _check("--service-account", service_account, _DNS_SUBDOMAIN)
+    _check("--cluster-role", cluster_role, _DNS_SUBDOMAIN)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(manifests_dir)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,  # noqa: S701 - YAML, not HTML; every value was checked above
+    )
+    text = env.get_template(TEMPLATE).render(
+        namespace=namespace, service_account=service_account, cluster_role=cluster_role
+    )
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def worker_user(namespace: str, service_account: str = DEFAULT_SERVICE_ACCOUNT) -> str:
+    """The user name the API server gives the ServiceAccount's tokens."""
+    return f"system:serviceaccount:{namespace}:{service_account}"
