@@ -9,17 +9,33 @@ What every sandbox server needs and ``http.server`` does not give out of the box
   ~40 ms on delayed ACK), quiet logging, and body I/O that honours a bandwidth cap:
   ``send_file_range`` (``socket.sendfile``, zero-copy), ``send_body`` and
   ``read_body_into`` (large chunks, straight to a file object).
-- ``TokenBucket``: monotonic-clock pacing. Each chunk reserves its slot on the link and the
-  sender waits for the end of that slot, so the delivered rate never exceeds the cap and a
-  long transfer sits within a chunk of it. One bucket per connection gives the per-connection
-  cap; a bucket shared by all connections gives an aggregate (link) cap.
+- ``TokenBucket``: monotonic-clock pacing. Each chunk reserves its slot on the link. A sender
+  waits for the start of its slot before writing (so connections sharing one bucket take
+  turns on its schedule instead of all writing at once); a receiver reserves before reading
+  and waits for the end of the slot before going on, so a request completes no earlier than
+  the link could have carried its body. One bucket per connection gives the per-connection
+  cap; a bucket shared by all connections gives an aggregate (link) cap. A fresh bucket has
+  no credit; a sender that fell behind may catch up by at most ``BURST_SECONDS``.
 - ``RequestLog``: a thread-safe list of per-request records plus byte counters.
 - ``drop_connection`` / ``reset_connection``: the two ways a real peer vanishes (FIN vs RST).
+- ``BodyReader``: fills caller-owned buffers with the request body (``Content-Length`` or
+  chunked) through ``readinto``, paced, so a receiver can hash and write a reusable buffer
+  instead of allocating a fresh ``bytes`` per chunk.
+- Admin endpoints under ``/__sandbox/`` (``ADMIN_PREFIX``), for a server running in another
+  process (``sandbox.storage_proc``): ``GET health``, ``GET stats`` (the server's ``stats()``,
+  after waiting up to ``?idle_timeout=`` seconds, default 5, for in-flight requests),
+  ``GET requests`` (the request log as JSON), ``POST reset`` (``reset_counters()``). They are
+  not authenticated, not paced, not counted as requests in flight, not logged and not in the
+  byte counters. Real OSS bucket names and ModelScope owners cannot start with ``_``, so the
+  prefix never shadows a protocol path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import resource
 import socket
 import struct
 import sys
@@ -29,8 +45,13 @@ import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import IO, Any, Generic, Self, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 CHUNK_BYTES = 256 * 1024
+# Body reads are paced and handed on in slices of at most this size.
+READ_BYTES = 4 * CHUNK_BYTES
+ADMIN_PREFIX = "/__sandbox/"
+BURST_SECONDS = 0.05
 
 
 class TokenBucket:
@@ -41,18 +62,28 @@ class TokenBucket:
             raise ValueError("rate must be positive")
         self.rate = float(rate_bytes_per_s)
         self._lock = threading.Lock()
-        self._next_free = 0.0
-        self._burst_s = min(4 * CHUNK_BYTES / self.rate, 0.02)
+        self._next_free: float | None = None
+        # Bucket depth: how much lost time a sender may catch up. On a loaded 2-core machine
+        # server threads lose tens of milliseconds at a time; 50 ms absorbs that and bounds
+        # any burst to 50 ms worth of bytes (0.25 % of a 20 s transfer).
+        self._burst_s = BURST_SECONDS
 
     def reserve(self, nbytes: int) -> float:
         """Reserve link time for ``nbytes``; returns the monotonic time the slot ends."""
+        return self.reserve_slot(nbytes)[1]
+
+    def reserve_slot(self, nbytes: int) -> tuple[float, float]:
+        """Reserve link time for ``nbytes``; returns the slot's (start, end), monotonic."""
         with self._lock:
             now = time.monotonic()
-            # A sender that fell slightly behind (scheduling, client stalls) may catch up
-            # by one short burst, so the long-run rate is the cap rather than a bit under it.
-            start = max(self._next_free, now - self._burst_s)
+            last = self._next_free
+            # A sender that fell behind (descheduled, a client stall) catches up by at most
+            # the bucket's depth, so the long-run rate is the cap rather than a bit under it
+            # on a loaded machine; after an idle spell the same depth is the only credit.
+            # A fresh bucket has none: its first chunks never run ahead of the cap.
+            start = now if last is None else max(last, now - self._burst_s)
             self._next_free = start + nbytes / self.rate
-            return self._next_free
+            return start, self._next_free
 
     @staticmethod
     def wait_until(deadline: float) -> None:
@@ -72,10 +103,27 @@ class Pacer:
         return bool(self._buckets)
 
     def reserve(self, nbytes: int) -> float:
-        deadline = 0.0
+        return self.reserve_slot(nbytes)[1]
+
+    def reserve_slot(self, nbytes: int) -> tuple[float, float]:
+        """The latest start and end over all buckets: the tightest one binds."""
+        start = end = 0.0
         for bucket in self._buckets:
-            deadline = max(deadline, bucket.reserve(nbytes))
-        return deadline
+            s, e = bucket.reserve_slot(nbytes)
+            start, end = max(start, s), max(end, e)
+        return start, end
+
+    @property
+    def send_chunk_bytes(self) -> int:
+        """Chunk size for paced sends: about 5 ms of the tightest cap, 16-256 KiB.
+
+        The client has a chunk as soon as its slot starts, so a transfer of N chunks looks
+        N/(N-1) times faster than the cap; small chunks at low caps keep that error small.
+        """
+        if not self._buckets:
+            return 8 * CHUNK_BYTES
+        rate = min(b.rate for b in self._buckets)
+        return max(16 * 1024, min(CHUNK_BYTES, int(rate * 0.005)))
 
 
 R = TypeVar("R")
@@ -129,6 +177,73 @@ class ByteCounter:
     def reset(self) -> None:
         with self._lock:
             self._value = 0
+
+
+class BodyReader:
+    """Reads one request body into caller-owned buffers; ``readinto`` returns 0 at its end.
+
+    Handles ``Content-Length`` and ``Transfer-Encoding: chunked`` (small client chunks are
+    gathered into one buffer fill). Each underlying read reserves its slot on the handler's
+    pacer first; the reader waits for the last slot before returning, so a fill of
+    ``READ_BYTES`` costs one wait. Raises ``ConnectionResetError`` when the client closes
+    early or sends a malformed chunked body.
+    """
+
+    def __init__(self, handler: SandboxHandler) -> None:
+        self._rfile = handler.rfile
+        self._pacer = handler.pacer
+        self.chunked = handler.is_chunked()
+        self._left = 0 if self.chunked else int(handler.headers.get("Content-Length") or 0)
+        self._in_chunk = False
+        self.done = not self.chunked and self._left == 0
+        self.total = 0
+
+    def readinto(self, view: memoryview) -> int:
+        filled, want = 0, len(view)
+        deadline = 0.0
+        while filled < want and not self.done:
+            if self._left == 0:
+                self._next_chunk()
+                continue
+            n = min(self._left, want - filled)
+            if self._pacer:
+                deadline = self._pacer.reserve(n)
+            self._read_exact(view[filled : filled + n])
+            filled += n
+            self._left -= n
+            if not self.chunked and self._left == 0:
+                self.done = True
+        if deadline:
+            TokenBucket.wait_until(deadline)
+        self.total += filled
+        return filled
+
+    def _read_exact(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            # BufferedReader.readinto fills the whole view unless the peer closes.
+            n = self._rfile.readinto(view[got:])  # type: ignore[attr-defined]
+            if not n:
+                raise ConnectionResetError(f"client body ended {len(view) - got} bytes short")
+            got += n
+
+    def _next_chunk(self) -> None:
+        if self._in_chunk and self._rfile.readline(1024) not in (b"\r\n", b"\n"):
+            raise ConnectionResetError("malformed chunked body")
+        line = self._rfile.readline(1024)
+        if not line:
+            raise ConnectionResetError("client closed inside a chunked body")
+        try:
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        except ValueError as exc:
+            raise ConnectionResetError("malformed chunk size") from exc
+        if size == 0:
+            # Trailer section ends with an empty line.
+            while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass
+            self.done = True
+            return
+        self._left, self._in_chunk = size, True
 
 
 class ConnectionDropped(Exception):
@@ -218,6 +333,32 @@ class SandboxServer:
             if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
                 raise TimeoutError(f"{self._in_flight} request(s) still in flight")
 
+    # -- observation (also served on the admin endpoints) --------------------------------
+    def stats(self) -> dict[str, object]:
+        """Counters for the admin ``stats`` endpoint; subclasses add their own."""
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        with self._idle:
+            in_flight = self._in_flight
+        return {
+            "server": type(self).__name__,
+            "pid": os.getpid(),
+            "in_flight": in_flight,
+            "internal_errors": list(self.internal_errors),
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+            "aggregate_bandwidth_bytes_per_s": self.aggregate_bandwidth_bytes_per_s,
+            # Whole process: in a storage child that is both servers together.
+            "process_cpu_seconds": usage.ru_utime + usage.ru_stime,
+            "process_max_rss_bytes": usage.ru_maxrss * 1024,
+        }
+
+    def request_records(self) -> list[dict[str, object]]:
+        """The request log as JSON-ready dicts; subclasses with a log override this."""
+        return []
+
+    def reset_counters(self) -> None:
+        """Zero byte counters and clear the request log; subclasses override this."""
+        return
+
     @property
     def port(self) -> int:
         if self._server is None:
@@ -275,10 +416,15 @@ class SandboxHandler(BaseHTTPRequestHandler):
     def parse_request(self) -> bool:
         # Counted from here, not from handle_one_request: an idle keep-alive connection
         # waiting for its next request line is not a request in flight.
-        if not self._counted:
-            self._counted = True
-            self.server.owner._request_started()
-        return super().parse_request()
+        if not super().parse_request():
+            return False
+        if self.path.startswith(ADMIN_PREFIX):
+            # Answered here; returning False makes handle_one_request skip the do_* method.
+            self._serve_admin()
+            return False
+        self._counted = True
+        self.server.owner._request_started()
+        return True
 
     def handle_one_request(self) -> None:
         self._counted = False
@@ -292,19 +438,60 @@ class SandboxHandler(BaseHTTPRequestHandler):
         # Request lines can carry signed query strings; the structured request log is enough.
         return
 
+    # -- admin endpoints ------------------------------------------------------------------
+    def _serve_admin(self) -> None:
+        owner = self.server.owner
+        split = urlsplit(self.path)
+        name = split.path[len(ADMIN_PREFIX) :].strip("/")
+        query = dict(parse_qsl(split.query))
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        status = 200
+        payload: object
+        if self.command == "GET" and name == "health":
+            payload = {"ok": True, "server": type(owner).__name__, "pid": os.getpid()}
+        elif self.command == "GET" and name in ("stats", "requests"):
+            try:
+                idle_timeout = float(query.get("idle_timeout", "5"))
+            except ValueError:
+                idle_timeout = 5.0
+            idle = True
+            try:
+                owner.wait_idle(idle_timeout)
+            except TimeoutError:
+                idle = False
+            if name == "stats":
+                payload = {**owner.stats(), "idle": idle}
+            else:
+                payload = {"idle": idle, "requests": owner.request_records()}
+        elif self.command == "POST" and name == "reset":
+            owner.reset_counters()
+            payload = {"ok": True}
+        else:
+            status = 404
+            payload = {"error": f"no admin endpoint {self.command} {split.path}"}
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
     # -- body output ----------------------------------------------------------------------
     def send_body(self, data: bytes, *, limit: int | None = None) -> int:
         """Write ``data`` paced; stop after ``limit`` bytes. Returns bytes written."""
         total = len(data) if limit is None else min(limit, len(data))
         sent = 0
         view = memoryview(data)
+        chunk = self.pacer.send_chunk_bytes
         while sent < total:
-            n = min(CHUNK_BYTES, total - sent)
-            deadline = self.pacer.reserve(n) if self.pacer else 0.0
+            n = min(chunk, total - sent)
+            if self.pacer:
+                TokenBucket.wait_until(self.pacer.reserve_slot(n)[0])
             self.connection.sendall(view[sent : sent + n])
             sent += n
-            if deadline:
-                TokenBucket.wait_until(deadline)
         return sent
 
     def send_file_range(
@@ -313,62 +500,36 @@ class SandboxHandler(BaseHTTPRequestHandler):
         """Zero-copy send of ``length`` bytes at ``offset``; stop after ``limit`` bytes."""
         total = length if limit is None else min(limit, length)
         sent = 0
+        chunk = self.pacer.send_chunk_bytes
         while sent < total:
-            n = min(CHUNK_BYTES if self.pacer else 8 * CHUNK_BYTES, total - sent)
-            deadline = self.pacer.reserve(n) if self.pacer else 0.0
+            n = min(chunk, total - sent)
+            if self.pacer:
+                TokenBucket.wait_until(self.pacer.reserve_slot(n)[0])
             done = self.connection.sendfile(fh, offset + sent, n)
             if done <= 0:
                 raise ConnectionResetError("sendfile wrote nothing")
             sent += done
-            if deadline:
-                TokenBucket.wait_until(deadline)
         return sent
 
     # -- body input -----------------------------------------------------------------------
-    def read_body_into(self, sink: IO[bytes] | None, length: int) -> Iterator[bytes]:
-        """Read exactly ``length`` body bytes in large chunks, paced; yields each chunk.
-
-        The caller hashes/CRCs the chunks as they pass; ``sink`` (if given) gets them written.
-        Raises ``ConnectionResetError`` when the client sends fewer bytes than it announced.
-        """
-        remaining = length
-        while remaining > 0:
-            n = min(CHUNK_BYTES * 4, remaining)
-            deadline = self.pacer.reserve(n) if self.pacer else 0.0
-            chunk = self.rfile.read(n)
-            if not chunk:
-                raise ConnectionResetError(f"client body ended {remaining} bytes short")
-            remaining -= len(chunk)
-            if sink is not None:
-                sink.write(chunk)
-            yield chunk
-            if deadline:
-                TokenBucket.wait_until(deadline)
-
     def is_chunked(self) -> bool:
         return "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
 
+    def body_reader(self) -> BodyReader:
+        """A reader over this request's body (``Content-Length`` or chunked), paced."""
+        return BodyReader(self)
+
     def iter_body(self) -> Iterator[bytes]:
-        """The request body, ``Content-Length`` or ``Transfer-Encoding: chunked``, paced.
+        """The request body as fresh ``bytes`` chunks of up to ``READ_BYTES``, paced.
 
         Clients streaming from a generator (``requests`` with an iterator body) send chunked.
+        Bulk receivers should use ``body_reader().readinto`` with their own buffers instead.
         """
-        if not self.is_chunked():
-            yield from self.read_body_into(None, int(self.headers.get("Content-Length") or 0))
-            return
-        while True:
-            line = self.rfile.readline(1024)
-            if not line:
-                raise ConnectionResetError("client closed inside a chunked body")
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                # Trailer section ends with an empty line.
-                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                    pass
-                return
-            yield from self.read_body_into(None, size)
-            if self.rfile.readline(1024) not in (b"\r\n", b"\n"):
-                raise ConnectionResetError("malformed chunked body")
+        reader = self.body_reader()
+        buf = bytearray(READ_BYTES)
+        view = memoryview(buf)
+        while n := reader.readinto(view):
+            yield bytes(view[:n])
 
     def discard_body(self) -> int:
         total = 0

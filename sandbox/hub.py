@@ -32,7 +32,12 @@ Faults (``hub.faults``, thread-safe, count-limited; ``clear()`` removes all):
 ``server_error(path_contains, times=1, status=503)``,
 ``slow_first_byte(seconds, path_contains="", times=None)``.
 
-Observation: ``request_log`` (``HubRequest`` records) and ``bytes_served`` (body bytes sent).
+Bandwidth: ``bandwidth_bytes_per_s`` caps each connection, ``aggregate_bandwidth_bytes_per_s``
+caps all connections together (the link); both may be set, the tighter one wins.
+
+Observation: ``request_log`` (``HubRequest`` records), ``bytes_served`` (body bytes sent) and
+``stats()``; from another process the same through ``/__sandbox/stats`` and
+``/__sandbox/requests`` (see ``sandbox.http``; ``sandbox.storage_proc`` runs the hub there).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -237,8 +242,17 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 class HubServer(SandboxServer):
     """The ModelScope hub stand-in. See the module docstring for endpoints and faults."""
 
-    def __init__(self, root: Path, *, bandwidth_bytes_per_s: int | None = None) -> None:
-        super().__init__(bandwidth_bytes_per_s=bandwidth_bytes_per_s)
+    def __init__(
+        self,
+        root: Path,
+        *,
+        bandwidth_bytes_per_s: int | None = None,
+        aggregate_bandwidth_bytes_per_s: int | None = None,
+    ) -> None:
+        super().__init__(
+            bandwidth_bytes_per_s=bandwidth_bytes_per_s,
+            aggregate_bandwidth_bytes_per_s=aggregate_bandwidth_bytes_per_s,
+        )
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.faults = HubFaults()
@@ -257,6 +271,24 @@ class HubServer(SandboxServer):
     def reset_counters(self) -> None:
         self._bytes_served.reset()
         self.request_log.clear()
+
+    def stats(self) -> dict[str, object]:
+        records = self.request_log.snapshot()
+        by_status: dict[str, int] = {}
+        for r in records:
+            by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
+        file_gets = [r for r in records if r.method == "GET" and r.path.endswith("/repo")]
+        return {
+            **super().stats(),
+            "bytes_served": self.bytes_served,
+            "requests": len(records),
+            "requests_by_status": by_status,
+            "file_gets": len(file_gets),
+            "range_gets": sum(1 for r in file_gets if r.range),
+        }
+
+    def request_records(self) -> list[dict[str, object]]:
+        return [asdict(r) for r in self.request_log.snapshot()]
 
     # -- content --------------------------------------------------------------------------
     def add_revision(self, model_id: str, revision: str, files: Mapping[str, Path | bytes]) -> None:

@@ -40,7 +40,17 @@ UploadPart, ``fail(op, status=503, code=..., key=None, times=1)``,
 ``reset(op, key=None, times=1, after_bytes=0)`` (RST after reading that much of the body).
 
 Observation: ``request_log`` (``OssRequest``: method, bucket, key, op, status, bytes_in,
-bytes_out), ``bytes_received`` and ``bytes_sent`` counters.
+bytes_out), ``bytes_received`` and ``bytes_sent`` counters, ``stats()``; from another process
+the same through ``/__sandbox/stats`` and ``/__sandbox/requests`` (see ``sandbox.http``;
+``sandbox.storage_proc`` runs the server there). Faults are scripted in-process only.
+
+Bandwidth: ``bandwidth_bytes_per_s`` caps each connection, ``aggregate_bandwidth_bytes_per_s``
+all connections together (the link), in both directions.
+
+Ingest: uploads are read with ``readinto`` into a ring of reusable 1 MiB buffers; CRC64 runs on
+liblzma's ``lzma_crc64`` (via ctypes: GB/s, GIL released; crcmod is the fallback) in the
+handler thread while a helper thread MD5-hashes and writes, so ETag and
+``x-oss-hash-crc64ecma`` stay exact at a fraction of the former CPU cost.
 """
 
 from __future__ import annotations
@@ -48,10 +58,13 @@ from __future__ import annotations
 import base64
 import calendar
 import contextlib
+import ctypes
+import ctypes.util
 import email.utils
 import hashlib
 import hmac
 import json
+import os
 import queue
 import random
 import shutil
@@ -61,7 +74,6 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -69,6 +81,7 @@ from xml.sax.saxutils import escape
 from oss2.utils import Crc64
 
 from sandbox.http import (
+    READ_BYTES,
     ByteCounter,
     ConnectionDropped,
     RequestLog,
@@ -94,6 +107,72 @@ _V1_SUBRESOURCES = frozenset(
     style styleName regionList
     """.split()  # noqa: SIM905 - a word list is easier to compare with oss2's
 )
+
+
+# Buffers one upload cycles through: the handler thread fills one from the socket and runs
+# the CRC while a helper thread hashes (MD5) and writes the ones before it.
+_RECEIVE_BUFFERS = 4
+
+
+def _load_lzma_crc64() -> ctypes._NamedFuncPointer | None:
+    """liblzma's ``lzma_crc64`` (CRC-64/XZ, the polynomial OSS uses), if the library loads.
+
+    It is table/CLMUL code running at GB/s, and a ``ctypes.CDLL`` call releases the GIL;
+    crcmod's extension runs at a tenth of that and holds the GIL. Checked against crcmod
+    before use.
+    """
+    name = ctypes.util.find_library("lzma")
+    if name is None:
+        return None
+    try:
+        fn = ctypes.CDLL(name).lzma_crc64
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_uint64
+    fn.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint64]
+    probe = b"123456789" * 7
+    reference = Crc64(0)
+    reference.update(probe)
+    if fn(probe, len(probe), 0) != reference.crc:
+        return None
+    return fn
+
+
+_LZMA_CRC64 = _load_lzma_crc64()
+
+
+class Crc64Ecma:
+    """Running ``x-oss-hash-crc64ecma`` (CRC-64/XZ) of the bytes passed to ``update``.
+
+    Uses liblzma through ctypes when available (see ``_load_lzma_crc64``), crcmod otherwise;
+    both give the value oss2's ``Crc64`` gives.
+    """
+
+    fast = _LZMA_CRC64 is not None
+
+    def __init__(self) -> None:
+        self.crc = 0
+        self._slow = None if _LZMA_CRC64 is not None else Crc64(0)
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        if self._slow is not None:
+            self._slow.update(data)
+            self.crc = self._slow.crc
+            return
+        assert _LZMA_CRC64 is not None
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        if not n:
+            return
+        if isinstance(data, bytes):
+            self.crc = _LZMA_CRC64(data, n, self.crc)
+            return
+        if isinstance(data, memoryview) and data.readonly:
+            data = bytes(data)
+            self.crc = _LZMA_CRC64(data, n, self.crc)
+            return
+        # Zero-copy view of a writable buffer (the receive ring buffers).
+        ptr = (ctypes.c_char * n).from_buffer(data)
+        self.crc = _LZMA_CRC64(ptr, n, self.crc)
 
 
 @dataclass(frozen=True)
@@ -375,6 +454,26 @@ class OssServer(SandboxServer):
         self._bytes_received.reset()
         self._bytes_sent.reset()
         self.request_log.clear()
+
+    def stats(self) -> dict[str, object]:
+        records = self.request_log.snapshot()
+        by_op: dict[str, int] = {}
+        by_status: dict[str, int] = {}
+        for r in records:
+            by_op[r.op] = by_op.get(r.op, 0) + 1
+            by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
+        return {
+            **super().stats(),
+            "bytes_received": self.bytes_received,
+            "bytes_sent": self.bytes_sent,
+            "requests": len(records),
+            "requests_by_op": by_op,
+            "requests_by_status": by_status,
+            "fast_crc64": Crc64Ecma.fast,
+        }
+
+    def request_records(self) -> list[dict[str, object]]:
+        return [asdict(r) for r in self.request_log.snapshot()]
 
     def set_credentials(self, credentials: Mapping[str, str]) -> None:
         """Replace the accepted keys (e.g. to rotate or revoke a key mid-test)."""
@@ -1089,45 +1188,61 @@ class _OssHandler(SandboxHandler):
     def _receive_to_file(self, oss: OssServer) -> tuple[Path, int, str, int]:
         """Stream the request body to a temp file; returns (path, size, md5 hex, crc64).
 
-        MD5 and the file write release the GIL, CRC64 (crcmod) does not: a helper thread does
-        the former while this thread reads the socket and runs the CRC, so the three overlap.
+        The handler thread reads the socket into a small ring of reusable buffers
+        (``readinto``, no per-chunk allocation) and runs the CRC64 on each; a helper thread
+        MD5-hashes and ``os.write``s them in order. MD5, the write, the socket read and the
+        liblzma CRC all release the GIL, so the stages overlap on separate cores.
         """
+        self._body_consumed = True
         tmp = oss.data_dir / "tmp" / uuid.uuid4().hex
         md5 = hashlib.md5(usedforsecurity=False)
-        crc = Crc64(0)
-        size = 0
-        pending: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        crc = Crc64Ecma()
+        reader = self.body_reader()
+        views = [memoryview(bytearray(READ_BYTES)) for _ in range(_RECEIVE_BUFFERS)]
+        free: queue.SimpleQueue[int] = queue.SimpleQueue()
+        full: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+        for i in range(_RECEIVE_BUFFERS):
+            free.put(i)
         failure: list[OSError] = []
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
 
-        def drain(fh: IO[bytes]) -> None:
-            while (chunk := pending.get()) is not None:
-                if failure:
-                    continue
-                try:
-                    fh.write(chunk)
-                except OSError as exc:
-                    failure.append(exc)
+        def drain() -> None:
+            while (item := full.get()) is not None:
+                i, n = item
+                chunk = views[i][:n]
+                if not failure:
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as exc:
+                        failure.append(exc)
                 md5.update(chunk)
+                chunk.release()
+                free.put(i)
 
         try:
-            with tmp.open("wb") as fh:
-                worker = threading.Thread(target=drain, args=(fh,), daemon=True)
-                worker.start()
-                try:
-                    for chunk in self._body_chunks():
-                        pending.put(chunk)
-                        crc.update(chunk)
-                        size += len(chunk)
-                finally:
-                    pending.put(None)
-                    worker.join()
+            worker = threading.Thread(target=drain, name="oss-receive", daemon=True)
+            worker.start()
+            try:
+                while not failure:
+                    i = free.get()
+                    n = reader.readinto(views[i])
+                    if not n:
+                        break
+                    crc.update(views[i][:n])
+                    full.put((i, n))
+                    self._bytes_in += n
+                    oss._bytes_received.add(n)
+            finally:
+                full.put(None)
+                worker.join()
+                os.close(fd)
             if failure:
                 raise failure[0]
             self._check_md5(md5.digest())
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        return tmp, size, md5.hexdigest(), crc.crc
+        return tmp, reader.total, md5.hexdigest(), crc.crc
 
     def _user_meta(self) -> dict[str, str]:
         return {
@@ -1180,7 +1295,7 @@ class _OssHandler(SandboxHandler):
     ) -> tuple[Path, str, int]:
         tmp = oss.data_dir / "tmp" / uuid.uuid4().hex
         md5 = hashlib.md5(usedforsecurity=False)
-        crc = Crc64(0)
+        crc = Crc64Ecma()
         with tmp.open("wb") as out:
             for block in _read_segments(oss, bucket, meta, start, length):
                 out.write(block)
@@ -1528,6 +1643,12 @@ class _OssHandler(SandboxHandler):
             side.unlink(missing_ok=True)
             oss._remove_segments(self._bucket, meta)
         return self._send(204)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    written = 0
+    while written < data.nbytes:
+        written += os.write(fd, data[written:])
 
 
 def _read_segments(
