@@ -55,6 +55,18 @@ IMAGE_REF = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*[A-Za-z0-9_.-]$", re.IGNORECASE
 SAFE_ARG = re.compile(r"^[A-Za-z0-9_./:=,+@%-]+$")
 SERVED_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_./:-]{0,127}$")
 K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+# Object key prefixes reach the CSI mount's `path` attribute (and its FUSE command line): only
+# characters without shell or URL meaning.
+SAFE_PREFIX = re.compile(r"^[A-Za-z0-9._/-]*$")
+# An AccessKey ID (LTAI...), an STS token id, or a long mixed-case alphanumeric run with no
+# separator looks like key material, not like the name of a variable that holds it.
+SECRET_LIKE = re.compile(
+    r"^(LTAI[0-9A-Za-z]{8,}|STS\..*|(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[A-Z])"
+    r"(?=[A-Za-z0-9]*[0-9])[A-Za-z0-9]{16,})$"
+)
+# Control characters other than tab/newline/CR in free text: terminal escape sequences and NULs
+# would reach logs, terminals and artifacts.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 MAX_MODEL_BYTES = 8 * 1024**4  # 8 TiB: larger than any open-weights checkpoint served today
 MAX_SMOKE_CONTENT_CHARS = 16_000
@@ -167,6 +179,17 @@ class OssCredentials(StrictModel):
         pattern=ENV_VAR_NAME.pattern,
     )
 
+    @field_validator("access_key_id_env", "access_key_secret_env")
+    @classmethod
+    def _a_name_not_a_key(cls, value: str | None) -> str | None:
+        if value is not None and SECRET_LIKE.match(value):
+            # The value is never echoed: it may be the key itself.
+            raise ValueError(
+                "looks like key material, not a variable name; give the NAME of the "
+                "environment variable that holds the key (e.g. OSS_ACCESS_KEY_ID)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_way(self) -> OssCredentials:
         env_pair = (self.access_key_id_env, self.access_key_secret_env)
@@ -223,6 +246,8 @@ class StorageSpec(StrictModel):
             raise ValueError("must not contain empty path segments ('//')")
         if any(ch.isspace() for ch in value):
             raise ValueError("must not contain whitespace")
+        if not SAFE_PREFIX.match(value):
+            raise ValueError("may contain only letters, digits, '.', '_', '-' and '/'")
         return value.strip("/")
 
 
@@ -496,6 +521,20 @@ class ChatMessage(StrictModel):
         min_length=1, max_length=MAX_SMOKE_CONTENT_CHARS, description="Message text."
     )
 
+    @field_validator("content")
+    @classmethod
+    def _plain_text(cls, value: str) -> str:
+        return _no_control_chars(value)
+
+
+def _no_control_chars(value: str) -> str:
+    if CONTROL_CHARS.search(value):
+        raise ValueError(
+            "must not contain control characters (terminal escapes, NUL); tab and newline "
+            "are allowed"
+        )
+    return value
+
 
 def _seed_messages() -> list[ChatMessage]:
     # The request every seed runbook sends to verify a deployment ("test it once").
@@ -531,6 +570,16 @@ class SmokeExpectations(StrictModel):
     max_ttft_ms: int | None = Field(
         default=None, gt=0, le=3_600_000, description="Upper bound on time to first token (ms)."
     )
+
+    @field_validator("equals", "starts_with")
+    @classmethod
+    def _plain_text(cls, value: str | None) -> str | None:
+        return None if value is None else _no_control_chars(value)
+
+    @field_validator("contains")
+    @classmethod
+    def _plain_texts(cls, values: list[str]) -> list[str]:
+        return [_no_control_chars(v) for v in values]
 
 
 class SmokeSpec(StrictModel):
