@@ -19,7 +19,7 @@ import oss2
 import oss2.models
 from kubernetes import client as k8s_client
 
-from llm_rollout.kube.resources import list_objects
+from llm_rollout.kube.resources import request_json
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.oss import OssTarget, oss_call
 from llm_rollout.record import ANN_MODEL, ANN_REVISION
@@ -127,9 +127,10 @@ def delete_revision(bucket: oss2.Bucket, folder: str, manifest_key: str) -> Dele
 
 def revisions_in_use(api: k8s_client.ApiClient, model_id: str) -> set[str]:
     """Revisions of `model_id` that any stable Service in the cluster records as serving."""
-    services, _ = list_objects(api, "v1", "Service", None)
+    # Across all namespaces: another service may serve the same model from the same bucket.
+    listing = request_json(api, "GET", "/api/v1/services", target="Service list (all namespaces)")
     used: set[str] = set()
-    for service in services:
+    for service in listing.get("items") or []:
         annotations = (service.get("metadata") or {}).get("annotations") or {}
         model = str(annotations.get(ANN_MODEL) or "")
         revision = annotations.get(ANN_REVISION)

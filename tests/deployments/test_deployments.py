@@ -161,6 +161,20 @@ def _logs(run_id: UUID) -> list[tuple[float, str]]:
     return asyncio.run(read())
 
 
+def _logs_with(run_id: UUID, *needles: str, timeout_s: float = 30) -> list[tuple[float, str]]:
+    """The run's logs once each needle appears in some line: the flow-run process ships its
+    last log lines in the background, after the run's final state is already set."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logs = _logs(run_id)
+        if all(any(n in m for _, m in logs) for n in needles) or time.monotonic() > deadline:
+            return logs
+        # Logs arrive through the API only; a short pause between reads.
+        time.sleep(0.5)
+
+
 def _assert_completed(run: FlowRun) -> None:
     assert run.state is not None
     if not run.state.is_completed():
@@ -201,7 +215,7 @@ def test_refresh_when_nothing_changed_writes_nothing(
     stack.cluster.api.request_log.clear()
     run = _finish(_cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec}))
     _assert_completed(run)
-    assert any("up to date" in message for _, message in _logs(run.id))
+    assert any("up to date" in message for _, message in _logs_with(run.id, "up to date"))
     oss_writes = [r for r in stack.oss.request_log if r.method not in ("GET", "HEAD")]
     assert oss_writes == []
     assert len(stack.oss.request_log) > 0  # it did look
@@ -253,7 +267,7 @@ def test_second_refresh_cleans_up_the_oldest_revision(
     _assert_completed(run)
     assert _serving_revision() == "v3"
     assert _revision_folders(stack) == {"v2", "v3"}
-    assert any("deleted revision" in m for _, m in _logs(run.id))
+    assert any("deleted revision" in m for _, m in _logs_with(run.id, "deleted revision"))
 
 
 def test_two_redeploys_of_one_service_never_interleave(
@@ -267,7 +281,7 @@ def test_two_redeploys_of_one_service_never_interleave(
         _assert_completed(run)
     spans = []
     for run in runs:
-        logs = _logs(run.id)
+        logs = _logs_with(run.id, "held by", "released by")
         held = [t for t, m in logs if "rollout lease" in m and "held by" in m]
         released = [t for t, m in logs if "rollout lease" in m and "released by" in m]
         assert len(held) == 1 and len(released) == 1, [m for _, m in logs]
