@@ -2,8 +2,9 @@
 
 Each step calls the same product functions the flow's tasks call (preflight's cluster check,
 the lease lock, apply with dry-run, PVC binding, readiness, pod logs, the smoke test through
-the service proxy, promote, teardown). Then the request log proves that every
-request the worker sent was allowed and that every grant of the Role/ClusterRole was used.
+the service proxy, promote, retention's scan of stable Services, teardown). Then the request
+log proves that every request the worker sent was allowed and that every grant of the
+Role/ClusterRole was used.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from llm_rollout.release import (
     teardown,
 )
 from llm_rollout.render import render, render_oss_secret
+from llm_rollout.retention import revisions_in_use
 from llm_rollout.smoke import run_smoke
 from llm_rollout.spec import ServiceSpec, load_spec
 from sandbox.kube.rbac import request_info, rule_allows
@@ -143,6 +145,9 @@ def _deploy_and_remove(
     point_stable_service(worker, rendered.stable_service, release_id, {})
     serving = find_serving_release(worker, NAMESPACE, spec.name)
     assert serving.release == release_id
+    source = spec.model.modelscope
+    in_use = revisions_in_use(worker, source.model_id) if source else {spec.model_revision}
+    assert spec.model_revision in in_use
 
     assert release(worker, NAMESPACE, spec.name, owner=release_id)
     if propagation == "Foreground":
