@@ -1,11 +1,14 @@
 """Smoke-test stage: call the new release through the API server's service proxy (or a direct
 URL), then judge the answers with great-expectations. The verdict is returned, not raised: the
-gate decides what a failed smoke test means.
+gate decides what a failed smoke test means. Afterwards the server's Prometheus `/metrics` is
+read along the same route and summarized (requests, tokens, time to first token) in the
+outcome and the artifacts; an unreadable `/metrics` is noted, it never fails the smoke test.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,6 +18,7 @@ from prefect.logging import get_run_logger
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import secret_value
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
+from llm_rollout.metrics import MetricsReading, fetch_metrics
 from llm_rollout.smoke import SmokeReport, SmokeVerdict, run_smoke, validate_smoke
 from llm_rollout.spec import SecretKeyRef, SmokeSpec
 from tasks.policy import retry_transient_only
@@ -26,6 +30,9 @@ class SmokeOutcome:
 
     report: SmokeReport
     verdict: SmokeVerdict
+    # The server's /metrics after the calls (through one pod behind the Service); None when
+    # it was not read.
+    metrics: MetricsReading | None = None
 
 
 @task(
@@ -79,6 +86,7 @@ def smoke_test(
                 sampling=_sampling(smoke),
                 stream=smoke.stream,
             )
+            metrics = fetch_metrics(client, url, timeout_s=timeout_s)
     finally:
         api.close()  # type: ignore[no-untyped-call]
     verdict = validate_smoke(report, smoke.expect)
@@ -105,12 +113,40 @@ def smoke_test(
         table=[{k: v for k, v in row.items() if v is not None} for row in report.as_rows()],
         description=f"Smoke-test calls to Service {namespace}/{service}",
     )
+    if metrics.summary is not None:
+        summary = metrics.summary
+        ttft = summary.ttft
+        logger.info(
+            "Service %s/%s /metrics: %s requests, %s prompt / %s generation tokens, TTFT avg %s ms "
+            "over %s requests",
+            namespace,
+            service,
+            summary.requests,
+            summary.prompt_tokens,
+            summary.generation_tokens,
+            _ms(ttft.avg_s * 1000 if ttft and ttft.avg_s is not None else None),
+            ttft.count if ttft else 0,
+        )
+        create_table_artifact(
+            key="smoke-metrics",
+            table=_metrics_rows(metrics),
+            description=f"Engine /metrics of Service {namespace}/{service} after the smoke test",
+        )
+    else:
+        logger.warning(
+            "Service %s/%s /metrics not summarized: %s", namespace, service, metrics.error
+        )
     create_markdown_artifact(
         key="smoke-verdict",
-        markdown=_verdict_markdown(namespace, service, report, verdict),
+        markdown=_verdict_markdown(namespace, service, report, verdict, metrics),
         description=f"Smoke verdict for Service {namespace}/{service}",
     )
-    return SmokeOutcome(report=report, verdict=verdict)
+    return SmokeOutcome(report=report, verdict=verdict, metrics=metrics)
+
+
+def _metrics_rows(metrics: MetricsReading) -> list[dict[str, Any]]:
+    assert metrics.summary is not None
+    return metrics.summary.as_rows()
 
 
 def _sampling(smoke: SmokeSpec) -> dict[str, float | int]:
@@ -125,7 +161,11 @@ def _ms(value: float | None) -> str:
 
 
 def _verdict_markdown(
-    namespace: str, service: str, report: SmokeReport, verdict: SmokeVerdict
+    namespace: str,
+    service: str,
+    report: SmokeReport,
+    verdict: SmokeVerdict,
+    metrics: MetricsReading | None = None,
 ) -> str:
     status = "passed" if verdict.passed else "FAILED"
     lines = [
@@ -137,4 +177,38 @@ def _verdict_markdown(
     if verdict.failures:
         lines += ["Failed expectations:", "", *(f"- {f}" for f in verdict.failures), ""]
     lines += ["Checked:", "", *(f"- {c}" for c in verdict.checked)]
+    if metrics is not None:
+        lines += ["", *_metrics_markdown(metrics)]
     return "\n".join(lines)
+
+
+def _seconds_as_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f} ms"
+
+
+def _metrics_markdown(metrics: MetricsReading) -> list[str]:
+    summary = metrics.summary
+    if summary is None:
+        return [f"Engine metrics: not available ({metrics.error})"]
+    lines = [
+        "### Engine metrics (cumulative since the server started, one pod behind the Service)",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| requests finished | {summary.requests} |",
+        f"| prompt tokens | {summary.prompt_tokens} |",
+        f"| generation tokens | {summary.generation_tokens} |",
+    ]
+    for label, hist in (
+        ("time to first token", summary.ttft),
+        ("e2e latency", summary.e2e_latency),
+    ):
+        if hist is None:
+            lines.append(f"| {label} | not exposed |")
+            continue
+        lines.append(
+            f"| {label} | {hist.count} requests, avg {_seconds_as_ms(hist.avg_s)}, "
+            f"p50 ~{_seconds_as_ms(hist.p50_s)}, p90 ~{_seconds_as_ms(hist.p90_s)}, "
+            f"p99 ~{_seconds_as_ms(hist.p99_s)} |"
+        )
+    return lines

@@ -7,6 +7,11 @@ moment; store events (a pod bound, deleted, a fault injected) wake it early. Sim
 (image pull, container start, probe periods, back-offs) come from ``Timings``; probe timings are
 the pod's own, multiplied by ``probe_time_scale``.
 
+A backend may be a real server process (``sandbox.vllm``): when it reports an ``exit_code``
+the container terminates with that code (reason Error) and restarts with the usual back-off
+(CrashLoopBackOff); a backend with ``writes_container_log`` true writes the container log itself
+(its own output), so the kubelet adds no made-up start lines.
+
 Fault controls (``inject_*``) target pods by workload name (any owner up the ownerReference
 chain, e.g. a Deployment or LeaderWorkerSet name) and/or a label selector, and apply to current
 and future pods until cleared.
@@ -177,6 +182,24 @@ def _stamp() -> str:
 
 def _kubelet_time() -> str:
     return datetime.now(UTC).strftime("%m-%d %H:%M:%S")
+
+
+# How often a running container whose backend is a real process is checked for its exit.
+PROCESS_POLL_S = 0.25
+
+
+def _exit_code(backend: Backend) -> int | None:
+    """The exit status of a backend that is a process and has ended, else None."""
+    code = getattr(backend, "exit_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _is_process(backend: Backend) -> bool:
+    return hasattr(backend, "exit_code")
+
+
+def _writes_own_log(backends: Iterable[Backend]) -> bool:
+    return any(getattr(b, "writes_container_log", False) is True for b in backends)
 
 
 class Kubelet(Controller):
@@ -609,7 +632,7 @@ class Kubelet(Controller):
         c.due = now + self.timings.container_start_s
 
     def _backoff(self, attempts: int) -> float:
-        seconds = min(10.0 * 2 ** max(attempts - 1, 0), 300.0)
+        seconds = min(10.0 * 2.0 ** max(attempts - 1, 0), 300.0)
         return max(seconds * self.timings.backoff_scale, 0.01)
 
     def _advance(self, pod: Obj, runtime: PodRuntime, c: ContainerRuntime, now: float) -> None:
@@ -732,6 +755,8 @@ class Kubelet(Controller):
         return ports
 
     def _write_start_logs(self, pod: Obj, c: ContainerRuntime) -> None:
+        if _writes_own_log(c.backends.values()):
+            return  # the server's own output is the container log
         m = meta(pod)
         ns, name = m.get("namespace", ""), m["name"]
         words = " ".join(
@@ -787,9 +812,16 @@ class Kubelet(Controller):
                 pod, c, c.crash_fault.exit_code, c.crash_fault.reason, c.crash_fault.log_lines
             )
             return 0.001
+        died = [code for b in c.backends.values() if (code := _exit_code(b)) is not None]
+        if died:
+            # The server process ended: so did the container. Its output is already the log.
+            self._terminate(pod, c, died[0], "Completed" if died[0] == 0 else "Error", ())
+            return 0.001
         waits: list[float] = []
         if c.crash_at is not None:
             waits.append(c.crash_at - now)
+        if any(_is_process(b) for b in c.backends.values()):
+            waits.append(PROCESS_POLL_S)
         spec = c.spec
         startup = spec.get("startupProbe")
         if startup and not c.started:
@@ -814,10 +846,14 @@ class Kubelet(Controller):
                     return 0.001
         if c.ready and not c.announced_ready:
             c.announced_ready = True
-            m = meta(pod)
-            self.store.append_log(
-                m.get("namespace", ""), m["name"], c.name, "INFO:     Application startup complete."
-            )
+            if not _writes_own_log(c.backends.values()):
+                m = meta(pod)
+                self.store.append_log(
+                    m.get("namespace", ""),
+                    m["name"],
+                    c.name,
+                    "INFO:     Application startup complete.",
+                )
         return min(waits) if waits else None
 
     def _probe_tick(

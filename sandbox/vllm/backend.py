@@ -104,9 +104,22 @@ class VllmBackend:
         return self._shared.key
 
     @property
+    def writes_container_log(self) -> bool:
+        """True when the engine's output goes to the container log (the kubelet then writes no
+        start lines of its own)."""
+        return self._factory.writes_logs
+
+    @property
     def exit_code(self) -> int | None:
-        """None while the engine runs; its exit status once it died."""
-        return self._shared.engine.exit_code
+        """None while the engine runs; once it died and its last lines reached the log, its
+        exit status as a container runtime reports it (killed by signal N: 128 + N)."""
+        engine = self._shared.engine
+        if not engine.drained:
+            return None
+        code = engine.exit_code
+        if code is None:
+            return None
+        return 128 - code if code < 0 else code
 
     def lines(self) -> list[str]:
         with self._shared.lock:
@@ -153,6 +166,10 @@ class VllmBackendFactory:
         self._next_handle = 0
         self._stoppers: list[threading.Thread] = []
         self.engines_started = 0
+
+    @property
+    def writes_logs(self) -> bool:
+        return self._log_sink is not None
 
     def start(self, pod: Obj, container: Obj, port: int) -> VllmBackend:
         key = self._key_for(pod)

@@ -214,6 +214,11 @@ class VllmEngine:
         """None while running (or never launched); the exit status once the process ended."""
         return self._process.poll() if self._process is not None else None
 
+    @property
+    def drained(self) -> bool:
+        """The process ended and every line it printed was read (and passed to ``on_line``)."""
+        return self._exited.is_set()
+
     def _read(self) -> None:
         assert self._process is not None and self._process.stdout is not None
         for raw in self._process.stdout:
