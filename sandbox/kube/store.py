@@ -431,8 +431,37 @@ class Store:
             self._bucket(rt)[key] = new
             self._commit(rt, "ADDED", new)
             out = self._out(rt, new)
+            collect = self._late_dependent(new)
+            if collect is not None:
+                # A controller may create a dependent just after its owner's cascade ran (it
+                # read the owner before the delete). The real garbage collector deletes such
+                # late dependents too; without this the owner's foregroundDeletion never ends
+                # or the dependent outlives its owner.
+                self._delete_locked(rt, new, collect, None)
         self._drain()
         return out
+
+    def _late_dependent(self, obj: Obj) -> str | None:
+        """How the garbage collector would delete a just-created dependent, or None.
+
+        Foreground when an owner is itself being deleted in the foreground; Background when
+        every owner it names is already gone (lock held).
+        """
+        owner_uids = {r.get("uid") for r in obj["metadata"].get("ownerReferences") or []}
+        if not owner_uids:
+            return None
+        found = False
+        for bucket in self._objects.values():
+            for owner in bucket.values():
+                meta = owner["metadata"]
+                if meta["uid"] not in owner_uids:
+                    continue
+                found = True
+                if meta.get("deletionTimestamp") and "foregroundDeletion" in (
+                    meta.get("finalizers") or []
+                ):
+                    return "Foreground"
+        return None if found else "Background"
 
     @staticmethod
     def _spec_part(rt: ResourceType, obj: Obj) -> Obj:

@@ -158,12 +158,11 @@ def _deploy_and_remove(
     return {"log": lines, "smoke": smoke, "removed": [r.kind for r in removed]}
 
 
-# The sandbox's garbage collector does not always finish a Foreground delete of a custom
-# workload (its foregroundDeletion finalizer can stay): those use Background, same verbs.
 @pytest.mark.parametrize(
     ("example", "workload_kind", "propagation"),
     [
         ("seed-vllm-single-gpu.yaml", "Deployment", "Foreground"),
+        ("seed-vllm-lws.yaml", "LeaderWorkerSet", "Foreground"),
         ("seed-vllm-lws.yaml", "LeaderWorkerSet", "Background"),
     ],
 )
@@ -210,9 +209,8 @@ def test_every_grant_is_used(
     first = _spec("seed-vllm-single-gpu.yaml")
     acquire(admin, NAMESPACE, first.name, holder="other-run", owner="other", wait_s=0, duration_s=1)
     _deploy_and_remove(worker, admin, first, "rgrants", lock_wait_s=10)
-    # Background for the custom workloads: see the note above the parametrized test.
     for example in ("seed-vllm-lws.yaml", "seed-sglang-pd-rbg.yaml", "seed-qwen14b-ray-tp2.yaml"):
-        _deploy_and_remove(worker, admin, _spec(example), "rgrants", propagation="Background")
+        _deploy_and_remove(worker, admin, _spec(example), "rgrants")
 
     user = worker_user(NAMESPACE)
     infos = []
