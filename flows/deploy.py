@@ -4,6 +4,11 @@ Stages: preflight -> mirror -> volumes -> rollout -> readiness -> smoke -> gate 
 Every stage is a task with its own retries (transient errors only) and timeout; this flow only
 sequences them, times them, and turns a failed readiness or smoke test into a rollback.
 
+The gate promotes in three steps: the stable Service switches to the new release; the new
+release is baked (watched) for `rollout.promote_grace_s` while the previous release still
+runs; only then is the previous release retired. A release that degrades while baking is
+rolled back: the Service goes back to the previous release and the new one is removed.
+
 The flow parameter is the `ServiceSpec` itself (the UI renders it as a form). It holds no
 secret: OSS keys are resolved by the tasks that need them, from the spec's references.
 """
@@ -24,8 +29,17 @@ from llm_rollout.preflight import PreflightReport
 from llm_rollout.record import Outcome, RunSummary, SmokeSummary, StageTiming, smoke_summary
 from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import Strategy, new_release_id
-from tasks.kubernetes import AppliedRelease, promote, rollback, rollout, volumes
-from tasks.preflight import mirror_stage, preflight
+from tasks.kubernetes import (
+    AppliedRelease,
+    bake_release,
+    promote,
+    retire_previous,
+    rollback,
+    rollout,
+    volumes,
+)
+from tasks.mirror import is_mirrored_task, mirror_model_task
+from tasks.preflight import preflight
 from tasks.readiness import wait_workload_ready
 from tasks.record import record_run
 from tasks.smoke import smoke_test
@@ -155,8 +169,18 @@ def deploy(spec: ServiceSpec) -> DeployResult:
         if report.decision is None or report.decision.strategy is None:
             raise PermanentError("preflight passed without choosing a strategy")
         strategy: Strategy = report.decision.strategy
-        with timer.stage("mirror") as detail:
-            detail.append(mirror_stage(spec))
+        if spec.model.modelscope is None:
+            timer.skipped("mirror", f"weights already at {spec.model.oss_uri}")
+        else:
+            with timer.stage("mirror") as detail:
+                status = is_mirrored_task(spec)
+                if status.complete:
+                    detail.append(f"skipped: already mirrored ({status.manifest_uri})")
+                else:
+                    mirrored = mirror_model_task(spec)
+                    detail.append(
+                        f"mirrored {mirrored.bytes_sent} bytes in {mirrored.seconds:.1f}s"
+                    )
         with timer.stage("volumes") as detail:
             objects += volumes(spec, release, not report.namespace_exists)
             detail.append(f"PersistentVolumeClaim {spec.namespace}/{spec.pvc_name} Bound")
@@ -186,6 +210,7 @@ def deploy(spec: ServiceSpec) -> DeployResult:
                 service=applied.service_name,
                 port=applied.service_port,
                 timeout_s=float(spec.rollout.smoke_timeout_s),
+                base_url=str(spec.smoke.base_url) if spec.smoke.base_url else None,
                 api_key=spec.serving.api_key,
             )
             smoke = smoke_summary(outcome.report, outcome.verdict)
@@ -195,17 +220,31 @@ def deploy(spec: ServiceSpec) -> DeployResult:
     except RolloutError as exc:
         gate_error = exc
 
-    if gate_error is not None:
-        with timer.stage("gate"):
-            plan = rollback(spec, release, report.serving_release, strategy)
-        message = f"release {release} failed: {gate_error}\n{plan.message}"
+    def roll_back(stage: str, why: str, cause: RolloutError) -> RolloutFailed:
+        """Remove the new release (the previous one keeps or regains the Service); record."""
+        with timer.stage(stage):
+            back = rollback(spec, release, report.serving_release, strategy)
+        message = f"release {release} failed{why}: {cause}\n{back.message}"
         logger.error(message)
         fail("rolled-back", message)
-        raise RolloutFailed(message) from gate_error
+        return RolloutFailed(message)
+
+    if gate_error is not None:
+        raise roll_back("gate", "", gate_error) from gate_error
 
     with timer.stage("gate") as detail:
         plan = promote(spec, release, report.serving_release, strategy)
         detail.append(plan.message)
+    if plan.remove_releases and plan.remove_after_s > 0:
+        try:
+            with timer.stage("bake") as detail:
+                baked = bake_release(spec, release, applied.workload, plan.remove_after_s)
+                detail.append(f"{len(baked.pods)} pod(s) ready for {plan.remove_after_s:.0f}s")
+        except RolloutError as exc:
+            raise roll_back("rollback", " while baking", exc) from exc
+    if plan.remove_releases:
+        with timer.stage("retire") as detail:
+            detail.extend(retire_previous(spec, plan))
     assert smoke is not None  # the smoke stage ran to get here
     summary = _summary(
         spec,

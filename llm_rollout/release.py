@@ -9,21 +9,29 @@ and `rollback` from another machine see exactly what the deploy flow left.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client as k8s_client
 
-from llm_rollout.errors import PermanentError
+from llm_rollout.errors import PermanentError, TransientError
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, delete, get
-from llm_rollout.kube.readiness import workload_missing
+from llm_rollout.kube.readiness import pod_selector_for, workload_missing
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
+from llm_rollout.kube.watching import WaitTimeout, WatchSpec, call_with_retry, watching
 from llm_rollout.preflight import ServingRelease, pods_by_node
-from llm_rollout.record import ANN_PREVIOUS_RELEASE, ANN_RELEASE, ANN_REVISION, ANN_SPEC_HASH
+from llm_rollout.record import (
+    ANN_PREVIOUS_RELEASE,
+    ANN_RELEASE,
+    ANN_REVISION,
+    ANN_SPEC_HASH,
+    ANNOTATION_PREFIX,
+)
 from llm_rollout.render import PART_OF_LABEL, RELEASE_LABEL
 from llm_rollout.strategy import ReleaseState
 
@@ -171,15 +179,54 @@ def remove_release(
     *,
     wait_timeout_s: float | None,
 ) -> list[ObjectRef]:
-    """Delete every object of `release` (Services first, then the workload); return refs."""
+    """Delete every object of `release` (Services first, then the workload); return refs.
+
+    With `wait_timeout_s`, also wait until the release's pods are gone: only then are their
+    GPUs free and the shared claim unused.
+    """
     if not release:
         raise PermanentError("remove_release: an empty release id would match nothing safely")
     refs = [ObjectRef.of(obj) for obj in release_objects(api, namespace, name, release)]
-    removed: list[ObjectRef] = []
-    for ref in reversed(refs):
-        if delete(api, ref, propagation="Foreground", wait_timeout_s=wait_timeout_s):
-            removed.append(ref)
+    removed = _delete_in_order(api, list(reversed(refs)), wait_timeout_s)
+    if wait_timeout_s is not None:
+        wait_pods_gone(api, namespace, release_selector(name, release), wait_timeout_s)
     return removed
+
+
+def _delete_in_order(
+    api: k8s_client.ApiClient, refs: Sequence[ObjectRef], wait_timeout_s: float | None
+) -> list[ObjectRef]:
+    # Background propagation: the owner goes at once and the garbage collector removes what
+    # it owns; callers wait for the pods themselves, which is what frees GPUs and volumes.
+    return [
+        ref
+        for ref in refs
+        if delete(api, ref, propagation="Background", wait_timeout_s=wait_timeout_s)
+    ]
+
+
+def wait_pods_gone(
+    api: k8s_client.ApiClient, namespace: str, label_selector: str, timeout_s: float
+) -> None:
+    """Return once no pod in `namespace` matches `label_selector`; `WaitTimeout` otherwise."""
+    spec = WatchSpec("v1", "Pod", namespace, label_selector=label_selector)
+    deadline = time.monotonic() + timeout_s
+    with watching(api, [spec]) as group:
+        while True:
+            left = sorted(group.cache[spec])
+            if spec in group.synced and not left:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [f"Pod {namespace}/{pod} still exists" for pod in left] or [
+                    f"pods matching {label_selector} in {namespace} not listed"
+                ]
+                raise WaitTimeout(
+                    f"timed out after {timeout_s:.0f}s waiting for pods to go: "
+                    + "; ".join(missing),
+                    missing=missing,
+                )
+            group.next(remaining)
 
 
 def ordered_refs(objects: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -323,9 +370,194 @@ def teardown(
     api: k8s_client.ApiClient, namespace: str, name: str, *, wait_timeout_s: float
 ) -> list[ObjectRef]:
     """Remove every release, the stable Service, PVC, PV and Secret of a service (never the
-    OSS data). Each object is waited for before the next, so the PVC outlives its pods."""
-    removed: list[ObjectRef] = []
-    for ref in service_objects(api, namespace, name):
-        if delete(api, ref, propagation="Foreground", wait_timeout_s=wait_timeout_s):
-            removed.append(ref)
-    return removed
+    OSS data). Workloads and Services go first and their pods are waited for, so the claim is
+    unused when it is deleted; each object is waited for before the next."""
+    refs = service_objects(api, namespace, name)
+    storage_kinds = {kind for _, kind in STORAGE_KINDS_REVERSED}
+    removed = _delete_in_order(
+        api, [r for r in refs if r.kind not in storage_kinds], wait_timeout_s
+    )
+    wait_pods_gone(api, namespace, f"{PART_OF_LABEL}={name}", wait_timeout_s)
+    return removed + _delete_in_order(
+        api, [r for r in refs if r.kind in storage_kinds], wait_timeout_s
+    )
+
+
+# -- bake: the promoted release watched while the previous one can still take traffic back -----
+
+# Waiting reasons of a container that is merely starting, not failing.
+_STARTING_REASONS = frozenset({"ContainerCreating", "PodInitializing"})
+# A bake that cannot even list what it watches within this much extra time gives up.
+BAKE_SYNC_SLACK_S = 30.0
+
+
+class ReleaseDegraded(PermanentError):
+    """The promoted release stopped being healthy during its bake window."""
+
+    def __init__(self, workload: ObjectRef, reason: str, after_s: float) -> None:
+        super().__init__(f"{workload} degraded {after_s:.1f}s into its bake window: {reason}")
+        self.workload = workload
+        self.reason = reason
+        self.after_s = after_s
+
+
+@dataclass(frozen=True)
+class BakeReport:
+    """A bake window that passed: the workload and its pods stayed ready throughout."""
+
+    workload: ObjectRef
+    window_s: float
+    pods: tuple[ObjectRef, ...]
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name"))
+
+
+def _restarts(pod: Mapping[str, Any]) -> dict[str, int]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return {str(cs.get("name")): int(cs.get("restartCount") or 0) for cs in statuses}
+
+
+def pod_degradation(pod: Mapping[str, Any], baseline_restarts: Mapping[str, int]) -> str | None:
+    """Why a pod that was ready no longer counts as serving, or None while it still does."""
+    meta = pod.get("metadata") or {}
+    ref = f"Pod {meta.get('namespace')}/{meta.get('name')}"
+    if meta.get("deletionTimestamp"):
+        return f"{ref} is being deleted"
+    status = pod.get("status") or {}
+    for cs in status.get("containerStatuses") or []:
+        name = cs.get("name")
+        state = cs.get("state") or {}
+        waiting = (state.get("waiting") or {}).get("reason")
+        terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        restarted = int(cs.get("restartCount") or 0) > baseline_restarts.get(str(name), 0)
+        if state.get("terminated") or restarted:
+            why = (terminated or {}).get("reason") or "terminated"
+            code = (terminated or {}).get("exitCode")
+            return f"{ref} container {name} exited ({why}, exit code {code})"
+        if waiting and waiting not in _STARTING_REASONS:
+            message = (state.get("waiting") or {}).get("message") or ""
+            return f"{ref} container {name}: {waiting}" + (f" ({message})" if message else "")
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Ready" and str(condition.get("status")) != "True":
+            return f"{ref} not Ready ({condition.get('reason') or 'no reason given'})"
+    return None
+
+
+def bake(
+    api: k8s_client.ApiClient,
+    workload: ObjectRef,
+    window_s: float,
+    *,
+    stable_service: str,
+    release: str,
+    on_event: Callable[[str], None] | None = None,
+) -> BakeReport:
+    """Watch a promoted `workload` and its pods for `window_s`; raise `ReleaseDegraded` at the
+    first sign it no longer serves (a pod not Ready, a container exiting or restarting, a pod
+    deleted, the workload's own status not ready), or when the stable Service stops selecting
+    `release` (someone ran `llm-rollout rollback` meanwhile: retiring the previous release
+    then would take down what serves).
+
+    Watch-based: a failure is noticed when the API server reports it, not at the end of the
+    window, so the caller can hand traffic back to the previous release at once.
+    """
+    if workload.namespace is None:
+        raise PermanentError(f"{workload}: serving workloads are namespaced; namespace missing")
+    notify = on_event or (lambda message: None)
+    initial = call_with_retry(lambda: get(api, workload))
+    if initial is None:
+        raise ReleaseDegraded(workload, "the workload no longer exists", 0.0)
+    selector, pod_filter = pod_selector_for(initial)
+    workload_spec = WatchSpec(
+        workload.api_version, workload.kind, workload.namespace, name=workload.name
+    )
+    pod_spec = WatchSpec("v1", "Pod", workload.namespace, label_selector=selector)
+    service_spec = WatchSpec("v1", "Service", workload.namespace, name=stable_service)
+    started = time.monotonic()
+    deadline = started + window_s
+    baseline: dict[str, dict[str, int]] | None = None
+    with watching(api, [workload_spec, pod_spec, service_spec]) as group:
+        while True:
+            now = time.monotonic()
+            if group.all_synced:
+                obj = group.cache[workload_spec].get(workload.name)
+                pods = {name: pod for name, pod in group.cache[pod_spec].items() if pod_filter(pod)}
+                if baseline is None:
+                    baseline = {name: _restarts(pod) for name, pod in pods.items()}
+                    notify(f"baking {workload} with {len(pods)} pod(s) for {window_s:.0f}s")
+                service = group.cache[service_spec].get(stable_service)
+                selected = ((service or {}).get("spec") or {}).get("selector") or {}
+                reason = _bake_problem(workload, obj, pods, baseline)
+                if selected.get(RELEASE_LABEL) != release:
+                    reason = (
+                        f"Service {workload.namespace}/{stable_service} no longer routes to "
+                        f"release {release} (now: {selected.get(RELEASE_LABEL) or 'nothing'})"
+                    )
+                if reason is not None:
+                    raise ReleaseDegraded(workload, reason, now - started)
+                if now >= deadline:
+                    return BakeReport(
+                        workload,
+                        window_s,
+                        tuple(
+                            ObjectRef("v1", "Pod", workload.namespace, name)
+                            for name in sorted(pods)
+                        ),
+                    )
+            elif now >= deadline + BAKE_SYNC_SLACK_S:
+                raise TransientError(f"could not list {workload} and its pods to bake it")
+            remaining = deadline - now if group.all_synced else deadline + BAKE_SYNC_SLACK_S - now
+            group.next(max(remaining, 0.0))
+
+
+def _bake_problem(
+    workload: ObjectRef,
+    obj: JsonDict | None,
+    pods: Mapping[str, JsonDict],
+    baseline: Mapping[str, Mapping[str, int]],
+) -> str | None:
+    if obj is None:
+        return f"{workload} was deleted"
+    gone = sorted(set(baseline) - set(pods))
+    if gone:
+        return f"Pod {workload.namespace}/{gone[0]} disappeared"
+    if not pods:
+        return f"{workload} has no pods"
+    for name in sorted(pods):
+        problem = pod_degradation(pods[name], baseline.get(name, {}))
+        if problem:
+            return problem
+    missing = workload_missing(obj)
+    if missing:
+        return f"{workload}: " + "; ".join(missing)
+    return None
+
+
+def restore_stable_service(
+    api: k8s_client.ApiClient, namespace: str, name: str, release: str
+) -> bool:
+    """Point the stable Service back at `release`, with that release's own record annotations
+    (taken from its workload), so `status` describes what serves again. False when there is
+    no stable Service or no workload of `release` left to route to."""
+    service = get(api, stable_service_ref(namespace, name))
+    workloads = [
+        o for o in release_objects(api, namespace, name, release) if o.get("kind") in WORKLOAD_KINDS
+    ]
+    if service is None or not workloads:
+        return False
+    recorded = {
+        k: v
+        for k, v in ((workloads[0].get("metadata") or {}).get("annotations") or {}).items()
+        if k.startswith(ANNOTATION_PREFIX)
+    }
+    kept = {
+        k: v
+        for k, v in ((service.get("metadata") or {}).get("annotations") or {}).items()
+        if not k.startswith(ANNOTATION_PREFIX)
+    }
+    base = dict(service)
+    base["metadata"] = {**dict(service.get("metadata") or {}), "annotations": kept}
+    point_stable_service(api, base, release, recorded)
+    return True

@@ -32,7 +32,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from llm_rollout.errors import SpecError
@@ -596,6 +604,14 @@ class SmokeSpec(StrictModel):
     top_p: float = Field(default=0.9, gt=0, le=1, description="Nucleus sampling top_p.")
     seed: int | None = Field(default=10, ge=0, description="Sampling seed for repeatability.")
     stream: bool = Field(default=True, description="Stream the answer (measures TTFT).")
+    base_url: HttpUrl | None = Field(
+        default=None,
+        description=(
+            "Call the new release at this base URL (e.g. from a worker inside the cluster) "
+            "instead of through the API server's service proxy, the default. Not part of the "
+            "spec hash: how the gate reaches a release does not change what is deployed."
+        ),
+    )
     expect: SmokeExpectations = Field(
         default_factory=SmokeExpectations, description="Pass criteria."
     )
@@ -881,10 +897,13 @@ def load_spec(path: Path) -> ServiceSpec:
 
 
 def spec_hash(spec: ServiceSpec) -> str:
-    """SHA-256 hex digest of the spec's canonical JSON (sorted keys, defaults included)."""
-    canonical = json.dumps(
-        spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    """SHA-256 hex digest of the spec's canonical JSON (sorted keys, defaults included).
+
+    `smoke.base_url` is left out: the route the smoke test takes is where the flow runs, not
+    what is deployed, so moving the flow into the cluster does not make a new release.
+    """
+    data = spec.model_dump(mode="json", exclude={"smoke": {"base_url"}})
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 

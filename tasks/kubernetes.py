@@ -22,13 +22,18 @@ from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.preflight import credentials_ref
 from llm_rollout.record import deployment_annotations
 from llm_rollout.release import (
+    BakeReport,
+    ReleaseDegraded,
     apply_checked,
+    bake,
     cluster_api,
     namespace_object,
     ordered_refs,
     point_stable_service,
+    read_release_state,
     release_objects,
     remove_release,
+    restore_stable_service,
     with_annotations,
 )
 from llm_rollout.render import RbgFlavor, render, render_oss_secret
@@ -191,7 +196,7 @@ def rollout(
     retries=3,
     retry_delay_seconds=[1, 3, 9],
     retry_condition_fn=retry_transient_only,
-    timeout_seconds=3900,
+    timeout_seconds=300,
     cache_policy=NO_CACHE,
 )
 def promote(
@@ -200,31 +205,78 @@ def promote(
     serving_release: str | None,
     strategy: Strategy,
 ) -> GatePlan:
-    """Point the stable Service at the new release; remove the old one after the grace period."""
+    """Point the stable Service at the new release; the previous one stays until retired."""
     logger = get_run_logger()
     plan = plan_promote(serving_release, release, float(spec.rollout.promote_grace_s))
     with cluster_api() as api:
         rendered = render(spec, release=release)
         annotations = _annotations(spec, release, serving_release, strategy)
         point_stable_service(api, rendered.stable_service, release, annotations)
-        logger.info("Service %s/%s now routes to release %s", spec.namespace, spec.name, release)
+    logger.info("Service %s/%s now routes to release %s", spec.namespace, spec.name, release)
+    return plan
+
+
+@task(
+    name="bake",
+    retries=2,
+    retry_delay_seconds=[1, 3],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=3900,
+    cache_policy=NO_CACHE,
+)
+def bake_release(
+    spec: ServiceSpec, release: str, workload: ObjectRef, window_s: float
+) -> BakeReport:
+    """Watch the promoted release for `window_s` while the previous one can take traffic back.
+
+    Raises `ReleaseDegraded` as soon as a pod or the workload stops serving: the flow then
+    rolls back instead of retiring the previous release.
+    """
+    logger = get_run_logger()
+    logger.info(
+        "baking %s behind Service %s/%s for %.0fs (the previous release stays until then)",
+        workload,
+        spec.namespace,
+        spec.name,
+        window_s,
+    )
+    with cluster_api() as api:
+        try:
+            report = bake(
+                api,
+                workload,
+                window_s,
+                stable_service=spec.name,
+                release=release,
+                on_event=logger.info,
+            )
+        except ReleaseDegraded as exc:
+            logger.error("%s", exc)
+            raise
+    logger.info("%s stayed ready for %.0fs with %d pod(s)", workload, window_s, len(report.pods))
+    return report
+
+
+@task(
+    name="retire-previous",
+    retries=3,
+    retry_delay_seconds=[1, 3, 9],
+    retry_condition_fn=retry_transient_only,
+    timeout_seconds=900,
+    cache_policy=NO_CACHE,
+)
+def retire_previous(spec: ServiceSpec, plan: GatePlan) -> list[str]:
+    """Remove the releases the promote plan replaced (waiting until their pods are gone)."""
+    logger = get_run_logger()
+    removed: list[str] = []
+    with cluster_api() as api:
         for old in plan.remove_releases:
-            if plan.remove_after_s > 0:
-                logger.info(
-                    "keeping release %s of Service %s/%s for %.0fs (rollback window)",
-                    old,
-                    spec.namespace,
-                    spec.name,
-                    plan.remove_after_s,
-                )
-                # A deliberate hold, not a wait for a condition: `llm-rollout rollback` can
-                # still point the Service back while the previous workload exists.
-                time.sleep(plan.remove_after_s)
             for ref in remove_release(
                 api, spec.namespace, spec.name, old, wait_timeout_s=DELETE_WAIT_S
             ):
                 logger.info("removed %s (previous release %s)", ref, old)
-        return plan
+                removed.append(str(ref))
+    return removed
 
 
 @task(
@@ -241,13 +293,27 @@ def rollback(
     serving_release: str | None,
     strategy: Strategy,
 ) -> GatePlan:
-    """Remove the new release; the serving one (if any is left) keeps the stable Service."""
+    """Remove the new release; the serving one (if any is left) keeps the stable Service.
+
+    When the stable Service was already switched to the new release (it degraded while
+    baking), it is pointed back at the previous release first, so no request meets a
+    release that is being removed.
+    """
     logger = get_run_logger()
     with cluster_api() as api:
         old_exists = bool(
             serving_release and release_objects(api, spec.namespace, spec.name, serving_release)
         )
         plan = plan_rollback(serving_release, release, strategy, old_exists)
+        switched = read_release_state(api, spec.namespace, spec.name).current_release == release
+        if switched and serving_release and old_exists:
+            restore_stable_service(api, spec.namespace, spec.name, serving_release)
+            logger.warning(
+                "Service %s/%s routes to release %s again",
+                spec.namespace,
+                spec.name,
+                serving_release,
+            )
         for ref in remove_release(
             api, spec.namespace, spec.name, release, wait_timeout_s=DELETE_WAIT_S
         ):

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import os
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from llm_rollout.credentials import resolve_oss_credentials
-from llm_rollout.errors import PermanentError
-from llm_rollout.hub import HubClient, HubSource
-from llm_rollout.mirror.manifest import is_mirrored
-from llm_rollout.mirror.run import mirror_model
-from llm_rollout.oss import OssTarget
-from llm_rollout.preflight import PreflightReport, RbgFlavor, credentials_ref, run_preflight
+from llm_rollout.preflight import PreflightReport, RbgFlavor, run_preflight
 from llm_rollout.release import cluster_api, find_serving_release
 from llm_rollout.render import render
 from llm_rollout.spec import ServiceSpec
@@ -57,62 +49,3 @@ def preflight(spec: ServiceSpec, release: str) -> PreflightReport:
         report.serving_release or "none",
     )
     return report
-
-
-@task(
-    name="mirror",
-    retries=3,
-    retry_delay_seconds=[5, 15, 45],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=24 * 3600,
-    cache_policy=NO_CACHE,
-)
-def mirror_stage(spec: ServiceSpec) -> str:
-    """Mirror the spec's ModelScope revision into OSS unless it is already mirrored and
-    verified (or the spec points at weights already in OSS). Returns what happened."""
-    logger = get_run_logger()
-    source = spec.model.modelscope
-    if source is None:
-        logger.info("model comes from %s; nothing to mirror", spec.model.oss_uri)
-        return f"skipped: weights already at {spec.model.oss_uri}"
-    ref = credentials_ref(spec)
-    if ref is None:  # the spec refuses a ModelScope source without keys; keep mypy honest
-        raise PermanentError("storage.credentials: mirroring needs OSS AccessKeys")
-    credentials = resolve_oss_credentials(ref)
-    target = OssTarget(
-        endpoint=spec.storage.endpoint,
-        bucket=spec.storage.bucket,
-        region=spec.storage.region,
-        prefix=spec.model_object_prefix,
-    )
-    hub_source = HubSource(
-        model_id=source.model_id,
-        revision=source.revision,
-        allow_patterns=tuple(source.allow_patterns),
-        ignore_patterns=tuple(source.ignore_patterns),
-    )
-    hub = HubClient(endpoint=os.environ.get("MODELSCOPE_ENDPOINT") or None)
-    status = is_mirrored(target, credentials, hub.list_files(hub_source))
-    if status.complete:
-        logger.info(
-            "%s@%s already mirrored and verified at %s",
-            source.model_id,
-            source.revision,
-            status.manifest_uri,
-        )
-        return f"skipped: already mirrored ({status.manifest_uri})"
-    logger.info(
-        "mirroring %s@%s to %s (%s)",
-        source.model_id,
-        source.revision,
-        target.uri(target.key()),
-        status.reason or "no manifest",
-    )
-    result = mirror_model(hub_source, target, credentials, hub=hub)
-    logger.info(
-        "mirrored %d bytes in %.1fs; manifest %s",
-        result.bytes_sent,
-        result.seconds,
-        result.manifest_uri,
-    )
-    return f"mirrored {result.bytes_sent} bytes in {result.seconds:.1f}s"

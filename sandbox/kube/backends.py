@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 Obj = dict[str, Any]
 
@@ -86,6 +87,30 @@ def parse_served_model(container: Mapping[str, Any]) -> tuple[str, str]:
     path = flags.get("--model") or flags.get("--model-path") or positional_model or "sandbox-model"
     served = flags.get("--served-model-name") or path
     return served, path
+
+
+def _command_tokens(container: Mapping[str, Any]) -> list[str]:
+    parts = list(container.get("command") or []) + list(container.get("args") or [])
+    return [str(part) for part in parts]
+
+
+def parse_router_workers(container: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """(namespace, pod) of each worker an `sglang_router.launch_router` container names, in
+    order (prefill first, as given), or None when the container is not an SGLang router.
+
+    Worker URLs are in-cluster pod DNS names (`<pod>.<headless svc>.<namespace>.svc:<port>`).
+    """
+    tokens = _command_tokens(container)
+    if not any("sglang_router" in tok for tok in tokens):
+        return None
+    workers: list[tuple[str, str]] = []
+    for i, tok in enumerate(tokens):
+        if tok in ("--prefill", "--decode", "--worker-urls") and i + 1 < len(tokens):
+            host = urlsplit(tokens[i + 1]).hostname or ""
+            labels = host.split(".")
+            if len(labels) >= 3 and labels[-1] == "svc":
+                workers.append((labels[2], labels[0]))
+    return workers
 
 
 def _words(text: str) -> list[str]:
@@ -207,7 +232,10 @@ class _Handler(BaseHTTPRequestHandler):
                 b.wait(beh.latency_s)
                 self._send_text(200, "")
         elif path == "/v1/models":
-            self._send_json(200, b.models_payload(beh))
+            if not b.has_workers():
+                self._error(503, "No available workers", "ServiceUnavailable")
+            else:
+                self._send_json(200, b.models_payload(beh))
         elif path == "/metrics":
             self._send_text(200, b.metrics_text(), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/version":
@@ -240,6 +268,10 @@ class _Handler(BaseHTTPRequestHandler):
         if beh.failure == "http500":
             b.record_failure()
             self._error(500, "Internal Server Error", "InternalServerError")
+            return
+        if not b.has_workers():
+            b.record_failure()
+            self._error(503, "No available workers", "ServiceUnavailable")
             return
         if path != "/generate" and body.get("model") not in (None, b.served_name, b.model_path):
             b.record_failure()
@@ -446,12 +478,17 @@ class ScriptedBackend:
         port: int,
         behavior: Callable[[], BackendBehavior],
         load_delay_s: float,
+        find_workers: Callable[[list[tuple[str, str]]], list[ScriptedBackend]] | None = None,
     ) -> None:
         self.namespace = pod["metadata"].get("namespace", "default")
         self.pod_name = pod["metadata"]["name"]
         self.container_name = container.get("name", "")
         self.port = port
-        self.served_name, self.model_path = parse_served_model(container)
+        self._served_name, self._model_path = parse_served_model(container)
+        # An SGLang router has no model of its own: like the real one it reports (and accepts)
+        # what its workers serve, so it answers only while one of them is up.
+        self.router_workers = parse_router_workers(container)
+        self._find_workers = find_workers
         self.behavior = behavior
         self.requests: dict[str, int] = {}
         self._metrics = _Metrics()
@@ -475,6 +512,29 @@ class ScriptedBackend:
     @property
     def url(self) -> str:
         return self._url
+
+    def _first_worker(self) -> ScriptedBackend | None:
+        if self.router_workers is None or self._find_workers is None:
+            return None
+        workers = self._find_workers(self.router_workers)
+        return workers[0] if workers else None
+
+    @property
+    def is_router(self) -> bool:
+        return self.router_workers is not None
+
+    @property
+    def served_name(self) -> str:
+        worker = self._first_worker()
+        return worker.served_name if worker is not None else self._served_name
+
+    @property
+    def model_path(self) -> str:
+        worker = self._first_worker()
+        return worker.model_path if worker is not None else self._model_path
+
+    def has_workers(self) -> bool:
+        return not self.is_router or self._first_worker() is not None
 
     @property
     def loaded(self) -> bool:
@@ -628,11 +688,20 @@ class ScriptedBackendFactory:
         snapshot = {"metadata": dict(pod.get("metadata") or {})}
         initial = self.behavior_for(snapshot)
         load = initial.load_delay_s if initial.load_delay_s is not None else self.load_delay_s
-        backend = ScriptedBackend(pod, container, port, lambda: self.behavior_for(snapshot), load)
+        backend = ScriptedBackend(
+            pod, container, port, lambda: self.behavior_for(snapshot), load, self._live_workers
+        )
         with self._lock:
             self.backends = [b for b in self.backends if not b._stopped.is_set()]
             self.backends.append(backend)
         return backend
+
+    def _live_workers(self, pods: list[tuple[str, str]]) -> list[ScriptedBackend]:
+        """Running, loaded backends of the named pods (in that order): a router's workers."""
+        found: list[ScriptedBackend] = []
+        for namespace, pod in pods:
+            found += [b for b in self.find(namespace, pod) if b.loaded and not b.is_router]
+        return found
 
     def find(self, namespace: str, pod: str) -> list[ScriptedBackend]:
         with self._lock:

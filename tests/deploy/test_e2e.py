@@ -1,150 +1,258 @@
-"""The deploy flow end to end on the sandbox (hub, OSS, Kubernetes) with the real clients."""
+"""The deploy flow end to end on the sandbox (hub, OSS, Kubernetes) with the real clients.
+
+One cluster for the module; every test works in its own namespace and removes what it
+deployed (through `llm-rollout teardown`), so the GPUs are free for the next one.
+"""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-import yaml
-from typer.testing import CliRunner
+from kubernetes import client as k8s_client
+from prefect.client.schemas.objects import State
 
-from cli import app
+from flows.deploy import RolloutFailed, deploy
 from llm_rollout.kube.client import load_api_client
-from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
-from sandbox.hub import HubServer
+from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.render import RELEASE_LABEL
+from llm_rollout.spec import load_spec
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
-from sandbox.oss import OssServer
-from sandbox.synthetic import make_synthetic_model
+from sandbox.kube.nodes import NodeSpec
+from tests.deploy.conftest import (
+    KEY_SECRET,
+    Stores,
+    cli,
+    cluster_env,
+    oss_writes,
+    stable_models,
+    write_spec,
+)
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-KEY_ID = "LTAIe2eKeyId"
-KEY_SECRET = "e2eSecretValue0123456789"
-BUCKET = "llm-models-example"
-# Examples whose API key lives in a cluster Secret need that Secret created by the user first.
-NO_API_KEY = [
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+SHAPES = [
+    ("seed-qwen14b-ray-tp2", None),
+    ("seed-sglang-lws", None),
+    ("seed-sglang-pd-rbg", "v0.6"),
+    ("seed-sglang-pd-rbg", "v0.7"),
+    ("seed-vllm-lws", None),
+    ("seed-vllm-ray-tp8-pp2", None),
     pytest.param(
-        p,
+        "seed-vllm-single-gpu",
+        None,
         marks=pytest.mark.xfail(
             strict=True,
-            reason="the sandbox PD router backend does not list the served model name yet",
+            reason="an API key cannot travel through the API server's service proxy (its "
+            "Authorization header is Kubernetes'); this shape needs a direct smoke route",
         ),
-    )
-    if "pd-rbg" in p.name
-    else p
-    for p in sorted(EXAMPLES.glob("seed-*.yaml"))
-    if "api_key" not in p.read_text()
+    ),
+    ("seed-vllm-tp4", None),
 ]
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubServer, OssServer]]:
-    root = tmp_path_factory.mktemp("stores")
-    with (
-        HubServer(root / "hub") as hub,
-        OssServer(root / "oss", credentials={KEY_ID: KEY_SECRET}, buckets=[BUCKET]) as oss,
-    ):
-        model_dir = make_synthetic_model(root / "model", shards=2, shard_size_bytes=64 << 10)
-        published: set[str] = set()
-        for path in sorted(EXAMPLES.glob("seed-*.yaml")):
-            model = yaml.safe_load(path.read_text())["model"]
-            if "oss_uri" in model:  # weights said to be mirrored already: only the bucket
-                bucket = model["oss_uri"].removeprefix("oss://").split("/")[0]
-                if bucket != BUCKET:
-                    oss.create_bucket(bucket)
-                continue
-            model_id = model["modelscope"]["model_id"]
-            if model_id not in published:
-                published.add(model_id)
-                hub.add_revision_from_dir(model_id, "v1", model_dir)
-        yield hub, oss
+def cluster(stores: Stores, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxCluster]:
+    # Six 8-GPU nodes: room for one test's two releases side by side plus what a PD test
+    # leaves behind (see below).
+    nodes = [NodeSpec(f"gpu-node-{i}") for i in range(6)]
+    with cluster_env(ClusterConfig(nodes=nodes), tmp_path_factory.mktemp("kube")) as cluster:
+        yield cluster
+        assert cluster.controller_errors() == []
 
 
-@pytest.fixture
-def env(
-    stores: tuple[HubServer, OssServer], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[dict[str, Any]]:
-    hub, oss = stores
-    with SandboxCluster(ClusterConfig(), tmp_path / "kube") as cluster:
-        monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-        monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
-        monkeypatch.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
-        monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", KEY_SECRET)
-        yield {"cluster": cluster, "oss": oss, "tmp": tmp_path}
-
-
-def _spec_file(env: dict[str, Any], example: Path, **rollout: Any) -> Path:
-    data = yaml.safe_load(example.read_text())
-    data["storage"]["endpoint"] = env["oss"].endpoint
-    data["rollout"] = {"promote_grace_s": 0, "ready_timeout_s": 60, **rollout}
-    path = env["tmp"] / f"{example.stem}-{len(list(env['tmp'].iterdir()))}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _stable_answer(namespace: str, name: str) -> httpx.Response:
+def _create_api_key_secret(namespace: str, name: str, key: str) -> None:
+    """What the user does before deploying a spec whose server needs an API key."""
     api = load_api_client()
     try:
-        url = service_proxy_url(api, namespace, name, 8000) + "/v1/models"
-        with httpx_client_for(api, timeout_s=10) as client:
-            return client.get(url)
+        core = k8s_client.CoreV1Api(api)
+        core.create_namespace(k8s_client.V1Namespace(metadata={"name": namespace}))
+        core.create_namespaced_secret(
+            namespace,
+            k8s_client.V1Secret(metadata={"name": name}, string_data={key: "sk-e2e-api-key"}),
+        )
     finally:
         api.close()  # type: ignore[no-untyped-call]
 
 
-@pytest.mark.usefixtures("prefect_server")
-@pytest.mark.parametrize("example", NO_API_KEY, ids=lambda p: p.stem)
-def test_full_flow_for_every_example_shape(env: dict[str, Any], example: Path) -> None:
-    result = CliRunner().invoke(app, ["deploy", str(_spec_file(env, example))])
+def _deploy_and_check(path: Path, data: dict[str, Any]) -> str:
+    """Deploy through the CLI, check status says ready; return the serving release."""
+    result = cli("deploy", str(path))
     assert result.exit_code == 0, result.output
     assert "smoke test answer" in result.output and "flow run" in result.output
-    data = yaml.safe_load(example.read_text())
-    status = CliRunner().invoke(app, ["status", data["name"], "-n", data["namespace"]])
+    status = cli("status", data["name"], "-n", data["namespace"])
     assert status.exit_code == 0, status.output
     assert "ready" in status.output and "NOT ready" not in status.output
     assert KEY_SECRET not in result.output + status.output
+    release = status.output.split("release:")[1].split()[0]
+    assert f"serves release {release}" in result.output
+    return release
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_failed_smoke_rolls_back_and_the_old_release_keeps_serving(env: dict[str, Any]) -> None:
-    example = EXAMPLES / "seed-vllm-lws.yaml"
-    data = yaml.safe_load(example.read_text())
+def _teardown(data: dict[str, Any], *kinds: str) -> None:
+    result = cli("teardown", data["name"], "-n", data["namespace"], "--timeout-s", "20")
+    assert result.exit_code == 0, result.output
+    for kind in (*kinds, "PersistentVolumeClaim", "PersistentVolume", "Secret", "Service"):
+        assert f"removed {kind}" in result.output
+    assert "OSS was kept" in result.output
+    assert cli("status", data["name"], "-n", data["namespace"]).exit_code == 3
+
+
+@pytest.mark.parametrize(("example", "rbg"), SHAPES)
+def test_full_flow_for_every_example_shape(
+    stores: Stores, cluster: SandboxCluster, tmp_path: Path, example: str, rbg: str | None
+) -> None:
+    namespace = f"e2e-{example.removeprefix('seed-')}"[:40]
+    path, data = write_spec(stores, example, tmp_path, namespace=namespace)
+    if rbg == "v0.7":
+        # RBG v0.7 conventions only on a cluster that serves v1alpha2.
+        with cluster_env(ClusterConfig(rbg_version="v0.7"), tmp_path / "kube07") as own:
+            _deploy_and_check(path, data)
+            assert own.controller_errors() == []
+        return
+    api_key = data["serving"].get("api_key")
+    if api_key:
+        _create_api_key_secret(namespace, api_key["secret_name"], api_key["key"])
+    _deploy_and_check(path, data)
+    response = stable_models(namespace, data["name"], data["serving"].get("port", 8000))
+    assert response.status_code == 200
+    served = data["serving"].get("served_model_name")
+    if served:
+        assert [m["id"] for m in response.json()["data"]] == [served]
+    if data["serving"]["shape"] == "pd-disaggregated":
+        # Not torn down here: the sandbox RBG controller can recreate a role's StatefulSet
+        # while its group is being deleted, and the sandbox garbage collector never removes
+        # an object whose owner is already gone, so its pod would outlive the teardown.
+        return
+    kinds = {"multi-node": "LeaderWorkerSet", "ray-cluster": "RayCluster"}
+    _teardown(data, kinds.get(data["serving"]["shape"], "Deployment"))
+
+
+def test_failed_smoke_rolls_back_and_the_old_release_keeps_serving(
+    stores: Stores, cluster: SandboxCluster, tmp_path: Path
+) -> None:
+    path, data = write_spec(stores, "seed-vllm-lws", tmp_path, namespace="e2e-smoke")
     ns, name = data["namespace"], data["name"]
-    first = CliRunner().invoke(app, ["deploy", str(_spec_file(env, example))])
-    assert first.exit_code == 0, first.output
-    before = CliRunner().invoke(app, ["status", name, "-n", ns]).output
-    bad = yaml.safe_load(_spec_file(env, example).read_text())
-    bad["smoke"] = {"expect": {"equals": "an answer the backend never gives"}}
-    bad_path = env["tmp"] / "bad.yaml"
-    bad_path.write_text(yaml.safe_dump(bad))
-    second = CliRunner().invoke(app, ["deploy", str(bad_path)])
+    _deploy_and_check(path, data)
+    before = cli("status", name, "-n", ns).output
+    bad, _ = write_spec(
+        stores,
+        "seed-vllm-lws",
+        tmp_path,
+        namespace=ns,
+        smoke={"expect": {"equals": "an answer the backend never gives"}},
+    )
+    second = cli("deploy", str(bad))
     assert second.exit_code == 1
     assert "smoke test failed" in second.output and "keeps serving" in second.output
-    after = CliRunner().invoke(app, ["status", name, "-n", ns])
+    after = cli("status", name, "-n", ns)
     assert after.exit_code == 0 and after.output == before  # same release, still ready
-    response = _stable_answer(ns, name)
-    assert response.status_code == 200
+    assert stable_models(ns, name).status_code == 200
+    _teardown(data, "LeaderWorkerSet")
 
 
-@pytest.mark.usefixtures("prefect_server")
-def test_rollback_and_teardown_commands(env: dict[str, Any]) -> None:
-    example = EXAMPLES / "seed-vllm-tp4.yaml"
-    data = yaml.safe_load(example.read_text())
+def _deploy_in_background(path: Path) -> tuple[threading.Thread, list[State[Any]]]:
+    """Run the flow on a thread (the CLI runner owns stdout, so only one CLI call at a time)."""
+    states: list[State[Any]] = []
+    spec = load_spec(path)
+    thread = threading.Thread(target=lambda: states.append(deploy(spec, return_state=True)))
+    thread.start()
+    return thread, states
+
+
+def _when_service_routes_away_from(namespace: str, name: str, release: str) -> str:
+    """Block (watching the stable Service) until it selects another release; return that."""
+    api = load_api_client()
+    spec = WatchSpec("v1", "Service", namespace, name=name)
+    try:
+        with watching(api, [spec]) as group:
+            while True:
+                selector = ((group.cache[spec].get(name) or {}).get("spec") or {}).get(
+                    "selector"
+                ) or {}
+                if spec in group.synced and selector.get(RELEASE_LABEL) not in (None, release):
+                    return str(selector[RELEASE_LABEL])
+                assert group.next(30.0) is not None, f"Service {namespace}/{name} never switched"
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _bake_scenario(
+    stores: Stores, tmp_path: Path, namespace: str, during_bake: Callable[[str, str], None]
+) -> tuple[dict[str, Any], str, State[Any]]:
+    """Release 1 serving; release 2 (another image tag) promoted with a long bake window;
+    `during_bake(old, new)` runs once the stable Service routes to release 2."""
+    path, data = write_spec(stores, "seed-vllm-tp4", tmp_path, namespace=namespace)
+    old = _deploy_and_check(path, data)
+    newer, _ = write_spec(
+        stores,
+        "seed-vllm-tp4",
+        tmp_path,
+        namespace=namespace,
+        serving={"image": "vllm/vllm-openai:v0.10.1"},
+        rollout={"promote_grace_s": 60},
+    )
+    thread, states = _deploy_in_background(newer)
+    try:
+        new = _when_service_routes_away_from(namespace, data["name"], old)
+        during_bake(old, new)
+    finally:
+        thread.join(timeout=120)
+    assert not thread.is_alive() and len(states) == 1
+    return data, old, states[0]
+
+
+def test_release_degrading_while_baking_is_rolled_back(
+    stores: Stores, cluster: SandboxCluster, tmp_path: Path
+) -> None:
+    def crash(old: str, new: str) -> None:
+        cluster.kubelet.inject_crash_loop(selector={RELEASE_LABEL: new})
+
+    data, old, state = _bake_scenario(stores, tmp_path, "e2e-bake", crash)
+    try:
+        assert state.is_failed()
+        with pytest.raises(RolloutFailed, match="while baking") as failure:
+            state.result()
+        assert "keeps serving" in str(failure.value)
+        status = cli("status", data["name"], "-n", data["namespace"])
+        assert status.exit_code == 0, status.output
+        assert f"release:          {old}" in status.output
+        assert stable_models(data["namespace"], data["name"]).status_code == 200
+    finally:
+        cluster.kubelet.clear()
+    _teardown(data, "Deployment")
+
+
+def test_manual_rollback_while_baking_wins(
+    stores: Stores, cluster: SandboxCluster, tmp_path: Path
+) -> None:
+    outputs: list[str] = []
+
+    def roll_back(old: str, new: str) -> None:
+        result = cli("rollback", "qwen3-32b-tp4", "-n", "e2e-manual")
+        assert result.exit_code == 0, result.output
+        outputs.append(result.output)
+
+    data, old, state = _bake_scenario(stores, tmp_path, "e2e-manual", roll_back)
+    assert f"now routes to release {old}" in outputs[0]
+    assert state.is_failed()  # the bake saw the Service leave its release
+    status = cli("status", data["name"], "-n", data["namespace"])
+    assert f"release:          {old}" in status.output and "NOT ready" not in status.output
+    _teardown(data, "Deployment")
+
+
+def test_second_deploy_skips_the_mirror_and_rollback_needs_the_old_workload(
+    stores: Stores, cluster: SandboxCluster, tmp_path: Path
+) -> None:
+    path, data = write_spec(stores, "seed-vllm-tp4", tmp_path, namespace="e2e-rollback")
     ns, name = data["namespace"], data["name"]
-    runner = CliRunner()
-    assert runner.invoke(app, ["deploy", str(_spec_file(env, example))]).exit_code == 0
-    # A second release with a long grace keeps the first one's workload around.
-    assert runner.invoke(app, ["deploy", str(_spec_file(env, example))]).exit_code == 0
-    rollback = runner.invoke(app, ["rollback", name, "-n", ns])
-    # grace 0: the previous workload is gone, and the command says what is possible instead
+    _deploy_and_check(path, data)
+    stores.oss.request_log.clear()
+    _deploy_and_check(path, data)  # grace 0: the first release's workload is removed at once
+    assert oss_writes(stores) == []  # mirrored and verified: `is_mirrored` skipped the copy
+    rollback = cli("rollback", name, "-n", ns)
     assert rollback.exit_code == 1 and "redeploy" in rollback.output
-    teardown = runner.invoke(app, ["teardown", name, "-n", ns])
-    assert teardown.exit_code == 0, teardown.output
-    for kind in ("Deployment", "PersistentVolumeClaim", "PersistentVolume", "Secret", "Service"):
-        assert f"removed {kind}" in teardown.output
-    assert "OSS data was kept" in teardown.output
-    assert runner.invoke(app, ["status", name, "-n", ns]).exit_code == 3
-    assert os.environ["KUBECONFIG"]
+    _teardown(data, "Deployment")
