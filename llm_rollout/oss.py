@@ -6,6 +6,8 @@ text: real OSS echoes the AccessKey ID and the string-to-sign in SignatureDoesNo
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
 import time
 from collections.abc import Callable
@@ -24,8 +26,44 @@ T = TypeVar("T")
 # CRC-64/ECMA-182 as OSS computes it (x-oss-hash-crc64ecma); same parameters as oss2.utils.Crc64.
 _CRC64_POLY = 0x142F0E1EBA9EA3693
 _CRC64_XOROUT = 0xFFFFFFFFFFFFFFFF
-_crc64_fun = crcmod.mkCrcFun(_CRC64_POLY, initCrc=0, rev=True, xorOut=_CRC64_XOROUT)
+_crc64_crcmod = crcmod.mkCrcFun(_CRC64_POLY, initCrc=0, rev=True, xorOut=_CRC64_XOROUT)
 _crc64_combine_fun = oss2.utils.Crc64(0).combine
+
+
+def _load_lzma_crc64() -> Callable[[bytes | bytearray | memoryview, int], int] | None:
+    """liblzma's `lzma_crc64` (CRC-64/XZ), or None when liblzma cannot be loaded.
+
+    CRC-64/XZ has OSS's parameters (ECMA-182 polynomial, reflected, all-ones init and xorout)
+    and liblzma continues from a previous CRC the way crcmod does, so the values are equal.
+    It runs table-driven/CLMUL C code an order of magnitude faster than crcmod, and ctypes
+    drops the GIL for the call, so part CRCs run beside the transfer threads.
+    """
+    name = ctypes.util.find_library("lzma")
+    if name is None:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        fn = lib.lzma_crc64
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint64]
+    fn.restype = ctypes.c_uint64
+
+    def crc(data: bytes | bytearray | memoryview, previous: int) -> int:
+        if isinstance(data, bytes):
+            # c_char_p points at the bytes object's own storage: no copy.
+            return int(fn(ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p), len(data), previous))
+        view = memoryview(data).cast("B")
+        if view.readonly:
+            return crc(view.tobytes(), previous)
+        array = (ctypes.c_char * view.nbytes).from_buffer(view)
+        return int(fn(ctypes.addressof(array), view.nbytes, previous))
+
+    return crc
+
+
+_crc64_fast = _load_lzma_crc64()
+CRC64_IMPLEMENTATION = "liblzma" if _crc64_fast is not None else "crcmod"
 
 # Codes that no retry can fix: wrong keys, missing bucket/permissions, malformed requests.
 _PERMANENT_CODES = frozenset(
@@ -95,8 +133,14 @@ def open_bucket(
     *,
     connect_timeout_s: float = 30.0,
     pool_size: int = 16,
+    enable_crc: bool = True,
 ) -> oss2.Bucket:
-    """An oss2 Bucket with CRC checking on; v4 signatures when the target names a region."""
+    """An oss2 Bucket; v4 signatures when the target names a region.
+
+    `enable_crc=False` turns off oss2's own CRC64 (crcmod in the sending thread, holding the
+    GIL); only for callers that compare `crc64` of what they send with the
+    `x-oss-hash-crc64ecma` of every response themselves, as the mirror does.
+    """
     key_id = credentials.access_key_id.get_secret_value()
     secret = credentials.access_key_secret.get_secret_value()
     auth: oss2.AuthBase | oss2.StsAuth
@@ -115,7 +159,7 @@ def open_bucket(
         target.bucket,
         session=oss2.Session(pool_size=pool_size),
         connect_timeout=connect_timeout_s,
-        enable_crc=True,
+        enable_crc=enable_crc,
         region=target.region,
     )
 
@@ -192,7 +236,14 @@ def retry_transient(
 
 def crc64(data: bytes | bytearray | memoryview, previous: int = 0) -> int:
     """CRC-64/ECMA of `data`, continuing from `previous` (the CRC of the bytes before it)."""
-    return int(_crc64_fun(data, previous))
+    if _crc64_fast is not None:
+        return _crc64_fast(data, previous)
+    return int(_crc64_crcmod(data, previous))
+
+
+def crc64_crcmod(data: bytes | bytearray | memoryview, previous: int = 0) -> int:
+    """`crc64` through crcmod only: the fallback, kept callable to check the fast path."""
+    return int(_crc64_crcmod(data, previous))
 
 
 def crc64_combine(crc_a: int, crc_b: int, length_b: int) -> int:

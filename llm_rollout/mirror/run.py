@@ -27,6 +27,7 @@ import oss2
 from llm_rollout.credentials import OssCredentials
 from llm_rollout.errors import PermanentError, RolloutError, is_transient
 from llm_rollout.hub import HubClient, HubFile, HubListing, HubSource, HubUnavailableError
+from llm_rollout.mirror.buffers import BufferPool
 from llm_rollout.mirror.checkpoint import CheckpointStore, default_checkpoint_dir
 from llm_rollout.mirror.expectations import (
     SAFETENSORS_INDEX,
@@ -150,8 +151,13 @@ def mirror_model(
     started = time.monotonic()
     pool_size = options.max_parallel_parts + options.max_parallel_files + 4
     # oss2 applies one timeout to connecting and to each read: the option's read timeout.
+    # oss2's CRC is off: every write is checked against our own (fast) CRC64 instead.
     bucket = open_bucket(
-        target, credentials, pool_size=pool_size, connect_timeout_s=options.request_timeout_s
+        target,
+        credentials,
+        pool_size=pool_size,
+        connect_timeout_s=options.request_timeout_s,
+        enable_crc=False,
     )
     previous = read_manifest(bucket, target)
     hub = hub or HubClient()
@@ -161,17 +167,21 @@ def mirror_model(
         delete_manifest(bucket, target)
     previous_records = {r.path: r for r in previous.files} if previous else {}
     progress.on_start(len(listing.files), listing.total_bytes)
-    warm = threading.Thread(target=_warm_validation_imports, name="gx-import", daemon=True)
-    warm.start()
+    if options.warm_validation_imports:
+        warm = threading.Thread(target=_warm_validation_imports, name="gx-import", daemon=True)
+        warm.start()
 
     counters = Counters()
     checkpoint_dir = options.checkpoint_dir or default_checkpoint_dir()
     checkpoints = CheckpointStore(checkpoint_dir, target.endpoint)
     part_pool = ThreadPoolExecutor(options.max_parallel_parts, thread_name_prefix="mirror-part")
-    # Each slot is one part buffer: one per running part plus one per file, so every file can
-    # hold a finished part while it waits for the one before it to be hashed. Memory is
-    # bounded by (parts + files) * part_size.
-    slots = threading.BoundedSemaphore(options.max_parallel_parts + options.max_parallel_files)
+    # One buffer per running part plus one per file, so every file can hold a finished part
+    # while it waits for the one before it to be hashed. Buffers are allocated on first use
+    # and reused: memory is bounded by (parts + files) * part size.
+    buffer_size = max(
+        (options.part_size_for(f.size) for f in listing.files), default=options.part_size_bytes
+    )
+    buffers = BufferPool(options.max_parallel_parts + options.max_parallel_files, buffer_size)
     staging: tempfile.TemporaryDirectory[str] | None = None
     hub_source: HubRangeSource | None = None
     try:
@@ -182,7 +192,7 @@ def mirror_model(
             options=options,
             checkpoints=checkpoints,
             part_pool=part_pool,
-            slots=slots,
+            buffers=buffers,
             progress=progress,
             counters=counters,
         )
@@ -230,6 +240,9 @@ def mirror_model(
             outcomes.extend(done)
     finally:
         part_pool.shutdown(wait=True, cancel_futures=True)
+        # Every buffer is back once the workers are done; give the memory back before the
+        # validation (which loads pandas and GX) so the two peaks do not add up.
+        buffers.clear()
         if hub_source is not None:
             hub_source.close()
         if staging is not None:

@@ -5,9 +5,11 @@ Per file:
   in `x-oss-meta-sha256`, which is only ever set on verified objects) -> skipped, zero bytes;
 - up to one part -> one ranged GET, sha256 checked, one PutObject (CRC64 checked);
 - larger -> multipart: parts are fetched with ranged GETs and uploaded in parallel; the
-  file's sha256 is computed in part order (completed parts wait in a bounded window until their
-  turn), the part CRC64s OSS returns are combined and compared with the final object's
-  `x-oss-hash-crc64ecma` (HEAD) -- oss2 skips that comparison after a resumed upload.
+  file's sha256 and CRC64 are computed in part order (completed parts wait in a bounded window
+  until their turn); every part's CRC64 is compared with the one OSS returns for it, the file's
+  with the final object's `x-oss-hash-crc64ecma` (HEAD) -- oss2 skips that comparison after a
+  resumed upload. oss2's own CRC is off: it would compute the same values with crcmod, holding
+  the GIL, in the sending thread.
 
 Resume: a checkpoint (upload id + acknowledged parts) is reconciled with ListParts. Parts OSS
 already holds are not sent again, but their bytes are read again from the *source* (hub range
@@ -15,8 +17,9 @@ or local file) to continue the sha256: OSS does not serve the parts of an unfini
 upload, so reading them back from OSS is impossible. The re-read bytes are checked against the
 part's recorded CRC64, which ties the hashed bytes to the bytes OSS holds.
 
-Memory is bounded by the buffer slots (`max_parallel_parts + max_parallel_files` parts of
-`part_size` bytes); nothing is written to local disk in streamed mode.
+Memory is bounded by the buffer pool (`max_parallel_parts + max_parallel_files` buffers of one
+part each, reused): parts are fetched into a pool buffer, CRC-checked and sent from it, and
+hashed from it in order. Nothing is written to local disk in streamed mode.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from llm_rollout.hub import (
     HubNotFoundError,
     HubUnavailableError,
 )
+from llm_rollout.mirror.buffers import BufferPool
 from llm_rollout.mirror.checkpoint import CheckpointStore, PartState, UploadState
 from llm_rollout.mirror.models import (
     SHA256_META,
@@ -57,9 +61,9 @@ from llm_rollout.mirror.models import (
 )
 from llm_rollout.oss import (
     IntegrityError,
+    OssRequestError,
     OssTarget,
     crc64,
-    crc64_combine,
     head_crc64,
     oss_call,
     retry_transient,
@@ -75,10 +79,10 @@ def utc_now() -> str:
 
 
 class RangeSource(Protocol):
-    """Bytes of the files to mirror, readable by range."""
+    """Bytes of the files to mirror, readable by range into a caller's buffer."""
 
-    def read(self, path: str, offset: int, length: int) -> bytes | bytearray:
-        """Exactly `length` bytes of `path` starting at `offset`."""
+    def read_into(self, path: str, offset: int, view: memoryview) -> None:
+        """Fill `view` with the `len(view)` bytes of `path` starting at `offset`."""
         ...
 
 
@@ -108,22 +112,23 @@ class HubRangeSource:
         """Close the connection pool."""
         self._client.close()
 
-    def read(self, path: str, offset: int, length: int) -> bytes:
-        """Read a range, resuming after drops from the first byte not yet received."""
+    def read_into(self, path: str, offset: int, view: memoryview) -> None:
+        """Fill `view` from a range, resuming after drops from the first byte not received."""
         url = self._urls[path]
-        buf = bytearray()
+        fill = _Fill(view)
+        length = len(view)
         failures = 0
-        while len(buf) < length:
-            before = len(buf)
+        while fill.filled < length:
+            before = fill.filled
             error: Exception | None = None
             try:
-                self._read_once(url, path, offset + len(buf), offset + length, buf)
+                self._read_once(url, path, offset, fill)
             except (httpx.TransportError, HubUnavailableError) as exc:
                 error = exc
-            if len(buf) >= length:
+            if fill.filled >= length:
                 break
             # Only consecutive attempts without progress count against the limit.
-            failures = 0 if len(buf) > before else failures + 1
+            failures = 0 if fill.filled > before else failures + 1
             if failures >= self._options.retry_attempts:
                 cause = type(error).__name__ if error else "no data"
                 raise HubUnavailableError(
@@ -132,11 +137,11 @@ class HubRangeSource:
             if failures:
                 delay = min(20.0, self._options.retry_base_delay_s * 2 ** (failures - 1))
                 time.sleep(delay)  # backoff between attempts
-        # oss2 takes bytes (a bytearray is mistaken for a file object).
-        return bytes(buf)
 
-    def _read_once(self, url: str, path: str, start: int, stop: int, buf: bytearray) -> None:
-        """One GET of bytes [start, stop); appends to `buf`; may end early on a drop."""
+    def _read_once(self, url: str, path: str, offset: int, fill: _Fill) -> None:
+        """One GET of the bytes `fill` still lacks; may end early on a drop."""
+        start = offset + fill.filled
+        stop = offset + len(fill.view)
         headers = {**self._headers, "Range": f"bytes={start}-{stop - 1}"}
         with self._client.stream("GET", url, headers=headers) as resp:
             status = resp.status_code
@@ -156,17 +161,28 @@ class HubRangeSource:
                 raise HubUnavailableError(f"hub: {path}: HTTP {status}")
             else:
                 raise PermanentError(f"hub: {path}: unexpected HTTP {status}")
-            want = stop - start
-            got = 0
             # No chunk_size: httpx would buffer up to it and lose the buffer on a drop.
             for chunk in resp.iter_bytes():
-                take = min(len(chunk), want - got)
-                buf += chunk[:take]
-                got += take
+                take = fill.put(chunk)
                 self._on_fetched(take)
-                if got >= want:
+                if fill.filled >= len(fill.view):
                     break
-            # Ending before `want` bytes is a dropped transfer: the caller resumes from there.
+            # Ending early is a dropped transfer: the caller resumes from `fill.filled`.
+
+
+class _Fill:
+    """A caller's range buffer and how much of it has arrived."""
+
+    def __init__(self, view: memoryview) -> None:
+        self.view = view
+        self.filled = 0
+
+    def put(self, chunk: bytes) -> int:
+        """Copy as much of `chunk` as still fits; the number of bytes taken."""
+        take = min(len(chunk), len(self.view) - self.filled)
+        self.view[self.filled : self.filled + take] = memoryview(chunk)[:take]
+        self.filled += take
+        return take
 
 
 class LocalRangeSource:
@@ -175,18 +191,22 @@ class LocalRangeSource:
     def __init__(self, root: Path) -> None:
         self._root = root
 
-    def read(self, path: str, offset: int, length: int) -> bytes:
-        """Exactly `length` bytes of `root/path` from `offset`."""
+    def read_into(self, path: str, offset: int, view: memoryview) -> None:
+        """Fill `view` with bytes of `root/path` from `offset`."""
         file_path = self._root / path
+        filled = 0
         try:
-            with file_path.open("rb") as fh:
+            with file_path.open("rb", buffering=0) as fh:
                 fh.seek(offset)
-                data = fh.read(length)
+                while filled < len(view):
+                    n = fh.readinto(view[filled:])
+                    if not n:
+                        break
+                    filled += n
         except OSError as exc:
             raise PermanentError(f"staged copy of {path} unreadable: {exc.strerror}") from exc
-        if len(data) != length:
+        if filled != len(view):
             raise IntegrityError(f"staged copy of {path} is shorter than its listed size")
-        return data
 
 
 @dataclass
@@ -227,7 +247,7 @@ class TransferContext:
     options: MirrorOptions
     checkpoints: CheckpointStore
     part_pool: ThreadPoolExecutor
-    slots: threading.BoundedSemaphore
+    buffers: BufferPool
     progress: MirrorProgress
     counters: Counters
 
@@ -284,6 +304,18 @@ def verified_in_place(
     )
 
 
+def _check_wire_crc(action: str, local_crc: int, result: object) -> None:
+    """Compare the CRC64 OSS computed over what it received with ours over what we sent.
+
+    The bucket runs with oss2's own CRC off (it is crcmod in the sending thread, holding the
+    GIL); this is the same check with the fast CRC. A mismatch means bytes were damaged on
+    the wire: transient, the request is sent again. A missing header is left to the caller.
+    """
+    server_crc = getattr(result, "crc", None)
+    if server_crc is not None and int(server_crc) != local_crc:
+        raise OssRequestError(f"OSS {action}: CRC64 mismatch between client and server")
+
+
 def _sha_mismatch(file: HubFile, got: str) -> IntegrityError:
     return IntegrityError(
         f"{file.path}: sha256 mismatch: the hub lists {file.sha256[:16]}..., the bytes served "
@@ -309,7 +341,19 @@ def _verify_head(ctx: TransferContext, file: HubFile, key: str, crc: int) -> Non
 
 
 def _put_single(ctx: TransferContext, file: HubFile, key: str, mine: Counters) -> FileRecord:
-    data = ctx.source.read(file.path, 0, file.size)
+    buf = ctx.buffers.acquire()
+    assert buf is not None  # a blocking acquire always returns a buffer
+    try:
+        with memoryview(buf)[: file.size] as data:
+            return _put_single_from(ctx, file, key, mine, data)
+    finally:
+        ctx.buffers.release(buf)
+
+
+def _put_single_from(
+    ctx: TransferContext, file: HubFile, key: str, mine: Counters, data: memoryview
+) -> FileRecord:
+    ctx.source.read_into(file.path, 0, data)
     mine.add_fetched(len(data))
     digest = hashlib.sha256(data).hexdigest()
     if digest != file.sha256:
@@ -318,7 +362,9 @@ def _put_single(ctx: TransferContext, file: HubFile, key: str, mine: Counters) -
     headers = {SHA256_META: file.sha256}
 
     def put() -> oss2.models.PutObjectResult:
-        return oss_call(f"PUT {key}", lambda: ctx.bucket.put_object(key, data, headers=headers))
+        result = oss_call(f"PUT {key}", lambda: ctx.bucket.put_object(key, data, headers=headers))
+        _check_wire_crc(f"PUT {key}", local_crc, result)
+        return result
 
     result = ctx.retry(put)
     ctx.counters.add_sent(len(data))
@@ -380,30 +426,31 @@ def _run_part(
     state: UploadState,
     job: _PartJob,
     mine: Counters,
-) -> tuple[bytes | bytearray, PartState]:
-    """Fetch one part; upload it unless OSS already holds identical bytes (CRC64 match)."""
-    data = ctx.source.read(file.path, job.offset, job.length)
+    data: memoryview,
+) -> PartState:
+    """Fetch one part into `data`; upload it unless OSS already holds it (CRC64 match)."""
+    ctx.source.read_into(file.path, job.offset, data)
     mine.add_fetched(len(data))
-    if job.known is not None and crc64(data) == job.known.crc64:
-        return data, job.known
+    local_crc = crc64(data)
+    if job.known is not None and local_crc == job.known.crc64:
+        return job.known
+    action = f"UploadPart {key} #{job.number}"
 
     def upload() -> oss2.models.PutObjectResult:
-        return oss_call(
-            f"UploadPart {key} #{job.number}",
-            lambda: ctx.bucket.upload_part(key, state.upload_id, job.number, data),
+        result = oss_call(
+            action, lambda: ctx.bucket.upload_part(key, state.upload_id, job.number, data)
         )
+        if getattr(result, "crc", None) is None:
+            raise IntegrityError(f"{file.path}: OSS returned no CRC64 for part {job.number}")
+        _check_wire_crc(action, local_crc, result)
+        return result
 
     result = ctx.retry(upload)
     ctx.counters.add_sent(len(data))
     mine.add_sent(len(data))
-    server_crc = getattr(result, "crc", None)
-    if server_crc is None:
-        raise IntegrityError(f"{file.path}: OSS returned no CRC64 for part {job.number}")
-    part = PartState(
-        number=job.number, size=len(data), crc64=int(server_crc), etag=str(result.etag)
-    )
+    part = PartState(number=job.number, size=len(data), crc64=local_crc, etag=str(result.etag))
     ctx.checkpoints.record_part(state, part)
-    return data, part
+    return part
 
 
 def _open_upload(
@@ -453,37 +500,55 @@ def _put_multipart(
     sha = hashlib.sha256()
     combined = 0
     done: list[PartState] = []
-    pending: deque[Future[tuple[bytes | bytearray, PartState]]] = deque()
+    pending: deque[tuple[bytearray, memoryview, Future[PartState]]] = deque()
     window = ctx.options.max_parallel_parts
 
     def consume() -> None:
         nonlocal combined
-        future = pending.popleft()
+        buf, view, future = pending.popleft()
         try:
-            data, part = future.result()
+            part = future.result()
+            # In part order: the file's sha256, and its CRC64 continued over the same bytes
+            # (liblzma, GIL released; cheaper than combining part CRCs in oss2's pure Python).
+            sha.update(view)
+            combined = crc64(view, combined)
         finally:
-            ctx.slots.release()
-        sha.update(data)
-        combined = crc64_combine(combined, part.crc64, part.size)
+            view.release()
+            ctx.buffers.release(buf)
         done.append(part)
         ctx.progress.on_bytes(file.path, part.size)
 
+    def acquire() -> bytearray:
+        # Never block on a buffer while holding finished parts, or files could starve each
+        # other: hash the oldest part (freeing its buffer) instead.
+        while True:
+            buf = ctx.buffers.acquire(blocking=not pending)
+            if buf is not None:
+                return buf
+            consume()
+
     try:
         for job in jobs:
-            # Drain finished parts in order first; never block on a slot while holding
-            # finished parts, or files could starve each other of slots.
-            while pending and (pending[0].done() or len(pending) >= window):
+            while pending and (pending[0][2].done() or len(pending) >= window):
                 consume()
-            while not ctx.slots.acquire(blocking=not pending):
-                consume()
-            pending.append(ctx.part_pool.submit(_run_part, ctx, file, key, state, job, mine))
+            buf = acquire()
+            view = memoryview(buf)[: job.length]
+            try:
+                future = ctx.part_pool.submit(_run_part, ctx, file, key, state, job, mine, view)
+            except RuntimeError:
+                view.release()
+                ctx.buffers.release(buf)
+                raise
+            pending.append((buf, view, future))
         while pending:
             consume()
     finally:
-        for future in pending:
+        for buf, view, future in pending:
+            # A running part still writes into its buffer: wait for it before recycling.
             if not future.cancel():
                 future.exception()
-            ctx.slots.release()
+            view.release()
+            ctx.buffers.release(buf)
 
     digest = sha.hexdigest()
     if digest != file.sha256:
