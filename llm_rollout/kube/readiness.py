@@ -9,6 +9,7 @@ the workload's own status says so AND every serving pod is Ready.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 20
+# How far back the log is scanned for the root cause. Engines such as vLLM report the real
+# error from a child process and then print their own shutdown traceback, which pushes the
+# cause out of the last few lines.
+LOG_SCAN_LINES = 400
+LOG_ROOT_CAUSE_LINES = 8
+_ROOT_CAUSE = re.compile(r"(Error|Exception|Traceback|FATAL|[Ff]atal|out of memory|[Ff]ailed)")
 # When a pod's status shows a failure before its Warning event has arrived, wait this long for
 # the event so the report can quote it; the failure is raised either way.
 EVENT_GRACE_S = 1.0
@@ -392,7 +399,7 @@ def _log_lines(api: k8s_client.ApiClient, failure: _Failure) -> list[str]:
                 ref.name,
                 container=failure.container,
                 previous=previous,
-                tail_lines=LOG_TAIL_LINES,
+                tail_lines=LOG_SCAN_LINES,
             )
 
         try:
@@ -401,8 +408,23 @@ def _log_lines(api: k8s_client.ApiClient, failure: _Failure) -> list[str]:
             log.info("no %slogs for %s: %s", "previous " if previous else "", ref, exc)
             continue
         if lines:
-            return lines
+            return select_log_lines(lines)
     return []
+
+
+def select_log_lines(lines: list[str]) -> list[str]:
+    """The last `LOG_TAIL_LINES` lines, preceded by earlier lines that name an error.
+
+    The tail shows how the container ended; the earlier error lines (at most
+    `LOG_ROOT_CAUSE_LINES`, the latest ones) keep a root cause that a long shutdown trace
+    would otherwise push out of view.
+    """
+    tail = lines[-LOG_TAIL_LINES:]
+    earlier = lines[: max(0, len(lines) - LOG_TAIL_LINES)]
+    causes = [ln for ln in earlier if _ROOT_CAUSE.search(ln)][-LOG_ROOT_CAUSE_LINES:]
+    if not causes:
+        return tail
+    return [*causes, "...", *tail]
 
 
 def wait_ready(

@@ -91,3 +91,27 @@ def test_pod_selectors_follow_each_controller_labels() -> None:
     new = {"metadata": {"labels": {"rbg.workloads.x-k8s.io/group-name": "w"}}}
     other = {"metadata": {"labels": {"rbg.workloads.x-k8s.io/group-name": "x"}}}
     assert accept(old) and accept(new) and not accept(other)
+
+
+def test_log_selection_keeps_an_early_root_cause() -> None:
+    from llm_rollout.kube.readiness import LOG_TAIL_LINES, select_log_lines
+
+    noise = [f"shutdown step {i}" for i in range(60)]
+    lines = [
+        "INFO starting engine",
+        "ValueError: To serve at least one request the KV cache needs more memory",
+        *noise,
+    ]
+    picked = select_log_lines(lines)
+    assert picked[0].startswith("ValueError: To serve")
+    assert picked[1] == "..."
+    assert picked[2:] == noise[-LOG_TAIL_LINES:]
+    assert "INFO starting engine" not in picked
+
+
+def test_log_selection_is_the_plain_tail_without_errors() -> None:
+    from llm_rollout.kube.readiness import LOG_TAIL_LINES, select_log_lines
+
+    lines = [f"line {i}" for i in range(100)]
+    assert select_log_lines(lines) == lines[-LOG_TAIL_LINES:]
+    assert select_log_lines(lines[:5]) == lines[:5]
