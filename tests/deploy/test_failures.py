@@ -1,0 +1,163 @@
+"""The deploy flow failing the right way on the sandbox: each pod failure kind, too little
+capacity, and preflight problems that must stop the run before any write."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.kube.cluster import ClusterConfig, SandboxCluster
+from sandbox.kube.nodes import NodeSpec
+from tests.deploy.conftest import (
+    KEY_SECRET,
+    Stores,
+    cli,
+    cluster_env,
+    http_writes,
+    oss_writes,
+    stable_models,
+    write_spec,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+NAMESPACE = "fail"
+NAME = "qwen3-32b-tp4"
+VERSION_LABEL = "app.kubernetes.io/version"
+
+
+@pytest.fixture(scope="module")
+def serving(
+    stores: Stores, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[SandboxCluster, str]]:
+    """A cluster where release 1 of the tp4 example serves; yields it and `status` output."""
+    tmp = tmp_path_factory.mktemp("failures")
+    with cluster_env(ClusterConfig(), tmp / "kube") as cluster:
+        path, _ = write_spec(stores, "seed-vllm-tp4", tmp, namespace=NAMESPACE)
+        first = cli("deploy", str(path))
+        assert first.exit_code == 0, first.output
+        status = cli("status", NAME, "-n", NAMESPACE)
+        assert status.exit_code == 0, status.output
+        yield cluster, status.output
+
+
+def _inject(kind: str) -> Callable[[SandboxCluster, dict[str, str]], object]:
+    return {
+        "ImagePullBackOff": lambda c, s: c.kubelet.inject_image_pull_error(selector=s),
+        "CrashLoopBackOff": lambda c, s: c.kubelet.inject_crash_loop(selector=s),
+        "OOMKilled": lambda c, s: c.kubelet.inject_oom(selector=s),
+        "FailedMount": lambda c, s: c.kubelet.inject_mount_failure(selector=s),
+        # Nothing to inject: the release asks for more memory than any node has.
+        "Unschedulable": lambda c, s: None,
+    }[kind]
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("ImagePullBackOff", ("ImagePullBackOff", "ErrImagePull")),
+        ("CrashLoopBackOff", ("CrashLoopBackOff",)),
+        ("OOMKilled", ("OOMKilled",)),
+        ("Unschedulable", ("Unschedulable",)),
+        ("FailedMount", ("FailedMount",)),
+    ],
+)
+def test_each_pod_failure_fails_fast_and_the_old_release_keeps_serving(
+    stores: Stores,
+    serving: tuple[SandboxCluster, str],
+    tmp_path: Path,
+    kind: str,
+    expected: tuple[str, ...],
+) -> None:
+    cluster, before = serving
+    tag = f"bad-{kind.lower()}"
+    changes: dict[str, object] = {"image": f"vllm/vllm-openai:{tag}"}
+    if kind == "Unschedulable":
+        changes["resources"] = {"memory_gib": 1024}  # the nodes have 512 GiB
+    path, _ = write_spec(stores, "seed-vllm-tp4", tmp_path, namespace=NAMESPACE, serving=changes)
+    _inject(kind)(cluster, {VERSION_LABEL: tag})
+    try:
+        started = time.monotonic()
+        result = cli("deploy", str(path))
+        elapsed = time.monotonic() - started
+    finally:
+        cluster.kubelet.clear()
+    assert result.exit_code == 1, result.output
+    assert any(reason in result.output for reason in expected), result.output
+    assert "keeps serving" in result.output
+    # Noticed from the pod's status and events, far inside the 30 s readiness limit.
+    assert elapsed < 25, f"took {elapsed:.1f}s"
+    after = cli("status", NAME, "-n", NAMESPACE)
+    assert after.exit_code == 0 and after.output == before  # nothing promoted
+    assert stable_models(NAMESPACE, NAME).status_code == 200
+
+
+def test_too_little_capacity_auto_recreates_and_forced_blue_green_is_refused(
+    stores: Stores, tmp_path: Path
+) -> None:
+    config = ClusterConfig(nodes=[NodeSpec("gpu-node-a", gpus=4)])
+    with cluster_env(config, tmp_path / "kube") as cluster:
+        path, data = write_spec(stores, "seed-vllm-tp4", tmp_path, namespace="cap")
+        assert cli("deploy", str(path)).exit_code == 0
+        second = cli("deploy", str(path))
+        assert second.exit_code == 0, second.output
+        assert "(strategy recreate)" in second.output
+        before = cli("status", NAME, "-n", "cap").output
+        forced, _ = write_spec(
+            stores, "seed-vllm-tp4", tmp_path, namespace="cap", rollout={"strategy": "blue-green"}
+        )
+        cluster.api.request_log.clear()
+        refused = cli("deploy", str(forced))
+        assert refused.exit_code == 1
+        assert "preflight failed" in refused.output and "blue-green" in refused.output
+        assert http_writes(cluster) == []
+        assert cli("status", NAME, "-n", "cap").output == before
+        assert data["name"] == NAME
+
+
+@pytest.mark.parametrize(
+    ("case", "example", "config", "wrong_secret", "expected"),
+    [
+        (
+            "missing CRD",
+            "seed-vllm-lws",
+            ClusterConfig(lws_version=None),
+            False,
+            "needs CRD LeaderWorkerSet.leaderworkerset.x-k8s.io",
+        ),
+        (
+            "too few GPUs",
+            "seed-vllm-tp4",
+            ClusterConfig(nodes=[NodeSpec("small", gpus=2)]),
+            False,
+            "capacity: the release needs 4 nvidia.com/gpu",
+        ),
+        ("wrong keys", "seed-vllm-tp4", ClusterConfig(), True, "OSS bucket"),
+    ],
+    ids=["missing-crd", "too-few-gpus", "wrong-keys"],
+)
+def test_preflight_problem_stops_the_run_before_any_write(
+    stores: Stores,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: str,
+    example: str,
+    config: ClusterConfig,
+    wrong_secret: bool,
+    expected: str,
+) -> None:
+    if wrong_secret:
+        monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "notTheSecretOfThisKey000")
+    with cluster_env(config, tmp_path / "kube") as cluster:
+        path, data = write_spec(stores, example, tmp_path, namespace="pre")
+        stores.oss.request_log.clear()
+        result = cli("deploy", str(path))
+        assert result.exit_code == 1, result.output
+        assert "preflight failed" in result.output and expected in result.output, case
+        assert http_writes(cluster) == []
+        assert oss_writes(stores) == []
+        assert KEY_SECRET not in result.output and "notTheSecretOfThisKey000" not in result.output
+        assert cli("status", data["name"], "-n", "pre").exit_code == 3
