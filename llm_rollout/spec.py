@@ -661,6 +661,15 @@ class RolloutSpec(StrictModel):
         le=3600,
         description="After switching the stable Service, keep the old release this long (s).",
     )
+    lock_wait_s: int = Field(
+        default=900,
+        ge=0,
+        le=86_400,
+        description=(
+            "Wait this long for another run rolling out the same service (its rollout lease) "
+            "before failing with the holder's name (s); 0: fail fast."
+        ),
+    )
 
 
 # --- the service -------------------------------------------------------------------------------
@@ -900,9 +909,10 @@ def spec_hash(spec: ServiceSpec) -> str:
     """SHA-256 hex digest of the spec's canonical JSON (sorted keys, defaults included).
 
     `smoke.base_url` is left out: the route the smoke test takes is where the flow runs, not
-    what is deployed, so moving the flow into the cluster does not make a new release.
+    what is deployed, so moving the flow into the cluster does not make a new release. So is
+    `rollout.lock_wait_s`: how long a run waits for another one changes nothing deployed.
     """
-    data = spec.model_dump(mode="json", exclude={"smoke": {"base_url"}})
+    data = spec.model_dump(mode="json", exclude={"smoke": {"base_url"}, "rollout": {"lock_wait_s"}})
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
