@@ -14,8 +14,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 NamespaceOpt = Annotated[
     str, typer.Option("--namespace", "-n", help="Kubernetes namespace of the service (required).")
@@ -29,6 +29,23 @@ def _ui_url() -> str | None:
     if not api_url:
         return None
     return api_url.rstrip("/").removesuffix("/api")
+
+
+def _where_to_look(run_id: str) -> str:
+    """Where the run's record (logs, artifacts, events) can be read after the command ends."""
+    ui = _ui_url()
+    if ui:
+        return f"flow run {run_id}: {ui}/runs/flow-run/{run_id}"
+    # The ephemeral server is gone once the command ends, but its database stays in
+    # PREFECT_HOME: a server started on the same home shows the run.
+    from prefect.settings import PREFECT_HOME
+
+    home = PREFECT_HOME.value()
+    return (
+        f"flow run {run_id} (record kept in {home}); to browse it run "
+        f"`PREFECT_HOME={home} prefect server start` and open "
+        f"http://127.0.0.1:4200/runs/flow-run/{run_id}"
+    )
 
 
 def deploy_command(
@@ -48,8 +65,7 @@ def deploy_command(
 
     state = deploy(spec, return_state=True)
     run_id = str(state.state_details.flow_run_id)
-    ui = _ui_url()
-    where = f"flow run {run_id}" + (f" ({ui}/runs/flow-run/{run_id})" if ui else "")
+    where = _where_to_look(run_id)
     if state.is_completed():
         result = state.result()
         ttft = f"{result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else "-"
