@@ -58,11 +58,15 @@ def _disk_used(path: Path) -> int:
     return total
 
 
-def _measure(argv: list[str], env: dict[str, str], watch_dir: Path) -> dict[str, float]:
+def _measure(
+    argv: list[str], env: dict[str, str], watch_dir: Path, log_path: Path
+) -> dict[str, float]:
     """Run a side in a subprocess; sample RSS (tree) and disk every 50 ms."""
     started = time.monotonic()
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    proc = subprocess.Popen(argv, env=env)
+    # The side's output (progress bars) goes to a log; shown only if the side fails.
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     ps = psutil.Process(proc.pid)
     peak_rss = 0
     peak_disk = 0
@@ -80,7 +84,8 @@ def _measure(argv: list[str], env: dict[str, str], watch_dir: Path) -> dict[str,
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
     if proc.returncode != 0:
-        raise SystemExit(f"side failed: {' '.join(argv[:4])} exit {proc.returncode}")
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+        raise SystemExit(f"side failed (exit {proc.returncode}):\n{tail}")
     return {"wall_s": wall, "peak_rss": peak_rss, "peak_disk": peak_disk, "cpu_s": cpu}
 
 
@@ -93,7 +98,7 @@ local = snapshot_download(model_id, revision="v1", local_dir=os.path.join(work, 
 b = oss2.Bucket(oss2.Auth(os.environ["BENCH_AK"], os.environ["BENCH_SK"]), endpoint, bucket)
 for path in sorted(Path(local).rglob("*")):
     if path.is_file() and ".cache" not in path.parts and ".msc" not in path.name:
-        key = "seeds/" + path.relative_to(local).as_posix()
+        key = os.environ["BENCH_PREFIX"] + "/" + path.relative_to(local).as_posix()
         oss2.resumable_upload(b, key, str(path),
                               store=oss2.ResumableStore(root=os.path.join(work, "ckpt")))
 """
@@ -108,7 +113,7 @@ model_id, work, endpoint, bucket = sys.argv[1:5]
 creds = OssCredentials(access_key_id=SecretStr(os.environ["BENCH_AK"]),
                        access_key_secret=SecretStr(os.environ["BENCH_SK"]))
 target = OssTarget(endpoint=endpoint, bucket=bucket, region=os.environ["BENCH_REGION"],
-                   prefix="ours")
+                   prefix=os.environ["BENCH_PREFIX"])
 options = MirrorOptions(part_size_mb=float(os.environ["BENCH_PART_MB"]),
                         max_parallel_files=int(os.environ["BENCH_FILES"]),
                         max_parallel_parts=int(os.environ["BENCH_PARTS"]),
@@ -121,16 +126,21 @@ print(f"ours: mirror_model {result.seconds:.1f}s", file=sys.stderr)
 
 
 def _side(
-    name: str, code: str, tmp: Path, storage: StorageProcess, base_env: dict[str, str]
+    name: str, run: int, code: str, tmp: Path, storage: StorageProcess, base_env: dict[str, str]
 ) -> dict[str, float]:
     work = tmp / f"work-{name}"
     work.mkdir()
     # The library cache lives in the side's own work dir so its disk use is counted too.
-    env = {**base_env, "MODELSCOPE_CACHE": str(work / "mscache")}
+    # A fresh prefix per run: ours would otherwise skip the objects verified by the last run.
+    env = {
+        **base_env,
+        "MODELSCOPE_CACHE": str(work / "mscache"),
+        "BENCH_PREFIX": f"{name}/run-{run}",
+    }
     storage.reset_counters()
     server_cpu = storage.hub_stats().process_cpu_seconds
     argv = [sys.executable, "-c", code, MODEL_ID, str(work), storage.oss_endpoint, "bench"]
-    result = _measure(argv, env, work)
+    result = _measure(argv, env, work, tmp / f"{name}-run-{run}.log")
     result["hub_bytes"] = storage.hub_stats().bytes_served
     result["oss_bytes"] = storage.oss_stats().bytes_received
     # Hub and OSS share the storage process: its CPU time covers both servers.
@@ -220,7 +230,9 @@ def main() -> None:
                 "PYTHONPATH": str(REPO),
             }
             for run in range(1, args.repeat + 1):
-                results = {name: _side(name, sides[name], tmp, storage, env) for name in chosen}
+                results = {
+                    name: _side(name, run, sides[name], tmp, storage, env) for name in chosen
+                }
                 print(f"--- run {run}/{args.repeat}")
                 if set(results) == {"seeds", "ours"}:
                     _report(total, cap, args, results)
