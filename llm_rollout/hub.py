@@ -6,13 +6,15 @@ drops the sha256 column, so the listing goes through `modelscope_hub.api.HubApi.
 makes). Downloads use the library's own URL builder and auth conventions (Bearer token plus the
 `m_session_id` cookie), so the mirror's ranged GETs look like the library's.
 
-The endpoint comes from `MODELSCOPE_ENDPOINT` (read by the library) unless given explicitly.
+The endpoint is the one given, else `MODELSCOPE_ENDPOINT` as it is when the client is made (the
+library itself reads that variable only once per process), else the library's default.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -131,6 +133,7 @@ class HubClient:
         # modelscope_hub is a few hundred ms to import; only pay when a hub is used.
         from modelscope_hub.api import HubApi
 
+        endpoint = endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or None
         self._api = HubApi(endpoint=endpoint, token=token, user_agent={"invoked_by": "llm-rollout"})
 
     @property
