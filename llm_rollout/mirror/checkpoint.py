@@ -5,6 +5,12 @@ after each acknowledged part, so a kill -9 at any moment leaves either the old o
 state. On resume the checkpoint is reconciled with ListParts: a part counts as uploaded only
 when OSS lists it with the same ETag and size the checkpoint recorded; OSS's CRC64 of each part
 comes from the checkpoint because ListParts does not report it.
+
+The checkpoint also carries the file's running sha256 state and CRC64 after the last part
+hashed in order (`hashed_parts`), so a resume continues hashing there instead of re-reading
+those parts from the hub. The state is used only when every part it covers is still listed
+by OSS as checkpointed; a wrong state cannot pass unnoticed: the final sha256 (vs the hub's)
+and the object's CRC64 (vs OSS's HEAD) both cover it.
 """
 
 from __future__ import annotations
@@ -40,6 +46,18 @@ class UploadState(BaseModel):
     sha256: str = Field(description="Expected sha256 of the whole object (from the hub).")
     part_size: int = Field(description="Part size in bytes.")
     parts: dict[int, PartState] = Field(default_factory=dict, description="Acknowledged parts.")
+    hashed_parts: int = Field(
+        default=0, ge=0, description="Parts 1..N covered by sha256_state and hashed_crc64."
+    )
+    sha256_format: str | None = Field(
+        default=None, description="Layout of sha256_state (see mirror.hashing.STATE_FORMAT)."
+    )
+    sha256_state: str | None = Field(
+        default=None, description="Hex running sha256 state after part `hashed_parts`."
+    )
+    hashed_crc64: int | None = Field(
+        default=None, description="CRC-64/ECMA of parts 1..`hashed_parts` in order."
+    )
 
 
 def default_checkpoint_dir() -> Path:
@@ -91,6 +109,18 @@ class CheckpointStore:
         path = self._path(state.bucket, state.key)
         with self._lock(path):
             state.parts[part.number] = part
+            self._write(path, state)
+
+    def record_hash(
+        self, state: UploadState, parts: int, sha256_state: str, sha256_format: str, crc: int
+    ) -> None:
+        """Persist the running hash after part `parts` (called in part order, one thread)."""
+        path = self._path(state.bucket, state.key)
+        with self._lock(path):
+            state.hashed_parts = parts
+            state.sha256_state = sha256_state
+            state.sha256_format = sha256_format
+            state.hashed_crc64 = crc
             self._write(path, state)
 
     def delete(self, bucket: str, key: str) -> None:

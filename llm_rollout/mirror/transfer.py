@@ -11,11 +11,14 @@ Per file:
   resumed upload. oss2's own CRC is off: it would compute the same values with crcmod, holding
   the GIL, in the sending thread.
 
-Resume: a checkpoint (upload id + acknowledged parts) is reconciled with ListParts. Parts OSS
-already holds are not sent again, but their bytes are read again from the *source* (hub range
-or local file) to continue the sha256: OSS does not serve the parts of an unfinished multipart
-upload, so reading them back from OSS is impossible. The re-read bytes are checked against the
-part's recorded CRC64, which ties the hashed bytes to the bytes OSS holds.
+Resume: a checkpoint (upload id + acknowledged parts + the running sha256/CRC64 state after
+the last part hashed in order) is reconciled with ListParts. Parts OSS already holds are not
+sent again. Parts the saved hash state covers are not read again either: hashing continues
+from the state (OpenSSL's SHA256_CTX, see `mirror.hashing`). Parts uploaded beyond that prefix
+(out of order, at most a window of them) are read again from the *source* to continue the
+hash -- OSS does not serve the parts of an unfinished upload -- and checked against their
+recorded CRC64, which ties the hashed bytes to the bytes OSS holds. Where no resumable hash is
+available (no libcrypto), every uploaded part is re-read that way.
 
 Memory is bounded by the buffer pool (`max_parallel_parts + max_parallel_files` buffers of one
 part each, reused): parts are fetched into a pool buffer, CRC-checked and sent from it, and
@@ -41,7 +44,7 @@ import oss2
 import oss2.exceptions
 import oss2.models
 
-from llm_rollout.errors import PermanentError
+from llm_rollout.errors import PermanentError, TransientError
 from llm_rollout.hub import (
     HubAccess,
     HubAccessError,
@@ -51,6 +54,7 @@ from llm_rollout.hub import (
 )
 from llm_rollout.mirror.buffers import BufferPool
 from llm_rollout.mirror.checkpoint import CheckpointStore, PartState, UploadState
+from llm_rollout.mirror.hashing import STATE_FORMAT, ResumableSha256
 from llm_rollout.mirror.models import (
     SHA256_META,
     FileOutcome,
@@ -488,35 +492,95 @@ def _open_upload(
     return state, {}
 
 
+class ResumedHashMismatch(TransientError):
+    """The sha256 continued from a checkpointed state did not match the hub's.
+
+    Either the saved state or the hub's bytes are wrong; the checkpoint and the upload are
+    discarded, so the next attempt hashes the file from its first byte and tells which.
+    """
+
+
+def _resume_hash(
+    ctx: TransferContext,
+    state: UploadState,
+    reusable: dict[int, PartState],
+    part_size: int,
+    file_size: int,
+) -> tuple[ResumableSha256, int, int]:
+    """(hasher, CRC64, parts covered) continued from the checkpoint, or a fresh start.
+
+    The saved state is trusted only for a prefix of parts that OSS still lists with the
+    checkpointed ETag and size, and only if its own byte count equals that prefix's length.
+    """
+    count = state.hashed_parts
+    saved = state.sha256_state
+    usable = (
+        count > 0
+        and saved is not None
+        and state.hashed_crc64 is not None
+        and state.sha256_format == STATE_FORMAT
+        and all(n in reusable for n in range(1, count + 1))
+    )
+    if usable and saved is not None and state.hashed_crc64 is not None:
+        covered = sum(reusable[n].size for n in range(1, count + 1))
+        try:
+            hasher = ResumableSha256.from_state(saved)
+        except ValueError:
+            hasher = None
+        if (
+            hasher is not None
+            and covered == min(count * part_size, file_size)
+            and hasher.bytes_hashed == covered
+        ):
+            return hasher, state.hashed_crc64, count
+    if count or saved is not None:
+        # Stale or unusable: forget it so it is never mistaken for this run's state.
+        state.hashed_parts, state.sha256_state, state.hashed_crc64 = 0, None, None
+        state.sha256_format = None
+        ctx.checkpoints.save(state)
+    return ResumableSha256(), 0, 0
+
+
 def _put_multipart(
     ctx: TransferContext, file: HubFile, key: str, mine: Counters
 ) -> tuple[FileRecord, bool]:
     part_size = ctx.options.part_size_for(file.size)
     state, reusable = _open_upload(ctx, file, key, part_size)
+    sha, combined, hashed_through = _resume_hash(ctx, state, reusable, part_size, file.size)
+    resumed_hash = hashed_through > 0
+    last_number = -(-file.size // part_size)
+    # Parts the saved hash covers are neither fetched nor sent: OSS holds them.
+    done: list[PartState] = [reusable[n] for n in range(1, hashed_through + 1)]
+    if done:
+        ctx.progress.on_bytes(file.path, sum(p.size for p in done))
     jobs = [
         _PartJob(n, off, min(part_size, file.size - off), reusable.get(n))
         for n, off in enumerate(range(0, file.size, part_size), start=1)
+        if n > hashed_through
     ]
-    sha = hashlib.sha256()
-    combined = 0
-    done: list[PartState] = []
     pending: deque[tuple[bytearray, memoryview, Future[PartState]]] = deque()
     window = ctx.options.max_parallel_parts
 
+    def absorb(part: PartState, view: memoryview) -> None:
+        nonlocal combined, hashed_through
+        # In part order: the file's sha256, and its CRC64 continued over the same bytes
+        # (liblzma and OpenSSL, GIL released; cheaper than combining part CRCs in Python).
+        sha.update(view)
+        combined = crc64(view, combined)
+        hashed_through = part.number
+        done.append(part)
+        ctx.progress.on_bytes(file.path, part.size)
+        saved = sha.state()
+        if saved is not None and part.number < last_number:
+            ctx.checkpoints.record_hash(state, part.number, saved, STATE_FORMAT, combined)
+
     def consume() -> None:
-        nonlocal combined
         buf, view, future = pending.popleft()
         try:
-            part = future.result()
-            # In part order: the file's sha256, and its CRC64 continued over the same bytes
-            # (liblzma, GIL released; cheaper than combining part CRCs in oss2's pure Python).
-            sha.update(view)
-            combined = crc64(view, combined)
+            absorb(future.result(), view)
         finally:
             view.release()
             ctx.buffers.release(buf)
-        done.append(part)
-        ctx.progress.on_bytes(file.path, part.size)
 
     def acquire() -> bytearray:
         # Never block on a buffer while holding finished parts, or files could starve each
@@ -547,6 +611,13 @@ def _put_multipart(
             # A running part still writes into its buffer: wait for it before recycling.
             if not future.cancel():
                 future.exception()
+            # On the way out after a failure, parts that did finish right after the hashed
+            # prefix are still hashed and checkpointed: the re-run need not fetch them again.
+            if not future.cancelled() and future.exception() is None:
+                part = future.result()
+                if part.number == hashed_through + 1:
+                    with contextlib.suppress(OSError):
+                        absorb(part, view)
             view.release()
             ctx.buffers.release(buf)
 
@@ -554,6 +625,11 @@ def _put_multipart(
     if digest != file.sha256:
         _abort_quietly(ctx, key, state.upload_id)
         ctx.checkpoints.delete(ctx.target.bucket, key)
+        if resumed_hash:
+            raise ResumedHashMismatch(
+                f"{file.path}: sha256 continued from the checkpoint of part {len(done)} != hub "
+                "sha256; checkpoint and upload discarded, the next attempt starts afresh"
+            )
         raise _sha_mismatch(file, digest)
 
     infos = [oss2.models.PartInfo(p.number, p.etag, size=p.size, part_crc=p.crc64) for p in done]
@@ -578,7 +654,7 @@ def _put_multipart(
         crc64=str(combined),
         uploaded_at=utc_now(),
     )
-    return record, bool(reusable)
+    return record, bool(reusable) or resumed_hash
 
 
 def transfer_file(ctx: TransferContext, file: HubFile) -> FileOutcome:
@@ -611,6 +687,7 @@ __all__ = [
     "HubRangeSource",
     "LocalRangeSource",
     "RangeSource",
+    "ResumedHashMismatch",
     "TransferContext",
     "head_object",
     "skipped_outcome",
