@@ -131,6 +131,12 @@ class MirrorResult(BaseModel):
     bytes_sent: int = Field(description="Bytes sent to OSS in this run.")
     bytes_fetched: int = Field(description="Bytes read from the hub in this run.")
     seconds: float = Field(description="Wall time of the run in seconds.")
+    phases: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per phase of the run: read_manifest, list_hub, check_in_place, "
+        "transfer (files moving, wall), finish_files (CompleteMultipartUpload + HEAD, summed "
+        "over files: it overlaps other files' transfers), validate, write_manifest.",
+    )
 
 
 class MirrorStatus(BaseModel):

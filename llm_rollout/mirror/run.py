@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import logging
 import tempfile
 import threading
 import time
@@ -63,6 +64,8 @@ from llm_rollout.mirror.transfer import (
     verified_in_place,
 )
 from llm_rollout.oss import OssTarget, open_bucket, oss_call
+
+_log = logging.getLogger(__name__)
 
 
 def _warm_validation_imports() -> None:
@@ -149,6 +152,15 @@ def mirror_model(
     options = options or MirrorOptions()
     progress = progress or NullProgress()
     started = time.monotonic()
+    phases: dict[str, float] = {}
+    mark = started
+
+    def lap(phase: str) -> None:
+        nonlocal mark
+        now = time.monotonic()
+        phases[phase] = round(now - mark, 3)
+        mark = now
+
     pool_size = options.max_parallel_parts + options.max_parallel_files + 4
     # oss2 applies one timeout to connecting and to each read: the option's read timeout.
     # oss2's CRC is off: every write is checked against our own (fast) CRC64 instead.
@@ -160,12 +172,14 @@ def mirror_model(
         enable_crc=False,
     )
     previous = read_manifest(bucket, target)
+    lap("read_manifest")
     hub = hub or HubClient()
     listing = hub.list_files(source)
     same_content = previous is not None and previous.content_digest == listing.content_digest
     if previous is not None and not same_content:
         delete_manifest(bucket, target)
     previous_records = {r.path: r for r in previous.files} if previous else {}
+    lap("list_hub")
     progress.on_start(len(listing.files), listing.total_bytes)
     if options.warm_validation_imports:
         warm = threading.Thread(target=_warm_validation_imports, name="gx-import", daemon=True)
@@ -205,6 +219,7 @@ def mirror_model(
         todo: list[HubFile] = []
         with ThreadPoolExecutor(max_workers=16, thread_name_prefix="mirror-head") as pool:
             checked = list(pool.map(check, listing.files))
+        lap("check_in_place")
         for file, record in zip(listing.files, checked, strict=True):
             if record is None:
                 todo.append(file)
@@ -247,6 +262,8 @@ def mirror_model(
             hub_source.close()
         if staging is not None:
             staging.cleanup()
+    lap("transfer")
+    phases["finish_files"] = round(counters.finish_s, 3)
 
     if failed:
         message, messages = _summarise(failed)
@@ -257,6 +274,7 @@ def mirror_model(
 
     records = sorted((o.record for o in outcomes), key=lambda r: r.path)
     raise_on_failures(validate_mirror_table(listing, records, _read_index(bucket, target, listing)))
+    lap("validate")
     manifest = Manifest(
         model_id=listing.model_id,
         revision=listing.revision,
@@ -274,6 +292,8 @@ def mirror_model(
         manifest_uri = write_manifest(bucket, target, manifest)
     else:
         manifest_uri = target.uri(manifest_key(target))
+    lap("write_manifest")
+    _log.debug("mirror phases (s): %s", phases)
     return MirrorResult(
         manifest_uri=manifest_uri,
         model_uri=target.uri(target.key()) + "/",
@@ -282,4 +302,5 @@ def mirror_model(
         bytes_sent=counters.sent,
         bytes_fetched=counters.fetched,
         seconds=time.monotonic() - started,
+        phases=phases,
     )

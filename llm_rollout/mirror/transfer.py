@@ -219,7 +219,13 @@ class Counters:
 
     sent: int = 0
     fetched: int = 0
+    finish_s: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add_finish(self, seconds: float) -> None:
+        """Count time spent completing and verifying a finished upload."""
+        with self._lock:
+            self.finish_s += seconds
 
     def add_sent(self, n: int) -> None:
         """Count bytes sent to OSS."""
@@ -643,9 +649,11 @@ def _put_multipart(
         except oss2.exceptions.OssError as exc:
             raise translate_oss_error(exc, f"CompleteMultipartUpload {key}") from exc
 
+    finishing = time.monotonic()
     ctx.retry(complete)
     _verify_head(ctx, file, key, combined)
     ctx.checkpoints.delete(ctx.target.bucket, key)
+    ctx.counters.add_finish(time.monotonic() - finishing)
     record = FileRecord(
         path=file.path,
         key=key,
