@@ -4,6 +4,12 @@
 chat completion, one streamed chat completion timing the first token) and records what came
 back; `validate_smoke` turns that record into a pass/fail verdict listing every failed
 expectation. Neither puts credentials in its output: the API key only travels in a header.
+
+`smoke_endpoint` opens the route the calls take (`SmokeSpec.route`): the API server's service
+proxy, a port-forward to one Ready pod, or a direct base URL. An API key is never sent through
+the service proxy: the API server authenticates the caller with the Authorization header and
+deletes it before proxying, so the key could not reach the server and would instead be offered
+to the API server as a credential.
 """
 
 from __future__ import annotations
@@ -11,22 +17,34 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.kube.portforward import forward_service
+from llm_rollout.kube.proxy import (
+    ApiServerClient,
+    httpx_client_for,
+    is_api_server_proxy,
+    service_proxy_url,
+)
 from llm_rollout.spec import SmokeExpectations
 
 __all__ = [
     "CallResult",
+    "SmokeEndpoint",
     "SmokeExpectations",
     "SmokeReport",
+    "SmokeRoute",
     "SmokeUnreachable",
     "SmokeVerdict",
     "run_smoke",
+    "smoke_endpoint",
     "validate_smoke",
 ]
 
@@ -103,17 +121,72 @@ def _error_text(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-def _headers(client: httpx.Client, api_key: str | None) -> dict[str, str]:
+def _headers(client: httpx.Client, base_url: str, api_key: str | None) -> dict[str, str]:
     if api_key is None:
         return {}
-    if "authorization" in client.headers:
-        # Through the API server's proxy the Authorization header belongs to Kubernetes and is
-        # not forwarded to the backend; a second one cannot be carried.
+    # Any of these means the request goes to the API server: a client made for it (even one
+    # authenticating with a certificate, which carries no header), a client that already has
+    # an Authorization header, or a proxy URL.
+    if (
+        isinstance(client, ApiServerClient)
+        or "authorization" in client.headers
+        or is_api_server_proxy(base_url)
+    ):
         raise PermanentError(
-            "an API key cannot be sent through the API server's service proxy (its "
-            "Authorization header authenticates to Kubernetes); use a direct base URL"
+            "an API key cannot be sent through the API server's service proxy (the API server "
+            "takes the Authorization header as its own credential and removes it before "
+            "proxying); use smoke.via port-forward or a direct base URL"
         )
     return {"Authorization": f"Bearer {api_key}"}
+
+
+SmokeRoute = Literal["proxy", "port-forward", "base-url"]
+
+
+@dataclass(frozen=True)
+class SmokeEndpoint:
+    """Where the smoke calls go: `client` and `base_url` (no credentials), and `route`, a
+    description of the way there for logs."""
+
+    client: httpx.Client
+    base_url: str
+    route: str
+
+
+@contextmanager
+def smoke_endpoint(
+    api: k8s_client.ApiClient,
+    *,
+    namespace: str,
+    service: str,
+    port: int,
+    route: SmokeRoute,
+    base_url: str | None,
+    timeout_s: float,
+) -> Iterator[SmokeEndpoint]:
+    """Open `route` to port `port` of Service `namespace/service`; closed on exit.
+
+    `base-url` needs `base_url`; `port-forward` picks one Ready pod behind the Service.
+    """
+    if route == "base-url":
+        if base_url is None:
+            raise PermanentError("smoke route base-url needs smoke.base_url")
+        with httpx.Client(timeout=timeout_s) as direct:
+            yield SmokeEndpoint(direct, base_url.rstrip("/"), "direct URL")
+    elif route == "proxy":
+        with httpx_client_for(api, timeout_s=timeout_s) as proxied:
+            yield SmokeEndpoint(
+                proxied,
+                service_proxy_url(api, namespace, service, port),
+                "API server service proxy",
+            )
+    else:
+        # trust_env off: a proxy from HTTP_PROXY must never see the local tunnel's traffic.
+        with (
+            forward_service(api, namespace, service, port) as forwarder,
+            httpx.Client(timeout=timeout_s, trust_env=False) as local,
+        ):
+            yield SmokeEndpoint(local, forwarder.base_url, f"port-forward to {forwarder.target}")
 
 
 def _chat_body(
@@ -248,13 +321,14 @@ def run_smoke(
 ) -> SmokeReport:
     """List models, send one chat completion and (with `stream`) one streamed completion.
 
-    `base_url` is the server root (e.g. a service proxy URL); `/v1/...` is appended.
+    `base_url` is the server root (e.g. a service proxy URL); `/v1/...` is appended. An
+    `api_key` with a client or URL of the API server is refused (`PermanentError`).
     `sampling` adds request fields such as temperature, top_p, seed. HTTP failures of the chat
     calls are recorded in the report for `validate_smoke` to judge; only an endpoint that
     does not answer at all raises (`SmokeUnreachable`, transient).
     """
     base_url = base_url.rstrip("/")
-    headers = _headers(client, api_key)
+    headers = _headers(client, base_url, api_key)
     report = SmokeReport(base_url=base_url, model=model)
     models_call, report.served_models = _list_models(client, base_url, headers, timeout_s)
     report.calls.append(models_call)

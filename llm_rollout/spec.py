@@ -550,6 +550,7 @@ def _seed_messages() -> list[ChatMessage]:
 
 
 FinishReason = Literal["stop", "length"]
+SmokeVia = Literal["auto", "proxy", "port-forward", "base-url"]
 
 
 def _any_finish() -> list[FinishReason]:
@@ -612,9 +613,36 @@ class SmokeSpec(StrictModel):
             "spec hash: how the gate reaches a release does not change what is deployed."
         ),
     )
+    via: SmokeVia = Field(
+        default="auto",
+        description=(
+            "How the smoke test reaches the release. proxy: the API server's service proxy "
+            "(no API key possible: the API server consumes the Authorization header); "
+            "port-forward: a local tunnel to one Ready pod, like `kubectl port-forward` "
+            "(needs get and create on pods/portforward); base-url: `base_url`, directly. "
+            "auto: base-url when `base_url` is set, else port-forward when serving.api_key "
+            "is set, else proxy. Not part of the spec hash."
+        ),
+    )
     expect: SmokeExpectations = Field(
         default_factory=SmokeExpectations, description="Pass criteria."
     )
+
+    def route(self, *, api_key: bool) -> Literal["proxy", "port-forward", "base-url"]:
+        """The transport `via` means for a server that does (not) require an API key."""
+        if self.via != "auto":
+            return self.via
+        if self.base_url is not None:
+            return "base-url"
+        return "port-forward" if api_key else "proxy"
+
+    @model_validator(mode="after")
+    def _via_and_base_url(self) -> SmokeSpec:
+        if self.via == "base-url" and self.base_url is None:
+            _rule([("smoke.base_url", "required when smoke.via is base-url")])
+        if self.via in ("proxy", "port-forward") and self.base_url is not None:
+            _rule([("smoke.via", f"{self.via} does not use smoke.base_url; use auto or base-url")])
+        return self
 
     @model_validator(mode="after")
     def _total_size(self) -> SmokeSpec:
@@ -711,6 +739,14 @@ class ServiceSpec(StrictModel):
         if self.volume.capacity_gib is None and self.model.size_bytes is None:
             problems.append(("volume.capacity_gib", "required when model.size_bytes is unknown"))
         problems.extend(self._gpu_memory_problems())
+        if self.smoke.via == "proxy" and self.serving.api_key is not None:
+            problems.append(
+                (
+                    "smoke.via",
+                    "proxy cannot carry serving.api_key (the API server consumes the "
+                    "Authorization header); use port-forward, base-url or auto",
+                )
+            )
         _rule(problems)
         return self
 
@@ -908,11 +944,14 @@ def load_spec(path: Path) -> ServiceSpec:
 def spec_hash(spec: ServiceSpec) -> str:
     """SHA-256 hex digest of the spec's canonical JSON (sorted keys, defaults included).
 
-    `smoke.base_url` is left out: the route the smoke test takes is where the flow runs, not
-    what is deployed, so moving the flow into the cluster does not make a new release. So is
+    `smoke.base_url` and `smoke.via` are left out: the route the smoke test takes is where
+    the flow runs, not what is deployed, so moving the flow into the cluster does not make a
+    new release. So is
     `rollout.lock_wait_s`: how long a run waits for another one changes nothing deployed.
     """
-    data = spec.model_dump(mode="json", exclude={"smoke": {"base_url"}, "rollout": {"lock_wait_s"}})
+    data = spec.model_dump(
+        mode="json", exclude={"smoke": {"base_url", "via"}, "rollout": {"lock_wait_s"}}
+    )
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -1,8 +1,10 @@
-"""Smoke-test stage: call the new release through the API server's service proxy (or a direct
-URL), then judge the answers with great-expectations. The verdict is returned, not raised: the
-gate decides what a failed smoke test means. Afterwards the server's Prometheus `/metrics` is
-read along the same route and summarized (requests, tokens, time to first token) in the
-outcome and the artifacts; an unreadable `/metrics` is noted, it never fails the smoke test.
+"""Smoke-test stage: call the new release through the API server's service proxy, a
+port-forward to one of its pods (the default when the server requires an API key: the proxy
+cannot carry one) or a direct URL, then judge the answers with great-expectations. The verdict
+is returned, not raised: the gate decides what a failed smoke test means. Afterwards the
+server's Prometheus `/metrics` is read along the same route and summarized (requests, tokens,
+time to first token) in the outcome and the artifacts; an unreadable `/metrics` is noted, it
+never fails the smoke test.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from prefect.logging import get_run_logger
 
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import secret_value
-from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from llm_rollout.metrics import MetricsReading, fetch_metrics
-from llm_rollout.smoke import SmokeReport, SmokeVerdict, run_smoke, validate_smoke
+from llm_rollout.smoke import (
+    SmokeReport,
+    SmokeRoute,
+    SmokeVerdict,
+    run_smoke,
+    smoke_endpoint,
+    validate_smoke,
+)
 from llm_rollout.spec import SecretKeyRef, SmokeSpec
 from tasks.policy import retry_transient_only
 
@@ -56,28 +64,38 @@ def smoke_test(
 ) -> SmokeOutcome:
     """Smoke-test Service `namespace/service` on `port` serving `model`.
 
-    Without `base_url` the calls go through the API server's service proxy (works from outside
-    the cluster); with it, directly (in-cluster workers). `api_key` names the Kubernetes
-    Secret key holding the server's API key: the value is read here and never becomes a
-    parameter, log line or artifact.
+    The route follows `smoke.via` (see `SmokeSpec.route`): the API server's service proxy
+    (works from outside the cluster with the kubeconfig alone), a port-forward to one Ready pod
+    (the same reach, and request headers arrive untouched: chosen when there is an API key), or
+    `base_url` (default `smoke.base_url`) directly, for in-cluster workers. `api_key` names the
+    Kubernetes Secret key holding the server's API key: the value is read here and never
+    becomes a parameter, log line or artifact.
     """
     logger = get_run_logger()
+    direct = base_url or (str(smoke.base_url) if smoke.base_url else None)
+    route = _route(smoke, direct=direct, api_key=api_key is not None)
     api = load_api_client()
     try:
         key = secret_value(api, namespace, api_key.secret_name, api_key.key) if api_key else None
-        if base_url is None:
-            url = service_proxy_url(api, namespace, service, port)
-            client = httpx_client_for(api, timeout_s=timeout_s)
-            route = "API server service proxy"
-        else:
-            import httpx
-
-            url, client, route = base_url, httpx.Client(timeout=timeout_s), "direct URL"
-        logger.info("smoke test of Service %s/%s port %d via %s", namespace, service, port, route)
-        with client:
+        with smoke_endpoint(
+            api,
+            namespace=namespace,
+            service=service,
+            port=port,
+            route=route,
+            base_url=direct,
+            timeout_s=timeout_s,
+        ) as endpoint:
+            logger.info(
+                "smoke test of Service %s/%s port %d via %s",
+                namespace,
+                service,
+                port,
+                endpoint.route,
+            )
             report = run_smoke(
-                client,
-                url,
+                endpoint.client,
+                endpoint.base_url,
                 model=model,
                 messages=[m.model_dump() for m in smoke.messages],
                 max_tokens=smoke.max_tokens,
@@ -86,7 +104,7 @@ def smoke_test(
                 sampling=_sampling(smoke),
                 stream=smoke.stream,
             )
-            metrics = fetch_metrics(client, url, timeout_s=timeout_s)
+            metrics = fetch_metrics(endpoint.client, endpoint.base_url, timeout_s=timeout_s)
     finally:
         api.close()  # type: ignore[no-untyped-call]
     verdict = validate_smoke(report, smoke.expect)
@@ -142,6 +160,13 @@ def smoke_test(
         description=f"Smoke verdict for Service {namespace}/{service}",
     )
     return SmokeOutcome(report=report, verdict=verdict, metrics=metrics)
+
+
+def _route(smoke: SmokeSpec, *, direct: str | None, api_key: bool) -> SmokeRoute:
+    # A base URL given by the caller (not in the spec) counts as smoke.base_url for `auto`.
+    if smoke.via == "auto" and direct is not None:
+        return "base-url"
+    return smoke.route(api_key=api_key)
 
 
 def _metrics_rows(metrics: MetricsReading) -> list[dict[str, Any]]:

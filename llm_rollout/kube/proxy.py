@@ -1,17 +1,39 @@
-"""Reach a Service through the API server's service proxy, like `kubectl port-forward` does.
+"""Reach a Service through the API server's service proxy.
 
 The smoke test then works from outside the cluster with nothing but the kubeconfig: the
 returned httpx client authenticates to the API server exactly as the kubernetes client does
 (bearer token or basic auth header, CA bundle, client certificate, TLS verification).
+
+The proxy cannot carry a backend's own credentials: the API server authenticates the caller
+with the Authorization header and deletes it before proxying (k8s.io/apiserver's
+authentication filter). `ApiServerClient` marks clients that talk to the API server, and
+`is_api_server_proxy` recognizes proxy URLs, so callers can refuse to send an API key that
+way (see `llm_rollout.kube.portforward` for the route that can).
 """
 
 from __future__ import annotations
 
+import re
 import ssl
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 from kubernetes import client as k8s_client
+
+# /api/v1/namespaces/NS/services/NAME[:PORT]/proxy (and pods/.../proxy) on any API server.
+_PROXY_PATH = re.compile(r"/api/v1/namespaces/[^/]+/(services|pods)/[^/]+/proxy(/|$)")
+
+
+class ApiServerClient(httpx.Client):
+    """An httpx client carrying API server credentials (header, client certificate or none).
+
+    A distinct type, so that code holding one can tell it never reaches a backend directly.
+    """
+
+
+def is_api_server_proxy(url: str) -> bool:
+    """Whether `url` goes through an API server's service or pod proxy."""
+    return bool(_PROXY_PATH.search(urlsplit(url).path))
 
 
 def service_proxy_url(
@@ -48,13 +70,13 @@ def auth_headers(api: k8s_client.ApiClient) -> dict[str, str]:
     return {"Authorization": str(token)} if token else {}
 
 
-def httpx_client_for(api: k8s_client.ApiClient, *, timeout_s: float) -> httpx.Client:
+def httpx_client_for(api: k8s_client.ApiClient, *, timeout_s: float) -> ApiServerClient:
     """An httpx client that talks to the API server with the kubernetes client's credentials.
 
     The headers hold credentials: never log the client's headers.
     """
     configuration = api.configuration
-    return httpx.Client(
+    return ApiServerClient(
         headers=auth_headers(api),
         verify=_tls_verify(configuration),
         timeout=httpx.Timeout(timeout_s),

@@ -1,7 +1,8 @@
 """The sandbox Kubernetes API server: the store over HTTP, as the real client expects it.
 
 A ThreadingHTTPServer (HTTP/1.1 keep-alive, TCP_NODELAY, one thread per connection) on
-127.0.0.1. Watches, follow-logs and proxied responses are chunked streams flushed per chunk.
+127.0.0.1. Watches, follow-logs and proxied responses are chunked streams flushed per chunk;
+`pods/{name}/portforward` upgrades its connection to a WebSocket (sandbox/kube/portforward.py).
 Errors are `Status` objects with the reasons and codes of a real server.
 """
 
@@ -27,6 +28,13 @@ from sandbox.kube import apply as ssa
 from sandbox.kube.faults import FaultPlan, FaultRule, RequestLog, RequestRecord
 from sandbox.kube.network import PodNetwork
 from sandbox.kube.patch import json_merge_patch, json_patch, strategic_merge_patch
+from sandbox.kube.portforward import (
+    PORT_FORWARD_PROTOCOL,
+    PortForwardSession,
+    accept_key,
+    offered_protocols,
+    parse_ports,
+)
 from sandbox.kube.rbac import (
     RbacAuthorizer,
     RequestInfo,
@@ -228,6 +236,9 @@ class ApiServer:
         self._stopping = threading.Event()
         self._rr = 0
         self.url = ""
+        # Upgraded port-forward connections: the HTTP server's shutdown does not end them.
+        self._streams: set[socket.socket] = set()
+        self._streams_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,6 +259,13 @@ class ApiServer:
     def stop(self) -> None:
         self._stopping.set()
         self.store.close()
+        with self._streams_lock:
+            streams = list(self._streams)
+        for sock in streams:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                continue
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
@@ -375,19 +393,24 @@ class ApiServer:
     def _authorize_create_on_apply(self, req: Request) -> None:
         """An apply that creates the object also needs `create` (handlers/patch.go checks it
         with the create attributes once it finds the object missing)."""
+        # withAuthorization answers NewForbidden(gr, name, reason): no "User ... cannot".
+        self._authorize_create(req, user_in_message=False)
+
+    def _authorize_create(self, req: Request, *, user_in_message: bool) -> None:
+        """403 unless RBAC also allows `create` on what the request addresses."""
         if req.auth is None:
             return
         user, info = req.auth
         create = info.with_verb("create")
         decision = self.authorizer.authorize(user, create)
-        if not decision.allowed:
-            # withAuthorization answers NewForbidden(gr, name, reason): no "User ... cannot".
-            raise Forbidden(
-                f"{qualified_resource(create)}{name_part(create)} is forbidden: {decision.reason}",
-                kind=create.resource,
-                name=create.name,
-                group=create.api_group,
-            )
+        if decision.allowed:
+            return
+        message = (
+            forbidden_message(user.name, create, decision.reason)
+            if user_in_message
+            else f"{qualified_resource(create)}{name_part(create)} is forbidden: {decision.reason}"
+        )
+        raise Forbidden(message, kind=create.resource, name=create.name, group=create.api_group)
 
     def _log(self, req: Request, status: int) -> None:
         """Record a request; done before the answer leaves, so whoever saw it finds the record."""
@@ -623,6 +646,16 @@ class ApiServer:
                         verbs=["create", "delete", "get", "patch", "update"],
                     )
                 resources.append(sub_entry)
+            if rt.group == "" and rt.kind == "Pod":
+                resources.append(
+                    {
+                        "name": "pods/portforward",
+                        "singularName": "",
+                        "namespaced": True,
+                        "kind": "PodPortForwardOptions",
+                        "verbs": ["create", "get"],
+                    }
+                )
         return {
             "kind": "APIResourceList",
             "apiVersion": "v1",
@@ -648,6 +681,9 @@ class ApiServer:
         name = parts[1] if len(parts) > 1 else None
         sub = parts[2] if len(parts) > 2 else None
         rest = parts[3:]
+        if sub == "portforward" and rt.group == "" and rt.kind == "Pod" and name and namespace:
+            req.verb = "portforward"
+            return self._port_forward(req, namespace, name)
         if sub is not None and sub not in rt.subresources:
             raise NotFound("the server could not find the requested resource")
         if sub == "proxy" and name is not None:
@@ -1155,6 +1191,84 @@ class ApiServer:
                 break
         self._end_stream(req)
         return 200
+
+    # ---------------------------------------------------------------- port-forward
+
+    def _port_forward(self, req: Request, namespace: str, name: str) -> int:
+        h = req.handler
+        pod = self.store.get(self.store.resource_type("v1", "Pod"), namespace, name)
+        if req.method == "POST":
+            raise BadRequest("the sandbox serves port-forward over WebSockets only, not SPDY")
+        if req.method != "GET":
+            raise StoreErrorWithCode(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        # A WebSocket upgrade is a GET, authorized as `get` by the filter chain; since 1.35
+        # (AuthorizePodWebsocketUpgradeCreatePermission, on by default) exec, attach and
+        # portforward upgrades also need `create`, as the SPDY POST always did.
+        self._authorize_create(req, user_in_message=True)
+        if "websocket" not in req.header("Upgrade").lower() or not req.header("Sec-WebSocket-Key"):
+            raise BadRequest("Upgrade request required")
+        if PORT_FORWARD_PROTOCOL not in offered_protocols(req.header("Sec-WebSocket-Protocol")):
+            raise BadRequest(
+                f"unable to upgrade: no supported subprotocol offered (want "
+                f"{PORT_FORWARD_PROTOCOL})"
+            )
+        try:
+            ports = parse_ports(parse_qs(req.raw_query).get("ports", []))
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from exc
+        if not ports:
+            raise BadRequest("at least one port must be specified")
+        if not (pod.get("spec") or {}).get("nodeName"):
+            raise BadRequest(f"pod {name} does not have a host assigned")
+        phase = (pod.get("status") or {}).get("phase")
+        if phase != "Running" or pod["metadata"].get("deletionTimestamp"):
+            raise BadRequest(
+                f"unable to forward port because pod is not running. Current status={phase}"
+            )
+        pod_ip = (pod.get("status") or {}).get("podIP", "")
+        uid = pod["metadata"].get("uid", "")
+
+        def dial(port: int) -> socket.socket:
+            url = self.network.resolve(namespace, name, port)
+            if url is None:
+                raise ConnectionRefusedError("connect: connection refused")
+            parts = urlsplit(url)
+            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 10)
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+
+        def describe(port: int, exc: OSError) -> str:
+            # The container runtime's wording (dial inside the pod's network namespace).
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            return (
+                f"error forwarding port {port} to pod {uid}, uid : failed to connect to "
+                f"localhost:{port} inside namespace of pod {pod_ip}, IPv4: dial tcp4 "
+                f"127.0.0.1:{port}: {reason.lower()}"
+            )
+
+        self._log(req, 101)
+        h.send_response(101)
+        h.send_header("Upgrade", "websocket")
+        h.send_header("Connection", "Upgrade")
+        h.send_header("Sec-WebSocket-Accept", accept_key(req.header("Sec-WebSocket-Key")))
+        h.send_header("Sec-WebSocket-Protocol", PORT_FORWARD_PROTOCOL)
+        h.end_headers()
+        h.wfile.flush()
+        h.close_connection = True
+        sock = h.connection
+        with self._streams_lock:
+            self._streams.add(sock)
+        try:
+            PortForwardSession(sock, h.rfile, ports, dial, describe).run()
+        finally:
+            with self._streams_lock:
+                self._streams.discard(sock)
+        return 101
 
     # ---------------------------------------------------------------------- proxy
 

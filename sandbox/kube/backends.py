@@ -15,6 +15,7 @@ registered) but not listening until the load delay has passed, so probes see
 
 from __future__ import annotations
 
+import hmac
 import json
 import shlex
 import socket
@@ -58,6 +59,9 @@ class BackendBehavior:
     failure: str | None = None
     wrong_answer: str = "I cannot help with that."
     max_model_len: int = 32768
+    # Like `vllm serve --api-key`: every /v1 route answers 401 unless the request carries
+    # `Authorization: Bearer <api_key>`; /health, /metrics and /version stay open.
+    api_key: str | None = None
 
 
 def parse_served_model(container: Mapping[str, Any]) -> tuple[str, str]:
@@ -209,6 +213,18 @@ class _Handler(BaseHTTPRequestHandler):
             {"object": "error", "message": message, "type": type_, "param": None, "code": code},
         )
 
+    def _refused(self, path: str, beh: BackendBehavior) -> bool:
+        """Answer 401 as vLLM's authentication middleware does, when the key is missing/wrong."""
+        if beh.api_key is None or not path.startswith("/v1"):
+            return False
+        if self.server.backend.count_auth(self.headers.get("Authorization"), beh.api_key):
+            return False
+        length = int(self.headers.get("Content-Length") or 0)
+        if length:
+            self.rfile.read(length)
+        self._send_json(401, {"error": "Unauthorized"})
+        return True
+
     def _read_json(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
@@ -220,6 +236,8 @@ class _Handler(BaseHTTPRequestHandler):
         beh = b.behavior()
         path = self.path.split("?", 1)[0]
         b.count(path)
+        if self._refused(path, beh):
+            return
         if path in ("/health", "/healthz", "/ping"):
             if beh.failure == "unhealthy":
                 self._send_text(503, "")
@@ -253,6 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
         beh = b.behavior()
         path = self.path.split("?", 1)[0]
         b.count(path)
+        if self._refused(path, beh):
+            return
         try:
             body = self._read_json()
         except json.JSONDecodeError as exc:
@@ -491,6 +511,8 @@ class ScriptedBackend:
         self._find_workers = find_workers
         self.behavior = behavior
         self.requests: dict[str, int] = {}
+        # Requests to a key-protected route: how many carried the right key, a wrong one, none.
+        self.auth_seen = {"valid": 0, "wrong": 0, "missing": 0}
         self._metrics = _Metrics()
         self._stopped = threading.Event()
         self._server = _Server(("127.0.0.1", 0), _Handler, bind_and_activate=False)
@@ -565,6 +587,18 @@ class ScriptedBackend:
     def count(self, path: str) -> None:
         with self._metrics.lock:
             self.requests[path] = self.requests.get(path, 0) + 1
+
+    def count_auth(self, header: str | None, api_key: str) -> bool:
+        """Count one request to a key-protected route; True when it carried the key."""
+        if header is None:
+            outcome = "missing"
+        elif hmac.compare_digest(header.encode(), f"Bearer {api_key}".encode()):
+            outcome = "valid"
+        else:
+            outcome = "wrong"
+        with self._metrics.lock:
+            self.auth_seen[outcome] += 1
+        return outcome == "valid"
 
     def record_success(self, usage: Mapping[str, int], ttft: float, e2e: float) -> None:
         with self._metrics.lock:

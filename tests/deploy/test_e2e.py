@@ -20,6 +20,7 @@ from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.watching import WatchSpec, watching
 from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.spec import load_spec
+from sandbox.kube.backends import BackendBehavior
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.kube.nodes import NodeSpec
 from tests.deploy.conftest import (
@@ -33,6 +34,7 @@ from tests.deploy.conftest import (
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
+API_KEY = "sk-e2e-api-key"
 
 SHAPES = [
     ("seed-qwen14b-ray-tp2", None),
@@ -41,15 +43,7 @@ SHAPES = [
     ("seed-sglang-pd-rbg", "v0.7"),
     ("seed-vllm-lws", None),
     ("seed-vllm-ray-tp8-pp2", None),
-    pytest.param(
-        "seed-vllm-single-gpu",
-        None,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="an API key cannot travel through the API server's service proxy (its "
-            "Authorization header is Kubernetes'); this shape needs a direct smoke route",
-        ),
-    ),
+    ("seed-vllm-single-gpu", None),
     ("seed-vllm-tp4", None),
 ]
 
@@ -72,10 +66,35 @@ def _create_api_key_secret(namespace: str, name: str, key: str) -> None:
         core.create_namespace(k8s_client.V1Namespace(metadata={"name": namespace}))
         core.create_namespaced_secret(
             namespace,
-            k8s_client.V1Secret(metadata={"name": name}, string_data={key: "sk-e2e-api-key"}),
+            k8s_client.V1Secret(metadata={"name": name}, string_data={key: API_KEY}),
         )
     finally:
         api.close()  # type: ignore[no-untyped-call]
+
+
+def _check_the_api_key_gate(
+    cluster: SandboxCluster, path: Path, data: dict[str, Any], api_key: dict[str, str]
+) -> None:
+    """The smoke calls reached the server with the key (port-forward), the server really
+    requires it, and a wrong key in the Secret fails the gate while the release keeps serving."""
+    namespace = data["namespace"]
+    seen = [b.auth_seen for b in cluster.scripted.backends if b.namespace == namespace]
+    assert sum(s["valid"] for s in seen) >= 3 and not any(s["wrong"] for s in seen), seen
+    assert stable_models(namespace, data["name"]).status_code == 401  # no key via the proxy
+    before = cli("status", data["name"], "-n", namespace).output
+    api = load_api_client()
+    try:
+        k8s_client.CoreV1Api(api).patch_namespaced_secret(
+            api_key["secret_name"], namespace, {"stringData": {api_key["key"]: "sk-wrong"}}
+        )
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    refused = cli("deploy", str(path))
+    assert refused.exit_code == 1, refused.output
+    assert "smoke test failed" in refused.output and "HTTP 401" in refused.output
+    assert "sk-wrong" not in refused.output and API_KEY not in refused.output
+    assert cli("status", data["name"], "-n", namespace).output == before
+    assert sum(b.auth_seen["wrong"] for b in cluster.scripted.backends if b.namespace == namespace)
 
 
 def _deploy_and_check(path: Path, data: dict[str, Any]) -> str:
@@ -116,7 +135,16 @@ def test_full_flow_for_every_example_shape(
     api_key = data["serving"].get("api_key")
     if api_key:
         _create_api_key_secret(namespace, api_key["secret_name"], api_key["key"])
+        # The scripted server requires the key, as `vllm serve --api-key` does.
+        cluster.scripted.set_behavior(
+            lambda pod: pod["metadata"].get("namespace") == namespace,
+            BackendBehavior(api_key=API_KEY),
+        )
     _deploy_and_check(path, data)
+    if api_key:
+        _check_the_api_key_gate(cluster, path, data, api_key)
+        _teardown(data, "Deployment")
+        return
     response = stable_models(namespace, data["name"], data["serving"].get("port", 8000))
     assert response.status_code == 200
     served = data["serving"].get("served_model_name")

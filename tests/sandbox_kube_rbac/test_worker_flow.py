@@ -2,9 +2,9 @@
 
 Each step calls the same product functions the flow's tasks call (preflight's cluster check,
 the lease lock, apply with dry-run, PVC binding, readiness, pod logs, the smoke test through
-the service proxy, promote, retention's scan of stable Services, teardown). Then the request
-log proves that every request the worker sent was allowed and that every grant of the
-Role/ClusterRole was used.
+the service proxy or, for a server with an API key, a port-forward, promote, retention's scan
+of stable Services, teardown). Then the request log proves that every request the worker
+sent was allowed and that every grant of the Role/ClusterRole was used.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from llm_rollout.kube.objects import (
     delete_all,
     secret_value,
 )
-from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from llm_rollout.kube.readiness import wait_ready
 from llm_rollout.kube.resources import ObjectRef, read_pod_log
 from llm_rollout.kube.watching import wait_pvc_bound
@@ -41,7 +40,7 @@ from llm_rollout.release import (
 )
 from llm_rollout.render import render, render_oss_secret
 from llm_rollout.retention import revisions_in_use
-from llm_rollout.smoke import run_smoke
+from llm_rollout.smoke import run_smoke, smoke_endpoint
 from llm_rollout.spec import ServiceSpec, load_spec
 from sandbox.kube.rbac import request_info, rule_allows
 from tests.sandbox_kube_rbac.conftest import NAMESPACE
@@ -123,22 +122,31 @@ def _deploy_and_remove(
 
     release_service = next(o for o in workload_objects if o["kind"] == "Service")
     port = int(release_service["spec"]["ports"][0]["port"])
+    key = None
     if api_key is not None:
-        # The smoke task reads the key like this; through the proxy it cannot send it (the
-        # Authorization header is the worker's token), and the scripted backend needs none.
-        assert secret_value(worker, NAMESPACE, api_key.secret_name, api_key.key) == "sk-test-key"
-    url = service_proxy_url(worker, NAMESPACE, release_service["metadata"]["name"], port)
-    with httpx_client_for(worker, timeout_s=10) as http:
+        # The smoke task reads the key like this and, since the service proxy cannot carry
+        # it, takes a port-forward to one of the release's pods.
+        key = secret_value(worker, NAMESPACE, api_key.secret_name, api_key.key)
+        assert key == "sk-test-key"
+    with smoke_endpoint(
+        worker,
+        namespace=NAMESPACE,
+        service=release_service["metadata"]["name"],
+        port=port,
+        route=spec.smoke.route(api_key=key is not None),
+        base_url=None,
+        timeout_s=10,
+    ) as endpoint:
         smoke = run_smoke(
-            http,
-            url,
+            endpoint.client,
+            endpoint.base_url,
             model=spec.served_model_name,
             messages=[{"role": "user", "content": "Say hello"}],
             max_tokens=8,
-            api_key=None,
+            api_key=key,
             timeout_s=10,
         )
-    # Through the proxy as the worker: every call reached the backend (no 401/403).
+    # Through the proxy or the port-forward as the worker: every call reached the backend.
     assert smoke.calls and smoke.calls[0].status == 200, smoke.calls
     assert all(c.status not in (401, 403) for c in smoke.calls), smoke.calls
 
@@ -221,6 +229,8 @@ def test_every_grant_is_used(
         infos.append(info)
         if record.content_type.startswith(APPLY_CONTENT_TYPE) and record.status == 201:
             infos.append(info.with_verb("create"))  # an apply that created its object
+        if info.subresource == "portforward" and record.status == 101:
+            infos.append(info.with_verb("create"))  # the WebSocket upgrade's second check
     unused: list[str] = []
     for obj in rbac_objects:
         for rule in obj.get("rules") or []:
