@@ -23,6 +23,7 @@ class BufferPool:
         self._lock = threading.Lock()
         self._free: list[bytearray] = []
         self._allocated = 0
+        self._retiring = False
 
     @property
     def allocated(self) -> int:
@@ -41,10 +42,20 @@ class BufferPool:
         return bytearray(self.size)
 
     def release(self, buf: bytearray) -> None:
-        """Give back a buffer obtained from `acquire`."""
+        """Give back a buffer obtained from `acquire` (dropped once the pool is retiring)."""
         with self._lock:
-            self._free.append(buf)
+            if self._retiring:
+                self._allocated -= 1
+            else:
+                self._free.append(buf)
         self._available.release()
+
+    def retire(self) -> None:
+        """No more buffers will be needed: drop the free ones now and each one given back."""
+        with self._lock:
+            self._retiring = True
+            self._allocated -= len(self._free)
+            self._free.clear()
 
     def clear(self) -> None:
         """Drop the free buffers (their memory goes back to the allocator)."""

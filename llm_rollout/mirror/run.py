@@ -75,6 +75,19 @@ def _warm_validation_imports() -> None:
     importlib.import_module("pandas")
 
 
+class _Countdown:
+    """True from `tick` exactly once: on the call that reaches zero."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._lock = threading.Lock()
+
+    def tick(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            return self._left == 0
+
+
 def _read_index(bucket: oss2.Bucket, target: OssTarget, listing: HubListing) -> Any:
     if not any(f.path == SAFETENSORS_INDEX for f in listing.files):
         return None
@@ -244,7 +257,20 @@ def mirror_model(
                 }
                 hub_source = HubRangeSource(hub.access(), urls, options, counters.add_fetched)
                 range_source = hub_source
-            ctx = dataclasses.replace(base, source=range_source)
+            submitted = _Countdown(len(todo))
+
+            def on_submitted() -> None:
+                # Every file has fetched its last part: no buffer will be taken again, so
+                # they go back to the allocator as the last parts finish, and the slow
+                # validation imports overlap the last uploads, completions and HEADs
+                # instead of following them (their memory replaces the buffers' memory).
+                if submitted.tick() and not options.warm_validation_imports:
+                    buffers.retire()
+                    threading.Thread(
+                        target=_warm_validation_imports, name="gx-import", daemon=True
+                    ).start()
+
+            ctx = dataclasses.replace(base, source=range_source, on_submitted=on_submitted)
 
             def run_one(file: HubFile) -> FileOutcome:
                 outcome = transfer_file(ctx, file)

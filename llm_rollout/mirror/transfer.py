@@ -260,6 +260,8 @@ class TransferContext:
     buffers: BufferPool
     progress: MirrorProgress
     counters: Counters
+    # Called once per file when its last part has been handed to the part pool.
+    on_submitted: Callable[[], None] = lambda: None
 
     def retry(self, fn: Callable[[], _T]) -> _T:
         """Retry an OSS call on transient errors with the run's backoff settings."""
@@ -365,6 +367,7 @@ def _put_single_from(
 ) -> FileRecord:
     ctx.source.read_into(file.path, 0, data)
     mine.add_fetched(len(data))
+    ctx.on_submitted()
     digest = hashlib.sha256(data).hexdigest()
     if digest != file.sha256:
         raise _sha_mismatch(file, digest)
@@ -610,6 +613,7 @@ def _put_multipart(
                 ctx.buffers.release(buf)
                 raise
             pending.append((buf, view, future))
+        ctx.on_submitted()
         while pending:
             consume()
     finally:

@@ -88,6 +88,30 @@ def test_buffer_pool_bounds_and_recycles() -> None:
         BufferPool(0, 10)
 
 
+def test_retired_buffer_pool_keeps_no_buffer() -> None:
+    pool = BufferPool(3, 64)
+    held = [pool.acquire() for _ in range(3)]
+    assert all(b is not None for b in held)
+    pool.release(held[0])  # type: ignore[arg-type]
+    pool.retire()
+    assert pool.allocated == 2  # the free one went back to the allocator at once
+    pool.release(held[1])  # type: ignore[arg-type]
+    pool.release(held[2])  # type: ignore[arg-type]
+    assert pool.allocated == 0
+
+
+def test_result_times_every_phase(case: MirrorCase) -> None:
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    expected = {"read_manifest", "list_hub", "check_in_place", "transfer", "finish_files"}
+    expected |= {"validate", "write_manifest"}
+    assert set(result.phases) == expected
+    assert all(v >= 0 for v in result.phases.values())
+    # Consecutive phases (finish_files overlaps the transfer) add up to the run's wall time.
+    serial = sum(v for k, v in result.phases.items() if k != "finish_files")
+    assert serial == pytest.approx(result.seconds, abs=0.05)
+    assert result.phases["finish_files"] > 0  # three multipart shards were completed
+
+
 def test_buffer_pool_blocks_until_a_release() -> None:
     pool = BufferPool(1, 8)
     held = pool.acquire()
