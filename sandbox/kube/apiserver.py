@@ -354,7 +354,7 @@ class ApiServer:
             rule = self.faults.take(req.method, req.path, watch=req.flag("watch"))
             if user is None:
                 status = self._send_json(req, 401, _status(401, "Unauthorized", "Unauthorized"))
-            elif rule is not None and rule.action != "cut_watch":
+            elif rule is not None and not rule.in_stream:
                 status = self._fire(req, rule)
             else:
                 self._authorize(req)
@@ -1084,7 +1084,8 @@ class ApiServer:
         self._start_stream(req, 200, "application/json")
         deadline = time.monotonic() + timeout
         sent = 0
-        cut_events = rule.after_events if rule is not None else None
+        gone_after = (rule.after_events or 0) if rule and rule.action == "gone_watch" else None
+        cut_events = rule.after_events if rule is not None and gone_after is None else None
         cut_at = (
             time.monotonic() + rule.after_seconds
             if rule is not None and rule.after_seconds is not None
@@ -1112,6 +1113,9 @@ class ApiServer:
                 raise _Reset
             if cut_events is not None and sent >= cut_events:
                 raise _Reset
+            if gone_after is not None and sent >= gone_after:
+                emit("ERROR", _status(410, "Expired", f"too old resource version: {last_rv}"))
+                break
             wait = deadline - now
             if bookmarks:
                 wait = min(wait, max(0.0, last_bookmark + self.bookmark_interval - now))

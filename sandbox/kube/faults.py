@@ -6,7 +6,11 @@ A rule matches a request by method and path regex (the path without the query) a
 - `error`: 500 InternalError (or another code) with a Status body;
 - `reset`: close the connection without any response;
 - `cut_watch`: let a watch stream deliver `after_events` events or run `after_seconds`,
-  then close it mid-stream (no final chunk), as a load balancer dropping a long request does.
+  then close it mid-stream (no final chunk), as a load balancer dropping a long request does;
+- `gone_watch`: let a watch stream deliver `after_events` events (default 0), then answer an
+  ERROR event carrying a Status with code 410 (reason Expired) and end the stream, as a real
+  server does when the watched resourceVersion was compacted away. Only watch requests match
+  (`cut_watch` too); the client must re-list.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ import threading
 from dataclasses import dataclass, field
 
 
+STREAM_ACTIONS = ("cut_watch", "gone_watch")
+
+
 @dataclass
 class FaultRule:
-    action: str  # "throttle" | "error" | "reset" | "cut_watch"
+    action: str  # "throttle" | "error" | "reset" | "cut_watch" | "gone_watch"
     method: str = "*"
     path: str = ".*"
     remaining: int | None = 1
@@ -33,9 +40,14 @@ class FaultRule:
     _pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.action not in ("throttle", "error", "reset", "cut_watch"):
+        if self.action not in ("throttle", "error", "reset", *STREAM_ACTIONS):
             raise ValueError(f"unknown fault action {self.action!r}")
         self._pattern = re.compile(self.path)
+
+    @property
+    def in_stream(self) -> bool:
+        """Fires inside a watch stream (the request itself is answered normally)."""
+        return self.action in STREAM_ACTIONS
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method in ("*", method.upper())) and bool(self._pattern.search(path))
@@ -108,6 +120,16 @@ class FaultPlan:
             )
         )
 
+    def gone_watch(
+        self, path: str = ".*", *, after_events: int = 0, times: int | None = 1
+    ) -> FaultRule:
+        """Watches of `path` end with an ERROR event, Status 410 Expired, after `after_events`."""
+        return self.add(FaultRule("gone_watch", "GET", path, times, after_events=after_events))
+
+    def rules(self) -> list[FaultRule]:
+        with self._lock:
+            return list(self._rules)
+
     def clear(self) -> None:
         with self._lock:
             self._rules.clear()
@@ -118,7 +140,7 @@ class FaultPlan:
             for rule in self._rules:
                 if rule.remaining is not None and rule.remaining <= 0:
                     continue
-                if rule.action == "cut_watch" and not watch:
+                if rule.in_stream and not watch:
                     continue
                 if not rule.matches(method, path):
                     continue
