@@ -9,6 +9,13 @@ release is baked (watched) for `rollout.promote_grace_s` while the previous rele
 runs; only then is the previous release retired. A release that degrades while baking is
 rolled back: the Service goes back to the previous release and the new one is removed.
 
+One rollout per service at a time: after a first, read-only preflight (so a refused spec
+writes nothing, not even a lock), the flow takes the service's rollout Lease (`tasks.refresh.
+rollout_lease`, re-entrant for the root flow run, so refresh running this flow as a subflow
+does not wait for itself), waiting up to `rollout.lock_wait_s` for another run and otherwise
+failing with a message naming the holder. Under the lease preflight runs again: what the first
+pass read (serving release, free GPUs) may have changed while another run held the lease.
+
 The flow parameter is the `ServiceSpec` itself (the UI renders it as a form). It holds no
 secret: OSS keys are resolved by the tasks that need them, from the spec's references.
 """
@@ -17,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 
 from prefect import flow
@@ -25,6 +32,8 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.kube.watching import call_with_retry
+from llm_rollout.locking import ServiceLock, lease_name
 from llm_rollout.preflight import PreflightReport
 from llm_rollout.record import Outcome, RunSummary, SmokeSummary, StageTiming, smoke_summary
 from llm_rollout.spec import ServiceSpec, spec_hash
@@ -42,6 +51,7 @@ from tasks.mirror import is_mirrored_task, mirror_model_task
 from tasks.preflight import preflight
 from tasks.readiness import wait_workload_ready
 from tasks.record import record_run
+from tasks.refresh import rollout_lease
 from tasks.smoke import smoke_test
 
 
@@ -126,46 +136,92 @@ def _summary(
     )
 
 
+@dataclass
+class _Run:
+    """What one run has gathered so far, for the summary of whichever way it ends."""
+
+    spec: ServiceSpec
+    release: str
+    timer: _Timer = field(default_factory=_Timer)
+    objects: list[str] = field(default_factory=list)
+    report: PreflightReport | None = None
+    smoke: SmokeSummary | None = None
+
+    def summary(self, outcome: Outcome, message: str) -> RunSummary:
+        return _summary(
+            self.spec,
+            outcome=outcome,
+            message=message,
+            release=self.release,
+            report=self.report,
+            timer=self.timer,
+            objects=self.objects,
+            smoke=self.smoke,
+        )
+
+    def fail(self, outcome: Outcome, message: str) -> None:
+        record_run(self.summary(outcome, message))
+
+
 @flow(
     name="deploy-model",
     flow_run_name="deploy-{spec.namespace}-{spec.name}",
     description="Mirror a model to OSS and roll it out to Kubernetes behind a smoke-test gate.",
 )
 def deploy(spec: ServiceSpec) -> DeployResult:
-    """Deploy `spec`: preflight, mirror, volumes, rollout, readiness, smoke, gate, record."""
+    """Deploy `spec`: preflight, lease, mirror, volumes, rollout, readiness, smoke, gate,
+    record."""
     logger = get_run_logger()
-    timer = _Timer()
-    release = new_release_id(spec_hash(spec), int(time.time() * 1000))
-    objects: list[str] = []
-    report: PreflightReport | None = None
-    smoke: SmokeSummary | None = None
+    run = _Run(spec, new_release_id(spec_hash(spec), int(time.time() * 1000)))
     logger.info(
         "deploying Service %s/%s as release %s (%s on %s)",
         spec.namespace,
         spec.name,
-        release,
+        run.release,
         spec.serving.engine,
         spec.serving.shape,
     )
+    with ExitStack() as held:
+        try:
+            # Reads only: a spec the cluster, OSS or hub cannot take is refused before any
+            # write (the lease is one).
+            with run.timer.stage("preflight") as detail:
+                run.report = preflight(spec, run.release)
+                detail.append(f"strategy {run.report.strategy}")
+            with run.timer.stage("lease") as detail:
+                asked = time.monotonic()
+                # A throttled or failed read of the Lease is retried, not a failed run.
+                lock: ServiceLock = call_with_retry(
+                    lambda: held.enter_context(
+                        rollout_lease(
+                            spec.namespace, spec.name, wait_s=float(spec.rollout.lock_wait_s)
+                        )
+                    )
+                )
+                detail.append(
+                    "held by the parent run"
+                    if lock.reentrant
+                    else f"Lease {spec.namespace}/{lease_name(spec.name)} taken after "
+                    f"{time.monotonic() - asked:.1f}s"
+                )
+        except RolloutError as exc:
+            run.fail("failed", str(exc))
+            raise
+        return _deploy_locked(run, fresh_preflight=not lock.reentrant)
 
-    def fail(outcome: Outcome, message: str) -> None:
-        record_run(
-            _summary(
-                spec,
-                outcome=outcome,
-                message=message,
-                release=release,
-                report=report,
-                timer=timer,
-                objects=objects,
-                smoke=smoke,
-            )
-        )
 
+def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
+    """Everything after the lease is held: its own release is the only writer."""
+    logger = get_run_logger()
+    spec, release, timer = run.spec, run.release, run.timer
     try:
-        with timer.stage("preflight") as detail:
-            report = preflight(spec, release)
-            detail.append(f"strategy {report.strategy}")
+        if fresh_preflight:
+            # Another run may have changed the service while this one waited for the lease.
+            with timer.stage("preflight (under lease)") as detail:
+                run.report = preflight(spec, release)
+                detail.append(f"strategy {run.report.strategy}")
+        report = run.report
+        assert report is not None  # the first preflight ran
         if report.decision is None or report.decision.strategy is None:
             raise PermanentError("preflight passed without choosing a strategy")
         strategy: Strategy = report.decision.strategy
@@ -182,17 +238,17 @@ def deploy(spec: ServiceSpec) -> DeployResult:
                         f"mirrored {mirrored.bytes_sent} bytes in {mirrored.seconds:.1f}s"
                     )
         with timer.stage("volumes") as detail:
-            objects += volumes(spec, release, not report.namespace_exists)
+            run.objects += volumes(spec, release, not report.namespace_exists)
             detail.append(f"PersistentVolumeClaim {spec.namespace}/{spec.pvc_name} Bound")
         with timer.stage("rollout") as detail:
             applied: AppliedRelease = rollout(
                 spec, release, strategy, report.serving_release, report.rbg_flavor
             )
-            objects += applied.applied
+            run.objects += applied.applied
             detail.append(f"{applied.workload} applied ({strategy})")
     except RolloutError as exc:
         # Nothing of the new release serves yet; what was applied stays for inspection.
-        fail("failed", str(exc))
+        run.fail("failed", str(exc))
         raise
 
     gate_error: RolloutError | None = None
@@ -213,8 +269,8 @@ def deploy(spec: ServiceSpec) -> DeployResult:
                 base_url=str(spec.smoke.base_url) if spec.smoke.base_url else None,
                 api_key=spec.serving.api_key,
             )
-            smoke = smoke_summary(outcome.report, outcome.verdict)
-            detail.append("passed" if smoke.passed else "FAILED")
+            run.smoke = smoke_summary(outcome.report, outcome.verdict)
+            detail.append("passed" if run.smoke.passed else "FAILED")
         if not outcome.verdict.passed:
             raise RolloutFailed("smoke test failed: " + "; ".join(outcome.verdict.failures))
     except RolloutError as exc:
@@ -226,7 +282,7 @@ def deploy(spec: ServiceSpec) -> DeployResult:
             back = rollback(spec, release, report.serving_release, strategy)
         message = f"release {release} failed{why}: {cause}\n{back.message}"
         logger.error(message)
-        fail("rolled-back", message)
+        run.fail("rolled-back", message)
         return RolloutFailed(message)
 
     if gate_error is not None:
@@ -245,16 +301,10 @@ def deploy(spec: ServiceSpec) -> DeployResult:
     if plan.remove_releases:
         with timer.stage("retire") as detail:
             detail.extend(retire_previous(spec, plan))
+    smoke = run.smoke
     assert smoke is not None  # the smoke stage ran to get here
-    summary = _summary(
-        spec,
-        outcome="promoted",
-        message=f"Service {spec.namespace}/{spec.name} serves release {release}",
-        release=release,
-        report=report,
-        timer=timer,
-        objects=objects,
-        smoke=smoke,
+    summary = run.summary(
+        "promoted", f"Service {spec.namespace}/{spec.name} serves release {release}"
     )
     with timer.stage("record"):
         record_run(summary)

@@ -12,14 +12,20 @@ Checks:
 - schedulable nodes have the GPUs (and eRDMA) the new release needs, for the chosen strategy;
 - OSS credentials resolve and the bucket answers an authenticated request;
 - the model and revision exist on the hub.
+
+Every cluster read goes through `_read`: a throttled (429 + Retry-After), failing (5xx) or
+reset request is retried with backoff (`call_with_retry`) before it counts as a problem, so one
+bad answer from a busy API server does not refuse a good spec. A permanent answer (403, 404,
+a missing API) is a problem at once.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from kubernetes import client as k8s_client
 
@@ -29,6 +35,7 @@ from llm_rollout.hub import HubClient, HubSource
 from llm_rollout.kube.client import server_version
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.resources import list_objects, request_json, served_versions
+from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.oss import OssTarget, open_bucket, oss_call
 from llm_rollout.spec import ServiceSpec
 from llm_rollout.strategy import (
@@ -48,6 +55,14 @@ RbgFlavor = Literal["v0.6", "v0.7"]
 LWS_GROUP = "leaderworkerset.x-k8s.io"
 RBG_GROUP = "workloads.x-k8s.io"
 RAY_GROUP = "ray.io"
+
+_T = TypeVar("_T")
+
+
+def _read(fn: Callable[[], _T]) -> _T:
+    """One read-only API call, retried while it fails transiently (bounded, with backoff)."""
+    result: _T = call_with_retry(fn)
+    return result
 
 
 @dataclass(frozen=True)
@@ -197,7 +212,7 @@ def check_cluster(
     decide capacity); `find_serving` reads the currently serving release from the cluster.
     """
     try:
-        major, minor = server_version(api)
+        major, minor = _read(lambda: server_version(api))
     except RolloutError as exc:
         report.problems.append(f"cluster: cannot reach the API server ({exc})")
         return
@@ -213,7 +228,7 @@ def check_cluster(
     apis_ok = True
     for need in required_apis(spec.serving.shape):
         try:
-            versions = served_versions(api, need.group)
+            versions = _read(functools.partial(served_versions, api, need.group))
         except RolloutError as exc:
             report.problems.append(f"cluster: cannot discover API group {need.group} ({exc})")
             apis_ok = False
@@ -232,11 +247,13 @@ def check_cluster(
             report.rbg_flavor = rbg_flavor_from_versions(versions)
 
     try:
-        request_json(
-            api,
-            "GET",
-            f"/api/v1/namespaces/{spec.namespace}",
-            target=f"Namespace {spec.namespace}",
+        _read(
+            lambda: request_json(
+                api,
+                "GET",
+                f"/api/v1/namespaces/{spec.namespace}",
+                target=f"Namespace {spec.namespace}",
+            )
         )
         report.namespace_exists = True
     except NotFoundError:
@@ -245,9 +262,11 @@ def check_cluster(
         report.problems.append(f"cluster: cannot read Namespace {spec.namespace} ({exc})")
 
     try:
-        nodes, _ = list_objects(api, "v1", "Node", None)
+        nodes, _ = _read(lambda: list_objects(api, "v1", "Node", None))
         # Every namespace's pods hold GPUs; list_objects addresses one namespace at a time.
-        listing = request_json(api, "GET", "/api/v1/pods", target="Pod list in all namespaces")
+        listing = _read(
+            lambda: request_json(api, "GET", "/api/v1/pods", target="Pod list in all namespaces")
+        )
         pods = list(listing.get("items") or [])
     except RolloutError as exc:
         report.problems.append(f"cluster: cannot list nodes and pods ({exc})")
@@ -256,7 +275,7 @@ def check_cluster(
     if not apis_ok:
         return  # without the API the rendering flavor (and so the demand) is unknown
 
-    serving = find_serving(api) if report.namespace_exists else None
+    serving = _read(lambda: find_serving(api)) if report.namespace_exists else None
     report.serving_release = serving.release if serving else None
     demands = pod_demands(render_workloads(report.rbg_flavor))
     decision = choose_strategy(
