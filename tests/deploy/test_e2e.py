@@ -150,12 +150,11 @@ def test_full_flow_for_every_example_shape(
     served = data["serving"].get("served_model_name")
     if served:
         assert [m["id"] for m in response.json()["data"]] == [served]
-    if data["serving"]["shape"] == "pd-disaggregated":
-        # Not torn down here: the sandbox RBG controller can recreate a role's StatefulSet
-        # while its group is being deleted, and the sandbox garbage collector never removes
-        # an object whose owner is already gone, so its pod would outlive the teardown.
-        return
-    kinds = {"multi-node": "LeaderWorkerSet", "ray-cluster": "RayCluster"}
+    kinds = {
+        "multi-node": "LeaderWorkerSet",
+        "ray-cluster": "RayCluster",
+        "pd-disaggregated": "RoleBasedGroup",
+    }
     _teardown(data, kinds.get(data["serving"]["shape"], "Deployment"))
 
 
