@@ -24,6 +24,26 @@ After the re-runs every trial must end with `is_mirrored` true and every object 
 equal (sha256 of the bytes the OSS stand-in stores, CRC64 of the HEAD against the manifest).
 Bytes re-sent are what OSS received for the model's objects beyond the model size (from the
 OSS request log) and what the hub served for its files beyond the model size (hub log).
+
+Deploy trials (kube, workload, secrets, concurrency) share one sandbox cluster, hub, OSS and an
+ephemeral Prefect server; each group deploys its own service (PersistentVolumes are
+cluster-scoped and named after the service):
+- kube API: one deploy of a new release per trial under one fault class with seeded counts and
+  probabilities: 429 + Retry-After, HTTP 500, connection reset (any method), a watch cut
+  mid-stream, a 410 Gone ERROR event inside a watch. Survived: the run promotes the new
+  release, the stable Service routes to it and its workload is ready, and the fault fired.
+- workload: release N+1 fails (ImagePullBackOff, CrashLoopBackOff, OOMKilled, FailedMount,
+  Unschedulable) or loses its node once a pod is bound (the serving release's nodes cordoned,
+  so it is a different node) while a thread sends chat completions through the stable Service.
+  Survived: a failure naming the reason within 25 s, "keeps serving", the Service still on
+  release N and ready -- and zero failed requests.
+- secrets: deploy (under every API fault), plan, redeploy, refresh with the fake keys; the CLI
+  output, Python logging, each run's Prefect logs/artifacts/events/parameters/state, plan files,
+  cluster objects (not Secrets) and OSS metadata are scanned. `sync` subprocess output is
+  scanned in the kill -9 transfer trials.
+- concurrency: two deploys of one service started together (a barrier); the Lease's holder
+  changes are watched and each run's task runs after its read-only preflight must not overlap
+  the other's; the Service ends on the release of the run that held the lease last.
 """
 
 from __future__ import annotations
@@ -33,11 +53,13 @@ import hashlib
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -316,6 +338,7 @@ class TransferTrial:
     hub_resent: int
     runs: int
     detail: str = ""
+    leaks: int = 0  # places (subprocess stdout/stderr) where the fake keys appeared
 
 
 def _finish(case: TransferCase, faults: int, runs: int, detail: str = "") -> TransferTrial:
@@ -436,7 +459,10 @@ def trial_kill9(lab: TransferLab, rng: random.Random) -> TransferTrial:
         killed = proc.poll() is None
         if killed:
             proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=60)
+    # The sync subprocess had the keys in its environment: its output must not show them.
+    outputs = {"killed sync stdout": out.decode(errors="replace")}
+    outputs["killed sync stderr"] = err.decode(errors="replace")
     runs = 1
     detail = f"killed after {kill_at} parts" if killed else "finished before the kill"
     for _ in range(MAX_RUNS):
@@ -444,11 +470,14 @@ def trial_kill9(lab: TransferLab, rng: random.Random) -> TransferTrial:
         done = subprocess.run(
             argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
         )
+        outputs[f"re-run {runs} output"] = done.stdout + done.stderr
         if done.returncode == 0:
             break
         if done.returncode != 3:
             return TransferTrial(False, 1, 0, 0, runs, f"re-run exit {done.returncode}")
-    return _finish(case, 1 if killed else 0, runs, detail)
+    result = _finish(case, 1 if killed else 0, runs, detail)
+    result.leaks = len(scan_for_keys(outputs, (KEY_SECRET, KEY_ID)))
+    return result
 
 
 @dataclass
@@ -500,6 +529,9 @@ def run_transfer_class(
     )
     runs = sum(r.runs for r in results)
     row.notes = f"{faults} faults fired, {runs} runs in all; part = {PART // KiB} KiB"
+    if spec.run is trial_kill9:
+        row.leaks = sum(r.leaks for r in results)
+        row.notes += "; keys scanned in every sync subprocess's stdout/stderr"
     return row, results
 
 
@@ -681,6 +713,7 @@ class InputWorld:
     work: Path
     faults: Any = None  # sandbox.kube.faults.FaultPlan
     kubeconfig: Path = Path()
+    cluster: Any = None  # sandbox.kube.cluster.SandboxCluster
 
     def counts(self) -> tuple[int, int, int]:
         self.hub.wait_idle(10)
@@ -827,6 +860,7 @@ def input_world(root: Path) -> Iterator[InputWorld]:
                     work=root / "input",
                     faults=cluster.api.faults,
                     kubeconfig=cluster.kubeconfig,
+                    cluster=cluster,
                 )
             finally:
                 for k, v in saved.items():
@@ -847,12 +881,12 @@ def run_input(trials: int, seed: int, root: Path) -> list[Row]:
 # -- Kubernetes API faults + secrets ---------------------------------------------------------------
 # Every API fault class the sandbox scripts, injected into one deploy run (count-limited rules).
 def inject_api_faults(faults: Any, rng: random.Random, error_path: str | None = ".*") -> list[str]:
-    """429 + Retry-After, 500s, resets and watch cuts; returns what was set.
-
-    Not injected: 410 Gone. The sandbox's `error` rule cannot target watch requests only, and a
-    410 on a plain list (which a real API server does not send) fails preflight.
-    """
+    """429 + Retry-After, 500s, resets, watch cuts and a 410 Gone inside pod watches (the
+    readiness stream, so its re-list runs during a real deploy); returns what was set."""
     done = []
+    # First in the list: the first pod watch (readiness's) gets the 410, not a cut.
+    faults.gone_watch(r"/pods$", after_events=0, times=rng.randint(1, 2))
+    done.append("410 Gone in a pod watch")
     faults.throttle("PATCH", ".*", times=rng.randint(1, 3), retry_after=1)
     done.append("429 Retry-After on apply")
     if error_path is not None:
@@ -898,8 +932,16 @@ class CapturedLogs:
         logging.getLogger().removeHandler(self.handler)
 
 
-def prefect_texts(flow_run_id: str) -> dict[str, str]:
-    """Logs, artifacts, parameters and state message of a flow run, read back via the API."""
+def prefect_texts(
+    flow_run_id: str, *, timeout_s: float = 30.0, outcome_event: bool = True
+) -> dict[str, str]:
+    """Logs, artifacts, parameters, state message and events of a finished flow run, read back
+    via the API.
+
+    Logs and events reach the server in batches after the run ended: this re-reads (bounded by
+    `timeout_s`) until the run's last log line ("Finished in state ...") and both its final
+    state event and the flow's own outcome event are stored.
+    """
     import asyncio
     import json
 
@@ -910,11 +952,51 @@ def prefect_texts(flow_run_id: str) -> dict[str, str]:
         LogFilter,
         LogFilterFlowRunId,
     )
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter
+
+    from llm_rollout.record import EVENT_FAILED, EVENT_READY
+
+    resource = f"prefect.flow-run.{flow_run_id}"
+
+    async def read_all(client: Any, run_id: Any) -> tuple[list[Any], list[Any]]:
+        logs: list[Any] = []
+        while True:
+            batch = await client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+                limit=200,
+                offset=len(logs),
+            )
+            logs.extend(batch)
+            if len(batch) < 200:
+                break
+        page = await client.read_events(
+            EventFilter(any_resource=EventAnyResourceFilter(id=[resource])), limit=50
+        )
+        events = list(page.events)
+        while page.next_page is not None:
+            page = await client.read_events_page(str(page.next_page))
+            events.extend(page.events)
+        return logs, events
 
     async def read() -> dict[str, str]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
         async with get_client() as client:
             run = await client.read_flow_run(flow_run_id)  # type: ignore[arg-type]
-            logs = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+            final = f"prefect.flow-run.{run.state.name if run.state else 'Completed'}"
+            while True:
+                logs, events = await read_all(client, run.id)
+                names = {e.event for e in events}
+                done_logging = any(log.message.startswith("Finished in state") for log in logs)
+                outcome = not outcome_event or bool(names & {EVENT_READY, EVENT_FAILED})
+                if done_logging and final in names and outcome:
+                    break
+                if loop.time() > deadline:
+                    raise AssertionError(
+                        f"flow run {flow_run_id}: last log line or events not stored after "
+                        f"{timeout_s:.0f}s (events {sorted(names)})"
+                    )
+                await asyncio.sleep(0.25)  # batches are flushed on the client's own schedule
             artifacts = await client.read_artifacts(
                 artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
             )
@@ -923,6 +1005,7 @@ def prefect_texts(flow_run_id: str) -> dict[str, str]:
                 "prefect artifacts": "\n".join(str(a.data) + str(a.description) for a in artifacts),
                 "flow-run parameters": json.dumps(run.parameters, default=str),
                 "flow-run state": str(run.state.message if run.state else ""),
+                "prefect events": "\n".join(e.model_dump_json() for e in events),
             }
 
     return asyncio.run(read())
@@ -962,6 +1045,618 @@ def oss_meta_texts(oss: OssServer) -> dict[str, str]:
     return {"oss object metadata": "\n".join(out)}
 
 
+# -- deploys on the sandbox: Kubernetes API faults, workload faults, concurrency ------------------
+def write_deploy_spec(
+    world: InputWorld, label: str, namespace: str, name: str, **changes: Any
+) -> Path:
+    """The base spec as Service `namespace/name` with `changes` merged section by section, as a
+    file. Each trial group uses its own service name: PersistentVolumes are cluster-scoped and
+    named after the service, so one name in two namespaces would compete for one volume."""
+    import copy
+
+    data = copy.deepcopy(world.base)
+    data["namespace"] = namespace
+    data["name"] = name
+    for section, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(section), dict):
+            data[section] = {**data[section], **value}
+        else:
+            data[section] = value
+    world.work.mkdir(parents=True, exist_ok=True)
+    path = world.work / f"{label}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def serving_release(namespace: str, name: str) -> tuple[str | None, bool]:
+    """(release the stable Service routes to, whether its workload is ready), from the cluster."""
+    from llm_rollout.release import cluster_api, service_status
+
+    with cluster_api() as api:
+        status = service_status(api, namespace, name)
+    ready = bool(status.workloads) and all(w.ready for w in status.workloads)
+    return status.state.current_release, ready
+
+
+def deploy_cli(path: Path) -> tuple[int, str, float]:
+    """`llm-rollout deploy PATH` in this process: (exit code, output, seconds)."""
+    started = time.monotonic()
+    code, output = _cli(["deploy", str(path)])
+    return code, output, time.monotonic() - started
+
+
+def _released(output: str) -> str | None:
+    match = re.search(r"serves release (\S+)", output)
+    return match.group(1) if match else None
+
+
+# Kubernetes API fault classes: each adds count-limited rules that fire on random requests.
+KubeFault = Callable[[Any, random.Random], None]
+
+
+def _kube_429(faults: Any, rng: random.Random) -> None:
+    faults.throttle("*", ".*", times=rng.randint(1, 3), probability=rng.uniform(0.05, 0.3))
+
+
+def _kube_500(faults: Any, rng: random.Random) -> None:
+    faults.error("*", ".*", times=rng.randint(1, 3), probability=rng.uniform(0.05, 0.3))
+
+
+def _kube_reset(faults: Any, rng: random.Random) -> None:
+    faults.reset("*", ".*", times=rng.randint(1, 3), probability=rng.uniform(0.05, 0.3))
+
+
+def _kube_cut(faults: Any, rng: random.Random) -> None:
+    faults.cut_watch(".*", after_events=rng.randint(0, 3), times=rng.randint(1, 3))
+
+
+def _kube_gone(faults: Any, rng: random.Random) -> None:
+    path = rng.choice([r"/pods$", r"/deployments$", r"/events$", ".*"])
+    faults.gone_watch(path, after_events=rng.randint(0, 2), times=rng.randint(1, 2))
+
+
+KUBE_CLASSES: list[tuple[str, KubeFault]] = [
+    ("kube API: 429 + Retry-After", _kube_429),
+    ("kube API: HTTP 500", _kube_500),
+    ("kube API: connection reset", _kube_reset),
+    ("kube API: watch cut mid-stream", _kube_cut),
+    ("kube API: 410 Gone in a watch", _kube_gone),
+]
+
+
+@dataclass
+class DeployTrial:
+    survived: bool
+    detail: str
+    seconds: float
+    leaks: int = 0
+    fired: int = 0
+
+
+def trial_kube_fault(
+    world: InputWorld, fault: KubeFault, rng: random.Random, label: str
+) -> DeployTrial:
+    """One deploy (a new release replacing the serving one) under one fault class."""
+    namespace = name = "rel-kube"
+    path = write_deploy_spec(
+        world,
+        label,
+        namespace,
+        name,
+        serving={"image": f"vllm/vllm-openai:k{rng.randrange(10**6)}"},
+    )
+    world.faults.clear()
+    fault(world.faults, rng)
+    rules = world.faults.rules()
+    try:
+        with CapturedLogs() as logs:
+            code, output, seconds = deploy_cli(path)
+    finally:
+        world.faults.clear()
+    fired = sum(r.hits for r in rules)
+    leaks = len(scan_for_keys({"out": output, "logs": "\n".join(logs.lines)}, (KEY_SECRET,)))
+    release = _released(output)
+    problems = []
+    if code != 0:
+        problems.append(f"exit {code}: {output.strip()[-400:]}")
+    if not fired:
+        problems.append("the fault never fired")
+    if code == 0:
+        current, ready = serving_release(namespace, name)
+        if current != release or not ready:
+            problems.append(f"Service routes to {current} (ready {ready}), not {release}")
+    return DeployTrial(not problems, "; ".join(problems), seconds, leaks, fired)
+
+
+def _deploy_row(name: str, results: list[DeployTrial], notes: str) -> Row:
+    row = Row(name, trials=len(results), resent="n/a (no transfer)")
+    row.survived = sum(r.survived for r in results)
+    row.leaks = sum(r.leaks for r in results)
+    row.failures = [f"trial {i}: {r.detail}" for i, r in enumerate(results) if not r.survived]
+    worst = max((r.seconds for r in results), default=0.0)
+    row.notes = f"{notes}; worst run {worst:.1f}s"
+    return row
+
+
+def run_kube_class(
+    world: InputWorld, name: str, fault: KubeFault, trials: int, seed: int
+) -> tuple[Row, list[DeployTrial]]:
+    results = []
+    for i in range(trials):
+        rng = random.Random(f"{name}:{seed}:{i}")
+        results.append(trial_kube_fault(world, fault, rng, f"kube-{seed}-{i}-{abs(hash(name))}"))
+    fired = sum(r.fired for r in results)
+    return _deploy_row(name, results, f"{fired} faults fired; every trial promotes"), results
+
+
+# Workload faults: the new release's pods fail (kubelet faults keyed by the image tag's
+# version label) or its node is lost while it starts; requests through the stable Service run
+# the whole time.
+WORKLOAD_KINDS: dict[str, tuple[str, ...]] = {
+    "ImagePullBackOff": ("ImagePullBackOff", "ErrImagePull"),
+    "CrashLoopBackOff": ("CrashLoopBackOff",),
+    "OOMKilled": ("OOMKilled",),
+    "FailedMount": ("FailedMount",),
+    "Unschedulable": ("Unschedulable",),
+    "node lost": (),
+}
+FAIL_FAST_S = 25.0
+VERSION_LABEL = "app.kubernetes.io/version"
+
+
+class _Background:
+    """A daemon thread running `_run` for the duration of a `with` block."""
+
+    def __init__(self, name: str) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Any:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+class ServiceTraffic(_Background):
+    """A thread sending chat completions through the stable Service (the API server's service
+    proxy) back to back until stopped; counts answers and failures."""
+
+    def __init__(self, namespace: str, name: str, model: str, port: int = 8000) -> None:
+        super().__init__("service-traffic")
+        self.namespace, self.name, self.model, self.port = namespace, name, model, port
+        self.ok = 0
+        self.failed: list[str] = []
+
+    def _run(self) -> None:
+        import httpx
+
+        from llm_rollout.kube.client import load_api_client
+        from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
+
+        api = load_api_client()
+        try:
+            url = service_proxy_url(api, self.namespace, self.name, self.port)
+            body = {
+                "model": self.model,
+                "messages": [{"role": "user", "content": "ping"}],
+                "max_tokens": 8,
+            }
+            with httpx_client_for(api, timeout_s=10) as client:
+                while not self._stop.is_set():
+                    try:
+                        response = client.post(url + "/v1/chat/completions", json=body)
+                    except httpx.HTTPError as exc:
+                        self.failed.append(f"{type(exc).__name__}: {exc}")
+                        continue
+                    if response.status_code == 200 and response.json().get("choices"):
+                        self.ok += 1
+                    else:
+                        self.failed.append(f"HTTP {response.status_code}: {response.text[:160]}")
+                    self._stop.wait(0.02)  # pacing: leave the two cores to the rollout
+        finally:
+            api.close()  # type: ignore[no-untyped-call]
+
+
+def _pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    from llm_rollout.kube.client import load_api_client
+    from llm_rollout.kube.resources import list_objects
+
+    api = load_api_client()
+    try:
+        items, _ = list_objects(api, "v1", "Pod", namespace, label_selector=selector)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    return items
+
+
+def _cordon(names: set[str], cordoned: bool) -> None:
+    from kubernetes import client as k8s_client
+
+    from llm_rollout.kube.client import load_api_client
+
+    api = load_api_client()
+    try:
+        core = k8s_client.CoreV1Api(api)
+        for node in sorted(names):
+            core.patch_node(node, {"spec": {"unschedulable": cordoned or None}})
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+class NodeKiller(_Background):
+    """Watches the pods of the release being rolled out (by image tag) and, once one is bound
+    to a node, loses that node (`kubelet.lose_node`): NotReady, tainted, pods evicted."""
+
+    def __init__(self, world: InputWorld, namespace: str, tag: str) -> None:
+        super().__init__("node-killer")
+        self.world, self.namespace, self.tag = world, namespace, tag
+        self.lost: str | None = None
+        self.lost_at = 0.0
+
+    def _run(self) -> None:
+        from llm_rollout.kube.client import load_api_client
+        from llm_rollout.kube.watching import WatchSpec, watching
+
+        api = load_api_client()
+        spec = WatchSpec("v1", "Pod", self.namespace, label_selector=f"{VERSION_LABEL}={self.tag}")
+        try:
+            with watching(api, [spec]) as group:
+                while not self._stop.is_set():
+                    for pod in group.cache[spec].values():
+                        node = (pod.get("spec") or {}).get("nodeName")
+                        if node:
+                            self.lost, self.lost_at = str(node), time.monotonic()
+                            self.world.cluster.kubelet.lose_node(self.lost)
+                            return
+                    group.next(0.5)
+        finally:
+            api.close()  # type: ignore[no-untyped-call]
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        if self.lost:
+            self.world.cluster.kubelet.restore_node(self.lost)
+
+
+def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str) -> DeployTrial:
+    """Release N serves; release N+1 fails with `kind` (or loses its node) while chat
+    completions flow through the stable Service. Survived: the run fails clearly (naming the
+    reason) within FAIL_FAST_S, or, after a lost node, either that or a promotion; the
+    previous release keeps serving after a failure; zero failed requests."""
+    from llm_rollout.spec import load_spec
+
+    namespace = name = "rel-work"
+    before, ready_before = serving_release(namespace, name)
+    if before is None or not ready_before:
+        return DeployTrial(False, f"no ready release serving before the trial ({before})", 0.0)
+    tag = f"{kind.lower().replace(' ', '-')}-{rng.randrange(10**6)}"
+    serving: dict[str, Any] = {"image": f"vllm/vllm-openai:{tag}"}
+    if kind == "Unschedulable":
+        serving["resources"] = {"cpu": "16", "memory_gib": 4096}  # more than any node has
+    path = write_deploy_spec(
+        world, label, namespace, name, serving=serving, rollout={"strategy": "blue-green"}
+    )
+    kubelet = world.cluster.kubelet
+    selector = {VERSION_LABEL: tag}
+    inject = {
+        "ImagePullBackOff": lambda: kubelet.inject_image_pull_error(selector=selector),
+        "CrashLoopBackOff": lambda: kubelet.inject_crash_loop(selector=selector),
+        "OOMKilled": lambda: kubelet.inject_oom(selector=selector),
+        "FailedMount": lambda: kubelet.inject_mount_failure(selector=selector),
+    }.get(kind)
+    old_nodes = {
+        str((p.get("spec") or {}).get("nodeName"))
+        for p in _pods(namespace, f"llm-rollout.io/release={before}")
+    }
+    model = load_spec(path).served_model_name
+    with ExitStack() as stack:
+        if inject is not None:
+            inject()
+            stack.callback(kubelet.clear)
+        killer = None
+        if kind == "node lost":
+            # The new release must land on a node the serving release does not use.
+            _cordon(old_nodes, True)
+            stack.callback(_cordon, old_nodes, False)
+            killer = stack.enter_context(NodeKiller(world, namespace, tag))
+        traffic = stack.enter_context(ServiceTraffic(namespace, name, model))
+        with CapturedLogs() as logs:
+            code, output, seconds = deploy_cli(path)
+        stack.close()
+    leaks = len(scan_for_keys({"out": output, "logs": "\n".join(logs.lines)}, (KEY_SECRET,)))
+    after, ready_after = serving_release(namespace, name)
+    problems = []
+    expected = WORKLOAD_KINDS[kind]
+    promoted = code == 0
+    if killer is not None and killer.lost is None:
+        problems.append("no pod of the new release was bound to a node: nothing was lost")
+    if promoted and kind != "node lost":
+        problems.append("a failing release was promoted")
+    if promoted and (after != _released(output) or not ready_after):
+        problems.append(f"promoted, but the Service routes to {after} (ready {ready_after})")
+    if not promoted:
+        if code != 1:
+            problems.append(f"exit {code}: {output.strip()[-300:]}")
+        if expected and not any(reason in output for reason in expected):
+            problems.append(f"no {'/'.join(expected)} in: {output.strip()[-300:]}")
+        if "keeps serving" not in output:
+            problems.append("the failure does not say the previous release keeps serving")
+        if seconds > FAIL_FAST_S:
+            problems.append(f"failed after {seconds:.1f}s (limit {FAIL_FAST_S:.0f}s)")
+        if after != before or not ready_after:
+            problems.append(f"Service routes to {after} (ready {ready_after}), not {before}")
+    if traffic.failed:
+        problems.append(
+            f"{len(traffic.failed)} of {traffic.ok + len(traffic.failed)} requests through "
+            f"the Service failed, first: {traffic.failed[0]}"
+        )
+    if traffic.ok == 0:
+        problems.append("no request went through the Service during the rollout")
+    outcome = "promoted after rescheduling" if promoted else f"failed in {seconds:.1f}s"
+    detail = "; ".join(problems) or f"{outcome}, {traffic.ok} requests, 0 failed"
+    return DeployTrial(not problems, detail, seconds, leaks, traffic.ok)
+
+
+def run_workload_class(
+    world: InputWorld, kind: str, trials: int, seed: int
+) -> tuple[Row, list[DeployTrial]]:
+    results = []
+    for i in range(trials):
+        rng = random.Random(f"{kind}:{seed}:{i}")
+        results.append(trial_workload(world, kind, rng, f"work-{seed}-{i}-{kind.replace(' ', '')}"))
+    name = f"workload: {kind}" + (" mid-rollout" if kind == "node lost" else "")
+    requests = sum(r.fired for r in results)
+    outcomes = sorted({r.detail.split(",")[0] for r in results if r.survived})
+    notes = (
+        f"{requests} chat completions through the Service during the rollouts, "
+        f"{sum(1 for r in results if 'requests through' in r.detail)} trial(s) with failed "
+        f"requests; outcomes: {', '.join(o.split(' in ')[0] for o in outcomes) or '-'}"
+    )
+    return _deploy_row(name, results, notes), results
+
+
+def workload_baseline(world: InputWorld) -> str:
+    """Release 1 of the workload namespace, serving; returns its release id."""
+    path = write_deploy_spec(world, "work-baseline", "rel-work", "rel-work")
+    code, output, _ = deploy_cli(path)
+    if code != 0:
+        raise AssertionError(f"baseline deploy failed: {output}")
+    release = _released(output)
+    assert release is not None, output
+    return release
+
+
+# Concurrency: two deploys of one service started together never interleave.
+@dataclass
+class PairResult:
+    survived: bool
+    detail: str
+    holders: list[str]
+    windows: dict[str, tuple[float, float]]
+
+
+class LeaseRecorder:
+    """Watches the service's Lease and records every change of holder (with local time)."""
+
+    def __init__(self, namespace: str, service: str) -> None:
+        from llm_rollout.locking import lease_name
+
+        self.namespace, self.name = namespace, lease_name(service)
+        self.changes: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-recorder", daemon=True)
+
+    def _run(self) -> None:
+        from llm_rollout.kube.client import load_api_client
+        from llm_rollout.kube.watching import WatchSpec, watching
+
+        api = load_api_client()
+        spec = WatchSpec("coordination.k8s.io/v1", "Lease", self.namespace, name=self.name)
+        try:
+            with watching(api, [spec]) as group:
+                while not self._stop.is_set():
+                    if spec in group.synced:
+                        self._synced.set()
+                    lease = group.cache[spec].get(self.name) or {}
+                    holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
+                    if not self.changes or self.changes[-1][1] != holder:
+                        self.changes.append((time.time(), holder))
+                    group.next(0.5)
+        finally:
+            api.close()  # type: ignore[no-untyped-call]
+
+    def __enter__(self) -> LeaseRecorder:
+        self._thread.start()
+        if not self._synced.wait(30):
+            raise AssertionError(f"Lease watch {self.namespace}/{self.name} never synced")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def holders(self) -> list[str]:
+        return [h for _, h in self.changes]
+
+
+def locked_window(flow_run_id: str) -> tuple[float, float]:
+    """(start, end) as epoch seconds of the run's task runs after its first preflight: the
+    part of the run that may write (it runs under the lease)."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def read() -> list[Any]:
+        async with get_client() as client:
+            return list(
+                await client.read_task_runs(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+                )
+            )
+
+    runs = sorted(
+        (r for r in asyncio.run(read()) if r.start_time is not None),
+        key=lambda r: r.start_time,
+    )
+    locked = runs[1:]  # runs[0] is the read-only preflight before the lease
+    if not locked or runs[0].name.split("-")[0] != "preflight":
+        raise AssertionError(
+            f"flow run {flow_run_id}: unexpected task runs {[r.name for r in runs]}"
+        )
+    start = min(r.start_time.timestamp() for r in locked)
+    end = max((r.end_time or r.start_time).timestamp() for r in locked)
+    return start, end
+
+
+def trial_concurrent_pair(world: InputWorld, index: int, wait_s: int = 300) -> PairResult:
+    """Two deploys of one service (different images) started at the same moment."""
+    from prefect.client.schemas.objects import State
+
+    from flows.deploy import deploy
+    from llm_rollout.spec import load_spec
+
+    namespace = name = f"rel-conc-{index}"
+    specs = [
+        load_spec(
+            write_deploy_spec(
+                world,
+                f"conc-{index}-{side}",
+                namespace,
+                name,
+                serving={"image": f"vllm/vllm-openai:c{index}{side}"},
+                rollout={"lock_wait_s": wait_s},
+            )
+        )
+        for side in ("a", "b")
+    ]
+    states: dict[int, State[Any]] = {}
+    start = threading.Barrier(2)
+
+    def run(side: int) -> None:
+        start.wait()
+        states[side] = deploy(specs[side], return_state=True)
+
+    with LeaseRecorder(namespace, name) as lease:
+        threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=600)
+    problems = []
+    windows: dict[str, tuple[float, float]] = {}
+    run_ids = {}
+    for side, state in sorted(states.items()):
+        run_id = str(state.state_details.flow_run_id)
+        run_ids[side] = run_id
+        if not state.is_completed():
+            problems.append(f"run {side}: {state.name}: {state.message}")
+        windows[run_id] = locked_window(run_id)
+    if len(states) != 2:
+        problems.append(f"only {len(states)} run(s) finished")
+    holders = [h for h in lease.holders() if h]
+    if len(windows) == 2:
+        (_a0, a1), (b0, _b1) = sorted(windows.values())
+        if b0 < a1:
+            problems.append(f"locked stages overlap by {a1 - b0:.2f}s")
+    # Each run held the lease exactly once, one after the other, released in between.
+    held_by = [next((r for r in run_ids.values() if r in h), "?") for h in holders]
+    if sorted(held_by) != sorted(run_ids.values()) or len(set(held_by)) != 2:
+        problems.append(f"lease holders {holders}")
+    ordered = [h for _, h in lease.changes]
+    if ordered and ordered[-1] != "":
+        problems.append("the lease is still held after both runs")
+    current, ready = serving_release(namespace, name)
+    if len(held_by) == 2 and not problems:
+        second = next(s for s, r in run_ids.items() if r == held_by[1])
+        expected = states[second].result().release  # type: ignore[union-attr]
+        if current != expected or not ready:
+            problems.append(f"Service routes to {current}, not the second run's {expected}")
+    return PairResult(not problems, "; ".join(problems), holders, windows)
+
+
+def run_concurrency(world: InputWorld, pairs: int, seed: int) -> Row:
+    row = Row("concurrency: 2 simultaneous deploys of one service", resent="n/a (no transfer)")
+    gaps = []
+    for i in range(pairs):
+        result = trial_concurrent_pair(world, seed * 100 + i)
+        row.trials += 1
+        if result.survived:
+            row.survived += 1
+            (_a0, a1), (b0, _b1) = sorted(result.windows.values())
+            gaps.append(b0 - a1)
+        else:
+            row.failures.append(f"pair {i}: {result.detail}")
+    row.leaks = 0
+    row.notes = (
+        f"{pairs} pairs; the second run waited on the Lease, its locked stages began "
+        f"{min(gaps, default=0):.2f}-{max(gaps, default=0):.2f}s after the first's ended"
+    )
+    return row
+
+
+# -- secrets: every flow with the fake keys, everything it left behind scanned --------------------
+def run_secrets_check(world: InputWorld, seed: int) -> Row:
+    """Run deploy (under every API fault), plan, redeploy (restart) and refresh; scan the CLI
+    output, Python logging, each flow run's Prefect logs/artifacts/events/parameters/state, the
+    plan files, every cluster object but Secrets and the OSS object metadata for the keys.
+    (`sync` subprocess output is scanned by the kill -9 transfer trials.)"""
+    from flows.redeploy import redeploy
+    from flows.refresh import refresh
+    from llm_rollout.spec import load_spec
+
+    row = Row("secrets: every flow run with fake keys, all outputs scanned", resent="n/a")
+    namespace = name = "rel-secrets"
+    path = write_deploy_spec(world, "secrets", namespace, name)
+    texts: dict[str, str] = {}
+    runs: list[tuple[str, str | None, bool]] = []  # (flow, run id, completed)
+    world.faults.clear()
+    inject_api_faults(world.faults, random.Random(seed), ".*")
+    with CapturedLogs() as logs:
+        code, output = _cli(["deploy", str(path)])
+        world.faults.clear()
+        match = re.search(r"flow run ([0-9a-f-]{36})", output)
+        runs.append(("deploy", match.group(1) if match else None, code == 0))
+        texts["deploy output"] = output
+        plan_dir = world.work / "secrets-plan"
+        plan_code, plan_output = _cli(["plan", str(path), "--out", str(plan_dir)])
+        runs.append(("plan", None, plan_code == 0))
+        texts["plan output"] = plan_output
+        if plan_dir.is_dir():
+            texts["plan files"] = "\n".join(p.read_text() for p in sorted(plan_dir.iterdir()))
+        state = redeploy(name, namespace, "restart", return_state=True)
+        runs.append(("redeploy", str(state.state_details.flow_run_id), state.is_completed()))
+        texts["redeploy state"] = str(state.message)
+        state = refresh(load_spec(path), return_state=True)
+        runs.append(("refresh", str(state.state_details.flow_run_id), state.is_completed()))
+        texts["refresh state"] = str(state.message)
+    texts["python logging"] = "\n".join(logs.lines)
+    for flow_name, run_id, _ in runs:
+        if run_id is not None:
+            read = prefect_texts(run_id, outcome_event=flow_name == "deploy")
+            texts.update({f"{flow_name}: {k}": v for k, v in read.items()})
+    texts.update(kube_texts(world.kubeconfig))
+    texts.update(oss_meta_texts(world.oss))
+    leaks = scan_for_keys(texts, (KEY_SECRET, KEY_ID))
+    row.trials = len(runs)
+    row.survived = sum(1 for _, _, ok in runs if ok)
+    row.failures = [f"{flow_name} did not complete" for flow_name, _, ok in runs if not ok]
+    row.failures += [f"key material in {where}" for where in leaks]
+    row.leaks = len(leaks)
+    empty = [k for k, v in texts.items() if k.endswith("prefect logs") and not v]
+    if empty:
+        row.failures.append(f"nothing read back from {empty}: the scan would be empty")
+    row.notes = f"{len(texts)} texts scanned ({sum(len(v) for v in texts.values())} chars)"
+    return row
+
+
 # -- main ---------------------------------------------------------------------------------------
 GROUPS = ("transfer", "kube", "workload", "input", "secrets", "concurrency")
 
@@ -980,6 +1675,33 @@ RUNNERS: dict[str, Callable[[int, int, Path], list[Row]]] = {
     "transfer": run_transfer,
     "input": run_input,
 }
+DEPLOY_GROUPS = ("kube", "workload", "secrets", "concurrency")
+
+
+def run_deploy_groups(groups: list[str], trials: int | None, seed: int, root: Path) -> list[Row]:
+    """The groups that run the deploy flow: one sandbox and one Prefect server for all."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    rows: list[Row] = []
+    with prefect_test_harness(server_startup_timeout=90), input_world(root / "deploy") as world:
+        for group in groups:
+            count = trials or DEFAULT_TRIALS[group]
+            if group == "kube":
+                for name, fault in KUBE_CLASSES:
+                    row, _ = run_kube_class(world, name, fault, count, seed)
+                    print(format_table([row]).splitlines()[2], flush=True)
+                    rows.append(row)
+            elif group == "workload":
+                workload_baseline(world)
+                for kind in WORKLOAD_KINDS:
+                    row, _ = run_workload_class(world, kind, count, seed)
+                    print(format_table([row]).splitlines()[2], flush=True)
+                    rows.append(row)
+            elif group == "secrets":
+                rows.append(run_secrets_check(world, seed))
+            elif group == "concurrency":
+                rows.append(run_concurrency(world, count, seed))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -991,14 +1713,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
+    groups = list(args.only or GROUPS)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="llm-rollout-reliability-") as tmp:
-        for group in args.only or GROUPS:
-            runner = RUNNERS.get(group)
-            if runner is None:
-                rows.append(Row(group, notes="not implemented"))
-                continue
-            rows.extend(runner(args.trials or DEFAULT_TRIALS[group], args.seed, Path(tmp)))
+        for group in groups:
+            if group in RUNNERS:
+                rows.extend(
+                    RUNNERS[group](args.trials or DEFAULT_TRIALS[group], args.seed, Path(tmp))
+                )
+        deploy_groups = [g for g in groups if g in DEPLOY_GROUPS]
+        if deploy_groups:
+            rows.extend(run_deploy_groups(deploy_groups, args.trials, args.seed, Path(tmp)))
     print()
     print(format_table(rows))
     failed = any(r.survived != r.trials or r.leaks for r in rows)
@@ -1007,7 +1732,7 @@ def main(argv: list[str] | None = None) -> int:
 
 DEFAULT_TRIALS: dict[str, int] = {
     "transfer": 20,
-    "kube": 20,
+    "kube": 10,
     "workload": 5,
     "input": 1,
     "secrets": 1,
