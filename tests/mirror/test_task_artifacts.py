@@ -7,7 +7,11 @@ from pathlib import Path
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
 
 from llm_rollout.mirror import MirrorResult, MirrorStatus
 from llm_rollout.spec import load_spec
@@ -27,17 +31,22 @@ def test_mirror_task_publishes_progress_and_file_table(
         result = mirror_model_task(spec, case.options)
         return result, is_mirrored_task(spec, against_hub=True)
 
-    result, status = mirror_then_check()
+    state = mirror_then_check(return_state=True)
+    result, status = state.result()
+    # The Prefect server is shared by the whole session: read only this run's artifacts.
+    this_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
 
     assert status.complete, status.reason
     assert status.manifest_uri == result.manifest_uri
     with get_client(sync_client=True) as client:
         progress = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[f"mirror-{spec.name}"]))
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[f"mirror-{spec.name}"]), flow_run_id=this_run
+            )
         )
         table = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"mirror-files-{spec.name}"])
+                key=ArtifactFilterKey(any_=[f"mirror-files-{spec.name}"]), flow_run_id=this_run
             )
         )
     assert progress and progress[-1].data == 100.0
