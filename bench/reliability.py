@@ -835,13 +835,16 @@ def base_spec(oss_endpoint: str, model_id: str, size_bytes: int) -> dict[str, An
 
 
 @contextmanager
-def input_world(root: Path) -> Iterator[InputWorld]:
-    """Hub, OSS and a Kubernetes cluster running, with the environment pointing at them."""
+def input_world(root: Path, *, nodes: int = 2) -> Iterator[InputWorld]:
+    """Hub, OSS and a Kubernetes cluster of `nodes` 8-GPU nodes running, with the environment
+    pointing at them."""
     from sandbox.kube.cluster import ClusterConfig, SandboxCluster
+    from sandbox.kube.nodes import NodeSpec
 
+    config = ClusterConfig(nodes=[NodeSpec(f"gpu-node-{i}") for i in range(nodes)])
     with transfer_lab(root / "stores", shards=1, shard_bytes=256 * KiB) as lab:
         lab.hub.add_revision_from_dir("rel/input", "v1", lab.model_dir)
-        with SandboxCluster(ClusterConfig(), root / "kube") as cluster:
+        with SandboxCluster(config, root / "kube") as cluster:
             saved = {k: os.environ.get(k) for k in _ENV_KEYS}
             os.environ.update(
                 {
@@ -1275,6 +1278,18 @@ def _pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return items
 
 
+def _nodes() -> list[Any]:
+    from kubernetes import client as k8s_client
+
+    from llm_rollout.kube.client import load_api_client
+
+    api = load_api_client()
+    try:
+        return list(k8s_client.CoreV1Api(api).list_node().items)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
 def _cordon(names: set[str], cordoned: bool) -> None:
     from kubernetes import client as k8s_client
 
@@ -1354,6 +1369,7 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
         str((p.get("spec") or {}).get("nodeName"))
         for p in _pods(namespace, f"llm-rollout.io/release={before}")
     }
+    all_nodes = {str(n.metadata.name) for n in _nodes()}
     model = load_spec(path).served_model_name
     with ExitStack() as stack:
         if inject is not None:
@@ -1361,9 +1377,11 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
             stack.callback(kubelet.clear)
         killer = None
         if kind == "node lost":
-            # The new release must land on a node the serving release does not use.
-            _cordon(old_nodes, True)
-            stack.callback(_cordon, old_nodes, False)
+            # The new release must land on one node the serving release does not use, and
+            # have nowhere else to go once that node is lost.
+            target = min(all_nodes - old_nodes)
+            _cordon(all_nodes - {target}, True)
+            stack.callback(_cordon, all_nodes - {target}, False)
             killer = stack.enter_context(NodeKiller(world, namespace, tag))
         traffic = stack.enter_context(ServiceTraffic(namespace, name, model))
         with CapturedLogs() as logs:
@@ -1558,7 +1576,8 @@ def trial_concurrent_pair(world: InputWorld, index: int, wait_s: int = 300) -> P
         run_ids[side] = run_id
         if not state.is_completed():
             problems.append(f"run {side}: {state.name}: {state.message}")
-        windows[run_id] = locked_window(run_id)
+        else:
+            windows[run_id] = locked_window(run_id)
     if len(states) != 2:
         problems.append(f"only {len(states)} run(s) finished")
     holders = [h for h in lease.holders() if h]
@@ -1595,9 +1614,11 @@ def run_concurrency(world: InputWorld, pairs: int, seed: int) -> Row:
         else:
             row.failures.append(f"pair {i}: {result.detail}")
     row.leaks = 0
-    row.notes = (
-        f"{pairs} pairs; the second run waited on the Lease, its locked stages began "
-        f"{min(gaps, default=0):.2f}-{max(gaps, default=0):.2f}s after the first's ended"
+    row.notes = f"{pairs} pairs" + (
+        f"; in the {len(gaps)} that completed, the second run waited on the Lease and its "
+        f"locked stages began {min(gaps):.2f}-{max(gaps):.2f}s after the first's ended"
+        if gaps
+        else ""
     )
     return row
 
@@ -1683,7 +1704,11 @@ def run_deploy_groups(groups: list[str], trials: int | None, seed: int, root: Pa
     from prefect.testing.utilities import prefect_test_harness
 
     rows: list[Row] = []
-    with prefect_test_harness(server_startup_timeout=90), input_world(root / "deploy") as world:
+    # Room for every group's service (4 GPUs each, 8 while two releases run side by side).
+    with (
+        prefect_test_harness(server_startup_timeout=90),
+        input_world(root / "deploy", nodes=6) as world,
+    ):
         for group in groups:
             count = trials or DEFAULT_TRIALS[group]
             if group == "kube":
