@@ -150,14 +150,25 @@ class _Stream(threading.Thread):
         self.out.put(StreamMessage(self.spec, "sync", items=[i for i in items if self._matches(i)]))
         return resource_version
 
-    def _open(self, **kwargs: Any) -> Any:
+    def _open(
+        self,
+        *,
+        watch: bool,
+        _preload_content: bool,
+        timeout_seconds: int,
+        resource_version: str | None = None,
+    ) -> Any:
+        # `Watch.stream` calls this as a list function, adding watch=True and
+        # _preload_content=False: the request below always watches and streams, so both are
+        # accepted and implied. The return stays `Any`: `Watch.stream` reads the annotation to
+        # pick a model class for the events, and raw dicts are wanted.
         query = [
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
-            ("timeoutSeconds", str(kwargs["timeout_seconds"])),
+            ("timeoutSeconds", str(timeout_seconds)),
         ]
-        if kwargs.get("resource_version"):
-            query.append(("resourceVersion", str(kwargs["resource_version"])))
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
         if self.spec.label_selector:
             query.append(("labelSelector", self.spec.label_selector))
         if self.spec.name:
@@ -168,7 +179,7 @@ class _Stream(threading.Thread):
             self.path,
             target=self.spec.describe(),
             query=query,
-            timeout_s=(10.0, kwargs["timeout_seconds"] + READ_SLACK_S),
+            timeout_s=(10.0, timeout_seconds + READ_SLACK_S),
             stream=True,
         )
 
