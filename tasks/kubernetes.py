@@ -6,11 +6,12 @@ and delegates to `llm_rollout.release`; retries only on transient API errors.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
@@ -41,6 +42,25 @@ from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import GatePlan, Strategy, plan_promote, plan_rollback
 from llm_rollout.validation import validate_objects
 from tasks.policy import retry_transient_only
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def api_task(name: str, *, timeout_seconds: float) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`@task` for a stage made of idempotent Kubernetes / OSS API calls (this module's, the
+    refresh's and the day-2 actions'): three retries after 1, 3 and 9 s, on transient errors
+    only, and no result cache: the state lives in the cluster and the bucket, not in Prefect.
+    """
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[1, 3, 9],
+        retry_condition_fn=retry_transient_only,
+        timeout_seconds=timeout_seconds,
+        cache_policy=NO_CACHE,
+    )
+
 
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")
 # Deleting a release waits for its pods to go: GPUs are only free once they have.
@@ -76,14 +96,7 @@ def _annotations(
     )
 
 
-@task(
-    name="volumes",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=900,
-    cache_policy=NO_CACHE,
-)
+@api_task("volumes", timeout_seconds=900)
 def volumes(spec: ServiceSpec, release: str, create_namespace: bool) -> list[str]:
     """Namespace (if missing), the OSS Secret (unless RRSA), PV and PVC; wait until Bound.
 
@@ -128,14 +141,7 @@ def volumes(spec: ServiceSpec, release: str, create_namespace: bool) -> list[str
         return applied
 
 
-@task(
-    name="rollout",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=1800,
-    cache_policy=NO_CACHE,
-)
+@api_task("rollout", timeout_seconds=1800)
 def rollout(
     spec: ServiceSpec,
     release: str,
@@ -191,14 +197,7 @@ def rollout(
         )
 
 
-@task(
-    name="promote",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=300,
-    cache_policy=NO_CACHE,
-)
+@api_task("promote", timeout_seconds=300)
 def promote(
     spec: ServiceSpec,
     release: str,
@@ -257,14 +256,7 @@ def bake_release(
     return report
 
 
-@task(
-    name="retire-previous",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=900,
-    cache_policy=NO_CACHE,
-)
+@api_task("retire-previous", timeout_seconds=900)
 def retire_previous(spec: ServiceSpec, plan: GatePlan) -> list[str]:
     """Remove the releases the promote plan replaced (waiting until their pods are gone)."""
     logger = get_run_logger()
@@ -279,14 +271,7 @@ def retire_previous(spec: ServiceSpec, plan: GatePlan) -> list[str]:
     return removed
 
 
-@task(
-    name="rollback",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=900,
-    cache_policy=NO_CACHE,
-)
+@api_task("rollback", timeout_seconds=900)
 def rollback(
     spec: ServiceSpec,
     release: str,

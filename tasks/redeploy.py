@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from llm_rollout.kube.objects import FIELD_MANAGER, apply
@@ -21,7 +19,7 @@ from llm_rollout.redeploy import (
 )
 from llm_rollout.release import cluster_api, rollback_to_previous
 from llm_rollout.spec import SecretKeyRef
-from tasks.policy import retry_transient_only
+from tasks.kubernetes import api_task
 
 
 @dataclass(frozen=True)
@@ -35,14 +33,7 @@ class AppliedChange:
     api_key: SecretKeyRef | None
 
 
-@task(
-    name="apply-change",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=300,
-    cache_policy=NO_CACHE,
-)
+@api_task("apply-change", timeout_seconds=300)
 def apply_change(request: RedeployRequest) -> AppliedChange:
     """Apply the request's change to the serving release's workload (SSA, one field manager)."""
     logger = get_run_logger()
@@ -71,14 +62,7 @@ def _what(request: RedeployRequest) -> str:
     return ", ".join(parts) or "a pod-template restart annotation"
 
 
-@task(
-    name="revert-change",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=300,
-    cache_policy=NO_CACHE,
-)
+@api_task("revert-change", timeout_seconds=300)
 def revert_change(change: AppliedChange) -> None:
     """Apply the workload as it was before the change."""
     with cluster_api() as api:
@@ -86,14 +70,7 @@ def revert_change(change: AppliedChange) -> None:
     get_run_logger().warning("%s restored to its state before the change", change.workload)
 
 
-@task(
-    name="route-to-previous",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=300,
-    cache_policy=NO_CACHE,
-)
+@api_task("route-to-previous", timeout_seconds=300)
 def route_to_previous(namespace: str, service: str) -> ObjectRef:
     """Point the stable Service at the previous release; return that release's workload."""
     with cluster_api() as api:

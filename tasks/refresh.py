@@ -9,9 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import oss2
-from prefect import task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
@@ -33,7 +31,7 @@ from llm_rollout.retention import (
     revisions_in_use,
 )
 from llm_rollout.spec import ServiceSpec
-from tasks.policy import retry_transient_only
+from tasks.kubernetes import api_task
 
 
 def _bucket(spec: ServiceSpec, revision: str) -> oss2.Bucket:
@@ -43,14 +41,7 @@ def _bucket(spec: ServiceSpec, revision: str) -> oss2.Bucket:
     return open_bucket(revision_target(spec, revision), resolve_oss_credentials(ref))
 
 
-@task(
-    name="inspect-refresh",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=300,
-    cache_policy=NO_CACHE,
-)
+@api_task("inspect-refresh", timeout_seconds=300)
 def inspect(spec: ServiceSpec) -> RefreshPlan:
     """Compare the hub's branch now with the serving revision's manifest (reads only)."""
     logger = get_run_logger()
@@ -66,14 +57,7 @@ def inspect(spec: ServiceSpec) -> RefreshPlan:
     return plan
 
 
-@task(
-    name="copy-unchanged",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=6 * 3600,
-    cache_policy=NO_CACHE,
-)
+@api_task("copy-unchanged", timeout_seconds=6 * 3600)
 def copy_unchanged_files(spec: ServiceSpec, plan: RefreshPlan) -> CopyResult:
     """Copy the unchanged files into the new revision prefix inside OSS (idempotent)."""
     logger = get_run_logger()
@@ -96,14 +80,7 @@ def copy_unchanged_files(spec: ServiceSpec, plan: RefreshPlan) -> CopyResult:
     return result
 
 
-@task(
-    name="clean-revisions",
-    retries=3,
-    retry_delay_seconds=[1, 3, 9],
-    retry_condition_fn=retry_transient_only,
-    timeout_seconds=1800,
-    cache_policy=NO_CACHE,
-)
+@api_task("clean-revisions", timeout_seconds=1800)
 def clean_revisions(spec: ServiceSpec, keep: int, protected: list[str]) -> list[str]:
     """Delete revision prefixes beyond the newest `keep`, never a protected or in-use one."""
     logger = get_run_logger()
