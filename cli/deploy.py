@@ -8,11 +8,17 @@ from the objects the flow left there.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+T = TypeVar("T")
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,6 +52,20 @@ def _where_to_look(run_id: str) -> str:
         f"`PREFECT_HOME={home} prefect server start` and open "
         f"http://127.0.0.1:4200/runs/flow-run/{run_id}"
     )
+
+
+def _on_cluster(failure: str, call: Callable[[ApiClient], T]) -> T:
+    """Run `call` with an API client from KUBECONFIG; a `RolloutError` is printed after
+    `failure` and ends the command with exit code 1."""
+    from llm_rollout.errors import RolloutError
+    from llm_rollout.release import cluster_api
+
+    try:
+        with cluster_api() as api:
+            return call(api)
+    except RolloutError as exc:
+        err_console.print(f"{failure}: {exc}")
+        raise typer.Exit(code=1) from exc
 
 
 def deploy_command(
@@ -86,15 +106,9 @@ def deploy_command(
 
 def status_command(name: NameArg, namespace: NamespaceOpt) -> None:
     """Which release serves, whether its workload is ready, its revision and spec hash."""
-    from llm_rollout.errors import RolloutError
-    from llm_rollout.release import cluster_api, service_status
+    from llm_rollout.release import service_status
 
-    try:
-        with cluster_api() as api:
-            status = service_status(api, namespace, name)
-    except RolloutError as exc:
-        err_console.print(f"status failed: {exc}")
-        raise typer.Exit(code=1) from exc
+    status = _on_cluster("status failed", lambda api: service_status(api, namespace, name))
     state = status.state
     if state.current_release is None:
         console.print(f"Service {namespace}/{name}: not deployed (no stable Service)")
@@ -122,15 +136,11 @@ def status_command(name: NameArg, namespace: NamespaceOpt) -> None:
 
 def rollback_command(name: NameArg, namespace: NamespaceOpt) -> None:
     """Point the stable Service back to the previous release, if its workload still exists."""
-    from llm_rollout.errors import RolloutError
-    from llm_rollout.release import cluster_api, rollback_to_previous
+    from llm_rollout.release import rollback_to_previous
 
-    try:
-        with cluster_api() as api:
-            message = rollback_to_previous(api, namespace, name)
-    except RolloutError as exc:
-        err_console.print(f"rollback not possible: {exc}")
-        raise typer.Exit(code=1) from exc
+    message = _on_cluster(
+        "rollback not possible", lambda api: rollback_to_previous(api, namespace, name)
+    )
     console.print(message)
 
 
@@ -142,15 +152,11 @@ def teardown_command(
     ] = 300.0,
 ) -> None:
     """Remove workloads, Services, PVC, PV and Secret of a service; the OSS data stays."""
-    from llm_rollout.errors import RolloutError
-    from llm_rollout.release import cluster_api, teardown
+    from llm_rollout.release import teardown
 
-    try:
-        with cluster_api() as api:
-            removed = teardown(api, namespace, name, wait_timeout_s=timeout_s)
-    except RolloutError as exc:
-        err_console.print(f"teardown failed: {exc}")
-        raise typer.Exit(code=1) from exc
+    removed = _on_cluster(
+        "teardown failed", lambda api: teardown(api, namespace, name, wait_timeout_s=timeout_s)
+    )
     if not removed:
         console.print(f"nothing of Service {namespace}/{name} found")
         return
