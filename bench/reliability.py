@@ -37,6 +37,11 @@ cluster-scoped and named after the service):
   so it is a different node) while a thread sends chat completions through the stable Service.
   Survived: a failure naming the reason within 25 s, "keeps serving", the Service still on
   release N and ready -- and zero failed requests.
+- workload, blue-green promotion: release A serves; with the same traffic running, release B
+  (another image tag; the scripted backends answer a distinct text per release) passes readiness
+  and smoke, takes the stable Service, bakes 3 s and A is removed. Survived: B serves and is
+  ready, A's objects and pods are gone, zero failed requests, the answers are A's then B's
+  (never A after the first B) and B answered for at least the bake window.
 - secrets: deploy (under every API fault), plan, redeploy, refresh with the fake keys; the CLI
   output, Python logging, each run's Prefect logs/artifacts/events/parameters/state, plan files,
   cluster objects (not Secrets) and OSS metadata are scanned. `sync` subprocess output is
@@ -1235,6 +1240,10 @@ class ServiceTraffic(_Background):
         self.namespace, self.name, self.model, self.port = namespace, name, model, port
         self.ok = 0
         self.failed: list[str] = []
+        # The answers in the order they came, run-length encoded: [answer, count, first seen
+        # (monotonic)] per run of equal answers.
+        self.answers: list[list[Any]] = []
+        self.answered = threading.Event()
 
     def _run(self) -> None:
         import httpx
@@ -1259,11 +1268,19 @@ class ServiceTraffic(_Background):
                         continue
                     if response.status_code == 200 and response.json().get("choices"):
                         self.ok += 1
+                        self._record(response.json()["choices"][0]["message"]["content"])
                     else:
                         self.failed.append(f"HTTP {response.status_code}: {response.text[:160]}")
                     self._stop.wait(0.02)  # pacing: leave the two cores to the rollout
         finally:
             api.close()  # type: ignore[no-untyped-call]
+
+    def _record(self, answer: str) -> None:
+        if self.answers and self.answers[-1][0] == answer:
+            self.answers[-1][1] += 1
+        else:
+            self.answers.append([answer, 1, time.monotonic()])
+        self.answered.set()
 
 
 def _pods(namespace: str, selector: str) -> list[dict[str, Any]]:
@@ -1448,6 +1465,108 @@ def workload_baseline(world: InputWorld) -> str:
     release = _released(output)
     assert release is not None, output
     return release
+
+
+# Blue-green promotion under traffic: release A serves, release B (another image tag, so a new
+# release is rendered) passes readiness and smoke, takes the stable Service, bakes, and A is
+# removed -- while chat completions flow through the stable Service the whole time.
+BLUE_GREEN_CLASS = "workload: blue-green promotion under traffic"
+BAKE_S = 3
+
+
+def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> DeployTrial:
+    """Deploy A; start traffic through the stable Service; deploy B (blue-green, baked for
+    BAKE_S). Survived: B promoted and ready, A's objects and pods gone, zero failed requests,
+    and the answers (distinct per release) are all A's, then all B's, with B answering for at
+    least the bake window before the run ended."""
+    from llm_rollout.release import cluster_api, release_objects
+    from llm_rollout.spec import load_spec
+    from sandbox.kube.backends import BackendBehavior
+
+    namespace = name = "rel-bg"
+    tags = {side: f"bg-{side.lower()}-{rng.randrange(10**6)}" for side in ("A", "B")}
+    answers = {side: f"Release {side} ({tag}) answering." for side, tag in tags.items()}
+    for side, tag in tags.items():
+        world.cluster.scripted.set_behavior(
+            {VERSION_LABEL: tag}, BackendBehavior(answer=answers[side])
+        )
+    paths = {
+        side: write_deploy_spec(
+            world,
+            f"{label}-{side}",
+            namespace,
+            name,
+            serving={"image": f"vllm/vllm-openai:{tag}"},
+            rollout={"strategy": "blue-green", "promote_grace_s": BAKE_S if side == "B" else 0},
+        )
+        for side, tag in tags.items()
+    }
+    code, output, _ = deploy_cli(paths["A"])
+    release_a = _released(output)
+    current, ready = serving_release(namespace, name)
+    if code != 0 or release_a is None or current != release_a or not ready:
+        return DeployTrial(False, f"release A not serving ({current}): {output[-300:]}", 0.0)
+    model = load_spec(paths["B"]).served_model_name
+    with ServiceTraffic(namespace, name, model) as traffic:
+        if not traffic.answered.wait(30):
+            return DeployTrial(False, f"no answer through the Service: {traffic.failed[:1]}", 0.0)
+        with CapturedLogs() as logs:
+            code, output, seconds = deploy_cli(paths["B"])
+        ended = time.monotonic()
+    leaks = len(scan_for_keys({"out": output, "logs": "\n".join(logs.lines)}, (KEY_SECRET,)))
+    release_b = _released(output)
+    current, ready = serving_release(namespace, name)
+    problems = []
+    if code != 0:
+        problems.append(f"release B: exit {code}: {output.strip()[-300:]}")
+    elif current != release_b or not ready:
+        problems.append(f"Service routes to {current} (ready {ready}), not B's {release_b}")
+    with cluster_api() as api:
+        left = release_objects(api, namespace, name, release_a)
+    pods_left = _pods(namespace, f"llm-rollout.io/release={release_a}")
+    if left or pods_left:
+        problems.append(
+            f"release A still has {[o['metadata']['name'] for o in left]} and "
+            f"{len(pods_left)} pod(s)"
+        )
+    if traffic.failed:
+        problems.append(
+            f"{len(traffic.failed)} of {traffic.ok + len(traffic.failed)} requests through "
+            f"the Service failed, first: {traffic.failed[0]}"
+        )
+    order = [_side(answers, answer) for answer, _, _ in traffic.answers]
+    if order != ["A", "B"]:
+        problems.append(f"answers in order {order} (runs of equal answers), not [A, B]")
+    else:
+        served_b = ended - traffic.answers[1][2]
+        if served_b < BAKE_S:
+            problems.append(f"B answered for only {served_b:.1f}s (bake {BAKE_S}s) before the end")
+    counts = "/".join(str(n) for _, n, _ in traffic.answers)
+    detail = "; ".join(problems) or (
+        f"promoted in {seconds:.1f}s, {traffic.ok} requests (A/B {counts}), 0 failed"
+    )
+    return DeployTrial(not problems, detail, seconds, leaks, traffic.ok)
+
+
+def _side(answers: dict[str, str], answer: str) -> str:
+    return next((side for side, text in answers.items() if text == answer), f"other: {answer!r}")
+
+
+def run_blue_green_class(
+    world: InputWorld, trials: int, seed: int
+) -> tuple[Row, list[DeployTrial]]:
+    results = [
+        trial_blue_green(world, random.Random(f"blue-green:{seed}:{i}"), f"bg-{seed}-{i}")
+        for i in range(trials)
+    ]
+    requests = sum(r.fired for r in results)
+    notes = (
+        f"{requests} chat completions through the Service during the rollouts (bake {BAKE_S}s); "
+        f"{sum(1 for r in results if 'requests through' in r.detail)} trial(s) with failed "
+        f"requests, {sum(1 for r in results if 'answers in order' in r.detail)} with answers "
+        "out of order"
+    )
+    return _deploy_row(BLUE_GREEN_CLASS, results, notes), results
 
 
 # Concurrency: two deploys of one service started together never interleave.
@@ -1722,6 +1841,9 @@ def run_deploy_groups(groups: list[str], trials: int | None, seed: int, root: Pa
                     row, _ = run_workload_class(world, kind, count, seed)
                     print(format_table([row]).splitlines()[2], flush=True)
                     rows.append(row)
+                row, _ = run_blue_green_class(world, count, seed)
+                print(format_table([row]).splitlines()[2], flush=True)
+                rows.append(row)
             elif group == "secrets":
                 rows.append(run_secrets_check(world, seed))
             elif group == "concurrency":
