@@ -269,14 +269,18 @@ class VolumeSpec(StrictModel):
         default=None,
         description=(
             "PersistentVolume name (also its volumeHandle); default "
-            '"<name>-model-<8 hex digest of the weights location>".'
+            '"<name>-model-<8 hex digest of the namespace and the weights location>" '
+            "(PersistentVolumes are cluster-wide)."
         ),
         max_length=63,
         pattern=DNS1123_LABEL.pattern,
     )
     pvc_name: str | None = Field(
         default=None,
-        description="PersistentVolumeClaim name; default: the default PV name.",
+        description=(
+            'PersistentVolumeClaim name; default "<name>-model-<8 hex digest of the weights '
+            'location>".'
+        ),
         max_length=63,
         pattern=DNS1123_LABEL.pattern,
     )
@@ -826,8 +830,12 @@ class ServiceSpec(StrictModel):
 
     @property
     def pv_name(self) -> str:
-        # A PV's source is immutable, so weights at another location need another PV.
-        return self.volume.pv_name or f"{self.name}-model-{self.model_location_id}"
+        # A PV's source is immutable, so weights at another location need another PV; and a
+        # PV is cluster-scoped, so the same service name in two namespaces needs two PVs.
+        if self.volume.pv_name:
+            return self.volume.pv_name
+        scope = f"{self.namespace}/{self.model_bucket}/{self.model_object_prefix}"
+        return f"{self.name}-model-{hashlib.sha256(scope.encode('utf-8')).hexdigest()[:8]}"
 
     @property
     def pvc_name(self) -> str:

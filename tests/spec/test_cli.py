@@ -29,7 +29,7 @@ def test_plan_writes_one_file_per_object(tmp_path: Path) -> None:
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "leaderworkerset-qwen3-32b-vllm-r7.yaml",
-        "persistentvolume-qwen3-32b-vllm-model-c41cd8d0.yaml",
+        "persistentvolume-qwen3-32b-vllm-model-02c2db69.yaml",
         "persistentvolumeclaim-qwen3-32b-vllm-model-c41cd8d0.yaml",
         "secret-qwen3-32b-vllm-oss.yaml",
         "service-qwen3-32b-vllm-r7-api.yaml",

@@ -379,3 +379,15 @@ def test_new_revision_gets_new_volume_names(lws_dict: dict[str, Any]) -> None:
     assert old.pv_name != new.pv_name
     assert old.pvc_name != new.pvc_name
     assert new.pv_name.startswith("qwen3-32b-vllm-model-")
+
+
+def test_same_service_in_two_namespaces_gets_two_persistent_volumes(
+    lws_dict: dict[str, Any],
+) -> None:
+    # PersistentVolumes are cluster-wide: sharing one would leave the second claim unbound.
+    first = spec_from_dict(lws_dict)
+    lws_dict["namespace"] = "llm-staging"
+    second = spec_from_dict(lws_dict)
+    assert first.pv_name != second.pv_name
+    # Claims are namespaced, so their names may (and do) stay the same.
+    assert first.pvc_name == second.pvc_name
