@@ -20,7 +20,6 @@ import re
 import threading
 from dataclasses import dataclass, field
 
-
 STREAM_ACTIONS = ("cut_watch", "gone_watch")
 
 
