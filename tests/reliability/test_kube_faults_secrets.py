@@ -59,6 +59,8 @@ def test_deploy_survives_api_faults_and_keeps_keys(
     }
     assert texts["prefect logs"], "no Prefect logs read back: the scan would be empty"
     assert "llm-rollout.service.ready" in texts["prefect events"], "events not read back"
-    # The 410 came inside a pod watch of readiness, which re-listed and went on.
-    assert "410 Gone; re-listing" in texts["prefect logs"]
+    # The 410 rule fired on a pod watch (every rule's hit count is checked above) and the
+    # deploy still completed. Whether readiness logs the re-list depends on whether it was
+    # already satisfied by the initial list, so the re-list itself is asserted
+    # deterministically in test_watch_gone.py.
     assert scan_for_keys(texts, (KEY_SECRET, KEY_ID)) == []
