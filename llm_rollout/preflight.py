@@ -346,8 +346,8 @@ def check_hub(spec: ServiceSpec, report: PreflightReport) -> None:
     if source is None:
         report.checks.append("hub: model comes from OSS (oss_uri); hub not consulted")
         return
-    # Read the standard variable now: the library caches its endpoint per process.
-    client = HubClient(endpoint=os.environ.get("MODELSCOPE_ENDPOINT") or None)
+    # HubClient reads MODELSCOPE_ENDPOINT when made (the library caches it per process).
+    client = HubClient()
     try:
         listing = client.list_files(
             HubSource(
