@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
+from kubernetes.client.rest import ApiException
 
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply, apply_all
@@ -63,3 +65,13 @@ def worker(worker_kubeconfig: Path) -> Iterator[k8s_client.ApiClient]:
         yield api
     finally:
         api.close()  # type: ignore[no-untyped-call]
+
+
+def forbidden(call: Callable[[], Any]) -> dict[str, Any]:
+    """The Status body of the real server's 403 that `call` must get."""
+    with pytest.raises(ApiException) as err:
+        call()
+    assert err.value.status == 403
+    body: dict[str, Any] = json.loads(err.value.body)
+    assert body["kind"] == "Status" and body["reason"] == "Forbidden" and body["code"] == 403
+    return body

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,50 +15,41 @@ from llm_rollout.errors import RolloutError
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply
 from llm_rollout.rbac import worker_user
-from tests.sandbox_kube_rbac.conftest import NAMESPACE, OTHER_NAMESPACE
+from tests.sandbox_kube_rbac.conftest import NAMESPACE, OTHER_NAMESPACE, forbidden
 
 USER = worker_user(NAMESPACE)
 
 
-def _forbidden(call: Any) -> dict[str, Any]:
-    with pytest.raises(ApiException) as err:
-        call()
-    assert err.value.status == 403
-    body: dict[str, Any] = json.loads(err.value.body)
-    assert body["kind"] == "Status" and body["reason"] == "Forbidden" and body["code"] == 403
-    return body
-
-
-def test_requests_outside_the_role_are_forbidden(worker: k8s_client.ApiClient) -> None:
+def test_requests_outside_the_role_areforbidden(worker: k8s_client.ApiClient) -> None:
     core = k8s_client.CoreV1Api(worker)
-    body = _forbidden(lambda: core.list_namespaced_secret(OTHER_NAMESPACE))
+    body = forbidden(lambda: core.list_namespaced_secret(OTHER_NAMESPACE))
     assert body["message"] == (
         f'secrets is forbidden: User "{USER}" cannot list resource "secrets" in API group "" '
         f'in the namespace "{OTHER_NAMESPACE}"'
     )
-    body = _forbidden(lambda: core.delete_node("gpu-node-a"))
+    body = forbidden(lambda: core.delete_node("gpu-node-a"))
     assert body["message"] == (
         f'nodes "gpu-node-a" is forbidden: User "{USER}" cannot delete resource "nodes" in API '
         'group "" at the cluster scope'
     )
     assert body["details"] == {"name": "gpu-node-a", "kind": "nodes"}
     rbac = k8s_client.RbacAuthorizationV1Api(worker)
-    body = _forbidden(
+    body = forbidden(
         lambda: rbac.create_cluster_role({"metadata": {"name": "escalate"}, "rules": []})
     )
     assert body["message"] == (
         f'clusterroles.rbac.authorization.k8s.io is forbidden: User "{USER}" cannot create '
         'resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope'
     )
-    body = _forbidden(lambda: core.read_namespace(OTHER_NAMESPACE))  # resourceNames: own only
+    body = forbidden(lambda: core.read_namespace(OTHER_NAMESPACE))  # resourceNames: own only
     assert body["message"] == (
         f'namespaces "{OTHER_NAMESPACE}" is forbidden: User "{USER}" cannot get resource '
         f'"namespaces" in API group "" in the namespace "{OTHER_NAMESPACE}"'
     )
     assert core.read_namespace(NAMESPACE).metadata.name == NAMESPACE
-    body = _forbidden(lambda: core.delete_namespace(NAMESPACE))
+    body = forbidden(lambda: core.delete_namespace(NAMESPACE))
     assert body["details"]["kind"] == "namespaces"
-    body = _forbidden(lambda: core.read_namespaced_pod_log("nope", OTHER_NAMESPACE))
+    body = forbidden(lambda: core.read_namespaced_pod_log("nope", OTHER_NAMESPACE))
     assert (
         f'cannot get resource "pods/log" in API group "" in the namespace "{OTHER_NAMESPACE}"'
         in (body["message"])
@@ -132,7 +122,7 @@ def test_apply_that_creates_needs_create(
             in str(err.value)
         )
         core = k8s_client.CoreV1Api(api)
-        body = _forbidden(lambda: core.list_namespaced_config_map(ns))
+        body = forbidden(lambda: core.list_namespaced_config_map(ns))
         assert body["message"].endswith(
             'in the namespace "other-team": RBAC: role.rbac.authorization.k8s.io "gone" not found'
         )
