@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,16 +28,14 @@ from llm_rollout.release import read_release_state
 from sandbox.hub import HubServer
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
+from sandbox.prefect_stack import PrefectStack, deployments_worker
 from sandbox.synthetic import derive_changed_revision, make_synthetic_model, shard_name
 from tests.deployments.conftest import (
     BUCKET,
     KEY_ID,
     KEY_SECRET,
-    POOL,
-    REPO_ROOT,
     SHARD_BYTES,
     SHARDS,
-    PrefectStack,
     spec_data,
 )
 
@@ -60,28 +56,6 @@ class Stack:
     spec: dict[str, Any]
 
 
-def _pool_ready(stack: PrefectStack, timeout_s: float) -> None:
-    """Wait until the work pool reports a live worker (status READY)."""
-    import time
-
-    async def status() -> str:
-        async with get_client() as client:
-            pool = await client.read_work_pool(POOL)
-            return str(pool.status.value if pool.status else "")
-
-    import asyncio
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if asyncio.run(status()) == "READY":
-            return
-        if stack.worker is not None and stack.worker.poll() is not None:
-            raise RuntimeError("worker exited")
-        # The worker's first heartbeat marks the pool READY; nothing pushes that to us.
-        time.sleep(0.5)
-    raise TimeoutError("work pool never became READY")
-
-
 @pytest.fixture(scope="module")
 def stack(
     prefect_stack: PrefectStack,
@@ -94,42 +68,19 @@ def stack(
     hub.add_revision_from_dir(MODEL_ID, "v1", v1)
     with SandboxCluster(ClusterConfig(), work / "kube") as cluster:
         env = {
-            **prefect_stack.env,
             "KUBECONFIG": str(cluster.kubeconfig),
             "MODELSCOPE_ENDPOINT": hub.base_url,
             "OSS_ACCESS_KEY_ID": KEY_ID,
             "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-            "PWD": str(REPO_ROOT),
         }
-        prefect_stack.env = env
-        created = prefect_stack.run("work-pool", "create", POOL, "--type", "process")
-        assert created.returncode == 0, created.stdout + created.stderr
-        deployed = prefect_stack.run("deploy", "--all")
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        log_path = prefect_stack.home / "worker.log"
-        with log_path.open("wb") as log:
-            worker = subprocess.Popen(
-                [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL],
-                cwd=REPO_ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            prefect_stack.worker, prefect_stack.worker_log = worker, log_path
-            try:
-                with temporary_settings({PREFECT_API_URL: prefect_stack.api_url}):
-                    _pool_ready(prefect_stack, 60)
-                    spec = spec_data(oss, MODEL_ID, name=SERVICE, namespace=NAMESPACE)
-                    yield Stack(prefect_stack, cluster, hub, oss, work, spec)
-            finally:
-                worker.send_signal(signal.SIGINT)
-                try:
-                    worker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait(timeout=10)
+        with (
+            deployments_worker(prefect_stack, env),
+            temporary_settings({PREFECT_API_URL: prefect_stack.api_url}),
+        ):
+            spec = spec_data(oss, MODEL_ID, name=SERVICE, namespace=NAMESPACE)
+            yield Stack(prefect_stack, cluster, hub, oss, work, spec)
 
 
 def _cli_run(stack: Stack, deployment: str, params: dict[str, Any]) -> UUID:
