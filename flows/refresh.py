@@ -56,13 +56,13 @@ def refresh(
     logger = get_run_logger()
     plan = inspect(spec)
     if plan.up_to_date:
-        logger.info("up to date: %s", plan.reason)
+        logger.info("nothing to roll out: %s", plan.reason)
         return RefreshResult("up-to-date", plan.target_revision, plan.reason)
     with rollout_lease(spec.namespace, spec.name, wait_s=float(lock_wait_s)):
         # Another run may have refreshed while this one waited for the lease.
         plan = inspect(spec)
         if plan.up_to_date:
-            logger.info("up to date: %s", plan.reason)
+            logger.info("nothing to roll out: %s", plan.reason)
             return RefreshResult("up-to-date", plan.target_revision, plan.reason)
         target = pinned(spec, plan.target_revision)
         if plan.copies:
