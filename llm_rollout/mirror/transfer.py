@@ -13,7 +13,9 @@ Per file:
 
 Resume: a checkpoint (upload id + acknowledged parts + the running sha256/CRC64 state after
 the last part hashed in order) is reconciled with ListParts. Parts OSS already holds are not
-sent again. Parts the saved hash state covers are not read again either: hashing continues
+sent again -- including parts it stored that the checkpoint never recorded (a kill between
+the two): their bytes are read from the source again and adopted when their MD5 equals the
+part's listed ETag. Parts the saved hash state covers are not read again either: hashing continues
 from the state (OpenSSL's SHA256_CTX, see `mirror.hashing`). Parts uploaded beyond that prefix
 (out of order, at most a window of them) are read again from the *source* to continue the
 hash -- OSS does not serve the parts of an unfinished upload -- and checked against their
@@ -430,6 +432,9 @@ class _PartJob:
     offset: int
     length: int
     known: PartState | None
+    # ETag OSS lists for this part when the checkpoint never recorded it (a kill -9 between
+    # OSS storing the part and the checkpoint write): adopted if the bytes' MD5 matches.
+    listed_etag: str | None = None
 
 
 def _run_part(
@@ -447,6 +452,13 @@ def _run_part(
     local_crc = crc64(data)
     if job.known is not None and local_crc == job.known.crc64:
         return job.known
+    if job.listed_etag is not None and _md5_etag(data) == job.listed_etag.upper():
+        # OSS's part ETag is the MD5 of the part's bytes: these bytes are what it holds.
+        adopted = PartState(
+            number=job.number, size=len(data), crc64=local_crc, etag=job.listed_etag
+        )
+        ctx.checkpoints.record_part(state, adopted)
+        return adopted
     action = f"UploadPart {key} #{job.number}"
 
     def upload() -> oss2.models.PutObjectResult:
@@ -466,9 +478,20 @@ def _run_part(
     return part
 
 
-def _open_upload(
-    ctx: TransferContext, file: HubFile, key: str, part_size: int
-) -> tuple[UploadState, dict[int, PartState]]:
+def _md5_etag(data: memoryview) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest().upper()
+
+
+@dataclass
+class _Resumed:
+    state: UploadState
+    # Parts the checkpoint recorded and OSS still lists with the same ETag and size.
+    reusable: dict[int, PartState] = field(default_factory=dict)
+    # Parts OSS lists that the checkpoint does not know: {number: ETag}.
+    unrecorded: dict[int, str] = field(default_factory=dict)
+
+
+def _open_upload(ctx: TransferContext, file: HubFile, key: str, part_size: int) -> _Resumed:
     """Resume the checkpointed upload of `key` when OSS still has it, else start one."""
     bucket_name = ctx.target.bucket
     state = ctx.checkpoints.load(bucket_name, key)
@@ -477,7 +500,8 @@ def _open_upload(
         listed = _list_parts(ctx, key, state.upload_id) if same else None
         if listed is not None:
             reusable = {n: p for n, p in state.parts.items() if listed.get(n) == (p.etag, p.size)}
-            return state, reusable
+            unrecorded = {n: etag for n, (etag, _size) in listed.items() if n not in reusable}
+            return _Resumed(state, reusable, unrecorded)
         if not same:
             _abort_quietly(ctx, key, state.upload_id)
         ctx.checkpoints.delete(bucket_name, key)
@@ -498,7 +522,7 @@ def _open_upload(
         part_size=part_size,
     )
     ctx.checkpoints.save(state)
-    return state, {}
+    return _Resumed(state)
 
 
 class ResumedHashMismatch(TransientError):
@@ -554,7 +578,8 @@ def _put_multipart(
     ctx: TransferContext, file: HubFile, key: str, mine: Counters
 ) -> tuple[FileRecord, bool]:
     part_size = ctx.options.part_size_for(file.size)
-    state, reusable = _open_upload(ctx, file, key, part_size)
+    resumed = _open_upload(ctx, file, key, part_size)
+    state, reusable = resumed.state, resumed.reusable
     sha, combined, hashed_through = _resume_hash(ctx, state, reusable, part_size, file.size)
     resumed_hash = hashed_through > 0
     last_number = -(-file.size // part_size)
@@ -563,7 +588,9 @@ def _put_multipart(
     if done:
         ctx.progress.on_bytes(file.path, sum(p.size for p in done))
     jobs = [
-        _PartJob(n, off, min(part_size, file.size - off), reusable.get(n))
+        _PartJob(
+            n, off, min(part_size, file.size - off), reusable.get(n), resumed.unrecorded.get(n)
+        )
         for n, off in enumerate(range(0, file.size, part_size), start=1)
         if n > hashed_through
     ]

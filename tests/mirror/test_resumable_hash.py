@@ -187,3 +187,56 @@ def test_a_state_that_disagrees_with_its_part_count_is_not_used(case: MirrorCase
     assert outcome.bytes_fetched == size
     assert outcome.bytes_sent == size - 3 * PART
     assert is_mirrored(case.target, case.credentials).complete
+
+
+def _forget_part_three(case: MirrorCase, key: str) -> str:
+    """As if kill -9 struck after OSS stored part 3 but before the checkpoint recorded it
+    (nor the running hash after it). Returns the upload id."""
+    path = _checkpoint_files(case)[key]
+    saved = json.loads(path.read_text())
+    del saved["parts"]["3"]
+    saved.update(hashed_parts=0, sha256_state=None, sha256_format=None, hashed_crc64=None)
+    path.write_text(json.dumps(saved))
+    return str(saved["upload_id"])
+
+
+def _part_writes(case: MirrorCase, key: str) -> list[int | None]:
+    return sorted(
+        e.part_number
+        for e in case.oss.request_log
+        if e.op == "UploadPart" and e.status == 200 and e.key == key
+    )
+
+
+def test_a_part_oss_holds_but_the_checkpoint_missed_is_adopted_not_resent(
+    case: MirrorCase,
+) -> None:
+    shard, key, size = _fail_last_part(case)
+    _forget_part_three(case, key)
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    outcome = next(o for o in result.files if o.record.path == shard)
+    assert outcome.status == "resumed"
+    # Part 3's bytes are read again (to hash them and match OSS's MD5 ETag), not sent again.
+    assert outcome.bytes_sent == size - 3 * PART
+    assert _part_writes(case, key) == [1, 2, 3, 4]
+    data = open_bucket(case.target, case.credentials).get_object(key).read()
+    assert data == (case.model_dir / shard).read_bytes()
+    assert is_mirrored(case.target, case.credentials).complete
+
+
+def test_an_unrecorded_part_with_other_bytes_is_sent_again(case: MirrorCase) -> None:
+    shard, key, size = _fail_last_part(case)
+    upload_id = _forget_part_three(case, key)
+    # OSS now holds different bytes as part 3 (its ETag is their MD5): they must not be kept.
+    bucket = open_bucket(case.target, case.credentials)
+    bucket.upload_part(key, upload_id, 3, b"\0" * PART)
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    outcome = next(o for o in result.files if o.record.path == shard)
+    assert outcome.bytes_sent == size - 2 * PART
+    assert _part_writes(case, key) == [1, 2, 3, 3, 3, 4]
+    assert bucket.get_object(key).read() == (case.model_dir / shard).read_bytes()
+    assert is_mirrored(case.target, case.credentials).complete
