@@ -51,9 +51,15 @@ def sync_command(
     mode: Annotated[
         str, typer.Option(help="streamed (no local copy) or staged (snapshot_download first).")
     ] = "streamed",
-    part_size_mb: Annotated[float, typer.Option(help="Multipart part size in MiB.")] = 8.0,
-    max_parallel_files: Annotated[int, typer.Option(help="Files in flight at once.")] = 4,
-    max_parallel_parts: Annotated[int, typer.Option(help="Parts in flight at once.")] = 8,
+    part_size_mb: Annotated[
+        float | None, typer.Option(help="Multipart part size in MiB [default: MirrorOptions'].")
+    ] = None,
+    max_parallel_files: Annotated[
+        int | None, typer.Option(help="Files in flight at once [default: MirrorOptions'].")
+    ] = None,
+    max_parallel_parts: Annotated[
+        int | None, typer.Option(help="Parts in flight at once [default: MirrorOptions'].")
+    ] = None,
     checkpoint_dir: Annotated[
         Path | None, typer.Option(help="Multipart checkpoint directory.")
     ] = None,
@@ -80,15 +86,15 @@ def sync_command(
     try:
         spec = load_spec(spec_path)
         inputs = mirror_inputs(spec)
-        options = MirrorOptions.model_validate(
-            {
-                "mode": mode,
-                "part_size_mb": part_size_mb,
-                "max_parallel_files": max_parallel_files,
-                "max_parallel_parts": max_parallel_parts,
-                "checkpoint_dir": checkpoint_dir,
-            }
-        )
+        given = {
+            "mode": mode,
+            "part_size_mb": part_size_mb,
+            "max_parallel_files": max_parallel_files,
+            "max_parallel_parts": max_parallel_parts,
+            "checkpoint_dir": checkpoint_dir,
+        }
+        # Options left out keep MirrorOptions' defaults (one place states them).
+        options = MirrorOptions.model_validate({k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors(include_url=False, include_input=False)[0]
         field = ".".join(str(p) for p in first["loc"])
