@@ -1,8 +1,9 @@
 """Benchmark: the seeds' procedure vs the streamed mirror, side by side, same link caps.
 
 A synthetic model is served by the sandbox hub; both sides write to the sandbox OSS; each
-server has the same aggregate bandwidth cap (the "link"). The servers run in a process of
-their own (`sandbox.storage_proc`), so they do not share a GIL with either side. The sides run
+server has the same aggregate bandwidth cap (the "link"). The hub and OSS each run in a
+process of their own (`sandbox.storage_proc`), as the real services run on machines of their
+own: neither shares a GIL with a side or with the other server. The sides run
 one after the other, each in its own subprocess, sampled with psutil for peak RSS (the process
 and its children) and for disk used under its own work dir (incl. its modelscope cache):
 
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +133,23 @@ print("PHASES " + json.dumps(phases), flush=True)
 """
 
 
+@dataclass(frozen=True)
+class Storage:
+    """The hub from one storage child, OSS from another (each child's other server idles)."""
+
+    hub: StorageProcess
+    oss: StorageProcess
+
+    def reset_counters(self) -> None:
+        self.hub.reset_counters()
+        self.oss.reset_counters()
+
+    def cpu_seconds(self) -> float:
+        return self.hub.hub_stats().process_cpu_seconds + self.oss.oss_stats().process_cpu_seconds
+
+
 def _side(
-    name: str, run: int, code: str, tmp: Path, storage: StorageProcess, base_env: dict[str, str]
+    name: str, run: int, code: str, tmp: Path, storage: Storage, base_env: dict[str, str]
 ) -> dict[str, Any]:
     work = tmp / f"work-{name}"
     work.mkdir()
@@ -144,17 +161,16 @@ def _side(
         "BENCH_PREFIX": f"{name}/run-{run}",
     }
     storage.reset_counters()
-    server_cpu = storage.hub_stats().process_cpu_seconds
-    argv = [sys.executable, "-c", code, MODEL_ID, str(work), storage.oss_endpoint, "bench"]
+    server_cpu = storage.cpu_seconds()
+    argv = [sys.executable, "-c", code, MODEL_ID, str(work), storage.oss.oss_endpoint, "bench"]
     log_path = tmp / f"{name}-run-{run}.log"
     result: dict[str, Any] = dict(_measure(argv, env, work, log_path))
     for line in log_path.read_text(errors="replace").splitlines():
         if line.startswith("PHASES "):
             result["phases"] = json.loads(line.removeprefix("PHASES "))
-    result["hub_bytes"] = storage.hub_stats().bytes_served
-    result["oss_bytes"] = storage.oss_stats().bytes_received
-    # Hub and OSS share the storage process: its CPU time covers both servers.
-    result["server_cpu_s"] = storage.hub_stats().process_cpu_seconds - server_cpu
+    result["hub_bytes"] = storage.hub.hub_stats().bytes_served
+    result["oss_bytes"] = storage.oss.oss_stats().bytes_received
+    result["server_cpu_s"] = storage.cpu_seconds() - server_cpu
     shutil.rmtree(work, ignore_errors=True)
     return result
 
@@ -223,20 +239,27 @@ def main() -> None:
             tmp / "src", shards=args.shards, shard_size_bytes=shard_bytes, seed=3
         )
         total = sum(p.stat().st_size for p in model.iterdir() if p.is_file())
-        with spawn_storage(
-            tmp / "storage",
-            credentials={AK: SK},
-            buckets=["bench"],
-            hub_revisions=[HubRevision(MODEL_ID, "v1", model)],
-            hub_aggregate_bandwidth_bytes_per_s=cap,
-            oss_aggregate_bandwidth_bytes_per_s=cap,
-        ) as storage:
+        with (
+            spawn_storage(
+                tmp / "hub",
+                credentials={AK: SK},
+                hub_revisions=[HubRevision(MODEL_ID, "v1", model)],
+                hub_aggregate_bandwidth_bytes_per_s=cap,
+            ) as hub_proc,
+            spawn_storage(
+                tmp / "oss",
+                credentials={AK: SK},
+                buckets=["bench"],
+                oss_aggregate_bandwidth_bytes_per_s=cap,
+            ) as oss_proc,
+        ):
+            storage = Storage(hub=hub_proc, oss=oss_proc)
             env = {
                 **os.environ,
-                "MODELSCOPE_ENDPOINT": storage.hub_url,
+                "MODELSCOPE_ENDPOINT": storage.hub.hub_url,
                 "BENCH_AK": AK,
                 "BENCH_SK": SK,
-                "BENCH_REGION": storage.region,
+                "BENCH_REGION": storage.oss.region,
                 "BENCH_PART_MB": str(args.part_size_mb),
                 "BENCH_FILES": str(args.max_parallel_files),
                 "BENCH_PARTS": str(args.max_parallel_parts),
