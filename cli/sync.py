@@ -79,8 +79,8 @@ def sync_command(
     from llm_rollout.credentials import resolve_oss_credentials
     from llm_rollout.errors import PermanentError, RolloutError, SpecError, TransientError
     from llm_rollout.mirror import MirrorOptions, mirror_model
+    from llm_rollout.mirror.inputs import mirror_inputs
     from llm_rollout.spec import load_spec
-    from tasks.mirror import mirror_inputs
 
     err = Console(stderr=True)
     try:
@@ -127,6 +127,11 @@ def sync_command(
     err.print(
         f"mirrored {len(result.files)} files: {result.bytes_sent} bytes sent in "
         f"{result.seconds:.1f}s; {result.model_uri}"
+    )
+    # Where the time went, for whoever tunes part size and parallelism.
+    err.print(
+        "phases (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.phases.items()),
+        soft_wrap=True,
     )
     typer.echo(result.manifest_uri)
 

@@ -1,6 +1,6 @@
 """Prefect edge of the model mirror: spec -> mirror parameters, progress and per-file artifacts.
 
-`mirror_inputs(spec)` is the only place (with `cli/sync.py`) that reads the spec for the
+`llm_rollout.mirror.inputs.mirror_inputs(spec)` is the only place that reads the spec for the
 mirror; the core in `llm_rollout.mirror` takes the small parameter objects it returns.
 Retries cover transient failures only; a retry resumes (checkpoints + skip), so it never
 re-sends verified bytes.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from typing import cast
 from uuid import UUID
 
@@ -23,18 +22,17 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
-from llm_rollout.errors import PermanentError
-from llm_rollout.hub import HubClient, HubSource
+from llm_rollout.credentials import resolve_oss_credentials
+from llm_rollout.hub import HubClient
 from llm_rollout.mirror import (
     FileOutcome,
     MirrorOptions,
     MirrorResult,
     MirrorStatus,
-    OssTarget,
     is_mirrored,
     mirror_model,
 )
+from llm_rollout.mirror.inputs import mirror_inputs
 from llm_rollout.spec import ServiceSpec
 from tasks.policy import retry_transient_only
 
@@ -42,44 +40,6 @@ from tasks.policy import retry_transient_only
 PROGRESS_UPDATE_INTERVAL_S = 2.0
 # A 65 GB model at 100 MB/s takes ~11 minutes; the bound catches a wedged run, not a slow one.
 MIRROR_TIMEOUT_S = 12 * 3600
-
-
-@dataclass(frozen=True)
-class MirrorInputs:
-    """What the mirror needs, taken from a spec (credentials as a reference only)."""
-
-    source: HubSource
-    target: OssTarget
-    credentials: CredentialsRef
-
-
-def mirror_inputs(spec: ServiceSpec) -> MirrorInputs:
-    """Mirror parameters of a spec with a ModelScope source; SpecError-like message otherwise."""
-    source = spec.model.modelscope
-    if source is None:
-        raise PermanentError("model.modelscope: the spec has no ModelScope source to mirror")
-    creds = spec.storage.credentials
-    if creds is None:
-        raise PermanentError("storage.credentials: mirroring needs OSS AccessKeys")
-    return MirrorInputs(
-        source=HubSource(
-            model_id=source.model_id,
-            revision=source.revision,
-            allow_patterns=tuple(source.allow_patterns),
-            ignore_patterns=tuple(source.ignore_patterns),
-        ),
-        target=OssTarget(
-            endpoint=spec.storage.endpoint,
-            bucket=spec.storage.bucket,
-            region=spec.storage.region,
-            prefix=spec.model_object_prefix.rstrip("/"),
-        ),
-        credentials=CredentialsRef(
-            secret_block=creds.secret_block,
-            access_key_id_env=creds.access_key_id_env,
-            access_key_secret_env=creds.access_key_secret_env,
-        ),
-    )
 
 
 class ArtifactProgress:
