@@ -9,7 +9,8 @@ and its children) and for disk used under its own work dir (incl. its modelscope
 
 - seeds: `modelscope.snapshot_download` of the whole model to a temp dir, then file by file
   `oss2.resumable_upload` at its defaults (what seed 000's download + `ossutil cp -r` does);
-- ours: `llm_rollout.mirror.mirror_model` (streamed: hub ranges feed multipart parts).
+- ours: `llm-rollout sync SPEC` (streamed: hub ranges feed multipart parts), its defaults
+  unless --part-size-mb / --max-parallel-* say otherwise; the phases it prints are shown.
 
 Prints, per run, wall time of each side (the whole subprocess: interpreter start and imports
 included), the ratio, the fraction of the link limit (bytes / cap / wall), peak RSS, peak local
@@ -24,6 +25,7 @@ disk, and the bytes the hub served / OSS received for that side. Targets: ratio 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -32,11 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -106,31 +110,39 @@ for path in sorted(Path(local).rglob("*")):
                               store=oss2.ResumableStore(root=os.path.join(work, "ckpt")))
 """
 
-OURS_SIDE = r"""
-import time
-script_started = time.monotonic()
-import json, os, sys
-from pathlib import Path
-from pydantic import SecretStr
-from llm_rollout.credentials import OssCredentials
-from llm_rollout.mirror import HubSource, MirrorOptions, OssTarget, mirror_model
-model_id, work, endpoint, bucket = sys.argv[1:5]
-creds = OssCredentials(access_key_id=SecretStr(os.environ["BENCH_AK"]),
-                       access_key_secret=SecretStr(os.environ["BENCH_SK"]))
-target = OssTarget(endpoint=endpoint, bucket=bucket, region=os.environ["BENCH_REGION"],
-                   prefix=os.environ["BENCH_PREFIX"])
-options = MirrorOptions(part_size_mb=float(os.environ["BENCH_PART_MB"]),
-                        max_parallel_files=int(os.environ["BENCH_FILES"]),
-                        max_parallel_parts=int(os.environ["BENCH_PARTS"]),
-                        warm_validation_imports=os.environ["BENCH_WARM"] == "1",
-                        checkpoint_dir=Path(work) / "ckpt")
-imported = time.monotonic()
-result = mirror_model(HubSource(model_id=model_id, revision="v1"), target, creds, options)
-assert result.bytes_sent > 0
-phases = {"imports": round(imported - script_started, 3), **result.phases,
-          "mirror_model": round(result.seconds, 3)}
-print("PHASES " + json.dumps(phases), flush=True)
-"""
+EXAMPLE = REPO / "examples" / "seed-vllm-single-gpu.yaml"
+
+
+def _seeds_argv(work: Path, storage: Storage, prefix: str) -> list[str]:
+    return [
+        sys.executable,
+        "-c",
+        SEEDS_SIDE,
+        MODEL_ID,
+        str(work),
+        storage.oss.oss_endpoint,
+        "bench",
+    ]
+
+
+def _ours_argv(
+    work: Path, storage: Storage, prefix: str, *, args: argparse.Namespace, total: int
+) -> list[str]:
+    """`llm-rollout sync SPEC`: the product's own entry point, its exit included."""
+    spec = yaml.safe_load(EXAMPLE.read_text())
+    spec["model"] = {"modelscope": {"model_id": MODEL_ID, "revision": "v1"}, "size_bytes": total}
+    spec["storage"].update(
+        bucket="bench", endpoint=storage.oss.oss_endpoint, region=storage.oss.region, prefix=prefix
+    )
+    path = work / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return [
+        *(sys.executable, "-c", "from cli import main; main()", "sync", str(path)),
+        *("--part-size-mb", str(args.part_size_mb)),
+        *("--max-parallel-files", str(args.max_parallel_files)),
+        *("--max-parallel-parts", str(args.max_parallel_parts)),
+        *("--checkpoint-dir", str(work / "ckpt"), "--no-progress"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -149,25 +161,29 @@ class Storage:
 
 
 def _side(
-    name: str, run: int, code: str, tmp: Path, storage: Storage, base_env: dict[str, str]
+    name: str,
+    run: int,
+    argv_for: Callable[[Path, Storage, str], list[str]],
+    tmp: Path,
+    storage: Storage,
+    base_env: dict[str, str],
 ) -> dict[str, Any]:
     work = tmp / f"work-{name}"
     work.mkdir()
     # The library cache lives in the side's own work dir so its disk use is counted too.
     # A fresh prefix per run: ours would otherwise skip the objects verified by the last run.
-    env = {
-        **base_env,
-        "MODELSCOPE_CACHE": str(work / "mscache"),
-        "BENCH_PREFIX": f"{name}/run-{run}",
-    }
+    prefix = f"{name}-run-{run}"
+    env = {**base_env, "MODELSCOPE_CACHE": str(work / "mscache"), "BENCH_PREFIX": prefix}
     storage.reset_counters()
     server_cpu = storage.cpu_seconds()
-    argv = [sys.executable, "-c", code, MODEL_ID, str(work), storage.oss.oss_endpoint, "bench"]
+    argv = argv_for(work, storage, prefix)
     log_path = tmp / f"{name}-run-{run}.log"
     result: dict[str, Any] = dict(_measure(argv, env, work, log_path))
     for line in log_path.read_text(errors="replace").splitlines():
-        if line.startswith("PHASES "):
-            result["phases"] = json.loads(line.removeprefix("PHASES "))
+        # `sync` ends with "phases (s): read_manifest 0.01, list_hub 0.03, ...".
+        if line.startswith("phases (s): "):
+            pairs = (item.rsplit(" ", 1) for item in line.split(": ", 1)[1].split(", "))
+            result["phases"] = {k: float(v) for k, v in pairs}
     result["hub_bytes"] = storage.hub.hub_stats().bytes_served
     result["oss_bytes"] = storage.oss.oss_stats().bytes_received
     result["server_cpu_s"] = storage.cpu_seconds() - server_cpu
@@ -182,7 +198,7 @@ def _report(
     print(
         f"model: {total / MB:.0f} MB in {args.shards} shards; caps {cap / MB:.0f} MB/s each; "
         f"ours: part {args.part_size_mb} MiB, {args.max_parallel_files} files x "
-        f"{args.max_parallel_parts} parts, warm GX import {args.warm_validation}; "
+        f"{args.max_parallel_parts} parts (GX imported while bytes move); "
         f"load {os.getloadavg()[0]:.1f}"
     )
     print(
@@ -218,18 +234,11 @@ def main() -> None:
     parser.add_argument(
         "--max-parallel-parts", type=int, default=MirrorOptions().max_parallel_parts
     )
-    parser.add_argument(
-        "--warm-validation",
-        action=argparse.BooleanOptionalAction,
-        default=MirrorOptions().warm_validation_imports,
-        help="ours: import GX/pandas while bytes move (MirrorOptions.warm_validation_imports)",
-    )
     parser.add_argument("--repeat", type=int, default=1, help="side-by-side runs, one table each")
     parser.add_argument("--sides", default="seeds,ours", help="comma-separated sides to run")
     args = parser.parse_args()
     size_mib = 256.0 if args.quick else args.size_mb
     cap = int(args.cap_mb_s * MB)
-    sides = {"seeds": SEEDS_SIDE, "ours": OURS_SIDE}
     chosen = [name for name in args.sides.split(",") if name]
 
     with tempfile.TemporaryDirectory(prefix="bench-transfer-") as tmp_name:
@@ -254,16 +263,19 @@ def main() -> None:
             ) as oss_proc,
         ):
             storage = Storage(hub=hub_proc, oss=oss_proc)
+            sides: dict[str, Callable[[Path, Storage, str], list[str]]] = {
+                "seeds": _seeds_argv,
+                "ours": functools.partial(_ours_argv, args=args, total=total),
+            }
             env = {
                 **os.environ,
                 "MODELSCOPE_ENDPOINT": storage.hub.hub_url,
                 "BENCH_AK": AK,
                 "BENCH_SK": SK,
                 "BENCH_REGION": storage.oss.region,
-                "BENCH_PART_MB": str(args.part_size_mb),
-                "BENCH_FILES": str(args.max_parallel_files),
-                "BENCH_PARTS": str(args.max_parallel_parts),
-                "BENCH_WARM": "1" if args.warm_validation else "0",
+                # ours: the spec names these variables (storage.credentials).
+                "OSS_ACCESS_KEY_ID": AK,
+                "OSS_ACCESS_KEY_SECRET": SK,
                 "PYTHONPATH": str(REPO),
             }
             for run in range(1, args.repeat + 1):
