@@ -6,12 +6,11 @@ and delegates to `llm_rollout.release`; retries only on transient API errors.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
-from prefect import Task, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
@@ -41,26 +40,7 @@ from llm_rollout.render import RbgFlavor, render, render_oss_secret
 from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import GatePlan, Strategy, plan_promote, plan_rollback
 from llm_rollout.validation import validate_objects
-from tasks.policy import retry_transient_only
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def api_task(name: str, *, timeout_seconds: float) -> Callable[[Callable[P, R]], Task[P, R]]:
-    """`@task` for a stage made of idempotent Kubernetes / OSS API calls (this module's, the
-    refresh's and the day-2 actions'): three retries after 1, 3 and 9 s, on transient errors
-    only, and no result cache: the state lives in the cluster and the bucket, not in Prefect.
-    """
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[1, 3, 9],
-        retry_condition_fn=retry_transient_only,
-        timeout_seconds=timeout_seconds,
-        cache_policy=NO_CACHE,
-    )
-
+from tasks.policy import api_task, retry_transient_only
 
 WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")
 # Deleting a release waits for its pods to go: GPUs are only free once they have.

@@ -1,8 +1,13 @@
-"""Retry policy shared by every task: retry transient failures, never permanent ones."""
+"""Retry policy shared by every task: retry transient failures, never permanent ones; and
+`api_task`, the `@task` of the stages made of idempotent API calls."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
 
 from llm_rollout.errors import is_transient
 
@@ -17,3 +22,23 @@ def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
     except BaseException as exc:  # noqa: BLE001 - we classify, then let Prefect decide
         return is_transient(exc)
     return False
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def api_task(name: str, *, timeout_seconds: float) -> Callable[[Callable[P, R]], Task[P, R]]:
+    """`@task` for a stage made of idempotent Kubernetes / OSS API calls (the Kubernetes
+    stages, the refresh's and the day-2 actions'): three retries after 1, 3 and 9 s, on
+    transient errors only, and no result cache: the state lives in the cluster and the bucket,
+    not in Prefect.
+    """
+    return task(
+        name=name,
+        retries=3,
+        retry_delay_seconds=[1, 3, 9],
+        retry_condition_fn=retry_transient_only,
+        timeout_seconds=timeout_seconds,
+        cache_policy=NO_CACHE,
+    )

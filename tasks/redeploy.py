@@ -19,7 +19,7 @@ from llm_rollout.redeploy import (
 )
 from llm_rollout.release import cluster_api, rollback_to_previous
 from llm_rollout.spec import SecretKeyRef
-from tasks.kubernetes import api_task
+from tasks.policy import api_task
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from llm_rollout.retention import (
     revisions_in_use,
 )
 from llm_rollout.spec import ServiceSpec
-from tasks.kubernetes import api_task
+from tasks.policy import api_task
 
 
 def _bucket(spec: ServiceSpec, revision: str) -> oss2.Bucket:
