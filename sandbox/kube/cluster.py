@@ -84,11 +84,7 @@ class SandboxCluster:
         for ns in cfg.namespaces:
             store.seed([{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}])
         for i, spec in enumerate(cfg.nodes):
-            # Status is dropped on create (status subresource): the kubelet posts it after.
-            node = node_object(spec, i)
-            created = store.create(node)
-            created["status"] = node["status"]
-            store.update_status(created)
+            _register_node(store, spec, i)
         self._manager = ControllerManager(
             store, rbg_version=cfg.rbg_version or "v0.6", deadline_scale=cfg.progress_deadline_scale
         )
@@ -122,6 +118,13 @@ class SandboxCluster:
     ) -> None:
         self.stop()
 
+    def add_node(self, spec: NodeSpec) -> None:
+        """A node joins the running cluster (a node pool scaling up): it registers, posts a
+        Ready status, and the scheduler may place pods on it from then on."""
+        store = self.store
+        count = len(store.list(store.resource_type("v1", "Node"))[0])
+        _register_node(store, spec, count)
+
     # ------------------------------------------------------------------------ accessors
     def _require(self) -> ControlPlane:
         if self._plane is None:
@@ -153,3 +156,11 @@ class SandboxCluster:
     def controller_errors(self) -> list[str]:
         """Objects the controllers tried to write and the store rejected (should stay empty)."""
         return self._manager.errors() if self._manager is not None else []
+
+
+def _register_node(store: Store, spec: NodeSpec, index: int) -> None:
+    # Status is dropped on create (status subresource): the kubelet posts it after.
+    node = node_object(spec, index)
+    created = store.create(node)
+    created["status"] = node["status"]
+    store.update_status(created)

@@ -1029,18 +1029,22 @@ class Kubelet(Controller):
             status = dict(pod.get("status") or {})
             ready = get_condition(pod, "Ready")
             if ready is not None and ready.get("status") != "False":
-                conds = set_condition(
-                    status.get("conditions") or [],
-                    "Ready",
-                    "False",
-                    "NodeNotReady",
-                    "",
-                    probe_time=True,
-                )
-                conds = set_condition(conds, "ContainersReady", "False", "NodeNotReady", "")
-                status["conditions"] = conds
+                # The node lifecycle controller's MarkPodsNotReady: only Ready flips (reason and
+                # message kept), and only a pod whose Ready changed gets the event.
+                status["conditions"] = [
+                    {**c, "status": "False", "lastTransitionTime": _stamp()}
+                    if c.get("type") == "Ready"
+                    else c
+                    for c in status.get("conditions") or []
+                ]
                 pod["status"] = status
-                pod = self.store.update_status(pod)
+                try:
+                    pod = self.store.update_status(pod)
+                except NotFound:
+                    continue
+                self.store.emit_event(
+                    pod, "NodeNotReady", "Node is not ready", "Warning", "node-controller"
+                )
         if now < due:
             return due - now
         for pod in pods:
