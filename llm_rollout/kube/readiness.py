@@ -1,9 +1,15 @@
 """Watch-based readiness of a serving workload, with fast, explained failure.
 
-`wait_ready` watches three streams at once (the workload itself, its pods, and the Events of
-its namespace) and re-evaluates on every change, so readiness is noticed as soon as the API
-server reports it and a failing pod as soon as its status or Warning event lands. Ready means
-the workload's own status says so AND every serving pod is Ready.
+`wait_ready` watches four streams at once (the workload itself, its pods, the Events of its
+namespace, and the Nodes) and re-evaluates on every change, so readiness is noticed as soon as
+the API server reports it and a failing pod as soon as its status or Warning event lands. Ready
+means the workload's own status says so AND every serving pod is Ready.
+
+Nodes are watched because a lost node says nothing on most of its pods: the node lifecycle
+controller only flips Ready to False (with a NodeNotReady event) on pods that were Ready, and a
+pod still loading its model waits, bound to the dead node, until the NoExecute eviction
+(300 s by default) lets its controller replace it. The node's own Ready condition says it at
+once.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,12 +80,17 @@ EVENT_REASONS_FOR: dict[str, tuple[str, ...]] = {
     "OOMKilled": ("OOMKilling", "BackOff"),
     "Unschedulable": ("FailedScheduling",),
     "FailedMount": ("FailedMount", "FailedAttachVolume"),
+    "NodeLost": ("NodeNotReady",),
     "CreateContainerConfigError": ("Failed",),
     "CreateContainerError": ("Failed",),
     "RunContainerError": ("Failed",),
 }
 # Failures whose explanation is in the container's own output.
 LOG_REASONS = frozenset({"CrashLoopBackOff", "OOMKilled", "RunContainerError", "Error"})
+# The pod's node stopped reporting or was deleted (the reason the node controller once gave
+# such pods). It stays a failure after the pod is gone: a controller replacing the pod, or a
+# NoExecute toleration of 0 s evicting it at once, does not undo the lost rollout step.
+NODE_LOST = "NodeLost"
 
 RBG_LABELS_V1ALPHA1 = "rolebasedgroup.workloads.x-k8s.io/name"
 RBG_LABELS_V07 = "rbg.workloads.x-k8s.io/group-name"
@@ -313,11 +324,41 @@ def _container_failure(pod: JsonDict) -> _Failure | None:
     return None
 
 
-def _pod_failure(pod: JsonDict, pod_events: list[JsonDict]) -> _Failure | None:
+@dataclass(frozen=True)
+class _Nodes:
+    """The cluster's Nodes as last seen, and those seen before that no longer exist."""
+
+    current: Mapping[str, JsonDict]
+    deleted: Set[str]
+
+
+def _node_lost(pod: JsonDict, nodes: _Nodes) -> _Failure | None:
+    """A failure when the node `pod` is bound to is not Ready or was deleted.
+
+    Container states on such a node are stale (nobody reports them), so this comes first.
+    """
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    if not node:
+        return None
+    if node in nodes.deleted:
+        return _Failure(NODE_LOST, pod, None, f"Node {node} was deleted")
+    ready = _conditions(nodes.current.get(node) or {}).get("Ready")
+    if ready is None or str(ready.get("status")) == "True":
+        return None
+    why = ": ".join(str(ready[k]) for k in ("reason", "message") if ready.get(k))
+    return _Failure(
+        NODE_LOST,
+        pod,
+        None,
+        f"Node {node} is not ready: Ready={ready.get('status')}" + (f" ({why})" if why else ""),
+    )
+
+
+def _pod_failure(pod: JsonDict, pod_events: list[JsonDict], nodes: _Nodes) -> _Failure | None:
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return None
-    failure = _container_failure(pod)
+    failure = _node_lost(pod, nodes) or _container_failure(pod)
     if failure is not None:
         return failure
     status = pod.get("status") or {}
@@ -338,11 +379,11 @@ def _pod_failure(pod: JsonDict, pod_events: list[JsonDict]) -> _Failure | None:
 
 
 def _first_failure(
-    pods: list[JsonDict], events: list[JsonDict]
+    pods: list[JsonDict], events: list[JsonDict], nodes: _Nodes
 ) -> tuple[_Failure | None, list[JsonDict]]:
     for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
         pod_events = _events_for(pod, events)
-        failure = _pod_failure(pod, pod_events)
+        failure = _pod_failure(pod, pod_events, nodes)
         if failure is not None:
             return failure, pod_events
     return None, []
@@ -449,6 +490,8 @@ def wait_ready(
     notify = on_event or (lambda ref, message: None)
     workload_spec = WatchSpec(workload.api_version, workload.kind, namespace, name=workload.name)
     event_spec = WatchSpec("v1", "Event", namespace)
+    node_spec = WatchSpec("v1", "Node", None)
+    seen_nodes: set[str] = set()
 
     # The pod selector depends on the workload's spec, so the workload is read first.
     initial = call_with_retry(lambda: get(api, workload))
@@ -470,9 +513,12 @@ def wait_ready(
             notify(ref, message)
 
     pending: tuple[_Failure, float] | None = None
-    with watching(api, [workload_spec, pod_spec, event_spec]) as group:
+    with watching(api, [workload_spec, pod_spec, event_spec, node_spec]) as group:
         while True:
             if group.all_synced:
+                current_nodes = group.cache[node_spec]
+                seen_nodes.update(current_nodes)
+                nodes = _Nodes(current_nodes, seen_nodes - current_nodes.keys())
                 obj = group.cache[workload_spec].get(workload.name)
                 pods = [
                     p
@@ -480,7 +526,10 @@ def wait_ready(
                     if pod_filter(p) and not (p.get("metadata") or {}).get("deletionTimestamp")
                 ]
                 events = list(group.cache[event_spec].values())
-                failure, pod_events = _first_failure(pods, events)
+                failure, pod_events = _first_failure(pods, events, nodes)
+                if failure is None and pending is not None and pending[0].reason == NODE_LOST:
+                    failure = pending[0]
+                    pod_events = _events_for(failure.pod, events)
                 if failure is None:
                     pending = None
                 else:
