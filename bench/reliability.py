@@ -34,9 +34,11 @@ cluster-scoped and named after the service):
   release, the stable Service routes to it and its workload is ready, and the fault fired.
 - workload: release N+1 fails (ImagePullBackOff, CrashLoopBackOff, OOMKilled, FailedMount,
   Unschedulable) or loses its node once a pod is bound (the serving release's nodes cordoned,
-  so it is a different node) while a thread sends chat completions through the stable Service.
-  Survived: a failure naming the reason within 25 s, "keeps serving", the Service still on
-  release N and ready -- and zero failed requests.
+  so it is a different node; a second empty node stays schedulable as a spare, one joins the
+  cluster if none is left, so the loss and not capacity is the cause) while a thread sends chat
+  completions through the stable Service. Survived: a failure naming the reason within 25 s
+  (NodeLost and the lost Node for a lost node), "keeps serving", the Service still on release
+  N and ready -- and zero failed requests.
 - workload, blue-green promotion: release A serves; with the same traffic running, release B
   (another image tag; the scripted backends answer a distinct text per release) passes readiness
   and smoke, takes the stable Service, bakes 3 s and A is removed. Survived: B serves and is
@@ -919,11 +921,13 @@ class CapturedLogs:
         import logging
 
         self.lines: list[str] = []
+        self.created: list[float] = []  # each line's time (time.time())
         outer = self
 
         class _Handler(logging.Handler):
             def emit(self, record: logging.LogRecord) -> None:
                 outer.lines.append(self.format(record))
+                outer.created.append(record.created)
 
         self.handler = _Handler(level=logging.DEBUG)
         self.handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
@@ -1139,6 +1143,7 @@ class DeployTrial:
     seconds: float
     leaks: int = 0
     fired: int = 0
+    reported_s: float | None = None  # lost node: from the loss to readiness's report
 
 
 def trial_kube_fault(
@@ -1206,7 +1211,7 @@ WORKLOAD_KINDS: dict[str, tuple[str, ...]] = {
     "OOMKilled": ("OOMKilled",),
     "FailedMount": ("FailedMount",),
     "Unschedulable": ("Unschedulable",),
-    "node lost": (),
+    "node lost": ("NodeLost",),
 }
 FAIL_FAST_S = 25.0
 VERSION_LABEL = "app.kubernetes.io/version"
@@ -1323,13 +1328,14 @@ def _cordon(names: set[str], cordoned: bool) -> None:
 
 class NodeKiller(_Background):
     """Watches the pods of the release being rolled out (by image tag) and, once one is bound
-    to a node, loses that node (`kubelet.lose_node`): NotReady, tainted, pods evicted."""
+    to a node, loses that node (`kubelet.lose_node`): the node's conditions Unknown, tainted
+    unreachable, its pods NotReady and evicted as the node lifecycle controller does."""
 
     def __init__(self, world: InputWorld, namespace: str, tag: str) -> None:
         super().__init__("node-killer")
         self.world, self.namespace, self.tag = world, namespace, tag
         self.lost: str | None = None
-        self.lost_at = 0.0
+        self.lost_at = 0.0  # time.time(), as log records stamp theirs
 
     def _run(self) -> None:
         from llm_rollout.kube.client import load_api_client
@@ -1343,7 +1349,7 @@ class NodeKiller(_Background):
                     for pod in group.cache[spec].values():
                         node = (pod.get("spec") or {}).get("nodeName")
                         if node:
-                            self.lost, self.lost_at = str(node), time.monotonic()
+                            self.lost, self.lost_at = str(node), time.time()
                             self.world.cluster.kubelet.lose_node(self.lost)
                             return
                     group.next(0.5)
@@ -1356,11 +1362,35 @@ class NodeKiller(_Background):
             self.world.cluster.kubelet.restore_node(self.lost)
 
 
+def _spare_nodes(world: InputWorld, count: int) -> list[str]:
+    """`count` nodes no pod runs on; nodes join the cluster (as a node pool scales up) when
+    there are fewer."""
+    from kubernetes import client as k8s_client
+
+    from llm_rollout.kube.client import load_api_client
+    from sandbox.kube.nodes import NodeSpec
+
+    api = load_api_client()
+    try:
+        pods = k8s_client.CoreV1Api(api).list_pod_for_all_namespaces().items
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    names = {str(n.metadata.name) for n in _nodes()}
+    busy = {str(p.spec.node_name) for p in pods}
+    empty = sorted(names - busy)
+    while len(empty) < count:
+        name = next(f"gpu-node-{i}" for i in itertools.count() if f"gpu-node-{i}" not in names)
+        world.cluster.add_node(NodeSpec(name))
+        names.add(name)
+        empty.append(name)
+    return empty[:count]
+
+
 def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str) -> DeployTrial:
     """Release N serves; release N+1 fails with `kind` (or loses its node) while chat
     completions flow through the stable Service. Survived: the run fails clearly (naming the
-    reason) within FAIL_FAST_S, or, after a lost node, either that or a promotion; the
-    previous release keeps serving after a failure; zero failed requests."""
+    reason, and the Node for a lost one) within FAIL_FAST_S; the previous release keeps
+    serving; zero failed requests."""
     from llm_rollout.spec import load_spec
 
     namespace = name = "rel-work"
@@ -1382,10 +1412,9 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
         "OOMKilled": lambda: kubelet.inject_oom(selector=selector),
         "FailedMount": lambda: kubelet.inject_mount_failure(selector=selector),
     }.get(kind)
-    old_nodes = {
-        str((p.get("spec") or {}).get("nodeName"))
-        for p in _pods(namespace, f"llm-rollout.io/release={before}")
-    }
+    # Two empty nodes for a lost-node trial: the new release lands on one (the killer loses
+    # whichever it is bound to) and the other has room for the replacement pod.
+    open_nodes = set(_spare_nodes(world, 2)) if kind == "node lost" else set()
     all_nodes = {str(n.metadata.name) for n in _nodes()}
     model = load_spec(path).served_model_name
     with ExitStack() as stack:
@@ -1394,11 +1423,10 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
             stack.callback(kubelet.clear)
         killer = None
         if kind == "node lost":
-            # The new release must land on one node the serving release does not use, and
-            # have nowhere else to go once that node is lost.
-            target = min(all_nodes - old_nodes)
-            _cordon(all_nodes - {target}, True)
-            stack.callback(_cordon, all_nodes - {target}, False)
+            # Every other node cordoned: the serving release's (losing one must not take the
+            # stable Service down with it) and those of other services.
+            _cordon(all_nodes - open_nodes, True)
+            stack.callback(_cordon, all_nodes - open_nodes, False)
             killer = stack.enter_context(NodeKiller(world, namespace, tag))
         traffic = stack.enter_context(ServiceTraffic(namespace, name, model))
         with CapturedLogs() as logs:
@@ -1411,11 +1439,11 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
     promoted = code == 0
     if killer is not None and killer.lost is None:
         problems.append("no pod of the new release was bound to a node: nothing was lost")
-    if promoted and kind != "node lost":
-        problems.append("a failing release was promoted")
-    if promoted and (after != _released(output) or not ready_after):
-        problems.append(f"promoted, but the Service routes to {after} (ready {ready_after})")
-    if not promoted:
+    if killer is not None and killer.lost and f"Node {killer.lost}" not in output:
+        problems.append(f"the failure does not name Node {killer.lost}: {output.strip()[-300:]}")
+    if promoted:
+        problems.append(f"a failing release was promoted (Service on {after})")
+    else:
         if code != 1:
             problems.append(f"exit {code}: {output.strip()[-300:]}")
         if expected and not any(reason in output for reason in expected):
@@ -1433,9 +1461,17 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
         )
     if traffic.ok == 0:
         problems.append("no request went through the Service during the rollout")
-    outcome = "promoted after rescheduling" if promoted else f"failed in {seconds:.1f}s"
+    reported_s = None
+    if killer is not None and killer.lost:
+        # From the loss to readiness's report of it (its first log record naming NodeLost).
+        noticed = [t for t, ln in zip(logs.created, logs.lines, strict=True) if "NodeLost" in ln]
+        if noticed:
+            reported_s = noticed[0] - killer.lost_at
+        else:
+            problems.append("no log record names NodeLost")
+    outcome = "promoted" if promoted else f"failed in {seconds:.1f}s"
     detail = "; ".join(problems) or f"{outcome}, {traffic.ok} requests, 0 failed"
-    return DeployTrial(not problems, detail, seconds, leaks, traffic.ok)
+    return DeployTrial(not problems, detail, seconds, leaks, traffic.ok, reported_s)
 
 
 def run_workload_class(
@@ -1453,6 +1489,9 @@ def run_workload_class(
         f"{sum(1 for r in results if 'requests through' in r.detail)} trial(s) with failed "
         f"requests; outcomes: {', '.join(o.split(' in ')[0] for o in outcomes) or '-'}"
     )
+    reported = [r.reported_s for r in results if r.reported_s is not None]
+    if reported:
+        notes += f"; NodeLost reported {max(reported):.1f}s after the loss at worst"
     return _deploy_row(name, results, notes), results
 
 
