@@ -185,6 +185,29 @@ def _image_pull_policy(image: str) -> str:
     return "IfNotPresent"
 
 
+def _canonical_quantities(values: object) -> None:
+    """Numbers in a quantity map become the strings the API server serialises them as.
+
+    A real server accepts `nvidia.com/gpu: 8` and hands back `"8"` (and `0.5` CPU as `"500m"`);
+    the typed clients read these maps as str -> str. Custom resources keep what was sent.
+    """
+    if not isinstance(values, dict):
+        return
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if float(value).is_integer():
+            values[name] = str(int(value))
+        else:
+            values[name] = f"{round(value * 1000)}m"
+
+
+def _canonical_resources(resources: object) -> None:
+    if isinstance(resources, dict):
+        for field in ("limits", "requests"):
+            _canonical_quantities(resources.get(field))
+
+
 def _default_pod_spec(spec: Obj) -> None:
     spec.setdefault("restartPolicy", "Always")
     spec.setdefault("dnsPolicy", "ClusterFirst")
@@ -197,7 +220,7 @@ def _default_pod_spec(spec: Obj) -> None:
                 c.setdefault("imagePullPolicy", _image_pull_policy(str(c.get("image", ""))))
                 c.setdefault("terminationMessagePath", "/dev/termination-log")
                 c.setdefault("terminationMessagePolicy", "File")
-                c.setdefault("resources", {})
+                _canonical_resources(c.setdefault("resources", {}))
                 for port in c.get("ports") or []:
                     if isinstance(port, dict):
                         port.setdefault("protocol", "TCP")
@@ -250,10 +273,12 @@ def default_builtin(rt: ResourceType, obj: Obj, old: Obj | None) -> None:
             for key, value in string_data.items():
                 data[key] = base64.b64encode(str(value).encode()).decode()
     elif kind == "PersistentVolumeClaim" and isinstance(spec, dict):
+        _canonical_resources(spec.get("resources"))
         spec.setdefault("volumeMode", "Filesystem")
         if old is None:
             obj.setdefault("status", {}).setdefault("phase", "Pending")
     elif kind == "PersistentVolume" and isinstance(spec, dict):
+        _canonical_quantities(spec.get("capacity"))
         spec.setdefault("volumeMode", "Filesystem")
         spec.setdefault("persistentVolumeReclaimPolicy", "Retain")
         if old is None:

@@ -100,6 +100,22 @@ def test_generate_name_and_defaults(core: client.CoreV1Api, ns: str) -> None:
     assert created.spec.containers[0].image_pull_policy == "IfNotPresent"
 
 
+def test_numeric_quantities_come_back_as_strings(
+    dyn: DynamicClient, core: client.CoreV1Api, ns: str
+) -> None:
+    # A real API server takes numbers where a Quantity goes and serialises them as strings;
+    # the typed client's V1ResourceRequirements reads them as str -> str.
+    pod = _pod("gpu-pod")
+    pod["spec"]["containers"][0]["resources"] = {
+        "limits": {"nvidia.com/gpu": 8, "cpu": 0.5},
+        "requests": {"memory": "1Gi", "cpu": 2},
+    }
+    dyn.resources.get(api_version="v1", kind="Pod").create(body=pod, namespace=ns)
+    read = core.read_namespaced_pod("gpu-pod", ns).spec.containers[0].resources
+    assert read.limits == {"nvidia.com/gpu": "8", "cpu": "500m"}
+    assert read.requests == {"memory": "1Gi", "cpu": "2"}
+
+
 def test_label_and_field_selectors(core: client.CoreV1Api, plane: ControlPlane, ns: str) -> None:
     core.create_namespaced_pod(ns, _pod("a", {"app": "llm", "tier": "leader"}))
     core.create_namespaced_pod(ns, _pod("b", {"app": "llm", "tier": "worker"}))
