@@ -76,7 +76,7 @@ class PrefectStack:
         return result.stdout
 
 
-def _poll(
+def poll(
     check: Callable[[], T | None],
     *,
     timeout_s: float,
@@ -111,7 +111,7 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout_s: float) -
                 return None
 
         exited()
-        _poll(
+        poll(
             healthy,
             timeout_s=timeout_s,
             interval_s=0.25,
@@ -130,8 +130,16 @@ def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
 
 
 @contextmanager
-def prefect_server(home: Path, *, startup_timeout_s: float = 90) -> Iterator[PrefectStack]:
-    """`prefect server start` on a free port with PREFECT_HOME=`home`; stopped on exit."""
+def prefect_server(
+    home: Path, *, startup_timeout_s: float = 90, scheduler_loop_s: float | None = None
+) -> Iterator[PrefectStack]:
+    """`prefect server start` on a free port with PREFECT_HOME=`home`; stopped on exit.
+
+    `scheduler_loop_s` sets how often the server's scheduler service turns active deployment
+    schedules into flow runs (Prefect's default: every 60 s). A schedule added through the API
+    does not touch its deployment's `updated`, so the 5 s "recent deployments" pass does not
+    see it: tests that wait for a scheduled run need the main loop to be short.
+    """
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
@@ -146,6 +154,9 @@ def prefect_server(home: Path, *, startup_timeout_s: float = 90) -> Iterator[Pre
         "PREFECT_LOGGING_LEVEL": "INFO",
     }
     env.pop("PREFECT_API_KEY", None)
+    server_env = dict(env)
+    if scheduler_loop_s is not None:
+        server_env["PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS"] = str(scheduler_loop_s)
     with (home / "server.log").open("wb") as log:
         server = subprocess.Popen(
             [
@@ -160,7 +171,7 @@ def prefect_server(home: Path, *, startup_timeout_s: float = 90) -> Iterator[Pre
                 str(port),
             ],
             cwd=home,
-            env=env,
+            env=server_env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -187,7 +198,7 @@ def pool_ready(stack: PrefectStack, timeout_s: float) -> None:
             return ok or None
 
         # The worker's first heartbeat marks the pool READY.
-        _poll(
+        poll(
             ready,
             timeout_s=timeout_s,
             interval_s=0.5,
@@ -269,7 +280,7 @@ def run_deployment(
             run = client.read_flow_run(run_id)
             return run if run.state is not None and run.state.is_final() else None
 
-        run = _poll(final, timeout_s=timeout_s, interval_s=poll_s, what=f"flow run {run_id}")
+        run = poll(final, timeout_s=timeout_s, interval_s=poll_s, what=f"flow run {run_id}")
         wall_s = time.monotonic() - started
         entered: dict[str, datetime] = {}
         for state in sorted(client.read_flow_run_states(run_id), key=lambda s: s.timestamp):

@@ -92,5 +92,7 @@ def cluster(tmp_path: Path) -> Iterator[SandboxCluster]:
 
 @pytest.fixture(scope="session")
 def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectStack]:
-    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as stack:
+    # A 1 s scheduler loop: the scheduled-refresh tests wait for the server's scheduler to turn
+    # a schedule into a run (Prefect's default loop is 60 s).
+    with prefect_server(tmp_path_factory.mktemp("prefect-home"), scheduler_loop_s=1) as stack:
         yield stack

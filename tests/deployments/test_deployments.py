@@ -2,7 +2,9 @@
 the sandbox hub, OSS and Kubernetes started here (the worker's flow runs reach them over HTTP).
 
 Order matters inside the module: deploy-model first, then refreshes of that service, then
-redeploys of it (two at once for the lease)."""
+redeploys of it (two at once for the lease). Two of the refreshes are not started by hand: the
+server's scheduler creates them from a schedule added to refresh-model, as a user would add one
+in the UI with the service's spec as its parameter."""
 
 from __future__ import annotations
 
@@ -11,14 +13,22 @@ import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.actions import DeploymentScheduleCreate
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.schedules import IntervalSchedule
 from prefect.client.schemas.sorting import LogSort
 from prefect.flow_runs import wait_for_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -28,7 +38,7 @@ from llm_rollout.release import read_release_state
 from sandbox.hub import HubServer
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
-from sandbox.prefect_stack import PrefectStack, deployments_worker
+from sandbox.prefect_stack import PrefectStack, deployments_worker, poll
 from sandbox.synthetic import derive_changed_revision, make_synthetic_model, shard_name
 from tests.deployments.conftest import (
     BUCKET,
@@ -44,6 +54,12 @@ SERVICE = "tiny-chat"
 NAMESPACE = "llm-deployments"
 MODEL_ID = "acme/refresh-model"
 RUN_TIMEOUT_S = 150
+REFRESH = "refresh-model/refresh-model"
+# A schedule added by a test has its first slot this soon; should the scheduler miss that slot
+# (its loop is 1 s, see conftest), the next one comes an interval later, within the deadline.
+SCHEDULE_LEAD = timedelta(seconds=4)
+SCHEDULE_INTERVAL = timedelta(minutes=1)
+SCHEDULED_PICKUP_TIMEOUT_S = 100
 
 
 @dataclass
@@ -126,6 +142,52 @@ def _logs_with(run_id: UUID, *needles: str, timeout_s: float = 30) -> list[tuple
         time.sleep(0.5)
 
 
+def _schedule_runs(
+    client: SyncPrefectClient, deployment_id: UUID, schedule_id: UUID
+) -> list[FlowRun]:
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
+    )
+    return [r for r in runs if r.created_by is not None and r.created_by.id == schedule_id]
+
+
+def _scheduled_refresh(parameters: dict[str, Any]) -> FlowRun:
+    """A refresh-model run the server's SCHEDULER creates: add an active interval schedule that
+    carries `parameters` (POST /deployments/{id}/schedules, what the UI's "add schedule" sends),
+    wait until the worker picked up the first run created from it, delete the schedule (the
+    server deletes its other, still scheduled runs with it) and follow the run to its end."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(REFRESH)
+        assert "spec" not in (deployment.parameters or {})  # the spec comes from the schedule
+        anchor = datetime.now(UTC) + SCHEDULE_LEAD
+        interval = IntervalSchedule(interval=SCHEDULE_INTERVAL, anchor_date=anchor)
+        [schedule] = client.create_deployment_schedules(
+            deployment.id,
+            [DeploymentScheduleCreate(schedule=interval, active=True, parameters=parameters)],
+        )
+        try:
+
+            def picked_up() -> FlowRun | None:
+                runs = _schedule_runs(client, deployment.id, schedule.id)
+                left = [r for r in runs if r.state is not None and not r.state.is_scheduled()]
+                return left[0] if left else None
+
+            run = poll(
+                picked_up,
+                timeout_s=SCHEDULED_PICKUP_TIMEOUT_S,
+                interval_s=0.5,
+                what=f"no run of schedule {schedule.id} picked up by the worker",
+            )
+        finally:
+            client.delete_deployment_schedule(deployment.id, schedule.id)
+        # Exactly one run of the schedule ever left Scheduled; the rest went with the schedule.
+        assert [r.id for r in _schedule_runs(client, deployment.id, schedule.id)] == [run.id]
+    assert run.auto_scheduled
+    assert run.created_by is not None and run.created_by.type == "SCHEDULE"
+    assert run.parameters == parameters
+    return _finish(run.id)
+
+
 def _assert_completed(run: FlowRun) -> None:
     assert run.state is not None
     if not run.state.is_completed():
@@ -159,12 +221,17 @@ def test_deploy_model_runs_to_completion(stack: Stack, monkeypatch: pytest.Monke
     assert _revision_folders(stack) == {"master"}
 
 
-def test_refresh_when_nothing_changed_writes_nothing(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("trigger", ["manual", "scheduled"])
+def test_refresh_when_nothing_changed_writes_nothing(stack: Stack, trigger: str) -> None:
+    """Started by hand (`prefect deployment run`), then by the server's scheduler."""
     stack.oss.reset_counters()
     stack.cluster.api.request_log.clear()
-    run = _finish(_cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec}))
+    params = {"spec": stack.spec}
+    if trigger == "manual":
+        run = _finish(_cli_run(stack, REFRESH, params))
+    else:
+        run = _scheduled_refresh(params)
     _assert_completed(run)
     assert any("up to date" in message for _, message in _logs_with(run.id, "up to date"))
     oss_writes = [r for r in stack.oss.request_log if r.method not in ("GET", "HEAD")]
@@ -183,13 +250,14 @@ def _move_master(stack: Stack, revision: str, changed_shard: int, seed: int) -> 
     return (changed / shard_name(changed_shard, SHARDS)).stat().st_size
 
 
-def test_refresh_after_master_moved_moves_only_changed_bytes(
+@pytest.mark.timeout(240)
+def test_scheduled_refresh_after_master_moved_moves_only_changed_bytes(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
     changed_bytes = _move_master(stack, "v2", changed_shard=2, seed=21)
     stack.oss.reset_counters()
-    run = _finish(_cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec}))
+    run = _scheduled_refresh({"spec": stack.spec})
     _assert_completed(run)
     uploads = [r for r in stack.oss.request_log if r.op in ("PutObject", "UploadPart")]
     uploaded_keys = {r.key for r in uploads}
@@ -212,9 +280,7 @@ def test_second_refresh_cleans_up_the_oldest_revision(
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
     _move_master(stack, "v3", changed_shard=3, seed=31)
-    run = _finish(
-        _cli_run(stack, "refresh-model/refresh-model", {"spec": stack.spec, "keep_revisions": 1})
-    )
+    run = _finish(_cli_run(stack, REFRESH, {"spec": stack.spec, "keep_revisions": 1}))
     _assert_completed(run)
     assert _serving_revision() == "v3"
     assert _revision_folders(stack) == {"v2", "v3"}
