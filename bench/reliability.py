@@ -56,6 +56,7 @@ cluster-scoped and named after the service):
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import itertools
 import os
@@ -207,13 +208,24 @@ class TransferLab:
 
 @contextmanager
 def transfer_lab(
-    root: Path, *, shards: int = 4, shard_bytes: int = 2 * MiB
+    root: Path, *, shards: int = 4, shard_bytes: int = 2 * MiB, link_bytes_per_s: int | None = None
 ) -> Iterator[TransferLab]:
-    """Start the hub and OSS stand-ins and publish a synthetic model."""
+    """Start the hub and OSS stand-ins and publish a synthetic model.
+
+    `link_bytes_per_s` caps each server's aggregate bandwidth; uncapped, a part's body takes
+    about a millisecond on loopback, so a kill almost never lands in the middle of one.
+    """
     with ExitStack() as stack:
-        hub = stack.enter_context(HubServer(root / "hub"))
+        hub = stack.enter_context(
+            HubServer(root / "hub", aggregate_bandwidth_bytes_per_s=link_bytes_per_s)
+        )
         oss = stack.enter_context(
-            OssServer(root / "oss", credentials={KEY_ID: KEY_SECRET}, buckets=[BUCKET])
+            OssServer(
+                root / "oss",
+                credentials={KEY_ID: KEY_SECRET},
+                buckets=[BUCKET],
+                aggregate_bandwidth_bytes_per_s=link_bytes_per_s,
+            )
         )
         log = WatchedLog()
         oss.request_log = log
@@ -1840,9 +1852,11 @@ def run_secrets_check(world: InputWorld, seed: int) -> Row:
 GROUPS = ("transfer", "kube", "workload", "input", "secrets", "concurrency")
 
 
-def run_transfer(trials: int, seed: int, root: Path) -> list[Row]:
+def run_transfer(
+    trials: int, seed: int, root: Path, link_bytes_per_s: int | None = None
+) -> list[Row]:
     rows = []
-    with transfer_lab(root / "transfer") as lab:
+    with transfer_lab(root / "transfer", link_bytes_per_s=link_bytes_per_s) as lab:
         for spec in TRANSFER_CLASSES:
             row, _ = run_transfer_class(lab, spec, trials, seed)
             print(format_table([row]).splitlines()[2], flush=True)
@@ -1895,7 +1909,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=None, help="Trials per class.")
     parser.add_argument("--seed", type=int, default=8)
     parser.add_argument("--only", choices=GROUPS, action="append")
+    parser.add_argument(
+        "--link-mb-s",
+        type=float,
+        default=None,
+        help="transfer trials: cap the hub's and OSS's bandwidth (MB/s each); default uncapped",
+    )
     args = parser.parse_args(argv)
+    link = int(args.link_mb_s * 1_000_000) if args.link_mb_s else None
+    runners = {**RUNNERS, "transfer": functools.partial(run_transfer, link_bytes_per_s=link)}
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["NO_PROXY"] = os.environ["no_proxy"] = "127.0.0.1,localhost"
@@ -1903,9 +1925,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="llm-rollout-reliability-") as tmp:
         for group in groups:
-            if group in RUNNERS:
+            if group in runners:
                 rows.extend(
-                    RUNNERS[group](args.trials or DEFAULT_TRIALS[group], args.seed, Path(tmp))
+                    runners[group](args.trials or DEFAULT_TRIALS[group], args.seed, Path(tmp))
                 )
         deploy_groups = [g for g in groups if g in DEPLOY_GROUPS]
         if deploy_groups:
