@@ -1495,11 +1495,17 @@ def run_workload_class(
         results.append(trial_workload(world, kind, rng, f"work-{seed}-{i}-{kind.replace(' ', '')}"))
     name = f"workload: {kind}" + (" mid-rollout" if kind == "node lost" else "")
     requests = sum(r.fired for r in results)
-    outcomes = sorted({r.detail.split(",")[0] for r in results if r.survived})
+    failed = [r.seconds for r in results if r.survived and r.detail.startswith("failed in")]
+    outcome = (
+        f"{len(failed)} of {len(results)} failed the rollout in "
+        f"{min(failed):.1f}-{max(failed):.1f}s (previous release kept)"
+        if failed
+        else "-"
+    )
     notes = (
         f"{requests} chat completions through the Service during the rollouts, "
         f"{sum(1 for r in results if 'requests through' in r.detail)} trial(s) with failed "
-        f"requests; outcomes: {', '.join(o.split(' in ')[0] for o in outcomes) or '-'}"
+        f"requests; outcomes: {outcome}"
     )
     reported = [r.reported_s for r in results if r.reported_s is not None]
     if reported:
