@@ -269,9 +269,9 @@ class PortForwarder:
         remote = stream.socket(self.target.port)
         with self._lock:
             self._open_sockets.add(remote)
-        upstream = threading.Thread(target=self._copy, args=(conn, remote), daemon=True)
+        upstream = threading.Thread(target=_client_to_pod, args=(conn, remote), daemon=True)
         upstream.start()
-        self._copy(remote, conn)
+        _pod_to_client(remote, conn)
         upstream.join()
         self._forget(conn)
         self._forget(remote)
@@ -285,20 +285,41 @@ class PortForwarder:
             self._open_sockets.discard(sock)
         _close(sock)
 
-    @staticmethod
-    def _copy(source: Any, sink: Any) -> None:
-        """Copy until `source` ends, then end both: neither side of a forwarded HTTP
-        connection half-closes, so the end of one direction is the end of the connection."""
-        try:
-            while data := source.recv(_CHUNK):
-                sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (sink, source):
+
+def _pump(source: Any, sink: Any) -> bool:
+    """Copy until `source` ends (True) or `sink` fails (False)."""
+    try:
+        while data := source.recv(_CHUNK):
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sink.sendall(data)
             except OSError:
-                continue
+                return False
+    except OSError:
+        pass
+    return True
+
+
+# `remote` is our end of the kubernetes client's socketpair; the client's proxy thread writes
+# the pod's bytes into its end and raises (in its own thread) if ours is shut for reading.
+# So ours is only ever shut for writing: that EOF makes the proxy close its end and the
+# stream, and our reads of `remote` then end. Neither side of a forwarded HTTP connection
+# half-closes, so the end of one direction is the end of the connection.
+def _client_to_pod(conn: socket.socket, remote: Any) -> None:
+    _pump(conn, remote)
+    with suppress(OSError):
+        remote.shutdown(socket.SHUT_WR)
+
+
+def _pod_to_client(remote: Any, conn: socket.socket) -> None:
+    if not _pump(remote, conn):
+        # The client is gone: end the stream, and drain what the pod still sends until the
+        # proxy has closed its end.
+        with suppress(OSError):
+            remote.shutdown(socket.SHUT_WR)
+            while remote.recv(_CHUNK):
+                pass
+    with suppress(OSError):
+        conn.shutdown(socket.SHUT_RDWR)
 
 
 @contextmanager

@@ -140,13 +140,18 @@ def test_the_service_proxy_route_refuses_an_api_key_before_sending_it(
         _smoke(plain, endpoint.base_url, KEY)
 
 
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def _served_target(cluster: Any, api: k8s_client.ApiClient, namespace: str) -> ForwardTarget:
+    _serve(cluster, api, namespace)
+    return pick_pod(api, namespace, "qwen", "80")
+
+
 def test_many_connections_stream_through_one_forwarder(
     cluster: Any, api: k8s_client.ApiClient, namespace: str
 ) -> None:
-    _serve(cluster, api, namespace)
-    target = pick_pod(api, namespace, "qwen", "80")
-    headers = {"Authorization": f"Bearer {KEY}"}
-    with PortForwarder(api, target) as forwarder:
+    with PortForwarder(api, _served_target(cluster, api, namespace)) as forwarder:
         clients = [httpx.Client(trust_env=False, timeout=30) for _ in range(3)]
         try:
             for client in clients:
@@ -154,13 +159,13 @@ def test_many_connections_stream_through_one_forwarder(
                     "POST",
                     f"{forwarder.base_url}/v1/chat/completions",
                     json={"model": MODEL, "messages": MESSAGES, "stream": True},
-                    headers=headers,
+                    headers=AUTH,
                 ) as response:
                     assert response.status_code == 200
                     lines = [line for line in response.iter_lines() if line]
                 assert lines[-1] == "data: [DONE]"
                 # Keep-alive: a second request reuses the same tunnelled connection.
-                assert client.get(f"{forwarder.base_url}/v1/models", headers=headers).json()
+                assert client.get(f"{forwarder.base_url}/v1/models", headers=AUTH).json()
         finally:
             for client in clients:
                 client.close()
@@ -241,3 +246,27 @@ def test_a_refused_upgrade_fails_the_forwarder_at_start(
         assert f"Pod {namespace}/{target.pod} port 8000" in str(refused.value)
     finally:
         reader.close()  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_client_leaving_mid_stream_ends_only_its_connection(
+    cluster: Any, api: k8s_client.ApiClient, namespace: str
+) -> None:
+    with PortForwarder(api, _served_target(cluster, api, namespace)) as forwarder:
+        # The race (the pod's next bytes vs the hang-up) is lost in some rounds, not all.
+        for _ in range(6):
+            with (
+                httpx.Client(trust_env=False, timeout=30) as leaver,
+                leaver.stream(
+                    "POST",
+                    f"{forwarder.base_url}/v1/chat/completions",
+                    json={"model": MODEL, "messages": MESSAGES, "stream": True},
+                    headers=AUTH,
+                ) as response,
+            ):
+                assert response.status_code == 200
+                # One chunk, then the client hangs up while the pod is still streaming.
+                assert next(response.iter_raw())
+        with httpx.Client(trust_env=False, timeout=30) as after:
+            assert after.get(f"{forwarder.base_url}/v1/models", headers=AUTH).json()
+        assert forwarder.connections == 7
