@@ -95,12 +95,12 @@ from llm_rollout.oss import crc64, head_crc64, open_bucket  # noqa: E402
 from sandbox.http import RequestLog  # noqa: E402
 from sandbox.hub import HubServer  # noqa: E402
 from sandbox.oss import OssRequest, OssServer  # noqa: E402
+from sandbox.sync_cli import sync_argv, write_sync_spec  # noqa: E402
 from sandbox.synthetic import make_synthetic_model  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB
 PART = 256 * KiB
-EXAMPLE = REPO / "examples" / "seed-vllm-single-gpu.yaml"
 # Distinctive fake keys: any appearance of these strings outside the OSS stand-in is a leak.
 KEY_ID = "LTAIrelFAKEid7Q3xK9"
 KEY_SECRET = "relFAKEsecret-Zq81vW0p-DO-NOT-PRINT"
@@ -410,36 +410,25 @@ def trial_oss_fault(lab: TransferLab, rng: random.Random, kind: str) -> Transfer
 
 
 def _sync_argv(spec: Path, checkpoints: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-c",
-        "from cli import main; main()",
-        "sync",
-        str(spec),
-        "--part-size-mb",
-        str(PART / MiB),
-        "--max-parallel-files",
-        "2",
-        "--max-parallel-parts",
-        "3",
-        "--checkpoint-dir",
-        str(checkpoints),
-        "--no-progress",
-    ]
-
-
-def write_sync_spec(case: TransferCase, path: Path) -> Path:
-    """A valid spec (the single-GPU example) whose model is this case's hub revision."""
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["model"] = {
-        "modelscope": {"model_id": case.source.model_id, "revision": "v1"},
-        "size_bytes": case.lab.total_bytes,
-    }
-    data["storage"].update(
-        {"bucket": BUCKET, "endpoint": case.lab.oss.endpoint, "region": case.lab.oss.region}
+    return sync_argv(
+        spec,
+        *("--part-size-mb", str(PART / MiB), "--max-parallel-files", "2"),
+        *("--max-parallel-parts", "3", "--checkpoint-dir", str(checkpoints), "--no-progress"),
     )
-    path.write_text(yaml.safe_dump(data))
-    return path
+
+
+def write_case_spec(case: TransferCase, path: Path) -> Path:
+    """A valid spec (the single-GPU example) whose model is this case's hub revision."""
+    lab = case.lab
+    return write_sync_spec(
+        path,
+        model_id=case.source.model_id,
+        revision="v1",
+        size_bytes=lab.total_bytes,
+        bucket=BUCKET,
+        endpoint=lab.oss.endpoint,
+        region=lab.oss.region,
+    )
 
 
 def sync_env(lab: TransferLab, home: Path) -> dict[str, str]:
@@ -458,7 +447,7 @@ def sync_env(lab: TransferLab, home: Path) -> dict[str, str]:
 def trial_kill9(lab: TransferLab, rng: random.Random) -> TransferTrial:
     """SIGKILL `llm-rollout sync` once a random number of parts reached OSS; run it again."""
     case = lab.new_case("kill9")
-    spec = write_sync_spec(case, case.work / "spec.yaml")
+    spec = write_case_spec(case, case.work / "spec.yaml")
     argv = _sync_argv(spec, case.work / "checkpoints")
     env = sync_env(lab, case.work)
     total_parts = sum(-(-(lab.model_dir / s).stat().st_size // PART) for s in lab.shards)

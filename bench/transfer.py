@@ -40,13 +40,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from llm_rollout.mirror.models import MirrorOptions  # noqa: E402
 from sandbox.storage_proc import HubRevision, StorageProcess, spawn_storage  # noqa: E402
+from sandbox.sync_cli import sync_argv, write_sync_spec  # noqa: E402
 from sandbox.synthetic import make_synthetic_model  # noqa: E402
 
 AK, SK = "LTAI-bench", "bench-secret"
@@ -110,8 +110,6 @@ for path in sorted(Path(local).rglob("*")):
                               store=oss2.ResumableStore(root=os.path.join(work, "ckpt")))
 """
 
-EXAMPLE = REPO / "examples" / "seed-vllm-single-gpu.yaml"
-
 
 def _seeds_argv(work: Path, storage: Storage, prefix: str) -> list[str]:
     return [
@@ -129,20 +127,23 @@ def _ours_argv(
     work: Path, storage: Storage, prefix: str, *, args: argparse.Namespace, total: int
 ) -> list[str]:
     """`llm-rollout sync SPEC`: the product's own entry point, its exit included."""
-    spec = yaml.safe_load(EXAMPLE.read_text())
-    spec["model"] = {"modelscope": {"model_id": MODEL_ID, "revision": "v1"}, "size_bytes": total}
-    spec["storage"].update(
-        bucket="bench", endpoint=storage.oss.oss_endpoint, region=storage.oss.region, prefix=prefix
+    spec = write_sync_spec(
+        work / "spec.yaml",
+        model_id=MODEL_ID,
+        revision="v1",
+        size_bytes=total,
+        bucket="bench",
+        endpoint=storage.oss.oss_endpoint,
+        region=storage.oss.region,
+        prefix=prefix,
     )
-    path = work / "spec.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return [
-        *(sys.executable, "-c", "from cli import main; main()", "sync", str(path)),
+    return sync_argv(
+        spec,
         *("--part-size-mb", str(args.part_size_mb)),
         *("--max-parallel-files", str(args.max_parallel_files)),
         *("--max-parallel-parts", str(args.max_parallel_parts)),
         *("--checkpoint-dir", str(work / "ckpt"), "--no-progress"),
-    ]
+    )
 
 
 @dataclass(frozen=True)

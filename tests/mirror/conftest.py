@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from pydantic import SecretStr
 
 from llm_rollout.credentials import OssCredentials
@@ -18,6 +17,7 @@ from llm_rollout.hub import HubClient, HubSource
 from llm_rollout.mirror import MirrorOptions, OssTarget
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer
+from sandbox.sync_cli import write_sync_spec
 from sandbox.synthetic import make_synthetic_model
 
 ACCESS_KEY_ID = "LTAI-test-mirror-id"
@@ -106,18 +106,14 @@ def case(hub_server: HubServer, oss_server: OssServer, tmp_path: Path) -> Iterat
     oss_server.faults.clear()
 
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed-vllm-single-gpu.yaml"
-
-
 def write_spec(case: MirrorCase, path: Path) -> Path:
     """A valid service spec (from the single-GPU example) pointing at this case's model."""
-    data = yaml.safe_load(EXAMPLE.read_text())
-    data["model"] = {
-        "modelscope": {"model_id": case.source.model_id, "revision": "v1"},
-        "size_bytes": 4 * 1024 * 1024,
-    }
-    data["storage"].update(
-        {"bucket": BUCKET, "endpoint": case.oss.endpoint, "region": case.oss.region}
+    return write_sync_spec(
+        path,
+        model_id=case.source.model_id,
+        revision="v1",
+        size_bytes=4 * 1024 * 1024,
+        bucket=BUCKET,
+        endpoint=case.oss.endpoint,
+        region=case.oss.region,
     )
-    path.write_text(yaml.safe_dump(data))
-    return path

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from sandbox.sync_cli import sync_argv
 from tests.mirror.conftest import ACCESS_KEY_ID, ACCESS_KEY_SECRET, MirrorCase, write_spec
 
 
@@ -21,17 +21,7 @@ def _sync(
         "OSS_ACCESS_KEY_ID": ACCESS_KEY_ID,
         "OSS_ACCESS_KEY_SECRET": secret,
     }
-    argv = [
-        sys.executable,
-        "-c",
-        "from cli import main; main()",
-        "sync",
-        str(spec),
-        "--part-size-mb",
-        "0.25",
-        "--checkpoint-dir",
-        str(tmp_path / "ckpt"),
-    ]
+    argv = sync_argv(spec, "--part-size-mb", "0.25", "--checkpoint-dir", str(tmp_path / "ckpt"))
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=110, check=False)
 
 
