@@ -100,12 +100,12 @@ SEEDS_SIDE = r"""
 import os, sys, oss2
 from pathlib import Path
 from modelscope import snapshot_download
-model_id, work, endpoint, bucket = sys.argv[1:5]
+model_id, work, endpoint, bucket, prefix = sys.argv[1:6]
 local = snapshot_download(model_id, revision="v1", local_dir=os.path.join(work, "model"))
 b = oss2.Bucket(oss2.Auth(os.environ["BENCH_AK"], os.environ["BENCH_SK"]), endpoint, bucket)
 for path in sorted(Path(local).rglob("*")):
     if path.is_file() and ".cache" not in path.parts and ".msc" not in path.name:
-        key = os.environ["BENCH_PREFIX"] + "/" + path.relative_to(local).as_posix()
+        key = prefix + "/" + path.relative_to(local).as_posix()
         oss2.resumable_upload(b, key, str(path),
                               store=oss2.ResumableStore(root=os.path.join(work, "ckpt")))
 """
@@ -120,6 +120,7 @@ def _seeds_argv(work: Path, storage: Storage, prefix: str) -> list[str]:
         str(work),
         storage.oss.oss_endpoint,
         "bench",
+        prefix,
     ]
 
 
@@ -174,7 +175,7 @@ def _side(
     # The library cache lives in the side's own work dir so its disk use is counted too.
     # A fresh prefix per run: ours would otherwise skip the objects verified by the last run.
     prefix = f"{name}-run-{run}"
-    env = {**base_env, "MODELSCOPE_CACHE": str(work / "mscache"), "BENCH_PREFIX": prefix}
+    env = {**base_env, "MODELSCOPE_CACHE": str(work / "mscache")}
     storage.reset_counters()
     server_cpu = storage.cpu_seconds()
     argv = argv_for(work, storage, prefix)
