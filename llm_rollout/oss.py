@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llm_rollout.credentials import OssCredentials
 from llm_rollout.errors import PermanentError, RolloutError, TransientError
+from llm_rollout.upstream_names import check_path
 
 T = TypeVar("T")
 
@@ -106,9 +107,27 @@ class OssTarget(BaseModel):
         pieces = [p.strip("/") for p in (self.prefix, *parts) if p.strip("/")]
         return "/".join(pieces)
 
+    def file_key(self, path: str) -> str:
+        """Object key of the model file `path`, which must be a checked relative path: the
+        key always lies under the prefix (`upstream_names.check_path`)."""
+        check_path(path, where=f"OSS key under {self.prefix or '/'}")
+        return self.key(path)
+
     def uri(self, key: str) -> str:
         """oss:// URI of an object key in this bucket."""
         return f"oss://{self.bucket}/{key}"
+
+
+def plain_http_warning(endpoint: str) -> str | None:
+    """A warning when `endpoint` is plain HTTP: requests are signed, but bodies and answers
+    (keys listed, CRC64 headers) are neither encrypted nor protected against rewriting."""
+    if not endpoint.lower().startswith("http://"):
+        return None
+    host = endpoint.split("://", 1)[1].split("/", 1)[0]
+    return (
+        f"OSS endpoint {host} is plain HTTP: model bytes and OSS answers cross the network "
+        "unencrypted and can be rewritten in transit; use an https:// endpoint"
+    )
 
 
 class OssRequestError(TransientError):

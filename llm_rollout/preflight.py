@@ -31,12 +31,13 @@ from kubernetes import client as k8s_client
 
 from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
 from llm_rollout.errors import PreflightError, RolloutError
-from llm_rollout.hub import HubClient, HubSource
+from llm_rollout.hub import HubClient
 from llm_rollout.kube.client import server_version
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.resources import list_objects, request_json, served_versions
 from llm_rollout.kube.watching import call_with_retry
-from llm_rollout.oss import OssTarget, open_bucket, oss_call
+from llm_rollout.mirror.inputs import hub_source_of
+from llm_rollout.oss import OssTarget, open_bucket, oss_call, plain_http_warning
 from llm_rollout.spec import ServiceSpec
 from llm_rollout.strategy import (
     ERDMA_RESOURCE,
@@ -313,6 +314,9 @@ def check_oss(
     spec: ServiceSpec, report: PreflightReport, environ: Mapping[str, str] | None = None
 ) -> None:
     """Credentials resolve and the model bucket answers one authenticated, cheap request."""
+    insecure = plain_http_warning(spec.storage.endpoint)
+    if insecure is not None:
+        report.warnings.append(insecure)
     ref = credentials_ref(spec)
     if ref is None:
         report.checks.append("OSS: no AccessKeys (RRSA mount); bucket access not checked here")
@@ -349,14 +353,7 @@ def check_hub(spec: ServiceSpec, report: PreflightReport) -> None:
     # HubClient reads MODELSCOPE_ENDPOINT when made (the library caches it per process).
     client = HubClient()
     try:
-        listing = client.list_files(
-            HubSource(
-                model_id=source.model_id,
-                revision=source.revision,
-                allow_patterns=tuple(source.allow_patterns),
-                ignore_patterns=tuple(source.ignore_patterns),
-            )
-        )
+        listing = client.list_files(hub_source_of(source))
     except RolloutError as exc:
         report.problems.append(f"{exc} (hub {client.endpoint})")
         return

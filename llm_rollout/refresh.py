@@ -21,12 +21,14 @@ from pydantic import BaseModel, Field
 from llm_rollout.errors import PermanentError
 from llm_rollout.hub import HubClient, HubFile, HubListing, HubSource
 from llm_rollout.incremental import CopyItem
+from llm_rollout.mirror.inputs import hub_source_of
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.mirror.models import Manifest
 from llm_rollout.oss import OssTarget
 from llm_rollout.release import read_release_state
-from llm_rollout.spec import REVISION, ServiceSpec, spec_hash
+from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import ReleaseState
+from llm_rollout.upstream_names import check_revision
 
 
 class RefreshPlan(BaseModel):
@@ -78,12 +80,7 @@ def hub_source(spec: ServiceSpec) -> HubSource:
         raise PermanentError(
             "model.modelscope: a refresh needs a ModelScope source (an oss_uri is used as-is)"
         )
-    return HubSource(
-        model_id=source.model_id,
-        revision=source.revision,
-        allow_patterns=tuple(source.allow_patterns),
-        ignore_patterns=tuple(source.ignore_patterns),
-    )
+    return hub_source_of(source)
 
 
 def concrete_revision(hub: HubClient, source: HubSource) -> str | None:
@@ -106,7 +103,10 @@ def concrete_revision(hub: HubClient, source: HubSource) -> str | None:
     if len(revisions) != 1:
         return None
     (revision,) = revisions
-    return revision if revision and REVISION.match(revision) else None
+    if not revision:
+        return None
+    # It names the OSS folder the refresh writes to: a hostile value is refused, not ignored.
+    return check_revision(revision, where=f"hub listing of {source.model_id}@{source.revision}")
 
 
 def diff_files(

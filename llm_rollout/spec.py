@@ -129,6 +129,13 @@ class ModelScopeSource(StrictModel):
         description="Glob patterns of files to skip when mirroring.",
         max_length=100,
     )
+    allow_plain_http_hub: bool = Field(
+        default=False,
+        description="Accept a plain-HTTP (not HTTPS) hub endpoint on a non-loopback host. "
+        "RISK: the hub's listing carries the sha256 every mirrored file is checked against; "
+        "over plain HTTP anyone on the network path can rewrite the listing and the files "
+        "together, so the mirror's verification proves nothing. Only for a trusted network.",
+    )
 
 
 class ModelSource(StrictModel):
@@ -955,11 +962,14 @@ def spec_hash(spec: ServiceSpec) -> str:
     `smoke.base_url` and `smoke.via` are left out: the route the smoke test takes is where
     the flow runs, not what is deployed, so moving the flow into the cluster does not make a
     new release. So is
-    `rollout.lock_wait_s`: how long a run waits for another one changes nothing deployed.
+    `rollout.lock_wait_s`: how long a run waits for another one changes nothing deployed, nor
+    `model.modelscope.allow_plain_http_hub`.
     """
-    data = spec.model_dump(
-        mode="json", exclude={"smoke": {"base_url", "via"}, "rollout": {"lock_wait_s"}}
-    )
+    excluded: dict[str, Any] = {"smoke": {"base_url", "via"}, "rollout": {"lock_wait_s"}}
+    if spec.model.modelscope is not None:
+        # How the hub is reached, not what is deployed.
+        excluded["model"] = {"modelscope": {"allow_plain_http_hub"}}
+    data = spec.model_dump(mode="json", exclude=excluded)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 

@@ -133,7 +133,10 @@ class CheckpointStore:
         self._dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         payload = json.dumps(state.model_dump(mode="json"), separators=(",", ":"))
-        with tmp.open("w", encoding="utf-8") as fh:
+        # O_NOFOLLOW: a symlink planted at the temporary name must not redirect the write
+        # outside the checkpoint directory (the final rename replaces a link, not its target).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())

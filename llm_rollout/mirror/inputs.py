@@ -12,7 +12,7 @@ from llm_rollout.credentials import CredentialsRef
 from llm_rollout.errors import PermanentError
 from llm_rollout.hub import HubSource
 from llm_rollout.oss import OssTarget
-from llm_rollout.spec import ServiceSpec
+from llm_rollout.spec import ModelScopeSource, ServiceSpec
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,17 @@ class MirrorInputs:
     credentials: CredentialsRef
 
 
+def hub_source_of(source: ModelScopeSource) -> HubSource:
+    """The hub parameters of a spec's ModelScope source."""
+    return HubSource(
+        model_id=source.model_id,
+        revision=source.revision,
+        allow_patterns=tuple(source.allow_patterns),
+        ignore_patterns=tuple(source.ignore_patterns),
+        allow_plain_http_hub=source.allow_plain_http_hub,
+    )
+
+
 def mirror_inputs(spec: ServiceSpec) -> MirrorInputs:
     """Mirror parameters of a spec with a ModelScope source; SpecError-like message otherwise."""
     source = spec.model.modelscope
@@ -33,12 +44,7 @@ def mirror_inputs(spec: ServiceSpec) -> MirrorInputs:
     if creds is None:
         raise PermanentError("storage.credentials: mirroring needs OSS AccessKeys")
     return MirrorInputs(
-        source=HubSource(
-            model_id=source.model_id,
-            revision=source.revision,
-            allow_patterns=tuple(source.allow_patterns),
-            ignore_patterns=tuple(source.ignore_patterns),
-        ),
+        source=hub_source_of(source),
         target=OssTarget(
             endpoint=spec.storage.endpoint,
             bucket=spec.storage.bucket,

@@ -21,6 +21,7 @@ from llm_rollout.oss import (
     oss_call,
     translate_oss_error,
 )
+from llm_rollout.upstream_names import UnsafeUpstreamData, check_listing, check_sha256
 
 _HEAD_WORKERS = 16
 
@@ -47,9 +48,26 @@ def read_manifest(bucket: oss2.Bucket, target: OssTarget) -> Manifest | None:
     except oss2.exceptions.OssError as exc:
         raise translate_oss_error(exc, f"GET {key}") from exc
     try:
-        return Manifest.model_validate_json(raw)
+        manifest = Manifest.model_validate_json(raw)
     except ValidationError:
         return None
+    check_manifest_names(manifest, target)
+    return manifest
+
+
+def check_manifest_names(manifest: Manifest, target: OssTarget) -> None:
+    """Every record of a manifest read back from OSS names a checked path and the key the
+    mirror would give it under `target`: its keys are read (HEAD) and copied from by a
+    refresh, so one pointing elsewhere in the bucket is refused, not followed."""
+    where = f"manifest {manifest_key(target)}"
+    check_listing([r.path for r in manifest.files], where=where)
+    for record in manifest.files:
+        expected = target.key(record.path)
+        if record.key != expected:
+            raise UnsafeUpstreamData(
+                where, record.key, "outside-prefix", f"the key of {record.path} is {expected}"
+            )
+        check_sha256(record.sha256, where=where, entry=record.path)
 
 
 def write_manifest(bucket: oss2.Bucket, target: OssTarget, manifest: Manifest) -> str:

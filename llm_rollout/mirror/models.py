@@ -8,8 +8,9 @@ from typing import Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.upstream_names import RESERVED_TOP
 
-MANIFEST_NAME = ".llm-rollout/manifest.json"
+MANIFEST_NAME = f"{RESERVED_TOP}/manifest.json"
 MANIFEST_FORMAT = 1
 # x-oss-meta-* header carrying the hub's sha256; set only on objects whose bytes were verified.
 SHA256_META = "x-oss-meta-sha256"

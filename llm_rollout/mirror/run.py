@@ -27,7 +27,7 @@ import oss2
 
 from llm_rollout.credentials import OssCredentials
 from llm_rollout.errors import PermanentError, RolloutError, is_transient
-from llm_rollout.hub import HubClient, HubFile, HubListing, HubSource, HubUnavailableError
+from llm_rollout.hub import HubClient, HubFile, HubListing, HubSource
 from llm_rollout.mirror.buffers import BufferPool
 from llm_rollout.mirror.checkpoint import CheckpointStore, default_checkpoint_dir
 from llm_rollout.mirror.expectations import (
@@ -63,7 +63,7 @@ from llm_rollout.mirror.transfer import (
     utc_now,
     verified_in_place,
 )
-from llm_rollout.oss import OssTarget, open_bucket, oss_call
+from llm_rollout.oss import OssTarget, open_bucket, oss_call, plain_http_warning
 
 _log = logging.getLogger(__name__)
 
@@ -107,26 +107,15 @@ def _summarise(failed: dict[str, BaseException]) -> tuple[str, dict[str, str]]:
 
 
 def _staged_source(
-    hub: HubClient, listing: HubListing, paths: list[str], options: MirrorOptions, root: Path
+    hub: HubClient, listing: HubListing, files: list[HubFile], options: MirrorOptions, root: Path
 ) -> RangeSource:
-    """Download exactly `paths` with the library's snapshot_download into `root`."""
-    from modelscope import snapshot_download
-    from modelscope_hub import errors as hub_errors
-
-    try:
-        snapshot_download(
-            listing.model_id,
-            revision=listing.revision,
-            endpoint=hub.endpoint,
-            local_dir=str(root),
-            allow_patterns=paths,
-            max_workers=options.max_parallel_files,
-        )
-    except (hub_errors.NetworkError, hub_errors.ServerError, hub_errors.RateLimitError) as exc:
-        raise HubUnavailableError(f"staged download failed ({type(exc).__name__})") from exc
-    except hub_errors.HubError as exc:
-        raise PermanentError(f"staged download failed ({type(exc).__name__})") from exc
-    return LocalRangeSource(root)
+    """Download exactly `files` (checked entries of `listing`) into `root`, then check that
+    each one is a regular file inside `root` with its listed size."""
+    hub.download_files(listing, files, root, options.max_parallel_files)
+    source = LocalRangeSource(root)
+    for file in files:
+        source.check_staged(file)
+    return source
 
 
 def _run_files(
@@ -174,6 +163,9 @@ def mirror_model(
         phases[phase] = round(now - mark, 3)
         mark = now
 
+    insecure = plain_http_warning(target.endpoint)
+    if insecure is not None:
+        _log.warning("%s", insecure)
     pool_size = options.max_parallel_parts + options.max_parallel_files + 4
     # oss2 applies one timeout to connecting and to each read: the option's read timeout.
     # oss2's CRC is off: every write is checked against our own (fast) CRC64 instead.
@@ -248,14 +240,13 @@ def mirror_model(
                 if root is None:
                     staging = tempfile.TemporaryDirectory(prefix="llm-rollout-staged-")
                     root = Path(staging.name)
-                range_source: RangeSource = _staged_source(
-                    hub, listing, [f.path for f in todo], options, root
-                )
+                range_source: RangeSource = _staged_source(hub, listing, todo, options, root)
             else:
-                urls = {
-                    f.path: hub.file_url(source.model_id, listing.revision, f.path) for f in todo
+                files = {
+                    f.path: (hub.file_url(source.model_id, listing.revision, f.path), f.size)
+                    for f in todo
                 }
-                hub_source = HubRangeSource(hub.access(), urls, options, counters.add_fetched)
+                hub_source = HubRangeSource(hub.access(), files, options, counters.add_fetched)
                 range_source = hub_source
             submitted = _Countdown(len(todo))
 

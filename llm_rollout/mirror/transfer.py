@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import stat
 import threading
 import time
 from collections import deque
@@ -75,6 +76,13 @@ from llm_rollout.oss import (
     retry_transient,
     translate_oss_error,
 )
+from llm_rollout.upstream_names import (
+    UnsafeUpstreamData,
+    check_part_number,
+    check_size,
+    local_path_inside,
+    parse_content_range,
+)
 
 _T = TypeVar("_T")
 
@@ -98,11 +106,12 @@ class HubRangeSource:
     def __init__(
         self,
         access: HubAccess,
-        urls: Mapping[str, str],
+        files: Mapping[str, tuple[str, int]],
         options: MirrorOptions,
         on_fetched: Callable[[int], None],
     ) -> None:
-        self._urls = dict(urls)
+        """`files`: path -> (download URL, listed size in bytes)."""
+        self._files = dict(files)
         self._headers = {**access.headers, "Accept-Encoding": "identity"}
         self._options = options
         self._on_fetched = on_fetched
@@ -120,7 +129,7 @@ class HubRangeSource:
 
     def read_into(self, path: str, offset: int, view: memoryview) -> None:
         """Fill `view` from a range, resuming after drops from the first byte not received."""
-        url = self._urls[path]
+        url, size = self._files[path]
         fill = _Fill(view)
         length = len(view)
         failures = 0
@@ -128,7 +137,7 @@ class HubRangeSource:
             before = fill.filled
             error: Exception | None = None
             try:
-                self._read_once(url, path, offset, fill)
+                self._read_once(url, path, offset, fill, size)
             except (httpx.TransportError, HubUnavailableError) as exc:
                 error = exc
             if fill.filled >= length:
@@ -144,19 +153,29 @@ class HubRangeSource:
                 delay = min(20.0, self._options.retry_base_delay_s * 2 ** (failures - 1))
                 time.sleep(delay)  # backoff between attempts
 
-    def _read_once(self, url: str, path: str, offset: int, fill: _Fill) -> None:
-        """One GET of the bytes `fill` still lacks; may end early on a drop."""
+    def _read_once(self, url: str, path: str, offset: int, fill: _Fill, size: int) -> None:
+        """One GET of the bytes `fill` still lacks; may end early on a drop.
+
+        What the answer says about itself is checked before its body is used: a 206 must
+        carry exactly the range asked for and the listed size as its total, a 200 the listed
+        size as its length.
+        """
         start = offset + fill.filled
         stop = offset + len(fill.view)
         headers = {**self._headers, "Range": f"bytes={start}-{stop - 1}"}
         with self._client.stream("GET", url, headers=headers) as resp:
             status = resp.status_code
             if status == 206:
-                content_range = resp.headers.get("Content-Range", "")
-                if not content_range.startswith(f"bytes {start}-"):
-                    raise IntegrityError(f"hub: {path}: unexpected Content-Range {content_range}")
+                parse_content_range(
+                    resp.headers.get("Content-Range"),
+                    where=f"hub: {path}",
+                    start=start,
+                    stop=stop,
+                    total=size,
+                )
             elif status == 200 and start == 0:
-                pass  # a server ignoring Range sends the whole file; we stop at `stop`
+                # A server ignoring Range sends the whole file; we stop at `stop`.
+                _check_whole_length(resp.headers.get("Content-Length"), path, size)
             elif status == 404:
                 raise HubNotFoundError(f"hub: {path} not found")
             elif status in (401, 403):
@@ -174,6 +193,15 @@ class HubRangeSource:
                 if fill.filled >= len(fill.view):
                     break
             # Ending early is a dropped transfer: the caller resumes from `fill.filled`.
+
+
+def _check_whole_length(header: str | None, path: str, size: int) -> None:
+    if header is None:
+        return  # chunked: the sha256 over the bytes decides
+    if not header.isdigit() or int(header) != size:
+        raise UnsafeUpstreamData(
+            f"hub: {path}", header, "size", f"Content-Length differs from the listed size {size}"
+        )
 
 
 class _Fill:
@@ -197,9 +225,24 @@ class LocalRangeSource:
     def __init__(self, root: Path) -> None:
         self._root = root
 
+    def check_staged(self, file: HubFile) -> None:
+        """The staged copy of `file` is a regular file inside the root with the listed size."""
+        where = f"staged copy in {self._root}"
+        local_path_inside(self._root, file.path, where=where)
+        try:
+            info = (self._root / file.path).lstat()
+        except OSError as exc:
+            raise PermanentError(f"staged copy of {file.path} missing: {exc.strerror}") from exc
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeUpstreamData(where, file.path, "not-a-file", "not a regular file")
+        if info.st_size != file.size:
+            raise UnsafeUpstreamData(
+                where, file.path, "size", f"{info.st_size} bytes on disk, {file.size} listed"
+            )
+
     def read_into(self, path: str, offset: int, view: memoryview) -> None:
         """Fill `view` with bytes of `root/path` from `offset`."""
-        file_path = self._root / path
+        file_path = local_path_inside(self._root, path, where=f"staged copy in {self._root}")
         filled = 0
         try:
             with file_path.open("rb", buffering=0) as fh:
@@ -296,7 +339,7 @@ def verified_in_place(
     ctx: TransferContext, file: HubFile, previous: FileRecord | None
 ) -> FileRecord | None:
     """The record of `file` if OSS already holds it verified, else None."""
-    key = ctx.target.key(file.path)
+    key = ctx.target.file_key(file.path)
     info = ctx.retry(lambda: head_object(ctx.bucket, key))
     if info is None or info.crc64 is None or info.size != file.size:
         return None
@@ -399,15 +442,22 @@ def _put_single_from(
 
 
 def _list_parts(
-    ctx: TransferContext, key: str, upload_id: str
+    ctx: TransferContext, key: str, upload_id: str, part_count: int
 ) -> dict[int, tuple[str, int]] | None:
-    """Parts OSS holds for an upload as {number: (etag, size)}; None if the upload is gone."""
+    """Parts OSS holds for an upload as {number: (etag, size)}; None if the upload is gone.
+
+    Part numbers and sizes are checked: a number outside 1..`part_count` or a negative size
+    is refused (it would otherwise be adopted into the completed object).
+    """
+    where = f"OSS ListParts {key}"
 
     def listing() -> dict[int, tuple[str, int]]:
         parts: dict[int, tuple[str, int]] = {}
         try:
             for part in oss2.PartIterator(ctx.bucket, key, upload_id):
-                parts[int(part.part_number)] = (str(part.etag), int(part.size))
+                number = check_part_number(part.part_number, where=where, parts=part_count)
+                size = check_size(part.size, where=where, entry=f"part {number}")
+                parts[number] = (str(part.etag), size)
         except oss2.exceptions.NoSuchUpload:
             raise
         except oss2.exceptions.OssError as exc:
@@ -497,7 +547,8 @@ def _open_upload(ctx: TransferContext, file: HubFile, key: str, part_size: int) 
     state = ctx.checkpoints.load(bucket_name, key)
     if state is not None:
         same = (state.size, state.sha256, state.part_size) == (file.size, file.sha256, part_size)
-        listed = _list_parts(ctx, key, state.upload_id) if same else None
+        part_count = -(-file.size // part_size)
+        listed = _list_parts(ctx, key, state.upload_id, part_count) if same else None
         if listed is not None:
             reusable = {n: p for n, p in state.parts.items() if listed.get(n) == (p.etag, p.size)}
             unrecorded = {n: etag for n, (etag, _size) in listed.items() if n not in reusable}
@@ -699,7 +750,7 @@ def _put_multipart(
 def transfer_file(ctx: TransferContext, file: HubFile) -> FileOutcome:
     """Send `file` to OSS and verify it (the caller has checked it is not there already)."""
     started = time.monotonic()
-    key = ctx.target.key(file.path)
+    key = ctx.target.file_key(file.path)
     mine = Counters()
     status: FileStatus = "uploaded"
     if file.size <= ctx.options.part_size_for(file.size):
