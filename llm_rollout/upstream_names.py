@@ -178,7 +178,7 @@ def check_listing(paths: Iterable[str], *, where: str) -> list[str]:
 
 def check_sha256(value: object, *, where: str, entry: str) -> str:
     """A sha256 as 64 hex digits, returned lower-case."""
-    if not isinstance(value, str) or not _HEX64.match(value):
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
         raise UnsafeUpstreamData(where, entry, "sha256", "the sha256 is not 64 hex digits")
     return value.lower()
 
@@ -196,7 +196,7 @@ def check_size(value: object, *, where: str, entry: str) -> int:
 
 def check_revision(value: object, *, where: str) -> str:
     """A revision name usable as one OSS folder (letters, digits, '_', '.', '-')."""
-    if not isinstance(value, str) or not _REVISION.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not _REVISION.fullmatch(value) or value in (".", ".."):
         raise UnsafeUpstreamData(
             where, value, "revision", "a revision is one segment of [A-Za-z0-9_.-]"
         )
@@ -231,7 +231,7 @@ def parse_content_range(
     Accepted only as `bytes START-END/TOTAL` with START equal to what was asked, END inside
     the request, and TOTAL equal to the listed size.
     """
-    match = _CONTENT_RANGE.match(header or "")
+    match = _CONTENT_RANGE.fullmatch(header or "")
     if match is None:
         raise UnsafeUpstreamData(where, header, "content-range", "not 'bytes A-B/SIZE'")
     first, last, size = (int(g) for g in match.groups())

@@ -30,7 +30,12 @@ computed once and cached by inode, so a hardlinked shard shared by two revisions
 Faults (``hub.faults``, thread-safe, count-limited; ``clear()`` removes all):
 ``drop_after_bytes(file_path, nbytes, times=1)``, ``wrong_sha256(file_path)``,
 ``server_error(path_contains, times=1, status=503)``,
-``slow_first_byte(seconds, path_contains="", times=None)``.
+``slow_first_byte(seconds, path_contains="", times=None)``; hostile answers for issue 18:
+``hostile_listing(entries, model_id=None, skip=0, times=None)`` (raw ``Data.Files`` entries
+merged into a listing: an entry whose ``Path`` is listed replaces fields of it, others are
+added; ``skip`` listings are answered truthfully first, so ``skip=1`` makes the *second*
+listing differ from the first), ``bad_content_range(file_path, header, times=1)`` (a 206 whose
+``Content-Range`` is ``header``; the body is still the range asked for).
 
 Bandwidth: ``bandwidth_bytes_per_s`` caps each connection, ``aggregate_bandwidth_bytes_per_s``
 caps all connections together (the link); both may be set, the tighter one wins.
@@ -123,6 +128,19 @@ class _SlowRule(_Rule):
     seconds: float
 
 
+@dataclass
+class _ListingRule(_Rule):
+    entries: list[dict[str, object]]
+    model_id: str | None
+    skip: int
+
+
+@dataclass
+class _RangeRule(_Rule):
+    file_path: str
+    header: str
+
+
 class HubFaults:
     """Scripted misbehaviour; every rule is consumed as it fires."""
 
@@ -132,6 +150,8 @@ class HubFaults:
         self._errors: list[_ErrorRule] = []
         self._slow: list[_SlowRule] = []
         self._wrong_sha: dict[tuple[str | None, str], str] = {}
+        self._listings: list[_ListingRule] = []
+        self._ranges: list[_RangeRule] = []
 
     def drop_after_bytes(
         self, file_path: str, nbytes: int, *, times: int = 1, model_id: str | None = None
@@ -161,12 +181,32 @@ class HubFaults:
         with self._lock:
             self._slow.append(_SlowRule(times, path_contains, seconds))
 
+    def hostile_listing(
+        self,
+        entries: list[dict[str, object]],
+        *,
+        model_id: str | None = None,
+        skip: int = 0,
+        times: int | None = None,
+    ) -> None:
+        """Merge raw ``Data.Files`` entries into the listings of ``model_id`` (any when None)
+        after ``skip`` truthful ones, for ``times`` listings (None: every one after)."""
+        with self._lock:
+            self._listings.append(_ListingRule(times, [dict(e) for e in entries], model_id, skip))
+
+    def bad_content_range(self, file_path: str, header: str, *, times: int = 1) -> None:
+        """Answer the next ``times`` ranged GETs of ``file_path`` with ``Content-Range: header``."""
+        with self._lock:
+            self._ranges.append(_RangeRule(times, file_path, header))
+
     def clear(self) -> None:
         with self._lock:
             self._drops.clear()
             self._errors.clear()
             self._slow.clear()
             self._wrong_sha.clear()
+            self._listings.clear()
+            self._ranges.clear()
 
     # -- used by the handler ------------------------------------------------------------
     def _take_error(self, target: str) -> int | None:
@@ -192,6 +232,26 @@ class HubFaults:
                     and rule.take()
                 ):
                     return rule.nbytes
+        return None
+
+    def _take_listing(self, model_id: str) -> list[dict[str, object]]:
+        merged: list[dict[str, object]] = []
+        with self._lock:
+            for rule in self._listings:
+                if rule.model_id not in (None, model_id):
+                    continue
+                if rule.skip > 0:
+                    rule.skip -= 1
+                    continue
+                if rule.take():
+                    merged.extend(dict(e) for e in rule.entries)
+        return merged
+
+    def _take_range(self, file_path: str) -> str | None:
+        with self._lock:
+            for rule in self._ranges:
+                if rule.file_path == file_path and rule.take():
+                    return rule.header
         return None
 
     def _listed_sha(self, model_id: str, file_path: str, real: str) -> str:
@@ -540,6 +600,12 @@ class _HubHandler(SandboxHandler):
                     "Type": "tree",
                 }
             )
+        for hostile in hub.faults._take_listing(model_id):
+            same = next((f for f in files if f.get("Path") == hostile.get("Path")), None)
+            if same is not None:
+                same.update(hostile)
+            else:
+                files.append({"Revision": concrete, "Type": "blob", **hostile})
         return {"Files": files, "LatestCommitter": {"CommitterName": "sandbox"}}
 
     def _revisions(self, hub: HubServer, model_id: str) -> dict[str, object]:
@@ -632,7 +698,8 @@ class _HubHandler(SandboxHandler):
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("ETag", f'"{entry.sha256}"')
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            forged = hub.faults._take_range(entry.path)
+            self.send_header("Content-Range", forged or f"bytes {start}-{end}/{size}")
         self.end_headers()
         if head:
             self._record(status)
