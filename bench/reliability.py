@@ -10,7 +10,8 @@ trials of the same functions, this script runs the full counts and prints the ta
     uv run python bench/reliability.py                  # every class, full counts
     uv run python bench/reliability.py --trials 3       # every class, 3 trials each
     uv run python bench/reliability.py --only transfer  # one group: transfer, kube, workload,
-                                                        # input, secrets, concurrency
+                                                        # input, secrets, concurrency,
+                                                        # hostile
 
 Transfer trials (model: 4 shards x 2 MiB plus small files, 256 KiB parts):
 - hub drop: the hub cuts the connection of one GET of a random shard after a random number of
@@ -1844,7 +1845,7 @@ def run_secrets_check(world: InputWorld, seed: int) -> Row:
 
 
 # -- main ---------------------------------------------------------------------------------------
-GROUPS = ("transfer", "kube", "workload", "input", "secrets", "concurrency")
+GROUPS = ("transfer", "kube", "workload", "input", "secrets", "concurrency", "hostile")
 
 
 def run_transfer(
@@ -1863,7 +1864,7 @@ RUNNERS: dict[str, Callable[[int, int, Path], list[Row]]] = {
     "transfer": run_transfer,
     "input": run_input,
 }
-DEPLOY_GROUPS = ("kube", "workload", "secrets", "concurrency")
+DEPLOY_GROUPS = ("kube", "workload", "secrets", "concurrency", "hostile")
 
 
 def run_deploy_groups(groups: list[str], trials: int | None, seed: int, root: Path) -> list[Row]:
@@ -1896,6 +1897,12 @@ def run_deploy_groups(groups: list[str], trials: int | None, seed: int, root: Pa
                 rows.append(run_secrets_check(world, seed))
             elif group == "concurrency":
                 rows.append(run_concurrency(world, count, seed))
+            elif group == "hostile":
+                from bench.hostile_upstream import run_hostile_upstream
+
+                row = run_hostile_upstream(world)
+                print(format_table([row]).splitlines()[2], flush=True)
+                rows.append(row)
     return rows
 
 
@@ -1940,6 +1947,7 @@ DEFAULT_TRIALS: dict[str, int] = {
     "input": 1,
     "secrets": 1,
     "concurrency": 5,
+    "hostile": 1,
 }
 
 if __name__ == "__main__":

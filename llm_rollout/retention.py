@@ -23,6 +23,7 @@ from llm_rollout.kube.resources import request_json
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.oss import OssTarget, oss_call
 from llm_rollout.record import ANN_MODEL, ANN_REVISION
+from llm_rollout.upstream_names import UnsafeUpstreamData, check_revision, under_prefix
 
 _DELETE_BATCH = 1000
 
@@ -81,8 +82,12 @@ def list_revisions(bucket: oss2.Bucket, target: OssTarget, root: str) -> list[Re
             break
         token = str(page.next_continuation_token)
     revisions: list[RevisionDir] = []
+    where = f"OSS listing of {root}"
     for folder in folders:
-        revision = folder[len(root) :].rstrip("/")
+        # The folder names a revision to delete: one checked segment directly under `root`.
+        if not folder.startswith(root) or not folder.endswith("/"):
+            raise UnsafeUpstreamData(where, folder, "outside-prefix", f"not a folder of {root}")
+        revision = check_revision(folder[len(root) : -1], where=where)
         at = target.model_copy(update={"prefix": folder.rstrip("/")})
         manifest = read_manifest(bucket, at)
         revisions.append(RevisionDir(revision, folder, manifest.created_at if manifest else None))
@@ -116,7 +121,8 @@ def delete_revision(bucket: oss2.Bucket, folder: str, manifest_key: str) -> Dele
     keys: list[str] = []
     total = 0
     for obj in oss2.ObjectIteratorV2(bucket, prefix=folder):
-        keys.append(str(obj.key))
+        # Only keys inside the folder are deleted, whatever the listing answers.
+        keys.append(under_prefix(folder, str(obj.key), where=f"OSS listing of {folder}"))
         total += int(obj.size)
     for start in range(0, len(keys), _DELETE_BATCH):
         batch = keys[start : start + _DELETE_BATCH]

@@ -203,12 +203,19 @@ def check_revision(value: object, *, where: str) -> str:
     return value
 
 
-def key_under(prefix: str, key: str, *, where: str) -> str:
-    """`key` when it lies strictly below `prefix` (no trailing '/') as a valid relative path."""
+def under_prefix(prefix: str, key: str, *, where: str) -> str:
+    """`key` when it starts with `prefix` + '/' (OSS keys are flat strings: that is all
+    'inside' means to OSS itself)."""
     head = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-    if not key.startswith(head):
+    if not key.startswith(head) or key == head:
         raise UnsafeUpstreamData(where, key, "outside-prefix", f"not under {head!a}")
-    check_path(key[len(head) :], where=where)
+    return key
+
+
+def key_under(prefix: str, key: str, *, where: str) -> str:
+    """`key` when it lies below `prefix` and the rest is a valid relative path."""
+    under_prefix(prefix, key, where=where)
+    check_path(key[len(prefix.rstrip("/")) + 1 if prefix.strip("/") else 0 :], where=where)
     return key
 
 

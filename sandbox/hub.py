@@ -34,8 +34,10 @@ Faults (``hub.faults``, thread-safe, count-limited; ``clear()`` removes all):
 ``hostile_listing(entries, model_id=None, skip=0, times=None)`` (raw ``Data.Files`` entries
 merged into a listing: an entry whose ``Path`` is listed replaces fields of it, others are
 added; ``skip`` listings are answered truthfully first, so ``skip=1`` makes the *second*
-listing differ from the first), ``bad_content_range(file_path, header, times=1)`` (a 206 whose
-``Content-Range`` is ``header``; the body is still the range asked for).
+listing differ from the first; an entry's ``Body`` (text) is left out of the listing and
+served as the bytes of its ``Path``, so a hostile path is downloadable like a real file),
+``bad_content_range(file_path, header, times=1)`` (a 206 whose ``Content-Range`` is
+``header``; the body is still the range asked for).
 
 Bandwidth: ``bandwidth_bytes_per_s`` caps each connection, ``aggregate_bandwidth_bytes_per_s``
 caps all connections together (the link); both may be set, the tighter one wins.
@@ -152,6 +154,7 @@ class HubFaults:
         self._wrong_sha: dict[tuple[str | None, str], str] = {}
         self._listings: list[_ListingRule] = []
         self._ranges: list[_RangeRule] = []
+        self._bodies: dict[tuple[str | None, str], bytes] = {}
 
     def drop_after_bytes(
         self, file_path: str, nbytes: int, *, times: int = 1, model_id: str | None = None
@@ -191,8 +194,15 @@ class HubFaults:
     ) -> None:
         """Merge raw ``Data.Files`` entries into the listings of ``model_id`` (any when None)
         after ``skip`` truthful ones, for ``times`` listings (None: every one after)."""
+        listed: list[dict[str, object]] = []
         with self._lock:
-            self._listings.append(_ListingRule(times, [dict(e) for e in entries], model_id, skip))
+            for entry in entries:
+                entry = dict(entry)
+                body = entry.pop("Body", None)
+                if body is not None:
+                    self._bodies[(model_id, str(entry.get("Path")))] = str(body).encode()
+                listed.append(entry)
+            self._listings.append(_ListingRule(times, listed, model_id, skip))
 
     def bad_content_range(self, file_path: str, header: str, *, times: int = 1) -> None:
         """Answer the next ``times`` ranged GETs of ``file_path`` with ``Content-Range: header``."""
@@ -207,6 +217,7 @@ class HubFaults:
             self._wrong_sha.clear()
             self._listings.clear()
             self._ranges.clear()
+            self._bodies.clear()
 
     # -- used by the handler ------------------------------------------------------------
     def _take_error(self, target: str) -> int | None:
@@ -246,6 +257,13 @@ class HubFaults:
                 if rule.take():
                     merged.extend(dict(e) for e in rule.entries)
         return merged
+
+    def _hostile_body(self, model_id: str, file_path: str) -> HubFile | None:
+        with self._lock:
+            body = self._bodies.get((model_id, file_path), self._bodies.get((None, file_path)))
+        if body is None:
+            return None
+        return HubFile(file_path, len(body), hashlib.sha256(body).hexdigest(), data=body)
 
     def _take_range(self, file_path: str) -> str | None:
         with self._lock:
@@ -538,9 +556,10 @@ class _HubHandler(SandboxHandler):
             elif rest == "/revisions":
                 data = self._revisions(hub, model_id)
             elif rest == "/repo":
-                file_path = (query.get("FilePath") or "").strip("/")
+                raw_path = query.get("FilePath") or ""
+                file_path = raw_path.strip("/")
                 _, entries = hub._resolve(model_id, revision)
-                entry = entries.get(file_path)
+                entry = entries.get(file_path) or hub.faults._hostile_body(model_id, raw_path)
                 if entry is None:
                     raise HubError(404, f"File {file_path} not found in {model_id}@{revision}")
                 data = None

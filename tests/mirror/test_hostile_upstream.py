@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.hostile_upstream import plant_stray_part
 from llm_rollout.hub import HubClient, HubSource, PlainHttpHubError, check_hub_endpoint
 from llm_rollout.mirror import MirrorError, is_mirrored, manifest_key, mirror_model
-from llm_rollout.mirror.checkpoint import CheckpointStore, UploadState
+from llm_rollout.mirror.checkpoint import CheckpointStore
 from llm_rollout.oss import open_bucket, plain_http_warning
 from llm_rollout.upstream_names import UnsafeUpstreamData
 from tests.mirror.conftest import BUCKET, MirrorCase
@@ -120,20 +121,9 @@ def test_listparts_part_number_out_of_range_is_refused(case: MirrorCase) -> None
     shard = case.shard(2)
     key = case.target.key(shard)
     data = (case.model_dir / shard).read_bytes()
-    upload_id = bucket.init_multipart_upload(key).upload_id
-    bucket.upload_part(key, upload_id, 9999, b"x" * 1024)
-    part_size = case.options.part_size_for(len(data))
     assert case.options.checkpoint_dir is not None
-    CheckpointStore(case.options.checkpoint_dir, case.target.endpoint).save(
-        UploadState(
-            bucket=BUCKET,
-            key=key,
-            upload_id=upload_id,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            part_size=part_size,
-        )
-    )
+    store = CheckpointStore(case.options.checkpoint_dir, case.target.endpoint)
+    plant_stray_part(bucket, store, key, data, case.options.part_size_for(len(data)))
 
     with pytest.raises(MirrorError) as caught:
         mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
@@ -182,3 +172,19 @@ def test_plain_http_oss_endpoint_is_a_warning() -> None:
     warning = plain_http_warning("http://oss-cn-hangzhou.aliyuncs.com")
     assert warning is not None and "plain HTTP" in warning
     assert plain_http_warning("https://oss-cn-hangzhou.aliyuncs.com") is None
+
+
+def test_retention_refuses_a_revision_folder_named_by_a_hostile_key(case: MirrorCase) -> None:
+    from llm_rollout.retention import list_revisions, model_root
+
+    bucket = open_bucket(case.target, case.credentials)
+    root = model_root("models", case.source.model_id)
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    # Near miss: the real revision folder is listed.
+    assert [r.revision for r in list_revisions(bucket, case.target, root)] == ["v1"]
+    # OSS stores `<root>../x` as is; listed with delimiter '/', it names a folder `..`.
+    bucket.put_object(root + "../escape.bin", b"x")
+
+    with pytest.raises(UnsafeUpstreamData) as caught:
+        list_revisions(bucket, case.target, root)
+    assert caught.value.rule == "revision"
