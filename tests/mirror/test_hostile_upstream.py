@@ -188,3 +188,40 @@ def test_retention_refuses_a_revision_folder_named_by_a_hostile_key(case: Mirror
     with pytest.raises(UnsafeUpstreamData) as caught:
         list_revisions(bucket, case.target, root)
     assert caught.value.rule == "revision"
+
+
+def _spec_data(endpoint: str, **modelscope: object) -> dict[str, object]:
+    import yaml
+
+    from sandbox.sync_cli import EXAMPLE
+
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["storage"]["endpoint"] = endpoint
+    data["model"]["modelscope"] = {**data["model"]["modelscope"], **modelscope}
+    return data
+
+
+def test_preflight_warns_about_a_plain_http_oss_endpoint() -> None:
+    from llm_rollout.preflight import PreflightReport, check_oss
+    from llm_rollout.spec import spec_from_dict
+
+    report = PreflightReport()
+    check_oss(spec_from_dict(_spec_data("http://oss-cn-hangzhou.aliyuncs.com")), report, {})
+    assert any("plain HTTP" in w for w in report.warnings)
+
+    report = PreflightReport()
+    check_oss(spec_from_dict(_spec_data("https://oss-cn-hangzhou.aliyuncs.com")), report, {})
+    assert not any("plain HTTP" in w for w in report.warnings)
+
+
+def test_spec_allowance_reaches_the_hub_source_and_not_the_spec_hash() -> None:
+    from llm_rollout.mirror.inputs import mirror_inputs
+    from llm_rollout.spec import spec_from_dict, spec_hash
+
+    https = "https://oss-cn-hangzhou.aliyuncs.com"
+    strict = spec_from_dict(_spec_data(https))
+    allowed = spec_from_dict(_spec_data(https, allow_plain_http_hub=True))
+    assert mirror_inputs(allowed).source.allow_plain_http_hub
+    assert not mirror_inputs(strict).source.allow_plain_http_hub
+    # How the hub is reached is not part of what is deployed.
+    assert spec_hash(strict) == spec_hash(allowed)
