@@ -152,20 +152,27 @@ class HostileWorld:
 
 @contextmanager
 def hostile_world(world: InputWorld) -> Iterator[HostileWorld]:
-    """Point tempfile (the staged mode's staging dir) and XDG_CACHE_HOME (checkpoints) into one
-    scanned root for the duration."""
+    """The scanned root and the model's files (see `redirected` for what points into it)."""
     root = Path(tempfile.mkdtemp(prefix="hostile-root-", dir=world.work.parent))
     (root / "tmp").mkdir()
-    saved_tempdir, saved_cache = tempfile.tempdir, os.environ.get("XDG_CACHE_HOME")
-    tempfile.tempdir = str(root / "tmp")
-    os.environ["XDG_CACHE_HOME"] = str(root / "cache")
     files = {
         path: entry.source
         for path, entry in world.hub.files("rel/input", "v1").items()
         if entry.source is not None
     }
+    yield HostileWorld(world, root, files)
+
+
+@contextmanager
+def redirected(hw: HostileWorld) -> Iterator[None]:
+    """Point tempfile (the staged mode's staging dir) and XDG_CACHE_HOME (checkpoints) into the
+    scanned root for one run only: anything else started meanwhile (a Prefect server) keeps
+    its own temporary directories."""
+    saved_tempdir, saved_cache = tempfile.tempdir, os.environ.get("XDG_CACHE_HOME")
+    tempfile.tempdir = str(hw.root / "tmp")
+    os.environ["XDG_CACHE_HOME"] = str(hw.root / "cache")
     try:
-        yield HostileWorld(world, root, files)
+        yield
     finally:
         tempfile.tempdir = saved_tempdir
         if saved_cache is None:
@@ -336,7 +343,8 @@ def check_case(hw: HostileWorld, case: HostileCase, path: str) -> str:
     spec = _spec(hw, model_id)
     keys_before, files_before = hw.keys(), hw.scan()
     try:
-        completed, output = _run(path, spec, hw)
+        with redirected(hw):
+            completed, output = _run(path, spec, hw)
     finally:
         hw.world.hub.faults.clear()
     keys_after, files_after = hw.keys(), hw.scan()

@@ -26,7 +26,8 @@ class MirrorOptions(BaseModel):
     mode: Literal["streamed", "staged"] = Field(
         default="streamed",
         description="streamed: hub ranges feed OSS multipart parts with no local copy; "
-        "staged: snapshot_download to a local dir first, then upload.",
+        "staged: the library's download_repo (what snapshot_download runs), given the checked "
+        "file list, to a local dir first, then upload.",
     )
     part_size_mb: float = Field(
         default=4.0,
