@@ -226,3 +226,13 @@ def test_spec_allowance_reaches_the_hub_source_and_not_the_spec_hash() -> None:
     assert not mirror_inputs(strict).source.allow_plain_http_hub
     # How the hub is reached is not part of what is deployed.
     assert spec_hash(strict) == spec_hash(allowed)
+
+
+def test_preflight_reports_a_plain_http_remote_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_rollout.preflight import PreflightReport, check_hub
+    from llm_rollout.spec import spec_from_dict
+
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", "http://hub.example.invalid")
+    report = PreflightReport()
+    check_hub(spec_from_dict(_spec_data("https://oss-cn-hangzhou.aliyuncs.com")), report)
+    assert any("allow_plain_http_hub" in p for p in report.problems), report.problems
