@@ -49,7 +49,11 @@ class _RichProgress:
 def sync_command(
     spec_path: SpecArg,
     mode: Annotated[
-        str, typer.Option(help="streamed (no local copy) or staged (snapshot_download first).")
+        str,
+        typer.Option(
+            help="streamed (no local copy) or staged (the checked files downloaded first, "
+            "then uploaded)."
+        ),
     ] = "streamed",
     part_size_mb: Annotated[
         float | None, typer.Option(help="Multipart part size in MiB [default: MirrorOptions'].")
