@@ -1,7 +1,9 @@
 """`plan` and `schema`: see what a spec renders to without touching any cluster.
 
-`plan SPEC --out DIR` loads the spec, renders one release, validates every object offline and
-writes `DIR/<kind>-<name>.yaml` (kind lowercased, one object per file). An invalid spec exits 2
+`plan SPEC --out DIR` loads the spec, renders one release, validates every object offline,
+prints the checks it made and writes `DIR/<kind>-<name>.yaml` (kind lowercased, one object per
+file). With `--model-config config.json` it also checks the KV-cache fit (vLLM); without, it
+says "KV fit not checked". An invalid spec exits 2
 with the offending field named; objects that fail validation exit 1. The OSS Secret is written
 without values: values only exist at apply time.
 """
@@ -27,10 +29,21 @@ def plan_command(
     rbg_flavor: Annotated[
         str, typer.Option(help="RoleBasedGroup conventions: v0.6 (v1alpha1) or v0.7.")
     ] = "v0.6",
+    model_config: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "The model's config.json, to check offline that one GPU holds the weights "
+                "plus one max-length sequence (deploy reads it from the hub or the mirror)."
+            )
+        ),
+    ] = None,
 ) -> None:
     """Render and validate every object a spec produces, one YAML file per object."""
     from llm_rollout.errors import ManifestValidationError, PermanentError, SpecError
-    from llm_rollout.render import default_release, render, to_yaml
+    from llm_rollout.kv_cache import ModelConfigError
+    from llm_rollout.preflight import PreflightReport, check_kv_fit, parse_model_config
+    from llm_rollout.render import default_release, plan_checks, render, to_yaml
     from llm_rollout.spec import load_spec
     from llm_rollout.validation import validate_objects
 
@@ -58,11 +71,31 @@ def plan_command(
         typer.echo(f"cannot validate: {exc}", err=True)
         raise typer.Exit(code=1) from exc
 
+    report = PreflightReport()
+    config = None
+    unread = "no config.json offline (pass --model-config FILE; deploy reads it from the hub)"
+    try:
+        if model_config is not None:
+            config = parse_model_config(model_config.read_bytes(), str(model_config))
+    except OSError as exc:
+        typer.echo(f"--model-config: cannot read {model_config}: {exc.strerror}", err=True)
+        raise typer.Exit(code=2) from exc
+    except ModelConfigError as exc:
+        typer.echo(f"--model-config: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    check_kv_fit(spec, report, config, unread_reason=unread)
+    if report.problems:
+        typer.echo(f"invalid spec {spec_path}: " + "\n  ".join(report.problems), err=True)
+        raise typer.Exit(code=2)
+
     out.mkdir(parents=True, exist_ok=True)
     typer.echo(
         f"{spec.name} ({spec.serving.engine} {spec.serving.shape}) release {rendered.release} "
         f"in namespace {spec.namespace}: {len(objects)} objects, validated"
     )
+    typer.echo("checks:")
+    for check in [*plan_checks(spec, rendered), *report.checks]:
+        typer.echo(f"  - {check}")
     for obj in objects:
         kind, meta = obj["kind"], obj["metadata"]
         path = out / f"{kind.lower()}-{meta['name']}.yaml"

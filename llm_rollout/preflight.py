@@ -11,7 +11,11 @@ Checks:
 - the namespace exists;
 - schedulable nodes have the GPUs (and eRDMA) the new release needs, for the chosen strategy;
 - OSS credentials resolve and the bucket answers an authenticated request;
-- the model and revision exist on the hub.
+- the model and revision exist on the hub;
+- (vLLM) one GPU holds its shard of the weights plus the KV cache of one max-length sequence,
+  sized from the model's config.json read from the hub (or from OSS for an `oss_uri` model)
+  and checked like any upstream data (`llm_rollout.kv_cache`); when config.json cannot be
+  read the report says "KV fit not checked" instead of guessing.
 
 Every cluster read goes through `_read`: a throttled (429 + Retry-After), failing (5xx) or
 reset request is retried with backoff (`call_with_retry`) before it counts as a problem, so one
@@ -22,6 +26,7 @@ a missing API) is a problem at once.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +34,7 @@ from typing import Any, Literal, TypeVar
 
 from kubernetes import client as k8s_client
 
+from llm_rollout import kv_cache
 from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
 from llm_rollout.errors import PreflightError, RolloutError
 from llm_rollout.hub import HubClient
@@ -312,20 +318,24 @@ def credentials_ref(spec: ServiceSpec) -> CredentialsRef | None:
 
 def check_oss(
     spec: ServiceSpec, report: PreflightReport, environ: Mapping[str, str] | None = None
-) -> None:
-    """Credentials resolve and the model bucket answers one authenticated, cheap request."""
+) -> Any:
+    """Credentials resolve and the model bucket answers one authenticated, cheap request.
+
+    Returns the opened `oss2.Bucket` when it answered (for reading the model's config.json),
+    else None.
+    """
     insecure = plain_http_warning(spec.storage.endpoint)
     if insecure is not None:
         report.warnings.append(insecure)
     ref = credentials_ref(spec)
     if ref is None:
         report.checks.append("OSS: no AccessKeys (RRSA mount); bucket access not checked here")
-        return
+        return None
     try:
         credentials = resolve_oss_credentials(ref, os.environ if environ is None else environ)
     except RolloutError as exc:
         report.problems.append(f"OSS credentials: {exc}")
-        return
+        return None
     target = OssTarget(
         endpoint=spec.storage.endpoint, bucket=spec.model_bucket, region=spec.storage.region
     )
@@ -337,8 +347,9 @@ def check_oss(
         )
     except RolloutError as exc:
         report.problems.append(f"OSS bucket {spec.model_bucket} at {spec.storage.endpoint}: {exc}")
-        return
+        return None
     report.checks.append(f"OSS bucket {spec.model_bucket} readable with the configured keys")
+    return bucket
 
 
 # -- hub ------------------------------------------------------------------------------------
@@ -364,6 +375,100 @@ def check_hub(spec: ServiceSpec, report: PreflightReport) -> None:
     )
 
 
+# -- KV cache fit ---------------------------------------------------------------------------
+
+MODEL_CONFIG_FILE = "config.json"
+# A config.json is a few KiB; anything near this is not one.
+MAX_MODEL_CONFIG_BYTES = 1024 * 1024
+
+
+def parse_model_config(raw: bytes, where: str) -> Any:
+    """config.json bytes as JSON, refusing oversized or malformed documents."""
+    if len(raw) > MAX_MODEL_CONFIG_BYTES:
+        raise kv_cache.ModelConfigError(
+            f"{where}: config.json is larger than {MAX_MODEL_CONFIG_BYTES} bytes"
+        )
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise kv_cache.ModelConfigError(f"{where}: config.json is not valid JSON") from exc
+
+
+def _hub_model_config(source_id: str, revision: str) -> bytes:
+    import httpx
+
+    client = HubClient()
+    access = client.access()
+    url = client.file_url(source_id, revision, MODEL_CONFIG_FILE)
+    with httpx.Client(timeout=30.0, follow_redirects=True, cookies=access.cookies) as http:
+        response = http.get(url, headers=access.headers)
+    response.raise_for_status()
+    return response.content[: MAX_MODEL_CONFIG_BYTES + 1]
+
+
+def read_model_config(spec: ServiceSpec, bucket: Any) -> tuple[Any, str]:
+    """The model's parsed config.json, or (None, why it was not read).
+
+    A ModelScope model is read from the hub (the mirror may not exist yet); an `oss_uri`
+    model from its OSS prefix through the bucket `check_oss` opened.
+    """
+    if spec.serving.engine != "vllm":
+        return None, "the one-sequence KV rule checked here is vLLM's"
+    import httpx
+    import oss2
+
+    source = spec.model.modelscope
+    try:
+        if source is not None:
+            where = f"hub {source.model_id}@{source.revision}"
+            raw = _hub_model_config(source.model_id, source.revision)
+        elif bucket is not None:
+            key = spec.model_object_prefix + MODEL_CONFIG_FILE
+            where = f"oss://{spec.model_bucket}/{key}"
+            raw = bucket.get_object(key).read(MAX_MODEL_CONFIG_BYTES + 1)
+        else:
+            return None, "the OSS bucket holding the model could not be read"
+    except (httpx.HTTPError, oss2.exceptions.OssError, RolloutError) as exc:
+        return None, f"cannot read {MODEL_CONFIG_FILE} ({type(exc).__name__})"
+    return parse_model_config(raw, where), ""
+
+
+def check_kv_fit(
+    spec: ServiceSpec, report: PreflightReport, config: Any, *, unread_reason: str
+) -> None:
+    """Weights plus one max-length sequence per GPU (vLLM); see `llm_rollout.kv_cache`."""
+    serving = spec.serving
+    if config is None:
+        report.checks.append(f"KV fit not checked: {unread_reason}")
+        return
+    if spec.model.size_bytes is None or serving.gpu_memory_gib is None:
+        report.checks.append(
+            "KV fit not checked: needs model.size_bytes and serving.gpu_memory_gib"
+        )
+        return
+    try:
+        shape = kv_cache.model_shape_from_config(config)
+        fit = kv_cache.check_fit(
+            shape,
+            args=serving.extra_args,
+            weights_bytes=spec.model.size_bytes,
+            gpus=serving.tp * serving.pp,
+            tp=serving.tp,
+            pp=serving.pp,
+            gpu_memory_gib=serving.gpu_memory_gib,
+        )
+    except kv_cache.EngineArgError as exc:
+        report.problems.append(str(exc))
+        return
+    except kv_cache.ModelConfigError as exc:
+        report.problems.append(f"model {exc}")
+        return
+    if fit.fits:
+        report.checks.append(fit.describe())
+    else:
+        report.problems.append(f"serving.extra_args: {fit.describe()}")
+
+
 def run_preflight(
     api: k8s_client.ApiClient,
     spec: ServiceSpec,
@@ -374,8 +479,14 @@ def run_preflight(
     """Run every check; raise one `PreflightError` listing all problems, else the report."""
     report = PreflightReport()
     check_cluster(api, spec, report, render_workloads=render_workloads, find_serving=find_serving)
-    check_oss(spec, report)
+    bucket = check_oss(spec, report)
     check_hub(spec, report)
+    try:
+        config, unread = read_model_config(spec, bucket)
+    except kv_cache.ModelConfigError as exc:
+        report.problems.append(f"model {exc}")
+    else:
+        check_kv_fit(spec, report, config, unread_reason=unread)
     if report.problems:
         raise PreflightError(report.problems)
     return report

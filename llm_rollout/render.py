@@ -44,7 +44,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,6 +52,7 @@ from typing import Any, Literal
 import jinja2
 import yaml
 
+from llm_rollout import kuberay
 from llm_rollout.errors import SpecError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
 
@@ -63,7 +64,7 @@ MANAGED_BY = "llm-rollout"
 RELEASE_LABEL = "llm-rollout.io/release"
 ENTRYPOINT_LABEL = "llm-rollout.io/entrypoint"
 PART_OF_LABEL = "app.kubernetes.io/part-of"
-RAY_GCS_PORT = 6379
+RAY_GCS_PORT = kuberay.GCS_PORT
 SGLANG_DIST_PORT = 20000
 SHM_VOLUME = "dshm"
 MODEL_VOLUME = "model"
@@ -117,6 +118,54 @@ def check_release(release: str) -> None:
             "release",
             f"must be a DNS-1123 label of at most {MAX_RELEASE_LEN} characters, got {release!r}",
         )
+
+
+# --- name lengths the workload controllers derive -------------------------------------------------
+
+# The StatefulSet controller labels every pod `controller-revision-hash: <statefulset>-<hash>`
+# (kubernetes `pkg/controller/history/controller_history.go`: `ControllerRevisionName` is
+# "prefix-hash", `HashControllerRevision` a 32-bit FNV sum, safe-encoded: at most 10
+# characters), and a label value holds at most 63 characters; a longer StatefulSet name makes
+# every pod create fail while the rollout waits for pods that never come.
+LABEL_VALUE_MAX = 63
+REVISION_HASH_MAX = 10
+STATEFULSET_NAME_MAX = LABEL_VALUE_MAX - 1 - REVISION_HASH_MAX
+
+
+def _statefulsets(spec: ServiceSpec, workload: str, rbg_flavor: RbgFlavor) -> list[tuple[str, str]]:
+    """The longest StatefulSet names the workload's controller creates, with who makes them."""
+    shape = spec.serving.shape
+    if shape == "multi-node":
+        # LWS: leader StatefulSet "<lws>", one worker StatefulSet per group named after its
+        # leader pod "<lws>-<group index>" (kubernetes-sigs/lws
+        # `pkg/controllers/pod_controller.go` constructWorkerStatefulSetApplyConfiguration).
+        last_group = spec.serving.replicas - 1
+        return [(f"{workload}-{last_group}", "the LeaderWorkerSet's worker StatefulSet")]
+    if shape == "pd-disaggregated" and rbg_flavor == "v0.6":
+        # RBG v0.6 runs each role as StatefulSet "<rbg>-<role>" (sgl-project/rbg v0.6.0
+        # `pkg/reconciler/sts_reconciler.go`); v0.7 RoleInstanceSets write a short hash.
+        return [
+            (f"{workload}-{role}", f"the RoleBasedGroup's {role} StatefulSet")
+            for role in ("prefill", "decode", "router")
+        ]
+    return []
+
+
+def check_name_lengths(spec: ServiceSpec, release: str, rbg_flavor: RbgFlavor) -> None:
+    """Refuse a name whose derived StatefulSet names break pod creation (see above)."""
+    workload = workload_name(spec, release)
+    for statefulset, made_by in _statefulsets(spec, workload, rbg_flavor):
+        excess = len(statefulset) - STATEFULSET_NAME_MAX
+        if excess > 0:
+            raise SpecError(
+                "name",
+                f"{spec.name!r} is {excess} character(s) too long for {spec.serving.shape}: "
+                f"{made_by} would be {statefulset!r} ({len(statefulset)} characters), and "
+                f"its pods' controller-revision-hash label '<statefulset>-<hash of up to "
+                f"{REVISION_HASH_MAX}>' must fit in {LABEL_VALUE_MAX} characters, so the "
+                f"StatefulSet controller could create no pod; use at most "
+                f"{len(spec.name) - excess} characters",
+            )
 
 
 # --- engine commands ---------------------------------------------------------------------------
@@ -186,10 +235,27 @@ def api_key_env_name(spec: ServiceSpec) -> str:
     return "VLLM_API_KEY" if spec.serving.engine == "vllm" else API_KEY_ENV
 
 
+# SGLang's /health and /health_generate are one handler that submits a one-token generation
+# and waits up to SGLANG_HEALTH_CHECK_TIMEOUT (default 20 s) for the scheduler
+# (sgl-project/sglang `python/sglang/srt/entrypoints/http_server.py`); a busy prefill can take
+# that long while healthy, so a probe must wait longer than the server does before it counts
+# a failure.
+SGLANG_HEALTH_CHECK_TIMEOUT_S = 20
+SGLANG_PROBE_TIMEOUT_S = SGLANG_HEALTH_CHECK_TIMEOUT_S + 5
+
+
+def probe_timeout_s(spec: ServiceSpec) -> int:
+    """Per-probe timeout: the user's, raised for SGLang to outlast its own health timeout."""
+    timeout_s = spec.serving.probes.timeout_s
+    if spec.serving.engine == "sglang":
+        return max(timeout_s, SGLANG_PROBE_TIMEOUT_S)
+    return timeout_s
+
+
 def _http_check_command(spec: ServiceSpec, path: str) -> list[str]:
     # Used only when the server requires an API key: an httpGet probe cannot send the header
     # without writing the key into the manifest, so the probe reads it from the environment.
-    port, timeout_s = spec.serving.port, spec.serving.probes.timeout_s
+    port, timeout_s = spec.serving.port, probe_timeout_s(spec)
     script = (
         "import os,sys,urllib.request;"
         f"r=urllib.request.Request('http://127.0.0.1:{port}{path}',"
@@ -208,10 +274,12 @@ def _probe(
         handler = {"exec": {"command": _http_check_command(spec, path)}}
     else:
         handler = {"httpGet": {"path": path, "port": "http"}}
+    timeout_s = probe_timeout_s(spec)
     return {
         **handler,
-        "periodSeconds": probes.period_s,
-        "timeoutSeconds": probes.timeout_s,
+        # The kubelet starts the next probe only after this one ended; keep period >= timeout.
+        "periodSeconds": max(probes.period_s, timeout_s),
+        "timeoutSeconds": timeout_s,
         "failureThreshold": failure_threshold,
     }
 
@@ -219,7 +287,8 @@ def _probe(
 def server_probes(spec: ServiceSpec, *, ready_path: str) -> dict[str, K8sObject]:
     """Startup (weights loading), readiness (the model answers) and liveness probes."""
     probes = spec.serving.probes
-    startup_failures = math.ceil(probes.startup_budget_s / probes.period_s)
+    period_s = max(probes.period_s, probe_timeout_s(spec))
+    startup_failures = math.ceil(probes.startup_budget_s / period_s)
     return {
         "startupProbe": _probe(
             spec, "/health", failure_threshold=startup_failures, authenticated=False
@@ -263,8 +332,15 @@ class _Ctx:
     RAY_GCS_PORT = RAY_GCS_PORT
     SGLANG_DIST_PORT = SGLANG_DIST_PORT
 
-    def __init__(self, spec: ServiceSpec, release: str, rbg_flavor: RbgFlavor) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        release: str,
+        rbg_flavor: RbgFlavor,
+        role_services: Mapping[str, str] | None = None,
+    ) -> None:
         self.spec = spec
+        self.role_services = dict(role_services or {})
         self.release = release
         self.rbg_flavor = rbg_flavor
         self.namespace = spec.namespace
@@ -385,6 +461,29 @@ class _Ctx:
             "PY"
         )
 
+    def ray_join_retrying(self, address: str, flags: str) -> str:
+        """Shell lines joining a Ray head, retried every 5 s until the startup budget ends.
+
+        Under LWS `startupPolicy: LeaderCreated` a worker can start before the leader's GCS
+        listens (or before its DNS name resolves), and a bare `ray start --address` then
+        exits; under `RecreateGroupOnPodRestart` that recreates the whole group. vLLM's
+        `examples/online_serving/multi-node-serving.sh` (used by LWS's own vLLM example)
+        retries for the same reason; this loop is bounded by the same budget the leader
+        waits for its workers. `--block` keeps the container alive as long as the raylet.
+        """
+        budget = self.spec.serving.probes.startup_budget_s
+        join = f"ray start --address={address} {flags} --disable-usage-stats --block"
+        return (
+            f"until {join}; do\n"
+            f'  if [ "$SECONDS" -ge {budget} ]; then\n'
+            f'    echo "could not join the Ray head at {address} within {budget} s" >&2\n'
+            "    exit 1\n"
+            "  fi\n"
+            f'  echo "Ray head at {address} not reachable yet; retrying in 5 s" >&2\n'
+            "  sleep 5\n"
+            "done"
+        )
+
     def vllm_serve(self, backend: str | None) -> str:
         return "exec vllm serve " + _shell(_vllm_args(self.spec, backend=backend))
 
@@ -407,12 +506,51 @@ class _Ctx:
             "rbg.workloads.x-k8s.io/role-name": role,
         }
 
+    def rbg_role_service(self, role: str) -> str:
+        """Headless Service of a role's pods: as read from the cluster when known, else RBG's
+        current convention "s-<rbg>-<role>" (sgl-project/rbg since v0.5; older controllers,
+        such as the ack-rbgs of the seeds, name it "<rbg>-<role>", and v0.7 keeps an existing
+        one: `pkg/utils/service_utils.go` GetCompatibleHeadlessServiceName)."""
+        known = self.role_services.get(role)
+        return known if known is not None else f"s-{self.workload}-{role}"
+
     def rbg_pod_url(self, role: str, index: int) -> str:
-        # Role pods come from a StatefulSet "<rbg>-<role>" behind headless Service
-        # "s-<rbg>-<role>", so each pod has a stable DNS name.
+        # Role pods are named "<rbg>-<role>-<i>" with the role Service as subdomain, so each
+        # has a stable DNS name.
         pod = f"{self.workload}-{role}-{index}"
-        svc = f"s-{self.workload}-{role}"
+        svc = self.rbg_role_service(role)
         return f"http://{pod}.{svc}.{self.namespace}.svc:{self.spec.serving.port}"
+
+    def router_probes(self) -> dict[str, K8sObject]:
+        """Readiness and liveness of the PD router.
+
+        sglang_router's `/health` aggregates the backends (503 while any prefill or decode
+        server is unhealthy), so probing it would take the only entry point out of service
+        and restart it whenever one backend restarts. The router serves `/liveness` (the
+        process answers) and `/readiness` (it can route) of its own, in the actix-web
+        generation of sglang-router 0.1.x and the axum one alike (sgl-project/sglang
+        `sgl-router/src/server.rs`). mini_lb only has `/health`.
+        """
+        probes = self.spec.serving.probes
+        pd = self.spec.serving.pd
+        assert pd is not None
+        ready, live = (
+            ("/readiness", "/liveness")
+            if pd.router == "sglang_router"
+            else (
+                "/health",
+                "/health",
+            )
+        )
+        timing = {"periodSeconds": probes.period_s, "timeoutSeconds": probes.timeout_s}
+        return {
+            "readinessProbe": {"httpGet": {"path": ready, "port": "http"}, **timing},
+            "livenessProbe": {
+                "httpGet": {"path": live, "port": "http"},
+                **timing,
+                "failureThreshold": probes.failure_threshold,
+            },
+        }
 
     def pd_router_command(self) -> list[str]:
         pd = self.spec.serving.pd
@@ -450,10 +588,38 @@ class _Ctx:
             "dashboard-host": "0.0.0.0",  # noqa: S104
             "num-gpus": str(self.spec.serving.gpus_per_node),
             "port": str(RAY_GCS_PORT),
+            "metrics-export-port": str(self.ray_metrics_port()),
         }
 
     def ray_worker_params(self) -> dict[str, str]:
-        return {"num-gpus": str(self.spec.serving.gpus_per_node)}
+        return {
+            "num-gpus": str(self.spec.serving.gpus_per_node),
+            "metrics-export-port": str(self.ray_metrics_port()),
+        }
+
+    def ray_metrics_port(self) -> int:
+        return kuberay.metrics_port(self.spec.serving.port)
+
+    def ray_head_ports(self) -> list[dict[str, Any]]:
+        """Head container ports besides `http`; `metrics` is named so KubeRay adds none."""
+        return [
+            {"name": "gcs", "port": kuberay.GCS_PORT},
+            {"name": "dashboard", "port": kuberay.DASHBOARD_PORT},
+            {"name": "client", "port": kuberay.CLIENT_PORT},
+            {"name": kuberay.METRICS_PORT_NAME, "port": self.ray_metrics_port()},
+        ]
+
+    def ray_worker_ports(self) -> list[dict[str, Any]]:
+        return [{"name": kuberay.METRICS_PORT_NAME, "port": self.ray_metrics_port()}]
+
+    def ray_worker_probes(self) -> dict[str, K8sObject]:
+        probes = self.spec.serving.probes
+        return kuberay.worker_probes(
+            period_s=probes.period_s,
+            timeout_s=probes.timeout_s,
+            failure_threshold=probes.failure_threshold,
+            startup_budget_s=probes.startup_budget_s,
+        )
 
     def ray_head_address(self) -> str:
         return f"{self.workload}-head-svc.{self.namespace}.svc.cluster.local:{RAY_GCS_PORT}"
@@ -518,10 +684,17 @@ def render(
     release: str,
     rbg_flavor: RbgFlavor = "v0.6",
     manifests_dir: Path = MANIFESTS_DIR,
+    rbg_role_services: Mapping[str, str] | None = None,
 ) -> RenderedRelease:
-    """Render every object of `release` (see the module docstring for the grouping)."""
+    """Render every object of `release` (see the module docstring for the grouping).
+
+    `rbg_role_services` maps an RBG role to the headless Service its pods use as subdomain,
+    read from the role objects the controller created (late binding of the PD router's
+    backend URLs); without it the current RBG naming convention is assumed.
+    """
     check_release(release)
-    ctx = _Ctx(spec, release, rbg_flavor)
+    check_name_lengths(spec, release, rbg_flavor)
+    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services)
     env = _environment(manifests_dir)
     storage = _render_docs(env, "storage.yaml.j2", ctx)
     workload = _render_docs(env, template_for(spec), ctx)
@@ -534,6 +707,47 @@ def render(
         workload_objects=workload + release_services,
         stable_service=stable[0],
     )
+
+
+def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
+    """What rendering checked for this spec, in words, for `llm-rollout plan` to print."""
+    checks = [
+        "spec: every field valid; weights per GPU fit the GPU at the engine's memory share",
+        f"objects: {len(rendered.all())} validated offline against the Kubernetes schemas and "
+        "the upstream CRDs",
+    ]
+    shape = spec.serving.shape
+    if shape in ("multi-node", "pd-disaggregated"):
+        checks.append(
+            f"names: StatefulSets the {shape} controller derives stay within "
+            f"{STATEFULSET_NAME_MAX} characters (controller-revision-hash label)"
+        )
+    if shape == "ray-cluster":
+        checks.append(
+            f"KubeRay: server port {spec.serving.port} clear of Ray's ports; a port named "
+            f"metrics ({kuberay.metrics_port(spec.serving.port)}) on head and workers, so no "
+            "default metrics 8080 is added to the head Service"
+        )
+        checks.append(
+            "KubeRay: worker probes declared (raylet process), so no dashboard-agent probes "
+            "are injected"
+        )
+    if shape == "multi-node" and spec.serving.engine == "vllm":
+        checks.append("LWS: workers retry joining the Ray head within the startup budget")
+    if spec.serving.engine == "sglang":
+        checks.append(
+            f"SGLang: probe timeouts {probe_timeout_s(spec)} s outlast its "
+            f"{SGLANG_HEALTH_CHECK_TIMEOUT_S} s health-check generation"
+        )
+    if shape == "pd-disaggregated" and spec.serving.pd is not None:
+        if spec.serving.pd.router == "sglang_router":
+            checks.append("router: probed on /liveness and /readiness, not the aggregate /health")
+        checks.append(
+            "router backends: RBG role Services assumed to be 's-<rbg>-<role>' (RBG >= v0.5); "
+            "not yet read from the created role objects"
+        )
+    checks.append(f"PV url: {spec.csi_oss_url} (the CSI driver picks the scheme when bare)")
+    return checks
 
 
 def render_oss_secret(spec: ServiceSpec, access_key_id: str, access_key_secret: str) -> K8sObject:

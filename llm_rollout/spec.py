@@ -43,6 +43,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from llm_rollout import kuberay, kv_cache
 from llm_rollout.errors import SpecError
 
 GIB = 1024**3
@@ -232,7 +233,8 @@ class StorageSpec(StrictModel):
     endpoint: str = Field(
         description=(
             'OSS endpoint URL, e.g. "https://oss-cn-hangzhou-internal.aliyuncs.com"; also what '
-            "the CSI driver mounts from."
+            "the CSI driver mounts from (an https *-internal.aliyuncs.com endpoint is given to "
+            "the driver bare, which then mounts over http inside the VPC)."
         ),
         pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?$",
     )
@@ -523,6 +525,12 @@ class ServingSpec(StrictModel):
                 problems.append(("engine", "ray-cluster is only supported with vllm"))
             if nodes < 2:
                 problems.append(("nodes", "ray-cluster needs at least 2 nodes (head + worker)"))
+        runs_ray_head = self.shape == "ray-cluster" or (
+            self.shape == "multi-node" and self.engine == "vllm"
+        )
+        port_problem = kuberay.server_port_problem(self.port) if runs_ray_head else None
+        if port_problem is not None:
+            problems.append(("port", port_problem))
         if self.shape in ("pd-disaggregated", "ray-cluster") and self.replicas != 1:
             problems.append(("replicas", f"must be 1 for {self.shape}"))
         _rule(problems)
@@ -765,7 +773,14 @@ class ServiceSpec(StrictModel):
         size, gpu_gib = self.model.size_bytes, self.serving.gpu_memory_gib
         if size is None or gpu_gib is None:
             return []
-        usable_gib = gpu_gib * WEIGHTS_GPU_MEMORY_SHARE
+        share = WEIGHTS_GPU_MEMORY_SHARE
+        if self.serving.engine == "vllm":
+            # vLLM never uses more than --gpu-memory-utilization of a GPU, weights included.
+            try:
+                share = kv_cache.gpu_memory_utilization(self.serving.extra_args)
+            except kv_cache.EngineArgError as exc:
+                return [("serving.extra_args", str(exc).removeprefix("serving.extra_args: "))]
+        usable_gib = gpu_gib * share
         layouts: list[tuple[str, int]]
         if self.serving.shape == "pd-disaggregated" and self.serving.pd is not None:
             layouts = [
@@ -812,10 +827,19 @@ class ServiceSpec(StrictModel):
 
     @property
     def model_dir_name(self) -> str:
-        """Last path component naming the model, e.g. "Qwen3-32B"."""
+        """Path component naming the model, e.g. "Qwen3-32B".
+
+        An `oss_uri` in our own mirror layout `<storage.prefix>/<owner>/<name>/<revision>/`
+        is named after `<name>`, not after its revision (otherwise every such model would be
+        served as "/models/master"); any other prefix after its last component.
+        """
         if self.model.modelscope is not None:
             return self.model.modelscope.model_id.split("/")[-1]
-        return self.model_object_prefix.rstrip("/").split("/")[-1]
+        parts = self.model_object_prefix.rstrip("/").split("/")
+        mirror_root = [p for p in self.storage.prefix.split("/") if p]
+        if len(parts) == len(mirror_root) + 3 and parts[: len(mirror_root)] == mirror_root:
+            return parts[-2]
+        return parts[-1]
 
     @property
     def model_revision(self) -> str:
@@ -831,22 +855,53 @@ class ServiceSpec(StrictModel):
 
     @property
     def model_location_id(self) -> str:
-        """Short digest of where the weights live; new revisions get new PV/PVC names."""
-        location = f"{self.model_bucket}/{self.model_object_prefix}"
-        return hashlib.sha256(location.encode("utf-8")).hexdigest()[:8]
+        """Short digest of where the weights live and how they are mounted.
+
+        A PV's volume source (CSI attributes, secret reference) is immutable, and so is a
+        PVC's spec except a growing storage request; so any change to what the PV/PVC carry
+        (location, endpoint, FUSE type, mount options, RRSA role, Secret, capacity) must make
+        new objects under new names instead of an update the API server refuses.
+        """
+        volume = self.volume
+        parts = [
+            self.model_bucket,
+            self.model_object_prefix,
+            self.csi_oss_url,
+            volume.fuse_type,
+            volume.other_opts or "",
+            volume.rrsa_role or "",
+            "" if volume.rrsa_role else self.oss_secret_name,
+            str(self.pv_capacity_gib),
+        ]
+        identity = "\n".join(parts)
+        return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:8]
 
     @property
     def pv_name(self) -> str:
-        # A PV's source is immutable, so weights at another location need another PV; and a
-        # PV is cluster-scoped, so the same service name in two namespaces needs two PVs.
+        # A PV is cluster-scoped, so the same service name in two namespaces needs two PVs.
         if self.volume.pv_name:
             return self.volume.pv_name
-        scope = f"{self.namespace}/{self.model_bucket}/{self.model_object_prefix}"
+        scope = f"{self.namespace}/{self.model_location_id}"
         return f"{self.name}-model-{hashlib.sha256(scope.encode('utf-8')).hexdigest()[:8]}"
 
     @property
     def pvc_name(self) -> str:
         return self.volume.pvc_name or f"{self.name}-model-{self.model_location_id}"
+
+    @property
+    def csi_oss_url(self) -> str:
+        """The `url` volume attribute of the OSS CSI PV.
+
+        alibaba-cloud-csi-driver `pkg/oss/utils.go` `setTransmissionProtocol` keeps a scheme
+        the user gives and otherwise picks http:// for `*-internal.aliyuncs.com` (the VPC
+        endpoint) and https:// for the rest; an https internal endpoint is passed bare so
+        the FUSE mount reads the weights without TLS inside the VPC, as the seeds do.
+        """
+        endpoint = self.storage.endpoint.rstrip("/")
+        host = endpoint.split("://", 1)[1]
+        if endpoint.startswith("https://") and host.endswith("-internal.aliyuncs.com"):
+            return host
+        return endpoint
 
     @property
     def oss_secret_name(self) -> str:

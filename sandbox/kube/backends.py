@@ -99,21 +99,24 @@ def _command_tokens(container: Mapping[str, Any]) -> list[str]:
 
 
 def parse_router_workers(container: Mapping[str, Any]) -> list[tuple[str, str]] | None:
-    """(namespace, pod) of each worker an `sglang_router.launch_router` container names, in
-    order (prefill first, as given), or None when the container is not an SGLang router.
+    """(namespace, pod) of each worker an `sglang_router.launch_router` or SGLang `mini_lb`
+    container names, in order (prefill first, as given), or None when the container is not an
+    SGLang router.
 
-    Worker URLs are in-cluster pod DNS names (`<pod>.<headless svc>.<namespace>.svc:<port>`).
+    Worker URLs are in-cluster pod DNS names (`<pod>.<headless svc>.<namespace>.svc:<port>`);
+    sglang_router takes one URL per `--prefill`/`--decode`, mini_lb a list after each.
     """
     tokens = _command_tokens(container)
-    if not any("sglang_router" in tok for tok in tokens):
+    if not any("sglang_router" in tok or tok.endswith(".mini_lb") for tok in tokens):
         return None
     workers: list[tuple[str, str]] = []
-    for i, tok in enumerate(tokens):
-        if tok in ("--prefill", "--decode", "--worker-urls") and i + 1 < len(tokens):
-            host = urlsplit(tokens[i + 1]).hostname or ""
-            labels = host.split(".")
-            if len(labels) >= 3 and labels[-1] == "svc":
-                workers.append((labels[2], labels[0]))
+    for tok in tokens:
+        if not tok.startswith(("http://", "https://")):
+            continue
+        host = urlsplit(tok).hostname or ""
+        labels = host.split(".")
+        if len(labels) >= 3 and labels[-1] == "svc":
+            workers.append((labels[2], labels[0]))
     return workers
 
 

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from llm_rollout.preflight import PreflightReport, check_hub, check_oss
+from llm_rollout.preflight import (
+    PreflightReport,
+    check_hub,
+    check_kv_fit,
+    check_oss,
+    read_model_config,
+)
 from llm_rollout.spec import ServiceSpec, spec_from_dict
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer
+from tests.spec.model_configs import QWEN3_8B
 
 KEY_ID = "LTAItestKeyId"
 KEY_SECRET = "testSecretValue0123456789"
@@ -21,6 +29,8 @@ BUCKET = "models-test"
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
     with HubServer(tmp_path_factory.mktemp("hub")) as server:
         server.add_revision("acme/tiny", "v1", {"config.json": b"{}", "w.bin": b"x" * 64})
+        server.add_revision("acme/qwen3-8b", "v1", {"config.json": QWEN3_8B_CONFIG})
+        server.add_revision("acme/no-config", "v1", {"w.bin": b"x" * 64})
         yield server
 
 
@@ -32,12 +42,19 @@ def oss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OssServer]:
         yield server
 
 
-def _spec(oss_endpoint: str, **model: Any) -> ServiceSpec:
+QWEN3_8B_CONFIG = json.dumps(QWEN3_8B).encode()
+
+
+def _spec(oss_endpoint: str, serving: dict[str, Any] | None = None, **model: Any) -> ServiceSpec:
+    model_id = model.pop("model_id", "acme/tiny")
     return spec_from_dict(
         {
             "name": "tiny",
             "namespace": "llm",
-            "model": {"modelscope": {"model_id": "acme/tiny", "revision": "master", **model}},
+            "model": {
+                "modelscope": {"model_id": model_id, "revision": "master", **model},
+                "size_bytes": 16_381_470_720,
+            },
             "storage": {
                 "bucket": BUCKET,
                 "endpoint": oss_endpoint,
@@ -48,7 +65,12 @@ def _spec(oss_endpoint: str, **model: Any) -> ServiceSpec:
                 },
             },
             "volume": {"capacity_gib": 1},
-            "serving": {"engine": "vllm", "shape": "single-gpu", "image": "vllm/vllm-openai:v1"},
+            "serving": {
+                "engine": "vllm",
+                "shape": "single-gpu",
+                "image": "vllm/vllm-openai:v1",
+                **(serving or {}),
+            },
         }
     )
 
@@ -90,3 +112,46 @@ def test_hub_check_finds_the_model_and_refuses_a_missing_revision(
     report = PreflightReport()
     check_hub(_spec(oss.endpoint, revision="v9"), report)
     assert len(report.problems) == 1 and "acme/tiny@v9" in report.problems[0]
+
+
+def _kv_report(spec: ServiceSpec) -> PreflightReport:
+    report = PreflightReport()
+    config, unread = read_model_config(spec, None)
+    check_kv_fit(spec, report, config, unread_reason=unread)
+    return report
+
+
+def test_kv_fit_reads_config_json_from_the_hub_and_refuses_the_f3_layout(
+    hub: HubServer, oss: OssServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
+    serving = {"gpu_memory_gib": 24, "extra_args": ["--gpu-memory-utilization", "0.8"]}
+    report = _kv_report(_spec(oss.endpoint, serving, model_id="acme/qwen3-8b", revision="v1"))
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("serving.extra_args:")
+    assert "40960-token" in report.problems[0] and "5.62 GiB" in report.problems[0]
+    serving["extra_args"] += ["--max-model-len", "8192"]
+    report = _kv_report(_spec(oss.endpoint, serving, model_id="acme/qwen3-8b", revision="v1"))
+    assert report.problems == []
+    assert any(c.startswith("KV fit: one 8192-token sequence") for c in report.checks)
+
+
+def test_kv_fit_refuses_a_config_json_missing_its_fields(
+    hub: HubServer, oss: OssServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
+    report = _kv_report(_spec(oss.endpoint, {"gpu_memory_gib": 24}, revision="v1"))
+    assert len(report.problems) == 1 and "num_hidden_layers" in report.problems[0]
+
+
+def test_kv_fit_not_checked_without_config_json_or_for_sglang(
+    hub: HubServer, oss: OssServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
+    spec = _spec(oss.endpoint, {"gpu_memory_gib": 24}, model_id="acme/no-config", revision="v1")
+    report = _kv_report(spec)
+    assert report.problems == []
+    assert report.checks == ["KV fit not checked: cannot read config.json (HTTPStatusError)"]
+    spec = _spec(oss.endpoint, {"engine": "sglang"}, model_id="acme/qwen3-8b", revision="v1")
+    report = _kv_report(spec)
+    assert report.problems == [] and report.checks[0].startswith("KV fit not checked")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli import app
 
 from .conftest import EXAMPLES
+from .model_configs import QWEN3_8B
 
 runner = CliRunner()
 
@@ -29,8 +30,8 @@ def test_plan_writes_one_file_per_object(tmp_path: Path) -> None:
     files = sorted(p.name for p in out.iterdir())
     assert files == [
         "leaderworkerset-qwen3-32b-vllm-r7.yaml",
-        "persistentvolume-qwen3-32b-vllm-model-02c2db69.yaml",
-        "persistentvolumeclaim-qwen3-32b-vllm-model-c41cd8d0.yaml",
+        "persistentvolume-qwen3-32b-vllm-model-84a7867c.yaml",
+        "persistentvolumeclaim-qwen3-32b-vllm-model-b8a91267.yaml",
         "secret-qwen3-32b-vllm-oss.yaml",
         "service-qwen3-32b-vllm-r7-api.yaml",
         "service-qwen3-32b-vllm.yaml",
@@ -105,3 +106,45 @@ def test_schema_prints_the_spec_json_schema() -> None:
     assert set(schema["required"]) == {"name", "namespace", "model", "storage", "serving"}
     serving = schema["$defs"]["ServingSpec"]["properties"]
     assert all("description" in prop for prop in serving.values())
+
+
+def test_plan_prints_its_checks_and_says_kv_fit_not_checked_offline(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["plan", str(_example("seed-qwen14b-ray-tp2")), "--out", str(tmp_path / "p")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "checks:" in result.output
+    assert "a port named metrics (8081)" in result.output
+    assert "KV fit not checked" in result.output
+
+
+def test_plan_checks_kv_fit_from_a_given_config_json(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(QWEN3_8B), encoding="utf-8")
+    example = _example("seed-vllm-single-gpu")
+    result = runner.invoke(
+        app, ["plan", str(example), "--out", str(tmp_path / "ok"), "--model-config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "KV fit: one 8192-token sequence (--max-model-len)" in result.output
+    # The seed's flags without --max-model-len: vLLM would refuse to start (issue 16, F3).
+    data = yaml.safe_load(example.read_text(encoding="utf-8"))
+    data["serving"]["extra_args"] = [
+        "--max-num-batched-tokens",
+        "1024",
+        "--gpu-memory-utilization",
+        "0.8",
+    ]
+    spec = tmp_path / "no-max-len.yaml"
+    spec.write_text(yaml.safe_dump(data), encoding="utf-8")
+    result = runner.invoke(
+        app, ["plan", str(spec), "--out", str(tmp_path / "bad"), "--model-config", str(config)]
+    )
+    assert result.exit_code == 2
+    assert "serving.extra_args" in result.output and "40960-token" in result.output
+    config.write_text(json.dumps({**QWEN3_8B, "num_hidden_layers": -1}), encoding="utf-8")
+    result = runner.invoke(
+        app, ["plan", str(example), "--out", str(tmp_path / "cfg"), "--model-config", str(config)]
+    )
+    assert result.exit_code == 2
+    assert "num_hidden_layers" in result.output

@@ -88,7 +88,9 @@ def test_oss_pv_pvc_follow_the_csi_driver() -> None:
     }
     assert csi["volumeAttributes"] == {
         "bucket": "llm-models-example",
-        "url": "https://oss-cn-hangzhou-internal.aliyuncs.com",
+        # alibaba-cloud-csi-driver pkg/oss/utils.go setTransmissionProtocol: a bare
+        # *-internal.aliyuncs.com endpoint is mounted over http inside the VPC.
+        "url": "oss-cn-hangzhou-internal.aliyuncs.com",
         "path": "/models/Qwen/Qwen3-32B/master/",
         "otherOpts": "-o umask=022 -o max_stat_cache_size=0 -o allow_other",
     }
@@ -200,7 +202,9 @@ def test_api_key_is_referenced_and_probed_with_header() -> None:
 
 
 def test_pd_router_passes_bootstrap_ports_and_depends_on_servers() -> None:
-    rbg = render(_spec("seed-sglang-pd-rbg"), release="r1").workload
+    data = example_dict("seed-sglang-pd-rbg")
+    data["serving"]["pd"]["router"] = "sglang_router"
+    rbg = render(spec_from_dict(data), release="r1").workload
     roles = {role["name"]: role for role in rbg["spec"]["roles"]}
     assert (roles["prefill"]["replicas"], roles["decode"]["replicas"]) == (2, 1)
     assert sorted(roles["router"]["dependencies"]) == ["decode", "prefill"]
@@ -242,9 +246,14 @@ def test_kuberay_params_are_strings_and_head_serves() -> None:
     rendered = render(_spec("seed-vllm-ray-tp8-pp2"), release="r1")
     cluster = rendered.workload
     head = cluster["spec"]["headGroupSpec"]
-    assert head["rayStartParams"] == {"dashboard-host": "0.0.0.0", "num-gpus": "8", "port": "6379"}
+    assert head["rayStartParams"] == {
+        "dashboard-host": "0.0.0.0",
+        "num-gpus": "8",
+        "port": "6379",
+        "metrics-export-port": "8080",
+    }
     workers = cluster["spec"]["workerGroupSpecs"][0]
-    assert workers["rayStartParams"] == {"num-gpus": "8"}
+    assert workers["rayStartParams"] == {"num-gpus": "8", "metrics-export-port": "8080"}
     assert workers["replicas"] == workers["minReplicas"] == workers["maxReplicas"] == 1
     script = _container(head["template"])["command"][-1]
     serve = shlex.split(script.splitlines()[-1])
