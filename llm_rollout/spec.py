@@ -797,7 +797,8 @@ class ServiceSpec(StrictModel):
                     (
                         field,
                         f"{gpus} GPU(s) of {gpu_gib:g} GiB cannot hold {size / GIB:.1f} GiB of "
-                        f"weights ({shard_gib:.1f} GiB per GPU > {usable_gib:.1f} GiB usable)",
+                        f"weights ({shard_gib:.1f} GiB per GPU > {usable_gib:.1f} GiB usable "
+                        f"at a memory share of {share:g})",
                     )
                 )
         return problems

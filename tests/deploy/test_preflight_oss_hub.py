@@ -155,3 +155,21 @@ def test_kv_fit_not_checked_without_config_json_or_for_sglang(
     spec = _spec(oss.endpoint, {"engine": "sglang"}, model_id="acme/qwen3-8b", revision="v1")
     report = _kv_report(spec)
     assert report.problems == [] and report.checks[0].startswith("KV fit not checked")
+
+
+def test_kv_fit_reads_config_json_of_an_oss_uri_model_from_its_prefix(oss: OssServer) -> None:
+    serving = {"gpu_memory_gib": 24, "extra_args": ["--gpu-memory-utilization", "0.8"]}
+    data = _spec(oss.endpoint, serving).model_dump(mode="json")
+    data["model"] = {"oss_uri": f"oss://{BUCKET}/models/acme/m/v1/", "size_bytes": 16_381_470_720}
+    spec = spec_from_dict(data)
+    environ = {"T_OSS_ID": KEY_ID, "T_OSS_SECRET": KEY_SECRET}
+    report = PreflightReport()
+    bucket = check_oss(spec, report, environ)
+    assert bucket is not None
+    # No config.json under the prefix yet: not checked, and said so.
+    config, unread = read_model_config(spec, bucket)
+    assert config is None and unread == "cannot read config.json (NoSuchKey)"
+    bucket.put_object("models/acme/m/v1/config.json", QWEN3_8B_CONFIG)
+    config, unread = read_model_config(spec, bucket)
+    check_kv_fit(spec, report, config, unread_reason=unread)
+    assert len(report.problems) == 1 and "40960-token" in report.problems[0]

@@ -127,6 +127,29 @@ CASES: list[tuple[str, str, Mutation, str, str]] = [
         "cannot hold 61.0 GiB",
     ),
     (
+        # vLLM never takes more than --gpu-memory-utilization of a GPU, weights included.
+        "weights-over-user-utilization",
+        "seed-vllm-single-gpu",
+        _set("serving.extra_args", ["--gpu-memory-utilization", "0.6"]),
+        "serving.gpu_memory_gib",
+        "14.4 GiB usable at a memory share of 0.6",
+    ),
+    (
+        "utilization-out-of-range",
+        "seed-vllm-single-gpu",
+        _set("serving.extra_args", ["--gpu-memory-utilization=1.5"]),
+        "serving.extra_args",
+        "must be in (0, 1]",
+    ),
+    (
+        # KubeRay / Ray: the head node runs GCS on 6379 (llm_rollout/kuberay.py).
+        "ray-server-port-on-gcs",
+        "seed-qwen14b-ray-tp2",
+        _set("serving.port", 6379),
+        "serving.port",
+        "Ray GCS port",
+    ),
+    (
         "pd-decode-too-small",
         "seed-sglang-pd-rbg",
         _all(_set("serving.pd.decode_tp", 1), _set("serving.gpu_memory_gib", 40)),
