@@ -57,19 +57,9 @@ def plan_command(
         raise typer.Exit(code=2)
     try:
         spec = load_spec(spec_path)
-        rendered = render(spec, release=release or default_release(spec), rbg_flavor=flavor)
     except SpecError as exc:
         typer.echo(f"invalid spec {spec_path}: {exc}", err=True)
         raise typer.Exit(code=2) from exc
-    objects = rendered.all()
-    try:
-        validate_objects(objects)
-    except ManifestValidationError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(code=1) from exc
-    except PermanentError as exc:  # e.g. the CRD directory is missing
-        typer.echo(f"cannot validate: {exc}", err=True)
-        raise typer.Exit(code=1) from exc
 
     report = PreflightReport()
     config = None
@@ -87,6 +77,26 @@ def plan_command(
     if report.problems:
         typer.echo(f"invalid spec {spec_path}: " + "\n  ".join(report.problems), err=True)
         raise typer.Exit(code=2)
+
+    try:
+        rendered = render(
+            spec,
+            release=release or default_release(spec),
+            rbg_flavor=flavor,
+            max_model_len=report.max_model_len,
+        )
+    except SpecError as exc:
+        typer.echo(f"invalid spec {spec_path}: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    objects = rendered.all()
+    try:
+        validate_objects(objects)
+    except ManifestValidationError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(code=1) from exc
+    except PermanentError as exc:  # e.g. the CRD directory is missing
+        typer.echo(f"cannot validate: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
 
     out.mkdir(parents=True, exist_ok=True)
     typer.echo(

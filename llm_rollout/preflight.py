@@ -129,6 +129,8 @@ class PreflightReport:
     namespace_exists: bool = False
     serving_release: str | None = None
     model_files: int | None = None
+    # The sequence length the KV fit was checked for (vLLM), for rendering --max-model-len.
+    max_model_len: int | None = None
     checks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -464,6 +466,7 @@ def check_kv_fit(
         report.problems.append(f"model {exc}")
         return
     if fit.fits:
+        report.max_model_len = fit.max_len
         report.checks.append(fit.describe())
     else:
         report.problems.append(f"serving.extra_args: {fit.describe()}")

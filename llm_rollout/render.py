@@ -52,7 +52,7 @@ from typing import Any, Literal
 import jinja2
 import yaml
 
-from llm_rollout import kuberay
+from llm_rollout import kuberay, kv_cache
 from llm_rollout.errors import SpecError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
 
@@ -175,7 +175,9 @@ def _shell(args: Iterable[str]) -> str:
     return " ".join(shlex.quote(arg) for arg in args)
 
 
-def _vllm_args(spec: ServiceSpec, *, backend: str | None) -> list[str]:
+def _vllm_args(
+    spec: ServiceSpec, *, backend: str | None, max_model_len: int | None = None
+) -> list[str]:
     serving = spec.serving
     args = [
         spec.model_mount_path,
@@ -194,6 +196,12 @@ def _vllm_args(spec: ServiceSpec, *, backend: str | None) -> list[str]:
         args += ["--distributed-executor-backend", backend]
     if serving.trust_remote_code:
         args.append("--trust-remote-code")
+    if (
+        max_model_len is not None
+        and kv_cache.engine_flag(serving.extra_args, "--max-model-len") is None
+    ):
+        # The length the KV fit was checked for, pinned so vLLM cannot derive a longer one.
+        args += ["--max-model-len", str(max_model_len)]
     return args + list(serving.extra_args)
 
 
@@ -338,9 +346,11 @@ class _Ctx:
         release: str,
         rbg_flavor: RbgFlavor,
         role_services: Mapping[str, str] | None = None,
+        max_model_len: int | None = None,
     ) -> None:
         self.spec = spec
         self.role_services = dict(role_services or {})
+        self.max_model_len = max_model_len
         self.release = release
         self.rbg_flavor = rbg_flavor
         self.namespace = spec.namespace
@@ -485,10 +495,10 @@ class _Ctx:
         )
 
     def vllm_serve(self, backend: str | None) -> str:
-        return "exec vllm serve " + _shell(_vllm_args(self.spec, backend=backend))
+        return "exec vllm serve " + _shell(self.vllm_args(backend))
 
     def vllm_args(self, backend: str | None) -> list[str]:
-        return _vllm_args(self.spec, backend=backend)
+        return _vllm_args(self.spec, backend=backend, max_model_len=self.max_model_len)
 
     def sglang_args(self, tp: int) -> list[str]:
         return _sglang_args(self.spec, tp=tp) + _sglang_extra(self.spec)
@@ -685,16 +695,20 @@ def render(
     rbg_flavor: RbgFlavor = "v0.6",
     manifests_dir: Path = MANIFESTS_DIR,
     rbg_role_services: Mapping[str, str] | None = None,
+    max_model_len: int | None = None,
 ) -> RenderedRelease:
     """Render every object of `release` (see the module docstring for the grouping).
 
     `rbg_role_services` maps an RBG role to the headless Service its pods use as subdomain,
     read from the role objects the controller created (late binding of the PD router's
     backend URLs); without it the current RBG naming convention is assumed.
+    `max_model_len` (vLLM) is the sequence length the KV fit was checked for
+    (`llm_rollout.kv_cache.KvFit.max_len`); it is passed as `--max-model-len` unless
+    `serving.extra_args` already sets one.
     """
     check_release(release)
     check_name_lengths(spec, release, rbg_flavor)
-    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services)
+    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len)
     env = _environment(manifests_dir)
     storage = _render_docs(env, "storage.yaml.j2", ctx)
     workload = _render_docs(env, template_for(spec), ctx)

@@ -148,3 +148,40 @@ def test_plan_checks_kv_fit_from_a_given_config_json(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "num_hidden_layers" in result.output
+
+
+def test_plan_pins_the_checked_length_where_the_user_set_none(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(QWEN3_8B), encoding="utf-8")
+    data = yaml.safe_load(_example("seed-vllm-single-gpu").read_text(encoding="utf-8"))
+    # 24 GiB x 0.95 - 15.3 GiB of weights holds one 40960-token sequence (5.62 GiB).
+    data["serving"]["extra_args"] = ["--gpu-memory-utilization", "0.95"]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(data), encoding="utf-8")
+    out = tmp_path / "plan"
+    args = ["plan", str(spec), "--out", str(out), "--release", "r1"]
+    result = runner.invoke(app, [*args, "--model-config", str(config)])
+    assert result.exit_code == 0, result.output
+    deployment = yaml.safe_load((out / "deployment-qwen3-8b-vllm-r1.yaml").read_text("utf-8"))
+    vllm_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert vllm_args[vllm_args.index("--max-model-len") + 1] == "40960"
+    # Without config.json nothing is pinned: the length was not checked.
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    deployment = yaml.safe_load((out / "deployment-qwen3-8b-vllm-r1.yaml").read_text("utf-8"))
+    assert "--max-model-len" not in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_plan_keeps_the_users_max_model_len(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps(QWEN3_8B), encoding="utf-8")
+    out = tmp_path / "plan"
+    example = str(_example("seed-vllm-single-gpu"))
+    result = runner.invoke(
+        app, ["plan", example, "--out", str(out), "--release", "r1", "--model-config", str(config)]
+    )
+    assert result.exit_code == 0, result.output
+    deployment = yaml.safe_load((out / "deployment-qwen3-8b-vllm-r1.yaml").read_text("utf-8"))
+    vllm_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert vllm_args.count("--max-model-len") == 1
+    assert vllm_args[vllm_args.index("--max-model-len") + 1] == "8192"
