@@ -761,6 +761,10 @@ def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
             "not yet read from the created role objects"
         )
     checks.append(f"PV url: {spec.csi_oss_url} (the CSI driver picks the scheme when bare)")
+    checks.append(
+        f"storage: PV {spec.pv_name} / PVC {spec.pvc_name} named after everything their "
+        "immutable fields hold, so changed mount options make new objects"
+    )
     return checks
 
 
