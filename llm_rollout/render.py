@@ -53,7 +53,7 @@ import jinja2
 import yaml
 
 from llm_rollout import kuberay, kv_cache
-from llm_rollout.errors import SpecError
+from llm_rollout.errors import PermanentError, SpecError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
 
 RbgFlavor = Literal["v0.6", "v0.7"]
@@ -118,6 +118,61 @@ def check_release(release: str) -> None:
             "release",
             f"must be a DNS-1123 label of at most {MAX_RELEASE_LEN} characters, got {release!r}",
         )
+
+
+# --- RoleBasedGroup conventions -------------------------------------------------------------------
+
+
+def rbg_role_labels(workload: str, role: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
+    """Labels the RBG controller puts on a role's pods (v0.6 v1alpha1 / v0.7+ v1alpha2)."""
+    if rbg_flavor == "v0.6":
+        return {
+            "rolebasedgroup.workloads.x-k8s.io/name": workload,
+            "rolebasedgroup.workloads.x-k8s.io/role": role,
+        }
+    return {
+        "rbg.workloads.x-k8s.io/group-name": workload,
+        "rbg.workloads.x-k8s.io/role-name": role,
+    }
+
+
+class RoleServiceError(PermanentError):
+    """The pods of an RBG role do not name one headless Service."""
+
+
+def rbg_role_services_from_pods(
+    pods: Iterable[Mapping[str, Any]],
+    workload: str,
+    rbg_flavor: RbgFlavor,
+    roles: Iterable[str] = ("prefill", "decode"),
+) -> dict[str, str]:
+    """The headless Service of each role, read from the pods the controller created.
+
+    A pod's DNS name is `<hostname>.<subdomain>.<namespace>.svc`; the StatefulSet controller
+    sets `spec.subdomain` to the set's `serviceName` (kubernetes
+    `pkg/controller/statefulset/stateful_set_utils.go` initIdentity, RBG v0.6) and RBG v0.7
+    sets it on RoleInstance pods itself (`pkg/reconciler/roleinstance/core/instance_core.go`).
+    This is what `render(..., rbg_role_services=...)` binds the router's backends to, whatever
+    naming convention the installed controller follows. Roles without pods yet are left out.
+    """
+    found: dict[str, set[str]] = {}
+    for pod in pods:
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        for role in roles:
+            wanted = rbg_role_labels(workload, role, rbg_flavor)
+            if all(labels.get(key) == value for key, value in wanted.items()):
+                subdomain = (pod.get("spec") or {}).get("subdomain")
+                found.setdefault(role, set()).add(subdomain or "")
+    services: dict[str, str] = {}
+    for role, names in found.items():
+        if len(names) != 1 or "" in names:
+            listed = ", ".join(sorted(repr(n) for n in names))
+            raise RoleServiceError(
+                f"RoleBasedGroup {workload}: pods of role {role} do not share one "
+                f"spec.subdomain (found {listed}); cannot address them by DNS"
+            )
+        services[role] = names.pop()
+    return services
 
 
 # --- name lengths the workload controllers derive -------------------------------------------------
@@ -506,15 +561,7 @@ class _Ctx:
     # RoleBasedGroup conventions differ between v0.6 (v1alpha1) and v0.7+ (v1alpha2).
 
     def rbg_role_labels(self, role: str) -> dict[str, str]:
-        if self.rbg_flavor == "v0.6":
-            return {
-                "rolebasedgroup.workloads.x-k8s.io/name": self.workload,
-                "rolebasedgroup.workloads.x-k8s.io/role": role,
-            }
-        return {
-            "rbg.workloads.x-k8s.io/group-name": self.workload,
-            "rbg.workloads.x-k8s.io/role-name": role,
-        }
+        return rbg_role_labels(self.workload, role, self.rbg_flavor)
 
     def rbg_role_service(self, role: str) -> str:
         """Headless Service of a role's pods: as read from the cluster when known, else RBG's
@@ -708,6 +755,10 @@ def render(
     """
     check_release(release)
     check_name_lengths(spec, release, rbg_flavor)
+    for role, service in (rbg_role_services or {}).items():
+        # Read from the cluster, and embedded in the router's URLs: a DNS label or nothing.
+        if len(service) > 63 or not DNS1123_LABEL.match(service):
+            raise RoleServiceError(f"role {role}: Service name {service!r} is not a DNS-1123 label")
     ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len)
     env = _environment(manifests_dir)
     storage = _render_docs(env, "storage.yaml.j2", ctx)

@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import SpecError
-from llm_rollout.render import STATEFULSET_NAME_MAX, render
+from llm_rollout.render import (
+    STATEFULSET_NAME_MAX,
+    RoleServiceError,
+    rbg_role_labels,
+    rbg_role_services_from_pods,
+    render,
+)
 from llm_rollout.spec import spec_from_dict
 
 from .conftest import example_dict
@@ -158,6 +164,38 @@ def test_pd_router_backends_follow_the_role_services_read_from_the_cluster() -> 
     )
     assert "http://qwen3-32b-pd-r1-decode-0.qwen3-32b-pd-r1-decode.llm-serving.svc:8000" in command
     assert not any(".s-" in token for token in command)
+
+
+def _role_pod(role: str, index: int, flavor: Any, subdomain: str | None) -> dict[str, Any]:
+    labels = rbg_role_labels("qwen3-32b-pd-r1", role, flavor)
+    spec = {"hostname": f"qwen3-32b-pd-r1-{role}-{index}"}
+    if subdomain is not None:
+        spec["subdomain"] = subdomain
+    return {"metadata": {"name": spec["hostname"], "labels": labels}, "spec": spec}
+
+
+@pytest.mark.parametrize("flavor", ["v0.6", "v0.7"])
+def test_role_services_are_read_from_the_pods_subdomain(flavor: Any) -> None:
+    """kubernetes pkg/controller/statefulset/stateful_set_utils.go initIdentity sets
+    pod.spec.subdomain = serviceName; RBG v0.7 sets it on its RoleInstance pods."""
+    pods = [
+        _role_pod("prefill", 0, flavor, "qwen3-32b-pd-r1-prefill"),
+        _role_pod("prefill", 1, flavor, "qwen3-32b-pd-r1-prefill"),
+        _role_pod("decode", 0, flavor, "s-qwen3-32b-pd-r1-decode"),
+        _role_pod("router", 0, flavor, None),
+    ]
+    services = rbg_role_services_from_pods(pods, "qwen3-32b-pd-r1", flavor)
+    assert services == {
+        "prefill": "qwen3-32b-pd-r1-prefill",
+        "decode": "s-qwen3-32b-pd-r1-decode",
+    }
+    other = "v0.7" if flavor == "v0.6" else "v0.6"
+    assert rbg_role_services_from_pods(pods, "qwen3-32b-pd-r1", other) == {}
+    pods.append(_role_pod("decode", 1, flavor, None))
+    with pytest.raises(RoleServiceError, match="role decode"):
+        rbg_role_services_from_pods(pods, "qwen3-32b-pd-r1", flavor)
+    with pytest.raises(RoleServiceError, match="not a DNS-1123 label"):
+        _render(example_dict("seed-sglang-pd-rbg"), rbg_role_services={"prefill": "a b;rm"})
 
 
 def test_pd_example_uses_the_seeds_erdma_image() -> None:
