@@ -242,7 +242,12 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
             detail.append(f"PersistentVolumeClaim {spec.namespace}/{spec.pvc_name} Bound")
         with timer.stage("rollout") as detail:
             applied: AppliedRelease = rollout(
-                spec, release, strategy, report.serving_release, report.rbg_flavor
+                spec,
+                release,
+                strategy,
+                report.serving_release,
+                report.rbg_flavor,
+                report.max_model_len,
             )
             run.objects += applied.applied
             detail.append(f"{applied.workload} applied ({strategy})")

@@ -128,15 +128,25 @@ def rollout(
     strategy: Strategy,
     serving_release: str | None,
     rbg_flavor: RbgFlavor | None,
+    max_model_len: int | None = None,
 ) -> AppliedRelease:
     """Render, validate offline, dry-run everything, then apply the new release.
+
+    `max_model_len` is the sequence length preflight's KV-cache fit was checked for when the
+    spec sets none (`PreflightReport.max_model_len`): pinned so the engine cannot start with a
+    longer default than the one that was shown to fit.
 
     With recreate the serving release is removed first (and waited for, so its GPUs are free):
     nothing answers until the new release is ready. With blue-green it stays untouched.
     """
     logger = get_run_logger()
     with cluster_api() as api:
-        rendered = render(spec, release=release, rbg_flavor=rbg_flavor or "v0.7")
+        rendered = render(
+            spec,
+            release=release,
+            rbg_flavor=rbg_flavor or "v0.7",
+            max_model_len=max_model_len,
+        )
         validate_objects(rendered.all())
         annotations = _annotations(spec, release, serving_release, strategy)
         workload_objects = [with_annotations(o, annotations) for o in rendered.workload_objects]

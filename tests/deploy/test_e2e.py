@@ -111,6 +111,18 @@ def _deploy_and_check(path: Path, data: dict[str, Any]) -> str:
     return release
 
 
+def _engine_command_lines(namespace: str) -> list[str]:
+    """Each container's command line (command + args) in the namespace's pods."""
+    api = load_api_client()
+    try:
+        pods = k8s_client.CoreV1Api(api).list_namespaced_pod(namespace).items
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+    return [
+        " ".join([*(c.command or []), *(c.args or [])]) for p in pods for c in p.spec.containers
+    ]
+
+
 def _teardown(data: dict[str, Any], *kinds: str) -> None:
     result = cli("teardown", data["name"], "-n", data["namespace"], "--timeout-s", "20")
     assert result.exit_code == 0, result.output
@@ -145,6 +157,14 @@ def test_full_flow_for_every_example_shape(
         _check_the_api_key_gate(cluster, path, data, api_key)
         _teardown(data, "Deployment")
         return
+    pinned = "modelscope" in data["model"] and "--max-model-len" not in str(data["serving"])
+    if data["serving"]["engine"] == "vllm" and pinned:
+        # Preflight's KV fit (llm_rollout/kv_cache.py) was checked for the hub model's own
+        # max_position_embeddings (512 in sandbox/synthetic.py); the rollout pins that length so
+        # the engine cannot start with a longer one than was shown to fit. (An oss_uri model
+        # here has no config.json under its prefix: "KV fit not checked", nothing pinned.)
+        lines = [ln for ln in _engine_command_lines(namespace) if "vllm" in ln]
+        assert lines and any("--max-model-len 512" in ln for ln in lines), lines
     response = stable_models(namespace, data["name"], data["serving"].get("port", 8000))
     assert response.status_code == 200
     served = data["serving"].get("served_model_name")
