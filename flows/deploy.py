@@ -32,6 +32,7 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.kube.readiness_rules import tolerances_of
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.locking import ServiceLock, lease_name
 from llm_rollout.preflight import PreflightReport
@@ -260,7 +261,9 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
     try:
         with timer.stage("readiness") as detail:
             ready = wait_workload_ready(
-                applied.workload, timeout_s=float(spec.rollout.ready_timeout_s)
+                applied.workload,
+                timeout_s=float(spec.rollout.ready_timeout_s),
+                tolerances=tolerances_of(spec.rollout),
             )
             detail.append(f"{len(ready.pods)} pod(s) ready after {ready.elapsed_s:.1f}s")
         with timer.stage("smoke") as detail:

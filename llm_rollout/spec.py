@@ -699,6 +699,70 @@ class RolloutSpec(StrictModel):
     ready_timeout_s: int = Field(
         default=3600, ge=10, le=86_400, description="Wait for the workload to become ready (s)."
     )
+    # Readiness tolerances: how long a failure signal that can clear by itself may persist
+    # before it fails the rollout. 0 fails on the first sight, as a signal that cannot clear
+    # (a missing image, a deleted node, a crash loop) always does.
+    image_pull_tolerance_s: int = Field(
+        default=330,
+        ge=0,
+        le=3600,
+        description=(
+            "Tolerate ErrImagePull/ImagePullBackOff this long (s) when the registry's error is "
+            "not a missing image or denied access (rate limit, i/o timeout). The kubelet "
+            "retries pulls after 10, 20, 40, 80, 160 s (image back-off, capped at 300 s: "
+            "backOffPeriod/MaxContainerBackOff in kubernetes pkg/kubelet/kubelet.go), so 330 s "
+            "covers six attempts."
+        ),
+    )
+    mount_tolerance_s: int = Field(
+        default=250,
+        ge=0,
+        le=3600,
+        description=(
+            "Tolerate FailedMount/FailedAttachVolume on a pod whose containers have not started "
+            "this long (s). A slow mount reports FailedMount after podAttachAndMountTimeout "
+            "(2 min 3 s, kubernetes pkg/kubelet/volumemanager/volume_manager.go) and is retried; "
+            "250 s lets a mount succeed on its second try. A Secret or ConfigMap that does not "
+            "exist fails at once (the rollout creates its Secrets before the workload)."
+        ),
+    )
+    node_not_ready_tolerance_s: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description=(
+            "Tolerate the node of a serving pod being NotReady/Unknown this long (s). Kubernetes "
+            "itself keeps such pods for 300 s before evicting them (the API server's "
+            "--default-not-ready-toleration-seconds, kubernetes "
+            "plugin/pkg/admission/defaulttolerationseconds/admission.go), so a node back "
+            "within it keeps its pods. A deleted node fails at once."
+        ),
+    )
+    scale_up_wait_s: int = Field(
+        default=900,
+        ge=0,
+        le=7200,
+        description=(
+            "Keep waiting for an Unschedulable pod this long (s) while cluster-autoscaler is "
+            "present (its kube-system/cluster-autoscaler-status ConfigMap exists) or reported "
+            "TriggeredScaleUp for the pod; 900 s is cluster-autoscaler's own "
+            "--max-node-provision-time default (cluster-autoscaler/main.go). Without an "
+            "autoscaler, and on NotTriggerScaleUp, an Unschedulable pod fails at once."
+        ),
+    )
+    crash_loop_group_recreations: int = Field(
+        default=3,
+        ge=1,
+        le=50,
+        description=(
+            "Report a crash loop once a pod with a stable name (a StatefulSet's, e.g. an LWS "
+            "group's leader) has been recreated this many times. LWS with "
+            "RecreateGroupOnPodRestart deletes the group on the first container restart "
+            "(lws pkg/controllers/pod_controller.go), so the kubelet's CrashLoopBackOff never "
+            "shows; 3 allows the one or two recreations of a worker started before its leader "
+            "listens."
+        ),
+    )
     smoke_timeout_s: int = Field(
         default=300, ge=1, le=3600, description="Time limit for the smoke test (s)."
     )

@@ -9,6 +9,7 @@ from prefect.logging import get_run_logger
 
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
+from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES, Tolerances
 from llm_rollout.kube.resources import ObjectRef
 from tasks.policy import retry_transient_only
 
@@ -25,9 +26,16 @@ TASK_TIMEOUT_S = 3 * 3600
     cache_policy=NO_CACHE,
 )
 def wait_workload_ready(
-    workload: ObjectRef, *, timeout_s: float, pod_selector: str | None = None
+    workload: ObjectRef,
+    *,
+    timeout_s: float,
+    pod_selector: str | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> ReadyReport:
     """Block until `workload` and all its serving pods are ready.
+
+    `tolerances` (from the spec's rollout section) bound how long a signal that can clear by
+    itself (a pull rate limit, a slow mount, a NotReady node, a pending scale-up) may persist.
 
     Raises `WorkloadFailed` (reason, pod, event, log lines) or `ReadinessTimeout` (what is
     missing); both are permanent and also published as a markdown artifact.
@@ -41,6 +49,7 @@ def wait_workload_ready(
             workload,
             timeout_s=timeout_s,
             pod_selector=pod_selector,
+            tolerances=tolerances,
             on_event=lambda ref, message: logger.info("%s: %s", ref, message),
         )
     except WorkloadFailed as exc:

@@ -5,6 +5,13 @@ namespace, and the Nodes) and re-evaluates on every change, so readiness is noti
 the API server reports it and a failing pod as soon as its status or Warning event lands. Ready
 means the workload's own status says so AND every serving pod is Ready.
 
+What each snapshot means is decided by the pure functions of `readiness_rules`: a signal that
+can clear by itself (a rate-limited pull, a slow mount, a NotReady node, an Unschedulable pod
+while cluster-autoscaler scales up) fails the rollout only once it has persisted past its
+tolerance (the spec's rollout section); one that cannot clear fails at once; and a pod that
+its controller keeps recreating (an LWS group on every container restart) is a crash loop
+after k recreations, reported with the log captured before the pod was deleted.
+
 Nodes are watched because a lost node says nothing on most of its pods: the node lifecycle
 controller only flips Ready to False (with a NodeNotReady event) on pods that were Ready, and a
 pod still loading its model waits, bound to the dead node, until the NoExecute eviction
@@ -17,14 +24,39 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Set
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import get
+from llm_rollout.kube.readiness_rules import (
+    DEFAULT_TOLERANCES,
+    GROUP_CRASH_LOOP,
+    NO_AUTOSCALER,
+    SCALE_UP_EVENT_REASONS,
+    Autoscaler,
+    Crash,
+    Failed,
+    Incarnations,
+    Nodes,
+    Ready,
+    Seen,
+    Signal,
+    Tolerances,
+    Waiting,
+    autoscaler_from_configmap,
+    crash_to_capture,
+    decide,
+    group_signals,
+    observe_incarnations,
+    pod_signals,
+    stable_slot,
+    track,
+)
 from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
 from llm_rollout.kube.watching import (
     WaitTimeout,
@@ -40,6 +72,7 @@ __all__ = [
     "LOG_TAIL_LINES",
     "ReadinessTimeout",
     "ReadyReport",
+    "Tolerances",
     "WorkloadFailed",
     "pod_selector_for",
     "wait_deleted",
@@ -63,13 +96,6 @@ EVENT_GRACE_S = 1.0
 
 OnEvent = Callable[[ObjectRef, str], None]
 
-IMAGE_REASONS = frozenset(
-    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-)
-CONFIG_REASONS = frozenset(
-    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
-)
-MOUNT_EVENT_REASONS = frozenset({"FailedMount", "FailedAttachVolume"})
 # Which Warning event reasons explain each failure, best first.
 EVENT_REASONS_FOR: dict[str, tuple[str, ...]] = {
     "ErrImagePull": ("Failed", "ErrImagePull", "BackOff"),
@@ -86,12 +112,13 @@ EVENT_REASONS_FOR: dict[str, tuple[str, ...]] = {
     "RunContainerError": ("Failed",),
 }
 # Failures whose explanation is in the container's own output.
-LOG_REASONS = frozenset({"CrashLoopBackOff", "OOMKilled", "RunContainerError", "Error"})
-# The pod's node stopped reporting or was deleted (the reason the node controller once gave
-# such pods). It stays a failure after the pod is gone: a controller replacing the pod, or a
-# NoExecute toleration of 0 s evicting it at once, does not undo the lost rollout step.
-NODE_LOST = "NodeLost"
-
+LOG_REASONS = frozenset(
+    {"CrashLoopBackOff", "OOMKilled", "RunContainerError", "Error", GROUP_CRASH_LOOP}
+)
+# cluster-autoscaler's status ConfigMap (cluster-autoscaler/clusterstate/utils/status.go
+# StatusConfigMapName; kube-system is its default --namespace).
+AUTOSCALER_STATUS = ObjectRef("v1", "ConfigMap", "kube-system", "cluster-autoscaler-status")
+AUTOSCALER_REFRESH_S = 10.0
 RBG_LABELS_V1ALPHA1 = "rolebasedgroup.workloads.x-k8s.io/name"
 RBG_LABELS_V07 = "rbg.workloads.x-k8s.io/group-name"
 
@@ -294,103 +321,9 @@ def _pod_ready_missing(pod: Mapping[str, Any]) -> str | None:
     return f"pod {ref.namespace}/{ref.name} not Ready ({why})"
 
 
-@dataclass(frozen=True)
-class _Failure:
-    reason: str
-    pod: JsonDict
-    container: str | None
-    detail: str
-
-
-def _container_failure(pod: JsonDict) -> _Failure | None:
-    status = pod.get("status") or {}
-    statuses = list(status.get("initContainerStatuses") or []) + list(
-        status.get("containerStatuses") or []
-    )
-    for cs in statuses:
-        name = cs.get("name")
-        state = cs.get("state") or {}
-        waiting = state.get("waiting") or {}
-        reason = str(waiting.get("reason") or "")
-        message = str(waiting.get("message") or "")
-        if reason in IMAGE_REASONS or reason in CONFIG_REASONS:
-            return _Failure(reason, pod, name, message)
-        for terminated in ((cs.get("lastState") or {}).get("terminated"), state.get("terminated")):
-            if isinstance(terminated, dict) and terminated.get("reason") == "OOMKilled":
-                code = terminated.get("exitCode")
-                return _Failure("OOMKilled", pod, name, f"container {name} OOMKilled (exit {code})")
-        if reason == "CrashLoopBackOff":
-            return _Failure(reason, pod, name, message or f"container {name} keeps crashing")
-    return None
-
-
-@dataclass(frozen=True)
-class _Nodes:
-    """The cluster's Nodes as last seen, and those seen before that no longer exist."""
-
-    current: Mapping[str, JsonDict]
-    deleted: Set[str]
-
-
-def _node_lost(pod: JsonDict, nodes: _Nodes) -> _Failure | None:
-    """A failure when the node `pod` is bound to is not Ready or was deleted.
-
-    Container states on such a node are stale (nobody reports them), so this comes first.
-    """
-    node = str((pod.get("spec") or {}).get("nodeName") or "")
-    if not node:
-        return None
-    if node in nodes.deleted:
-        return _Failure(NODE_LOST, pod, None, f"Node {node} was deleted")
-    ready = _conditions(nodes.current.get(node) or {}).get("Ready")
-    if ready is None or str(ready.get("status")) == "True":
-        return None
-    why = ": ".join(str(ready[k]) for k in ("reason", "message") if ready.get(k))
-    return _Failure(
-        NODE_LOST,
-        pod,
-        None,
-        f"Node {node} is not ready: Ready={ready.get('status')}" + (f" ({why})" if why else ""),
-    )
-
-
-def _pod_failure(pod: JsonDict, pod_events: list[JsonDict], nodes: _Nodes) -> _Failure | None:
-    meta = pod.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return None
-    failure = _node_lost(pod, nodes) or _container_failure(pod)
-    if failure is not None:
-        return failure
-    status = pod.get("status") or {}
-    scheduled = _conditions(pod).get("PodScheduled") or {}
-    if str(scheduled.get("status")) == "False" and scheduled.get("reason") == "Unschedulable":
-        return _Failure("Unschedulable", pod, None, str(scheduled.get("message") or ""))
-    for event in pod_events:
-        reason = str(event.get("reason") or "")
-        if reason in MOUNT_EVENT_REASONS:
-            return _Failure("FailedMount", pod, None, str(event.get("message") or ""))
-        if reason == "FailedScheduling" and not (pod.get("spec") or {}).get("nodeName"):
-            return _Failure("Unschedulable", pod, None, str(event.get("message") or ""))
-    if status.get("phase") == "Failed":
-        return _Failure(
-            str(status.get("reason") or "PodFailed"), pod, None, str(status.get("message") or "")
-        )
-    return None
-
-
-def _first_failure(
-    pods: list[JsonDict], events: list[JsonDict], nodes: _Nodes
-) -> tuple[_Failure | None, list[JsonDict]]:
-    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
-        pod_events = _events_for(pod, events)
-        failure = _pod_failure(pod, pod_events, nodes)
-        if failure is not None:
-            return failure, pod_events
-    return None, []
-
-
 def _events_for(pod: Mapping[str, Any], events: Iterable[JsonDict]) -> list[JsonDict]:
-    """Warning events about this pod (same uid when the event names one), oldest first."""
+    """Warning events about this pod (same uid when the event names one), and the Normal
+    ones cluster-autoscaler records on it, oldest first."""
     meta = pod.get("metadata") or {}
     name, uid = meta.get("name"), meta.get("uid")
     found = []
@@ -400,7 +333,7 @@ def _events_for(pod: Mapping[str, Any], events: Iterable[JsonDict]) -> list[Json
             continue
         if uid and involved.get("uid") and involved.get("uid") != uid:
             continue
-        if event.get("type") != "Warning":
+        if event.get("type") != "Warning" and event.get("reason") not in SCALE_UP_EVENT_REASONS:
             continue
         found.append(event)
     found.sort(key=_event_time)
@@ -425,20 +358,22 @@ def _explaining_event(reason: str, pod_events: list[JsonDict]) -> str:
     return str(pod_events[-1].get("message") or "") if pod_events and not wanted else ""
 
 
-def _log_lines(api: k8s_client.ApiClient, failure: _Failure) -> list[str]:
-    if failure.reason not in LOG_REASONS:
-        return []
-    ref = _pod_ref(failure.pod)
-    assert ref.namespace is not None
-    namespace = ref.namespace
-    for previous in (True, False):
+def _read_log_lines(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    pod: str,
+    container: str | None,
+    order: tuple[bool, ...] = (True, False),
+) -> list[str]:
+    """The selected lines of the container's log, the previous instance's first."""
+    for previous in order:
 
         def read(previous: bool = previous) -> list[str]:
             return read_pod_log(
                 api,
                 namespace,
-                ref.name,
-                container=failure.container,
+                pod,
+                container=container,
                 previous=previous,
                 tail_lines=LOG_SCAN_LINES,
             )
@@ -446,11 +381,21 @@ def _log_lines(api: k8s_client.ApiClient, failure: _Failure) -> list[str]:
         try:
             lines: list[str] = call_with_retry(read, attempts=3)
         except RolloutError as exc:
-            log.info("no %slogs for %s: %s", "previous " if previous else "", ref, exc)
+            log.info(
+                "no %slogs for %s/%s: %s", "previous " if previous else "", namespace, pod, exc
+            )
             continue
         if lines:
             return select_log_lines(lines)
     return []
+
+
+def _log_lines(api: k8s_client.ApiClient, namespace: str, signal: Signal) -> list[str]:
+    if signal.log_lines:
+        return list(signal.log_lines)
+    if signal.reason not in LOG_REASONS or not signal.pod:
+        return []
+    return _read_log_lines(api, namespace, signal.pod, signal.container)
 
 
 def select_log_lines(lines: list[str]) -> list[str]:
@@ -475,12 +420,15 @@ def wait_ready(
     timeout_s: float,
     pod_selector: str | None = None,
     on_event: OnEvent | None = None,
+    tolerances: Tolerances = DEFAULT_TOLERANCES,
 ) -> ReadyReport:
     """Block until `workload` is ready; raise `WorkloadFailed` or `ReadinessTimeout`.
 
     `pod_selector` overrides the label selector derived from the workload (see
     `pod_selector_for`). `on_event(ref, message)` receives progress lines (status changes,
-    Warning events, watch re-lists), each about the object `ref`.
+    Warning events, tolerated signals, watch re-lists), each about the object `ref`.
+    `tolerances` bound how long a signal that can clear by itself may persist (see
+    `readiness_rules`); the verdict itself comes from `readiness_rules.decide`.
     """
     if workload.namespace is None:
         raise PermanentError(f"{workload}: serving workloads are namespaced; namespace missing")
@@ -512,46 +460,71 @@ def wait_ready(
             last_note[ref] = message
             notify(ref, message)
 
-    pending: tuple[_Failure, float] | None = None
+    autoscaler = _AutoscalerView(api)
+    seen: dict[str, Seen] = {}
+    incarnations = Incarnations()
+    captured: set[tuple[str, str, int]] = set()
+    # A failure is final once decided; it waits at most EVENT_GRACE_S for an explaining event.
+    failed: tuple[Failed, float] | None = None
+    recheck_at: float | None = None
     with watching(api, [workload_spec, pod_spec, event_spec, node_spec]) as group:
         while True:
+            now = time.monotonic()
             if group.all_synced:
                 current_nodes = group.cache[node_spec]
                 seen_nodes.update(current_nodes)
-                nodes = _Nodes(current_nodes, seen_nodes - current_nodes.keys())
+                nodes = Nodes(current_nodes, seen_nodes - current_nodes.keys())
                 obj = group.cache[workload_spec].get(workload.name)
+                all_pods = [p for p in group.cache[pod_spec].values() if pod_filter(p)]
                 pods = [
-                    p
-                    for p in group.cache[pod_spec].values()
-                    if pod_filter(p) and not (p.get("metadata") or {}).get("deletionTimestamp")
+                    p for p in all_pods if not (p.get("metadata") or {}).get("deletionTimestamp")
                 ]
                 events = list(group.cache[event_spec].values())
-                failure, pod_events = _first_failure(pods, events, nodes)
-                if failure is None and pending is not None and pending[0].reason == NODE_LOST:
-                    failure = pending[0]
-                    pod_events = _events_for(failure.pod, events)
-                if failure is None:
-                    pending = None
-                else:
-                    event_message = _explaining_event(failure.reason, pod_events)
-                    if pending is None:
-                        pending = (failure, time.monotonic())
-                    if event_message or time.monotonic() - pending[1] >= EVENT_GRACE_S:
+                incarnations = _capture_crashes(
+                    api, namespace, observe_incarnations(incarnations, all_pods), all_pods, captured
+                )
+                signals = [
+                    signal
+                    for pod in pods
+                    for signal in pod_signals(
+                        pod, _events_for(pod, events), nodes, autoscaler.view(pods, now)
+                    )
+                ] + group_signals(incarnations, tolerances)
+                seen = track(seen, signals, now)
+                missing = _missing(workload, obj, pods, selector)
+                verdict = decide(signals, seen, tolerances, now, missing)
+                if failed is None and isinstance(verdict, Failed):
+                    failed = (verdict, now)
+                recheck_at = None
+                if isinstance(verdict, Waiting):
+                    for signal, _elapsed_s, bound_s in verdict.tolerated:
+                        note(
+                            _pod_ref_named(namespace, signal.pod),
+                            f"tolerating {signal.reason} for up to {bound_s:.0f}s: {signal.detail}",
+                        )
+                    if verdict.recheck_in_s is not None:
+                        recheck_at = now + verdict.recheck_in_s
+                if failed is not None:
+                    signal = failed[0].signal
+                    pod_events = _events_by_name(signal.pod, pods, events)
+                    event_message = _explaining_event(signal.reason, pod_events)
+                    # A group crash loop is explained by its captured log, not by an event.
+                    wanted = EVENT_REASONS_FOR.get(signal.reason, ())
+                    if event_message or not wanted or now - failed[1] >= EVENT_GRACE_S:
                         raise WorkloadFailed(
                             workload,
-                            reason=failure.reason,
-                            pod=_pod_ref(failure.pod),
-                            detail=failure.detail,
+                            reason=signal.reason,
+                            pod=_pod_ref_named(namespace, signal.pod) if signal.pod else None,
+                            detail=_with_persistence(signal.detail, failed[0].persisted_s),
                             event_message=event_message,
-                            log_lines=_log_lines(api, failure),
+                            log_lines=_log_lines(api, namespace, signal),
                         )
-                missing = _missing(workload, obj, pods, selector)
                 if obj is not None:
                     note(workload, "waiting: " + "; ".join(missing) if missing else "ready")
                 for pod in pods:
                     pod_missing = _pod_ready_missing(pod)
                     note(_pod_ref(pod), pod_missing or "Ready")
-                if not missing and pending is None:
+                if isinstance(verdict, Ready) and failed is None:
                     return ReadyReport(
                         workload=workload,
                         elapsed_s=time.monotonic() - started,
@@ -561,16 +534,18 @@ def wait_ready(
                         watch_resyncs=group.resyncs,
                     )
             now = time.monotonic()
-            remaining = deadline - now
-            if pending is not None:
-                remaining = min(remaining, pending[1] + EVENT_GRACE_S - now)
+            wake_at = deadline
+            if failed is not None:
+                wake_at = min(wake_at, failed[1] + EVENT_GRACE_S)
+            if recheck_at is not None:
+                wake_at = min(wake_at, recheck_at)
             if deadline - now <= 0:
                 obj = group.cache[workload_spec].get(workload.name)
                 pods = [p for p in group.cache[pod_spec].values() if pod_filter(p)]
                 raise ReadinessTimeout(
                     workload, timeout_s, _missing(workload, obj, pods, selector) or ["not synced"]
                 )
-            message = group.next(max(remaining, 0.0))
+            message = group.next(max(wake_at - now, 0.0))
             if message is None:
                 continue
             if message.kind == "resync":
@@ -578,6 +553,96 @@ def wait_ready(
             elif message.kind == "event" and message.spec == event_spec and message.obj:
                 tracked = {workload.name} | set(group.cache[pod_spec])
                 _note_event(message.obj, namespace, tracked, notify)
+
+
+def _with_persistence(detail: str, persisted_s: float) -> str:
+    if persisted_s < 1.0:
+        return detail
+    return f"{detail} (persisted {persisted_s:.0f}s)"
+
+
+def _pod_ref_named(namespace: str, name: str) -> ObjectRef:
+    return ObjectRef("v1", "Pod", namespace, name)
+
+
+def _events_by_name(name: str, pods: list[JsonDict], events: list[JsonDict]) -> list[JsonDict]:
+    pod = next((p for p in pods if (p.get("metadata") or {}).get("name") == name), None)
+    return _events_for(pod or {"metadata": {"name": name}}, events)
+
+
+def _capture_crashes(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    seen: Incarnations,
+    pods: list[JsonDict],
+    captured: set[tuple[str, str, int]],
+) -> Incarnations:
+    """Read the log of each container exit on a stable-named pod once, as soon as it shows.
+
+    Its controller may delete the pod right after (LWS recreates the group on the first
+    restart), and with the pod goes its log; the lines are kept for the crash-loop report.
+    """
+    crash = seen.last_crash
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if stable_slot(pod) is None:
+            continue
+        found = crash_to_capture(pod)
+        if found is None:
+            continue
+        container, exit_code, reason, previous = found
+        restarts = max(
+            (
+                int(cs.get("restartCount") or 0)
+                for cs in (pod.get("status") or {}).get("containerStatuses") or []
+                if cs.get("name") == container
+            ),
+            default=0,
+        )
+        key = (str(meta.get("uid")), container, restarts)
+        if key in captured:
+            continue
+        captured.add(key)
+        order = (True, False) if previous else (False, True)
+        lines = _read_log_lines(api, namespace, str(meta.get("name")), container, order)
+        crash = Crash(str(meta.get("name")), container, exit_code, reason, tuple(lines))
+    return Incarnations(seen.uids, crash)
+
+
+class _AutoscalerView:
+    """cluster-autoscaler's status ConfigMap, read when an unschedulable pod needs it.
+
+    Read at most every AUTOSCALER_REFRESH_S: the autoscaler rewrites it once per loop
+    (--scan-interval, 10 s by default). A client not allowed to read kube-system sees no
+    autoscaler, and Unschedulable pods then rely on the per-pod events alone.
+    """
+
+    def __init__(self, api: k8s_client.ApiClient) -> None:
+        self._api = api
+        self._state: Autoscaler = NO_AUTOSCALER
+        self._read_at: float | None = None
+
+    def view(self, pods: list[JsonDict], now: float) -> Autoscaler:
+        if not any(_unscheduled(p) for p in pods):
+            return self._state
+        if self._read_at is not None and now - self._read_at < AUTOSCALER_REFRESH_S:
+            return self._state
+        self._read_at = now
+        try:
+            configmap = call_with_retry(lambda: get(self._api, AUTOSCALER_STATUS))
+        except UnauthorizedError as exc:
+            log.info("cannot read %s: %s", AUTOSCALER_STATUS, exc)
+            configmap = None
+        except RolloutError as exc:
+            # Advisory only: keep the last answer rather than end the wait over it.
+            log.warning("reading %s failed: %s", AUTOSCALER_STATUS, exc)
+            return self._state
+        self._state = autoscaler_from_configmap(configmap)
+        return self._state
+
+
+def _unscheduled(pod: Mapping[str, Any]) -> bool:
+    return not (pod.get("spec") or {}).get("nodeName")
 
 
 def _missing(

@@ -77,7 +77,17 @@ def test_each_pod_failure_fails_fast_and_the_old_release_keeps_serving(
     changes: dict[str, object] = {"image": f"vllm/vllm-openai:{tag}"}
     if kind == "Unschedulable":
         changes["resources"] = {"memory_gib": 1024}  # the nodes have 512 GiB
-    path, _ = write_spec(stores, "seed-vllm-tp4", tmp_path, namespace=NAMESPACE, serving=changes)
+    # The kubelet retries a CSI mount error, so readiness tolerates it (rollout.mount_tolerance_s);
+    # this case is about the report once the tolerance is spent.
+    rollout = {"mount_tolerance_s": 0} if kind == "FailedMount" else {}
+    path, _ = write_spec(
+        stores,
+        "seed-vllm-tp4",
+        tmp_path,
+        namespace=NAMESPACE,
+        serving=changes,
+        rollout=rollout,
+    )
     _inject(kind)(cluster, {VERSION_LABEL: tag})
     try:
         started = time.monotonic()

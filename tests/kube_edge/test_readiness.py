@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from llm_rollout.kube.readiness import (
     wait_pvc_bound,
     wait_ready,
 )
+from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES
 from llm_rollout.kube.resources import ObjectRef
 from tests.kube_edge.conftest import deployment
 
@@ -42,9 +44,10 @@ def test_deployment_ready_reports_pods_and_progress(
     assert any(r.kind == "Pod" and m == "Ready" for r, m in notes)
 
 
-def test_image_pull_failure_is_reported_with_event(
+def test_missing_image_is_reported_at_once_with_event(
     api: k8s_client.ApiClient, cluster: Any, namespace: str
 ) -> None:
+    # containerd's "not found" (the injected default): retrying cannot help, no tolerance.
     cluster.kubelet.inject_image_pull_error(workload="badimg")
     ref = _deploy(api, namespace, "badimg", image="registry.invalid/vllm:nope")
     with pytest.raises(WorkloadFailed) as info:
@@ -79,9 +82,10 @@ def test_oom_killed_is_named(api: k8s_client.ApiClient, cluster: Any, namespace:
     assert info.value.log_lines
 
 
-def test_failed_mount_is_reported_with_csi_message(
+def test_failed_mount_that_persists_is_reported_with_csi_message(
     api: k8s_client.ApiClient, cluster: Any, namespace: str
 ) -> None:
+    # A CSI error is retried by the kubelet, so it fails only once it outlasts the tolerance.
     cluster.kubelet.inject_mount_failure(workload="nomount")
     obj = deployment(namespace, "nomount")
     obj["spec"]["template"]["spec"]["volumes"] = [{"name": "shm", "emptyDir": {}}]
@@ -89,10 +93,12 @@ def test_failed_mount_is_reported_with_csi_message(
         {"name": "shm", "mountPath": "/dev/shm"}
     ]
     apply(api, obj)
+    tolerances = replace(DEFAULT_TOLERANCES, mount_s=1.0)
     with pytest.raises(WorkloadFailed) as info:
-        wait_ready(api, ObjectRef.of(obj), timeout_s=WAIT_S)
+        wait_ready(api, ObjectRef.of(obj), timeout_s=WAIT_S, tolerances=tolerances)
     assert info.value.reason == "FailedMount"
     assert "Ossfs mount failed" in str(info.value)
+    assert "(persisted " in info.value.detail
 
 
 def test_unschedulable_names_the_scheduler_message(
