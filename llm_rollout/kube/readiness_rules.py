@@ -34,6 +34,12 @@ Which signals clear by themselves, from upstream behaviour:
   pkg/controllers/pod_controller.go handleRestartPolicy, pkg/utils/pod/pod_utils.go
   ContainerRestarted); its StatefulSets recreate the pods under the same names with new UIDs,
   so the kubelet's CrashLoopBackOff never shows. Recreations are counted per stable pod name.
+  RBG's RecreateRBGOnPodRestart does the same for the whole group (sgl-project/rbg
+  api/workloads/v1alpha1/rolebasedgroup_types.go RestartPolicyType) and runs LWS roles with
+  RecreateGroupOnPodRestart, so its StatefulSet- and LWS-backed roles are counted alike. Pods
+  no StatefulSet owns (Deployment-backed roles, RBG v0.7 RoleInstances, RayCluster pods) are
+  not counted; whether KubeRay ever recreates a crashing pod instead of letting the kubelet
+  restart it (and show CrashLoopBackOff) was not checked here.
 """
 
 from __future__ import annotations
