@@ -467,6 +467,7 @@ def wait_ready(
     # A failure is final once decided; it waits at most EVENT_GRACE_S for an explaining event.
     failed: tuple[Failed, float] | None = None
     recheck_at: float | None = None
+    tolerated: list[str] = []  # still inside their bound, named if the wait times out
     with watching(api, [workload_spec, pod_spec, event_spec, node_spec]) as group:
         while True:
             now = time.monotonic()
@@ -496,6 +497,15 @@ def wait_ready(
                 if failed is None and isinstance(verdict, Failed):
                     failed = (verdict, now)
                 recheck_at = None
+                tolerated = (
+                    [
+                        f"{signal.reason} on pod {signal.pod} for {elapsed_s:.0f}s "
+                        f"(tolerated up to {bound_s:.0f}s): {signal.detail}"
+                        for signal, elapsed_s, bound_s in verdict.tolerated
+                    ]
+                    if isinstance(verdict, Waiting)
+                    else []
+                )
                 if isinstance(verdict, Waiting):
                     for signal, _elapsed_s, bound_s in verdict.tolerated:
                         note(
@@ -542,9 +552,8 @@ def wait_ready(
             if deadline - now <= 0:
                 obj = group.cache[workload_spec].get(workload.name)
                 pods = [p for p in group.cache[pod_spec].values() if pod_filter(p)]
-                raise ReadinessTimeout(
-                    workload, timeout_s, _missing(workload, obj, pods, selector) or ["not synced"]
-                )
+                missing = _missing(workload, obj, pods, selector) or ["not synced"]
+                raise ReadinessTimeout(workload, timeout_s, missing + tolerated)
             message = group.next(max(wake_at - now, 0.0))
             if message is None:
                 continue
@@ -605,7 +614,10 @@ def _capture_crashes(
         captured.add(key)
         order = (True, False) if previous else (False, True)
         lines = _read_log_lines(api, namespace, str(meta.get("name")), container, order)
-        crash = Crash(str(meta.get("name")), container, exit_code, reason, tuple(lines))
+        # A pod deleted before its log was read leaves no lines: an earlier crash that has
+        # them explains the loop better than the latest that has none.
+        if lines or crash is None or not crash.log_lines:
+            crash = Crash(str(meta.get("name")), container, exit_code, reason, tuple(lines))
     return Incarnations(seen.uids, crash)
 
 
