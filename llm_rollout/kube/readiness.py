@@ -654,7 +654,9 @@ class _AutoscalerView:
 
 
 def _unscheduled(pod: Mapping[str, Any]) -> bool:
-    return not (pod.get("spec") or {}).get("nodeName")
+    """The scheduler found no node for it (not merely: not bound yet)."""
+    scheduled = _conditions(pod).get("PodScheduled") or {}
+    return str(scheduled.get("status")) == "False" and scheduled.get("reason") == "Unschedulable"
 
 
 def _missing(
