@@ -1076,6 +1076,18 @@ def load_spec(path: Path) -> ServiceSpec:
     return spec_from_dict(data)
 
 
+# How long readiness waits out a transient signal: how the flow watches, not what it deploys.
+READINESS_TOLERANCE_FIELDS = frozenset(
+    {
+        "image_pull_tolerance_s",
+        "mount_tolerance_s",
+        "node_not_ready_tolerance_s",
+        "scale_up_wait_s",
+        "crash_loop_group_recreations",
+    }
+)
+
+
 def spec_hash(spec: ServiceSpec) -> str:
     """SHA-256 hex digest of the spec's canonical JSON (sorted keys, defaults included).
 
@@ -1083,9 +1095,13 @@ def spec_hash(spec: ServiceSpec) -> str:
     the flow runs, not what is deployed, so moving the flow into the cluster does not make a
     new release. So is
     `rollout.lock_wait_s`: how long a run waits for another one changes nothing deployed, nor
+    do readiness's tolerances of transient signals (`READINESS_TOLERANCE_FIELDS`), nor
     `model.modelscope.allow_plain_http_hub`.
     """
-    excluded: dict[str, Any] = {"smoke": {"base_url", "via"}, "rollout": {"lock_wait_s"}}
+    excluded: dict[str, Any] = {
+        "smoke": {"base_url", "via"},
+        "rollout": {"lock_wait_s", *READINESS_TOLERANCE_FIELDS},
+    }
     if spec.model.modelscope is not None:
         # How the hub is reached, not what is deployed.
         excluded["model"] = {"modelscope": {"allow_plain_http_hub"}}

@@ -414,3 +414,19 @@ def test_same_service_in_two_namespaces_gets_two_persistent_volumes(
     assert first.pv_name != second.pv_name
     # Claims are namespaced, so their names may (and do) stay the same.
     assert first.pvc_name == second.pvc_name
+
+
+def test_readiness_tolerances_leave_the_spec_hash_alone(lws_dict: dict[str, Any]) -> None:
+    """How long readiness waits out a transient signal is not what is deployed: changing it
+    must not make a new release (nor turn the serving one into a stranger)."""
+    first = spec_hash(spec_from_dict(lws_dict))
+    lws_dict.setdefault("rollout", {}).update(
+        image_pull_tolerance_s=1,
+        mount_tolerance_s=2,
+        node_not_ready_tolerance_s=3,
+        scale_up_wait_s=4,
+        crash_loop_group_recreations=5,
+    )
+    assert spec_hash(spec_from_dict(lws_dict)) == first
+    lws_dict["rollout"]["ready_timeout_s"] = 601
+    assert spec_hash(spec_from_dict(lws_dict)) != first
