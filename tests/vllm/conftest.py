@@ -9,15 +9,15 @@ import pytest
 from tokenizers import Tokenizer
 
 from sandbox.vllm.engine import VllmEngine
-from sandbox.vllm.install import VENV_DIR, is_installed
+from sandbox.vllm.install import is_installed, venv_dir
 from sandbox.vllm.tiny_model import TinyModelInfo, generate_tiny_model
 
 
 def require_engine() -> None:
     """Fail (never skip): the test command installs the engine, so its absence is a defect."""
-    if not is_installed(VENV_DIR):
+    if not is_installed():
         pytest.fail(
-            f"the vLLM engine is not installed in {VENV_DIR}: run scripts/install-vllm",
+            f"the vLLM engine is not installed in {venv_dir()}: run scripts/install-vllm",
             pytrace=False,
         )
 
