@@ -24,7 +24,9 @@ import psutil
 from sandbox.vllm.install import is_installed, venv_dir, venv_python
 
 # Flags that work on this CPU (see the field notes): without an explicit KV cache size vLLM
-# sizes it from NUMA memory and fails; eager mode skips a long compile.
+# reserves --gpu-memory-utilization (0.92) of the NUMA node's memory and refuses to start when
+# less is free (still so with PyPI's CUDA torch on the polyglot machine); eager mode skips a
+# long compile.
 DEFAULT_MAX_MODEL_LEN = 512
 DEFAULT_KV_CACHE_BYTES = "64M"
 POLL_INTERVAL = 0.25

