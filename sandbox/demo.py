@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
 
     # Set before Prefect is first imported (by the CLI below): Prefect reads it once.
     os.environ.setdefault("PREFECT_HOME", str(PREFECT_HOME))
+    # `deploy` starts Prefect's ephemeral server, which must answer within 20 s by default
+    # (prefect/settings/models/server/ephemeral.py); on a busy 2-core machine it took longer.
+    # The tests allow the same 90 s (tests/conftest.py).
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
     with ExitStack() as stack:
