@@ -154,15 +154,14 @@ def _run_probe(venv: Path, script: str, *, timeout_s: float) -> dict[str, object
     python = venv_python(venv)
     if not python.exists():
         raise InstallError(f"{python} does not exist")
+    # Isolated (-I): no 'vllm' or 'torch' folder in the working directory and no PYTHONPATH
+    # of the caller's can shadow what the venv holds.
     result = subprocess.run(
-        [str(python), "-c", script],
+        [str(python), "-I", "-c", script],
         capture_output=True,
         text=True,
         timeout=timeout_s,
         check=False,
-        # A temporary directory, so that no 'vllm' or 'torch' folder in the caller's working
-        # directory shadows the installed packages.
-        cwd=tempfile.gettempdir(),
     )
     if result.returncode != 0:
         raise InstallError(f"probe of {venv} failed: {result.stderr.strip()[-2000:]}")

@@ -147,7 +147,7 @@ def _fake_python(venv: Path, imported: dict[str, object]) -> None:
     python.parent.mkdir(parents=True, exist_ok=True)
     python.write_text(
         "#!/bin/sh\n"
-        'case "$2" in\n'
+        'case "$*" in\n'
         f"  *import_kernels*) echo '{json.dumps(imported)}' ;;\n"
         f"  *) echo '{json.dumps(metadata)}' ;;\n"
         "esac\n"
