@@ -1,0 +1,489 @@
+"""Start a real Kubernetes control plane as plain processes: etcd, kube-apiserver,
+kube-controller-manager, kube-scheduler, the KubeRay operator, and our node agent.
+
+The binaries come from ``build.py``. Everything listens inside the test run's own network
+namespace (``netns.py``): the API server advertises an address of the namespace's private
+prefix, so that the real API server later proxies to pods whose IPs are in that prefix
+(it refuses 127.0.0.0/8: ``IsProxyableIP`` in k8s.io/kubernetes ``pkg/proxy/util``).
+
+Flags follow what kubeadm and kwokctl's binary runtime pass (kwok
+``pkg/kwokctl/components/{etcd,kube_apiserver,kube_controller_manager,kube_scheduler}.go``),
+trimmed to what a test run needs: no leader election, etcd without fsync on tmpfs, node
+lifecycle timings shortened by flags, not by code.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from sandbox.cluster import build, netns
+from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
+from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
+from sandbox.cluster.processes import Supervisor, http_ok
+
+APISERVER_PORT = 6443
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
+KCM_PORT = 10257
+SCHEDULER_PORT = 10259
+KUBERAY_METRICS_PORT = 18080
+KUBERAY_PROBE_PORT = 18082
+HARNESS_MANAGER = "llm-rollout-harness"
+KUBERAY_USER = "kuberay-operator"
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """What varies between the session cluster and the few short-lived ones."""
+
+    nodes: tuple[NodeSpec, ...]
+    service_cidr: str = "10.96.0.0/16"
+    # Node CIDRs are carved from here (kube-controller-manager's nodeipam); pods will take
+    # their IPs from their node's range.
+    cluster_cidr: str = "10.244.0.0/17"
+    # kube-controller-manager's defaults are 5 s and 50 s; a lost node is noticed in seconds.
+    node_monitor_period_s: int = 2
+    node_monitor_grace_period_s: int = 16
+    # The API server's DefaultTolerationSeconds admission: upstream's 300 s unless a test
+    # asks for a shorter eviction of a lost node's pods.
+    not_ready_toleration_s: int = 300
+    with_kuberay: bool = True
+    ready_timeout_s: float = 120.0
+
+
+@dataclass
+class Cluster:
+    """A running cluster and how to reach it as an administrator."""
+
+    run_dir: Path
+    pki: ClusterPki
+    admin_kubeconfig: Path
+    supervisor: Supervisor
+    advertise_ip: str
+    binaries: Path
+    ready_s: dict[str, float] = field(default_factory=dict)
+
+    def api_client(self) -> k8s.ApiClient:
+        return k8s_config.new_client_from_config(config_file=str(self.admin_kubeconfig))
+
+    def rss_mb(self) -> dict[str, float]:
+        return {c.name: round(c.rss_mb(), 1) for c in self.supervisor.components}
+
+    def tails(self) -> str:
+        return self.supervisor.tails()
+
+    def kubeconfig_for(self, name: str, pair: CertPair) -> Path:
+        """A kubeconfig presenting ``pair`` (a client certificate from ``self.pki``)."""
+        return _write_kubeconfig(self.run_dir / "kubeconfigs" / f"{name}.yaml", self.pki, pair)
+
+    def token_kubeconfig(self, name: str, token: str) -> Path:
+        """A kubeconfig presenting a bearer token (a ServiceAccount's)."""
+        path = self.run_dir / "kubeconfigs" / f"{name}.yaml"
+        cluster = _kubeconfig_cluster(self.pki)
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": "test", "user": name}}],
+            "current-context": name,
+        }
+        path.write_text(yaml.safe_dump(doc))
+        path.chmod(0o600)
+        return path
+
+
+def _kubeconfig_cluster(pki: ClusterPki) -> dict[str, object]:
+    return {
+        "name": "test",
+        "cluster": {
+            "server": f"https://127.0.0.1:{APISERVER_PORT}",
+            "certificate-authority": str(pki.ca.cert),
+        },
+    }
+
+
+def _write_kubeconfig(path: Path, pki: ClusterPki, pair: CertPair) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [_kubeconfig_cluster(pki)],
+        "users": [
+            {
+                "name": path.stem,
+                "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
+            }
+        ],
+        "contexts": [{"name": path.stem, "context": {"cluster": "test", "user": path.stem}}],
+        "current-context": path.stem,
+    }
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _run_dir_parent() -> Path:
+    # etcd's data and the logs on tmpfs when there is one: --unsafe-no-fsync already skips
+    # the syncs, tmpfs also spares the shared disk.
+    shm = Path("/dev/shm")  # noqa: S108 - a private mkdtemp inside it, not a fixed name
+    return shm if shm.is_dir() else Path(tempfile.gettempdir())
+
+
+def _client_tls(pki: ClusterPki) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    context.load_cert_chain(str(pki.admin.cert), str(pki.admin.key))
+    return context
+
+
+def _insecure_tls() -> ssl.SSLContext:
+    # kube-controller-manager and kube-scheduler serve /healthz with a self-signed certificate
+    # they make at start; only reachability is probed there.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+APPLY = "application/apply-patch+yaml"
+
+
+def apply_documents(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
+    """Server-side apply (large CRDs would overflow client-side apply's annotation)."""
+    ext = k8s.ApiextensionsV1Api(api)
+    rbac = k8s.RbacAuthorizationV1Api(api)
+    appliers = {
+        "CustomResourceDefinition": ext.patch_custom_resource_definition,
+        "ClusterRole": rbac.patch_cluster_role,
+        "ClusterRoleBinding": rbac.patch_cluster_role_binding,
+    }
+    for doc in docs:
+        kind = doc["kind"]
+        if kind not in appliers:
+            raise ValueError(f"the harness does not apply kind {kind!r}")
+        appliers[kind](
+            doc["metadata"]["name"],
+            doc,
+            field_manager=HARNESS_MANAGER,
+            force=True,
+            _content_type=APPLY,
+        )
+
+
+def _wait_crds_established(api: k8s.ApiClient, names: list[str], timeout_s: float) -> None:
+    ext = k8s.ApiextensionsV1Api(api)
+    deadline = time.monotonic() + timeout_s
+    pending = set(names)
+    while pending:
+        for name in sorted(pending):
+            crd = ext.read_custom_resource_definition(name)
+            conditions = crd.status.conditions or []
+            if any(c.type == "Established" and c.status == "True" for c in conditions):
+                pending.discard(name)
+        if pending and time.monotonic() > deadline:
+            raise TimeoutError(f"CRDs not Established after {timeout_s:.0f} s: {sorted(pending)}")
+        if pending:
+            time.sleep(0.2)
+
+
+def _load_yaml_docs(paths: list[Path]) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in paths:
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+class _Starter:
+    """The start sequence: each step launches a component and waits on its real endpoint
+    (steps returning a callable leave that wait to the caller, to overlap starts)."""
+
+    def __init__(self, config: ClusterConfig, binaries: Path, run_dir: Path) -> None:
+        self.config = config
+        self.binaries = binaries
+        self.run_dir = run_dir
+        self.supervisor = Supervisor(log_dir=run_dir / "logs")
+        self.advertise_ip = netns.ADVERTISE_IP
+        service_ip = netns.first_service_ip(config.service_cidr)
+        self.pki = make_pki(run_dir / "pki", advertise_ip=self.advertise_ip, service_ip=service_ip)
+        self.kube = binaries / "bin" / "kube"
+        self.ready_s: dict[str, float] = {}
+
+    @staticmethod
+    def _kube_argv(command: str) -> list[str]:
+        # The one `kube` binary dispatches on its first argument; argv[0] is the command's own
+        # name too, because client-go derives the user agent, and so the field manager that
+        # managedFields record, from argv[0] (rest.DefaultUserAgent): "kube-scheduler", not
+        # "kube".
+        return [command, command]
+
+    def etcd(self) -> None:
+        peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
+        client = f"http://127.0.0.1:{ETCD_CLIENT_PORT}"
+        component = self.supervisor.start(
+            "etcd",
+            [
+                str(self.binaries / "bin" / "etcd"),
+                "--name=node0",
+                f"--data-dir={self.run_dir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=node0={peer}",
+                "--unsafe-no-fsync=true",
+                "--auto-compaction-retention=1",
+                "--log-level=warn",
+            ],
+        )
+        self.ready_s["etcd"] = self.supervisor.wait_ready(
+            component,
+            lambda: http_ok(f"{client}/readyz"),
+            timeout_s=self.config.ready_timeout_s,
+        )
+
+    def apiserver(self) -> None:
+        pki = self.pki
+        component = self.supervisor.start(
+            "kube-apiserver",
+            [
+                *self._kube_argv("kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+                "--bind-address=0.0.0.0",
+                f"--secure-port={APISERVER_PORT}",
+                f"--advertise-address={self.advertise_ip}",
+                f"--tls-cert-file={pki.apiserver.cert}",
+                f"--tls-private-key-file={pki.apiserver.key}",
+                f"--client-ca-file={pki.ca.cert}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--service-cluster-ip-range={self.config.service_cidr}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki.service_account_public_key}",
+                f"--service-account-signing-key-file={pki.service_account_key}",
+                f"--default-not-ready-toleration-seconds={self.config.not_ready_toleration_s}",
+                f"--default-unreachable-toleration-seconds={self.config.not_ready_toleration_s}",
+                f"--requestheader-client-ca-file={pki.front_proxy_ca.cert}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
+                f"--proxy-client-key-file={pki.front_proxy_client.key}",
+                "--allow-privileged=true",
+                "--profiling=false",
+            ],
+            executable=self.kube,
+        )
+        context = _client_tls(pki)
+        self.ready_s["kube-apiserver"] = self.supervisor.wait_ready(
+            component,
+            lambda: http_ok(f"https://127.0.0.1:{APISERVER_PORT}/readyz", context=context),
+            timeout_s=self.config.ready_timeout_s,
+        )
+
+    def _secure_component(
+        self, name: str, port: int, kubeconfig: Path, extra: list[str]
+    ) -> Callable[[], None]:
+        component = self.supervisor.start(
+            name,
+            [
+                *self._kube_argv(name),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                "--leader-elect=false",
+                *extra,
+            ],
+            executable=self.kube,
+        )
+        context = _insecure_tls()
+
+        def wait() -> None:
+            self.ready_s[name] = self.supervisor.wait_ready(
+                component,
+                lambda: http_ok(f"https://127.0.0.1:{port}/healthz", context=context),
+                timeout_s=self.config.ready_timeout_s,
+            )
+
+        return wait
+
+    def controller_manager(self) -> Callable[[], None]:
+        kubeconfig = _write_kubeconfig(
+            self.run_dir / "kubeconfigs" / "controller-manager.yaml",
+            self.pki,
+            self.pki.controller_manager,
+        )
+        return self._secure_component(
+            "kube-controller-manager",
+            KCM_PORT,
+            kubeconfig,
+            [
+                # Each controller acts as its own ServiceAccount, as on a kubeadm cluster,
+                # so managedFields and audit name it.
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={self.pki.service_account_key}",
+                f"--root-ca-file={self.pki.ca.cert}",
+                "--allocate-node-cidrs=true",
+                f"--cluster-cidr={self.config.cluster_cidr}",
+                "--node-cidr-mask-size=24",
+                f"--service-cluster-ip-range={self.config.service_cidr}",
+                f"--node-monitor-period={self.config.node_monitor_period_s}s",
+                f"--node-monitor-grace-period={self.config.node_monitor_grace_period_s}s",
+            ],
+        )
+
+    def scheduler(self) -> Callable[[], None]:
+        kubeconfig = _write_kubeconfig(
+            self.run_dir / "kubeconfigs" / "scheduler.yaml", self.pki, self.pki.scheduler
+        )
+        return self._secure_component("kube-scheduler", SCHEDULER_PORT, kubeconfig, [])
+
+    def kuberay_objects(self, api: k8s.ApiClient) -> list[str]:
+        """Apply KubeRay's CRDs and its ClusterRole; return the CRDs' names."""
+        crds = sorted((self.binaries / "crds" / "ray-operator").glob("*.yaml"))
+        crd_docs = _load_yaml_docs(crds)
+        apply_documents(api, crd_docs)
+        # Upstream's ClusterRole for the operator (config/rbac/role.yaml of the pinned module),
+        # bound to the identity of its client certificate.
+        role_docs = _load_yaml_docs(sorted((self.binaries / "rbac" / "ray-operator").glob("*")))
+        apply_documents(api, role_docs)
+        role_names = [str(d["metadata"]["name"]) for d in role_docs]
+        apply_documents(
+            api,
+            [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": f"{KUBERAY_USER}-{role}"},
+                    "roleRef": {
+                        "apiGroup": "rbac.authorization.k8s.io",
+                        "kind": "ClusterRole",
+                        "name": role,
+                    },
+                    "subjects": [
+                        {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "User",
+                            "name": KUBERAY_USER,
+                        }
+                    ],
+                }
+                for role in role_names
+            ],
+        )
+        return [str(d["metadata"]["name"]) for d in crd_docs]
+
+    def kuberay_operator(self, api: k8s.ApiClient, crd_names: list[str]) -> None:
+        _wait_crds_established(api, crd_names, self.config.ready_timeout_s)
+        kubeconfig = _write_kubeconfig(
+            self.run_dir / "kubeconfigs" / "kuberay-operator.yaml",
+            self.pki,
+            self.pki.client(KUBERAY_USER),
+        )
+        component = self.supervisor.start(
+            "ray-operator",
+            [
+                str(self.binaries / "bin" / "ray-operator"),
+                f"--kubeconfig={kubeconfig}",
+                "--enable-leader-election=false",
+                f"--metrics-addr=127.0.0.1:{KUBERAY_METRICS_PORT}",
+                f"--health-probe-bind-address=127.0.0.1:{KUBERAY_PROBE_PORT}",
+                "--log-stdout-encoder=console",
+            ],
+        )
+        self.ready_s["ray-operator"] = self.supervisor.wait_ready(
+            component,
+            lambda: http_ok(f"http://127.0.0.1:{KUBERAY_PROBE_PORT}/readyz"),
+            timeout_s=self.config.ready_timeout_s,
+        )
+
+    def node_agent(self, api: k8s.ApiClient) -> Callable[[], None]:
+        kubeconfigs = {
+            node.name: _write_kubeconfig(
+                self.run_dir / "kubeconfigs" / f"node-{node.name}.yaml",
+                self.pki,
+                self.pki.node_client(node.name),
+            )
+            for node in self.config.nodes
+        }
+        config_path = write_agent_config(
+            self.run_dir / "node-agent.json", self.config.nodes, kubeconfigs
+        )
+        component = self.supervisor.start("node-agent", agent_argv(config_path))
+        core = k8s.CoreV1Api(api)
+        names = {node.name for node in self.config.nodes}
+
+        def all_ready() -> bool:
+            ready = set()
+            for node in core.list_node().items:
+                conditions = node.status.conditions or []
+                if any(c.type == "Ready" and c.status == "True" for c in conditions):
+                    # Schedulable only once the node-lifecycle controller has lifted the
+                    # not-ready taint that admission put on the new Node.
+                    taints = node.spec.taints or []
+                    if not any(t.key == "node.kubernetes.io/not-ready" for t in taints):
+                        ready.add(node.metadata.name)
+            return names <= ready
+
+        def wait() -> None:
+            self.ready_s["node-agent"] = self.supervisor.wait_ready(
+                component, all_ready, timeout_s=self.config.ready_timeout_s
+            )
+
+        return wait
+
+
+def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Cluster:
+    """Start every component in order and return once each answers on its real endpoint."""
+    netns.require_private_namespace()
+    binaries = build.binaries_dir() if binaries is None else binaries
+    run_dir = Path(tempfile.mkdtemp(prefix="llm-rollout-cluster-", dir=_run_dir_parent()))
+    starter = _Starter(config, binaries, run_dir)
+    admin_kubeconfig = _write_kubeconfig(
+        run_dir / "kubeconfigs" / "admin.yaml", starter.pki, starter.pki.admin
+    )
+    cluster = Cluster(
+        run_dir=run_dir,
+        pki=starter.pki,
+        admin_kubeconfig=admin_kubeconfig,
+        supervisor=starter.supervisor,
+        advertise_ip=starter.advertise_ip,
+        binaries=binaries,
+        ready_s=starter.ready_s,
+    )
+    started = time.monotonic()
+    try:
+        starter.etcd()
+        starter.apiserver()
+        api = cluster.api_client()
+        # The rest start side by side; KubeRay's CRDs (about 1 MB each) are applied while
+        # they come up, and the operator starts once the API server has established them.
+        waits = [starter.controller_manager(), starter.scheduler(), starter.node_agent(api)]
+        crd_names = starter.kuberay_objects(api) if config.with_kuberay else []
+        for wait in waits:
+            wait()
+        if config.with_kuberay:
+            starter.kuberay_operator(api, crd_names)
+    except BaseException:
+        starter.supervisor.stop_all()
+        raise
+    starter.ready_s["total"] = time.monotonic() - started
+    return cluster
+
+
+def stop_cluster(cluster: Cluster, *, keep_run_dir: bool = False) -> None:
+    cluster.supervisor.stop_all()
+    if not keep_run_dir:
+        shutil.rmtree(cluster.run_dir, ignore_errors=True)

@@ -1,0 +1,278 @@
+"""A minimal node agent: registers GPU Nodes with the real API server and keeps them Ready.
+
+It stands in for kubelets (there is no container runtime here), as a client of the real API
+server and nothing else, and does for each node what the kubelet's node-status and
+node-lease code does (k8s.io/kubernetes ``pkg/kubelet/kubelet_node_status.go``,
+``pkg/kubelet/nodelease`` via k8s.io/component-helpers ``apimachinery/lease/controller.go``):
+create the Node, report its capacity (here ``nvidia.com/gpu`` as a device plugin would) and
+its conditions, and renew its Lease in ``kube-node-lease``. Each node acts with a client
+certificate of its own (``system:node:<name>`` in ``system:nodes``), so the API server's Node
+authorizer and NodeRestriction admission judge its writes as they judge a kubelet's.
+
+Running pods (issue 15) plugs in per node: a :class:`NodeHandle` carries the node's own API
+client, which the Node authorizer lets read the pods bound to that node and write their status
+and nothing else, so a pod runner gets one handle per node and the identities stay right.
+
+Run as its own process (``python -m sandbox.cluster.node_agent CONFIG``), started and stopped by
+the harness like the other components, logging to its own file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import signal
+import sys
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.client.exceptions import ApiException
+
+FIELD_MANAGER = "llm-rollout-node-agent"
+LEASE_NAMESPACE = "kube-node-lease"
+# What the kubelet reports and uses by default (KubeletConfiguration nodeLeaseDurationSeconds).
+LEASE_DURATION_S = 40
+KUBELET_VERSION = "v1.36.3"
+
+log = logging.getLogger("node-agent")
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node: its name, address and what it offers the scheduler."""
+
+    name: str
+    internal_ip: str
+    gpus: int = 8
+    cpu: str = "64"
+    memory: str = "512Gi"
+    pods: int = 110
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def _micro_time(now: datetime.datetime) -> str:
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _conditions(now: str) -> list[dict[str, str]]:
+    healthy = [
+        ("MemoryPressure", "KubeletHasSufficientMemory"),
+        ("DiskPressure", "KubeletHasNoDiskPressure"),
+        ("PIDPressure", "KubeletHasSufficientPID"),
+    ]
+    conditions = [
+        {
+            "type": kind,
+            "status": "False",
+            "reason": reason,
+            "message": "node agent reports no pressure",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        for kind, reason in healthy
+    ]
+    conditions.append(
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "message": "node agent is posting ready status",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+    )
+    return conditions
+
+
+def node_status(spec: NodeSpec, now: datetime.datetime) -> dict[str, object]:
+    """The status a kubelet with the node's devices would post."""
+    resources = {
+        "cpu": spec.cpu,
+        "memory": spec.memory,
+        "pods": str(spec.pods),
+        "ephemeral-storage": "1Ti",
+        "nvidia.com/gpu": str(spec.gpus),
+    }
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "capacity": resources,
+        "allocatable": resources,
+        "conditions": _conditions(stamp),
+        "addresses": [
+            {"type": "InternalIP", "address": spec.internal_ip},
+            {"type": "Hostname", "address": spec.name},
+        ],
+        "nodeInfo": {
+            "kubeletVersion": KUBELET_VERSION,
+            "kubeProxyVersion": "",
+            "containerRuntimeVersion": "llm-rollout-node-agent://0",
+            "operatingSystem": "linux",
+            "architecture": "amd64",
+            "osImage": "llm-rollout sandbox",
+            "kernelVersion": "",
+            "machineID": spec.name,
+            "systemUUID": spec.name,
+            "bootID": spec.name,
+        },
+    }
+
+
+@dataclass
+class NodeHandle:
+    """One node, acting with its own identity."""
+
+    spec: NodeSpec
+    api: k8s.ApiClient
+
+    def register(self) -> None:
+        core = k8s.CoreV1Api(self.api)
+        labels = {
+            "kubernetes.io/hostname": self.spec.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            **self.spec.labels,
+        }
+        try:
+            core.create_node(
+                {"metadata": {"name": self.spec.name, "labels": labels}},
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as exc:
+            # A restarted agent finds its Node, as a restarted kubelet does.
+            if exc.status != 409:
+                raise
+        self.post_status()
+        self._create_lease(core.read_node(self.spec.name).metadata.uid)
+        log.info("registered node %s", self.spec.name)
+
+    def post_status(self) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        k8s.CoreV1Api(self.api).patch_node_status(
+            self.spec.name, {"status": node_status(self.spec, now)}, field_manager=FIELD_MANAGER
+        )
+
+    def _create_lease(self, node_uid: str) -> None:
+        now = _micro_time(datetime.datetime.now(datetime.UTC))
+        body = {
+            "metadata": {
+                "name": self.spec.name,
+                "namespace": LEASE_NAMESPACE,
+                # As the kubelet does, so the Lease goes with its Node.
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": self.spec.name, "uid": node_uid}
+                ],
+            },
+            "spec": {
+                "holderIdentity": self.spec.name,
+                "leaseDurationSeconds": LEASE_DURATION_S,
+                "renewTime": now,
+            },
+        }
+        try:
+            k8s.CoordinationV1Api(self.api).create_namespaced_lease(
+                LEASE_NAMESPACE, body, field_manager=FIELD_MANAGER
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.renew_lease()
+
+    def renew_lease(self) -> None:
+        now = _micro_time(datetime.datetime.now(datetime.UTC))
+        k8s.CoordinationV1Api(self.api).patch_namespaced_lease(
+            self.spec.name,
+            LEASE_NAMESPACE,
+            {"spec": {"renewTime": now, "holderIdentity": self.spec.name}},
+            field_manager=FIELD_MANAGER,
+        )
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    nodes: list[tuple[NodeSpec, Path]]
+    lease_renew_s: float
+    status_every_s: float
+
+
+def write_agent_config(
+    path: Path,
+    nodes: tuple[NodeSpec, ...],
+    kubeconfigs: dict[str, Path],
+    *,
+    lease_renew_s: float = 4.0,
+    status_every_s: float = 30.0,
+) -> Path:
+    """The agent's configuration file: each node with the kubeconfig of its identity."""
+    doc = {
+        "lease_renew_s": lease_renew_s,
+        "status_every_s": status_every_s,
+        "nodes": [
+            {"spec": asdict(node), "kubeconfig": str(kubeconfigs[node.name])} for node in nodes
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+def read_agent_config(path: Path) -> AgentConfig:
+    doc = json.loads(path.read_text())
+    return AgentConfig(
+        nodes=[(NodeSpec(**n["spec"]), Path(n["kubeconfig"])) for n in doc["nodes"]],
+        lease_renew_s=float(doc["lease_renew_s"]),
+        status_every_s=float(doc["status_every_s"]),
+    )
+
+
+def agent_argv(config_path: Path) -> list[str]:
+    return [sys.executable, "-m", "sandbox.cluster.node_agent", str(config_path)]
+
+
+def run(config: AgentConfig, stop: threading.Event) -> None:
+    handles = [
+        NodeHandle(spec, k8s_config.new_client_from_config(config_file=str(kubeconfig)))
+        for spec, kubeconfig in config.nodes
+    ]
+    for handle in handles:
+        handle.register()
+    ticks_per_status = max(1, round(config.status_every_s / config.lease_renew_s))
+    tick = 0
+    # The renewal period, not a sleep standing in for a wait: the kubelet renews on a timer too.
+    while not stop.wait(config.lease_renew_s):
+        tick += 1
+        for handle in handles:
+            try:
+                handle.renew_lease()
+                if tick % ticks_per_status == 0:
+                    handle.post_status()
+            except ApiException as exc:
+                # A missed renewal is what a flaky kubelet does; the next tick retries, and
+                # the node-lifecycle controller judges the gap.
+                log.warning(
+                    "heartbeat of %s failed: %s %s", handle.spec.name, exc.status, exc.reason
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="register GPU nodes and keep them Ready")
+    parser.add_argument("config", type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    run(read_agent_config(args.config), stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""One real cluster for the whole session, started inside the run's own network namespace.
+
+Its start is outside every test's timeout: each test here is timed on its body alone
+(``func_only``), while the start has its own bound per component (``ready_timeout_s``).
+Measured on the 2-core machine: the whole start takes about 15 s, kube-apiserver's /readyz
+most of it (see ``CLUSTER_FIGURES`` in the terminal summary of each run).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+
+from sandbox.cluster import netns
+from sandbox.cluster.control_plane import Cluster, ClusterConfig, start_cluster, stop_cluster
+from sandbox.cluster.node_agent import NodeSpec
+from sandbox.cluster.processes import ComponentFailed
+
+# A test's own work on the running cluster (create, watch controllers act) takes seconds; the
+# bound leaves room for a loaded 2-core machine.
+TEST_TIMEOUT_S = 90
+CLUSTER_DIR = Path(__file__).resolve().parent
+
+NODES = (
+    NodeSpec(
+        name="gpu-node-0",
+        internal_ip="10.244.254.1",
+        gpus=8,
+        labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    ),
+    NodeSpec(
+        name="gpu-node-1",
+        internal_ip="10.244.254.2",
+        gpus=8,
+        labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    ),
+)
+
+_figures: dict[str, object] = {}
+_session_cluster: list[Cluster] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if CLUSTER_DIR in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, func_only=True))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed and _session_cluster and CLUSTER_DIR in Path(str(item.fspath)).parents:
+        report.sections.append(("cluster component logs", _session_cluster[0].tails()))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _figures:
+        terminalreporter.write_line(f"CLUSTER_FIGURES {json.dumps(_figures, sort_keys=True)}")
+
+
+def _route_snapshot() -> tuple[list[tuple[str, str]], list[str]]:
+    v4 = [(iface, str(dest)) for iface, dest in netns.ipv4_routes("1")]
+    return v4, netns.ipv6_route_lines("1")
+
+
+@pytest.fixture(scope="session")
+def root_routes_before() -> tuple[list[tuple[str, str]], list[str]]:
+    """The root namespace's routes before the cluster starts."""
+    return _route_snapshot()
+
+
+@pytest.fixture(scope="session")
+def cluster(root_routes_before: object) -> Iterator[Cluster]:
+    try:
+        started = start_cluster(ClusterConfig(nodes=NODES))
+    except (ComponentFailed, netns.NotInPrivateNamespace, FileNotFoundError) as exc:
+        pytest.fail(str(exc), pytrace=False)
+    _session_cluster.append(started)
+    _figures["ready_s"] = {k: round(v, 2) for k, v in started.ready_s.items()}
+    yield started
+    _figures["rss_mb_at_end"] = started.rss_mb()
+    _session_cluster.clear()
+    stop_cluster(started)
+
+
+@pytest.fixture(scope="session")
+def gpu_nodes() -> tuple[NodeSpec, ...]:
+    return NODES
+
+
+@pytest.fixture(scope="session")
+def admin(cluster: Cluster) -> k8s.ApiClient:
+    return cluster.api_client()
+
+
+@pytest.fixture
+def namespace(admin: k8s.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = k8s.CoreV1Api(admin)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
