@@ -2,8 +2,10 @@
 
 Its start is outside every test's timeout: each test here is timed on its body alone
 (``func_only``), while the start has its own bound per component (``ready_timeout_s``).
-Measured on the 2-core machine: the whole start takes about 15 s, kube-apiserver's /readyz
-most of it (see ``CLUSTER_FIGURES`` in the terminal summary of each run).
+Measured on the shared 2-core machine: 48-57 s in all at load average 10-13, 115 s at 16;
+kube-apiserver's /readyz takes 4-8 s of it and KubeRay's three ~1 MB CRDs most of the rest
+(applied in ~10 s, Established ~16 s later at load 12); 11 s without KubeRay. Each run prints
+its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from sandbox.cluster.control_plane import Cluster, ClusterConfig, start_cluster,
 from sandbox.cluster.node_agent import NodeSpec
 from sandbox.cluster.processes import ComponentFailed
 
-# A test's own work on the running cluster (create, watch controllers act) takes seconds; the
-# bound leaves room for a loaded 2-core machine.
+# A test's own work on the running cluster (create, watch controllers act) took at most 4.3 s
+# at load average 16 (--durations); the bound leaves room for worse.
 TEST_TIMEOUT_S = 90
 CLUSTER_DIR = Path(__file__).resolve().parent
 
