@@ -488,7 +488,9 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
         if config.with_kuberay:
             starter.kuberay_operator(api, crd_names)
     except BaseException:
-        starter.supervisor.stop_all()
+        # A component's failure carries its log's tail in the exception; nothing else in the
+        # run directory is worth keeping on the shared tmpfs.
+        stop_cluster(cluster)
         raise
     starter.ready_s["total"] = time.monotonic() - started
     return cluster

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -138,19 +137,25 @@ class Supervisor:
             component.check_alive()
 
     def stop_all(self, grace_s: float = 10.0) -> None:
+        """Stop every component, newest first; raise if any process of theirs is left."""
         for component in reversed(self.components):
             component.stop(grace_s)
+        left = [c.name for c in self.components if _group_alive(c.process.pid)]
+        if left:
+            raise ComponentFailed(f"processes left running after stop: {left}")
 
     def tails(self) -> str:
         return "\n\n".join(f"==> {c.log} <==\n{log_tail(c.log)}" for c in self.components)
 
 
-def port_open(host: str, port: int) -> bool:
+def _group_alive(pgid: int) -> bool:
+    # Each component leads its own process group (start_new_session), so this asks whether
+    # it or anything it started is still running.
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
         return False
+    return True
 
 
 def http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
