@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +33,26 @@ from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
 from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
 from sandbox.cluster.processes import Supervisor, http_ok
 
-APISERVER_PORT = 6443
-ETCD_CLIENT_PORT = 2379
-ETCD_PEER_PORT = 2380
-KCM_PORT = 10257
-SCHEDULER_PORT = 10259
-KUBERAY_METRICS_PORT = 18080
-KUBERAY_PROBE_PORT = 18082
 HARNESS_MANAGER = "llm-rollout-harness"
 KUBERAY_USER = "kuberay-operator"
+
+
+@dataclass(frozen=True)
+class ClusterPorts:
+    """Where a cluster's components listen on 127.0.0.1 inside the namespace; a second
+    cluster in the same namespace (the short-lived variants of issue 14, item 5) takes
+    ``shifted(n)``."""
+
+    apiserver: int = 6443
+    etcd_client: int = 2379
+    etcd_peer: int = 2380
+    controller_manager: int = 10257
+    scheduler: int = 10259
+    kuberay_metrics: int = 18080
+    kuberay_probe: int = 18082
+
+    def shifted(self, offset: int) -> ClusterPorts:
+        return ClusterPorts(*(getattr(self, f.name) + offset for f in fields(self)))
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,7 @@ class ClusterConfig:
     # asks for a shorter eviction of a lost node's pods.
     not_ready_toleration_s: int = 300
     with_kuberay: bool = True
+    ports: ClusterPorts = ClusterPorts()
     # Per component. The whole start took 11-115 s on the shared 2-core machine depending on its
     # load (tests/cluster/conftest.py); a bound, not an expectation.
     ready_timeout_s: float = 240.0
@@ -75,6 +87,7 @@ class Cluster:
     supervisor: Supervisor
     advertise_ip: str
     binaries: Path
+    api_url: str
     ready_s: dict[str, float] = field(default_factory=dict)
 
     def api_client(self) -> k8s.ApiClient:
@@ -88,47 +101,40 @@ class Cluster:
 
     def kubeconfig_for(self, name: str, pair: CertPair) -> Path:
         """A kubeconfig presenting ``pair`` (a client certificate from ``self.pki``)."""
-        return _write_kubeconfig(self.run_dir / "kubeconfigs" / f"{name}.yaml", self.pki, pair)
+        return _cert_kubeconfig(self.run_dir, self.pki, self.api_url, name, pair)
 
     def token_kubeconfig(self, name: str, token: str) -> Path:
         """A kubeconfig presenting a bearer token (a ServiceAccount's)."""
-        path = self.run_dir / "kubeconfigs" / f"{name}.yaml"
-        cluster = _kubeconfig_cluster(self.pki)
-        doc = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [cluster],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": {"cluster": "test", "user": name}}],
-            "current-context": name,
-        }
-        path.write_text(yaml.safe_dump(doc))
+        path = _write_kubeconfig(
+            self.run_dir / "kubeconfigs" / f"{name}.yaml", self.pki, self.api_url, {"token": token}
+        )
         path.chmod(0o600)
         return path
 
 
-def _kubeconfig_cluster(pki: ClusterPki) -> dict[str, object]:
-    return {
-        "name": "test",
-        "cluster": {
-            "server": f"https://127.0.0.1:{APISERVER_PORT}",
-            "certificate-authority": str(pki.ca.cert),
-        },
-    }
+def _cert_kubeconfig(
+    run_dir: Path, pki: ClusterPki, api_url: str, name: str, pair: CertPair
+) -> Path:
+    return _write_kubeconfig(
+        run_dir / "kubeconfigs" / f"{name}.yaml",
+        pki,
+        api_url,
+        {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
+    )
 
 
-def _write_kubeconfig(path: Path, pki: ClusterPki, pair: CertPair) -> Path:
+def _write_kubeconfig(path: Path, pki: ClusterPki, server: str, user: dict[str, str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [_kubeconfig_cluster(pki)],
-        "users": [
+        "clusters": [
             {
-                "name": path.stem,
-                "user": {"client-certificate": str(pair.cert), "client-key": str(pair.key)},
+                "name": "test",
+                "cluster": {"server": server, "certificate-authority": str(pki.ca.cert)},
             }
         ],
+        "users": [{"name": path.stem, "user": user}],
         "contexts": [{"name": path.stem, "context": {"cluster": "test", "user": path.stem}}],
         "current-context": path.stem,
     }
@@ -219,7 +225,12 @@ class _Starter:
         service_ip = netns.first_service_ip(config.service_cidr)
         self.pki = make_pki(run_dir / "pki", advertise_ip=self.advertise_ip, service_ip=service_ip)
         self.kube = binaries / "bin" / "kube"
+        self.ports = config.ports
+        self.api_url = f"https://127.0.0.1:{self.ports.apiserver}"
         self.ready_s: dict[str, float] = {}
+
+    def _kubeconfig(self, name: str, pair: CertPair) -> Path:
+        return _cert_kubeconfig(self.run_dir, self.pki, self.api_url, name, pair)
 
     @staticmethod
     def _kube_argv(command: str) -> list[str]:
@@ -230,8 +241,8 @@ class _Starter:
         return [command, command]
 
     def etcd(self) -> None:
-        peer = f"http://127.0.0.1:{ETCD_PEER_PORT}"
-        client = f"http://127.0.0.1:{ETCD_CLIENT_PORT}"
+        peer = f"http://127.0.0.1:{self.ports.etcd_peer}"
+        client = f"http://127.0.0.1:{self.ports.etcd_client}"
         component = self.supervisor.start(
             "etcd",
             [
@@ -260,9 +271,9 @@ class _Starter:
             "kube-apiserver",
             [
                 *self._kube_argv("kube-apiserver"),
-                f"--etcd-servers=http://127.0.0.1:{ETCD_CLIENT_PORT}",
+                f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
                 "--bind-address=0.0.0.0",
-                f"--secure-port={APISERVER_PORT}",
+                f"--secure-port={self.ports.apiserver}",
                 f"--advertise-address={self.advertise_ip}",
                 f"--tls-cert-file={pki.apiserver.cert}",
                 f"--tls-private-key-file={pki.apiserver.key}",
@@ -290,7 +301,7 @@ class _Starter:
         context = _client_tls(pki)
         self.ready_s["kube-apiserver"] = self.supervisor.wait_ready(
             component,
-            lambda: http_ok(f"https://127.0.0.1:{APISERVER_PORT}/readyz", context=context),
+            lambda: http_ok(f"{self.api_url}/readyz", context=context),
             timeout_s=self.config.ready_timeout_s,
         )
 
@@ -323,14 +334,10 @@ class _Starter:
         return wait
 
     def controller_manager(self) -> Callable[[], None]:
-        kubeconfig = _write_kubeconfig(
-            self.run_dir / "kubeconfigs" / "controller-manager.yaml",
-            self.pki,
-            self.pki.controller_manager,
-        )
+        kubeconfig = self._kubeconfig("controller-manager", self.pki.controller_manager)
         return self._secure_component(
             "kube-controller-manager",
-            KCM_PORT,
+            self.ports.controller_manager,
             kubeconfig,
             [
                 # Each controller acts as its own ServiceAccount, as on a kubeadm cluster,
@@ -348,10 +355,8 @@ class _Starter:
         )
 
     def scheduler(self) -> Callable[[], None]:
-        kubeconfig = _write_kubeconfig(
-            self.run_dir / "kubeconfigs" / "scheduler.yaml", self.pki, self.pki.scheduler
-        )
-        return self._secure_component("kube-scheduler", SCHEDULER_PORT, kubeconfig, [])
+        kubeconfig = self._kubeconfig("scheduler", self.pki.scheduler)
+        return self._secure_component("kube-scheduler", self.ports.scheduler, kubeconfig, [])
 
     def kuberay_objects(self, api: k8s.ApiClient) -> list[str]:
         """Apply KubeRay's CRDs and its ClusterRole; return the CRDs' names."""
@@ -394,35 +399,27 @@ class _Starter:
         started = time.monotonic()
         _wait_crds_established(api, crd_names, self.config.ready_timeout_s)
         self.ready_s["kuberay-crds-established-after"] = time.monotonic() - started
-        kubeconfig = _write_kubeconfig(
-            self.run_dir / "kubeconfigs" / "kuberay-operator.yaml",
-            self.pki,
-            self.pki.client(KUBERAY_USER),
-        )
+        kubeconfig = self._kubeconfig(KUBERAY_USER, self.pki.client(KUBERAY_USER))
         component = self.supervisor.start(
             "ray-operator",
             [
                 str(self.binaries / "bin" / "ray-operator"),
                 f"--kubeconfig={kubeconfig}",
                 "--enable-leader-election=false",
-                f"--metrics-addr=127.0.0.1:{KUBERAY_METRICS_PORT}",
-                f"--health-probe-bind-address=127.0.0.1:{KUBERAY_PROBE_PORT}",
+                f"--metrics-addr=127.0.0.1:{self.ports.kuberay_metrics}",
+                f"--health-probe-bind-address=127.0.0.1:{self.ports.kuberay_probe}",
                 "--log-stdout-encoder=console",
             ],
         )
         self.ready_s["ray-operator"] = self.supervisor.wait_ready(
             component,
-            lambda: http_ok(f"http://127.0.0.1:{KUBERAY_PROBE_PORT}/readyz"),
+            lambda: http_ok(f"http://127.0.0.1:{self.ports.kuberay_probe}/readyz"),
             timeout_s=self.config.ready_timeout_s,
         )
 
     def node_agent(self, api: k8s.ApiClient) -> Callable[[], None]:
         kubeconfigs = {
-            node.name: _write_kubeconfig(
-                self.run_dir / "kubeconfigs" / f"node-{node.name}.yaml",
-                self.pki,
-                self.pki.node_client(node.name),
-            )
+            node.name: self._kubeconfig(f"node-{node.name}", self.pki.node_client(node.name))
             for node in self.config.nodes
         }
         config_path = write_agent_config(
@@ -458,9 +455,7 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
     binaries = build.binaries_dir() if binaries is None else binaries
     run_dir = Path(tempfile.mkdtemp(prefix="llm-rollout-cluster-", dir=_run_dir_parent()))
     starter = _Starter(config, binaries, run_dir)
-    admin_kubeconfig = _write_kubeconfig(
-        run_dir / "kubeconfigs" / "admin.yaml", starter.pki, starter.pki.admin
-    )
+    admin_kubeconfig = starter._kubeconfig("admin", starter.pki.admin)
     cluster = Cluster(
         run_dir=run_dir,
         pki=starter.pki,
@@ -468,6 +463,7 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
         supervisor=starter.supervisor,
         advertise_ip=starter.advertise_ip,
         binaries=binaries,
+        api_url=starter.api_url,
         ready_s=starter.ready_s,
     )
     started = time.monotonic()

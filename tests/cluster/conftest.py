@@ -2,7 +2,8 @@
 
 Its start is outside every test's timeout: each test here is timed on its body alone
 (``func_only``), while the start has its own bound per component (``ready_timeout_s``).
-Measured on the shared 2-core machine: 48-57 s in all at load average 10-13, 115 s at 16;
+Measured on the 2-core machine shared with other work: 27-57 s in all at load average 10-15,
+115 s once at 16;
 kube-apiserver's /readyz takes 4-8 s of it and KubeRay's three ~1 MB CRDs most of the rest
 (applied in ~10 s, Established ~16 s later at load 12); 11 s without KubeRay. Each run prints
 its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
@@ -49,7 +50,8 @@ _session_cluster: list[Cluster] = []
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if CLUSTER_DIR in Path(str(item.fspath)).parents:
+        in_cluster_dir = CLUSTER_DIR in Path(str(item.fspath)).parents
+        if in_cluster_dir and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(TEST_TIMEOUT_S, func_only=True))
 
 

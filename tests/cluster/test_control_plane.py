@@ -14,12 +14,10 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from sandbox.cluster.control_plane import APISERVER_PORT, Cluster
+from sandbox.cluster.control_plane import Cluster
 from sandbox.cluster.node_agent import FIELD_MANAGER as NODE_AGENT_MANAGER
 from sandbox.cluster.node_agent import LEASE_NAMESPACE, NodeSpec
 from sandbox.cluster.waits import wait_for, wait_pods_bound
-
-API = f"https://127.0.0.1:{APISERVER_PORT}"
 
 
 def _get(url: str, context: ssl.SSLContext) -> tuple[int, str]:
@@ -39,13 +37,13 @@ def test_api_server_is_the_built_release_serving_tls_with_client_certificates(
     # The serving certificate verifies against our CA for 127.0.0.1; a client without a
     # certificate is anonymous and RBAC lets it see nothing.
     verified = ssl.create_default_context(cafile=str(cluster.pki.ca.cert))
-    status, body = _get(f"{API}/api/v1/namespaces", verified)
+    status, body = _get(f"{cluster.api_url}/api/v1/namespaces", verified)
     assert status == 403
     assert "system:anonymous" in body
 
     unverified_ca = ssl.create_default_context()
     with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
-        _get(f"{API}/version", unverified_ca)
+        _get(f"{cluster.api_url}/version", unverified_ca)
 
     review = k8s.AuthenticationV1Api(admin).create_self_subject_review({})
     assert review.status.user_info.username == "llm-rollout-admin"

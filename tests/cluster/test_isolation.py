@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import ipaddress
 
+import psutil
+import pytest
+from kubernetes import client as k8s
+
 from sandbox.cluster import netns
-from sandbox.cluster.control_plane import Cluster, ClusterConfig
+from sandbox.cluster.control_plane import (
+    Cluster,
+    ClusterConfig,
+    ClusterPorts,
+    start_cluster,
+    stop_cluster,
+)
+from sandbox.cluster.node_agent import NodeSpec
 
 OUR_PREFIXES = [
     ipaddress.ip_network(netns.POD_PREFIX),
@@ -35,3 +46,26 @@ def test_root_namespace_gains_no_route_to_our_private_ranges(
     before_v4, before_v6 = root_routes_before
     assert [(iface, str(dest)) for iface, dest in root_v4] == before_v4
     assert netns.ipv6_route_lines("1") == before_v6
+
+
+# A start of its own inside the test (11 s on an idle machine, several times that under load).
+@pytest.mark.timeout(240, func_only=True)
+def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
+    cluster: Cluster, gpu_nodes: tuple[NodeSpec, ...]
+) -> None:
+    solo = NodeSpec(name="solo-node", internal_ip="10.244.254.9", gpus=1)
+    extra = start_cluster(
+        ClusterConfig(nodes=(solo,), with_kuberay=False, ports=ClusterPorts().shifted(100))
+    )
+    try:
+        extra_nodes = k8s.CoreV1Api(extra.api_client()).list_node().items
+        assert [n.metadata.name for n in extra_nodes] == [solo.name]
+    finally:
+        stop_cluster(extra)
+    pids = [c.process.pid for c in extra.supervisor.components]
+    assert all(c.process.returncode is not None for c in extra.supervisor.components)
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]
+    assert not extra.run_dir.exists()
+    # The session cluster, on its own etcd, still has only its own nodes.
+    session_nodes = k8s.CoreV1Api(cluster.api_client()).list_node().items
+    assert sorted(n.metadata.name for n in session_nodes) == sorted(n.name for n in gpu_nodes)
