@@ -3,10 +3,9 @@
 Its start is outside every test's timeout: each test here is timed on its body alone
 (``func_only``), while the start has its own bound per component (``ready_timeout_s``).
 Measured on the 2-core machine shared with other work: 27-57 s in all at load average 10-15,
-115 s once at 16;
-kube-apiserver's /readyz takes 4-8 s of it and KubeRay's three ~1 MB CRDs most of the rest
-(applied in ~10 s, Established ~16 s later at load 12); 11 s without KubeRay. Each run prints
-its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
+115 s once at 16. kube-apiserver's /readyz takes 4-8 s of it, KubeRay's three ~1 MB CRDs most
+of the rest (applied in 16-38 s, Established 6-14 s later); 11-12 s without KubeRay. Each run
+prints its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
 """
 
 from __future__ import annotations
