@@ -14,10 +14,11 @@ temporary sibling, renamed into place and stamped last, so a killed build is red
 second run finds the stamp and returns at once. The Go module and build caches sit beside it
 and are shared by every key (Go validates their content itself).
 
-LeaderWorkerSet is absent: the module proxy serves the ``.info`` and ``.mod`` of
-``sigs.k8s.io/lws`` v0.10.0 but refuses its ``.zip`` ("403 This module version is not
-available"), and the same for ``github.com/ray-project/kuberay/ray-operator`` v1.7.0, so
-KubeRay is pinned at v1.5.0, the newest version the proxy serves whole.
+Which operator versions: the module proxy serves the ``.info`` and ``.mod`` of
+``sigs.k8s.io/lws`` v0.10.0 and ``github.com/ray-project/kuberay/ray-operator`` v1.7.0 but
+refused their ``.zip`` ("403 This module version is not available", checked 2026-12-06); it
+served whole zips of lws v0.9.0 (and v0.8.0, v0.7.0, v0.6.2) and of ray-operator v1.6.2 (and
+v1.6.1, v1.6.0). So LWS is pinned at v0.9.0 and KubeRay at v1.6.2, the newest served whole.
 
 Standard library only: it runs before the project's environment exists.
 """
@@ -41,7 +42,7 @@ if __package__ in (None, ""):
 from sandbox import cache
 
 # Bump when the way binaries are built changes without any module file changing.
-RECIPE_REVISION = "cluster-bin/1"
+RECIPE_REVISION = "cluster-bin/2"
 GO_MODULES_DIR = Path(__file__).resolve().parent / "go"
 
 
@@ -71,6 +72,20 @@ PROGRAMS = (
         # The operator's own ClusterRole, so that it runs with upstream's permissions rather
         # than as a cluster admin.
         assets=(("config/crd/bases/*.yaml", "crds"), ("config/rbac/role.yaml", "rbac")),
+    ),
+    GoProgram(
+        module_dir="lws",
+        binary="lws",
+        package="sigs.k8s.io/lws/cmd",
+        asset_module="sigs.k8s.io/lws",
+        # Its CRDs, its ClusterRole, and the webhook manifests with the objectSelector patches
+        # that the harness reads to register the webhooks at the manager's loopback address.
+        assets=(
+            ("config/crd/bases/*.yaml", "crds"),
+            ("config/rbac/role.yaml", "rbac"),
+            ("config/webhook/manifests.yaml", "webhook"),
+            ("config/webhook/*-patch.yaml", "webhook"),
+        ),
     ),
 )
 

@@ -3,19 +3,25 @@
 Its start is outside every test's timeout: each test here is timed on its body alone
 (``func_only``), while the start has its own bound per component (``ready_timeout_s``).
 Measured on the 2-core machine shared with other work: 27-57 s in all at load average 10-15,
-115 s once at 16. kube-apiserver's /readyz takes 4-8 s of it, KubeRay's three ~1 MB CRDs most
-of the rest (applied in 16-38 s, Established 6-14 s later); 11-12 s without KubeRay. Each run
-prints its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
+115 s once at 16, before LWS; with LWS 58-59 s at load 9-10 (two runs). kube-apiserver's
+/readyz takes 4-8 s of it, the operators' ~1 MB CRDs most of the rest: KubeRay's (applied in
+16-38 s on one thread) while LWS's two take 17-20 s on another, all Established 15-18 s later;
+the LWS manager then serves its webhooks in under a second. 11-12 s without the operators. Each
+run prints its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 
 from sandbox.cluster import netns
@@ -27,6 +33,7 @@ from sandbox.cluster.processes import ComponentFailed
 # at load average 16 (--durations); the bound leaves room for worse.
 TEST_TIMEOUT_S = 90
 CLUSTER_DIR = Path(__file__).resolve().parent
+REPO_ROOT = CLUSTER_DIR.parents[1]
 
 NODES = (
     NodeSpec(
@@ -109,3 +116,26 @@ def namespace(admin: k8s.ApiClient) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def render_example(tmp_path: Path) -> Callable[[str, str, str], dict[str, Any]]:
+    """``render(example, kind_file_prefix, namespace)``: the one object of that kind that
+    ``llm-rollout plan`` renders from ``examples/<example>``, moved into ``namespace``."""
+
+    def render(example: str, kind_file_prefix: str, namespace: str) -> dict[str, Any]:
+        out_dir = tmp_path / f"plan-{example}"
+        cli = Path(sys.executable).parent / "llm-rollout"
+        subprocess.run(
+            [str(cli), "plan", str(REPO_ROOT / "examples" / example), "--out", str(out_dir)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        (path,) = out_dir.glob(f"{kind_file_prefix}-*.yaml")
+        doc = yaml.safe_load(path.read_text())
+        assert isinstance(doc, dict)
+        doc["metadata"]["namespace"] = namespace
+        return doc
+
+    return render

@@ -3,19 +3,13 @@ sandbox/cluster/go/kuberay/go.mod) reconciles RayClusters on the real API server
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-import yaml
 from kubernetes import client as k8s
 
 from sandbox.cluster.node_agent import NodeSpec
 from sandbox.cluster.waits import wait_for, wait_pods_bound
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _container(name: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,9 +71,10 @@ def test_raycluster_gets_head_service_with_kuberay_metrics_port_and_bound_pods(
     )
     head_svc = next(s for s in services if s.metadata.name == "rc-head-svc")
     ports = {p.name: p.port for p in head_svc.spec.ports}
-    # The operator adds a `metrics` port 8080 the spec never asked for
-    # (ray-operator controllers/ray/common/service.go: "check if metrics port is defined. If
-    # not, add default value for it", utils.DefaultMetricsPort), beside the container's own.
+    # The operator adds a `metrics` port 8080 the spec never asked for (ray-operator v1.6.2
+    # controllers/ray/common/service.go getServicePorts: "check if metrics port is defined. If
+    # not, add default value for it", utils.DefaultMetricsPort = 8080 in utils/constant.go),
+    # beside the container's own.
     assert ports["metrics"] == 8080
     assert ports["serve"] == 8000
     assert [o.kind for o in head_svc.metadata.owner_references] == ["RayCluster"]
@@ -95,45 +90,11 @@ def test_raycluster_gets_head_service_with_kuberay_metrics_port_and_bound_pods(
     assert sorted(p.metadata.labels["ray.io/node-type"] for p in pods) == ["head", "worker"]
 
 
-def _rendered_raycluster(example: str, out_dir: Path) -> dict[str, Any]:
-    cli = Path(sys.executable).parent / "llm-rollout"
-    subprocess.run(
-        [str(cli), "plan", str(REPO_ROOT / "examples" / example), "--out", str(out_dir)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    (path,) = out_dir.glob("raycluster-*.yaml")
-    doc = yaml.safe_load(path.read_text())
-    assert isinstance(doc, dict)
-    return doc
-
-
-class HeadServiceRejectedForDuplicatePort(AssertionError):
-    """Issue 16 F1 as the real API server reports it, and nothing else."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=HeadServiceRejectedForDuplicatePort,
-    reason=(
-        "issue 16 F1: the example's head serves on 8080 and KubeRay adds its own `metrics` port "
-        "8080 to the head Service, which the API server rejects as a duplicate; the product fix "
-        "is in progress elsewhere"
-    ),
-)
-def test_example_ray_tp2_gets_its_head_service(
-    admin: k8s.ApiClient, namespace: str, tmp_path: Path
-) -> None:
-    body = _rendered_raycluster("seed-qwen14b-ray-tp2.yaml", tmp_path)
-    name = body["metadata"]["name"]
-    body["metadata"]["namespace"] = namespace
-    _create_raycluster(admin, namespace, body)
-
+def _head_service_events(admin: k8s.ApiClient, namespace: str, name: str) -> list[Any]:
     # KubeRay records the outcome of creating the head Service as an event on the RayCluster
     # (createService in ray-operator controllers/ray/raycluster_controller.go).
     outcomes = {"CreatedService", "FailedToCreateService"}
-    events = wait_for(
+    return wait_for(
         k8s.CoreV1Api(admin).list_namespaced_event,
         lambda items: any(e.reason in outcomes for e in items),
         namespace=namespace,
@@ -141,10 +102,58 @@ def test_example_ray_tp2_gets_its_head_service(
         timeout_s=60,
         what=f"KubeRay's head Service event on {name}",
     )
+
+
+def _head_container(body: dict[str, Any]) -> dict[str, Any]:
+    # KubeRay takes the head Service's ports from the first container
+    # (getPortsFromCluster, utils.RayContainerIndex).
+    container = body["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert isinstance(container, dict)
+    return container
+
+
+def test_example_ray_tp2_gets_its_head_service(
+    admin: k8s.ApiClient,
+    namespace: str,
+    render_example: Callable[[str, str, str], dict[str, Any]],
+) -> None:
+    body = render_example("seed-qwen14b-ray-tp2.yaml", "raycluster", namespace)
+    name = body["metadata"]["name"]
+    _create_raycluster(admin, namespace, body)
+
+    events = _head_service_events(admin, namespace, name)
+    assert [e.message for e in events if e.reason == "FailedToCreateService"] == []
+    head_svc = k8s.CoreV1Api(admin).read_namespaced_service(f"{name}-head-svc", namespace)
+    ports = [(p.port, p.protocol) for p in head_svc.spec.ports]
+    assert len(ports) == len(set(ports)), ports
+    # The example declares its own `metrics` port, so KubeRay adds none: the head Service
+    # carries exactly the head container's ports.
+    declared = {p["name"]: p["containerPort"] for p in _head_container(body)["ports"]}
+    assert "metrics" in declared
+    assert {p.name: p.port for p in head_svc.spec.ports} == declared
+
+
+def test_head_serving_on_8080_without_a_metrics_port_gets_no_head_service(
+    admin: k8s.ApiClient,
+    namespace: str,
+    render_example: Callable[[str, str, str], dict[str, Any]],
+) -> None:
+    """Issue 16 F1's cause, on the real components: the example as it was before its fix,
+    its head serving on 8080 and declaring no port named `metrics`."""
+    body = render_example("seed-qwen14b-ray-tp2.yaml", "raycluster", namespace)
+    name = body["metadata"]["name"]
+    head = _head_container(body)
+    head["ports"] = [p for p in head["ports"] if p["name"] != "metrics"]
+    assert 8080 in {p["containerPort"] for p in head["ports"]}
+    _create_raycluster(admin, namespace, body)
+
+    events = _head_service_events(admin, namespace, name)
     failures = [e.message for e in events if e.reason == "FailedToCreateService"]
-    for message in failures:
-        # Service validation (k8s.io/kubernetes pkg/apis/core/validation: ValidateService)
-        # refuses two ports with one number and protocol.
-        if "Duplicate value" in message and "8080" in message:
-            raise HeadServiceRejectedForDuplicatePort(message)
-    assert failures == [], failures
+    assert failures, [e.reason for e in events]
+    # KubeRay adds `metrics` 8080 (getServicePorts), and the API server's Service validation
+    # refuses a second port with the same number and protocol (k8s.io/kubernetes
+    # pkg/apis/core/validation/validation.go ValidateService: field.Duplicate(spec.ports[i])).
+    assert any(
+        f"{name}-head-svc" in m and "spec.ports[" in m and "Duplicate value" in m and "8080" in m
+        for m in failures
+    ), failures
