@@ -1,5 +1,6 @@
 """Start a real Kubernetes control plane as plain processes: etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler, the KubeRay operator, and our node agent.
+kube-controller-manager, kube-scheduler, the KubeRay operator, the LeaderWorkerSet manager
+with its webhooks, and our node agent.
 
 The binaries come from ``build.py``. Everything listens inside the test run's own network
 namespace (``netns.py``): the API server advertises an address of the namespace's private
@@ -28,10 +29,10 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from sandbox.cluster import build, netns
+from sandbox.cluster import build, lws, netns
 from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
 from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
-from sandbox.cluster.processes import Supervisor, http_ok
+from sandbox.cluster.processes import Supervisor, http_ok, tls_accepts
 
 HARNESS_MANAGER = "llm-rollout-harness"
 KUBERAY_USER = "kuberay-operator"
@@ -50,6 +51,9 @@ class ClusterPorts:
     scheduler: int = 10259
     kuberay_metrics: int = 18080
     kuberay_probe: int = 18082
+    lws_webhook: int = 19443
+    lws_metrics: int = 18443
+    lws_probe: int = 18081
 
     def shifted(self, offset: int) -> ClusterPorts:
         return ClusterPorts(*(getattr(self, f.name) + offset for f in fields(self)))
@@ -71,6 +75,7 @@ class ClusterConfig:
     # asks for a shorter eviction of a lost node's pods.
     not_ready_toleration_s: int = 300
     with_kuberay: bool = True
+    with_lws: bool = True
     ports: ClusterPorts = ClusterPorts()
     # Per component. The whole start took 11-115 s on the shared 2-core machine depending on its
     # load (tests/cluster/conftest.py); a bound, not an expectation.
@@ -171,10 +176,13 @@ def apply_documents(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
     """Server-side apply (large CRDs would overflow client-side apply's annotation)."""
     ext = k8s.ApiextensionsV1Api(api)
     rbac = k8s.RbacAuthorizationV1Api(api)
+    admission = k8s.AdmissionregistrationV1Api(api)
     appliers = {
         "CustomResourceDefinition": ext.patch_custom_resource_definition,
         "ClusterRole": rbac.patch_cluster_role,
         "ClusterRoleBinding": rbac.patch_cluster_role_binding,
+        "MutatingWebhookConfiguration": admission.patch_mutating_webhook_configuration,
+        "ValidatingWebhookConfiguration": admission.patch_validating_webhook_configuration,
     }
     for doc in docs:
         kind = doc["kind"]
@@ -187,6 +195,22 @@ def apply_documents(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
             force=True,
             _content_type=APPLY,
         )
+
+
+def _bind_user(user: str, cluster_role: str) -> dict[str, Any]:
+    """A ClusterRoleBinding of an operator's upstream ClusterRole to the user its client
+    certificate names."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": f"{user}-{cluster_role}"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": cluster_role,
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
 
 
 def _wait_crds_established(api: k8s.ApiClient, names: list[str], timeout_s: float) -> None:
@@ -369,36 +393,11 @@ class _Starter:
         role_docs = _load_yaml_docs(sorted((self.binaries / "rbac" / "ray-operator").glob("*")))
         apply_documents(api, role_docs)
         role_names = [str(d["metadata"]["name"]) for d in role_docs]
-        apply_documents(
-            api,
-            [
-                {
-                    "apiVersion": "rbac.authorization.k8s.io/v1",
-                    "kind": "ClusterRoleBinding",
-                    "metadata": {"name": f"{KUBERAY_USER}-{role}"},
-                    "roleRef": {
-                        "apiGroup": "rbac.authorization.k8s.io",
-                        "kind": "ClusterRole",
-                        "name": role,
-                    },
-                    "subjects": [
-                        {
-                            "apiGroup": "rbac.authorization.k8s.io",
-                            "kind": "User",
-                            "name": KUBERAY_USER,
-                        }
-                    ],
-                }
-                for role in role_names
-            ],
-        )
+        apply_documents(api, [_bind_user(KUBERAY_USER, role) for role in role_names])
         self.ready_s["kuberay-crds-applied"] = time.monotonic() - started
         return [str(d["metadata"]["name"]) for d in crd_docs]
 
-    def kuberay_operator(self, api: k8s.ApiClient, crd_names: list[str]) -> None:
-        started = time.monotonic()
-        _wait_crds_established(api, crd_names, self.config.ready_timeout_s)
-        self.ready_s["kuberay-crds-established-after"] = time.monotonic() - started
+    def kuberay_operator(self) -> Callable[[], None]:
         kubeconfig = self._kubeconfig(KUBERAY_USER, self.pki.client(KUBERAY_USER))
         component = self.supervisor.start(
             "ray-operator",
@@ -411,10 +410,85 @@ class _Starter:
                 "--log-stdout-encoder=console",
             ],
         )
-        self.ready_s["ray-operator"] = self.supervisor.wait_ready(
-            component,
-            lambda: http_ok(f"http://127.0.0.1:{self.ports.kuberay_probe}/readyz"),
-            timeout_s=self.config.ready_timeout_s,
+
+        def wait() -> None:
+            self.ready_s["ray-operator"] = self.supervisor.wait_ready(
+                component,
+                lambda: http_ok(f"http://127.0.0.1:{self.ports.kuberay_probe}/readyz"),
+                timeout_s=self.config.ready_timeout_s,
+            )
+
+        return wait
+
+    def lws_objects(self, api: k8s.ApiClient) -> list[str]:
+        """Apply LWS's CRDs and its ClusterRole bound to its user; return the CRDs' names."""
+        started = time.monotonic()
+        crd_docs = _load_yaml_docs(sorted((self.binaries / "crds" / "lws").glob("*.yaml")))
+        apply_documents(api, crd_docs)
+        role_docs = _load_yaml_docs(sorted((self.binaries / "rbac" / "lws").glob("*")))
+        for doc in role_docs:
+            doc["metadata"]["name"] = lws.NAME_PREFIX + str(doc["metadata"]["name"])
+        apply_documents(api, role_docs)
+        apply_documents(
+            api, [_bind_user(lws.LWS_USER, str(d["metadata"]["name"])) for d in role_docs]
+        )
+        self.ready_s["lws-crds-applied"] = time.monotonic() - started
+        return [str(d["metadata"]["name"]) for d in crd_docs]
+
+    def lws_manager(self) -> Callable[[], None]:
+        cert_dir = self.run_dir / "lws-webhook-certs"
+        cert_dir.mkdir()
+        serving = self.pki.serving("lws-webhook", "lws-webhook", server_ips=("127.0.0.1",))
+        shutil.copyfile(serving.cert, cert_dir / "tls.crt")
+        shutil.copyfile(serving.key, cert_dir / "tls.key")
+        config_path = self.run_dir / "lws-config.yaml"
+        config_path.write_text(
+            yaml.safe_dump(
+                lws.config_document(
+                    webhook_port=self.ports.lws_webhook,
+                    cert_dir=cert_dir,
+                    metrics_port=self.ports.lws_metrics,
+                    probe_port=self.ports.lws_probe,
+                )
+            )
+        )
+        kubeconfig = self._kubeconfig(lws.LWS_USER, self.pki.client(lws.LWS_USER))
+        component = self.supervisor.start(
+            "lws",
+            [
+                str(self.binaries / "bin" / "lws"),
+                f"--kubeconfig={kubeconfig}",
+                f"--config={config_path}",
+            ],
+        )
+        webhook_tls = ssl.create_default_context(cafile=str(self.pki.ca.cert))
+
+        def wait() -> None:
+            self.ready_s["lws"] = self.supervisor.wait_ready(
+                component,
+                lambda: (
+                    http_ok(f"http://127.0.0.1:{self.ports.lws_probe}/readyz")
+                    and tls_accepts("127.0.0.1", self.ports.lws_webhook, webhook_tls)
+                ),
+                timeout_s=self.config.ready_timeout_s,
+            )
+
+        return wait
+
+    def lws_webhooks(self, api: k8s.ApiClient) -> None:
+        """Register the manager's webhooks once it serves them, then wait until the API server
+        admits a LeaderWorkerSet through them (failurePolicy Fail)."""
+        apply_documents(
+            api,
+            lws.webhook_configurations(
+                self.binaries / "webhook" / "lws",
+                webhook_port=self.ports.lws_webhook,
+                ca_pem=self.pki.ca.cert.read_bytes(),
+            ),
+        )
+        # A dry run creates nothing; `default` is only a namespace that always exists.
+        self.ready_s["lws-webhooks-admitting-after"] = lws.wait_admitted(
+            api, namespace="default", timeout_s=self.config.ready_timeout_s
         )
 
     def node_agent(self, api: k8s.ApiClient) -> Callable[[], None]:
@@ -471,18 +545,35 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
         starter.etcd()
         starter.apiserver()
         api = cluster.api_client()
-        # The rest start side by side: KubeRay's CRDs (about 1 MB each, the slowest step) are
-        # applied on a thread while the other components come up, and the operator starts once
-        # the API server has established them. No process is started while that thread runs
-        # (the children's pre-exec hook must not fork beside a busy thread).
+        # The rest start side by side: the operators' CRDs (about 1 MB each, the slowest step)
+        # are applied on threads, one per operator, while the other components come up, and
+        # the operators start once the API server has established them. No process is started
+        # while those threads run (the children's pre-exec hook must not fork beside a busy
+        # thread).
         waits = [starter.controller_manager(), starter.scheduler(), starter.node_agent(api)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            crds = pool.submit(starter.kuberay_objects, api) if config.with_kuberay else None
+        crd_names: list[str] = []
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            applied = []
+            if config.with_kuberay:
+                applied.append(pool.submit(starter.kuberay_objects, api))
+            if config.with_lws:
+                applied.append(pool.submit(starter.lws_objects, api))
             for wait in waits:
                 wait()
-            crd_names = [] if crds is None else crds.result()
+            for future in applied:
+                crd_names += future.result()
+        established_from = time.monotonic()
+        _wait_crds_established(api, crd_names, config.ready_timeout_s)
+        starter.ready_s["crds-established-after"] = time.monotonic() - established_from
+        operator_waits = []
         if config.with_kuberay:
-            starter.kuberay_operator(api, crd_names)
+            operator_waits.append(starter.kuberay_operator())
+        if config.with_lws:
+            operator_waits.append(starter.lws_manager())
+        for wait in operator_waits:
+            wait()
+        if config.with_lws:
+            starter.lws_webhooks(api)
     except BaseException:
         # A component's failure carries its log's tail in the exception; nothing else in the
         # run directory is worth keeping on the shared tmpfs.

@@ -179,6 +179,18 @@ class ClusterPki:
             client=True,
         )
 
+    def serving(self, stem: str, common_name: str, *, server_ips: tuple[str, ...]) -> CertPair:
+        """A serving certificate for a component the API server calls (a webhook), valid for
+        ``server_ips`` and signed by the cluster CA that the caller puts in its caBundle."""
+        return _issue(
+            self._issuer,
+            self.directory,
+            stem,
+            _name(common_name),
+            server_ips=server_ips,
+            client=False,
+        )
+
 
 def make_pki(directory: Path, *, advertise_ip: str, service_ip: str) -> ClusterPki:
     """Create the cluster's CAs, certificates and keys under ``directory``.

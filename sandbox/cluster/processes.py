@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -164,4 +165,17 @@ def http_ok(url: str, *, context: ssl.SSLContext | None = None) -> bool:
         with urllib.request.urlopen(url, timeout=2, context=context) as response:  # noqa: S310
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError, ssl.SSLError):
+        return False
+
+
+def tls_accepts(host: str, port: int, context: ssl.SSLContext) -> bool:
+    """True when ``host:port`` completes a TLS handshake that ``context`` verifies (a probe for
+    servers that answer only on their own paths, such as webhooks)."""
+    try:
+        with (
+            socket.create_connection((host, port), timeout=2) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except (ConnectionError, TimeoutError, ssl.SSLError, OSError):
         return False

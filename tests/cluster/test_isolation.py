@@ -55,7 +55,9 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
 ) -> None:
     solo = NodeSpec(name="solo-node", internal_ip="10.244.254.9", gpus=1)
     extra = start_cluster(
-        ClusterConfig(nodes=(solo,), with_kuberay=False, ports=ClusterPorts().shifted(100))
+        ClusterConfig(
+            nodes=(solo,), with_kuberay=False, with_lws=False, ports=ClusterPorts().shifted(100)
+        )
     )
     try:
         extra_nodes = k8s.CoreV1Api(extra.api_client()).list_node().items
