@@ -4,10 +4,13 @@ webhook, called by that API server, labels the group's pods and injects the LWS_
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from sandbox.cluster.node_agent import NodeSpec
 from sandbox.cluster.waits import wait_for, wait_pods_bound
@@ -142,3 +145,28 @@ def test_example_vllm_lws_is_admitted_and_its_pods_carry_the_lws_variables(
     (worker,) = [p for p in pods if p.metadata.name != f"{name}-0"]
     (container,) = worker.spec.containers
     assert "$(LWS_LEADER_ADDRESS)" in container.command[-1]
+
+
+def test_validating_webhook_refuses_what_the_crd_schema_lets_through(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    body = _leaderworkerset("lws-bad", size=2)
+    # Each field alone is valid under the CRD schema; together they would stall a rolling
+    # update, which only the webhook checks (generalValidate in lws
+    # pkg/webhooks/leaderworkerset_webhook.go: "must not be 0 when `maxSurge` is 0").
+    body["spec"]["rolloutStrategy"] = {
+        "type": "RollingUpdate",
+        "rollingUpdateConfiguration": {"maxUnavailable": 0, "maxSurge": 0},
+    }
+    with pytest.raises(ApiException) as refused:
+        k8s.CustomObjectsApi(admin).create_namespaced_custom_object(
+            "leaderworkerset.x-k8s.io", "v1", namespace, "leaderworkersets", body, dry_run="All"
+        )
+    # Not the API server's own 422: controller-runtime answers a validator's plain error with
+    # admission.Denied, code 403 (controller-runtime v0.24.1, the version lws v0.9.0 builds
+    # with: pkg/webhook/admission/validator_custom.go, response.go).
+    assert refused.value.status == 403, refused.value.body
+    message = json.loads(refused.value.body)["message"]
+    assert 'admission webhook "vleaderworkerset.kb.io" denied the request' in message
+    assert "maxUnavailable" in message
+    assert "must not be 0 when `maxSurge` is 0" in message

@@ -1,3 +1,6 @@
+// github.com/ray-project/kuberay/ray-operator v1.6.2: the Go module proxy refused the zip of
+// v1.7.0 (403 "This module version is not available", 2026-12-06, its .info and .mod served)
+// and serves v1.6.2 whole (also v1.6.1, v1.6.0).
 module llm-rollout.local/sandbox/cluster/kuberay
 
 go 1.26.0

@@ -1,3 +1,6 @@
+// sigs.k8s.io/lws v0.9.0: the Go module proxy refused the zip of v0.10.0 (403 "This module
+// version is not available", 2026-12-06, its .info and .mod served) and serves v0.9.0 whole
+// (also v0.8.0, v0.7.0, v0.6.2).
 module llm-rollout.local/sandbox/cluster/lws
 
 go 1.26.0
