@@ -3,11 +3,12 @@
 Its start is outside every test's timeout: each test here is timed on its body alone
 (``func_only``), while the start has its own bound per component (``ready_timeout_s``).
 Measured on the 2-core machine shared with other work: 27-57 s in all at load average 10-15,
-115 s once at 16, before LWS; with LWS 58-59 s at load 9-10 (two runs). kube-apiserver's
-/readyz takes 4-8 s of it, the operators' ~1 MB CRDs most of the rest: KubeRay's (applied in
-16-38 s on one thread) while LWS's two take 17-20 s on another, all Established 15-18 s later;
-the LWS manager then serves its webhooks in under a second. 11-12 s without the operators. Each
-run prints its own figures as ``CLUSTER_FIGURES`` in the terminal summary.
+115 s once at 16, before LWS; with LWS 36-73 s at load 8-12 (six starts, most 52-59 s).
+kube-apiserver's /readyz takes 3-7 s of it, the operators' ~1 MB CRDs most of the rest:
+KubeRay's applied in 24-49 s on one thread while LWS's two take 13-27 s on another, all
+Established 6-24 s later; the LWS manager then serves its webhooks in under a second. 11-12 s
+without the operators. Each run prints its own figures as ``CLUSTER_FIGURES`` in the terminal
+summary.
 """
 
 from __future__ import annotations
