@@ -22,7 +22,13 @@ the absolute-path case points into it. Sides:
   with oss2, checkpoint planted). Survived: the run fails naming the rule, the forged part is
   never adopted, no new manifest, new keys only the model's own.
 
-The model's `config.json` fields are left out: issue 16 owns reading and checking them.
+- config.json: the model's own `config.json` (listed and served consistently) carries fields
+  that size the KV cache (`llm_rollout/kv_cache.py`) but cannot be true: a negative layer
+  count, a head count as a string, an absurd context length, KV heads that do not divide the
+  attention heads, an unknown dtype, a document that is not an object. Only deploy and refresh
+  size anything from it (preflight's KV fit; `sync` copies its bytes and reads no field), so
+  those two paths run it. Survived: the run fails naming the field, nothing is written to the
+  bucket, no manifest.
 """
 
 from __future__ import annotations
@@ -58,10 +64,14 @@ _counter = itertools.count()
 class HostileCase:
     """One hostile answer: how to set it up, and the rule the refusal must name."""
 
-    side: str  # "hub listing", "second listing", "Content-Range", "OSS listing"
+    side: str  # "hub listing", "second listing", "Content-Range", "OSS listing", "config.json"
     label: str
     rule: str | None  # None: the run is expected to complete (nothing hostile is ever read)
     entry: dict[str, Any] | None = None
+    # config.json cases: the fields laid over the model's config (or the whole document when
+    # not a dict), and the text the refusal must carry (the field it names).
+    config: Any = None
+    names: str = ""
 
 
 def _listing(label: str, rule: str, **entry: Any) -> HostileCase:
@@ -106,6 +116,25 @@ HOSTILE_CASES: list[HostileCase] = [
     HostileCase("Content-Range", "forged Content-Range total", "content-range"),
     HostileCase("OSS listing", "manifest record outside the prefix", "outside-prefix"),
     HostileCase("OSS listing", "ListParts part number out of range", "part-number"),
+    *(
+        HostileCase("config.json", label, "config", config=config, names=names)
+        for label, config, names in (
+            ("negative layer count", {"num_hidden_layers": -4}, "num_hidden_layers = -4"),
+            ("head count as a string", {"num_key_value_heads": "2"}, "num_key_value_heads"),
+            (
+                "absurd context length",
+                {"max_position_embeddings": 10**12},
+                "max_position_embeddings",
+            ),
+            (
+                "KV heads that do not divide",
+                {"num_attention_heads": 4, "num_key_value_heads": 3},
+                "must divide",
+            ),
+            ("unknown dtype", {"torch_dtype": "float7"}, "torch_dtype"),
+            ("not a JSON object", ["layers", 2], "must be a JSON object"),
+        )
+    ),
 ]
 
 
@@ -191,6 +220,8 @@ def applies(case: HostileCase, path: str) -> bool:
     """Whether `case` reaches our code on `path`: in the staged mode the library fetches the
     bytes (and parses Content-Range itself, modelscope_hub/_download.py
     `_parse_content_range`), so forged ranges are a streamed-mode case."""
+    if case.side == "config.json":
+        return path in ("deploy", "refresh")
     return not (case.side == "Content-Range" and path == "sync staged")
 
 
@@ -200,6 +231,8 @@ def _arm(hw: HostileWorld, case: HostileCase, model_id: str) -> None:
     files: dict[str, Path | bytes] = dict(hw.files)
     if case.rule == "part-number":
         files[BIG_FILE] = hashlib.sha256(b"big").digest() * (BIG_BYTES // 32)
+    if case.side == "config.json":
+        files["config.json"] = _config_bytes(hw, case.config)
     entry = dict(case.entry or {})
     collide = entry.pop("Collide", None)
     if collide:
@@ -221,6 +254,15 @@ def _arm(hw: HostileWorld, case: HostileCase, model_id: str) -> None:
         _plant_manifest(hw, model_id)
     elif case.rule == "part-number":
         _plant_upload(hw, model_id)
+
+
+def _config_bytes(hw: HostileWorld, config: Any) -> bytes:
+    """The model's config.json with `config`'s fields laid over it (or `config` itself when it
+    is not a dict)."""
+    if not isinstance(config, dict):
+        return json.dumps(config).encode()
+    base = json.loads(hw.files["config.json"].read_bytes())
+    return json.dumps({**base, **config}).encode()
 
 
 def _shard(hw: HostileWorld) -> str:
@@ -372,13 +414,16 @@ def check_case(hw: HostileWorld, case: HostileCase, path: str) -> str:
         if completed:
             problems.append("the run completed")
         rule = case.rule or "dot-segment"
-        if f"rule {rule}" not in output and case.side != "Content-Range":
+        if case.side == "config.json":
+            if "config.json" not in output or case.names not in output:
+                problems.append(f"message does not name {case.names!r}: {output.strip()[-200:]}")
+        elif f"rule {rule}" not in output and case.side != "Content-Range":
             problems.append(f"message does not name rule {rule}: {output.strip()[-200:]}")
         if case.side == "Content-Range" and path != "sync staged" and "content-range" not in output:
             problems.append(f"message does not name content-range: {output.strip()[-200:]}")
         if manifest in new_keys:
             problems.append("a manifest was written")
-        if case.side in ("hub listing", "second listing") and new_keys:
+        if case.side in ("hub listing", "second listing", "config.json") and new_keys:
             problems.append(f"bucket written: {sorted(new_keys)[:3]}")
         if not new_keys <= _model_keys(hw, model_id):
             problems.append(
@@ -413,7 +458,7 @@ def run_hostile_upstream(world: InputWorld) -> Row:
         f"{len(HOSTILE_CASES)} cases x {len(PATHS)} paths ({', '.join(PATHS)}; forged "
         "Content-Range not in staged: the library fetches); survived by side: "
         + ", ".join(f"{k} {v}" for k, v in sides.items())
-        + "; bucket-wide key listing and a temp-root scan before/after each; config.json "
-        "fields not covered (issue 16)"
+        + "; bucket-wide key listing and a temp-root scan before/after each (config.json "
+        "cases: deploy and refresh, the paths that size anything from it)"
     )
     return row

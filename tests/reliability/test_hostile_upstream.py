@@ -32,7 +32,13 @@ def hw(world: InputWorld) -> Iterator[HostileWorld]:
 def test_every_rule_and_side_has_a_case() -> None:
     from llm_rollout import upstream_names
 
-    assert set(SIDES) == {"hub listing", "second listing", "Content-Range", "OSS listing"}
+    assert set(SIDES) == {
+        "hub listing",
+        "second listing",
+        "Content-Range",
+        "OSS listing",
+        "config.json",
+    }
     for rule in ("empty", "absolute", "backslash", "drive-letter", "control-char"):
         assert rule in RULES
     for rule in ("empty-segment", "dot-segment", "glob-char", "reserved", "collision"):
@@ -73,3 +79,23 @@ def _one_per_side() -> list[HostileCase]:
 def test_flows_refuse(hw: HostileWorld, case: HostileCase, path: str) -> None:
     assert path in PATHS
     assert check_case(hw, case, path) == ""
+
+
+CONFIG_CASES = [c for c in HOSTILE_CASES if c.side == "config.json"]
+
+
+def test_config_cases_run_where_config_json_sizes_something() -> None:
+    """sync copies config.json's bytes and reads no field; deploy and refresh size the KV cache
+    from it (preflight), so only they can be fooled by its numbers."""
+    assert len(CONFIG_CASES) >= 5
+    for case in CONFIG_CASES:
+        assert [p for p in PATHS if applies(case, p)] == ["deploy", "refresh"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("case", CONFIG_CASES, ids=[c.label for c in CONFIG_CASES])
+def test_deploy_refuses_a_config_json_that_cannot_be_true(
+    hw: HostileWorld, case: HostileCase
+) -> None:
+    assert check_case(hw, case, "deploy") == ""
