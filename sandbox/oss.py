@@ -37,7 +37,10 @@ Faults (``oss.faults``; each rule count-limited by ``times`` (None = unlimited) 
 fired with a seeded ``probability``): ``fail_parts(part_numbers, times=1, status=503)`` on
 UploadPart, ``fail(op, status=503, code=..., key=None, times=1)``,
 ``stall(op, seconds, key=None, times=1)`` (delay before answering: client timeouts),
-``reset(op, key=None, times=1, after_bytes=0)`` (RST after reading that much of the body).
+``reset(op, key=None, times=1, after_bytes=0)`` (RST after reading that much of the body),
+``damage(op, when="in_transit"|"after_ack", key=None, part_numbers=None, times=1)``
+(PutObject/UploadPart: one byte of what is stored differs from what was sent; see the method
+for what the answer says). ``corrupt_object(bucket, key)`` changes a stored object's bytes at rest.
 
 Observation: ``request_log`` (``OssRequest``: method, bucket, key, op, status, bytes_in,
 bytes_out), ``bytes_received`` and ``bytes_sent`` counters, ``stats()``; from another process
@@ -74,6 +77,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -237,7 +241,7 @@ class OssError(Exception):
 # -- faults ---------------------------------------------------------------------------------
 @dataclass
 class _FaultRule:
-    kind: str  # "error" | "stall" | "reset"
+    kind: str  # "error" | "stall" | "reset" | "damage_in_transit" | "damage_after_ack"
     op: str
     key: str | None
     part_numbers: frozenset[int] | None
@@ -326,6 +330,39 @@ class OssFaults:
             self._rules.append(
                 _FaultRule("reset", op, key, None, times, probability, after_bytes=after_bytes)
             )
+
+    def damage(
+        self,
+        op: str,
+        *,
+        when: Literal["in_transit", "after_ack"],
+        key: str | None = None,
+        part_numbers: Iterable[int] | None = None,
+        times: int = 1,
+    ) -> None:
+        """One byte of what PutObject/UploadPart stores differs from the body the client sent.
+
+        ``in_transit``: damaged on the way, before OSS hashes it; the ETag and
+        ``x-oss-hash-crc64ecma`` answered describe the damaged bytes it stores, so a client
+        comparing the answered CRC64 with its own sees the mismatch (and with Content-MD5
+        sent, OSS refuses the body with InvalidDigest).
+
+        ``after_ack``: OSS answers the ETag and CRC64 of the body as received, then stores a
+        damaged copy. The answer lies, so the client's comparison passes; what OSS records for
+        the stored bytes tells: the object's CRC64 (HEAD) for PutObject, for UploadPart the
+        part's CRC64, which CompleteMultipartUpload combines into the object's. The recorded
+        ETag stays the answered one, so completing with it works.
+
+        ``times`` counts per part number when ``part_numbers`` is given.
+        """
+        if op not in ("PutObject", "UploadPart"):
+            raise ValueError(f"damage applies to PutObject or UploadPart, not {op!r}")
+        numbers = frozenset(part_numbers) if part_numbers is not None else None
+        with self._lock:
+            rule = _FaultRule(f"damage_{when}", op, key, numbers, None if numbers else times, None)
+            self._rules.append(rule)
+            for n in numbers or ():
+                self._part_budget[(id(rule), n)] = times
 
     def clear(self) -> None:
         with self._lock:
@@ -514,6 +551,35 @@ class OssServer(SandboxServer):
         with self._lock:
             return list(self._uploads.values())
 
+    def corrupt_object(self, bucket: str, key: str, offset: int | None = None) -> None:
+        """Change one byte of a stored object at rest (default: the middle one).
+
+        Size, type, ETag and ``x-oss-meta-*`` stay; the CRC64 HEAD reports is recomputed over
+        the stored bytes, as OSS reports the CRC64 of what it holds: the object's content
+        differs from what a client verified when it wrote it.
+        """
+        meta = self.object_meta(bucket, key)
+        if meta is None:
+            raise KeyError(f"{bucket}/{key}")
+        if meta.size == 0:
+            raise ValueError(f"{bucket}/{key} is empty: no byte to change")
+        at = meta.size // 2 if offset is None else offset
+        if not 0 <= at < meta.size:
+            raise ValueError(f"offset {at} outside {bucket}/{key} ({meta.size} bytes)")
+        objects = self._bucket_dir(bucket) / "objects"
+        base = 0
+        for seg, seg_size in zip(meta.segments, meta.segment_sizes, strict=True):
+            if at < base + seg_size:
+                _flip_byte(objects / seg, at - base)
+                break
+            base += seg_size
+        crc = Crc64Ecma()
+        for block in self.open_object(bucket, key):
+            crc.update(block)
+        with self._lock:
+            meta.crc64 = crc.crc
+            self._save_object(bucket, meta)
+
     # -- persistence ----------------------------------------------------------------------
     def _bucket_dir(self, bucket: str) -> Path:
         return self.data_dir / "buckets" / bucket
@@ -633,6 +699,7 @@ class _OssHandler(SandboxHandler):
         self._key = unquote(parts[1]) if len(parts) > 1 else ""
         self._op = self._classify()
         self._part_number: int | None = None
+        self._damage: str | None = None
         with contextlib.suppress(KeyError, ValueError):
             self._part_number = int(self._params["partNumber"])
         status = 500
@@ -712,6 +779,9 @@ class _OssHandler(SandboxHandler):
                 self._consume_body_prefix(rule.after_bytes)
             self.reset_connection()
             raise ConnectionDropped
+        elif rule.kind in ("damage_in_transit", "damage_after_ack"):
+            # Applied by the write handler once the body is stored.
+            self._damage = rule.kind
         elif rule.kind == "error":
             self._drain_body()
             raise OssError(
@@ -1244,6 +1314,25 @@ class _OssHandler(SandboxHandler):
             raise
         return tmp, reader.total, md5.hexdigest(), crc.crc
 
+    def _received(self, oss: OssServer) -> tuple[Path, int, tuple[str, int], tuple[str, int]]:
+        """The body in a temp file: (path, size, (md5, crc64) of the stored bytes, (md5,
+        crc64) to answer with). They differ only under ``damage_after_ack``."""
+        tmp, size, md5_hex, crc = self._receive_to_file(oss)
+        received = (md5_hex, crc)
+        if self._damage is None or size == 0:
+            return tmp, size, received, received
+        _flip_byte(tmp, size // 2)
+        stored = _file_md5_crc(tmp)
+        if self._damage == "damage_in_transit":
+            try:
+                # Damage on the way is what Content-MD5 is for: OSS refuses the body.
+                self._check_md5(bytes.fromhex(stored[0]))
+            except OssError:
+                tmp.unlink(missing_ok=True)
+                raise
+        answered = stored if self._damage == "damage_in_transit" else received
+        return tmp, size, stored, answered
+
     def _user_meta(self) -> dict[str, str]:
         return {
             k.lower()[len("x-oss-meta-") :]: v
@@ -1257,13 +1346,13 @@ class _OssHandler(SandboxHandler):
         return name
 
     def _op_PutObject(self, oss: OssServer) -> int:
-        tmp, size, md5_hex, crc = self._receive_to_file(oss)
+        tmp, size, (_, stored_crc), (md5_hex, crc) = self._received(oss)
         seg = self._install_segment(oss, self._bucket, tmp)
         meta = ObjectMeta(
             key=self._key,
             size=size,
             etag=md5_hex.upper(),
-            crc64=crc,
+            crc64=stored_crc,
             content_type=self.headers.get("Content-Type") or "application/octet-stream",
             user_meta=self._user_meta(),
             last_modified=time.time(),
@@ -1388,8 +1477,8 @@ class _OssHandler(SandboxHandler):
     def _op_UploadPart(self, oss: OssServer) -> int:
         n = self._part_number_checked()
         upload = oss._require_upload(self._bucket, self._key, self._params["uploadId"])
-        tmp, size, md5_hex, crc = self._receive_to_file(oss)
-        part = self._store_part(oss, upload, n, tmp, size, md5_hex, crc)
+        tmp, size, (_, stored_crc), (md5_hex, crc) = self._received(oss)
+        part = self._store_part(oss, upload, n, tmp, size, md5_hex, stored_crc)
         return self._send(200, headers=self._write_headers(part.etag, crc, md5_hex))
 
     def _op_UploadPartCopy(self, oss: OssServer) -> int:
@@ -1643,6 +1732,24 @@ class _OssHandler(SandboxHandler):
             side.unlink(missing_ok=True)
             oss._remove_segments(self._bucket, meta)
         return self._send(204)
+
+
+def _flip_byte(path: Path, offset: int) -> None:
+    with path.open("r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _file_md5_crc(path: Path) -> tuple[str, int]:
+    md5 = hashlib.md5(usedforsecurity=False)
+    crc = Crc64Ecma()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            md5.update(block)
+            crc.update(block)
+    return md5.hexdigest(), crc.crc
 
 
 def _write_all(fd: int, data: memoryview) -> None:
