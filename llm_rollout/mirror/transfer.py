@@ -343,12 +343,15 @@ def verified_in_place(
     info = ctx.retry(lambda: head_object(ctx.bucket, key))
     if info is None or info.crc64 is None or info.size != file.size:
         return None
-    recorded_by_manifest = (
-        previous is not None
-        and previous.sha256 == file.sha256
-        and previous.size == file.size
-        and previous.crc64 == str(info.crc64)
+    same_file = previous is not None and (previous.sha256, previous.size) == (
+        file.sha256,
+        file.size,
     )
+    recorded_by_manifest = same_file and previous is not None and previous.crc64 == str(info.crc64)
+    if same_file and not recorded_by_manifest:
+        # The manifest verified these bytes with another CRC64: the object changed since,
+        # and its x-oss-meta-sha256 (kept by an overwrite or copy) no longer vouches for it.
+        return None
     if not (recorded_by_manifest or info.sha256_meta == file.sha256):
         return None
     return FileRecord(
