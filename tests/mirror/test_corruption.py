@@ -1,0 +1,122 @@
+"""Corruption the mirror must notice, made by the sandbox OSS and met by the real oss2 client.
+
+What each fault stands for (see `sandbox.oss`): a stored object whose bytes changed after the
+mirror verified it (`corrupt_object`); a part damaged on the way, which OSS hashes and stores
+damaged (`damage(when="in_transit")`); a part OSS acknowledges with the ETag and CRC64 of the
+bytes it received but stores damaged (`damage(when="after_ack")`). oss2 itself compares only
+the `x-oss-hash-crc64ecma` of put/part/complete answers, and only with `enable_crc`
+(oss2/api.py `put_object`, `upload_part`, `complete_multipart_upload`; oss2/utils.py
+`check_crc`); the mirror runs with it off and does those comparisons itself
+(`llm_rollout.mirror.transfer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from llm_rollout.errors import PermanentError
+from llm_rollout.mirror import MirrorError, is_mirrored, manifest_key, mirror_model
+from llm_rollout.oss import open_bucket
+from tests.mirror.conftest import BUCKET, MirrorCase
+
+
+def _requests(case: MirrorCase, op: str, key: str, part: int | None = None) -> list[int]:
+    """Statuses of the `op` requests on `key` (and part number) the sandbox answered."""
+    return [
+        e.status
+        for e in case.oss.request_log
+        if e.op == op and e.key == key and (part is None or e.part_number == part)
+    ]
+
+
+def _stored_sha256(case: MirrorCase, key: str) -> str:
+    digest = hashlib.sha256()
+    for block in case.oss.open_object(BUCKET, key):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_sha256(case: MirrorCase, path: str) -> str:
+    return hashlib.sha256((case.model_dir / path).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("path", ["config.json", "model-00002-of-00003.safetensors"])
+def test_an_object_changed_at_rest_is_not_mirrored_and_is_sent_again(
+    case: MirrorCase, path: str
+) -> None:
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    key = case.target.key(path)
+    size = case.oss.object_meta(BUCKET, key).size  # type: ignore[union-attr]
+    case.oss.corrupt_object(BUCKET, key)
+    # Same size, same x-oss-meta-sha256: only the CRC64 differs from the manifest's.
+    assert case.oss.object_meta(BUCKET, key).size == size  # type: ignore[union-attr]
+    assert _stored_sha256(case, key) != _file_sha256(case, path)
+
+    for listing in (None, case.client.list_files(case.source)):
+        status = is_mirrored(case.target, case.credentials, listing)
+        assert not status.complete
+        assert status.reason == f"{path}: CRC64 differs from the manifest"
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert [o.record.path for o in result.files if o.status != "skipped"] == [path]
+    assert _stored_sha256(case, key) == _file_sha256(case, path)
+    assert is_mirrored(case.target, case.credentials).complete
+
+
+def test_a_part_damaged_in_transit_is_sent_again(case: MirrorCase) -> None:
+    key = case.target.key(case.shard(1))
+    case.oss.faults.damage("UploadPart", when="in_transit", key=key, part_numbers=[2])
+
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert case.oss.faults.fired() == 1
+    # OSS answered the damaged part's CRC64; the mirror saw it differ and sent the part again.
+    assert _requests(case, "UploadPart", key, part=2) == [200, 200]
+    assert _requests(case, "UploadPart", key, part=1) == [200]
+    assert _stored_sha256(case, key) == _file_sha256(case, case.shard(1))
+    assert is_mirrored(case.target, case.credentials).complete
+
+
+def test_a_small_object_damaged_in_transit_is_sent_again(case: MirrorCase) -> None:
+    key = case.target.key("config.json")
+    case.oss.faults.damage("PutObject", when="in_transit", key=key)
+
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert case.oss.faults.fired() == 1
+    assert _requests(case, "PutObject", key) == [200, 200]
+    assert _stored_sha256(case, key) == _file_sha256(case, "config.json")
+    assert is_mirrored(case.target, case.credentials).complete
+
+
+def test_a_part_damaged_after_its_ack_fails_the_final_crc_check(case: MirrorCase) -> None:
+    shard = case.shard(1)
+    key = case.target.key(shard)
+    case.oss.faults.damage("UploadPart", when="after_ack", key=key, part_numbers=[2])
+
+    with pytest.raises(MirrorError) as failure:
+        mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert case.oss.faults.fired() == 1
+    assert isinstance(failure.value, PermanentError)
+    assert list(failure.value.failed) == [shard]
+    assert "!= combined part CRC64" in failure.value.failed[shard]
+    # Every part was acknowledged with the CRC64 the mirror computed: the answers looked right.
+    assert _requests(case, "UploadPart", key) == [200, 200, 200, 200]
+    assert _requests(case, "CompleteMultipartUpload", key) == [200]
+    # The object that cannot be trusted was removed and nothing is marked complete.
+    assert _requests(case, "DeleteObject", key) == [204]
+    bucket = open_bucket(case.target, case.credentials)
+    assert not bucket.object_exists(key)
+    assert not bucket.object_exists(manifest_key(case.target))
+    assert not is_mirrored(case.target, case.credentials).complete
+
+    case.oss.faults.clear()
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert [o.record.path for o in result.files if o.status != "skipped"] == [shard]
+    assert _stored_sha256(case, key) == _file_sha256(case, shard)
+    assert is_mirrored(case.target, case.credentials).complete
