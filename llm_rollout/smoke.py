@@ -447,6 +447,9 @@ def validate_smoke(report: SmokeReport, expectations: SmokeExpectations) -> Smok
     for row in rows:
         row["model_listed"] = model_listed
     failures: list[str] = []
+    if expectations.max_ttft_ms is not None and report.call("stream") is None:
+        # The TTFT checks select the streamed row: without one they would pass on nothing.
+        failures.append("time to first token measured (streamed call) (got no streamed call)")
     if models_call is None or models_call.status != 200:
         status = models_call.status if models_call else "not called"
         failures.append(f"GET /v1/models answered HTTP 200 (got {status})")
