@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import uuid
 
-from llm_rollout.credentials import CredentialsError, CredentialsRef, resolve_oss_credentials
+import pytest
+from prefect.blocks.system import Secret
+
+from llm_rollout.credentials import (
+    CredentialsError,
+    CredentialsRef,
+    credentials_from_mapping,
+    resolve_oss_credentials,
+)
 
 REF = CredentialsRef(access_key_id_env="MY_AK", access_key_secret_env="MY_SK")
 
@@ -28,3 +37,91 @@ def test_missing_variable_is_named_not_valued() -> None:
 def test_a_reference_needs_exactly_one_source() -> None:
     with pytest.raises(ValueError, match="secret_block"):
         CredentialsRef(access_key_id_env="MY_AK")
+
+
+SECRET_VALUE = "block-secret-value-never-shown"
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(
+    ("value", "token"),
+    [
+        ({"access_key_id": "LTAI-blk", "access_key_secret": SECRET_VALUE}, None),
+        # The CSI Secret's spelling, and an STS token, in a JSON string.
+        (
+            json.dumps({"akId": "LTAI-blk", "akSecret": SECRET_VALUE, "SecurityToken": "sts-t"}),
+            "sts-t",
+        ),
+    ],
+)
+def test_secret_block_credentials_resolve_and_stay_masked(value: object, token: str | None) -> None:
+    name = f"oss-creds-{uuid.uuid4().hex[:8]}"
+    Secret(value=value).save(name)  # type: ignore[arg-type]
+
+    creds = resolve_oss_credentials(CredentialsRef(secret_block=name), {})
+
+    assert creds.csi_secret_data() == {"akId": "LTAI-blk", "akSecret": SECRET_VALUE}
+    got = creds.security_token.get_secret_value() if creds.security_token else None
+    assert got == token
+    rendered = repr(creds) + str(creds) + creds.model_dump_json()
+    assert SECRET_VALUE not in rendered and "LTAI-blk" not in rendered
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (None, "no such Secret block"),
+        ("not json {", "value is not JSON"),
+        ('["a list"]', "value must be a JSON object"),
+        (
+            {"access_key_id": "LTAI-blk"},
+            "expected keys access_key_id and access_key_secret (or akId/akSecret)",
+        ),
+    ],
+)
+def test_secret_block_problems_name_the_block_never_a_value(value: object, problem: str) -> None:
+    name = f"oss-creds-{uuid.uuid4().hex[:8]}"
+    if value is not None:
+        Secret(value=value).save(name)  # type: ignore[arg-type]
+    with pytest.raises(CredentialsError) as failure:
+        resolve_oss_credentials(CredentialsRef(secret_block=name), {})
+    assert str(failure.value) == f"storage.credentials.secret_block {name!r}: {problem}"
+    assert "LTAI-blk" not in str(failure.value)
+
+
+def test_a_reference_takes_one_source_only_and_both_env_names() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        CredentialsRef(secret_block="b", access_key_id_env="MY_AK")
+    with pytest.raises(ValueError, match="secret_block"):
+        CredentialsRef(access_key_secret_env="MY_SK")
+    assert CredentialsRef(secret_block="b").secret_block == "b"
+
+
+def test_env_sts_token_is_resolved_or_named_when_missing() -> None:
+    ref = CredentialsRef(
+        access_key_id_env="MY_AK", access_key_secret_env="MY_SK", security_token_env="MY_TOKEN"
+    )
+    env = {"MY_AK": "LTAI-abc", "MY_SK": "topsecret-123"}
+    with pytest.raises(CredentialsError) as failure:
+        resolve_oss_credentials(ref, env)
+    assert str(failure.value) == (
+        "storage.credentials.security_token_env: variable MY_TOKEN is not set"
+    )
+    creds = resolve_oss_credentials(ref, {**env, "MY_TOKEN": "sts-token-1"})
+    assert creds.security_token is not None
+    assert creds.security_token.get_secret_value() == "sts-token-1"
+    assert "sts-token-1" not in repr(creds) + creds.model_dump_json()
+    plain = resolve_oss_credentials(REF, env)
+    assert plain.security_token is None
+
+
+def test_first_non_empty_spelling_wins_and_empty_values_do_not_count() -> None:
+    creds = credentials_from_mapping(
+        {"access_key_id": "", "akId": "LTAI-second", "AccessKeySecret": "s3", "SecurityToken": ""},
+        origin="test",
+    )
+    assert creds.csi_secret_data() == {"akId": "LTAI-second", "akSecret": "s3"}
+    assert creds.security_token is None
+    with pytest.raises(CredentialsError, match=r"^test: expected keys"):
+        credentials_from_mapping({"akId": 123, "akSecret": "s3"}, origin="test")
