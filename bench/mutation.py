@@ -1,0 +1,265 @@
+"""Mutation testing of the core decisions with cosmic-ray: killed/survived per module.
+
+For each target (a module, optionally only some of its functions, and the tests that cover
+it) this runs cosmic-ray (`init`, a filter that skips mutants outside the chosen functions,
+`exec`) in a scratch copy of the committed tree, so the working copy is never mutated and an
+interrupted run leaves nothing behind. The tests run with this checkout's virtualenv; the copy
+comes first on `sys.path` (`python -m pytest` from the copy's root).
+
+Prints one row per module (mutants, killed, survived, incompetent, timed out, skipped by the
+function filter, score = killed / (killed + survived)) and writes every survivor's diff to
+`<workdir>/survivors.txt` for review. Each run is bounded: `--budget-s` stops `exec` (the
+mutants not run are reported as pending), and each mutant's tests by cosmic-ray's `timeout`.
+
+    uv run python bench/mutation.py                       # every target
+    uv run python bench/mutation.py --only manifest       # targets whose name contains it
+    uv run python bench/mutation.py --budget-s 900 --workdir build/mutation
+
+Not run in CI: a run takes minutes per module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import toml
+from cosmic_ray.work_db import WorkDB, use_db
+from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = Path(sys.executable)
+
+# Operators whose mutants are noise for decision logic here: rewriting a number inside a
+# message or a log call tells nothing, and dropping decorators changes pydantic validators'
+# registration, which the import already fails on.
+EXCLUDED_OPERATORS = ("core/NumberReplacer", "core/RemoveDecorator")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A module, the functions of it to mutate (None: all), and the tests that cover it."""
+
+    name: str
+    module: str
+    functions: tuple[str, ...] | None
+    tests: tuple[str, ...]
+    timeout_s: float = 180.0
+
+
+TARGETS = (
+    Target(
+        "mirror verification (manifest)",
+        "llm_rollout/mirror/manifest.py",
+        ("_record_problem", "check_mirror", "read_manifest"),
+        ("tests/mirror/test_corruption.py", "tests/mirror/test_mirror.py"),
+    ),
+    Target(
+        "mirror verification and resume (transfer)",
+        "llm_rollout/mirror/transfer.py",
+        (
+            "verified_in_place",
+            "_verify_head",
+            "_check_wire_crc",
+            "_open_upload",
+            "_resume_hash",
+            "head_object",
+        ),
+        (
+            "tests/mirror/test_corruption.py",
+            "tests/mirror/test_resumable_hash.py",
+            "tests/mirror/test_mirror.py",
+        ),
+        timeout_s=240.0,
+    ),
+    Target(
+        "mirror resume (checkpoint)",
+        "llm_rollout/mirror/checkpoint.py",
+        None,
+        ("tests/mirror/test_resumable_hash.py", "tests/mirror/test_transfer_paths.py"),
+    ),
+    Target(
+        "secret redaction (credentials)",
+        "llm_rollout/credentials.py",
+        None,
+        ("tests/mirror/test_credentials.py",),
+    ),
+)
+
+
+@dataclass
+class Row:
+    name: str
+    module: str
+    mutants: int = 0
+    killed: int = 0
+    survived: int = 0
+    incompetent: int = 0
+    timed_out: int = 0
+    filtered: int = 0
+    pending: int = 0
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float | None:
+        judged = self.killed + self.survived
+        return self.killed / judged if judged else None
+
+
+def _scratch_tree(dest: Path) -> None:
+    """The committed tree (HEAD) plus the working copy's changes to tracked files."""
+    archive = dest.parent / "head.tar"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", "-o", str(archive), "HEAD"],
+        check=True,
+    )
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    archive.unlink()
+    changed = subprocess.run(
+        ["git", "-C", str(ROOT), "diff", "--name-only", "HEAD"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    for rel in changed:
+        src = ROOT / rel
+        if src.is_file():
+            shutil.copy2(src, dest / rel)
+
+
+def _filter(db: WorkDB, functions: tuple[str, ...] | None) -> int:
+    skipped = 0
+    for item in list(db.pending_work_items):
+        for mutation in item.mutations:
+            outside = functions is not None and mutation.definition_name not in functions
+            noise = mutation.operator_name.startswith(EXCLUDED_OPERATORS)
+            if outside or noise:
+                db.set_result(
+                    item.job_id,
+                    WorkResult(output="filtered", worker_outcome=WorkerOutcome.SKIPPED),
+                )
+                skipped += 1
+                break
+    return skipped
+
+
+def _run_target(target: Target, tree: Path, workdir: Path, budget_s: float) -> tuple[Row, str]:
+    slug = target.module.replace("/", "_").removesuffix(".py")
+    config = workdir / f"{slug}.toml"
+    session = workdir / f"{slug}.sqlite"
+    session.unlink(missing_ok=True)
+    tests = " ".join(target.tests)
+    config.write_text(
+        toml.dumps(
+            {
+                "cosmic-ray": {
+                    "module-path": target.module,
+                    "timeout": target.timeout_s,
+                    "excluded-modules": [],
+                    "test-command": (
+                        f"{PYTHON} -m pytest -x -q -p no:cacheprovider -o addopts= {tests}"
+                    ),
+                    "distributor": {"name": "local"},
+                }
+            }
+        )
+    )
+    cosmic = [str(PYTHON), "-m", "cosmic_ray.cli"]
+    subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, check=True)
+    with use_db(str(session)) as db:
+        filtered = _filter(db, target.functions)
+    started = time.monotonic()
+    # A session of its own: on the budget the whole group (cosmic-ray and its pytest) stops.
+    proc = subprocess.Popen(
+        [*cosmic, "exec", str(config), str(session)], cwd=tree, start_new_session=True
+    )
+    try:
+        proc.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+    row = Row(target.name, target.module, filtered=filtered)
+    row.seconds = time.monotonic() - started
+    survivors: list[str] = []
+    with use_db(str(session), WorkDB.Mode.open) as db:
+        results = dict(db.results)
+        for item in db.work_items:
+            result = results.get(item.job_id)
+            if result is not None and result.worker_outcome == WorkerOutcome.SKIPPED:
+                continue
+            row.mutants += 1
+            if result is None:
+                row.pending += 1
+            elif result.test_outcome == TestOutcome.SURVIVED:
+                row.survived += 1
+                mutation = item.mutations[0]
+                survivors.append(
+                    f"## {target.module} {mutation.definition_name} {mutation.operator_name} "
+                    f"line {mutation.start_pos[0]}\n{result.diff}\n"
+                )
+            elif result.worker_outcome == WorkerOutcome.ABNORMAL:
+                row.timed_out += 1  # cosmic-ray's timeout: counted apart, not as killed
+            elif result.test_outcome == TestOutcome.INCOMPETENT:
+                row.incompetent += 1
+            else:
+                row.killed += 1
+    return row, "".join(survivors)
+
+
+def _print(rows: list[Row]) -> None:
+    print(
+        "| module | mutants | killed | survived | incompetent | timed out | pending | score | s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        score = "-" if r.score is None else f"{r.score:.0%}"
+        print(
+            f"| {r.module} | {r.mutants} | {r.killed} | {r.survived} | {r.incompetent} | "
+            f"{r.timed_out} | {r.pending} | {score} | {r.seconds:.0f} |"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", help="run the targets whose name contains this")
+    parser.add_argument("--budget-s", type=float, default=1200.0, help="exec budget per target")
+    parser.add_argument("--workdir", type=Path, help="keep sessions and survivors here")
+    args = parser.parse_args()
+    targets = [t for t in TARGETS if args.only is None or args.only in t.name]
+    if not targets:
+        parser.error(f"no target matches {args.only!r}")
+    keep = args.workdir is not None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="llm-rollout-mutation-"))
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    tree = Path(tempfile.mkdtemp(prefix="tree-", dir=workdir))
+    rows: list[Row] = []
+    survivors = []
+    try:
+        _scratch_tree(tree)
+        for target in targets:
+            row, text = _run_target(target, tree, workdir, args.budget_s)
+            rows.append(row)
+            survivors.append(text)
+            _print([row])
+    finally:
+        shutil.rmtree(tree, ignore_errors=True)
+    (workdir / "survivors.txt").write_text("\n".join(survivors))
+    print()
+    _print(rows)
+    print(f"\nsurvivors: {workdir / 'survivors.txt'}" + ("" if keep else " (temporary)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
