@@ -21,9 +21,8 @@ Not run in CI: a run takes minutes per module.
 from __future__ import annotations
 
 import argparse
-import os
+import ast
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -32,9 +31,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import toml
-from cosmic_ray.work_db import WorkDB, use_db
-from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkResult
+import psutil
+import toml  # type: ignore[import-untyped]
+from cosmic_ray.work_db import WorkDB, use_db  # type: ignore[import-untyped]
+from cosmic_ray.work_item import (  # type: ignore[import-untyped]
+    TestOutcome,
+    WorkerOutcome,
+    WorkResult,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = Path(sys.executable)
@@ -43,6 +47,7 @@ PYTHON = Path(sys.executable)
 # message or a log call tells nothing, and dropping decorators changes pydantic validators'
 # registration, which the import already fails on.
 EXCLUDED_OPERATORS = ("core/NumberReplacer", "core/RemoveDecorator")
+# Also skipped: mutants inside annotations (see `_annotation_spans`).
 
 
 @dataclass(frozen=True)
@@ -137,13 +142,38 @@ def _scratch_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def _filter(db: WorkDB, functions: tuple[str, ...] | None) -> int:
+Span = tuple[tuple[int, int], tuple[int, int]]
+
+
+def _annotation_spans(source: str) -> list[Span]:
+    """Where the module's annotations are: with `from __future__ import annotations` they are
+    never evaluated, so a mutant inside one is equivalent by construction."""
+    spans: list[Span] = []
+    for node in ast.walk(ast.parse(source)):
+        annotations: list[ast.expr | None] = []
+        if isinstance(node, ast.arg):
+            annotations.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            annotations.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            annotations.append(node.annotation)
+        for ann in annotations:
+            if ann is not None and ann.end_lineno is not None and ann.end_col_offset is not None:
+                spans.append(((ann.lineno, ann.col_offset), (ann.end_lineno, ann.end_col_offset)))
+    return spans
+
+
+def _filter(db: WorkDB, functions: tuple[str, ...] | None, source: str) -> int:
+    postponed = "from __future__ import annotations" in source
+    spans = _annotation_spans(source) if postponed else []
     skipped = 0
     for item in list(db.pending_work_items):
         for mutation in item.mutations:
             outside = functions is not None and mutation.definition_name not in functions
             noise = mutation.operator_name.startswith(EXCLUDED_OPERATORS)
-            if outside or noise:
+            start = tuple(mutation.start_pos)
+            annotation = any(lo <= start < hi for lo, hi in spans)
+            if outside or noise or annotation:
                 db.set_result(
                     item.job_id,
                     WorkResult(output="filtered", worker_outcome=WorkerOutcome.SKIPPED),
@@ -177,16 +207,17 @@ def _run_target(target: Target, tree: Path, workdir: Path, budget_s: float) -> t
     cosmic = [str(PYTHON), "-m", "cosmic_ray.cli"]
     subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, check=True)
     with use_db(str(session)) as db:
-        filtered = _filter(db, target.functions)
+        filtered = _filter(db, target.functions, (tree / target.module).read_text())
     started = time.monotonic()
-    # A session of its own: on the budget the whole group (cosmic-ray and its pytest) stops.
-    proc = subprocess.Popen(
-        [*cosmic, "exec", str(config), str(session)], cwd=tree, start_new_session=True
-    )
+    proc = subprocess.Popen([*cosmic, "exec", str(config), str(session)], cwd=tree)
     try:
         proc.wait(timeout=budget_s)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
+        # cosmic-ray starts each test run in a session of its own: stop the whole tree.
+        tree_procs = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in tree_procs:
+            p.terminate()
+        psutil.wait_procs(tree_procs, timeout=30)
         proc.wait()
     row = Row(target.name, target.module, filtered=filtered)
     row.seconds = time.monotonic() - started
