@@ -184,16 +184,17 @@ def test_lease_serialises_two_holders_and_names_the_holder(
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     api = load_api_client()
-    events: list[tuple[str, str, float]] = []
+    # Appended by the threads in the order things happened (list.append is atomic).
+    events: list[tuple[str, str]] = []
     first_in = threading.Event()
     release_first = threading.Event()
 
     def first() -> None:
         with service_lock(api, "locks", "svc", holder="run-A", owner="A", wait_s=5, duration_s=15):
-            events.append(("A", "in", time.monotonic()))
+            events.append(("A", "in"))
             first_in.set()
             release_first.wait(10)
-            events.append(("A", "out", time.monotonic()))
+            events.append(("A", "out"))
 
     thread = threading.Thread(target=first)
     thread.start()
@@ -208,17 +209,31 @@ def test_lease_serialises_two_holders_and_names_the_holder(
     lease = get(api, lease_ref("locks", "svc"))
     assert lease is not None and lease["spec"]["holderIdentity"] == "run-A"
 
-    # A waiting second holder gets in only after the first released.
+    # A waiting second holder gets in only after the first released: A lets go once B is
+    # seen waiting, i.e. once the API server has opened B's watch of the Lease.
+    def lease_watches() -> int:
+        return sum(
+            1
+            for r in cluster.api.request_log.records()
+            if r.verb == "watch"
+            and r.path.startswith("/apis/coordination.k8s.io/v1/namespaces/locks/leases")
+        )
+
+    watches_before = lease_watches()
+
     def let_go() -> None:
-        time.sleep(0.5)
+        deadline = time.monotonic() + 10  # bounds the wait; the test fails, not hangs
+        while lease_watches() == watches_before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events.append(("A", "release"))
         release_first.set()
 
     threading.Thread(target=let_go).start()
     with service_lock(api, "locks", "svc", holder="run-B", owner="B", wait_s=10):
-        events.append(("B", "in", time.monotonic()))
+        events.append(("B", "in"))
     thread.join(10)
-    order = [(who, what) for who, what, _ in sorted(events, key=lambda e: e[2])]
-    assert order == [("A", "in"), ("A", "out"), ("B", "in")]
+    assert lease_watches() == watches_before + 1, "B did not wait on a watch of the Lease"
+    assert events == [("A", "in"), ("A", "release"), ("A", "out"), ("B", "in")]
     # Re-entrant for the same owner; released lease has no holder.
     with service_lock(api, "locks", "svc", holder="run-C", owner="C", wait_s=0):
         with service_lock(api, "locks", "svc", holder="run-C/sub", owner="C", wait_s=0) as inner:
