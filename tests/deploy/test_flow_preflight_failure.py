@@ -6,6 +6,8 @@ modelscope clients; the cluster here is a kubeconfig pointing at a closed port.
 
 from __future__ import annotations
 
+import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bench.reliability import prefect_texts
 from cli import app
+from llm_rollout.record import EVENT_FAILED, service_resource_id
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer
 
@@ -82,7 +86,17 @@ def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
     path.write_text("name: Not_A_DNS_Name\nnamespace: llm\n")
     result = CliRunner().invoke(app, ["deploy", str(path)])
     assert result.exit_code == 2
-    assert "name" in result.output and "Not_A_DNS_Name" not in result.output.split(":")[0]
+    first, *rest = result.output.splitlines()
+    assert first == (
+        f"invalid spec {path}: name: must be a DNS-1123 label (lowercase letters, digits, '-')"
+    )
+    # Every missing section is named too, one a line; the bad value itself is never echoed.
+    assert sorted(line.strip() for line in rest) == [
+        "model: required field is missing",
+        "serving: required field is missing",
+        "storage: required field is missing",
+    ]
+    assert "Not_A_DNS_Name" not in result.output
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -102,3 +116,16 @@ def test_preflight_lists_every_problem_and_writes_nothing(
     requests = oss.request_log.snapshot()
     assert any(r.status == 403 for r in requests)  # the bucket check really asked OSS
     assert [r for r in requests if r.method in ("PUT", "POST", "DELETE")] == []
+    # The run is recorded as failed: the service.failed event, naming the service, no keys.
+    run_id = re.search(r"flow run ([0-9a-f-]{36})", out)
+    assert run_id is not None, out
+    events = [
+        json.loads(line) for line in prefect_texts(run_id.group(1))["prefect events"].splitlines()
+    ]
+    ours = [e for e in events if e["event"].startswith("llm-rollout.")]
+    assert [e["event"] for e in ours] == [EVENT_FAILED]
+    (failed,) = ours
+    assert failed["resource"]["prefect.resource.id"] == service_resource_id("llm", "tiny")
+    assert failed["payload"]["outcome"] == "failed"
+    assert "preflight failed" in failed["payload"]["message"]
+    assert WRONG_SECRET not in json.dumps(failed) and KEY_ID not in json.dumps(failed)
