@@ -18,7 +18,7 @@ from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import get
 from llm_rollout.locking import ServiceLockedError, lease_ref, service_lock
 from llm_rollout.mirror import MirrorOptions, mirror_model
-from llm_rollout.mirror.manifest import read_manifest
+from llm_rollout.mirror.manifest import manifest_key, read_manifest
 from llm_rollout.oss import open_bucket
 from llm_rollout.refresh import hub_source, pinned, plan_refresh, revision_target
 from llm_rollout.retention import (
@@ -34,7 +34,7 @@ from sandbox.hub import HubServer
 from sandbox.kube.cluster import SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.synthetic import derive_changed_revision, shard_name
-from tests.deployments.conftest import KEY_ID, KEY_SECRET, SHARDS, Model, spec_data
+from tests.deployments.conftest import BUCKET, KEY_ID, KEY_SECRET, SHARDS, Model, spec_data
 
 CREDS = OssCredentials(access_key_id=SecretStr(KEY_ID), access_key_secret=SecretStr(KEY_SECRET))
 
@@ -109,6 +109,42 @@ def test_refresh_moves_only_changed_bytes(
     # The copies verify like any mirrored object: a second copy run finds them all present.
     again = copy_unchanged(bucket, plan.copies)
     assert {o.method for o in again.outcomes} == {"already-present"}
+
+
+def test_refresh_without_the_deployed_manifest_plans_a_full_mirror_that_moves_nothing(
+    hub: HubServer, oss: OssServer, model: Model, tmp_path: Path
+) -> None:
+    spec = spec_from_dict(spec_data(oss, model.model_id, name="core-nomanifest"))
+    _mirror(spec, "master", tmp_path)
+    target = revision_target(spec, "master")
+    bucket = open_bucket(target, CREDS)
+    # The objects stay; only the completeness marker is gone (a run that stopped before
+    # writing it, or a manifest removed by hand).
+    bucket.delete_object(manifest_key(target))
+    assert read_manifest(bucket, target) is None
+    listing = HubClient(endpoint=hub.base_url).list_files(hub_source(spec))
+
+    plan = plan_refresh(spec, _state(spec, "master"), listing, None, None)
+
+    assert not plan.up_to_date
+    assert plan.reason == "no mirror manifest for the deployed revision master: full mirror"
+    assert plan.deployed_digest is None
+    assert plan.target_revision == "master"
+    assert plan.copies == [] and plan.removed == []
+    assert sorted(f.path for f in plan.changed) == sorted(f.path for f in listing.files)
+    # The full mirror finds every object verified in place: it sends no file again (each
+    # object keeps the stored segments it had: none was rewritten), only the manifest.
+    stored = {
+        k: oss.object_meta(BUCKET, k) for k in oss.keys(BUCKET) if k.startswith(target.prefix)
+    }
+    result = mirror_model(hub_source(spec), target, CREDS, _options(tmp_path))
+    assert result.bytes_sent == 0 and {o.status for o in result.files} == {"skipped"}
+    for key, meta in stored.items():
+        assert oss.object_meta(BUCKET, key) == meta, key
+    manifest = read_manifest(bucket, target)
+    assert manifest is not None
+    again = plan_refresh(spec, _state(spec, "master"), listing, manifest, None)
+    assert again.up_to_date, again.reason
 
 
 def test_part_ranges_cover_exactly() -> None:
