@@ -246,9 +246,23 @@ def test_is_mirrored_detects_a_changed_object(case: MirrorCase) -> None:
     assert is_mirrored(case.target, case.credentials).complete
 
 
-def test_transient_errors_are_classified(case: MirrorCase) -> None:
-    case.oss.faults.fail("PutObject", status=503, times=1)
-    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+def test_a_transient_oss_error_is_retried_and_a_permanent_one_is_not(case: MirrorCase) -> None:
+    key = case.target.key("config.json")
+    case.oss.faults.fail("PutObject", status=503, key=key, times=1)
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    assert case.oss.faults.fired() == 1
+    puts = [e.status for e in case.oss.request_log if e.op == "PutObject" and e.key == key]
+    assert puts == [503, 200]  # sent again after the 503, once
     assert is_mirrored(case.target, case.credentials).complete
-    assert result.bytes_sent > 0
     assert issubclass(MirrorTransientError, TransientError)
+
+    # A 403 is permanent: the request is sent once, never again, and the error says so.
+    other = case.target.model_copy(update={"prefix": case.target.prefix + "-denied"})
+    denied = other.key("config.json")
+    case.oss.faults.fail("PutObject", status=403, code="AccessDenied", key=denied, times=None)
+    with pytest.raises(MirrorError) as failure:
+        mirror_model(case.source, other, case.credentials, case.options, hub=case.client)
+    assert isinstance(failure.value, PermanentError)
+    assert list(failure.value.failed) == ["config.json"]
+    attempts = [e.status for e in case.oss.request_log if e.op == "PutObject" and e.key == denied]
+    assert attempts == [403]
