@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from prefect.blocks.system import Secret
+from pydantic import SecretStr, ValidationError
 
 from llm_rollout.credentials import (
     CredentialsError,
@@ -39,6 +40,51 @@ def test_a_reference_needs_exactly_one_source() -> None:
         CredentialsRef(access_key_id_env="MY_AK")
 
 
+def test_a_reference_takes_one_source_only_and_both_env_names() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        CredentialsRef(secret_block="b", access_key_id_env="MY_AK")
+    with pytest.raises(ValueError, match="secret_block"):
+        CredentialsRef(access_key_secret_env="MY_SK")
+    assert CredentialsRef(secret_block="b").secret_block == "b"
+
+
+def test_env_sts_token_is_resolved_or_named_when_missing() -> None:
+    ref = CredentialsRef(
+        access_key_id_env="MY_AK", access_key_secret_env="MY_SK", security_token_env="MY_TOKEN"
+    )
+    env = {"MY_AK": "LTAI-abc", "MY_SK": "topsecret-123"}
+    with pytest.raises(CredentialsError) as failure:
+        resolve_oss_credentials(ref, env)
+    assert str(failure.value) == (
+        "storage.credentials.security_token_env: variable MY_TOKEN is not set"
+    )
+    creds = resolve_oss_credentials(ref, {**env, "MY_TOKEN": "sts-token-1"})
+    assert creds.security_token is not None
+    assert creds.security_token.get_secret_value() == "sts-token-1"
+    assert "sts-token-1" not in repr(creds) + creds.model_dump_json()
+    plain = resolve_oss_credentials(REF, env)
+    assert plain.security_token is None
+
+
+def test_first_non_empty_spelling_wins_and_empty_values_do_not_count() -> None:
+    creds = credentials_from_mapping(
+        {"access_key_id": "", "akId": "LTAI-second", "AccessKeySecret": "s3", "SecurityToken": ""},
+        origin="test",
+    )
+    assert creds.csi_secret_data() == {"akId": "LTAI-second", "akSecret": "s3"}
+    assert creds.security_token is None
+    with pytest.raises(CredentialsError, match=r"^test: expected keys"):
+        credentials_from_mapping({"akId": 123, "akSecret": "s3"}, origin="test")
+
+
+def test_resolved_credentials_cannot_be_changed() -> None:
+    creds = resolve_oss_credentials(REF, {"MY_AK": "LTAI-abc", "MY_SK": "topsecret-123"})
+    with pytest.raises(ValidationError, match="frozen"):
+        creds.access_key_secret = SecretStr("other")  # type: ignore[misc]
+    assert "topsecret-123" not in repr(creds)
+
+
+# Last: these start the session's Prefect test server (seconds), the ones above need none.
 SECRET_VALUE = "block-secret-value-never-shown"
 
 
@@ -88,40 +134,3 @@ def test_secret_block_problems_name_the_block_never_a_value(value: object, probl
         resolve_oss_credentials(CredentialsRef(secret_block=name), {})
     assert str(failure.value) == f"storage.credentials.secret_block {name!r}: {problem}"
     assert "LTAI-blk" not in str(failure.value)
-
-
-def test_a_reference_takes_one_source_only_and_both_env_names() -> None:
-    with pytest.raises(ValueError, match="not both"):
-        CredentialsRef(secret_block="b", access_key_id_env="MY_AK")
-    with pytest.raises(ValueError, match="secret_block"):
-        CredentialsRef(access_key_secret_env="MY_SK")
-    assert CredentialsRef(secret_block="b").secret_block == "b"
-
-
-def test_env_sts_token_is_resolved_or_named_when_missing() -> None:
-    ref = CredentialsRef(
-        access_key_id_env="MY_AK", access_key_secret_env="MY_SK", security_token_env="MY_TOKEN"
-    )
-    env = {"MY_AK": "LTAI-abc", "MY_SK": "topsecret-123"}
-    with pytest.raises(CredentialsError) as failure:
-        resolve_oss_credentials(ref, env)
-    assert str(failure.value) == (
-        "storage.credentials.security_token_env: variable MY_TOKEN is not set"
-    )
-    creds = resolve_oss_credentials(ref, {**env, "MY_TOKEN": "sts-token-1"})
-    assert creds.security_token is not None
-    assert creds.security_token.get_secret_value() == "sts-token-1"
-    assert "sts-token-1" not in repr(creds) + creds.model_dump_json()
-    plain = resolve_oss_credentials(REF, env)
-    assert plain.security_token is None
-
-
-def test_first_non_empty_spelling_wins_and_empty_values_do_not_count() -> None:
-    creds = credentials_from_mapping(
-        {"access_key_id": "", "akId": "LTAI-second", "AccessKeySecret": "s3", "SecurityToken": ""},
-        origin="test",
-    )
-    assert creds.csi_secret_data() == {"akId": "LTAI-second", "akSecret": "s3"}
-    assert creds.security_token is None
-    with pytest.raises(CredentialsError, match=r"^test: expected keys"):
-        credentials_from_mapping({"akId": 123, "akSecret": "s3"}, origin="test")

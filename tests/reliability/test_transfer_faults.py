@@ -21,7 +21,6 @@ MAX_PARTS_PER_FAULT = {"transfer: kill -9 of sync": 3}
 def test_transfer_fault_class_survives(lab: TransferLab, spec: TransferRowSpec) -> None:
     row, results = run_transfer_class(lab, spec, TRIALS, seed=1)
 
-    assert row.trials == TRIALS
     assert row.survived == TRIALS, row.failures
     limit = MAX_PARTS_PER_FAULT.get(spec.name, 1) * PART
     for result in results:
@@ -29,5 +28,8 @@ def test_transfer_fault_class_survives(lab: TransferLab, spec: TransferRowSpec) 
         assert result.oss_resent <= max(1, result.faults) * limit, result
     if spec.name == "transfer: kill -9 of sync":
         assert row.leaks == 0  # the keys were in its environment, never in its output
-    # Each trial fired its fault (a kill that landed after completion would count zero).
-    assert sum(r.faults for r in results) >= TRIALS
+        # A kill that landed after completion counts zero; at least as many landed as trials.
+        assert sum(r.faults for r in results) >= TRIALS
+    else:
+        # Each trial's scripted fault fired (a trial whose fault never fired proves nothing).
+        assert all(r.faults >= 1 for r in results), results

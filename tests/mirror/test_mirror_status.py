@@ -1,0 +1,95 @@
+"""What `is_mirrored` answers, and why, for each way a mirror stops being complete."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_rollout.mirror import is_mirrored, manifest_key, mirror_model
+from llm_rollout.oss import open_bucket
+from sandbox.synthetic import derive_changed_revision
+from tests.mirror.conftest import BUCKET, MirrorCase
+
+
+@pytest.fixture
+def mirrored(case: MirrorCase) -> MirrorCase:
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    status = is_mirrored(case.target, case.credentials, case.client.list_files(case.source))
+    assert status.complete and status.reason == ""
+    return case
+
+
+def test_a_grown_object_is_named_by_its_size(mirrored: MirrorCase) -> None:
+    case = mirrored
+    key = case.target.key("config.json")
+    size = case.oss.object_meta(BUCKET, key).size  # type: ignore[union-attr]
+    grown = (case.model_dir / "config.json").read_bytes() + b"\n"
+    open_bucket(case.target, case.credentials).put_object(key, grown)
+
+    status = is_mirrored(case.target, case.credentials)
+
+    assert not status.complete
+    assert status.reason == f"config.json: size {size + 1} != manifest {size}"
+
+
+def test_a_missing_object_is_named(mirrored: MirrorCase) -> None:
+    case = mirrored
+    open_bucket(case.target, case.credentials).delete_object(case.target.key(case.shard(3)))
+
+    status = is_mirrored(case.target, case.credentials)
+
+    assert not status.complete
+    assert status.reason == f"{case.shard(3)}: object missing"
+
+
+def test_many_problems_name_three_and_count_the_rest(mirrored: MirrorCase) -> None:
+    case = mirrored
+    bucket = open_bucket(case.target, case.credentials)
+    broken = sorted(r.path for r in case.client.list_files(case.source).files)[:5]
+    for path in broken:
+        bucket.delete_object(case.target.key(path))
+
+    status = is_mirrored(case.target, case.credentials)
+
+    assert not status.complete
+    named = [part.split(":")[0] for part in status.reason.split(" (+")[0].split("; ")]
+    assert len(named) == 3 and set(named) <= set(broken)
+    assert status.reason.endswith(" (+2 more)")
+
+
+def test_a_manifest_for_other_content_is_not_complete(mirrored: MirrorCase) -> None:
+    case = mirrored
+    changed = derive_changed_revision(
+        case.model_dir, case.model_dir.parent / "v2", changed_shards=[1], seed=11
+    )
+    case.hub.add_revision_from_dir(case.source.model_id, "v2", changed)
+    listing = case.client.list_files(case.source.model_copy(update={"revision": "v2"}))
+
+    status = is_mirrored(case.target, case.credentials, listing)
+
+    assert not status.complete
+    assert status.reason == "manifest is for different content than the hub lists now"
+    assert status.manifest is not None
+    # Without a listing only OSS is consulted: the objects are all there and verified.
+    assert is_mirrored(case.target, case.credentials).complete
+
+
+def test_no_manifest_is_not_complete(mirrored: MirrorCase) -> None:
+    case = mirrored
+    open_bucket(case.target, case.credentials).delete_object(manifest_key(case.target))
+
+    status = is_mirrored(case.target, case.credentials)
+
+    assert not status.complete
+    assert status.reason == "no manifest"
+    assert status.manifest is None
+    assert status.manifest_uri == f"oss://{BUCKET}/{manifest_key(case.target)}"
+
+
+def test_an_unreadable_manifest_is_no_manifest(mirrored: MirrorCase) -> None:
+    case = mirrored
+    bucket = open_bucket(case.target, case.credentials)
+    bucket.put_object(manifest_key(case.target), b'{"not": "a manifest"}')
+
+    status = is_mirrored(case.target, case.credentials)
+
+    assert not status.complete and status.reason == "no manifest"
