@@ -14,6 +14,7 @@ mutants not run are reported as pending), and each mutant's tests by cosmic-ray'
     uv run python bench/mutation.py                       # every target
     uv run python bench/mutation.py --only manifest       # targets whose name contains it
     uv run python bench/mutation.py --budget-s 900 --workdir build/mutation
+    uv run python bench/mutation.py --workdir build/mutation --resume   # after adding tests
 
 Not run in CI: a run takes minutes per module.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -66,7 +68,11 @@ TARGETS = (
         "mirror verification (manifest)",
         "llm_rollout/mirror/manifest.py",
         ("_record_problem", "check_mirror", "read_manifest"),
-        ("tests/mirror/test_corruption.py", "tests/mirror/test_mirror.py"),
+        (
+            "tests/mirror/test_corruption.py",
+            "tests/mirror/test_mirror_status.py",
+            "tests/mirror/test_mirror.py",
+        ),
     ),
     Target(
         "mirror verification and resume (transfer)",
@@ -81,6 +87,7 @@ TARGETS = (
         ),
         (
             "tests/mirror/test_corruption.py",
+            "tests/mirror/test_mirror_status.py",
             "tests/mirror/test_resumable_hash.py",
             "tests/mirror/test_mirror.py",
         ),
@@ -163,10 +170,9 @@ def _annotation_spans(source: str) -> list[Span]:
     return spans
 
 
-def _filter(db: WorkDB, functions: tuple[str, ...] | None, source: str) -> int:
+def _filter(db: WorkDB, functions: tuple[str, ...] | None, source: str) -> None:
     postponed = "from __future__ import annotations" in source
     spans = _annotation_spans(source) if postponed else []
-    skipped = 0
     for item in list(db.pending_work_items):
         for mutation in item.mutations:
             outside = functions is not None and mutation.definition_name not in functions
@@ -178,16 +184,21 @@ def _filter(db: WorkDB, functions: tuple[str, ...] | None, source: str) -> int:
                     item.job_id,
                     WorkResult(output="filtered", worker_outcome=WorkerOutcome.SKIPPED),
                 )
-                skipped += 1
                 break
-    return skipped
 
 
-def _run_target(target: Target, tree: Path, workdir: Path, budget_s: float) -> tuple[Row, str]:
+def _run_target(
+    target: Target, tree: Path, workdir: Path, budget_s: float, resume: bool
+) -> tuple[Row, str]:
     slug = target.module.replace("/", "_").removesuffix(".py")
     config = workdir / f"{slug}.toml"
     session = workdir / f"{slug}.sqlite"
-    session.unlink(missing_ok=True)
+    if resume and session.exists():
+        # Survivors are judged again by the current tests; pending mutants run as usual.
+        with sqlite3.connect(session) as db:
+            db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'")
+    else:
+        session.unlink(missing_ok=True)
     tests = " ".join(target.tests)
     config.write_text(
         toml.dumps(
@@ -205,9 +216,11 @@ def _run_target(target: Target, tree: Path, workdir: Path, budget_s: float) -> t
         )
     )
     cosmic = [str(PYTHON), "-m", "cosmic_ray.cli"]
-    subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, check=True)
+    if not session.exists():
+        subprocess.run([*cosmic, "init", str(config), str(session)], cwd=tree, check=True)
     with use_db(str(session)) as db:
-        filtered = _filter(db, target.functions, (tree / target.module).read_text())
+        _filter(db, target.functions, (tree / target.module).read_text())
+        filtered = sum(1 for _, r in db.results if r.worker_outcome == WorkerOutcome.SKIPPED)
     started = time.monotonic()
     proc = subprocess.Popen([*cosmic, "exec", str(config), str(session)], cwd=tree)
     try:
@@ -265,6 +278,11 @@ def main() -> int:
     parser.add_argument("--only", help="run the targets whose name contains this")
     parser.add_argument("--budget-s", type=float, default=1200.0, help="exec budget per target")
     parser.add_argument("--workdir", type=Path, help="keep sessions and survivors here")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sessions in --workdir: run pending mutants, re-judge survivors",
+    )
     args = parser.parse_args()
     targets = [t for t in TARGETS if args.only is None or args.only in t.name]
     if not targets:
@@ -279,7 +297,7 @@ def main() -> int:
     try:
         _scratch_tree(tree)
         for target in targets:
-            row, text = _run_target(target, tree, workdir, args.budget_s)
+            row, text = _run_target(target, tree, workdir, args.budget_s, args.resume)
             rows.append(row)
             survivors.append(text)
             _print([row])
