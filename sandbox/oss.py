@@ -12,7 +12,8 @@ request is authenticated: v1 (``OSS ak:sig``, HMAC-SHA1) and v4 (``OSS4-HMAC-SHA
 scope region must equal ``region``) are recomputed from the configured secrets; an unknown
 key id gets 403 ``InvalidAccessKeyId``, a wrong secret 403 ``SignatureDoesNotMatch``, no
 ``Authorization`` 403 ``AccessDenied``, a ``Date``/``x-oss-date`` more than 15 minutes off
-403 ``RequestTimeTooSkewed``. Secrets are never logged nor echoed.
+403 ``RequestTimeTooSkewed``. Temporary (STS) keys (``add_sts_credentials``) need their
+``x-oss-security-token``. Secrets are never logged nor echoed.
 
 Operations: PutBucket, GetBucketInfo (``?bucketInfo``), GetBucketLocation, PutObject,
 GetObject (``Range``; like OSS, an invalid range yields the whole object unless
@@ -462,6 +463,7 @@ class OssServer(SandboxServer):
         (self.data_dir / "uploads").mkdir(exist_ok=True)
         (self.data_dir / "buckets").mkdir(exist_ok=True)
         self._credentials = dict(credentials)
+        self._sts_tokens: dict[str, str] = {}
         self.region = region
         self.faults = OssFaults()
         self.request_log: RequestLog[OssRequest] = RequestLog()
@@ -511,6 +513,12 @@ class OssServer(SandboxServer):
 
     def request_records(self) -> list[dict[str, object]]:
         return [asdict(r) for r in self.request_log.snapshot()]
+
+    def add_sts_credentials(self, access_key_id: str, secret: str, security_token: str) -> None:
+        """Accept a temporary (STS) key: its requests must carry ``x-oss-security-token``."""
+        with self._lock:
+            self._credentials[access_key_id] = secret
+            self._sts_tokens[access_key_id] = security_token
 
     def set_credentials(self, credentials: Mapping[str, str]) -> None:
         """Replace the accepted keys (e.g. to rotate or revoke a key mid-test)."""
@@ -906,13 +914,22 @@ class _OssHandler(SandboxHandler):
     def _secret_for(self, oss: OssServer, access_key_id: str) -> str:
         with oss._lock:
             secret = oss._credentials.get(access_key_id)
-        if secret is None:
+            token = oss._sts_tokens.get(access_key_id)
+        sent_token = self.headers.get("x-oss-security-token")
+        # OSS's error pages: an STS key id without its token is refused as an unknown key
+        # (InvalidAccessKeyId, "does not exist in our records"), and so is a token sent with
+        # a key id that is not a temporary one (EC 0002-00000002).
+        if secret is None or (token is None) != (sent_token is None):
             raise OssError(
                 403,
                 "InvalidAccessKeyId",
                 "The OSS Access Key Id you provided does not exist in our records.",
                 {"OSSAccessKeyId": access_key_id},
             )
+        if token is not None and not hmac.compare_digest(token, sent_token or ""):
+            # EC 0002-00000006 ("the security token is invalid"); OSS's pages do not give
+            # the Code it answers with: AccessDenied is this stand-in's, do not rely on it.
+            raise OssError(403, "AccessDenied", "The security token you provided is invalid.")
         return secret
 
     def _verify_v1(self, oss: OssServer, auth: str) -> None:

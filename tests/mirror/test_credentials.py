@@ -15,6 +15,9 @@ from llm_rollout.credentials import (
     credentials_from_mapping,
     resolve_oss_credentials,
 )
+from llm_rollout.mirror import is_mirrored, mirror_model
+from llm_rollout.oss import OssPermanentError
+from tests.mirror.conftest import MirrorCase
 
 REF = CredentialsRef(access_key_id_env="MY_AK", access_key_secret_env="MY_SK")
 
@@ -82,6 +85,26 @@ def test_resolved_credentials_cannot_be_changed() -> None:
     with pytest.raises(ValidationError, match="frozen"):
         creds.access_key_secret = SecretStr("other")  # type: ignore[misc]
     assert "topsecret-123" not in repr(creds)
+
+
+def test_sts_credentials_from_the_environment_mirror_and_check(case: MirrorCase) -> None:
+    case.oss.add_sts_credentials("STS.mirror-temp", "temp-secret-value", "sts-token-value")
+    ref = CredentialsRef(
+        access_key_id_env="T_AK", access_key_secret_env="T_SK", security_token_env="T_TOKEN"
+    )
+    env = {"T_AK": "STS.mirror-temp", "T_SK": "temp-secret-value", "T_TOKEN": "sts-token-value"}
+    creds = resolve_oss_credentials(ref, env)
+
+    result = mirror_model(case.source, case.target, creds, case.options, hub=case.client)
+
+    assert {o.status for o in result.files} == {"uploaded"}
+    assert is_mirrored(case.target, creds).complete
+    # Without the token the same key is refused before any byte moves.
+    no_token = creds.model_copy(update={"security_token": None})
+    with pytest.raises(OssPermanentError) as failure:
+        is_mirrored(case.target, no_token)
+    assert failure.value.code == "InvalidAccessKeyId"
+    assert "sts-token-value" not in str(failure.value) + repr(creds)
 
 
 # Last: these start the session's Prefect test server (seconds), the ones above need none.

@@ -118,3 +118,30 @@ def test_corrupt_object_at_rest_keeps_size_etag_and_metadata(oss: OssServer) -> 
     assert bucket.get_object("obj").read() == stored
     with pytest.raises(ValueError, match="outside"):
         oss.corrupt_object(BUCKET, "obj", offset=len(data))
+
+
+@pytest.mark.parametrize("version", ["v1", "v4"])
+def test_sts_key_needs_its_security_token(oss: OssServer, version: str) -> None:
+    oss.add_sts_credentials("STS.temp-key", "temp-secret", "token-abc")
+    extra = {"region": "cn-hangzhou"} if version == "v4" else {}
+    auth_version = oss2.AUTH_VERSION_4 if version == "v4" else oss2.AUTH_VERSION_1
+    sts = oss2.StsAuth("STS.temp-key", "temp-secret", "token-abc", auth_version=auth_version)
+    bucket = oss2.Bucket(sts, oss.endpoint, BUCKET, **extra)  # type: ignore[arg-type]
+    bucket.put_object("sts", b"data")
+    assert _stored(oss, "sts") == b"data"
+
+    plain = oss2.Auth("STS.temp-key", "temp-secret")
+    with pytest.raises(oss2.exceptions.ServerError) as missing:
+        oss2.Bucket(plain, oss.endpoint, BUCKET).get_object("sts")
+    assert missing.value.code == "InvalidAccessKeyId"
+
+    wrong = oss2.StsAuth("STS.temp-key", "temp-secret", "token-xyz")
+    with pytest.raises(oss2.exceptions.ServerError) as bad:
+        oss2.Bucket(wrong, oss.endpoint, BUCKET).get_object("sts")
+    assert bad.value.status == 403
+
+    # A token sent with a permanent key makes it an STS request for a key STS never issued.
+    stray = oss2.StsAuth(AK, SK, "token-abc")
+    with pytest.raises(oss2.exceptions.ServerError) as unknown:
+        oss2.Bucket(stray, oss.endpoint, BUCKET).get_object("sts")
+    assert unknown.value.code == "InvalidAccessKeyId"
