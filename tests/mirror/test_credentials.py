@@ -80,11 +80,14 @@ def test_first_non_empty_spelling_wins_and_empty_values_do_not_count() -> None:
         credentials_from_mapping({"akId": 123, "akSecret": "s3"}, origin="test")
 
 
-def test_resolved_credentials_cannot_be_changed() -> None:
+def test_resolved_credentials_and_references_cannot_be_changed() -> None:
     creds = resolve_oss_credentials(REF, {"MY_AK": "LTAI-abc", "MY_SK": "topsecret-123"})
     with pytest.raises(ValidationError, match="frozen"):
         creds.access_key_secret = SecretStr("other")  # type: ignore[misc]
     assert "topsecret-123" not in repr(creds)
+    ref = CredentialsRef(access_key_id_env="MY_AK", access_key_secret_env="MY_SK")
+    with pytest.raises(ValidationError, match="frozen"):
+        ref.access_key_id_env = "OTHER"  # type: ignore[misc]
 
 
 def test_sts_credentials_from_the_environment_mirror_and_check(case: MirrorCase) -> None:

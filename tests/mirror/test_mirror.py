@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections import Counter
 
 import oss2
@@ -186,10 +187,22 @@ def test_unknown_access_key_fails_fast(case: MirrorCase) -> None:
 
 def test_missing_bucket_fails_fast(case: MirrorCase) -> None:
     target = case.target.model_copy(update={"bucket": "no-such-bucket"})
+    served = case.hub.bytes_served
     with pytest.raises(OssPermanentError) as failure:
         mirror_model(case.source, target, case.credentials, case.options, hub=case.client)
     assert failure.value.code == "NoSuchBucket"
     assert "does not exist" in str(failure.value)
+    # Found by the first read (the manifest GET), before any byte came from the hub.
+    assert case.hub.bytes_served == served
+    # (The sandbox logs a request just after answering it: wait, bounded, for the first.)
+    deadline = time.monotonic() + 5
+    while not _requests_to(case, "no-such-bucket") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _requests_to(case, "no-such-bucket") == ["GetObject"]
+
+
+def _requests_to(case: MirrorCase, bucket: str) -> list[str]:
+    return [e.op for e in case.oss.request_log if e.bucket == bucket]
 
 
 def test_unknown_model_fails_fast(case: MirrorCase) -> None:

@@ -73,6 +73,22 @@ def test_a_manifest_for_other_content_is_not_complete(mirrored: MirrorCase) -> N
     assert is_mirrored(case.target, case.credentials).complete
 
 
+def test_a_manifest_for_another_model_with_the_same_files_is_not_complete(
+    mirrored: MirrorCase,
+) -> None:
+    case = mirrored
+    other = case.source.model_copy(update={"model_id": case.source.model_id + "-copy"})
+    case.hub.add_revision_from_dir(other.model_id, "v1", case.model_dir)
+    listing = case.client.list_files(other)
+    manifest = is_mirrored(case.target, case.credentials).manifest
+    assert manifest is not None and listing.content_digest == manifest.content_digest
+
+    status = is_mirrored(case.target, case.credentials, listing)
+
+    assert not status.complete
+    assert status.reason == "manifest is for different content than the hub lists now"
+
+
 def test_no_manifest_is_not_complete(mirrored: MirrorCase) -> None:
     case = mirrored
     open_bucket(case.target, case.credentials).delete_object(manifest_key(case.target))
