@@ -75,22 +75,21 @@ TARGETS = (
         ),
     ),
     Target(
-        "mirror verification and resume (transfer)",
+        "mirror verification (transfer)",
         "llm_rollout/mirror/transfer.py",
-        (
-            "verified_in_place",
-            "_verify_head",
-            "_check_wire_crc",
-            "_open_upload",
-            "_resume_hash",
-            "head_object",
-        ),
+        ("verified_in_place", "_verify_head", "_check_wire_crc", "head_object"),
         (
             "tests/mirror/test_corruption.py",
             "tests/mirror/test_mirror_status.py",
-            "tests/mirror/test_resumable_hash.py",
             "tests/mirror/test_mirror.py",
         ),
+        timeout_s=240.0,
+    ),
+    Target(
+        "mirror resume (transfer)",
+        "llm_rollout/mirror/transfer.py",
+        ("_open_upload", "_resume_hash"),
+        ("tests/mirror/test_resumable_hash.py", "tests/mirror/test_mirror.py"),
         timeout_s=240.0,
     ),
     Target(
@@ -191,6 +190,8 @@ def _run_target(
     target: Target, tree: Path, workdir: Path, budget_s: float, resume: bool
 ) -> tuple[Row, str]:
     slug = target.module.replace("/", "_").removesuffix(".py")
+    if target.functions is not None:
+        slug += "-" + "-".join(f.strip("_") for f in target.functions[:2])
     config = workdir / f"{slug}.toml"
     session = workdir / f"{slug}.sqlite"
     if resume and session.exists():
