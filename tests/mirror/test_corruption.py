@@ -18,6 +18,7 @@ import pytest
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.mirror import MirrorError, is_mirrored, manifest_key, mirror_model
+from llm_rollout.mirror.models import SHA256_META
 from llm_rollout.oss import open_bucket
 from tests.mirror.conftest import BUCKET, MirrorCase
 
@@ -119,4 +120,54 @@ def test_a_part_damaged_after_its_ack_fails_the_final_crc_check(case: MirrorCase
 
     assert [o.record.path for o in result.files if o.status != "skipped"] == [shard]
     assert _stored_sha256(case, key) == _file_sha256(case, shard)
+    assert is_mirrored(case.target, case.credentials).complete
+
+
+@pytest.mark.parametrize("direction", ["above", "below"])
+def test_a_changed_crc64_is_caught_whichever_way_it_compares(
+    case: MirrorCase, direction: str
+) -> None:
+    """The manifest's CRC64 and the object's are compared for equality, not order: corrupt
+    config.json until its CRC64 (as text, as the manifest keeps it) sorts `direction` the
+    recorded one, then check the re-run sends it again."""
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    key = case.target.key("config.json")
+    recorded = str(case.oss.object_meta(BUCKET, key).crc64)  # type: ignore[union-attr]
+    for offset in range(64):
+        case.oss.corrupt_object(BUCKET, key, offset=offset)
+        now = str(case.oss.object_meta(BUCKET, key).crc64)  # type: ignore[union-attr]
+        if (now > recorded) == (direction == "above"):
+            break
+        case.oss.corrupt_object(BUCKET, key, offset=offset)  # flip it back
+    else:
+        pytest.fail(f"no single-byte change of the first 64 sorts {direction}")
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert [o.record.path for o in result.files if o.status != "skipped"] == ["config.json"]
+    assert _stored_sha256(case, key) == _file_sha256(case, "config.json")
+
+
+def test_objects_whose_sha256_metadata_is_not_the_hubs_are_sent_again(case: MirrorCase) -> None:
+    """No manifest (a first run, or one that stopped before writing it): an object is taken
+    as verified only when its x-oss-meta-sha256 equals the hub's sha256 and its size the
+    listed size. Objects claiming another sha256 (sorting before and after the right one),
+    or the right one at the wrong size, are sent again."""
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    bucket = open_bucket(case.target, case.credentials)
+    bucket.delete_object(manifest_key(case.target))
+    listing = {f.path: f for f in case.client.list_files(case.source).files}
+    stale = {
+        case.shard(1): ("0" * 64, listing[case.shard(1)].size),
+        case.shard(2): ("f" * 64, listing[case.shard(2)].size),
+        "config.json": (listing["config.json"].sha256, listing["config.json"].size + 1),
+    }
+    for path, (sha, size) in stale.items():
+        bucket.put_object(case.target.key(path), b"x" * size, headers={SHA256_META: sha})
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert sorted(o.record.path for o in result.files if o.status != "skipped") == sorted(stale)
+    for path in stale:
+        assert _stored_sha256(case, case.target.key(path)) == _file_sha256(case, path)
     assert is_mirrored(case.target, case.credentials).complete

@@ -41,19 +41,24 @@ def test_a_missing_object_is_named(mirrored: MirrorCase) -> None:
     assert status.reason == f"{case.shard(3)}: object missing"
 
 
-def test_many_problems_name_three_and_count_the_rest(mirrored: MirrorCase) -> None:
+@pytest.mark.parametrize(("count", "suffix"), [(3, ""), (5, " (+2 more)")])
+def test_problems_name_three_and_count_the_rest(
+    mirrored: MirrorCase, count: int, suffix: str
+) -> None:
     case = mirrored
     bucket = open_bucket(case.target, case.credentials)
-    broken = sorted(r.path for r in case.client.list_files(case.source).files)[:5]
+    broken = sorted(r.path for r in case.client.list_files(case.source).files)[:count]
     for path in broken:
         bucket.delete_object(case.target.key(path))
 
     status = is_mirrored(case.target, case.credentials)
 
     assert not status.complete
-    named = [part.split(":")[0] for part in status.reason.split(" (+")[0].split("; ")]
+    listed = status.reason.removesuffix(suffix)
+    assert all(part.endswith(": object missing") for part in listed.split("; "))
+    named = [part.split(":")[0] for part in listed.split("; ")]
     assert len(named) == 3 and set(named) <= set(broken)
-    assert status.reason.endswith(" (+2 more)")
+    assert status.reason == listed + suffix
 
 
 def test_a_manifest_for_other_content_is_not_complete(mirrored: MirrorCase) -> None:
