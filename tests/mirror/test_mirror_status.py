@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llm_rollout.mirror import is_mirrored, manifest_key, mirror_model
-from llm_rollout.oss import open_bucket
+from llm_rollout.mirror.transfer import head_object
+from llm_rollout.oss import OssPermanentError, open_bucket
 from sandbox.synthetic import derive_changed_revision
 from tests.mirror.conftest import BUCKET, MirrorCase
 
@@ -78,11 +81,16 @@ def test_a_manifest_for_other_content_is_not_complete(mirrored: MirrorCase) -> N
     assert is_mirrored(case.target, case.credentials).complete
 
 
+@pytest.mark.parametrize("sorts", ["after", "before"])
 def test_a_manifest_for_another_model_with_the_same_files_is_not_complete(
-    mirrored: MirrorCase,
+    mirrored: MirrorCase, sorts: str
 ) -> None:
     case = mirrored
-    other = case.source.model_copy(update={"model_id": case.source.model_id + "-copy"})
+    # The other model's id sorts after, then before this one's: compared for equality.
+    owner, name = case.source.model_id.split("/")
+    other_id = f"{owner}/{name}-copy" if sorts == "after" else f"aaa/{name}"
+    assert (other_id > case.source.model_id) == (sorts == "after")
+    other = case.source.model_copy(update={"model_id": other_id})
     case.hub.add_revision_from_dir(other.model_id, "v1", case.model_dir)
     listing = case.client.list_files(other)
     manifest = is_mirrored(case.target, case.credentials).manifest
@@ -114,3 +122,27 @@ def test_an_unreadable_manifest_is_no_manifest(mirrored: MirrorCase) -> None:
     status = is_mirrored(case.target, case.credentials)
 
     assert not status.complete and status.reason == "no manifest"
+
+
+def test_head_of_a_missing_bucket_raises_instead_of_reading_as_absent(case: MirrorCase) -> None:
+    gone = case.target.model_copy(update={"bucket": "no-such-bucket"})
+    bucket = open_bucket(gone, case.credentials)
+    with pytest.raises(OssPermanentError) as failure:
+        head_object(bucket, gone.key("config.json"))
+    assert failure.value.code == "NoSuchBucket"
+    assert head_object(open_bucket(case.target, case.credentials), "no/such/key") is None
+
+
+def test_a_rerun_keeps_each_skipped_files_upload_time(mirrored: MirrorCase) -> None:
+    case = mirrored
+    bucket = open_bucket(case.target, case.credentials)
+    key = manifest_key(case.target)
+    manifest = json.loads(bucket.get_object(key).read())
+    for record in manifest["files"]:
+        record["uploaded_at"] = "2020-01-01T00:00:00Z"
+    bucket.put_object(key, json.dumps(manifest).encode())
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert {o.status for o in result.files} == {"skipped"}
+    assert {r.uploaded_at for r in result.manifest.files} == {"2020-01-01T00:00:00Z"}
