@@ -89,7 +89,11 @@ TARGETS = (
         "mirror resume (transfer)",
         "llm_rollout/mirror/transfer.py",
         ("_open_upload", "_resume_hash"),
-        ("tests/mirror/test_resumable_hash.py", "tests/mirror/test_mirror.py"),
+        (
+            "tests/mirror/test_resumable_hash.py",
+            "tests/mirror/test_resume_edges.py",
+            "tests/mirror/test_mirror.py",
+        ),
         timeout_s=240.0,
     ),
     Target(
