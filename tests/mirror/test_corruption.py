@@ -13,6 +13,7 @@ the `x-oss-hash-crc64ecma` of put/part/complete answers, and only with `enable_c
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import pytest
 
@@ -152,7 +153,7 @@ def test_objects_whose_sha256_metadata_is_not_the_hubs_are_sent_again(case: Mirr
     """No manifest (a first run, or one that stopped before writing it): an object is taken
     as verified only when its x-oss-meta-sha256 equals the hub's sha256 and its size the
     listed size. Objects claiming another sha256 (sorting before and after the right one),
-    or the right one at the wrong size, are sent again."""
+    or the right one at a larger or smaller size, are sent again."""
     mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
     bucket = open_bucket(case.target, case.credentials)
     bucket.delete_object(manifest_key(case.target))
@@ -161,6 +162,7 @@ def test_objects_whose_sha256_metadata_is_not_the_hubs_are_sent_again(case: Mirr
         case.shard(1): ("0" * 64, listing[case.shard(1)].size),
         case.shard(2): ("f" * 64, listing[case.shard(2)].size),
         "config.json": (listing["config.json"].sha256, listing["config.json"].size + 1),
+        case.shard(3): (listing[case.shard(3)].sha256, listing[case.shard(3)].size - 1),
     }
     for path, (sha, size) in stale.items():
         bucket.put_object(case.target.key(path), b"x" * size, headers={SHA256_META: sha})
@@ -171,3 +173,49 @@ def test_objects_whose_sha256_metadata_is_not_the_hubs_are_sent_again(case: Mirr
     for path in stale:
         assert _stored_sha256(case, case.target.key(path)) == _file_sha256(case, path)
     assert is_mirrored(case.target, case.credentials).complete
+
+
+def test_a_transient_head_error_while_checking_in_place_is_retried(case: MirrorCase) -> None:
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    key = case.target.key("config.json")
+    case.oss.faults.fail("HeadObject", status=503, key=key, times=1)
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    assert case.oss.faults.fired() == 1
+    assert _requests(case, "HeadObject", key)[-2:] == [503, 200]
+    assert {o.status for o in result.files} == {"skipped"}
+
+
+def test_files_changed_in_place_are_sent_again_whichever_way_their_sha256_sorts(
+    case: MirrorCase,
+) -> None:
+    """The hub's content moved under the same target (a branch refreshed in place): the
+    previous manifest records the old sha256 of two shards, whose objects hold the old bytes
+    (same size, matching CRC64). Each must be sent again, whether the new sha256 sorts above
+    or below the recorded one."""
+    mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    v2 = case.model_dir.parent / "v2"
+    shutil.copytree(case.model_dir, v2)
+    for n, direction in ((1, "above"), (2, "below")):
+        path = v2 / case.shard(n)
+        old = hashlib.sha256(path.read_bytes()).hexdigest()
+        data = bytearray(path.read_bytes())
+        for offset in range(64):
+            data[offset] ^= 0xFF
+            if (hashlib.sha256(data).hexdigest() > old) == (direction == "above"):
+                break
+            data[offset] ^= 0xFF
+        else:
+            pytest.fail(f"no single-byte change of the first 64 sorts {direction}")
+        path.write_bytes(bytes(data))
+    case.hub.add_revision_from_dir(case.source.model_id, "v2", v2)
+    source = case.source.model_copy(update={"revision": "v2"})
+
+    result = mirror_model(source, case.target, case.credentials, case.options, hub=case.client)
+
+    moved = sorted(o.record.path for o in result.files if o.status != "skipped")
+    assert moved == [case.shard(1), case.shard(2)]
+    for n in (1, 2):
+        stored = _stored_sha256(case, case.target.key(case.shard(n)))
+        assert stored == hashlib.sha256((v2 / case.shard(n)).read_bytes()).hexdigest()
