@@ -252,6 +252,7 @@ class _FaultRule:
     code: str = "ServiceUnavailable"
     seconds: float = 0.0
     after_bytes: int = 0
+    damage_offset: int | None = None
     fired: int = 0
 
 
@@ -340,8 +341,10 @@ class OssFaults:
         key: str | None = None,
         part_numbers: Iterable[int] | None = None,
         times: int = 1,
+        offset: int | None = None,
     ) -> None:
-        """One byte of what PutObject/UploadPart stores differs from the body the client sent.
+        """One byte of what PutObject/UploadPart stores differs from the body the client sent
+        (the byte at ``offset`` in the body; default the middle one).
 
         ``in_transit``: damaged on the way, before OSS hashes it; the ETag and
         ``x-oss-hash-crc64ecma`` answered describe the damaged bytes it stores, so a client
@@ -361,6 +364,7 @@ class OssFaults:
         numbers = frozenset(part_numbers) if part_numbers is not None else None
         with self._lock:
             rule = _FaultRule(f"damage_{when}", op, key, numbers, None if numbers else times, None)
+            rule.damage_offset = offset
             self._rules.append(rule)
             for n in numbers or ():
                 self._part_budget[(id(rule), n)] = times
@@ -708,6 +712,7 @@ class _OssHandler(SandboxHandler):
         self._op = self._classify()
         self._part_number: int | None = None
         self._damage: str | None = None
+        self._damage_offset: int | None = None
         with contextlib.suppress(KeyError, ValueError):
             self._part_number = int(self._params["partNumber"])
         status = 500
@@ -790,6 +795,7 @@ class _OssHandler(SandboxHandler):
         elif rule.kind in ("damage_in_transit", "damage_after_ack"):
             # Applied by the write handler once the body is stored.
             self._damage = rule.kind
+            self._damage_offset = rule.damage_offset
         elif rule.kind == "error":
             self._drain_body()
             raise OssError(
@@ -1338,7 +1344,8 @@ class _OssHandler(SandboxHandler):
         received = (md5_hex, crc)
         if self._damage is None or size == 0:
             return tmp, size, received, received
-        _flip_byte(tmp, size // 2)
+        at = size // 2 if self._damage_offset is None else min(self._damage_offset, size - 1)
+        _flip_byte(tmp, at)
         stored = _file_md5_crc(tmp)
         if self._damage == "damage_in_transit":
             try:

@@ -20,8 +20,10 @@ import pytest
 from llm_rollout.errors import PermanentError
 from llm_rollout.mirror import MirrorError, is_mirrored, manifest_key, mirror_model
 from llm_rollout.mirror.models import SHA256_META
-from llm_rollout.oss import open_bucket
-from tests.mirror.conftest import BUCKET, MirrorCase
+from llm_rollout.oss import crc64, open_bucket
+from tests.mirror.conftest import BUCKET, PART_SIZE_MB, MirrorCase
+
+PART_BYTES = int(PART_SIZE_MB * 1024 * 1024)
 
 
 def _requests(case: MirrorCase, op: str, key: str, part: int | None = None) -> list[int]:
@@ -94,10 +96,33 @@ def test_a_small_object_damaged_in_transit_is_sent_again(case: MirrorCase) -> No
     assert is_mirrored(case.target, case.credentials).complete
 
 
-def test_a_part_damaged_after_its_ack_fails_the_final_crc_check(case: MirrorCase) -> None:
-    shard = case.shard(1)
+def _damaged_part_sorting(case: MirrorCase, direction: str) -> tuple[str, int, int]:
+    """(shard, part, offset in the part) whose damage by `damage(when="after_ack")` gives
+    the object a CRC64 sorting `direction` the undamaged one."""
+    for n in (1, 2, 3):
+        data = bytearray((case.model_dir / case.shard(n)).read_bytes())
+        whole = crc64(data)
+        for part in range(1, -(-len(data) // PART_BYTES) + 1):
+            start = (part - 1) * PART_BYTES
+            for offset in range(16):
+                data[start + offset] ^= 0xFF
+                damaged = crc64(data)
+                data[start + offset] ^= 0xFF
+                if (damaged > whole) == (direction == "above"):
+                    return case.shard(n), part, offset
+    raise AssertionError(f"no single-byte damage sorts {direction}")
+
+
+@pytest.mark.parametrize("direction", ["above", "below"])
+def test_a_part_damaged_after_its_ack_fails_the_final_crc_check(
+    case: MirrorCase, direction: str
+) -> None:
+    # The final check compares for equality: damage making the CRC64 larger or smaller.
+    shard, part, offset = _damaged_part_sorting(case, direction)
     key = case.target.key(shard)
-    case.oss.faults.damage("UploadPart", when="after_ack", key=key, part_numbers=[2])
+    case.oss.faults.damage(
+        "UploadPart", when="after_ack", key=key, part_numbers=[part], offset=offset
+    )
 
     with pytest.raises(MirrorError) as failure:
         mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
