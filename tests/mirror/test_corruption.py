@@ -167,6 +167,8 @@ def test_a_changed_crc64_is_caught_whichever_way_it_compares(
         case.oss.corrupt_object(BUCKET, key, offset=offset)  # flip it back
     else:
         pytest.fail(f"no single-byte change of the first 64 sorts {direction}")
+    status = is_mirrored(case.target, case.credentials)
+    assert status.reason == "config.json: CRC64 differs from the manifest"
 
     result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
 

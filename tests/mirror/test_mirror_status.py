@@ -21,17 +21,19 @@ def mirrored(case: MirrorCase) -> MirrorCase:
     return case
 
 
-def test_a_grown_object_is_named_by_its_size(mirrored: MirrorCase) -> None:
+@pytest.mark.parametrize("change", [1, -1])
+def test_a_resized_object_is_named_by_its_size(mirrored: MirrorCase, change: int) -> None:
     case = mirrored
     key = case.target.key("config.json")
     size = case.oss.object_meta(BUCKET, key).size  # type: ignore[union-attr]
-    grown = (case.model_dir / "config.json").read_bytes() + b"\n"
-    open_bucket(case.target, case.credentials).put_object(key, grown)
+    original = (case.model_dir / "config.json").read_bytes()
+    resized = original + b"\n" if change > 0 else original[:-1]
+    open_bucket(case.target, case.credentials).put_object(key, resized)
 
     status = is_mirrored(case.target, case.credentials)
 
     assert not status.complete
-    assert status.reason == f"config.json: size {size + 1} != manifest {size}"
+    assert status.reason == f"config.json: size {size + change} != manifest {size}"
 
 
 def test_a_missing_object_is_named(mirrored: MirrorCase) -> None:
@@ -44,7 +46,7 @@ def test_a_missing_object_is_named(mirrored: MirrorCase) -> None:
     assert status.reason == f"{case.shard(3)}: object missing"
 
 
-@pytest.mark.parametrize(("count", "suffix"), [(3, ""), (5, " (+2 more)")])
+@pytest.mark.parametrize(("count", "suffix"), [(3, ""), (7, " (+4 more)")])
 def test_problems_name_three_and_count_the_rest(
     mirrored: MirrorCase, count: int, suffix: str
 ) -> None:
@@ -146,3 +148,27 @@ def test_a_rerun_keeps_each_skipped_files_upload_time(mirrored: MirrorCase) -> N
 
     assert {o.status for o in result.files} == {"skipped"}
     assert {r.uploaded_at for r in result.manifest.files} == {"2020-01-01T00:00:00Z"}
+
+
+@pytest.mark.parametrize("sorts", ["above", "below"])
+def test_a_listing_with_other_content_is_not_complete_whichever_way_its_digest_sorts(
+    mirrored: MirrorCase, sorts: str
+) -> None:
+    case = mirrored
+    listing = case.client.list_files(case.source)
+    recorded = listing.content_digest
+    first, *rest = listing.files
+    for n in range(64):
+        # Another sha256 for one file: other content, as the hub would list after a change.
+        changed = listing.model_copy(
+            update={"files": (first.model_copy(update={"sha256": f"{n:064x}"}), *rest)}
+        )
+        if (changed.content_digest > recorded) == (sorts == "above"):
+            break
+    else:
+        pytest.fail(f"no listing found whose digest sorts {sorts}")
+
+    status = is_mirrored(case.target, case.credentials, changed)
+
+    assert not status.complete
+    assert status.reason == "manifest is for different content than the hub lists now"
