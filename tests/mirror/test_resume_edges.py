@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from llm_rollout.mirror import is_mirrored, mirror_model
 from llm_rollout.oss import open_bucket
 from tests.mirror.conftest import MirrorCase
@@ -65,3 +67,31 @@ def test_a_checkpoint_of_an_older_smaller_file_is_discarded(case: MirrorCase) ->
     assert old_upload not in {u.upload_id for u in case.oss.uploads()}
     stored = open_bucket(case.target, case.credentials).get_object(key).read()
     assert stored == (v2 / shard).read_bytes()
+
+
+@needs_openssl
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sha256_format": ""},  # another implementation's state (sorts before ours)
+        {"sha256_format": "zz-other"},  # (sorts after ours)
+        {"sha256_state": "not hex at all"},  # unreadable
+    ],
+)
+def test_a_saved_hash_state_that_is_not_ours_is_not_used(
+    case: MirrorCase, change: dict[str, str]
+) -> None:
+    shard, key, size = _fail_last_part(case)
+    path = _checkpoint_files(case)[key]
+    saved = json.loads(path.read_text())
+    saved.update(change)
+    path.write_text(json.dumps(saved))
+
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+
+    outcome = next(o for o in result.files if o.record.path == shard)
+    # Hashed from byte 0 (every byte read again); the parts OSS holds are not sent again.
+    assert outcome.status == "resumed"
+    assert outcome.bytes_fetched == size
+    assert outcome.bytes_sent == size - 3 * PART
+    assert is_mirrored(case.target, case.credentials).complete
