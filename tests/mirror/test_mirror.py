@@ -186,7 +186,9 @@ def test_unknown_access_key_fails_fast(case: MirrorCase) -> None:
 
 
 def test_missing_bucket_fails_fast(case: MirrorCase) -> None:
-    target = case.target.model_copy(update={"bucket": "no-such-bucket"})
+    # A bucket name of this test's own: the sandbox's request log is shared by the session.
+    missing = "missing-" + case.source.model_id.split("/")[-1]
+    target = case.target.model_copy(update={"bucket": missing})
     served = case.hub.bytes_served
     with pytest.raises(OssPermanentError) as failure:
         mirror_model(case.source, target, case.credentials, case.options, hub=case.client)
@@ -196,9 +198,9 @@ def test_missing_bucket_fails_fast(case: MirrorCase) -> None:
     assert case.hub.bytes_served == served
     # (The sandbox logs a request just after answering it: wait, bounded, for the first.)
     deadline = time.monotonic() + 5
-    while not _requests_to(case, "no-such-bucket") and time.monotonic() < deadline:
+    while not _requests_to(case, missing) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert _requests_to(case, "no-such-bucket") == ["GetObject"]
+    assert _requests_to(case, missing) == ["GetObject"]
 
 
 def _requests_to(case: MirrorCase, bucket: str) -> list[str]:
