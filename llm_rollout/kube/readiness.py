@@ -468,6 +468,7 @@ def wait_ready(
     failed: tuple[Failed, float] | None = None
     recheck_at: float | None = None
     tolerated: list[str] = []  # still inside their bound, named if the wait times out
+    announced: set[tuple[str, str]] = set()  # (pod, reason) tolerated signals already logged
     with watching(api, [workload_spec, pod_spec, event_spec, node_spec]) as group:
         while True:
             now = time.monotonic()
@@ -507,7 +508,14 @@ def wait_ready(
                     else []
                 )
                 if isinstance(verdict, Waiting):
+                    current = {(signal.pod, signal.reason) for signal, _, _ in verdict.tolerated}
+                    # Once per onset: the signal's own events keep arriving while it is
+                    # tolerated, and a line per event would drown the log.
+                    announced &= current
                     for signal, _elapsed_s, bound_s in verdict.tolerated:
+                        if (signal.pod, signal.reason) in announced:
+                            continue
+                        announced.add((signal.pod, signal.reason))
                         note(
                             _pod_ref_named(namespace, signal.pod),
                             f"tolerating {signal.reason} for up to {bound_s:.0f}s: {signal.detail}",

@@ -97,6 +97,34 @@ def test_a_failed_mount_that_clears_inside_the_tolerance_passes(
     assert report.pods
 
 
+def test_a_tolerated_signal_is_logged_once_while_its_events_keep_coming(
+    api: k8s_client.ApiClient, cluster: Any, namespace: str
+) -> None:
+    """The kubelet keeps emitting FailedMount while it retries; the rollout log says once that
+    the signal is tolerated (then the verdict), not once per event."""
+    cluster.kubelet.inject_mount_failure(
+        workload="stuckmount", message="rpc error: code = DeadlineExceeded desc = context deadline"
+    )
+    obj = deployment(namespace, "stuckmount")
+    obj["spec"]["template"]["spec"]["volumes"] = [{"name": "shm", "emptyDir": {}}]
+    obj["spec"]["template"]["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "shm", "mountPath": "/dev/shm"}
+    ]
+    apply(api, obj)
+    notes = ClearOnNote("never", lambda: None)
+    tolerances = replace(DEFAULT_TOLERANCES, mount_s=6.0)
+    with pytest.raises(WorkloadFailed) as info:
+        wait_ready(api, ObjectRef.of(obj), timeout_s=WAIT_S, tolerances=tolerances, on_event=notes)
+    assert info.value.reason == "FailedMount"
+    events, _ = list_objects(api, "v1", "Event", namespace)
+    warnings = [e for e in events if e.get("reason") == "FailedMount"]
+    # The signal's events did keep coming while it was tolerated ...
+    assert sum(int(e.get("count") or 1) for e in warnings) >= 2, warnings
+    # ... and it was announced once.
+    tolerating = [n for n in notes.notes if n.startswith("tolerating FailedMount")]
+    assert len(tolerating) == 1, notes.notes
+
+
 def _unschedulable_pod(api: k8s_client.ApiClient, namespace: str) -> dict[str, Any]:
     """The namespace's pod once the scheduler reported it Unschedulable."""
     stream = k8s_watch.Watch()
