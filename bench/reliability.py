@@ -1216,6 +1216,19 @@ WORKLOAD_KINDS: dict[str, tuple[str, ...]] = {
     "node lost": ("NodeLost",),
 }
 FAIL_FAST_S = 25.0
+# The workload faults here are persistent: readiness fails them once they outlast their
+# tolerance (llm_rollout/kube/readiness_rules.py). One second each, so the verdict comes within
+# FAIL_FAST_S; a transient signal that clears inside the (default) tolerance is
+# tests/kube_edge/test_readiness_tolerance.py's and bench/readiness.py's case.
+# A lost node's tolerance is 0: the sandbox's node controller replaces the lost pod on the spare
+# node within about a second (a real cluster leaves it Terminating, issue 16 B4), so any
+# tolerance lets the replacement through and the trial would measure the stand-in's eviction,
+# not the report of the loss.
+PERSISTENT_FAULT_TOLERANCES = {
+    "image_pull_tolerance_s": 1,
+    "mount_tolerance_s": 1,
+    "node_not_ready_tolerance_s": 0,
+}
 VERSION_LABEL = "app.kubernetes.io/version"
 
 
@@ -1404,7 +1417,12 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
     if kind == "Unschedulable":
         serving["resources"] = {"cpu": "16", "memory_gib": 4096}  # more than any node has
     path = write_deploy_spec(
-        world, label, namespace, name, serving=serving, rollout={"strategy": "blue-green"}
+        world,
+        label,
+        namespace,
+        name,
+        serving=serving,
+        rollout={"strategy": "blue-green", **PERSISTENT_FAULT_TOLERANCES},
     )
     kubelet = world.cluster.kubelet
     selector = {VERSION_LABEL: tag}
