@@ -416,15 +416,15 @@ def _suite_items(
                 {"column": "ttft_ms", "max_value": float(expect.max_ttft_ms)},
             )
         )
+        # GX is already imported by the caller (validate_smoke); its typed row conditions
+        # replace the pandas query strings it deprecated in 1.9.
+        from great_expectations.expectations.row_conditions import Column
+
         items.append(
             (
                 "time to first token measured (streamed call)",
                 "ExpectColumnValuesToNotBeNull",
-                {
-                    "column": "ttft_ms",
-                    "row_condition": 'call=="stream"',
-                    "condition_parser": "pandas",
-                },
+                {"column": "ttft_ms", "row_condition": Column("call") == "stream"},
             )
         )
     return items
