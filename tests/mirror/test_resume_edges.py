@@ -87,6 +87,17 @@ def test_a_checkpoint_of_an_older_version_of_the_file_is_discarded(
     assert stored == (v2 / shard).read_bytes()
 
 
+def _resumes_hashing_from_byte_zero(case: MirrorCase, shard: str, size: int) -> None:
+    """Run the mirror again: the saved hash state was not used, so the shard is hashed from
+    byte 0 (every byte read again), while the three parts OSS holds are not sent again."""
+    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
+    outcome = next(o for o in result.files if o.record.path == shard)
+    assert outcome.status == "resumed"
+    assert outcome.bytes_fetched == size
+    assert outcome.bytes_sent == size - 3 * PART
+    assert is_mirrored(case.target, case.credentials).complete
+
+
 @needs_openssl
 @pytest.mark.parametrize(
     "change",
@@ -105,14 +116,7 @@ def test_a_saved_hash_state_that_is_not_ours_is_not_used(
     saved.update(change)
     path.write_text(json.dumps(saved))
 
-    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
-
-    outcome = next(o for o in result.files if o.record.path == shard)
-    # Hashed from byte 0 (every byte read again); the parts OSS holds are not sent again.
-    assert outcome.status == "resumed"
-    assert outcome.bytes_fetched == size
-    assert outcome.bytes_sent == size - 3 * PART
-    assert is_mirrored(case.target, case.credentials).complete
+    _resumes_hashing_from_byte_zero(case, shard, size)
 
 
 @needs_openssl
@@ -126,10 +130,4 @@ def test_a_saved_state_covering_fewer_parts_than_recorded_is_not_used(case: Mirr
     saved["sha256_state"] = short.state()
     path.write_text(json.dumps(saved))
 
-    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
-
-    outcome = next(o for o in result.files if o.record.path == shard)
-    assert outcome.status == "resumed"
-    assert outcome.bytes_fetched == size
-    assert outcome.bytes_sent == size - 3 * PART
-    assert is_mirrored(case.target, case.credentials).complete
+    _resumes_hashing_from_byte_zero(case, shard, size)
