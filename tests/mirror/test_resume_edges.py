@@ -21,6 +21,7 @@ from tests.mirror.test_resumable_hash import (
     PART,
     _checkpoint_files,
     _fail_last_part,
+    _resumes_hashing_from_byte_zero,
     needs_openssl,
 )
 
@@ -85,17 +86,6 @@ def test_a_checkpoint_of_an_older_version_of_the_file_is_discarded(
     assert old_upload not in {u.upload_id for u in case.oss.uploads()}
     stored = open_bucket(case.target, case.credentials).get_object(key).read()
     assert stored == (v2 / shard).read_bytes()
-
-
-def _resumes_hashing_from_byte_zero(case: MirrorCase, shard: str, size: int) -> None:
-    """Run the mirror again: the saved hash state was not used, so the shard is hashed from
-    byte 0 (every byte read again), while the three parts OSS holds are not sent again."""
-    result = mirror_model(case.source, case.target, case.credentials, case.options, hub=case.client)
-    outcome = next(o for o in result.files if o.record.path == shard)
-    assert outcome.status == "resumed"
-    assert outcome.bytes_fetched == size
-    assert outcome.bytes_sent == size - 3 * PART
-    assert is_mirrored(case.target, case.credentials).complete
 
 
 @needs_openssl
