@@ -1,10 +1,12 @@
 """The test run's own network namespace: what it must look like, and the root one's routes.
 
-``scripts/in-netns`` creates it (``unshare --net``) before pytest starts: loopback up, with
-one address whose /16 prefix makes every address of ``POD_PREFIX`` local to the namespace, and
-no other interface, so no uplink and no default route. The API server advertises an address
-of that prefix and pods will get theirs from it; nothing of it is ever routed in the root
-namespace, which the tests check by reading PID 1's routing table.
+``scripts/in-netns`` creates it (``unshare --net``) before pytest starts: loopback up with one
+address of ``POD_PREFIX`` as a /32, and no other interface, so no uplink and no default route.
+The API server advertises that address; pods get theirs from the same prefix, each routed to
+its pod's veth by the node agent (``pods/sandbox.py``), which is why no wider prefix may be
+local here; the node agent adds each node's InternalIP as a /32 of its own. Nothing of the
+prefix is ever routed in the root namespace, which the tests check by reading PID 1's routing
+table.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pathlib import Path
 
 POD_PREFIX = "10.244.0.0/16"
 ADVERTISE_IP = "10.244.255.254"
+# An address pods are given (the first node range of ClusterConfig.cluster_cidr): it must not
+# be local to the namespace, or traffic to the pod would never reach its veth.
+POD_ADDRESS_SAMPLE = "10.244.0.2"
 OUTER_NETNS_ENV = "LLM_ROLLOUT_OUTER_NETNS"
 ENTER_HINT = (
     "run it under ./scripts/in-netns (./scripts/test does), e.g. "
@@ -30,6 +35,12 @@ class NotInPrivateNamespace(RuntimeError):
 def first_service_ip(service_cidr: str) -> str:
     """The ``kubernetes`` Service's ClusterIP: the first address of the service range."""
     return str(ipaddress.ip_network(service_cidr)[1])
+
+
+def cluster_dns_ip(service_cidr: str) -> str:
+    """The cluster DNS Service's address by kubeadm's convention (the tenth of the range), which
+    pods' resolv.conf names; no DNS server answers there yet (issue 15, item 5)."""
+    return str(ipaddress.ip_network(service_cidr)[10])
 
 
 def in_own_namespace() -> bool:
@@ -80,3 +91,12 @@ def require_private_namespace() -> None:
             raise NotInPrivateNamespace(
                 f"{ADVERTISE_IP} is not an address of this namespace; {ENTER_HINT}"
             ) from exc
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((POD_ADDRESS_SAMPLE, 0))
+        except OSError:
+            return
+    raise NotInPrivateNamespace(
+        f"pod addresses such as {POD_ADDRESS_SAMPLE} are local to this namespace (a prefix wider "
+        f"than /32 on lo?), so they cannot be routed to pods; {ENTER_HINT}"
+    )
