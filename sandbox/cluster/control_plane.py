@@ -32,6 +32,8 @@ from kubernetes import config as k8s_config
 from sandbox.cluster import build, lws, netns
 from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
 from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
+from sandbox.cluster.pods.containers import BACKOFF_BASE_S
+from sandbox.cluster.pods.node import PodsConfig
 from sandbox.cluster.processes import Supervisor, http_ok, tls_accepts
 
 HARNESS_MANAGER = "llm-rollout-harness"
@@ -74,6 +76,9 @@ class ClusterConfig:
     # The API server's DefaultTolerationSeconds admission: upstream's 300 s unless a test
     # asks for a shorter eviction of a lost node's pods.
     not_ready_toleration_s: int = 300
+    # The kubelet's container restart back-off starts at 10 s (pods/containers.py); the
+    # session cluster's tests shorten it, through the node agent's configuration only.
+    container_backoff_base_s: float = BACKOFF_BASE_S
     with_kuberay: bool = True
     with_lws: bool = True
     ports: ClusterPorts = ClusterPorts()
@@ -318,6 +323,13 @@ class _Starter:
                 f"--proxy-client-cert-file={pki.front_proxy_client.cert}",
                 f"--proxy-client-key-file={pki.front_proxy_client.key}",
                 "--allow-privileged=true",
+                # The node agent's kubelet endpoints (pods/server.py): dialled at the node's
+                # InternalIP (the default order tries the Hostname first, which no DNS here
+                # resolves), verified against the cluster CA, with a client certificate.
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-certificate-authority={pki.ca.cert}",
+                f"--kubelet-client-certificate={pki.apiserver_kubelet_client.cert}",
+                f"--kubelet-client-key={pki.apiserver_kubelet_client.key}",
                 "--profiling=false",
             ],
             executable=self.kube,
@@ -496,8 +508,21 @@ class _Starter:
             node.name: self._kubeconfig(f"node-{node.name}", self.pki.node_client(node.name))
             for node in self.config.nodes
         }
+        serving = {
+            node.name: self.pki.serving(
+                f"kubelet-{node.name}", f"system:node:{node.name}", server_ips=(node.internal_ip,)
+            )
+            for node in self.config.nodes
+        }
+        pods = PodsConfig(
+            pods_dir=str(self.run_dir / "pods"),
+            client_ca=str(self.pki.ca.cert),
+            serving={name: [str(p.cert), str(p.key)] for name, p in serving.items()},
+            nameserver=netns.cluster_dns_ip(self.config.service_cidr),
+            backoff_base_s=self.config.container_backoff_base_s,
+        )
         config_path = write_agent_config(
-            self.run_dir / "node-agent.json", self.config.nodes, kubeconfigs
+            self.run_dir / "node-agent.json", self.config.nodes, kubeconfigs, pods=pods
         )
         component = self.supervisor.start("node-agent", agent_argv(config_path))
         core = k8s.CoreV1Api(api)

@@ -34,6 +34,9 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from sandbox.cluster.pods.node import NodePods, PodsConfig
+from sandbox.cluster.pods.server import KUBELET_PORT
+
 FIELD_MANAGER = "llm-rollout-node-agent"
 LEASE_NAMESPACE = "kube-node-lease"
 # What the kubelet reports and uses by default (KubeletConfiguration nodeLeaseDurationSeconds).
@@ -104,6 +107,8 @@ def node_status(spec: NodeSpec, now: datetime.datetime) -> dict[str, object]:
         "capacity": resources,
         "allocatable": resources,
         "conditions": _conditions(stamp),
+        # Where the API server reaches the node's kubelet endpoint (pods/server.py).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": KUBELET_PORT}},
         "addresses": [
             {"type": "InternalIP", "address": spec.internal_ip},
             {"type": "Hostname", "address": spec.name},
@@ -198,6 +203,8 @@ class AgentConfig:
     nodes: list[tuple[NodeSpec, Path]]
     lease_renew_s: float
     status_every_s: float
+    # Absent: the nodes are registered but run no pods.
+    pods: PodsConfig | None = None
 
 
 def write_agent_config(
@@ -207,9 +214,11 @@ def write_agent_config(
     *,
     lease_renew_s: float = 4.0,
     status_every_s: float = 30.0,
+    pods: PodsConfig | None = None,
 ) -> Path:
     """The agent's configuration file: each node with the kubeconfig of its identity."""
-    doc = {
+    doc: dict[str, object] = {
+        "pods": None if pods is None else pods.to_json(),
         "lease_renew_s": lease_renew_s,
         "status_every_s": status_every_s,
         "nodes": [
@@ -226,6 +235,7 @@ def read_agent_config(path: Path) -> AgentConfig:
         nodes=[(NodeSpec(**n["spec"]), Path(n["kubeconfig"])) for n in doc["nodes"]],
         lease_renew_s=float(doc["lease_renew_s"]),
         status_every_s=float(doc["status_every_s"]),
+        pods=PodsConfig.from_json(doc["pods"]) if doc.get("pods") else None,
     )
 
 
@@ -240,6 +250,25 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
     ]
     for handle in handles:
         handle.register()
+    node_pods = []
+    if config.pods is not None:
+        for handle in handles:
+            pods = NodePods(handle.spec.name, handle.spec.internal_ip, handle.api, config.pods)
+            node_pods.append(pods)
+            # Each node waits for its podCIDR from the controller-manager on a thread of its
+            # own, so that the heartbeats start at once.
+            threading.Thread(
+                target=pods.start, args=(stop,), name=f"start-{pods.node_name}"
+            ).start()
+    try:
+        _heartbeats(config, handles, stop)
+    finally:
+        # Every pod's processes and sandbox go with the agent.
+        for pods in node_pods:
+            pods.stop()
+
+
+def _heartbeats(config: AgentConfig, handles: list[NodeHandle], stop: threading.Event) -> None:
     ticks_per_status = max(1, round(config.status_every_s / config.lease_renew_s))
     tick = 0
     # The renewal period, not a sleep standing in for a wait: the kubelet renews on a timer too.

@@ -154,6 +154,7 @@ class ClusterPki:
     controller_manager: CertPair
     scheduler: CertPair
     front_proxy_client: CertPair
+    apiserver_kubelet_client: CertPair
     service_account_key: Path
     service_account_public_key: Path
     directory: Path
@@ -240,6 +241,15 @@ def make_pki(directory: Path, *, advertise_ip: str, service_ip: str) -> ClusterP
         ),
         front_proxy_client=_issue(
             front_issuer, directory, "front-proxy-client", _name("front-proxy-client"), client=True
+        ),
+        # kubeadm's apiserver-kubelet-client: how the API server authenticates to kubelets
+        # (logs, exec, port-forward).
+        apiserver_kubelet_client=_issue(
+            issuer,
+            directory,
+            "apiserver-kubelet-client",
+            _name("kube-apiserver-kubelet-client", ("system:masters",)),
+            client=True,
         ),
         service_account_key=sa_private,
         service_account_public_key=sa_public,

@@ -89,7 +89,9 @@ def root_routes_before() -> tuple[list[tuple[str, str]], list[str]]:
 @pytest.fixture(scope="session")
 def cluster(root_routes_before: object) -> Iterator[Cluster]:
     try:
-        started = start_cluster(ClusterConfig(nodes=NODES))
+        # Restarts back off from 1 s instead of the kubelet's 10 s so crash-loop tests see
+        # several restarts within their bounds; set through the node agent's config only.
+        started = start_cluster(ClusterConfig(nodes=NODES, container_backoff_base_s=1.0))
     except (ComponentFailed, netns.NotInPrivateNamespace, FileNotFoundError) as exc:
         pytest.fail(str(exc), pytrace=False)
     _session_cluster.append(started)

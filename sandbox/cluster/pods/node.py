@@ -1,0 +1,122 @@
+"""What the node agent starts per node to run its pods: the pod runner and the kubelet
+endpoint, on the node's InternalIP (added to the harness namespace's loopback as a /32, so the
+API server can dial it, and removed again on stop)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+
+from sandbox.cluster.pods.containers import BACKOFF_BASE_S, BACKOFF_MAX_S, BackoffPolicy
+from sandbox.cluster.pods.runner import NodeContext, PodRunner
+from sandbox.cluster.pods.sandbox import PodIpAllocator
+from sandbox.cluster.pods.server import KUBELET_PORT, KubeletServer
+from sandbox.cluster.waits import wait_for
+
+
+@dataclass(frozen=True)
+class PodsConfig:
+    """The pod runner's part of the agent's configuration file."""
+
+    pods_dir: str
+    client_ca: str
+    # node name -> [serving certificate, key] for that node's InternalIP.
+    serving: dict[str, list[str]]
+    nameserver: str
+    # Tests shorten the restart back-off here, and only here; the kubelet's is 10 s to 5 min.
+    backoff_base_s: float = BACKOFF_BASE_S
+    backoff_max_s: float = BACKOFF_MAX_S
+    kubelet_port: int = KUBELET_PORT
+    pod_cidr_timeout_s: float = 120.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(doc: dict[str, Any]) -> PodsConfig:
+        return PodsConfig(**doc)
+
+
+def _lo_address(action: str, ip: str) -> None:
+    done = subprocess.run(
+        ["ip", "addr", action, f"{ip}/32", "dev", "lo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    # "File exists" on add: a restarted agent finds its address; on del, already gone.
+    if done.returncode != 0 and "exists" not in done.stderr and action == "add":
+        raise OSError(f"ip addr add {ip}/32 dev lo: {done.stderr.strip()}")
+
+
+class NodePods:
+    """One node's pod runner and kubelet endpoint."""
+
+    def __init__(
+        self, node_name: str, internal_ip: str, api: k8s.ApiClient, config: PodsConfig
+    ) -> None:
+        self.node_name = node_name
+        self.internal_ip = internal_ip
+        self.api = api
+        self.config = config
+        self.runner: PodRunner | None = None
+        self.server: KubeletServer | None = None
+
+    def _pod_cidr(self) -> str:
+        nodes = wait_for(
+            k8s.CoreV1Api(self.api).list_node,
+            lambda items: any(n.spec.pod_cidr for n in items),
+            field_selector=f"metadata.name={self.node_name}",
+            timeout_s=self.config.pod_cidr_timeout_s,
+            what=f"spec.podCIDR of {self.node_name} (kube-controller-manager's nodeipam)",
+        )
+        return str(nodes[0].spec.pod_cidr)
+
+    def start(self, stop: threading.Event) -> None:
+        _lo_address("add", self.internal_ip)
+        ctx = NodeContext(
+            node_name=self.node_name,
+            host_ip=self.internal_ip,
+            api=self.api,
+            allocator=PodIpAllocator(self._pod_cidr()),
+            pods_dir=Path(self.config.pods_dir) / self.node_name,
+            backoff=BackoffPolicy(self.config.backoff_base_s, self.config.backoff_max_s),
+            nameserver=self.config.nameserver,
+        )
+        self.runner = PodRunner(ctx)
+        runner = self.runner
+
+        def lookup(namespace: str, pod: str, container: str, previous: bool) -> Path | str | None:
+            worker = runner.find(namespace, pod)
+            if worker is None or not worker.has_container(container):
+                return None
+            path = worker.log_path(container, previous)
+            if path is None:
+                which = "previous terminated" if previous else "current"
+                return f'{which} container "{container}" in pod "{pod}" not found'
+            return path
+
+        cert, key = self.config.serving[self.node_name]
+        self.server = KubeletServer(
+            self.internal_ip,
+            self.config.kubelet_port,
+            Path(cert),
+            Path(key),
+            Path(self.config.client_ca),
+            lookup,
+        )
+        self.server.start()
+        runner.start(stop)
+
+    def stop(self) -> None:
+        if self.runner is not None:
+            self.runner.stop()
+        if self.server is not None:
+            self.server.stop()
+        _lo_address("del", self.internal_ip)

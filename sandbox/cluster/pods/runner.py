@@ -1,0 +1,705 @@
+"""The node agent's pod runner: the pods kube-scheduler binds to a node run there.
+
+One :class:`PodRunner` per node lists and watches the pods bound to it (``spec.nodeName``) with
+the node's own identity; each pod gets a :class:`PodWorker` thread that does what the kubelet's
+pod worker does for it (``pkg/kubelet/pod_workers.go``, ``kuberuntime_manager.go`` SyncPod): make
+the sandbox, run the init containers one after another and then the containers, restart them
+per ``restartPolicy`` with the back-off, run their probes, write the pod's status, and on
+deletion stop the containers within the grace period, tear the sandbox down and delete the pod
+with grace 0 (``pkg/kubelet/status/status_manager.go``: ``NewDeleteOptions(0)`` with the pod's
+UID as precondition).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets as token
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import watch
+from kubernetes.client.exceptions import ApiException
+
+from sandbox.cluster import images
+from sandbox.cluster.pods import env as podenv
+from sandbox.cluster.pods.containers import Backoff, BackoffPolicy, Run, start_run, utc_now
+from sandbox.cluster.pods.probes import ProbeKind, ProbeSpec, ProbeWorker, prober_for
+from sandbox.cluster.pods.sandbox import (
+    PodIpAllocator,
+    Sandbox,
+    SandboxError,
+    create_sandbox,
+    enable_forwarding,
+)
+from sandbox.cluster.pods.status import (
+    CRASH_LOOP_BACK_OFF,
+    CREATE_CONTAINER_CONFIG_ERROR,
+    ERR_IMAGE_PULL,
+    IMAGE_PULL_BACK_OFF,
+    POD_INITIALIZING,
+    Conditions,
+    ContainerRecord,
+    Terminated,
+    pod_conditions,
+    pod_phase,
+)
+
+log = logging.getLogger("node-agent.pods")
+MERGE_PATCH = "application/merge-patch+json"
+DEFAULT_GRACE_S = 30.0
+
+
+def go_duration(seconds: float) -> str:
+    """A duration as Go's time.Duration prints whole seconds ("10s", "1m20s", "5m0s")."""
+    whole = int(seconds)
+    minutes, secs = divmod(whole, 60)
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
+
+
+@dataclass(frozen=True)
+class NodeContext:
+    """What every pod worker of one node shares."""
+
+    node_name: str
+    host_ip: str
+    api: k8s.ApiClient
+    allocator: PodIpAllocator
+    pods_dir: Path
+    backoff: BackoffPolicy
+    nameserver: str
+
+
+@dataclass
+class Slot:
+    """One container of the pod and its current run."""
+
+    spec: dict[str, Any]
+    record: ContainerRecord
+    backoff: Backoff
+    pull_backoff: Backoff
+    run: Run | None = None
+    logs: list[Path] = field(default_factory=list)
+    exit_handled: bool = True
+    next_try_mono: float = 0.0
+    done: bool = False
+    # The restart whose BackOff event has been recorded (one event per back-off, as the
+    # kubelet's recorder aggregates repeats).
+    announced_mono: float = -1.0
+    probes: dict[ProbeKind, ProbeWorker] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.spec["name"])
+
+    def stop_probes(self) -> None:
+        for worker in self.probes.values():
+            worker.stop()
+        self.probes = {}
+
+
+class PodWorker:
+    """Runs one pod on its node until it is deleted or the agent stops."""
+
+    def __init__(self, pod: dict[str, Any], ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.pod = pod
+        meta = pod["metadata"]
+        self.uid = str(meta["uid"])
+        self.namespace = str(meta["namespace"])
+        self.name = str(meta["name"])
+        spec = pod["spec"]
+        self.restart_policy = str(spec.get("restartPolicy") or "Always")
+        self.core = k8s.CoreV1Api(ctx.api)
+        self.directory = ctx.pods_dir / f"{self.namespace}_{self.name}_{self.uid}"
+        policy = ctx.backoff
+
+        def slot(container: dict[str, Any], init: bool) -> Slot:
+            record = ContainerRecord(
+                name=str(container["name"]), image=str(container.get("image", "")), init=init
+            )
+            return Slot(container, record, Backoff(policy), Backoff(policy))
+
+        self.init_slots = [slot(c, True) for c in spec.get("initContainers") or []]
+        self.slots = [slot(c, False) for c in spec.get("containers") or []]
+        waiting = POD_INITIALIZING if self.init_slots else None
+        for s in self.init_slots + self.slots:
+            if waiting and not s.record.init:
+                s.record.waiting_reason = waiting
+        self.sandbox: Sandbox | None = None
+        self.pod_ip = ""
+        self.start_time = utc_now()
+        self.conditions = Conditions()
+        self._posted: dict[str, Any] | None = None
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._deleting = False
+        self._gone = False
+        self._stopping_agent = False
+        self._kill_requests: dict[str, str] = {}
+        self._thread = threading.Thread(target=self._main, name=f"pod-{self.name}", daemon=True)
+
+    # --- control from the runner ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def update(self, pod: dict[str, Any]) -> None:
+        with self._lock:
+            self.pod = pod
+            if pod["metadata"].get("deletionTimestamp"):
+                self._deleting = True
+        self._wake.set()
+
+    def gone(self) -> None:
+        """The pod was removed from the API (force-deleted): stop without writing to it."""
+        with self._lock:
+            self._gone = True
+            self._deleting = True
+        self._wake.set()
+
+    def stop_for_agent(self) -> None:
+        with self._lock:
+            self._stopping_agent = True
+        self._wake.set()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    def log_path(self, container: str, previous: bool) -> Path | None:
+        for s in self.init_slots + self.slots:
+            if s.name == container:
+                index = -2 if previous else -1
+                return s.logs[index] if len(s.logs) >= -index else None
+        return None
+
+    def has_container(self, container: str) -> bool:
+        return any(s.name == container for s in self.init_slots + self.slots)
+
+    # --- the pod's life -------------------------------------------------------------------
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except (ApiException, SandboxError, OSError, subprocess.SubprocessError) as exc:
+            log.error("pod %s/%s: %s", self.namespace, self.name, exc)
+            self._kill_all(grace_s=0)
+            self._teardown()
+
+    def _run(self) -> None:
+        self.pod_ip = self.ctx.allocator.allocate()
+        spec = self.pod["spec"]
+        self.sandbox = create_sandbox(
+            pod_uid=self.uid,
+            namespace=self.namespace,
+            hostname=str(spec.get("hostname") or self.name),
+            subdomain=str(spec.get("subdomain") or ""),
+            pod_ip=self.pod_ip,
+            nameserver=self.ctx.nameserver,
+            directory=self.directory / "sandbox",
+        )
+        while True:
+            with self._lock:
+                deleting, stopping = self._deleting, self._stopping_agent
+            if stopping:
+                self._kill_all(grace_s=0)
+                self._teardown()
+                return
+            if deleting:
+                self._terminate()
+                return
+            wait_s = self._sync()
+            self._post_status()
+            self._wake.wait(wait_s)
+            self._wake.clear()
+
+    def _sync(self) -> float | None:
+        """One pass of SyncPod; returns how long until something is due without an event."""
+        now = time.monotonic()
+        for s in self.init_slots + self.slots:
+            self._handle_exit(s, now)
+            self._handle_probes(s)
+        due: list[float] = []
+        pending_init = next((s for s in self.init_slots if not s.done), None)
+        for s in [pending_init] if pending_init is not None else self.slots:
+            if not s.done and (s.run is None or s.exit_handled):
+                self._maybe_start(s, now, due)
+        return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _handle_exit(self, s: Slot, now: float, *, final: bool = False) -> None:
+        run = s.run
+        if run is None or s.exit_handled or run.exit_code is None:
+            return
+        s.exit_handled = True
+        s.stop_probes()
+        assert run.finished_at is not None
+        term = Terminated(run.exit_code, run.started_at, run.finished_at, s.record.container_id)
+        record = s.record
+        record.running_since = None
+        record.ready = False
+        record.started = False
+        if s.record.init:
+            restart = run.exit_code != 0 and self.restart_policy != "Never"
+        else:
+            restart = self.restart_policy == "Always" or (
+                self.restart_policy == "OnFailure" and run.exit_code != 0
+            )
+        if final or not restart:
+            record.terminated = term
+            s.done = True
+            return
+        record.last_terminated = term
+        record.terminated = None
+        record.waiting_reason = CRASH_LOOP_BACK_OFF
+        s.next_try_mono = now + s.backoff.wait_s(run.finished_mono, now)
+
+    def _handle_probes(self, s: Slot) -> None:
+        if s.run is None or s.exit_handled:
+            return
+        startup = s.probes.get(ProbeKind.STARTUP)
+        readiness = s.probes.get(ProbeKind.READINESS)
+        liveness = s.probes.get(ProbeKind.LIVENESS)
+        s.record.started = startup is None or startup.result is True
+        s.record.ready = s.record.started and (readiness is None or readiness.result is True)
+        failed = None
+        if startup is not None and startup.result is False:
+            failed = "startup"
+        elif liveness is not None and liveness.result is False:
+            failed = "liveness"
+        if failed is not None:
+            s.stop_probes()
+            self._event(
+                s,
+                "Normal",
+                "Killing",
+                f"Container {s.name} failed {failed} probe, will be restarted",
+            )
+            s.run.stop(self._probe_grace_s(s, failed))
+
+    def _probe_grace_s(self, s: Slot, kind: str) -> float:
+        probe = s.spec.get(f"{kind}Probe") or {}
+        grace = probe.get("terminationGracePeriodSeconds")
+        if grace is None:
+            grace = self.pod["spec"].get("terminationGracePeriodSeconds")
+        return DEFAULT_GRACE_S if grace is None else float(grace)
+
+    def _maybe_start(self, s: Slot, now: float, due: list[float]) -> None:
+        image = s.record.image
+        runtime = images.resolve(image)
+        if runtime is None:
+            self._pull_failed(s, now, due)
+            return
+        restarting = bool(s.logs)
+        if restarting and now < s.next_try_mono:
+            s.record.waiting_reason = CRASH_LOOP_BACK_OFF
+            assert s.backoff.current_s is not None
+            s.record.waiting_message = (
+                f"back-off {go_duration(s.backoff.current_s)} restarting failed "
+                f"container={s.name} pod={self.name}_{self.namespace}({self.uid})"
+            )
+            if s.announced_mono != s.next_try_mono:
+                s.announced_mono = s.next_try_mono
+                self._event(
+                    s,
+                    "Warning",
+                    "BackOff",
+                    f"Back-off restarting failed container {s.name} in pod "
+                    f"{self.name}_{self.namespace}({self.uid})",
+                )
+            due.append(s.next_try_mono)
+            return
+        facts = podenv.PodFacts(self.pod, self.pod_ip, self.ctx.host_ip)
+        try:
+            variables = podenv.container_env(s.spec, facts, self._sources())
+        except podenv.ContainerConfigError as exc:
+            s.record.waiting_reason = CREATE_CONTAINER_CONFIG_ERROR
+            s.record.waiting_message = str(exc)
+            self._event(s, "Warning", "Failed", f"Error: {exc}")
+            due.append(now + self.ctx.backoff.base_s)
+            return
+        env_map = dict(variables)
+        argv = podenv.command_line(s.spec, runtime.entrypoint, runtime.cmd, env_map)
+        process_env = {**runtime.image_env(), "HOSTNAME": self._hostname(), **env_map}
+        if restarting:
+            s.backoff.next(now)
+            s.record.restart_count += 1
+        if not restarting:
+            self._event(
+                s, "Normal", "Pulled", f'Container image "{image}" already present on machine'
+            )
+        assert self.sandbox is not None
+        host_argv = runtime.host_argv(argv)
+        attempt = s.record.restart_count
+        s.record.container_id = f"llm-rollout://{self.uid[:8]}-{s.name}-{attempt}"
+        log_file = self.directory / "logs" / s.name / f"{attempt}.log"
+        if host_argv is None:
+            # The runtime's create fails: the container terminates with StartError, 128.
+            log_file.parent.mkdir(parents=True, exist_ok=True)
+            log_file.write_bytes(b"")
+            s.logs.append(log_file)
+            stamp = utc_now()
+            first = argv[0] if argv else ""
+            message = f'exec: "{first}": executable file not found in $PATH'
+            self._event(s, "Warning", "Failed", f"Error: {message}")
+            s.run = None
+            term = Terminated(128, stamp, stamp, s.record.container_id, reason="StartError")
+            self._fake_exit(s, term, now, due)
+            return
+        workdir = str(s.spec.get("workingDir") or "") or None
+        s.run = start_run(
+            enter=self.sandbox.enter(workdir),
+            argv=host_argv,
+            env=process_env,
+            log=log_file,
+            on_exit=self._wake.set,
+        )
+        s.logs.append(log_file)
+        s.exit_handled = False
+        s.record.running_since = s.run.started_at
+        s.record.waiting_reason = None
+        s.record.waiting_message = ""
+        s.record.terminated = None
+        self._event(s, "Normal", "Created", f"Created container: {s.name}")
+        self._event(s, "Normal", "Started", f"Started container {s.name}")
+        self._start_probes(s, process_env)
+        self._handle_probes(s)
+
+    def _fake_exit(self, s: Slot, term: Terminated, now: float, due: list[float]) -> None:
+        if self.restart_policy == "Never":
+            s.record.terminated = term
+            s.done = True
+            return
+        s.record.last_terminated = term
+        s.record.waiting_reason = CRASH_LOOP_BACK_OFF
+        s.next_try_mono = now + s.backoff.wait_s(now, now)
+        due.append(s.next_try_mono)
+
+    def _pull_failed(self, s: Slot, now: float, due: list[float]) -> None:
+        image = s.record.image
+        if s.pull_backoff.in_backoff_since_update(now):
+            if s.record.waiting_reason != IMAGE_PULL_BACK_OFF:
+                message = f'Back-off pulling image "{image}"'
+                s.record.waiting_reason = IMAGE_PULL_BACK_OFF
+                s.record.waiting_message = message
+                self._event(s, "Normal", "BackOff", message)
+                self._event(s, "Warning", "Failed", f"Error: {IMAGE_PULL_BACK_OFF}")
+            assert s.pull_backoff.current_s is not None
+            due.append(s.next_try_mono)
+            return
+        # images/image_manager.go EnsureImageExists: the pull fails, a Failed event names the
+        # image and the error, and the image's back-off grows; kuberuntime_container.go then
+        # records "Error: ErrImagePull".
+        error = (
+            f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
+            "no runtime for this image on this node (sandbox/cluster/images.py)"
+        )
+        s.record.waiting_reason = ERR_IMAGE_PULL
+        s.record.waiting_message = error
+        self._event(s, "Warning", "Failed", f'Failed to pull image "{image}": {error}')
+        self._event(s, "Warning", "Failed", f"Error: {ERR_IMAGE_PULL}")
+        s.pull_backoff.next(now)
+        assert s.pull_backoff.current_s is not None
+        s.next_try_mono = now + s.pull_backoff.current_s
+        # The kubelet's pod worker re-syncs a pod whose sync failed after a back-off of its own
+        # (pod_workers.go); half the image back-off stands for it, so that the status shows
+        # ImagePullBackOff between two pulls as on a node.
+        due.append(now + s.pull_backoff.current_s / 2)
+
+    def _start_probes(self, s: Slot, process_env: dict[str, str]) -> None:
+        assert s.run is not None and self.sandbox is not None
+        ports = {
+            str(p["name"]): int(p["containerPort"])
+            for p in s.spec.get("ports") or []
+            if "name" in p
+        }
+        enter = self.sandbox.enter()
+        for kind, key in (
+            (ProbeKind.STARTUP, "startupProbe"),
+            (ProbeKind.READINESS, "readinessProbe"),
+            (ProbeKind.LIVENESS, "livenessProbe"),
+        ):
+            spec = s.spec.get(key)
+            if not spec:
+                continue
+            startup = s.probes.get(ProbeKind.STARTUP)
+
+            def may_run(kind: ProbeKind = kind, startup: ProbeWorker | None = startup) -> bool:
+                return kind is ProbeKind.STARTUP or startup is None or startup.result is True
+
+            def failed(kind: ProbeKind, output: str, s: Slot = s) -> None:
+                self._event(s, "Warning", "Unhealthy", f"{kind.value} probe failed: {output}")
+
+            worker = ProbeWorker(
+                kind,
+                ProbeSpec.of(spec),
+                prober_for(spec, self.pod_ip, ports, enter, process_env),
+                started_mono=s.run.started_mono,
+                may_run=may_run,
+                on_failure=failed,
+                on_change=self._wake.set,
+            )
+            s.probes[kind] = worker
+            worker.start()
+
+    def _hostname(self) -> str:
+        return str(self.pod["spec"].get("hostname") or self.name)
+
+    def _sources(self) -> podenv.Sources:
+        """Secrets and ConfigMaps read with the node's identity (the Node authorizer allows
+        those the node's pods reference)."""
+
+        def reader(read: Callable[[str, str], Any]) -> podenv.ObjectReader:
+            def data(namespace: str, name: str) -> dict[str, str] | None:
+                try:
+                    found = read(name, namespace)
+                except ApiException as exc:
+                    if exc.status == 404:
+                        return None
+                    raise
+                return {k: str(v) for k, v in (found.data or {}).items()}
+
+            return data
+
+        return podenv.Sources(
+            secrets=reader(self.core.read_namespaced_secret),
+            config_maps=reader(self.core.read_namespaced_config_map),
+        )
+
+    # --- stopping -------------------------------------------------------------------------
+
+    def _grace_s(self) -> float:
+        meta, spec = self.pod["metadata"], self.pod["spec"]
+        for value in (
+            meta.get("deletionGracePeriodSeconds"),
+            spec.get("terminationGracePeriodSeconds"),
+        ):
+            if value is not None:
+                return float(value)
+        return DEFAULT_GRACE_S
+
+    def _kill_all(self, grace_s: float) -> None:
+        runs = []
+        for s in self.init_slots + self.slots:
+            s.stop_probes()
+            if s.run is not None and s.run.process.poll() is None:
+                runs.append(s.run)
+        stoppers = [threading.Thread(target=run.stop, args=(grace_s,), daemon=True) for run in runs]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+
+    def _teardown(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.teardown()
+            self.sandbox = None
+        if self.pod_ip:
+            self.ctx.allocator.release(self.pod_ip)
+
+    def _terminate(self) -> None:
+        with self._lock:
+            gone = self._gone
+        if not gone:
+            for s in self.init_slots + self.slots:
+                if s.run is not None and s.run.process.poll() is None:
+                    self._event(s, "Normal", "Killing", f"Stopping container {s.name}")
+        self._kill_all(self._grace_s())
+        for s in self.init_slots + self.slots:
+            if s.run is not None:
+                s.run.exited.wait(30)
+            self._handle_exit(s, time.monotonic(), final=True)
+        self._teardown()
+        if gone:
+            return
+        self._post_status()
+        try:
+            self.core.delete_namespaced_pod(
+                self.name,
+                self.namespace,
+                body=k8s.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=k8s.V1Preconditions(uid=self.uid)
+                ),
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    # --- writing to the API ---------------------------------------------------------------
+
+    def _status(self) -> dict[str, Any]:
+        now = utc_now()
+        phase = pod_phase(
+            [s.record for s in self.init_slots], [s.record for s in self.slots], self.restart_policy
+        )
+        pod_conditions(
+            self.conditions,
+            now=now,
+            sandbox_ready=self.sandbox is not None,
+            init_records=[s.record for s in self.init_slots],
+            records=[s.record for s in self.slots],
+            phase=phase,
+        )
+        scheduled = [
+            c
+            for c in self.pod.get("status", {}).get("conditions") or []
+            if c["type"] == "PodScheduled"
+        ]
+        status: dict[str, Any] = {
+            "phase": phase,
+            "hostIP": self.ctx.host_ip,
+            "hostIPs": [{"ip": self.ctx.host_ip}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
+            "startTime": self.start_time,
+            "conditions": scheduled + self.conditions.as_list(),
+            "containerStatuses": [s.record.as_dict() for s in self.slots],
+        }
+        if self.init_slots:
+            status["initContainerStatuses"] = [s.record.as_dict() for s in self.init_slots]
+        return status
+
+    def _post_status(self) -> None:
+        status = self._status()
+        if status == self._posted:
+            return
+        try:
+            self.core.patch_namespaced_pod_status(
+                self.name, self.namespace, {"status": status}, _content_type=MERGE_PATCH
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return
+            raise
+        self._posted = status
+
+    def _event(self, s: Slot, kind: str, reason: str, message: str) -> None:
+        now_stamp = utc_now()
+        section = "initContainers" if s.record.init else "containers"
+        body = {
+            "metadata": {"name": f"{self.name}.{token.token_hex(8)}", "namespace": self.namespace},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": self.uid,
+                "fieldPath": f"spec.{section}{{{s.name}}}",
+            },
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "source": {"component": "kubelet", "host": self.ctx.node_name},
+            "reportingComponent": "kubelet",
+            "reportingInstance": self.ctx.node_name,
+            "firstTimestamp": now_stamp,
+            "lastTimestamp": now_stamp,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(self.namespace, body)
+        except ApiException as exc:
+            # An event is best effort for the kubelet too (the recorder drops on errors).
+            log.warning("event %s for %s/%s: %s", reason, self.namespace, self.name, exc.status)
+
+
+class PodRunner:
+    """The pods bound to one node."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.workers: dict[str, PodWorker] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self, stop: threading.Event) -> None:
+        enable_forwarding()
+        self._thread = threading.Thread(
+            target=self._watch, args=(stop,), name=f"pods-{self.ctx.node_name}", daemon=True
+        )
+        self._thread.start()
+
+    def find(self, namespace: str, name: str) -> PodWorker | None:
+        with self._lock:
+            for worker in self.workers.values():
+                if worker.namespace == namespace and worker.name == name:
+                    return worker
+        return None
+
+    def stop(self) -> None:
+        with self._lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            worker.stop_for_agent()
+        for worker in workers:
+            worker.join(60)
+        if self._thread is not None:
+            self._thread.join(30)
+
+    def _seen(self, pod: dict[str, Any], deleted: bool) -> None:
+        uid = str(pod["metadata"]["uid"])
+        with self._lock:
+            worker = self.workers.get(uid)
+            if deleted:
+                if worker is not None:
+                    worker.gone()
+                return
+            if worker is None:
+                if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                    return
+                worker = PodWorker(pod, self.ctx)
+                self.workers[uid] = worker
+                worker.start()
+            else:
+                worker.update(pod)
+            for old in [u for u, w in self.workers.items() if w.finished and u != uid]:
+                del self.workers[old]
+
+    def _watch(self, stop: threading.Event) -> None:
+        core = k8s.CoreV1Api(self.ctx.api)
+        selector = f"spec.nodeName={self.ctx.node_name}"
+        version: str | None = None
+        while not stop.is_set():
+            try:
+                if version is None:
+                    listed = self.ctx.api.sanitize_for_serialization(
+                        core.list_pod_for_all_namespaces(field_selector=selector)
+                    )
+                    for pod in listed["items"]:
+                        self._seen(pod, deleted=False)
+                    version = str(listed["metadata"]["resourceVersion"])
+                stream = watch.Watch()
+                # A short server-side timeout so that the agent's stop is noticed promptly.
+                for event in stream.stream(
+                    core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=5,
+                ):
+                    raw = event["raw_object"]
+                    if event["type"] == "ERROR":
+                        version = None
+                        break
+                    version = str(raw["metadata"]["resourceVersion"])
+                    self._seen(raw, deleted=event["type"] == "DELETED")
+                    if stop.is_set():
+                        stream.stop()
+                        break
+            except ApiException as exc:
+                log.warning(
+                    "watch of pods on %s: %s %s", self.ctx.node_name, exc.status, exc.reason
+                )
+                version = None
+                stop.wait(1.0)
+            except (ConnectionError, OSError, json.JSONDecodeError) as exc:
+                log.warning("watch of pods on %s: %s", self.ctx.node_name, exc)
+                stop.wait(1.0)

@@ -1,0 +1,443 @@
+"""Pods bound by the real kube-scheduler run on the node agent: their real command lines in
+sandboxes of their own, restarts, probes and logs as the kubelet does them, read back only
+through the API server (its log endpoint proxies to the node agent's kubelet endpoint)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+from kubernetes import client as k8s
+
+from sandbox.cluster.control_plane import Cluster, ClusterConfig
+from sandbox.cluster.node_agent import NodeSpec
+from sandbox.cluster.pods.sandbox import veth_name
+from sandbox.cluster.waits import wait_for
+
+SHELL_IMAGE = "docker.io/library/busybox:1.36"
+# Bounds, not expectations: a pod is Ready in about a second on an idle machine.
+POD_TIMEOUT_S = 60
+
+
+def _pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"app": name}},
+        # sh as a container's PID 1 ignores SIGTERM (no handler), as in a real container,
+        # so every stop waits the grace period out: keep it short.
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": containers, **spec},
+    }
+
+
+def _shell(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": SHELL_IMAGE, "command": ["sh", "-c", script], **extra}
+
+
+def _wait_pod(admin: k8s.ApiClient, namespace: str, name: str, what: str, check: Any) -> k8s.V1Pod:
+    (pod,) = wait_for(
+        k8s.CoreV1Api(admin).list_namespaced_pod,
+        lambda items: len(items) == 1 and bool(check(items[0])),
+        namespace=namespace,
+        field_selector=f"metadata.name={name}",
+        timeout_s=POD_TIMEOUT_S,
+        what=f"pod {name}: {what}",
+    )
+    return pod
+
+
+def _ready(pod: k8s.V1Pod) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def _events(admin: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Event]:
+    return list(
+        k8s.CoreV1Api(admin)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        .items
+    )
+
+
+def test_a_deployments_pod_runs_its_real_command_in_its_own_sandbox(
+    cluster: Cluster,
+    admin: k8s.ApiClient,
+    namespace: str,
+    gpu_nodes: tuple[NodeSpec, ...],
+) -> None:
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "creds"}, "data": {"token": base64.b64encode(b"t0k").decode()}},
+    )
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "cfg"}, "data": {"mode": "fast"}}
+    )
+    script = (
+        # $(hostname) names no variable, so the kubelet leaves it for the shell.
+        "echo host=$(hostname); echo ip=$(hostname -i); echo pwd=$(pwd); "
+        "echo greeting=$(GREETING); echo node=$NODE app=$APP pod_ip=$POD_IP; "
+        "echo secret=$TOKEN mode=$MODE; echo 'literal=$$(GREETING)'; exec sleep 3600"
+    )
+    container = _shell(
+        "main",
+        script,
+        workingDir="/usr",
+        env=[
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "GREETING", "value": "hello-$(POD_NAME)"},
+            {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+            {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
+        ],
+    )
+    template = _pod("web", [container])
+    created = time.monotonic()
+    k8s.AppsV1Api(admin).create_namespaced_deployment(
+        namespace,
+        {
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": template,
+            },
+        },
+    )
+    (pod,) = wait_for(
+        core.list_namespaced_pod,
+        lambda items: len(items) == 1 and _ready(items[0]),
+        namespace=namespace,
+        label_selector="app=web",
+        timeout_s=POD_TIMEOUT_S,
+        what="the Deployment's pod Ready",
+    )
+    print(f"POD_READY_S {time.monotonic() - created:.2f} (Deployment created -> pod Ready)")
+    name = pod.metadata.name
+    node = {n.name: n for n in gpu_nodes}[pod.spec.node_name]
+    # The node agent wrote the status with the node's identity, as the kubelet does.
+    assert pod.status.host_ip == node.internal_ip
+    pod_cidr = core.read_node(node.name).spec.pod_cidr
+    assert ipaddress.ip_address(pod.status.pod_ip) in ipaddress.ip_network(pod_cidr)
+    assert [p.ip for p in pod.status.pod_ips] == [pod.status.pod_ip]
+    assert pod.status.phase == "Running"
+    (status,) = pod.status.container_statuses
+    assert status.ready and status.started and status.state.running is not None
+    kinds = {c.type: c.status for c in pod.status.conditions}
+    assert kinds == {
+        "PodScheduled": "True",
+        "PodReadyToStartContainers": "True",
+        "Initialized": "True",
+        "ContainersReady": "True",
+        "Ready": "True",
+    }
+    lines = wait_for_log(core, namespace, name, "main", "literal=")
+    assert f"host={name}" in lines
+    assert f"ip={pod.status.pod_ip}" in lines
+    assert "pwd=/usr" in lines
+    assert f"greeting=hello-{name}" in lines
+    assert f"node={node.name} app=web pod_ip={pod.status.pod_ip}" in lines
+    assert "secret=t0k mode=fast" in lines
+    assert "literal=$(GREETING)" in lines
+    assert core.read_namespaced_pod_log(name, namespace, container="main", tail_lines=1) == (
+        "literal=$(GREETING)\n"
+    )
+
+
+def wait_for_log(
+    core: k8s.CoreV1Api, namespace: str, name: str, container: str, last: str
+) -> list[str]:
+    """The container's log once a line starting with ``last`` is in it (the process writes
+    after the status says Running; the log's content is only known once it has)."""
+    deadline = time.monotonic() + POD_TIMEOUT_S
+    while True:
+        text = core.read_namespaced_pod_log(name, namespace, container=container)
+        lines = text.splitlines()
+        if any(line.startswith(last) for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def test_two_pods_bind_the_same_port_and_reach_each_other(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    # busybox would serve with its httpd applet; the host has no such applet, so this test
+    # names the host's python3 by absolute path (host_argv keeps absolute paths). What it
+    # checks is the sandbox: two listeners on 0.0.0.0:8000, each pod reached at its own IP.
+    server = {
+        "name": "http",
+        "image": SHELL_IMAGE,
+        "command": ["/usr/bin/python3", "-m", "http.server", "8000", "--bind", "0.0.0.0"],
+        "readinessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 1},
+    }
+    core = k8s.CoreV1Api(admin)
+    for name in ("one", "two"):
+        core.create_namespaced_pod(namespace, _pod(name, [dict(server)]))
+    one = _wait_pod(admin, namespace, "one", "Ready", _ready)
+    two = _wait_pod(admin, namespace, "two", "Ready", _ready)
+    assert one.status.pod_ip != two.status.pod_ip
+    # From inside pod one, pod two's server answers on its own IP.
+    core.create_namespaced_pod(
+        namespace,
+        _pod(
+            "client",
+            [
+                {
+                    "name": "get",
+                    "image": SHELL_IMAGE,
+                    "command": [
+                        "/usr/bin/python3",
+                        "-c",
+                        "import urllib.request,sys;"
+                        f"print('status', urllib.request.urlopen('http://{two.status.pod_ip}:8000/',"
+                        "timeout=5).status)",
+                    ],
+                }
+            ],
+            restartPolicy="Never",
+        ),
+    )
+    done = _wait_pod(
+        admin, namespace, "client", "Succeeded", lambda p: p.status.phase == "Succeeded"
+    )
+    assert done.status.container_statuses[0].state.terminated.reason == "Completed"
+    assert core.read_namespaced_pod_log("client", namespace) == "status 200\n"
+
+
+def test_init_containers_run_first_and_complete(admin: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(admin)
+    pod = _pod(
+        "inits",
+        [_shell("main", "echo main-started; exec sleep 3600")],
+        initContainers=[_shell("first", "echo first-done"), _shell("second", "echo second-done")],
+    )
+    core.create_namespaced_pod(namespace, pod)
+    ready = _wait_pod(admin, namespace, "inits", "Ready", _ready)
+    first, second = ready.status.init_container_statuses
+    main = ready.status.container_statuses[0]
+    for init in (first, second):
+        assert init.state.terminated.exit_code == 0
+        assert init.state.terminated.reason == "Completed"
+    # Each started after the one before it finished (the API's times are whole seconds).
+    assert first.state.terminated.finished_at <= second.state.terminated.started_at
+    assert second.state.terminated.finished_at <= main.state.running.started_at
+    assert core.read_namespaced_pod_log("inits", namespace, container="first") == "first-done\n"
+    assert core.read_namespaced_pod_log("inits", namespace, container="second") == "second-done\n"
+    assert wait_for_log(core, namespace, "inits", "main", "main-started") == ["main-started"]
+    started = {
+        e.involved_object.field_path
+        for e in _events(admin, namespace, "inits")
+        if e.reason == "Started"
+    }
+    assert started == {
+        "spec.initContainers{first}",
+        "spec.initContainers{second}",
+        "spec.containers{main}",
+    }
+
+
+def test_an_init_container_still_running_holds_the_pod_initializing(
+    admin: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    gate = tmp_path / "go"
+    pod = _pod(
+        "held",
+        [_shell("main", "exec sleep 3600")],
+        initContainers=[_shell("wait", f"until [ -e {gate} ]; do sleep 0.2; done")],
+    )
+    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, pod)
+    held = _wait_pod(
+        admin,
+        namespace,
+        "held",
+        "init container running",
+        lambda p: (
+            p.status.init_container_statuses
+            and p.status.init_container_statuses[0].state.running is not None
+        ),
+    )
+    assert held.status.phase == "Pending"
+    assert held.status.container_statuses[0].state.waiting.reason == "PodInitializing"
+    initialized = {c.type: c for c in held.status.conditions}["Initialized"]
+    assert initialized.status == "False"
+    assert initialized.reason == "ContainersNotInitialized"
+    gate.touch()
+    _wait_pod(admin, namespace, "held", "Ready", _ready)
+
+
+def test_a_failing_container_crash_loops_with_its_previous_log(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_pod(namespace, _pod("crash", [_shell("main", "echo attempt; exit 1")]))
+    looping = _wait_pod(
+        admin,
+        namespace,
+        "crash",
+        "CrashLoopBackOff after a restart",
+        lambda p: (
+            p.status.container_statuses
+            and p.status.container_statuses[0].state.waiting is not None
+            and p.status.container_statuses[0].state.waiting.reason == "CrashLoopBackOff"
+            and p.status.container_statuses[0].restart_count >= 1
+        ),
+    )
+    status = looping.status.container_statuses[0]
+    assert status.last_state.terminated.exit_code == 1
+    assert status.last_state.terminated.reason == "Error"
+    assert status.ready is False
+    assert status.state.waiting.message.startswith("back-off ")
+    assert (
+        f"restarting failed container=main pod=crash_{namespace}(" in status.state.waiting.message
+    )
+    assert looping.status.phase == "Running"
+    assert core.read_namespaced_pod_log("crash", namespace, previous=True) == "attempt\n"
+    backoffs = [e for e in _events(admin, namespace, "crash") if e.reason == "BackOff"]
+    assert backoffs and backoffs[0].message.startswith(
+        "Back-off restarting failed container main in pod crash_"
+    )
+
+
+def test_readiness_probe_holds_ready_false_until_it_passes(
+    admin: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    flag = tmp_path / "ready"
+    container = _shell(
+        "main",
+        "exec sleep 3600",
+        readinessProbe={"exec": {"command": ["cat", str(flag)]}, "periodSeconds": 1},
+    )
+    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, _pod("gated", [container]))
+    wait_for(
+        k8s.CoreV1Api(admin).list_namespaced_event,
+        lambda items: any(
+            e.reason == "Unhealthy" and e.message.startswith("Readiness probe failed: ")
+            for e in items
+        ),
+        namespace=namespace,
+        field_selector="involvedObject.name=gated",
+        timeout_s=POD_TIMEOUT_S,
+        what="a readiness Unhealthy event for gated",
+    )
+    unready = _wait_pod(admin, namespace, "gated", "Running", lambda p: p.status.phase == "Running")
+    assert not _ready(unready)
+    assert unready.status.container_statuses[0].ready is False
+    assert unready.status.container_statuses[0].started is True
+    ready_condition = {c.type: c for c in unready.status.conditions}["Ready"]
+    assert ready_condition.reason == "ContainersNotReady"
+    assert ready_condition.message == "containers with unready status: [main]"
+    flag.write_text("ok")
+    ready = _wait_pod(admin, namespace, "gated", "Ready", _ready)
+    assert ready.status.container_statuses[0].ready is True
+    assert ready.status.container_statuses[0].restart_count == 0
+
+
+def test_liveness_failure_kills_and_restarts_the_container(
+    admin: k8s.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    container = _shell(
+        "main",
+        "echo up; exec sleep 3600",
+        livenessProbe={
+            "exec": {"command": ["cat", str(tmp_path / "never")]},
+            "periodSeconds": 1,
+            "failureThreshold": 2,
+        },
+    )
+    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, _pod("unlive", [container]))
+    restarted = _wait_pod(
+        admin,
+        namespace,
+        "unlive",
+        "restarted",
+        lambda p: p.status.container_statuses and p.status.container_statuses[0].restart_count >= 1,
+    )
+    last = restarted.status.container_statuses[0].last_state.terminated
+    # sh ignores SIGTERM as PID 1: the grace period ends in SIGKILL, 128 + 9.
+    assert last.exit_code == 137
+    events = _events(admin, namespace, "unlive")
+    assert any(
+        e.reason == "Killing"
+        and e.message == "Container main failed liveness probe, will be restarted"
+        for e in events
+    )
+    assert any(
+        e.reason == "Unhealthy" and e.message.startswith("Liveness probe failed: ") for e in events
+    )
+
+
+def test_an_image_without_a_runtime_fails_to_pull(admin: k8s.ApiClient, namespace: str) -> None:
+    image = "registry.example.invalid/nothing:1"
+    pod = _pod("nopull", [{"name": "main", "image": image}])
+    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, pod)
+    seen: set[str] = set()
+
+    def reasons(p: k8s.V1Pod) -> bool:
+        for status in p.status.container_statuses or []:
+            if status.state.waiting is not None:
+                seen.add(status.state.waiting.reason)
+        return {"ErrImagePull", "ImagePullBackOff"} <= seen
+
+    stuck = _wait_pod(admin, namespace, "nopull", "ErrImagePull then ImagePullBackOff", reasons)
+    assert stuck.status.phase == "Pending"
+    events = _events(admin, namespace, "nopull")
+    failed = [e.message for e in events if e.reason == "Failed"]
+    assert any(m.startswith(f'Failed to pull image "{image}": ') for m in failed)
+    assert "Error: ErrImagePull" in failed
+    assert any(
+        e.reason == "BackOff" and e.message == f'Back-off pulling image "{image}"' for e in events
+    )
+
+
+def test_deleting_a_pod_stops_its_processes_and_sandbox(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    marker = uuid.uuid4().hex
+    container = _shell("main", "sleep 3600 & sleep 3600", env=[{"name": "MARKER", "value": marker}])
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_pod(namespace, _pod("doomed", [container]))
+    pod = _wait_pod(admin, namespace, "doomed", "Ready", _ready)
+    marked = _marked(marker)
+    # sh and both sleeps.
+    assert len(marked) >= 3
+    veth = veth_name(pod.metadata.uid)
+    # /proc/net/dev lists the interfaces of the reader's network namespace (/sys/class/net
+    # shows the namespace sysfs was mounted in, the root one).
+    assert veth in _interfaces()
+    core.delete_namespaced_pod("doomed", namespace)
+    wait_for(
+        core.list_namespaced_pod,
+        lambda items: not items,
+        namespace=namespace,
+        field_selector="metadata.name=doomed",
+        timeout_s=POD_TIMEOUT_S,
+        what="pod doomed deleted by its node",
+    )
+    assert not [p for p in marked if p.is_running()]
+    assert not _marked(marker)
+    assert veth not in _interfaces()
+    assert any(e.reason == "Killing" for e in _events(admin, namespace, "doomed"))
+
+
+def _interfaces() -> set[str]:
+    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
+    return {line.split(":")[0].strip() for line in lines}
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("MARKER") == marker:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def test_the_cluster_config_default_back_off_is_the_kubelets() -> None:
+    assert ClusterConfig(nodes=()).container_backoff_base_s == 10.0
