@@ -35,9 +35,9 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from sandbox.cluster.pods.node import NodePods, PodsConfig
+from sandbox.cluster.pods.runner import FIELD_MANAGER
 from sandbox.cluster.pods.server import KUBELET_PORT
 
-FIELD_MANAGER = "llm-rollout-node-agent"
 LEASE_NAMESPACE = "kube-node-lease"
 # What the kubelet reports and uses by default (KubeletConfiguration nodeLeaseDurationSeconds).
 LEASE_DURATION_S = 40

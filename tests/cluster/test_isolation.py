@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import uuid
 
 import psutil
 import pytest
@@ -17,6 +18,15 @@ from sandbox.cluster.control_plane import (
     stop_cluster,
 )
 from sandbox.cluster.node_agent import NodeSpec
+from sandbox.cluster.pods.sandbox import veth_name
+from tests.cluster.pod_helpers import (
+    interfaces,
+    is_ready,
+    make_pod,
+    marked_processes,
+    shell_container,
+    wait_pod,
+)
 
 OUR_PREFIXES = [
     ipaddress.ip_network(netns.POD_PREFIX),
@@ -56,14 +66,39 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
     solo = NodeSpec(name="solo-node", internal_ip="10.244.254.9", gpus=1)
     extra = start_cluster(
         ClusterConfig(
-            nodes=(solo,), with_kuberay=False, with_lws=False, ports=ClusterPorts().shifted(100)
+            nodes=(solo,),
+            with_kuberay=False,
+            with_lws=False,
+            ports=ClusterPorts().shifted(100),
+            # Pod ranges of its own, apart from the session cluster's 10.244.0.0/17.
+            cluster_cidr="10.244.64.0/18",
         )
     )
+    marker = uuid.uuid4().hex
     try:
-        extra_nodes = k8s.CoreV1Api(extra.api_client()).list_node().items
+        extra_admin = extra.api_client()
+        extra_nodes = k8s.CoreV1Api(extra_admin).list_node().items
         assert [n.metadata.name for n in extra_nodes] == [solo.name]
+        # A pod left running when the cluster stops: the node agent's stop takes it down.
+        k8s.CoreV1Api(extra_admin).create_namespaced_pod(
+            "default",
+            make_pod(
+                "left-running",
+                [
+                    shell_container(
+                        "main", "exec sleep 3600", env=[{"name": "MARKER", "value": marker}]
+                    )
+                ],
+            ),
+        )
+        running = wait_pod(extra_admin, "default", "left-running", "Ready", is_ready)
+        assert marked_processes(marker)
+        veth = veth_name(running.metadata.uid)
+        assert veth in interfaces()
     finally:
         stop_cluster(extra)
+    assert not marked_processes(marker)
+    assert veth not in interfaces()
     pids = [c.process.pid for c in extra.supervisor.components]
     assert all(c.process.returncode is not None for c in extra.supervisor.components)
     assert not [pid for pid in pids if psutil.pid_exists(pid)]

@@ -9,48 +9,24 @@ import ipaddress
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
-import psutil
 from kubernetes import client as k8s
 
 from sandbox.cluster.control_plane import Cluster, ClusterConfig
 from sandbox.cluster.node_agent import NodeSpec
 from sandbox.cluster.pods.sandbox import veth_name
 from sandbox.cluster.waits import wait_for
-
-SHELL_IMAGE = "docker.io/library/busybox:1.36"
-# Bounds, not expectations: a pod is Ready in about a second on an idle machine.
-POD_TIMEOUT_S = 60
-
-
-def _pod(name: str, containers: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": {"app": name}},
-        # sh as a container's PID 1 ignores SIGTERM (no handler), as in a real container,
-        # so every stop waits the grace period out: keep it short.
-        "spec": {"terminationGracePeriodSeconds": 1, "containers": containers, **spec},
-    }
-
-
-def _shell(name: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "image": SHELL_IMAGE, "command": ["sh", "-c", script], **extra}
-
-
-def _wait_pod(admin: k8s.ApiClient, namespace: str, name: str, what: str, check: Any) -> k8s.V1Pod:
-    (pod,) = wait_for(
-        k8s.CoreV1Api(admin).list_namespaced_pod,
-        lambda items: len(items) == 1 and bool(check(items[0])),
-        namespace=namespace,
-        field_selector=f"metadata.name={name}",
-        timeout_s=POD_TIMEOUT_S,
-        what=f"pod {name}: {what}",
-    )
-    return pod
-
-
-def _ready(pod: k8s.V1Pod) -> bool:
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+from tests.cluster.pod_helpers import (
+    POD_TIMEOUT_S,
+    SHELL_IMAGE,
+    interfaces,
+    is_ready,
+    make_pod,
+    marked_processes,
+    shell_container,
+    wait_pod,
+    wait_unhealthy,
+)
 
 
 def _events(admin: k8s.ApiClient, namespace: str, name: str) -> list[k8s.CoreV1Event]:
@@ -81,7 +57,7 @@ def test_a_deployments_pod_runs_its_real_command_in_its_own_sandbox(
         "echo greeting=$(GREETING); echo node=$NODE app=$APP pod_ip=$POD_IP; "
         "echo secret=$TOKEN mode=$MODE; echo 'literal=$$(GREETING)'; exec sleep 3600"
     )
-    container = _shell(
+    container = shell_container(
         "main",
         script,
         workingDir="/usr",
@@ -95,7 +71,7 @@ def test_a_deployments_pod_runs_its_real_command_in_its_own_sandbox(
             {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "mode"}}},
         ],
     )
-    template = _pod("web", [container])
+    template = make_pod("web", [container])
     created = time.monotonic()
     k8s.AppsV1Api(admin).create_namespaced_deployment(
         namespace,
@@ -110,7 +86,7 @@ def test_a_deployments_pod_runs_its_real_command_in_its_own_sandbox(
     )
     (pod,) = wait_for(
         core.list_namespaced_pod,
-        lambda items: len(items) == 1 and _ready(items[0]),
+        lambda items: len(items) == 1 and is_ready(items[0]),
         namespace=namespace,
         label_selector="app=web",
         timeout_s=POD_TIMEOUT_S,
@@ -127,6 +103,12 @@ def test_a_deployments_pod_runs_its_real_command_in_its_own_sandbox(
     assert pod.status.phase == "Running"
     (status,) = pod.status.container_statuses
     assert status.ready and status.started and status.state.running is not None
+    # The status is the node agent's write, under the node's own identity (its merge patch
+    # replaces the conditions list, PodScheduled included, so it owns them all).
+    status_writers = {
+        m.manager for m in pod.metadata.managed_fields or [] if m.subresource == "status"
+    }
+    assert status_writers == {"llm-rollout-node-agent"}
     kinds = {c.type: c.status for c in pod.status.conditions}
     assert kinds == {
         "PodScheduled": "True",
@@ -176,14 +158,14 @@ def test_two_pods_bind_the_same_port_and_reach_each_other(
     }
     core = k8s.CoreV1Api(admin)
     for name in ("one", "two"):
-        core.create_namespaced_pod(namespace, _pod(name, [dict(server)]))
-    one = _wait_pod(admin, namespace, "one", "Ready", _ready)
-    two = _wait_pod(admin, namespace, "two", "Ready", _ready)
+        core.create_namespaced_pod(namespace, make_pod(name, [dict(server)]))
+    one = wait_pod(admin, namespace, "one", "Ready", is_ready)
+    two = wait_pod(admin, namespace, "two", "Ready", is_ready)
     assert one.status.pod_ip != two.status.pod_ip
     # From inside pod one, pod two's server answers on its own IP.
     core.create_namespaced_pod(
         namespace,
-        _pod(
+        make_pod(
             "client",
             [
                 {
@@ -201,7 +183,7 @@ def test_two_pods_bind_the_same_port_and_reach_each_other(
             restartPolicy="Never",
         ),
     )
-    done = _wait_pod(
+    done = wait_pod(
         admin, namespace, "client", "Succeeded", lambda p: p.status.phase == "Succeeded"
     )
     assert done.status.container_statuses[0].state.terminated.reason == "Completed"
@@ -210,13 +192,16 @@ def test_two_pods_bind_the_same_port_and_reach_each_other(
 
 def test_init_containers_run_first_and_complete(admin: k8s.ApiClient, namespace: str) -> None:
     core = k8s.CoreV1Api(admin)
-    pod = _pod(
+    pod = make_pod(
         "inits",
-        [_shell("main", "echo main-started; exec sleep 3600")],
-        initContainers=[_shell("first", "echo first-done"), _shell("second", "echo second-done")],
+        [shell_container("main", "echo main-started; exec sleep 3600")],
+        initContainers=[
+            shell_container("first", "echo first-done"),
+            shell_container("second", "echo second-done"),
+        ],
     )
     core.create_namespaced_pod(namespace, pod)
-    ready = _wait_pod(admin, namespace, "inits", "Ready", _ready)
+    ready = wait_pod(admin, namespace, "inits", "Ready", is_ready)
     first, second = ready.status.init_container_statuses
     main = ready.status.container_statuses[0]
     for init in (first, second):
@@ -244,13 +229,13 @@ def test_an_init_container_still_running_holds_the_pod_initializing(
     admin: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     gate = tmp_path / "go"
-    pod = _pod(
+    pod = make_pod(
         "held",
-        [_shell("main", "exec sleep 3600")],
-        initContainers=[_shell("wait", f"until [ -e {gate} ]; do sleep 0.2; done")],
+        [shell_container("main", "exec sleep 3600")],
+        initContainers=[shell_container("wait", f"until [ -e {gate} ]; do sleep 0.2; done")],
     )
     k8s.CoreV1Api(admin).create_namespaced_pod(namespace, pod)
-    held = _wait_pod(
+    held = wait_pod(
         admin,
         namespace,
         "held",
@@ -266,15 +251,17 @@ def test_an_init_container_still_running_holds_the_pod_initializing(
     assert initialized.status == "False"
     assert initialized.reason == "ContainersNotInitialized"
     gate.touch()
-    _wait_pod(admin, namespace, "held", "Ready", _ready)
+    wait_pod(admin, namespace, "held", "Ready", is_ready)
 
 
 def test_a_failing_container_crash_loops_with_its_previous_log(
     admin: k8s.ApiClient, namespace: str
 ) -> None:
     core = k8s.CoreV1Api(admin)
-    core.create_namespaced_pod(namespace, _pod("crash", [_shell("main", "echo attempt; exit 1")]))
-    looping = _wait_pod(
+    core.create_namespaced_pod(
+        namespace, make_pod("crash", [shell_container("main", "echo attempt; exit 1")])
+    )
+    looping = wait_pod(
         admin,
         namespace,
         "crash",
@@ -306,32 +293,22 @@ def test_readiness_probe_holds_ready_false_until_it_passes(
     admin: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
     flag = tmp_path / "ready"
-    container = _shell(
+    container = shell_container(
         "main",
         "exec sleep 3600",
         readinessProbe={"exec": {"command": ["cat", str(flag)]}, "periodSeconds": 1},
     )
-    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, _pod("gated", [container]))
-    wait_for(
-        k8s.CoreV1Api(admin).list_namespaced_event,
-        lambda items: any(
-            e.reason == "Unhealthy" and e.message.startswith("Readiness probe failed: ")
-            for e in items
-        ),
-        namespace=namespace,
-        field_selector="involvedObject.name=gated",
-        timeout_s=POD_TIMEOUT_S,
-        what="a readiness Unhealthy event for gated",
-    )
-    unready = _wait_pod(admin, namespace, "gated", "Running", lambda p: p.status.phase == "Running")
-    assert not _ready(unready)
+    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, make_pod("gated", [container]))
+    wait_unhealthy(admin, namespace, "gated", "Readiness probe failed: ")
+    unready = wait_pod(admin, namespace, "gated", "Running", lambda p: p.status.phase == "Running")
+    assert not is_ready(unready)
     assert unready.status.container_statuses[0].ready is False
     assert unready.status.container_statuses[0].started is True
     ready_condition = {c.type: c for c in unready.status.conditions}["Ready"]
     assert ready_condition.reason == "ContainersNotReady"
     assert ready_condition.message == "containers with unready status: [main]"
     flag.write_text("ok")
-    ready = _wait_pod(admin, namespace, "gated", "Ready", _ready)
+    ready = wait_pod(admin, namespace, "gated", "Ready", is_ready)
     assert ready.status.container_statuses[0].ready is True
     assert ready.status.container_statuses[0].restart_count == 0
 
@@ -339,7 +316,7 @@ def test_readiness_probe_holds_ready_false_until_it_passes(
 def test_liveness_failure_kills_and_restarts_the_container(
     admin: k8s.ApiClient, namespace: str, tmp_path: Path
 ) -> None:
-    container = _shell(
+    container = shell_container(
         "main",
         "echo up; exec sleep 3600",
         livenessProbe={
@@ -348,8 +325,8 @@ def test_liveness_failure_kills_and_restarts_the_container(
             "failureThreshold": 2,
         },
     )
-    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, _pod("unlive", [container]))
-    restarted = _wait_pod(
+    k8s.CoreV1Api(admin).create_namespaced_pod(namespace, make_pod("unlive", [container]))
+    restarted = wait_pod(
         admin,
         namespace,
         "unlive",
@@ -372,7 +349,7 @@ def test_liveness_failure_kills_and_restarts_the_container(
 
 def test_an_image_without_a_runtime_fails_to_pull(admin: k8s.ApiClient, namespace: str) -> None:
     image = "registry.example.invalid/nothing:1"
-    pod = _pod("nopull", [{"name": "main", "image": image}])
+    pod = make_pod("nopull", [{"name": "main", "image": image}])
     k8s.CoreV1Api(admin).create_namespaced_pod(namespace, pod)
     seen: set[str] = set()
 
@@ -382,7 +359,7 @@ def test_an_image_without_a_runtime_fails_to_pull(admin: k8s.ApiClient, namespac
                 seen.add(status.state.waiting.reason)
         return {"ErrImagePull", "ImagePullBackOff"} <= seen
 
-    stuck = _wait_pod(admin, namespace, "nopull", "ErrImagePull then ImagePullBackOff", reasons)
+    stuck = wait_pod(admin, namespace, "nopull", "ErrImagePull then ImagePullBackOff", reasons)
     assert stuck.status.phase == "Pending"
     events = _events(admin, namespace, "nopull")
     failed = [e.message for e in events if e.reason == "Failed"]
@@ -397,17 +374,19 @@ def test_deleting_a_pod_stops_its_processes_and_sandbox(
     admin: k8s.ApiClient, namespace: str
 ) -> None:
     marker = uuid.uuid4().hex
-    container = _shell("main", "sleep 3600 & sleep 3600", env=[{"name": "MARKER", "value": marker}])
+    container = shell_container(
+        "main", "sleep 3600 & sleep 3600", env=[{"name": "MARKER", "value": marker}]
+    )
     core = k8s.CoreV1Api(admin)
-    core.create_namespaced_pod(namespace, _pod("doomed", [container]))
-    pod = _wait_pod(admin, namespace, "doomed", "Ready", _ready)
-    marked = _marked(marker)
+    core.create_namespaced_pod(namespace, make_pod("doomed", [container]))
+    pod = wait_pod(admin, namespace, "doomed", "Ready", is_ready)
+    marked = marked_processes(marker)
     # sh and both sleeps.
     assert len(marked) >= 3
     veth = veth_name(pod.metadata.uid)
     # /proc/net/dev lists the interfaces of the reader's network namespace (/sys/class/net
     # shows the namespace sysfs was mounted in, the root one).
-    assert veth in _interfaces()
+    assert veth in interfaces()
     core.delete_namespaced_pod("doomed", namespace)
     wait_for(
         core.list_namespaced_pod,
@@ -418,25 +397,9 @@ def test_deleting_a_pod_stops_its_processes_and_sandbox(
         what="pod doomed deleted by its node",
     )
     assert not [p for p in marked if p.is_running()]
-    assert not _marked(marker)
-    assert veth not in _interfaces()
+    assert not marked_processes(marker)
+    assert veth not in interfaces()
     assert any(e.reason == "Killing" for e in _events(admin, namespace, "doomed"))
-
-
-def _interfaces() -> set[str]:
-    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
-    return {line.split(":")[0].strip() for line in lines}
-
-
-def _marked(marker: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter():
-        try:
-            if process.environ().get("MARKER") == marker:
-                found.append(process)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 def test_the_cluster_config_default_back_off_is_the_kubelets() -> None:

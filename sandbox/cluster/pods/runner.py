@@ -53,6 +53,9 @@ from sandbox.cluster.pods.status import (
 
 log = logging.getLogger("node-agent.pods")
 MERGE_PATCH = "application/merge-patch+json"
+# The one field manager of every write the node agent makes (Nodes, Leases, pod status,
+# Events), so managedFields tell its writes from the controllers'.
+FIELD_MANAGER = "llm-rollout-node-agent"
 DEFAULT_GRACE_S = 30.0
 
 
@@ -574,7 +577,11 @@ class PodWorker:
             return
         try:
             self.core.patch_namespaced_pod_status(
-                self.name, self.namespace, {"status": status}, _content_type=MERGE_PATCH
+                self.name,
+                self.namespace,
+                {"status": status},
+                field_manager=FIELD_MANAGER,
+                _content_type=MERGE_PATCH,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -606,7 +613,7 @@ class PodWorker:
             "count": 1,
         }
         try:
-            self.core.create_namespaced_event(self.namespace, body)
+            self.core.create_namespaced_event(self.namespace, body, field_manager=FIELD_MANAGER)
         except ApiException as exc:
             # An event is best effort for the kubelet too (the recorder drops on errors).
             log.warning("event %s for %s/%s: %s", reason, self.namespace, self.name, exc.status)
