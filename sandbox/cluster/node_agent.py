@@ -258,7 +258,7 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
             # Each node waits for its podCIDR from the controller-manager on a thread of its
             # own, so that the heartbeats start at once.
             threading.Thread(
-                target=pods.start, args=(stop,), name=f"start-{pods.node_name}"
+                target=pods.start, args=(stop,), name=f"start-{pods.node_name}", daemon=True
             ).start()
     try:
         _heartbeats(config, handles, stop)

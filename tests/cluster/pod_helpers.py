@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,40 @@ def interfaces() -> set[str]:
 
 
 def marked_processes(marker: str) -> list[psutil.Process]:
-    """Every process whose environment has ``MARKER=<marker>``."""
-    found = []
+    """Every process whose command line or ``MARKER`` variable carries ``marker``, with all
+    their descendants (a container's ``nsenter``/``unshare`` keep its script in their argv)."""
+    found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter():
         try:
-            if process.environ().get("MARKER") == marker:
-                found.append(process)
+            if (
+                any(marker in arg for arg in process.cmdline())
+                or process.environ().get("MARKER") == marker
+            ):
+                found[process.pid] = process
+                found.update({child.pid: child for child in process.children(recursive=True)})
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return found
+    return [p for p in found.values() if alive(p)]
+
+
+def alive(process: psutil.Process) -> bool:
+    """Running, and not a zombie its new parent (init) has yet to reap."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_for_log(
+    core: k8s.CoreV1Api, namespace: str, name: str, container: str, last: str
+) -> list[str]:
+    """The container's log once a line starting with ``last`` is in it (the process writes
+    after the status says Running; the log's content is only known once it has). Polled,
+    within POD_TIMEOUT_S: the node agent's log endpoint does not serve ``follow``."""
+    deadline = time.monotonic() + POD_TIMEOUT_S
+    while True:
+        text = core.read_namespaced_pod_log(name, namespace, container=container)
+        lines = text.splitlines()
+        if any(line.startswith(last) for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)

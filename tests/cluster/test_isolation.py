@@ -86,7 +86,9 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
                 "left-running",
                 [
                     shell_container(
-                        "main", "exec sleep 3600", env=[{"name": "MARKER", "value": marker}]
+                        "main",
+                        f"exec sleep 3600 # {marker}",
+                        env=[{"name": "MARKER", "value": marker}],
                     )
                 ],
             ),

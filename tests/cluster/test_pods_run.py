@@ -19,11 +19,13 @@ from sandbox.cluster.waits import wait_for
 from tests.cluster.pod_helpers import (
     POD_TIMEOUT_S,
     SHELL_IMAGE,
+    alive,
     interfaces,
     is_ready,
     make_pod,
     marked_processes,
     shell_container,
+    wait_for_log,
     wait_pod,
     wait_unhealthy,
 )
@@ -128,20 +130,6 @@ def test_a_deployments_pod_runs_its_real_command_in_its_own_sandbox(
     assert core.read_namespaced_pod_log(name, namespace, container="main", tail_lines=1) == (
         "literal=$(GREETING)\n"
     )
-
-
-def wait_for_log(
-    core: k8s.CoreV1Api, namespace: str, name: str, container: str, last: str
-) -> list[str]:
-    """The container's log once a line starting with ``last`` is in it (the process writes
-    after the status says Running; the log's content is only known once it has)."""
-    deadline = time.monotonic() + POD_TIMEOUT_S
-    while True:
-        text = core.read_namespaced_pod_log(name, namespace, container=container)
-        lines = text.splitlines()
-        if any(line.startswith(last) for line in lines) or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.2)
 
 
 def test_two_pods_bind_the_same_port_and_reach_each_other(
@@ -375,14 +363,20 @@ def test_deleting_a_pod_stops_its_processes_and_sandbox(
 ) -> None:
     marker = uuid.uuid4().hex
     container = shell_container(
-        "main", "sleep 3600 & sleep 3600", env=[{"name": "MARKER", "value": marker}]
+        "main", f"sleep 3600 & sleep 3600 # {marker}", env=[{"name": "MARKER", "value": marker}]
     )
     core = k8s.CoreV1Api(admin)
     core.create_namespaced_pod(namespace, make_pod("doomed", [container]))
     pod = wait_pod(admin, namespace, "doomed", "Ready", is_ready)
-    marked = marked_processes(marker)
-    # sh and both sleeps.
-    assert len(marked) >= 3
+    # Running as soon as started: the shell forks its two sleeps a moment later.
+    deadline = time.monotonic() + POD_TIMEOUT_S
+    while True:
+        marked = marked_processes(marker)
+        sleeps = [p for p in marked if p.name() == "sleep"]
+        if len(sleeps) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(sleeps) == 2
     veth = veth_name(pod.metadata.uid)
     # /proc/net/dev lists the interfaces of the reader's network namespace (/sys/class/net
     # shows the namespace sysfs was mounted in, the root one).
@@ -396,7 +390,7 @@ def test_deleting_a_pod_stops_its_processes_and_sandbox(
         timeout_s=POD_TIMEOUT_S,
         what="pod doomed deleted by its node",
     )
-    assert not [p for p in marked if p.is_running()]
+    assert not [p for p in marked if alive(p)]
     assert not marked_processes(marker)
     assert veth not in interfaces()
     assert any(e.reason == "Killing" for e in _events(admin, namespace, "doomed"))

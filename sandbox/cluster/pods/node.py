@@ -67,6 +67,8 @@ class NodePods:
         self.config = config
         self.runner: PodRunner | None = None
         self.server: KubeletServer | None = None
+        # Start and stop exclude each other: a stop during the start waits for it to finish.
+        self._lock = threading.Lock()
 
     def _pod_cidr(self) -> str:
         nodes = wait_for(
@@ -79,12 +81,20 @@ class NodePods:
         return str(nodes[0].spec.pod_cidr)
 
     def start(self, stop: threading.Event) -> None:
+        pod_cidr = self._pod_cidr()
+        with self._lock:
+            if stop.is_set():
+                # The agent stopped while this node waited for its range: nothing to start.
+                return
+            self._start(stop, pod_cidr)
+
+    def _start(self, stop: threading.Event, pod_cidr: str) -> None:
         _lo_address("add", self.internal_ip)
         ctx = NodeContext(
             node_name=self.node_name,
             host_ip=self.internal_ip,
             api=self.api,
-            allocator=PodIpAllocator(self._pod_cidr()),
+            allocator=PodIpAllocator(pod_cidr),
             pods_dir=Path(self.config.pods_dir) / self.node_name,
             backoff=BackoffPolicy(self.config.backoff_base_s, self.config.backoff_max_s),
             nameserver=self.config.nameserver,
@@ -115,8 +125,9 @@ class NodePods:
         runner.start(stop)
 
     def stop(self) -> None:
-        if self.runner is not None:
-            self.runner.stop()
-        if self.server is not None:
-            self.server.stop()
-        _lo_address("del", self.internal_ip)
+        with self._lock:
+            if self.runner is not None:
+                self.runner.stop()
+            if self.server is not None:
+                self.server.stop()
+            _lo_address("del", self.internal_ip)

@@ -194,7 +194,16 @@ class PodWorker:
     def _main(self) -> None:
         try:
             self._run()
-        except (ApiException, SandboxError, OSError, subprocess.SubprocessError) as exc:
+        except SandboxError as exc:
+            # kuberuntime_manager.go: events.FailedCreatePodSandBox, "Failed to create pod
+            # sandbox: %v"; the kubelet retries, this agent leaves the pod Pending.
+            log.error("pod %s/%s: %s", self.namespace, self.name, exc)
+            self._event(
+                None, "Warning", "FailedCreatePodSandBox", f"Failed to create pod sandbox: {exc}"
+            )
+            self._kill_all(grace_s=0)
+            self._teardown()
+        except (ApiException, OSError, subprocess.SubprocessError) as exc:
             log.error("pod %s/%s: %s", self.namespace, self.name, exc)
             self._kill_all(grace_s=0)
             self._teardown()
@@ -589,19 +598,22 @@ class PodWorker:
             raise
         self._posted = status
 
-    def _event(self, s: Slot, kind: str, reason: str, message: str) -> None:
+    def _event(self, s: Slot | None, kind: str, reason: str, message: str) -> None:
+        """An Event on the pod, or on one of its containers (``fieldPath``) when ``s`` is set."""
         now_stamp = utc_now()
-        section = "initContainers" if s.record.init else "containers"
+        involved = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": self.name,
+            "namespace": self.namespace,
+            "uid": self.uid,
+        }
+        if s is not None:
+            section = "initContainers" if s.record.init else "containers"
+            involved["fieldPath"] = f"spec.{section}{{{s.name}}}"
         body = {
             "metadata": {"name": f"{self.name}.{token.token_hex(8)}", "namespace": self.namespace},
-            "involvedObject": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "name": self.name,
-                "namespace": self.namespace,
-                "uid": self.uid,
-                "fieldPath": f"spec.{section}{{{s.name}}}",
-            },
+            "involvedObject": involved,
             "reason": reason,
             "message": message,
             "type": kind,
