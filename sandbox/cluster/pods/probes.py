@@ -128,6 +128,17 @@ class ProbeSpec:
     success_threshold: int
     failure_threshold: int
 
+    TIMING_FIELDS = frozenset(
+        {
+            "initialDelaySeconds",
+            "periodSeconds",
+            "timeoutSeconds",
+            "successThreshold",
+            "failureThreshold",
+            "terminationGracePeriodSeconds",
+        }
+    )
+
     @staticmethod
     def of(spec: dict[str, Any]) -> ProbeSpec:
         return ProbeSpec(
@@ -148,8 +159,9 @@ def prober_for(
         return lambda timeout_s: tcp_socket(spec["tcpSocket"], pod_ip, ports, timeout_s)
     if "exec" in spec:
         return lambda timeout_s: exec_command(spec["exec"], enter, env, timeout_s)
-    kinds = sorted(k for k in spec if k in {"grpc"})
-    return lambda timeout_s: Outcome(False, f"probe handler {kinds} not supported by this node")
+    # grpc: not implemented here; a probe that cannot run fails rather than passing unseen.
+    handlers = sorted(k for k in spec if k not in ProbeSpec.TIMING_FIELDS)
+    return lambda timeout_s: Outcome(False, f"probe handler {handlers} not supported by this node")
 
 
 class ProbeWorker:

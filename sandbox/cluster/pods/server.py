@@ -92,6 +92,11 @@ class KubeletServer:
             target=self._server.serve_forever, name=f"kubelet-{ip}", daemon=True
         )
 
+    @property
+    def port(self) -> int:
+        """The bound port (the one asked for, or the kernel's choice for 0)."""
+        return int(self._server.server_address[1])
+
     def start(self) -> None:
         self._thread.start()
 

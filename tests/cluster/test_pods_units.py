@@ -1,0 +1,135 @@
+"""The pod runner's parts that need no cluster: the kubelet endpoint's TLS and query handling,
+the phase and conditions it reports (pkg/kubelet/kubelet_pods.go getPhase,
+pkg/kubelet/status/generate.go), and Go's duration text in back-off messages."""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sandbox.cluster.pki import ClusterPki, make_pki
+from sandbox.cluster.pods.runner import go_duration
+from sandbox.cluster.pods.server import KubeletServer
+from sandbox.cluster.pods.status import (
+    Conditions,
+    ContainerRecord,
+    Terminated,
+    pod_conditions,
+    pod_phase,
+)
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> ClusterPki:
+    return make_pki(
+        tmp_path_factory.mktemp("pki"), advertise_ip="10.244.255.254", service_ip="10.96.0.1"
+    )
+
+
+@pytest.fixture
+def server(pki: ClusterPki, tmp_path: Path) -> Iterator[int]:
+    log = tmp_path / "main.log"
+    log.write_text("one\ntwo\nthree\n")
+
+    def lookup(namespace: str, pod: str, container: str, previous: bool) -> Path | str | None:
+        if (namespace, pod, container) != ("ns", "p", "main"):
+            return None
+        return 'previous terminated container "main" in pod "p" not found' if previous else log
+
+    serving = pki.serving("kubelet-test", "system:node:test", server_ips=(HOST,))
+    kubelet = KubeletServer(HOST, 0, serving.cert, serving.key, pki.ca.cert, lookup)
+    kubelet.start()
+    yield kubelet.port
+    kubelet.stop()
+
+
+def _get(pki: ClusterPki, port: int, path: str, *, with_cert: bool = True) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cafile=str(pki.ca.cert))
+    if with_cert:
+        context.load_cert_chain(
+            str(pki.apiserver_kubelet_client.cert), str(pki.apiserver_kubelet_client.key)
+        )
+    connection = http.client.HTTPSConnection(HOST, port, context=context, timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def test_logs_with_tail_lines_previous_and_unknown_containers(pki: ClusterPki, server: int) -> None:
+    assert _get(pki, server, "/containerLogs/ns/p/main") == (200, b"one\ntwo\nthree\n")
+    assert _get(pki, server, "/containerLogs/ns/p/main?tailLines=2") == (200, b"two\nthree\n")
+    status, body = _get(pki, server, "/containerLogs/ns/p/main?previous=true")
+    assert status == 400 and b"previous terminated container" in body
+    assert _get(pki, server, "/containerLogs/ns/p/other")[0] == 404
+    # Not implemented, so refused rather than ignored.
+    assert _get(pki, server, "/containerLogs/ns/p/main?follow=true")[0] == 400
+    assert _get(pki, server, "/containerLogs/ns/p/main?tailLines=x")[0] == 400
+
+
+def test_a_client_without_a_cluster_certificate_is_refused(pki: ClusterPki, server: int) -> None:
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        _get(pki, server, "/containerLogs/ns/p/main", with_cert=False)
+    # The refusal did not take the endpoint down.
+    assert _get(pki, server, "/healthz") == (200, b"ok")
+
+
+def _record(name: str, *, running: bool = False, exit_code: int | None = None) -> ContainerRecord:
+    record = ContainerRecord(name=name, image="i", init=False)
+    if running:
+        record.running_since = "t"
+        record.waiting_reason = None
+    if exit_code is not None:
+        record.terminated = Terminated(exit_code, "t0", "t1", "id")
+    return record
+
+
+def test_phase_follows_get_phase() -> None:
+    done, failed = _record("a", exit_code=0), _record("b", exit_code=1)
+    assert pod_phase([], [_record("a")], "Always") == "Pending"
+    assert pod_phase([], [_record("a", running=True)], "Always") == "Running"
+    assert pod_phase([], [done], "Never") == "Succeeded"
+    assert pod_phase([], [done, failed], "Never") == "Failed"
+    init = ContainerRecord(name="i", image="i", init=True)
+    assert pod_phase([init], [_record("a")], "Always") == "Pending"
+    init.terminated = Terminated(1, "t0", "t1", "id")
+    assert pod_phase([init], [_record("a")], "Never") == "Failed"
+    assert pod_phase([init], [_record("a")], "OnFailure") == "Pending"
+
+
+def test_conditions_name_the_unready_containers_and_keep_transition_times() -> None:
+    conditions = Conditions()
+    records = [_record("a", running=True), _record("b", running=True)]
+    records[0].ready = True
+    pod_conditions(
+        conditions, now="t1", sandbox_ready=True, init_records=[], records=records, phase="Running"
+    )
+    by_type = {c["type"]: c for c in conditions.as_list()}
+    assert by_type["Ready"]["status"] == "False"
+    assert by_type["Ready"]["reason"] == "ContainersNotReady"
+    assert by_type["Ready"]["message"] == "containers with unready status: [b]"
+    assert by_type["Initialized"]["status"] == "True"
+    records[1].ready = True
+    pod_conditions(
+        conditions, now="t2", sandbox_ready=True, init_records=[], records=records, phase="Running"
+    )
+    by_type = {c["type"]: c for c in conditions.as_list()}
+    assert by_type["Ready"]["status"] == "True" and "reason" not in by_type["Ready"]
+    assert by_type["Ready"]["lastTransitionTime"] == "t2"
+    # Unchanged since t1.
+    assert by_type["PodReadyToStartContainers"]["lastTransitionTime"] == "t1"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(10, "10s"), (20, "20s"), (80, "1m20s"), (160, "2m40s"), (300, "5m0s")]
+)
+def test_back_off_durations_print_as_go_does(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
