@@ -178,6 +178,30 @@ def test_two_pods_bind_the_same_port_and_reach_each_other(
     assert core.read_namespaced_pod_log("client", namespace) == "status 200\n"
 
 
+def test_a_pod_has_no_way_out_of_the_harness_namespace(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    # The pod's default route leads to the harness namespace, which has none: traffic to an
+    # outside address goes nowhere (no uplink, scripts/in-netns).
+    probe = (
+        "import socket\n"
+        "try:\n"
+        "    socket.create_connection(('1.1.1.1', 80), timeout=3)\n"
+        "    print('reached')\n"
+        "except OSError as exc:\n"
+        "    print('unreachable', type(exc).__name__)\n"
+    )
+    container = {
+        "name": "out",
+        "image": SHELL_IMAGE,
+        "command": ["/usr/bin/python3", "-c", probe],
+    }
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_pod(namespace, make_pod("outbound", [container], restartPolicy="Never"))
+    wait_pod(admin, namespace, "outbound", "Succeeded", lambda p: p.status.phase == "Succeeded")
+    assert core.read_namespaced_pod_log("outbound", namespace).startswith("unreachable ")
+
+
 def test_init_containers_run_first_and_complete(admin: k8s.ApiClient, namespace: str) -> None:
     core = k8s.CoreV1Api(admin)
     pod = make_pod(
