@@ -9,8 +9,10 @@ import ipaddress
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes.stream import stream
 
 from sandbox.cluster.control_plane import Cluster, ClusterConfig
 from sandbox.cluster.node_agent import NodeSpec
@@ -200,6 +202,43 @@ def test_a_pod_has_no_way_out_of_the_harness_namespace(
     core.create_namespaced_pod(namespace, make_pod("outbound", [container], restartPolicy="Never"))
     wait_pod(admin, namespace, "outbound", "Succeeded", lambda p: p.status.phase == "Succeeded")
     assert core.read_namespaced_pod_log("outbound", namespace).startswith("unreachable ")
+
+
+# The client offers v5 first by default; the API server translates v5 streams to SPDY for the
+# kubelet (subresources.go), which this node does not speak, and proxies v4 as it is.
+V4_ONLY = {"sec-websocket-protocol": "v4.channel.k8s.io"}
+
+
+def _exec(core: k8s.CoreV1Api, namespace: str, script: str, *, preload: bool = True) -> Any:
+    """``sh -c script`` in pod ``shell``'s container, through the API server's exec."""
+    return stream(
+        core.connect_get_namespaced_pod_exec,
+        "shell",
+        namespace,
+        container="main",
+        command=["sh", "-c", script],
+        stdout=True,
+        stderr=True,
+        stdin=False,
+        tty=False,
+        _headers=V4_ONLY,
+        _preload_content=preload,
+    )
+
+
+def test_exec_through_the_api_server_runs_in_the_pod(admin: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(admin)
+    container = shell_container(
+        "main", "exec sleep 3600", env=[{"name": "GREETING", "value": "hi"}], workingDir="/usr"
+    )
+    core.create_namespaced_pod(namespace, make_pod("shell", [container]))
+    running = wait_pod(admin, namespace, "shell", "Ready", is_ready)
+    output = _exec(core, namespace, "echo $GREETING $(hostname) $(hostname -i) $(pwd)")
+    assert output == f"hi shell {running.status.pod_ip} /usr\n"
+    failing = _exec(core, namespace, "echo oops >&2; exit 3", preload=False)
+    failing.run_forever(timeout=POD_TIMEOUT_S)
+    assert failing.read_stderr() == "oops\n"
+    assert failing.returncode == 3
 
 
 def test_init_containers_run_first_and_complete(admin: k8s.ApiClient, namespace: str) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from sandbox.cluster.pki import ClusterPki, make_pki
+from sandbox.cluster.pods import websocket
 from sandbox.cluster.pods.runner import go_duration
-from sandbox.cluster.pods.server import KubeletServer
+from sandbox.cluster.pods.server import KubeletServer, exec_status
 from sandbox.cluster.pods.status import (
     Conditions,
     ContainerRecord,
@@ -43,7 +44,9 @@ def server(pki: ClusterPki, tmp_path: Path) -> Iterator[int]:
         return 'previous terminated container "main" in pod "p" not found' if previous else log
 
     serving = pki.serving("kubelet-test", "system:node:test", server_ips=(HOST,))
-    kubelet = KubeletServer(HOST, 0, serving.cert, serving.key, pki.ca.cert, lookup)
+    kubelet = KubeletServer(
+        HOST, 0, serving.cert, serving.key, pki.ca.cert, lookup, lambda ns, pod, container: None
+    )
     kubelet.start()
     yield kubelet.port
     kubelet.stop()
@@ -73,6 +76,8 @@ def test_logs_with_tail_lines_previous_and_unknown_containers(pki: ClusterPki, s
     # Not implemented, so refused rather than ignored.
     assert _get(pki, server, "/containerLogs/ns/p/main?follow=true")[0] == 400
     assert _get(pki, server, "/containerLogs/ns/p/main?tailLines=x")[0] == 400
+    # exec: only WebSocket clients of the v4 channel protocol.
+    assert _get(pki, server, "/exec/ns/p/main?command=true")[0] == 400
 
 
 def test_a_client_without_a_cluster_certificate_is_refused(pki: ClusterPki, server: int) -> None:
@@ -126,6 +131,21 @@ def test_conditions_name_the_unready_containers_and_keep_transition_times() -> N
     assert by_type["Ready"]["lastTransitionTime"] == "t2"
     # Unchanged since t1.
     assert by_type["PodReadyToStartContainers"]["lastTransitionTime"] == "t1"
+
+
+def test_exec_status_is_what_remotecommand_writes() -> None:
+    assert exec_status(["true"], 0) == {"metadata": {}, "status": "Success"}
+    failed = exec_status(["sh", "-c", "exit 3"], 3)
+    assert failed["reason"] == "NonZeroExitCode"
+    assert failed["details"] == {"causes": [{"reason": "ExitCode", "message": "3"}]}
+
+
+def test_websocket_accept_key_and_frames() -> None:
+    # RFC 6455 section 1.3's example key and answer.
+    assert websocket.accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+    assert websocket.frame(websocket.OPCODE_BINARY, b"\x01hi") == b"\x82\x03\x01hi"
+    long = websocket.frame(websocket.OPCODE_BINARY, b"x" * 300)
+    assert long[:4] == b"\x82\x7e\x01\x2c" and len(long) == 304
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,12 @@ class NodePods:
                 return f'{which} container "{container}" in pod "{pod}" not found'
             return path
 
+        def exec_target(
+            namespace: str, pod: str, container: str
+        ) -> tuple[list[str], dict[str, str]] | None:
+            worker = runner.find(namespace, pod)
+            return None if worker is None else worker.exec_target(container)
+
         cert, key = self.config.serving[self.node_name]
         self.server = KubeletServer(
             self.internal_ip,
@@ -120,6 +126,7 @@ class NodePods:
             Path(key),
             Path(self.config.client_ca),
             lookup,
+            exec_target,
         )
         self.server.start()
         runner.start(stop)

@@ -95,6 +95,8 @@ class Slot:
     # The restart whose BackOff event has been recorded (one event per back-off, as the
     # kubelet's recorder aggregates repeats).
     announced_mono: float = -1.0
+    # The running container's environment, which exec'd commands get too.
+    env: dict[str, str] = field(default_factory=dict)
     probes: dict[ProbeKind, ProbeWorker] = field(default_factory=dict)
 
     @property
@@ -184,6 +186,15 @@ class PodWorker:
             if s.name == container:
                 index = -2 if previous else -1
                 return s.logs[index] if len(s.logs) >= -index else None
+        return None
+
+    def exec_target(self, container: str) -> tuple[list[str], dict[str, str]] | None:
+        """How to run a command in ``container`` while it runs: the argv prefix that enters the
+        pod's namespaces, and the container's environment."""
+        for s in self.init_slots + self.slots:
+            running = s.run is not None and s.run.exit_code is None
+            if s.name == container and running and self.sandbox is not None:
+                return self.sandbox.enter(str(s.spec.get("workingDir") or "") or None), s.env
         return None
 
     def has_container(self, container: str) -> bool:
@@ -383,6 +394,7 @@ class PodWorker:
         s.record.terminated = None
         self._event(s, "Normal", "Created", f"Created container: {s.name}")
         self._event(s, "Normal", "Started", f"Started container {s.name}")
+        s.env = process_env
         self._start_probes(s, process_env)
         self._handle_probes(s)
 

@@ -6,19 +6,29 @@ server presents a serving certificate for that IP signed by the cluster CA and a
 client certificates from that CA. It serves ``GET /containerLogs/<ns>/<pod>/<container>``
 with ``previous`` and ``tailLines`` as ``pkg/kubelet/server/server.go`` getContainerLogs does
 (a pod or container it does not know is 404; ``follow``, ``sinceSeconds``, ``timestamps`` and
-``limitBytes`` are not implemented and are refused with 400 rather than ignored).
-Port-forward and exec are not served.
+``limitBytes`` are not implemented and are refused with 400 rather than ignored), and
+``GET /exec/<ns>/<pod>/<container>?command=...`` over a WebSocket with the
+``v4.channel.k8s.io`` protocol, which the API server proxies as it is (only ``v5`` requests are
+translated to SPDY, ``pkg/registry/core/pod/rest/subresources.go``): stdout and stderr on
+channels 1 and 2, then the outcome as a ``Status`` on channel 3 (``NonZeroExitCode`` with the
+exit code as the ``ExitCode`` cause, as ``remotecommand`` writes it). stdin, tty and SPDY
+clients are refused with 400. The command runs in the pod's network, UTS and mount namespaces
+with the container's environment, not in its PID namespace. Port-forward is not served.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import ssl
+import subprocess
 import threading
 import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from sandbox.cluster.pods import websocket
 from sandbox.cluster.pods.containers import read_log
 
 KUBELET_PORT = 10250
@@ -27,10 +37,31 @@ _UNSUPPORTED = ("follow", "sinceSeconds", "sinceTime", "timestamps", "limitBytes
 # (namespace, pod, container, previous) -> the log file; None when the pod or container is
 # unknown, a str when known but the requested log does not exist (the message to return).
 LogLookup = Callable[[str, str, str, bool], "Path | str | None"]
+# (namespace, pod, container) -> the argv prefix entering the pod and the container's env, or
+# None when no such container is running.
+ExecLookup = Callable[[str, str, str], "tuple[list[str], dict[str, str]] | None"]
+CHANNEL_PROTOCOL = "v4.channel.k8s.io"
+
+
+def exec_status(argv: list[str], exit_code: int) -> dict[str, object]:
+    """The Status remotecommand writes on the error channel when the command has ended."""
+    if exit_code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": (
+            f"command terminated with non-zero exit code: error executing command {argv}, "
+            f"exit code {exit_code}"
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(exit_code)}]},
+    }
 
 
 class _Handler(BaseHTTPRequestHandler):
     lookup: LogLookup
+    exec_lookup: ExecLookup
 
     def log_message(self, format: str, *args: object) -> None:
         return
@@ -48,10 +79,13 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/healthz":
             self._reply(200, b"ok")
             return
+        query = urllib.parse.parse_qs(url.query)
+        if len(parts) == 4 and parts[0] == "exec":
+            self._exec(parts[1], parts[2], parts[3], query)
+            return
         if len(parts) != 4 or parts[0] != "containerLogs":
             self._reply(404, b"not found")
             return
-        query = urllib.parse.parse_qs(url.query)
         asked = [name for name in _UNSUPPORTED if name in query and query[name] != ["false"]]
         if asked:
             self._reply(400, f"not supported by this node agent: {asked}".encode())
@@ -73,18 +107,84 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(200, read_log(found, tail))
 
+    def _exec(self, namespace: str, pod: str, container: str, query: dict[str, list[str]]) -> None:
+        argv = query.get("command", [])
+        protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        key = self.headers.get("Sec-WebSocket-Key")
+        if key is None or CHANNEL_PROTOCOL not in protocols:
+            self._reply(400, f"only WebSocket clients speaking {CHANNEL_PROTOCOL}".encode())
+            return
+        wanted = [n for n in ("stdin", "tty") if query.get(n, ["false"])[0] in ("1", "true")]
+        if wanted or not argv:
+            self._reply(400, f"not supported: {wanted or 'an empty command'}".encode())
+            return
+        target = type(self).exec_lookup(namespace, pod, container)
+        if target is None:
+            self._reply(404, f'container "{container}" of pod "{pod}" is not running'.encode())
+            return
+        enter, env = target
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket.accept_key(key))
+        self.send_header("Sec-WebSocket-Protocol", CHANNEL_PROTOCOL)
+        self.end_headers()
+        process = subprocess.Popen(
+            [*enter, *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        lock = threading.Lock()
+
+        def pump(stream: io.BufferedReader, channel: int) -> None:
+            while chunk := stream.read1(65536):
+                with lock:
+                    websocket.send(self.wfile, websocket.OPCODE_BINARY, bytes([channel]) + chunk)
+
+        # Popen's pipes, unbuffered by us: bytes go out as soon as the command writes them.
+        assert isinstance(process.stdout, io.BufferedReader)
+        assert isinstance(process.stderr, io.BufferedReader)
+        pumps = [
+            threading.Thread(target=pump, args=(process.stdout, 1), daemon=True),
+            threading.Thread(target=pump, args=(process.stderr, 2), daemon=True),
+        ]
+        for thread in pumps:
+            thread.start()
+        for thread in pumps:
+            thread.join()
+        status = exec_status(argv, process.wait())
+        with lock:
+            websocket.send(
+                self.wfile, websocket.OPCODE_BINARY, b"\x03" + json.dumps(status).encode()
+            )
+            websocket.send(self.wfile, websocket.OPCODE_CLOSE, b"\x03\xe8")
+        self.close_connection = True
+
 
 class KubeletServer:
     """One node's endpoint on ``ip:port``."""
 
     def __init__(
-        self, ip: str, port: int, cert: Path, key: Path, client_ca: Path, lookup: LogLookup
+        self,
+        ip: str,
+        port: int,
+        cert: Path,
+        key: Path,
+        client_ca: Path,
+        lookup: LogLookup,
+        exec_lookup: ExecLookup,
     ) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
         context.load_verify_locations(str(client_ca))
         context.verify_mode = ssl.CERT_REQUIRED
-        handler = type("Handler", (_Handler,), {"lookup": staticmethod(lookup)})
+        handler = type(
+            "Handler",
+            (_Handler,),
+            {"lookup": staticmethod(lookup), "exec_lookup": staticmethod(exec_lookup)},
+        )
         self._server = ThreadingHTTPServer((ip, port), handler)
         self._server.daemon_threads = True
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
