@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client as k8s
-from kubernetes.stream import stream
+from kubernetes.stream import portforward, stream
 
 from sandbox.cluster.control_plane import Cluster, ClusterConfig
 from sandbox.cluster.node_agent import NodeSpec
@@ -239,6 +239,53 @@ def test_exec_through_the_api_server_runs_in_the_pod(admin: k8s.ApiClient, names
     failing.run_forever(timeout=POD_TIMEOUT_S)
     assert failing.read_stderr() == "oops\n"
     assert failing.returncode == 3
+
+
+PROBE_7000 = "import socket; socket.create_connection(('127.0.0.1', 7000), 1)"
+ECHO_SERVER = (
+    "import socket\n"
+    "server = socket.create_server(('127.0.0.1', 7000))\n"
+    "while True:\n"
+    "    conn, _ = server.accept()\n"
+    "    while data := conn.recv(1024):\n"
+    "        conn.sendall(b'echo:' + data)\n"
+    "    conn.close()\n"
+)
+
+
+def test_port_forward_through_the_api_server_reaches_the_pods_loopback(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    # The server listens on the pod's 127.0.0.1 only: reachable by port-forward, which dials
+    # inside the pod's network namespace, and by nothing outside it.
+    server = {
+        "name": "echo",
+        "image": SHELL_IMAGE,
+        "command": ["/usr/bin/python3", "-c", ECHO_SERVER],
+        "readinessProbe": {
+            "exec": {"command": ["/usr/bin/python3", "-c", PROBE_7000]},
+            "periodSeconds": 1,
+        },
+    }
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_pod(namespace, make_pod("echo", [server]))
+    wait_pod(admin, namespace, "echo", "Ready", is_ready)
+    forward = portforward(
+        core.connect_get_namespaced_pod_portforward, "echo", namespace, ports="7000"
+    )
+    conn = forward.socket(7000)
+    conn.settimeout(POD_TIMEOUT_S)
+    try:
+        conn.sendall(b"ping")
+        received = b""
+        while len(received) < len(b"echo:ping"):
+            chunk = conn.recv(1024)
+            assert chunk, f"stream closed after {received!r}"
+            received += chunk
+        assert received == b"echo:ping"
+    finally:
+        conn.close()
+        forward.close()
 
 
 def test_init_containers_run_first_and_complete(admin: k8s.ApiClient, namespace: str) -> None:

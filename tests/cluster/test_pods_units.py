@@ -45,7 +45,14 @@ def server(pki: ClusterPki, tmp_path: Path) -> Iterator[int]:
 
     serving = pki.serving("kubelet-test", "system:node:test", server_ips=(HOST,))
     kubelet = KubeletServer(
-        HOST, 0, serving.cert, serving.key, pki.ca.cert, lookup, lambda ns, pod, container: None
+        HOST,
+        0,
+        serving.cert,
+        serving.key,
+        pki.ca.cert,
+        lookup,
+        lambda ns, pod, container: None,
+        lambda ns, pod: None,
     )
     kubelet.start()
     yield kubelet.port

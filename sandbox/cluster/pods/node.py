@@ -118,6 +118,10 @@ class NodePods:
             worker = runner.find(namespace, pod)
             return None if worker is None else worker.exec_target(container)
 
+        def sandbox_of(namespace: str, pod: str) -> int | None:
+            worker = runner.find(namespace, pod)
+            return None if worker is None else worker.sandbox_pid()
+
         cert, key = self.config.serving[self.node_name]
         self.server = KubeletServer(
             self.internal_ip,
@@ -127,6 +131,7 @@ class NodePods:
             Path(self.config.client_ca),
             lookup,
             exec_target,
+            sandbox_of,
         )
         self.server.start()
         runner.start(stop)

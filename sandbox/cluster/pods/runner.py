@@ -197,6 +197,10 @@ class PodWorker:
                 return self.sandbox.enter(str(s.spec.get("workingDir") or "") or None), s.env
         return None
 
+    def sandbox_pid(self) -> int | None:
+        """The process holding the pod's namespaces, while the sandbox exists."""
+        return None if self.sandbox is None else self.sandbox.pid
+
     def has_container(self, container: str) -> bool:
         return any(s.name == container for s in self.init_slots + self.slots)
 

@@ -11,8 +11,11 @@ are bind-mounted over the host's in its mount namespace.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import ipaddress
+import os
+import socket
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -188,6 +191,40 @@ def _wire(sandbox: Sandbox) -> None:
     _run([*inside, "ip", "addr", "add", f"{ip}/32", "dev", "eth0"], "pod address")
     _run([*inside, "ip", "link", "set", "eth0", "up"], "pod eth0 up")
     _run([*inside, "ip", "route", "add", "default", "dev", "eth0"], "pod default route")
+
+
+_CLONE_NEWNET = 0x40000000
+
+
+def dial_in_pod(holder_pid: int, port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection to ``127.0.0.1:port`` inside the pod's network namespace, as the CRI
+    runtime's port-forward dials it. The socket is made on a thread that first joins the
+    pod's namespace (setns changes only the calling thread's), then used from anywhere."""
+    made: list[socket.socket] = []
+    failed: list[OSError] = []
+
+    def dial() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/proc/{holder_pid}/ns/net", os.O_RDONLY)
+        try:
+            if libc.setns(fd, _CLONE_NEWNET) != 0:
+                errno = ctypes.get_errno()
+                failed.append(OSError(errno, f"setns into pod netns: {os.strerror(errno)}"))
+                return
+            made.append(socket.create_connection(("127.0.0.1", port), timeout=timeout_s))
+        except OSError as exc:
+            failed.append(exc)
+        finally:
+            os.close(fd)
+
+    # A thread of its own, ended at once: it stays in the pod's namespace until then.
+    worker = threading.Thread(target=dial, name=f"dial-{holder_pid}-{port}", daemon=True)
+    worker.start()
+    worker.join()
+    if failed:
+        raise failed[0]
+    made[0].settimeout(None)
+    return made[0]
 
 
 def enable_forwarding() -> None:

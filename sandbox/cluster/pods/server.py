@@ -13,13 +13,16 @@ translated to SPDY, ``pkg/registry/core/pod/rest/subresources.go``): stdout and 
 channels 1 and 2, then the outcome as a ``Status`` on channel 3 (``NonZeroExitCode`` with the
 exit code as the ``ExitCode`` cause, as ``remotecommand`` writes it). stdin, tty and SPDY
 clients are refused with 400. The command runs in the pod's network, UTS and mount namespaces
-with the container's environment, not in its PID namespace. Port-forward is not served.
+with the container's environment, not in its PID namespace. ``GET /portForward/<ns>/<pod>``
+over the same WebSocket protocol (the API server proxies it as it is unless the client asks
+for the ``v2.portforward.k8s.io`` tunnel, which is not served).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import socket
 import ssl
 import subprocess
 import threading
@@ -30,6 +33,7 @@ from pathlib import Path
 
 from sandbox.cluster.pods import websocket
 from sandbox.cluster.pods.containers import read_log
+from sandbox.cluster.pods.sandbox import dial_in_pod
 
 KUBELET_PORT = 10250
 _UNSUPPORTED = ("follow", "sinceSeconds", "sinceTime", "timestamps", "limitBytes")
@@ -40,7 +44,10 @@ LogLookup = Callable[[str, str, str, bool], "Path | str | None"]
 # (namespace, pod, container) -> the argv prefix entering the pod and the container's env, or
 # None when no such container is running.
 ExecLookup = Callable[[str, str, str], "tuple[list[str], dict[str, str]] | None"]
+# (namespace, pod) -> the pid holding the pod's namespaces, or None.
+SandboxLookup = Callable[[str, str], "int | None"]
 CHANNEL_PROTOCOL = "v4.channel.k8s.io"
+DIAL_TIMEOUT_S = 5.0
 
 
 def exec_status(argv: list[str], exit_code: int) -> dict[str, object]:
@@ -62,6 +69,7 @@ def exec_status(argv: list[str], exit_code: int) -> dict[str, object]:
 class _Handler(BaseHTTPRequestHandler):
     lookup: LogLookup
     exec_lookup: ExecLookup
+    sandbox_lookup: SandboxLookup
 
     def log_message(self, format: str, *args: object) -> None:
         return
@@ -82,6 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
         query = urllib.parse.parse_qs(url.query)
         if len(parts) == 4 and parts[0] == "exec":
             self._exec(parts[1], parts[2], parts[3], query)
+            return
+        if len(parts) == 3 and parts[0] == "portForward":
+            self._port_forward(parts[1], parts[2], query)
             return
         if len(parts) != 4 or parts[0] != "containerLogs":
             self._reply(404, b"not found")
@@ -107,12 +118,85 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(200, read_log(found, tail))
 
-    def _exec(self, namespace: str, pod: str, container: str, query: dict[str, list[str]]) -> None:
-        argv = query.get("command", [])
+    def _upgrade(self, key: str) -> None:
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", websocket.accept_key(key))
+        self.send_header("Sec-WebSocket-Protocol", CHANNEL_PROTOCOL)
+        self.end_headers()
+
+    def _websocket_key(self) -> str | None:
         protocols = [p.strip() for p in self.headers.get("Sec-WebSocket-Protocol", "").split(",")]
         key = self.headers.get("Sec-WebSocket-Key")
         if key is None or CHANNEL_PROTOCOL not in protocols:
             self._reply(400, f"only WebSocket clients speaking {CHANNEL_PROTOCOL}".encode())
+            return None
+        return key
+
+    def _port_forward(self, namespace: str, pod: str, query: dict[str, list[str]]) -> None:
+        """The kubelet's WebSocket port-forward (pkg/kubelet/cri/streaming/portforward/
+        websocket.go): two channels per port, data (2i) and error (2i+1), each opened with
+        the port number as two little-endian bytes; the pod side is 127.0.0.1:<port> in the
+        pod's network namespace."""
+        key = self._websocket_key()
+        if key is None:
+            return
+        try:
+            # The API server passes the client's ``ports`` on as repeated ``port`` parameters
+            # (PortForwardLocation, pkg/registry/core/pod/strategy.go).
+            ports = [int(value) for value in query.get("port", [])]
+        except ValueError:
+            self._reply(400, b"ports must be integers")
+            return
+        holder = type(self).sandbox_lookup(namespace, pod)
+        if not ports or holder is None:
+            self._reply(404 if holder is None else 400, b"no such pod, or no ports asked")
+            return
+        self._upgrade(key)
+        lock = threading.Lock()
+
+        def out(channel: int, payload: bytes) -> None:
+            with lock:
+                websocket.send(self.wfile, websocket.OPCODE_BINARY, bytes([channel]) + payload)
+
+        conns: dict[int, socket.socket] = {}
+        for index, port in enumerate(ports):
+            out(2 * index, port.to_bytes(2, "little"))
+            out(2 * index + 1, port.to_bytes(2, "little"))
+            try:
+                conns[2 * index] = dial_in_pod(holder, port, DIAL_TIMEOUT_S)
+            except OSError as exc:
+                out(2 * index + 1, f"failed to connect to localhost:{port} in pod: {exc}".encode())
+
+        def pump(channel: int, conn: socket.socket) -> None:
+            while chunk := conn.recv(65536):
+                out(channel, chunk)
+            # The pod closed its side: so does the stream, as a closed data stream does.
+            with lock:
+                websocket.send(self.wfile, websocket.OPCODE_CLOSE, b"\x03\xe8")
+
+        for channel, conn in conns.items():
+            threading.Thread(target=pump, args=(channel, conn), daemon=True).start()
+        try:
+            while (received := websocket.read_frame(self.rfile)) is not None:
+                opcode, payload = received
+                if opcode == websocket.OPCODE_CLOSE:
+                    break
+                if opcode == websocket.OPCODE_BINARY and payload and payload[0] in conns:
+                    conns[payload[0]].sendall(payload[1:])
+        except OSError as exc:
+            # The API server dropped the stream, or the pod side reset: either ends it.
+            self.log_error("port-forward to %s/%s ended: %s", namespace, pod, exc)
+        finally:
+            for conn in conns.values():
+                conn.close()
+        self.close_connection = True
+
+    def _exec(self, namespace: str, pod: str, container: str, query: dict[str, list[str]]) -> None:
+        argv = query.get("command", [])
+        key = self._websocket_key()
+        if key is None:
             return
         wanted = [n for n in ("stdin", "tty") if query.get(n, ["false"])[0] in ("1", "true")]
         if wanted or not argv:
@@ -123,12 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, f'container "{container}" of pod "{pod}" is not running'.encode())
             return
         enter, env = target
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", websocket.accept_key(key))
-        self.send_header("Sec-WebSocket-Protocol", CHANNEL_PROTOCOL)
-        self.end_headers()
+        self._upgrade(key)
         process = subprocess.Popen(
             [*enter, *argv],
             stdin=subprocess.DEVNULL,
@@ -175,6 +254,7 @@ class KubeletServer:
         client_ca: Path,
         lookup: LogLookup,
         exec_lookup: ExecLookup,
+        sandbox_lookup: SandboxLookup,
     ) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
@@ -183,7 +263,11 @@ class KubeletServer:
         handler = type(
             "Handler",
             (_Handler,),
-            {"lookup": staticmethod(lookup), "exec_lookup": staticmethod(exec_lookup)},
+            {
+                "lookup": staticmethod(lookup),
+                "exec_lookup": staticmethod(exec_lookup),
+                "sandbox_lookup": staticmethod(sandbox_lookup),
+            },
         )
         self._server = ThreadingHTTPServer((ip, port), handler)
         self._server.daemon_threads = True
