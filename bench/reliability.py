@@ -733,7 +733,7 @@ class InputWorld:
 def _cli(argv: list[str]) -> tuple[int, str]:
     from typer.testing import CliRunner
 
-    from cli import app
+    from llm_rollout.cli import app
 
     result = CliRunner().invoke(app, argv)
     return result.exit_code, result.output

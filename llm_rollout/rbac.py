@@ -8,14 +8,13 @@ worker then runs the flows with the ServiceAccount's token.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
 from llm_rollout.errors import SpecError
-from llm_rollout.render import MANIFESTS_DIR
+from llm_rollout.templates import template_loader
 
 DEFAULT_SERVICE_ACCOUNT = "llm-rollout-worker"
 DEFAULT_CLUSTER_ROLE = "llm-rollout-worker"
@@ -39,14 +38,13 @@ def render_worker_rbac(
     *,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     cluster_role: str = DEFAULT_CLUSTER_ROLE,
-    manifests_dir: Path = MANIFESTS_DIR,
 ) -> list[dict[str, Any]]:
     """The objects, in apply order (ServiceAccount, Role, RoleBinding, ClusterRole, binding)."""
     _check("--namespace", namespace, _DNS_LABEL)
     _check("--service-account", service_account, _DNS_SUBDOMAIN)
     _check("--cluster-role", cluster_role, _DNS_SUBDOMAIN)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(manifests_dir)),
+        loader=template_loader(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - YAML, not HTML; every value was checked above

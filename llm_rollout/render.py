@@ -46,7 +46,6 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
@@ -55,11 +54,11 @@ import yaml
 from llm_rollout import kuberay, kv_cache
 from llm_rollout.errors import PermanentError, SpecError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
+from llm_rollout.templates import template_loader
 
 RbgFlavor = Literal["v0.6", "v0.7"]
 K8sObject = dict[str, Any]
 
-MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
 MANAGED_BY = "llm-rollout"
 RELEASE_LABEL = "llm-rollout.io/release"
 ENTRYPOINT_LABEL = "llm-rollout.io/entrypoint"
@@ -694,9 +693,9 @@ def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=False)
 
 
-def _environment(manifests_dir: Path) -> jinja2.Environment:
+def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(manifests_dir)),
+        loader=template_loader(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -740,7 +739,6 @@ def render(
     *,
     release: str,
     rbg_flavor: RbgFlavor = "v0.6",
-    manifests_dir: Path = MANIFESTS_DIR,
     rbg_role_services: Mapping[str, str] | None = None,
     max_model_len: int | None = None,
 ) -> RenderedRelease:
@@ -760,7 +758,7 @@ def render(
         if len(service) > 63 or not DNS1123_LABEL.match(service):
             raise RoleServiceError(f"role {role}: Service name {service!r} is not a DNS-1123 label")
     ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len)
-    env = _environment(manifests_dir)
+    env = _environment()
     storage = _render_docs(env, "storage.yaml.j2", ctx)
     workload = _render_docs(env, template_for(spec), ctx)
     services = _render_docs(env, "services.yaml.j2", ctx)
@@ -823,7 +821,7 @@ def render_oss_secret(spec: ServiceSpec, access_key_id: str, access_key_secret: 
     """The OSS AccessKey Secret with its values, for the deploy flow to apply; never log it."""
     # Storage objects do not depend on the release; any valid id renders them identically.
     ctx = _Ctx(spec, "storage", "v0.6")
-    docs = _render_docs(_environment(MANIFESTS_DIR), "storage.yaml.j2", ctx)
+    docs = _render_docs(_environment(), "storage.yaml.j2", ctx)
     secret = next(doc for doc in docs if doc["kind"] == "Secret")
     secret["stringData"] = {"akId": access_key_id, "akSecret": access_key_secret}
     return secret

@@ -10,7 +10,7 @@ from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 from typer.testing import CliRunner
 
-from cli import app
+from llm_rollout.cli import app
 from llm_rollout.errors import RolloutError
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply
