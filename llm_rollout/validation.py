@@ -5,8 +5,10 @@
 
 - core kinds (v1, apps/v1, ...) against the Kubernetes OpenAPI schemas shipped with
   `kubernetes-validate`, strict mode (unknown fields rejected), for Kubernetes `K8S_VERSION`;
-- custom resources against the `openAPIV3Schema` of every CRD file in the CRD directory that
-  serves their apiVersion (see `llm_rollout.crds`); an unknown custom kind is a problem;
+- custom resources against the `openAPIV3Schema` of every CRD of the catalog given (the
+  cluster's, or a directory's: see `llm_rollout.crds`) that serves their apiVersion; a kind the
+  catalog does not define is a problem; without a catalog, custom resources are not checked
+  against a schema and `validate_objects` returns which kinds were not;
 - admission-webhook style rules the schemas cannot express: names and label values are valid,
   namespaced objects name their namespace, an OSS CSI PV's volumeHandle equals its name, a
   LeaderWorkerSet group has size >= 1, RoleBasedGroup role names are unique and dependencies
@@ -19,14 +21,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from functools import cache
-from pathlib import Path
+from functools import cache, lru_cache
 from typing import Any
 
 import jsonschema
 import kubernetes_validate.utils as kv_utils
 
-from llm_rollout.crds import crd_dir, crd_schemas, known_custom_kinds
+from llm_rollout.crds import CrdCatalog, configured_crds
 from llm_rollout.errors import ManifestValidationError
 
 K8S_VERSION = "1.30"
@@ -94,16 +95,23 @@ def _core_validator(api_version: str, kind: str) -> jsonschema.protocols.Validat
     return validator
 
 
-@cache
-def _crd_validators(directory: Path, api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
+# Bounded: a worker reads a fresh catalog from the cluster for every run.
+@lru_cache(maxsize=64)
+def _crd_validators(crds: CrdCatalog, api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
     return tuple(
         (crd.source, jsonschema.Draft7Validator(crd.schema))
-        for crd in crd_schemas(api_version, kind, directory)
+        for crd in crds.for_kind(api_version, kind)
     )
 
 
-def schema_problems(obj: Obj) -> list[str]:
-    """Structural problems of one object against its core or CRD schema."""
+def is_custom(obj: Obj) -> bool:
+    """Whether the object is a custom resource (its schema comes from a CRD)."""
+    return not _is_core(str(obj.get("apiVersion", "")))
+
+
+def schema_problems(obj: Obj, crds: CrdCatalog | None) -> list[str]:
+    """Structural problems of one object against its core or CRD schema (a custom resource
+    without a catalog: none, it is not checked)."""
     api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
     if not api_version or not kind:
         return ["apiVersion and kind are required"]
@@ -112,11 +120,12 @@ def schema_problems(obj: Obj) -> list[str]:
         if validator is None:
             return [f"{api_version} {kind} is unknown to Kubernetes {K8S_VERSION}"]
         return list(_schema_errors(validator, obj))
-    directory = crd_dir()
-    validators = _crd_validators(directory, api_version, kind)
+    if crds is None:
+        return []
+    validators = _crd_validators(crds, api_version, kind)
     if not validators:
         group = api_version.split("/", 1)[0]
-        kinds = known_custom_kinds(directory)
+        kinds = crds.kinds()
         known = sorted(f"{g}/{k}" for g, k in kinds)
         if (group, kind) in kinds:
             return [f"no CRD serves {api_version} for {kind}"]
@@ -316,17 +325,26 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 # --- entry point -------------------------------------------------------------------------------
 
 
-def object_problems(obj: Obj) -> list[str]:
+def object_problems(obj: Obj, crds: CrdCatalog | None) -> list[str]:
     """Every problem of one object on its own (schema and webhook-style rules)."""
-    return [*schema_problems(obj), *_metadata_problems(obj), *_kind_rules(obj)]
+    return [*schema_problems(obj, crds), *_metadata_problems(obj), *_kind_rules(obj)]
 
 
-def validate_objects(objects: list[Obj]) -> None:
-    """Raise `ManifestValidationError` listing every problem of the set; return when clean."""
-    problems = [f"{_where(obj)}: {p}" for obj in objects for p in object_problems(obj)]
+def validate_objects(objects: list[Obj], crds: CrdCatalog | None = None) -> list[str]:
+    """Raise `ManifestValidationError` listing every problem of the set.
+
+    Custom resources are checked against `crds`, by default the `LLM_ROLLOUT_CRD_DIR`
+    directory's. When clean, return the custom kinds that were not checked against a schema
+    for want of any catalog (`apiVersion Kind`, sorted; empty when every object was checked).
+    """
+    catalog = crds if crds is not None else configured_crds()
+    problems = [f"{_where(obj)}: {p}" for obj in objects for p in object_problems(obj, catalog)]
     problems += [f"{_where(obj)}: {p}" for obj, p in _reference_problems(objects)]
     if problems:
         raise ManifestValidationError(
             f"{len(problems)} problem(s) in rendered objects:\n"
             + "\n".join(f"- {p}" for p in problems)
         )
+    if catalog is not None:
+        return []
+    return sorted({f"{o.get('apiVersion')} {o.get('kind')}" for o in objects if is_custom(o)})

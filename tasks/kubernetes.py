@@ -14,6 +14,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.credentials import resolve_oss_credentials
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.objects import apply_all
@@ -147,7 +148,7 @@ def rollout(
             rbg_flavor=rbg_flavor or "v0.7",
             max_model_len=max_model_len,
         )
-        validate_objects(rendered.all())
+        validate_objects(rendered.all(), crds_from_cluster(api))
         annotations = _annotations(spec, release, serving_release, strategy)
         workload_objects = [with_annotations(o, annotations) for o in rendered.workload_objects]
         # The stable Service is dry-run here too, so the gate cannot fail on a rejected object.

@@ -1,10 +1,11 @@
 """The deploy flow's Kubernetes work, done with nothing but the worker's ServiceAccount token.
 
 Each step calls the same product functions the flow's tasks call (preflight's cluster check,
-the lease lock, apply with dry-run, PVC binding, readiness, pod logs, the smoke test through
-the service proxy or, for a server with an API key, a port-forward, promote, retention's scan
-of stable Services, teardown). Then the request log proves that every request the worker
-sent was allowed and that every grant of the Role/ClusterRole was used.
+the lease lock, offline validation against the cluster's CRDs, apply with dry-run, PVC
+binding, readiness, pod logs, the smoke test through the service proxy or, for a server with
+an API key, a port-forward, promote, retention's scan of stable Services, teardown). Then the
+request log proves that every request the worker sent was allowed and that every grant of the
+Role/ClusterRole was used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.kube.objects import (
     APPLY_CONTENT_TYPE,
     Propagation,
@@ -42,6 +44,7 @@ from llm_rollout.render import render, render_oss_secret
 from llm_rollout.retention import revisions_in_use
 from llm_rollout.smoke import run_smoke, smoke_endpoint
 from llm_rollout.spec import ServiceSpec, load_spec
+from llm_rollout.validation import validate_objects
 from sandbox.kube.rbac import request_info, rule_allows
 from tests.sandbox_kube_rbac.conftest import NAMESPACE
 
@@ -103,6 +106,8 @@ def _deploy_and_remove(
     wait_pvc_bound(worker, NAMESPACE, spec.pvc_name, 30)
 
     workload_objects = list(rendered.workload_objects)
+    # The rollout task's offline validation, against the CRDs the cluster serves.
+    assert validate_objects(rendered.all(), crds_from_cluster(worker)) == []
     apply_all(worker, [*workload_objects, rendered.stable_service], dry_run=True)
     apply_checked(worker, workload_objects)
     workload = next(ObjectRef.of(o) for o in workload_objects if o["kind"] in WORKLOAD_KINDS)
