@@ -59,7 +59,9 @@ def _uv(*args: str, cwd: Path) -> None:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     tmp = tmp_path_factory.mktemp("wheel")
     dist, venv = tmp / "dist", tmp / "venv"
-    _uv("build", "--wheel", "--offline", "--quiet", "-o", str(dist), cwd=REPO)
+    # An sdist, then the wheel built from it: the path through which the templates could get
+    # lost (pip and `uv tool install` build the wheel from the tree, checked below too).
+    _uv("build", "--offline", "--quiet", "-o", str(dist), cwd=REPO)
     (wheel,) = dist.glob("llm_rollout-*.whl")
     # The lock's exact files (pylock.toml carries their URLs, which uv's cache holds).
     lock = tmp / "pylock.toml"
@@ -85,8 +87,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return Installed(wheel, venv, site_packages, workdir, env)
 
 
-def test_the_wheel_holds_the_package_and_every_template(installed: Installed) -> None:
+def test_the_wheel_holds_the_package_and_every_template(
+    installed: Installed, tmp_path: Path
+) -> None:
     names = zipfile.ZipFile(installed.wheel).namelist()
+    _uv("build", "--wheel", "--offline", "--quiet", "-o", str(tmp_path), cwd=REPO)
+    (from_tree,) = tmp_path.glob("llm_rollout-*.whl")
+    assert sorted(zipfile.ZipFile(from_tree).namelist()) == sorted(names)
     assert {name.split("/", 1)[0] for name in names} == {
         "llm_rollout",
         f"{installed.wheel.name.rsplit('-', 3)[0]}.dist-info",
