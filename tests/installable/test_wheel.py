@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from llm_rollout.rbac import render_worker_rbac
+from llm_rollout.render import default_release, render
+from llm_rollout.spec import load_spec
+
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "seed-vllm-lws.yaml"
 FORBIDDEN_TOP_LEVEL = {"cli", "tasks", "flows", "sandbox"}
@@ -127,13 +131,17 @@ def test_plan_runs_from_another_directory_and_names_what_it_could_not_check(
 ) -> None:
     result = installed.run("plan", EXAMPLE.name, "--out", "out")
     assert result.returncode == 0, result.stderr
-    assert "6 objects, validated" in result.stdout
     assert "NOT checked against a CRD schema: leaderworkerset.x-k8s.io/v1 LeaderWorkerSet" in (
         result.stdout
     )
-    written = sorted(p.name for p in (installed.workdir / "out").iterdir())
-    assert "leaderworkerset-qwen3-32b-vllm-r9900af9.yaml" in written
-    assert len(written) == 6
+    # The same objects the checkout renders, rendered by the installed package's templates.
+    spec = load_spec(EXAMPLE)
+    expected = render(spec, release=default_release(spec)).all()
+    assert f"{len(expected)} objects, validated" in result.stdout
+    for obj in expected:
+        name = f"{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        written = (installed.workdir / "out" / name).read_text(encoding="utf-8")
+        assert yaml.safe_load(written) == obj
 
 
 def test_plan_checks_against_a_named_crd_directory(installed: Installed, shared_crds: Path) -> None:
@@ -151,8 +159,7 @@ def test_schema_and_rbac_run_from_another_directory(installed: Installed) -> Non
     assert {"name", "namespace", "serving"} <= set(json.loads(schema.stdout)["properties"])
     rbac = installed.run("rbac", "--namespace", "team-a")
     assert rbac.returncode == 0, rbac.stderr
-    kinds = [doc["kind"] for doc in yaml.safe_load_all(rbac.stdout) if doc]
-    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"]
+    assert [doc for doc in yaml.safe_load_all(rbac.stdout) if doc] == render_worker_rbac("team-a")
 
 
 def test_deploy_says_it_needs_a_checkout(installed: Installed) -> None:
