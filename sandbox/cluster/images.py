@@ -35,7 +35,7 @@ BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class UnsupportedCommand(ValueError):
-    """The image is known, but the sandbox has nothing to run this entrypoint of it."""
+    """The image is known, but the container argv cannot run (an empty command)."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,15 @@ class Entrypoint:
     """A container argv prefix (``python3 -m sglang.launch_server``) and what replaces it.
 
     ``interpreters``: the names argv[0] may have for it (``python3``, ``python``, a path).
-    ``host`` None: the image has this entrypoint but the sandbox cannot run it; ``note`` says
-    why and ``Runtime.command`` refuses it with that message.
+    ``note`` says what runs instead. ``pythonpath``: where the image's packages for this
+    entrypoint live, ahead of the runtime's.
     """
 
     interpreters: tuple[str, ...]
     words: tuple[str, ...]
-    host: tuple[str, ...] | None
+    host: tuple[str, ...]
     note: str
+    pythonpath: tuple[Path, ...] = ()
 
     def matches(self, argv: Sequence[str]) -> bool:
         n = len(self.words)
@@ -93,18 +94,15 @@ class Runtime:
         if not argv:
             raise UnsupportedCommand(f"{self.name}: empty command (the image has no entrypoint)")
         host = tuple(argv)
+        pythonpath = self.pythonpath
         for entry in self.entrypoints:
             if entry.matches(argv):
-                if entry.host is None:
-                    raise UnsupportedCommand(
-                        f"{self.name}: {' '.join(argv[: len(entry.words) + 1])} cannot run in "
-                        f"the sandbox: {entry.note}"
-                    )
                 host = (*entry.host, *argv[len(entry.words) + 1 :])
+                pythonpath = (*entry.pythonpath, *pythonpath)
                 break
         env = {"PATH": ":".join([*(str(p) for p in self.path), BASE_PATH])}
-        if self.pythonpath:
-            env["PYTHONPATH"] = ":".join(str(p) for p in self.pythonpath)
+        if pythonpath:
+            env["PYTHONPATH"] = ":".join(str(p) for p in pythonpath)
         return HostCommand(argv=host, env=env)
 
 
@@ -144,18 +142,22 @@ def _sglang(name: str, image_note: str) -> Callable[[str], Runtime]:
     def build(pattern: str) -> Runtime:
         router = runtimes_install.router_dir()
         project_python = Path(sys.executable)
+        engine_python = vllm_install.venv_python(vllm_install.venv_dir())
         return Runtime(
             name=name,
             pattern=pattern,
             versions={
                 "sglang": "0.4.10.post2 (stand-in: sandbox.sglang_standin)",
                 "sglang-router": runtimes_install.ROUTER_VERSION,
+                "sglang (mini_lb only)": runtimes_install.SGLANG_VERSION,
             },
             reason=(
                 f"{image_note} Real SGLang needs CUDA kernels; its server is replaced by the "
                 "stand-in, which implements what the pinned router calls and refuses flags it "
-                f"does not know. The router is the real sglang-router "
-                f"{runtimes_install.ROUTER_VERSION}"
+                f"does not know. The routers are real: sglang-router "
+                f"{runtimes_install.ROUTER_VERSION}, and SGLang's own mini_lb from the "
+                f"sglang {runtimes_install.SGLANG_VERSION} package on the engine venv's "
+                "interpreter (it needs FastAPI, aiohttp and torch imports, no kernels)"
             ),
             # python3 in exec probes and scripts: the stand-in's interpreter, which imports
             # this repository's packages from any working directory (the project is installed).
@@ -179,10 +181,10 @@ def _sglang(name: str, image_note: str) -> Callable[[str], Runtime]:
                 ),
                 Entrypoint(
                     _PYTHON,
-                    ("-m", "sglang.srt.disaggregation.mini_lb"),
-                    None,
-                    "mini_lb is part of the sglang package, whose imports need torch and "
-                    "SGLang's CUDA stack; render the PD example with router: sglang_router",
+                    ("-m", runtimes_install.LB_MODULE),
+                    (str(engine_python), "-m", runtimes_install.LB_MODULE),
+                    f"SGLang's mini_lb, real code of sglang {runtimes_install.SGLANG_VERSION}",
+                    pythonpath=(runtimes_install.layer_site(runtimes_install.lb_dir()),),
                 ),
             ),
         )
@@ -244,4 +246,5 @@ def runtimes_installed() -> dict[str, bool]:
         "vllm-engine": vllm_install.is_installed(),
         "vllm-image-layer": runtimes_install.is_layer_installed(),
         "sglang-router": runtimes_install.is_router_installed(),
+        "sglang-lb-layer": runtimes_install.is_lb_installed(),
     }

@@ -15,6 +15,11 @@ last, built under the artefact's lock, a quick no-op once stamped:
   It is keyed by the engine venv it extends.
 - **the sglang-router venv** (``sglang-router-venv-<digest>``): ``sglang-router`` at the version
   of the SGLang image the examples use.
+- **the SGLang mini_lb layer** (``sglang-lb-layer-<digest>``): the ``sglang`` package of that
+  image, installed without its dependencies, plus the two its ``mini_lb`` imports need that the
+  engine venv lacks (``IPython``, imported by ``sglang/utils.py``, and ``orjson``), for the
+  engine venv's interpreter: the PD example's default router runs as real code. SGLang's
+  server does not run this way (it needs CUDA kernels); the stand-in serves instead.
 
 Both are pinned with hashes in requirements files beside this module, regenerated with::
 
@@ -34,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sandbox.cache import exclusive, keyed_dir, read_stamp, write_stamp
@@ -45,6 +51,7 @@ from sandbox.vllm.install import InstallError, _run, _say, _uv
 HERE = Path(__file__).resolve().parent
 RAY_REQUIREMENTS = HERE / "ray-requirements.txt"
 ROUTER_REQUIREMENTS = HERE / "sglang-router-requirements.txt"
+LB_REQUIREMENTS = HERE / "sglang-lb-requirements.txt"
 ADAPT_SOURCE = HERE / "adapt.py"
 LOCK_COMMAND = "python -m sandbox.runtimes.install --lock"
 
@@ -60,6 +67,10 @@ RAY_VERSION = "2.48.0"
 # "Build and install sgl-router"); SGLang v0.4.10.post2 was released right after
 # sglang-router 0.1.8 (2025-08-01) and before 0.1.9 (2025-08-07). 0.1.8 is on PyPI as wheels.
 ROUTER_VERSION = "0.1.8"
+# The SGLang release of the examples' images; its mini_lb (the PD example's router) is pure
+# Python over FastAPI/aiohttp and runs on the engine venv with the package installed --no-deps.
+SGLANG_VERSION = "0.4.10.post2"
+LB_MODULE = "sglang.srt.disaggregation.mini_lb"
 VLLM_DIST_VERSION = f"{vllm_install.VLLM_VERSION}+cpu"
 RECIPE_REVISION = 1
 CHECK_TIMEOUT_S = 120
@@ -79,6 +90,12 @@ _ROUTER_PROBE = """
 import importlib.metadata as md, json
 import sglang_router_rs, sglang_router.launch_router
 print(json.dumps({"sglang-router": md.version("sglang-router")}))
+"""
+
+_LB_PROBE = f"""
+import importlib.metadata as md, json
+import {LB_MODULE}
+print(json.dumps({{"sglang": md.version("sglang")}}))
 """
 
 _SHIM = """#!{python}
@@ -183,50 +200,107 @@ def _stamped(target: Path, stamp: dict[str, object]) -> bool:
     return read_stamp(target) == stamp
 
 
-def install_layer(*, force: bool = False) -> tuple[Path, bool]:
-    """Make the vLLM image layer complete; returns its path and whether anything was built."""
-    stamp, target = layer_stamp(), layer_dir()
+def _build(
+    target: Path, stamp: dict[str, object], fill: Callable[[Path], None], *, force: bool
+) -> tuple[Path, bool]:
+    """Make ``target`` complete with ``fill`` unless it is stamped with ``stamp`` already;
+    returns it and whether anything was built. A directory without the stamp is rebuilt."""
     if not force and _stamped(target, stamp):
         return target, False
-    engine = vllm_install.venv_dir()
-    if not vllm_install.is_installed(engine):
-        raise InstallError(f"the engine venv {engine} is not installed: run scripts/install-vllm")
     with exclusive(target):
+        # Another set-up may have finished it while this one waited for the lock.
         if not force and _stamped(target, stamp):
             return target, False
         if target.exists():
             shutil.rmtree(target)
-        python = vllm_install.venv_python(engine)
-        site = layer_site(target)
-        _run(
-            [
-                _uv(),
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                str(python),
-                "--target",
-                str(site),
-                "--no-deps",
-                "--require-hashes",
-                "--compile-bytecode",
-                "--requirement",
-                str(RAY_REQUIREMENTS),
-            ]
-        )
-        _write_vllm_metadata(site)
-        shutil.copyfile(ADAPT_SOURCE, site / "llm_rollout_adapt.py")
-        shim = vllm_shim(target)
-        shim.parent.mkdir(parents=True, exist_ok=True)
-        real = engine / "bin" / "vllm"
-        shim.write_text(_SHIM.format(python=python, site=str(site), real=str(real)))
-        shim.chmod(0o755)
-        problems = layer_problems(_probe(engine, _LAYER_PROBE, site))
-        if problems:
-            raise InstallError(f"vLLM image layer {target} is unusable: " + "; ".join(problems))
+        fill(target)
         write_stamp(target, stamp)
     return target, True
+
+
+def install_layer(*, force: bool = False) -> tuple[Path, bool]:
+    """Make the vLLM image layer complete."""
+    return _build(layer_dir(), layer_stamp(), _fill_layer, force=force)
+
+
+def _fill_layer(target: Path) -> None:
+    engine = _engine()
+    python = vllm_install.venv_python(engine)
+    site = layer_site(target)
+    _install_target(python, site, RAY_REQUIREMENTS)
+    _write_vllm_metadata(site)
+    shutil.copyfile(ADAPT_SOURCE, site / "llm_rollout_adapt.py")
+    shim = vllm_shim(target)
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    real = engine / "bin" / "vllm"
+    shim.write_text(_SHIM.format(python=python, site=str(site), real=str(real)))
+    shim.chmod(0o755)
+    problems = layer_problems(_probe(engine, _LAYER_PROBE, site))
+    if problems:
+        raise InstallError(f"vLLM image layer {target} is unusable: " + "; ".join(problems))
+
+
+def _install_target(python: Path, site: Path | None, requirements: Path) -> None:
+    """Install ``requirements`` (hash-pinned, complete) for ``python``: into its environment,
+    or into the directory ``site`` when given."""
+    into = [] if site is None else ["--target", str(site)]
+    _run(
+        [
+            _uv(),
+            "pip",
+            "install",
+            "--quiet",
+            "--python",
+            str(python),
+            *into,
+            "--no-deps",
+            "--require-hashes",
+            "--compile-bytecode",
+            "--requirement",
+            str(requirements),
+        ]
+    )
+
+
+def _engine() -> Path:
+    engine = vllm_install.venv_dir()
+    if not vllm_install.is_installed(engine):
+        raise InstallError(f"the engine venv {engine} is not installed: run scripts/install-vllm")
+    return engine
+
+
+def lb_stamp() -> dict[str, object]:
+    return {
+        "recipe": RECIPE_REVISION,
+        "sglang": SGLANG_VERSION,
+        "requirements_sha256": _sha256(_text(LB_REQUIREMENTS)),
+        "engine_venv": str(vllm_install.venv_dir()),
+    }
+
+
+def lb_dir() -> Path:
+    return keyed_dir("sglang-lb-layer", json.dumps(lb_stamp(), sort_keys=True))
+
+
+def install_lb(*, force: bool = False) -> tuple[Path, bool]:
+    """Make the mini_lb layer complete."""
+    return _build(lb_dir(), lb_stamp(), _fill_lb, force=force)
+
+
+def _fill_lb(target: Path) -> None:
+    engine = _engine()
+    site = layer_site(target)
+    _install_target(vllm_install.venv_python(engine), site, LB_REQUIREMENTS)
+    found = _probe(engine, _LB_PROBE, site).get("sglang")
+    if found != SGLANG_VERSION:
+        raise InstallError(f"mini_lb layer {target} holds sglang {found}")
+
+
+def is_lb_installed() -> bool:
+    try:
+        return _stamped(lb_dir(), lb_stamp())
+    except InstallError:
+        return False
 
 
 def _write_vllm_metadata(site: Path) -> None:
@@ -239,37 +313,16 @@ def _write_vllm_metadata(site: Path) -> None:
 
 
 def install_router(*, force: bool = False) -> tuple[Path, bool]:
-    """Make the sglang-router venv complete; returns its path and whether anything was built."""
-    stamp, target = router_stamp(), router_dir()
-    if not force and _stamped(target, stamp):
-        return target, False
-    with exclusive(target):
-        if not force and _stamped(target, stamp):
-            return target, False
-        if target.exists():
-            shutil.rmtree(target)
-        uv = _uv()
-        _run([uv, "venv", "--quiet", "--python", str(vllm_install.base_python()), str(target)])
-        _run(
-            [
-                uv,
-                "pip",
-                "install",
-                "--quiet",
-                "--python",
-                str(router_python(target)),
-                "--no-deps",
-                "--require-hashes",
-                "--compile-bytecode",
-                "--requirement",
-                str(ROUTER_REQUIREMENTS),
-            ]
-        )
-        found = _probe(target, _ROUTER_PROBE).get("sglang-router")
-        if found != ROUTER_VERSION:
-            raise InstallError(f"sglang-router venv {target} holds {found}, want {ROUTER_VERSION}")
-        write_stamp(target, stamp)
-    return target, True
+    """Make the sglang-router venv complete."""
+    return _build(router_dir(), router_stamp(), _fill_router, force=force)
+
+
+def _fill_router(target: Path) -> None:
+    _run([_uv(), "venv", "--quiet", "--python", str(vllm_install.base_python()), str(target)])
+    _install_target(router_python(target), None, ROUTER_REQUIREMENTS)
+    found = _probe(target, _ROUTER_PROBE).get("sglang-router")
+    if found != ROUTER_VERSION:
+        raise InstallError(f"sglang-router venv {target} holds {found}, want {ROUTER_VERSION}")
 
 
 def is_layer_installed() -> bool:
@@ -329,12 +382,7 @@ def _compile(source: str, *extra: str) -> str:
 
 def lock() -> list[Path]:
     """Regenerate both requirements files (hash-pinned, resolved for the sandbox machine)."""
-    engine_pins = _pins(vllm_install.requirements_text())
-    # Resolved against the engine venv's pins, then only what the venv lacks is kept: the
-    # layer sits on the engine's PYTHONPATH and must not shadow any of its packages.
-    full = _pins(_compile(f"ray=={RAY_VERSION}\n", "-c", str(vllm_install.REQUIREMENTS)))
-    missing = {name: v for name, v in full.items() if name not in engine_pins}
-    layer = _compile("".join(f"{n}=={v}\n" for n, v in sorted(missing.items())), "--no-deps")
+    layer = _layer_requirements(f"ray=={RAY_VERSION}\n")
     RAY_REQUIREMENTS.write_text(
         "# ray as vllm/vllm-openai:v0.10.0 ships it, without extras, plus what the engine venv\n"
         "# (sandbox/vllm/requirements.txt) lacks of its dependencies; installed --no-deps.\n"
@@ -345,7 +393,23 @@ def lock() -> list[Path]:
         "# sglang-router as lmsysorg/sglang:v0.4.10.post2 ships it; installed --no-deps.\n"
         f"# Generated by: {LOCK_COMMAND}\n" + router
     )
-    return [RAY_REQUIREMENTS, ROUTER_REQUIREMENTS]
+    lb = _layer_requirements("ipython\norjson\n", f"sglang=={SGLANG_VERSION}")
+    LB_REQUIREMENTS.write_text(
+        f"# sglang {SGLANG_VERSION} (no dependencies) for its mini_lb, plus what mini_lb imports\n"
+        "# that the engine venv lacks; installed --no-deps.\n"
+        f"# Generated by: {LOCK_COMMAND}\n" + lb
+    )
+    return [RAY_REQUIREMENTS, ROUTER_REQUIREMENTS, LB_REQUIREMENTS]
+
+
+def _layer_requirements(wanted: str, *without_deps: str) -> str:
+    """Hash-pinned lines for a layer over the engine venv: ``wanted`` resolved against the
+    engine venv's pins, keeping only what the venv lacks (a layer on its PYTHONPATH must not
+    shadow any of its packages), plus ``without_deps`` as they are."""
+    engine_pins = _pins(vllm_install.requirements_text())
+    full = _pins(_compile(wanted, "-c", str(vllm_install.REQUIREMENTS)))
+    missing = [f"{n}=={v}" for n, v in sorted(full.items()) if n not in engine_pins]
+    return _compile("".join(f"{line}\n" for line in [*missing, *without_deps]), "--no-deps")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,7 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         if args.print_dirs:
-            _say(f"vllm-image-layer {layer_dir()}\nsglang-router {router_dir()}")
+            _say(
+                f"vllm-image-layer {layer_dir()}\nsglang-router {router_dir()}\n"
+                f"sglang-lb-layer {lb_dir()}"
+            )
             return 0
         if args.lock:
             for path in lock():
@@ -366,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [
             ("sglang-router", ROUTER_VERSION, *install_router(force=args.force)),
             ("ray (vLLM image layer)", RAY_VERSION, *install_layer(force=args.force)),
+            ("sglang mini_lb layer", SGLANG_VERSION, *install_lb(force=args.force)),
         ]
     except InstallError as exc:
         _say(f"install-runtimes: {exc}", stream=sys.stderr)

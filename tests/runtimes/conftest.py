@@ -6,7 +6,11 @@ Processes run on loopback ports in this test's namespace, each in a session of i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +23,7 @@ import pytest
 from llm_rollout.render import default_release, render
 from llm_rollout.spec import load_spec
 from sandbox.cluster import images
-from sandbox.cluster.processes import Component, Supervisor
+from sandbox.cluster.processes import Component, Supervisor, _group_alive
 from sandbox.runtimes import install as runtimes_install
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -27,6 +31,7 @@ EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.yaml"))
 TINY_ANSWER = "hello from the stand-in"
 SGLANG_IMAGE = "lmsysorg/sglang:v0.4.10.post2-cu126"
 LAUNCH = ["python3", "-m", "sglang.launch_server"]
+STOP_GRACE_S = 20
 
 
 @dataclass(frozen=True)
@@ -101,22 +106,50 @@ def tiny_model(tmp_path: Path) -> Path:
     return model
 
 
+def stop_group(pgid: int, grace_s: float) -> None:
+    """SIGTERM a process group, wait for all of it to end, SIGKILL what is left. An engine's
+    children (vLLM's EngineCore, Ray's daemons) outlive their group leader by a moment."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
 @pytest.fixture
 def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     sup = Supervisor(log_dir=tmp_path / "logs")
     try:
         yield sup
     finally:
-        sup.stop_all(grace_s=10)
+        for component in reversed(sup.components):
+            # The leader first (stopped and reaped: a zombie still counts as a group member),
+            # then whatever it started and left behind.
+            component.stop(STOP_GRACE_S)
+            stop_group(component.process.pid, STOP_GRACE_S)
+        sup.stop_all(grace_s=STOP_GRACE_S)
 
 
+# Fail, never skip: the test command's set-up installs them, so their absence is a defect.
 @pytest.fixture
 def router_installed() -> None:
     if not runtimes_install.is_router_installed():
-        pytest.skip("sglang-router is not installed: run scripts/install-runtimes")
+        pytest.fail("sglang-router is not installed: run scripts/install-runtimes", pytrace=False)
+
+
+@pytest.fixture
+def lb_installed() -> None:
+    if not runtimes_install.is_lb_installed():
+        pytest.fail(
+            "the mini_lb layer is not installed: run scripts/install-runtimes", pytrace=False
+        )
 
 
 @pytest.fixture
 def layer_installed() -> None:
     if not runtimes_install.is_layer_installed():
-        pytest.skip("the vLLM image layer is not installed: run scripts/install-runtimes")
+        pytest.fail(
+            "the vLLM image layer is not installed: run scripts/install-runtimes", pytrace=False
+        )

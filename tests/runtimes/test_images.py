@@ -87,15 +87,16 @@ def test_sglang_entrypoints_map_to_the_standin_and_the_real_router(
     runtime = images.resolve(container.image)
     assert runtime is not None
     module = container.argv[2]
-    if module == "sglang.srt.disaggregation.mini_lb":
-        with pytest.raises(images.UnsupportedCommand, match="mini_lb"):
-            runtime.command(container.argv)
-        return
     host = runtime.command(container.argv)
     # Only the entrypoint is swapped; every rendered argument follows unchanged.
     assert list(host.argv[3:]) == container.argv[3:]
     if module == "sglang.launch_server":
         assert host.argv[1:3] == ("-m", "sandbox.sglang_standin")
+    elif module == runtimes_install.LB_MODULE:
+        # SGLang's own mini_lb on the engine venv's interpreter, its package first on the path.
+        assert host.argv[0] == str(vllm_install.venv_python(vllm_install.venv_dir()))
+        lb_site = runtimes_install.layer_site(runtimes_install.lb_dir())
+        assert host.env["PYTHONPATH"].split(":")[0] == str(lb_site)
     else:
         assert module == "sglang_router.launch_router"
         python = runtimes_install.router_python(runtimes_install.router_dir())
@@ -244,5 +245,5 @@ def test_the_vllm_image_has_ray_without_dashboard_and_vllm_metadata() -> None:
 
 def test_runtimes_installed_reports_each_artefact() -> None:
     state = images.runtimes_installed()
-    assert set(state) == {"vllm-engine", "vllm-image-layer", "sglang-router"}
+    assert set(state) == {"vllm-engine", "vllm-image-layer", "sglang-router", "sglang-lb-layer"}
     assert state["sglang-router"] == runtimes_install.is_router_installed()

@@ -5,27 +5,22 @@ server only outside minimal mode; the probes KubeRay injects target it: finding 
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox.cluster import images
-from sandbox.cluster.processes import _group_alive
 from sandbox.vllm.engine import free_port
-from tests.runtimes.conftest import http_get, rendered_containers
+from tests.runtimes.conftest import STOP_GRACE_S, http_get, rendered_containers, stop_group
 
 pytestmark = pytest.mark.usefixtures("layer_installed")
 
 VLLM_IMAGE = "vllm/vllm-openai:v0.10.0"
 START_TIMEOUT_S = 90
-STOP_GRACE_S = 15
 
 
 def _leader_wait_script() -> str:
@@ -62,19 +57,7 @@ class RayProcesses:
 
     def stop(self) -> None:
         for group in self.groups:
-            _signal_group(group, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
-        while any(_group_alive(g) for g in self.groups) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        for group in self.groups:
-            _signal_group(group, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return
+            stop_group(group, STOP_GRACE_S)
 
 
 @pytest.fixture

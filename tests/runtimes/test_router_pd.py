@@ -20,6 +20,7 @@ published as wheels only); the functions used here are the same in both:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -27,11 +28,11 @@ import pytest
 
 from llm_rollout.smoke import run_smoke
 from sandbox.cluster import images
-from sandbox.cluster.processes import Component, Supervisor, http_ok
+from sandbox.cluster.processes import Supervisor, http_ok
 from sandbox.vllm.engine import free_port
 from tests.runtimes.conftest import SGLANG_IMAGE, TINY_ANSWER, http_get, start_standin
 
-pytestmark = pytest.mark.usefixtures("router_installed")
+pytestmark = pytest.mark.usefixtures("router_installed", "lb_installed")
 
 READY_TIMEOUT_S = 60
 # The router's health checker period for these tests; the rendered command keeps the
@@ -50,9 +51,17 @@ def _server(supervisor: Supervisor, name: str, model: Path, mode: str, *extra: s
     return url
 
 
-def _router(
-    supervisor: Supervisor, prefills: list[tuple[str, int]], decodes: list[str]
-) -> tuple[Component, str]:
+def _start(supervisor: Supervisor, name: str, argv: list[str], port: int) -> str:
+    runtime = images.resolve(SGLANG_IMAGE)
+    assert runtime is not None
+    host = runtime.command(argv)
+    proc = supervisor.start(name, host.argv, env=host.env)
+    url = f"http://127.0.0.1:{port}"
+    supervisor.wait_ready(proc, lambda: http_ok(f"{url}/health"), timeout_s=READY_TIMEOUT_S)
+    return url
+
+
+def _router(supervisor: Supervisor, prefills: list[tuple[str, int]], decodes: list[str]) -> str:
     # The command shape llm_rollout.render renders for router: sglang_router.
     port = free_port()
     argv = ["python3", "-m", "sglang_router.launch_router", "--pd-disaggregation"]
@@ -65,18 +74,25 @@ def _router(
     # health-check period, so a backend's loss shows within seconds.
     argv += ["--prometheus-port", str(free_port())]
     argv += ["--worker-startup-check-interval", str(CHECK_INTERVAL_S)]
-    runtime = images.resolve(SGLANG_IMAGE)
-    assert runtime is not None
-    host = runtime.command(argv)
-    proc = supervisor.start("router", host.argv, env=host.env)
-    url = f"http://127.0.0.1:{port}"
-    supervisor.wait_ready(proc, lambda: http_ok(f"{url}/health"), timeout_s=READY_TIMEOUT_S)
-    return proc, url
+    return _start(supervisor, "router", argv, port)
+
+
+def _mini_lb(supervisor: Supervisor, prefills: list[tuple[str, int]], decodes: list[str]) -> str:
+    # The command shape llm_rollout.render renders for router: mini_lb (the PD example's).
+    port = free_port()
+    argv = ["python3", "-m", "sglang.srt.disaggregation.mini_lb"]
+    argv += ["--prefill", *[url for url, _ in prefills]]
+    argv += ["--prefill-bootstrap-ports", *[str(b) for _, b in prefills]]
+    argv += ["--decode", *decodes, "--host", "127.0.0.1", "--port", str(port)]
+    return _start(supervisor, "router", argv, port)
+
+
+Router = Callable[[Supervisor, list[tuple[str, int]], list[str]], str]
 
 
 def _pd(
-    supervisor: Supervisor, model: Path, prefill_count: int
-) -> tuple[Component, str, list[str]]:
+    supervisor: Supervisor, model: Path, prefill_count: int, router: Router = _router
+) -> tuple[str, list[str]]:
     prefills = []
     for i in range(prefill_count):
         bootstrap = free_port()
@@ -90,14 +106,10 @@ def _pd(
         )
         prefills.append((url, bootstrap))
     decode = _server(supervisor, "decode-0", model, "decode")
-    router, url = _router(supervisor, prefills, [decode])
-    return router, url, [u for u, _ in prefills]
+    return router(supervisor, prefills, [decode]), [u for u, _ in prefills]
 
 
-def test_the_real_router_answers_a_chat_completion_through_prefill_and_decode(
-    supervisor: Supervisor, tiny_model: Path
-) -> None:
-    _, url, _ = _pd(supervisor, tiny_model, prefill_count=1)
+def _smoke(url: str) -> None:
     with httpx.Client() as client:
         report = run_smoke(
             client,
@@ -119,10 +131,18 @@ def test_the_real_router_answers_a_chat_completion_through_prefill_and_decode(
     assert stream.completion_tokens == chat.completion_tokens
 
 
+@pytest.mark.parametrize("router", [_router, _mini_lb], ids=["sglang_router", "mini_lb"])
+def test_a_real_router_answers_the_smoke_test_through_prefill_and_decode(
+    supervisor: Supervisor, tiny_model: Path, router: Router
+) -> None:
+    url, _ = _pd(supervisor, tiny_model, prefill_count=1, router=router)
+    _smoke(url)
+
+
 def test_router_health_aggregates_while_readiness_and_liveness_do_not(
     supervisor: Supervisor, tiny_model: Path
 ) -> None:
-    _, url, prefills = _pd(supervisor, tiny_model, prefill_count=2)
+    url, prefills = _pd(supervisor, tiny_model, prefill_count=2)
     assert http_get(f"{url}/health") == (200, b"All servers healthy")
     down = next(c for c in supervisor.components if c.name == "prefill-1")
     down.stop(grace_s=10)
@@ -138,3 +158,15 @@ def test_router_health_aggregates_while_readiness_and_liveness_do_not(
     # The router still routes through the healthy prefill: readiness and liveness stay 200.
     assert http_get(f"{url}/readiness")[0] == 200
     assert http_get(f"{url}/liveness")[0] == 200
+
+
+def test_mini_lb_health_does_not_look_at_its_backends(
+    supervisor: Supervisor, tiny_model: Path
+) -> None:
+    # sglang 0.4.10.post2 python/sglang/srt/disaggregation/mini_lb.py: `/health` returns 200
+    # unconditionally; `/health_generate` fans out to the servers but ignores their answers.
+    url, _ = _pd(supervisor, tiny_model, prefill_count=2, router=_mini_lb)
+    down = next(c for c in supervisor.components if c.name == "prefill-1")
+    down.stop(grace_s=10)
+    assert down.process.poll() is not None
+    assert http_get(f"{url}/health")[0] == 200
