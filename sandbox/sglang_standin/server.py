@@ -383,6 +383,10 @@ class _Handler(BaseHTTPRequestHandler):
             "/v1/completions": "completion",
             "/generate": "generate",
         }
+        if path in ("/health", "/health_generate"):
+            # GET-only routes in SGLang's FastAPI app; mini_lb POSTs to them and ignores this.
+            self._error(405, "Method Not Allowed")
+            return
         if path not in kinds:
             self._error(404, f"{path} is not served by the SGLang stand-in")
             return

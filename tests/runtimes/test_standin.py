@@ -95,6 +95,7 @@ def test_health_generates_and_api_key_guards_all_but_health_and_metrics(
     proc = start_standin(supervisor, "single", [*argv, "--enable-metrics", "--api-key", "k"])
     supervisor.wait_ready(proc, lambda: http_ok(f"{base}/health"), timeout_s=READY_TIMEOUT_S)
     assert http_get(f"{base}/health_generate")[0] == 200
+    assert http_post(f"{base}/health_generate", {})[0] == 405
     assert http_get(f"{base}/v1/models")[0] == 401
     status, body = http_get(f"{base}/v1/models", {"Authorization": "Bearer k"})
     assert status == 200
