@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sandbox.cache import exclusive, keyed_dir, read_stamp, write_stamp
+from sandbox.cache import exclusive, keyed_dir, mark_used, prune_stale, read_stamp, write_stamp
 from sandbox.vllm import install as vllm_install
 
 # One error, one way to run and report commands for every runtime install step.
@@ -442,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, version, target, changed in results:
         verb = "installed" if changed else "already installed"
         _say(f"install-runtimes: {name} {version} {verb} in {target}")
+        mark_used(target)
+        for stale in prune_stale(target):
+            _say(f"install-runtimes: removed {stale}, unused for 5 days")
     _say(f"install-runtimes: done ({elapsed:.1f} s)")
     return 0
 
