@@ -18,11 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.resources import JsonDict, ObjectRef
-from llm_rollout.release import read_release_state, release_objects
+from llm_rollout.release import WORKLOAD_KINDS, read_release_state, release_objects
 from llm_rollout.spec import DNS1123_LABEL, IMAGE_REF, SAFE_ARG, SecretKeyRef, SmokeSpec
 
 RESTARTED_AT_ANNOTATION = "llm-rollout.io/restarted-at"
-WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")
 # Server-owned metadata that must not be sent back in an apply.
 _SERVER_METADATA = (
     "resourceVersion",

@@ -29,6 +29,7 @@ import kubernetes_validate.utils as kv_utils
 
 from llm_rollout.crds import CrdCatalog, configured_crds
 from llm_rollout.errors import ManifestValidationError
+from llm_rollout.kinds import all_kinds, kind_of
 
 K8S_VERSION = "1.30"
 OSS_CSI_DRIVER = "ossplugin.csi.alibabacloud.com"
@@ -40,7 +41,9 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _CLUSTER_SCOPED = {"PersistentVolume", "Namespace", "StorageClass", "ClusterRole"}
 # Kinds whose names become DNS labels (Service names, pod hostnames of the workloads).
-_LABEL_NAMED = {"Service", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster"}
+_LABEL_NAMED = {"Service"} | {k.kind for k in all_kinds() if k.name_is_dns_label}
+# Label keys the workload controllers add to pods (absent from the templates).
+_CONTROLLER_LABEL_PREFIXES = tuple(p for k in all_kinds() for p in k.controller_label_prefixes)
 
 Obj = dict[str, Any]
 
@@ -160,26 +163,9 @@ def _label_problems(where: str, labels: Any) -> Iterator[str]:
 
 def _pod_templates(obj: Obj) -> Iterator[tuple[str, Obj]]:
     """Every pod template inside a workload, with its field path."""
-    spec = obj.get("spec") or {}
-    kind = obj.get("kind")
-    if kind in ("Deployment", "StatefulSet"):
-        yield "spec.template", spec.get("template") or {}
-    elif kind == "LeaderWorkerSet":
-        lwt = spec.get("leaderWorkerTemplate") or {}
-        if "leaderTemplate" in lwt:
-            yield "spec.leaderWorkerTemplate.leaderTemplate", lwt["leaderTemplate"]
-        yield "spec.leaderWorkerTemplate.workerTemplate", lwt.get("workerTemplate") or {}
-    elif kind == "RoleBasedGroup":
-        for i, role in enumerate(spec.get("roles") or []):
-            if "template" in role:
-                yield f"spec.roles[{i}].template", role["template"]
-            for pattern in ("standalonePattern", "leaderWorkerPattern"):
-                if "template" in (role.get(pattern) or {}):
-                    yield f"spec.roles[{i}].{pattern}.template", role[pattern]["template"]
-    elif kind == "RayCluster":
-        yield "spec.headGroupSpec.template", (spec.get("headGroupSpec") or {}).get("template", {})
-        for i, group in enumerate(spec.get("workerGroupSpecs") or []):
-            yield f"spec.workerGroupSpecs[{i}].template", group.get("template") or {}
+    kind = kind_of(obj)
+    if kind is not None:
+        yield from kind.pod_templates(obj)
 
 
 def _kind_rules(obj: Obj) -> Iterator[str]:
@@ -202,60 +188,13 @@ def _kind_rules(obj: Obj) -> Iterator[str]:
                 yield "spec.csi.volumeAttributes.roleName: required with authType rrsa"
             if attrs.get("authType") != "rrsa" and not csi.get("nodePublishSecretRef"):
                 yield "spec.csi.nodePublishSecretRef: required unless authType is rrsa"
-    elif kind == "LeaderWorkerSet":
-        size = (spec.get("leaderWorkerTemplate") or {}).get("size", 1)
-        if not isinstance(size, int) or size < 1:
-            yield f"spec.leaderWorkerTemplate.size: must be >= 1, got {size!r}"
-    elif kind == "RoleBasedGroup":
-        yield from _rbg_rules(spec)
-    elif kind == "RayCluster":
-        for i, group in enumerate(spec.get("workerGroupSpecs") or []):
-            low, high = group.get("minReplicas", 0), group.get("maxReplicas", 0)
-            want = group.get("replicas", low)
-            if not low <= want <= high:
-                yield (
-                    f"spec.workerGroupSpecs[{i}].replicas: {want} is outside "
-                    f"minReplicas..maxReplicas {low}..{high}"
-                )
+    workload = kind_of(obj)
+    if workload is not None:
+        yield from workload.validation_problems(obj)
     for where, template in _pod_templates(obj):
         yield from _label_problems(
             f"{where}.metadata.labels", (template.get("metadata") or {}).get("labels")
         )
-
-
-def _rbg_rules(spec: Obj) -> Iterator[str]:
-    roles = spec.get("roles") or []
-    names = [role.get("name") for role in roles]
-    seen: set[Any] = set()
-    for i, role_name in enumerate(names):
-        if role_name in seen:
-            yield f"spec.roles[{i}].name: duplicate role name {role_name!r}"
-        seen.add(role_name)
-    graph = {role.get("name"): list(role.get("dependencies") or []) for role in roles}
-    for i, role in enumerate(roles):
-        for dep in role.get("dependencies") or []:
-            if dep not in graph:
-                yield f"spec.roles[{i}].dependencies: {dep!r} is not a role of this group"
-            elif dep == role.get("name"):
-                yield f"spec.roles[{i}].dependencies: a role cannot depend on itself"
-    if _has_cycle(graph):
-        yield "spec.roles: dependencies form a cycle"
-
-
-def _has_cycle(graph: dict[Any, list[Any]]) -> bool:
-    state: dict[Any, int] = {}
-
-    def visit(node: Any) -> bool:
-        if state.get(node) == 1:
-            return True
-        if state.get(node) == 2 or node not in graph:
-            return False
-        state[node] = 1
-        found = any(visit(dep) for dep in graph[node] if dep != node)
-        state[node] = 2
-        return found
-
-    return any(visit(node) for node in graph)
 
 
 # --- cross-object references -------------------------------------------------------------------
@@ -313,12 +252,11 @@ def _reference_problems(objects: list[Obj]) -> Iterator[tuple[Obj, str]]:
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    # Controller-added labels (LWS, RBG, KubeRay) are not in the templates; ignore those keys.
-    controller_prefixes = ("leaderworkerset.sigs.k8s.io/", "rolebasedgroup.", "rbg.", "ray.io/")
+    # Controller-added labels are not in the templates; ignore those keys.
     return all(
         labels.get(key) == value
         for key, value in selector.items()
-        if not key.startswith(controller_prefixes)
+        if not key.startswith(_CONTROLLER_LABEL_PREFIXES)
     )
 
 
