@@ -53,7 +53,7 @@ import yaml
 
 from llm_rollout import kuberay, kv_cache
 from llm_rollout.errors import SpecError
-from llm_rollout.kinds import RbgFlavor, kind_for, rbg
+from llm_rollout.kinds import RbgFlavor, kind_for, raycluster, rbg
 from llm_rollout.kinds.rbg import RoleServiceError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
 from llm_rollout.templates import template_loader
@@ -102,7 +102,8 @@ def workload_name(spec: ServiceSpec, release: str) -> str:
 
 
 def release_service_name(spec: ServiceSpec, release: str) -> str:
-    # LWS already creates a headless Service named after the workload, hence the suffix.
+    # Workload controllers create Services named after the workload (LWS: the workload's own
+    # name; see `WorkloadKind.controller_services`), hence the suffix.
     return f"{spec.name}-{release}-api"
 
 
@@ -486,7 +487,9 @@ class _Ctx:
         """Headless Service of a role's pods: as read from the cluster when known, else RBG's
         current convention (`kinds.rbg.default_role_service`)."""
         known = self.role_services.get(role)
-        return known if known is not None else rbg.default_role_service(self.workload, role)
+        if known is not None:
+            return known
+        return rbg.default_role_service(self.workload, role)
 
     def rbg_pod_url(self, role: str, index: int) -> str:
         # Role pods are named "<rbg>-<role>-<i>" with the role Service as subdomain, so each
@@ -596,7 +599,8 @@ class _Ctx:
         )
 
     def ray_head_address(self) -> str:
-        return f"{self.workload}-head-svc.{self.namespace}.svc.cluster.local:{RAY_GCS_PORT}"
+        service = raycluster.head_service(self.workload)
+        return f"{service}.{self.namespace}.svc.cluster.local:{RAY_GCS_PORT}"
 
     @staticmethod
     def ray_flags(params: dict[str, str]) -> str:

@@ -186,6 +186,10 @@ class WorkloadKind:
         """The longest StatefulSet names the controller creates, with who makes them."""
         return []
 
+    def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
+        """Names of the Services the controller creates for the workload (ours must differ)."""
+        return []
+
     def plan_checks(self, spec: ServiceSpec) -> list[str]:
         """What rendering checked for this kind's operator, in words (`llm-rollout plan`)."""
         return []

@@ -77,6 +77,11 @@ class LeaderWorkerSet(WorkloadKind):
         last_group = spec.serving.replicas - 1
         return [(f"{workload}-{last_group}", "the LeaderWorkerSet's worker StatefulSet")]
 
+    def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
+        # The headless Service of the groups' pods, named after the LeaderWorkerSet
+        # (`pkg/controllers/leaderworkerset_controller.go`, SubdomainShared policy).
+        return [workload]
+
     def plan_checks(self, spec: ServiceSpec) -> list[str]:
         if spec.serving.engine == "vllm":
             return ["LWS: workers retry joining the Ray head within the startup budget"]

@@ -36,6 +36,12 @@ NODE_TYPE_LABEL = "ray.io/node-type"
 RECREATE = "Recreate"
 
 
+def head_service(workload: str) -> str:
+    """The head Service KubeRay creates, "<cluster>-head-svc" (ray-operator
+    `controllers/ray/utils/util.go` GenerateHeadServiceName), which workers join through."""
+    return f"{workload}-head-svc"
+
+
 @register
 class RayCluster(WorkloadKind):
     kind = "RayCluster"
@@ -53,6 +59,9 @@ class RayCluster(WorkloadKind):
 
     def entry_selector(self, workload: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
         return {CLUSTER_LABEL: workload, NODE_TYPE_LABEL: "head"}
+
+    def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
+        return [head_service(workload)]
 
     def plan_checks(self, spec: ServiceSpec) -> list[str]:
         port = spec.serving.port

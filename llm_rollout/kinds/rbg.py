@@ -162,6 +162,9 @@ class RoleBasedGroup(WorkloadKind):
             (f"{workload}-{role}", f"the RoleBasedGroup's {role} StatefulSet") for role in PD_ROLES
         ]
 
+    def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
+        return [default_role_service(workload, role) for role in PD_ROLES]
+
     def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, JsonDict]]:
         for i, role in enumerate((obj.get("spec") or {}).get("roles") or []):
             if "template" in role:
