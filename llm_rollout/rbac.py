@@ -14,6 +14,8 @@ import jinja2
 import yaml
 
 from llm_rollout.errors import SpecError
+from llm_rollout.kinds import rendered_kinds
+from llm_rollout.kube.readiness import AUTOSCALER_STATUS
 from llm_rollout.templates import template_loader
 
 DEFAULT_SERVICE_ACCOUNT = "llm-rollout-worker"
@@ -39,7 +41,8 @@ def render_worker_rbac(
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     cluster_role: str = DEFAULT_CLUSTER_ROLE,
 ) -> list[dict[str, Any]]:
-    """The objects, in apply order (ServiceAccount, Role, RoleBinding, ClusterRole, binding)."""
+    """The objects, in apply order: ServiceAccount, Role, RoleBinding, the Role and RoleBinding
+    for cluster-autoscaler's status ConfigMap (in its namespace), ClusterRole, binding."""
     _check("--namespace", namespace, _DNS_LABEL)
     _check("--service-account", service_account, _DNS_SUBDOMAIN)
     _check("--cluster-role", cluster_role, _DNS_SUBDOMAIN)
@@ -50,7 +53,11 @@ def render_worker_rbac(
         autoescape=False,  # noqa: S701 - YAML, not HTML; every value was checked above
     )
     text = env.get_template(TEMPLATE).render(
-        namespace=namespace, service_account=service_account, cluster_role=cluster_role
+        namespace=namespace,
+        service_account=service_account,
+        cluster_role=cluster_role,
+        workloads=[(kind.group, kind.plural) for kind in rendered_kinds()],
+        autoscaler_status=(AUTOSCALER_STATUS.namespace, AUTOSCALER_STATUS.name),
     )
     return [doc for doc in yaml.safe_load_all(text) if doc]
 

@@ -77,6 +77,7 @@ __all__ = [
     "Tolerances",
     "WorkloadFailed",
     "pod_selector_for",
+    "read_autoscaler_status",
     "wait_deleted",
     "wait_pvc_bound",
     "wait_ready",
@@ -527,6 +528,13 @@ def _capture_crashes(
     return Incarnations(seen.uids, crash)
 
 
+def read_autoscaler_status(api: k8s_client.ApiClient) -> JsonDict | None:
+    """cluster-autoscaler's status ConfigMap (None when there is none); the worker's RBAC
+    grants `get` on exactly this object (manifests/rbac/worker.yaml.j2)."""
+    configmap: JsonDict | None = call_with_retry(lambda: get(api, AUTOSCALER_STATUS))
+    return configmap
+
+
 class _AutoscalerView:
     """cluster-autoscaler's status ConfigMap, read when an unschedulable pod needs it.
 
@@ -547,7 +555,7 @@ class _AutoscalerView:
             return self._state
         self._read_at = now
         try:
-            configmap = call_with_retry(lambda: get(self._api, AUTOSCALER_STATUS))
+            configmap = read_autoscaler_status(self._api)
         except UnauthorizedError as exc:
             log.info("cannot read %s: %s", AUTOSCALER_STATUS, exc)
             configmap = None

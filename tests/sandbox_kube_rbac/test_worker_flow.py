@@ -26,7 +26,7 @@ from llm_rollout.kube.objects import (
     delete_all,
     secret_value,
 )
-from llm_rollout.kube.readiness import wait_ready
+from llm_rollout.kube.readiness import read_autoscaler_status, wait_ready
 from llm_rollout.kube.resources import ObjectRef, read_pod_log
 from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.locking import acquire, release
@@ -113,6 +113,9 @@ def _deploy_and_remove(
     workload = next(ObjectRef.of(o) for o in workload_objects if o["kind"] in WORKLOAD_KINDS)
     ready = wait_ready(worker, workload, timeout_s=60)
     assert ready.pods
+    # Readiness reads cluster-autoscaler's status ConfigMap only while a pod is Unschedulable,
+    # which none is here; the same call, made as the worker.
+    read_autoscaler_status(worker)
 
     pod = release_pods(worker, NAMESPACE, spec.name, release_id)[0]
     container = pod["spec"]["containers"][0]["name"]
