@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from llm_rollout.errors import PermanentError
+
 if TYPE_CHECKING:
     from llm_rollout.spec import ServiceSpec
 
@@ -32,7 +34,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 ERDMA_RESOURCE = "aliyun/erdma"
 
 
-class UnsupportedKindError(LookupError):
+class UnsupportedKindError(PermanentError):
     """A kind or shape no module of this package describes."""
 
 
