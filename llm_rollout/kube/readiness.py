@@ -33,6 +33,7 @@ from kubernetes import client as k8s_client
 from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kinds import WorkloadKind, kind_of
 from llm_rollout.kinds.base import accept_all
+from llm_rollout.kinds.base import conditions as _conditions
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.readiness_rules import (
@@ -175,15 +176,6 @@ class ReadyReport:
     pods: list[ObjectRef]
     status: JsonDict = field(default_factory=dict)
     watch_resyncs: int = 0
-
-
-def _conditions(obj: Mapping[str, Any]) -> dict[str, JsonDict]:
-    status = obj.get("status") or {}
-    return {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, dict)}
-
-
-def _condition_true(obj: Mapping[str, Any], name: str) -> bool:
-    return str(_conditions(obj).get(name, {}).get("status")) == "True"
 
 
 def workload_missing(obj: Mapping[str, Any]) -> list[str]:
