@@ -559,48 +559,25 @@ class _Ctx:
             args += ["--disaggregation-transfer-backend", pd.transfer_backend]
         return args + _sglang_extra(self.spec)
 
+    # KubeRay's pods: what each helper returns, and why, is in `llm_rollout.kinds.raycluster`.
+
     def ray_head_params(self) -> dict[str, str]:
-        # rayStartParams values must be strings.
-        return {
-            "dashboard-host": "0.0.0.0",  # noqa: S104
-            "num-gpus": str(self.spec.serving.gpus_per_node),
-            "port": str(RAY_GCS_PORT),
-            "metrics-export-port": str(self.ray_metrics_port()),
-        }
+        return raycluster.head_start_params(self.spec)
 
     def ray_worker_params(self) -> dict[str, str]:
-        return {
-            "num-gpus": str(self.spec.serving.gpus_per_node),
-            "metrics-export-port": str(self.ray_metrics_port()),
-        }
-
-    def ray_metrics_port(self) -> int:
-        return kuberay.metrics_port(self.spec.serving.port)
+        return raycluster.worker_start_params(self.spec)
 
     def ray_head_ports(self) -> list[dict[str, Any]]:
-        """Head container ports besides `http`; `metrics` is named so KubeRay adds none."""
-        return [
-            {"name": "gcs", "port": kuberay.GCS_PORT},
-            {"name": "dashboard", "port": kuberay.DASHBOARD_PORT},
-            {"name": "client", "port": kuberay.CLIENT_PORT},
-            {"name": kuberay.METRICS_PORT_NAME, "port": self.ray_metrics_port()},
-        ]
+        return raycluster.head_ports(self.spec)
 
     def ray_worker_ports(self) -> list[dict[str, Any]]:
-        return [{"name": kuberay.METRICS_PORT_NAME, "port": self.ray_metrics_port()}]
+        return raycluster.worker_ports(self.spec)
 
     def ray_worker_probes(self) -> dict[str, K8sObject]:
-        probes = self.spec.serving.probes
-        return kuberay.worker_probes(
-            period_s=probes.period_s,
-            timeout_s=probes.timeout_s,
-            failure_threshold=probes.failure_threshold,
-            startup_budget_s=probes.startup_budget_s,
-        )
+        return raycluster.worker_probes(self.spec)
 
     def ray_head_address(self) -> str:
-        service = raycluster.head_service(self.workload)
-        return f"{service}.{self.namespace}.svc.cluster.local:{RAY_GCS_PORT}"
+        return raycluster.head_address(self.workload, self.namespace)
 
     @staticmethod
     def ray_flags(params: dict[str, str]) -> str:

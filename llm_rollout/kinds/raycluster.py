@@ -42,6 +42,61 @@ def head_service(workload: str) -> str:
     return f"{workload}-head-svc"
 
 
+# --- the pods we declare, shaped so KubeRay adds nothing of its own (see llm_rollout.kuberay) ---
+
+
+def _metrics_port(spec: ServiceSpec) -> int:
+    return kuberay.metrics_port(spec.serving.port)
+
+
+def head_start_params(spec: ServiceSpec) -> dict[str, str]:
+    """`rayStartParams` of the head (values must be strings); GCS on Ray's port, metrics on
+    the port we name `metrics`."""
+    return {
+        "dashboard-host": "0.0.0.0",  # noqa: S104 - workers and the dashboard reach it
+        "num-gpus": str(spec.serving.gpus_per_node),
+        "port": str(kuberay.GCS_PORT),
+        "metrics-export-port": str(_metrics_port(spec)),
+    }
+
+
+def worker_start_params(spec: ServiceSpec) -> dict[str, str]:
+    return {
+        "num-gpus": str(spec.serving.gpus_per_node),
+        "metrics-export-port": str(_metrics_port(spec)),
+    }
+
+
+def head_ports(spec: ServiceSpec) -> list[dict[str, Any]]:
+    """Head container ports besides `http`; `metrics` is named so KubeRay adds none."""
+    return [
+        {"name": "gcs", "port": kuberay.GCS_PORT},
+        {"name": "dashboard", "port": kuberay.DASHBOARD_PORT},
+        {"name": "client", "port": kuberay.CLIENT_PORT},
+        {"name": kuberay.METRICS_PORT_NAME, "port": _metrics_port(spec)},
+    ]
+
+
+def worker_ports(spec: ServiceSpec) -> list[dict[str, Any]]:
+    return [{"name": kuberay.METRICS_PORT_NAME, "port": _metrics_port(spec)}]
+
+
+def worker_probes(spec: ServiceSpec) -> dict[str, Any]:
+    """Declared so KubeRay injects no dashboard-agent probes (`kuberay.worker_probes`)."""
+    probes = spec.serving.probes
+    return kuberay.worker_probes(
+        period_s=probes.period_s,
+        timeout_s=probes.timeout_s,
+        failure_threshold=probes.failure_threshold,
+        startup_budget_s=probes.startup_budget_s,
+    )
+
+
+def head_address(workload: str, namespace: str) -> str:
+    """The GCS address workers join: the head Service's cluster DNS name."""
+    return f"{head_service(workload)}.{namespace}.svc.cluster.local:{kuberay.GCS_PORT}"
+
+
 @register
 class RayCluster(WorkloadKind):
     kind = "RayCluster"
