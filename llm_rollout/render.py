@@ -492,11 +492,8 @@ class _Ctx:
         return rbg.default_role_service(self.workload, role)
 
     def rbg_pod_url(self, role: str, index: int) -> str:
-        # Role pods are named "<rbg>-<role>-<i>" with the role Service as subdomain, so each
-        # has a stable DNS name.
-        pod = f"{self.workload}-{role}-{index}"
-        svc = self.rbg_role_service(role)
-        return f"http://{pod}.{svc}.{self.namespace}.svc:{self.spec.serving.port}"
+        host = rbg.role_pod_host(self.workload, role, index, self.rbg_role_service(role))
+        return f"http://{host}.{self.namespace}.svc:{self.spec.serving.port}"
 
     def router_probes(self) -> dict[str, K8sObject]:
         """Readiness and liveness of the PD router.

@@ -63,6 +63,12 @@ def default_role_service(workload: str, role: str) -> str:
     return f"s-{workload}-{role}"
 
 
+def role_pod_host(workload: str, role: str, index: int, service: str) -> str:
+    """A role pod's stable DNS name below its namespace: pods are named "<rbg>-<role>-<i>"
+    with the role's headless Service as subdomain."""
+    return f"{workload}-{role}-{index}.{service}"
+
+
 class RoleServiceError(PermanentError):
     """The pods of an RBG role do not name one headless Service."""
 
