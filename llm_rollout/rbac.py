@@ -15,7 +15,7 @@ import yaml
 
 from llm_rollout.errors import SpecError
 from llm_rollout.kinds import rendered_kinds
-from llm_rollout.kube.readiness import AUTOSCALER_STATUS
+from llm_rollout.readiness import AUTOSCALER_STATUS
 from llm_rollout.templates import template_loader
 
 DEFAULT_SERVICE_ACCOUNT = "llm-rollout-worker"

@@ -22,10 +22,10 @@ from llm_rollout.kinds import rendered_kinds
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, delete, get
-from llm_rollout.kube.readiness import pod_selector_for, workload_missing
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
 from llm_rollout.kube.watching import WaitTimeout, WatchSpec, call_with_retry, watching
 from llm_rollout.preflight import ServingRelease, pods_by_node
+from llm_rollout.readiness import pod_selector_for, workload_missing
 from llm_rollout.record import (
     ANN_PREVIOUS_RELEASE,
     ANN_RELEASE,

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import PermanentError
-from llm_rollout.kube.readiness import pod_selector_for, workload_missing
+from llm_rollout.readiness import pod_selector_for, workload_missing
 
 
 def _obj(kind: str, spec: dict[str, Any], status: dict[str, Any], **meta: Any) -> dict[str, Any]:
@@ -115,7 +115,7 @@ def test_pod_selectors_follow_each_controller_labels() -> None:
 
 
 def test_log_selection_keeps_an_early_root_cause() -> None:
-    from llm_rollout.kube.readiness import LOG_TAIL_LINES, select_log_lines
+    from llm_rollout.readiness import LOG_TAIL_LINES, select_log_lines
 
     noise = [f"shutdown step {i}" for i in range(60)]
     lines = [
@@ -131,7 +131,7 @@ def test_log_selection_keeps_an_early_root_cause() -> None:
 
 
 def test_log_selection_is_the_plain_tail_without_errors() -> None:
-    from llm_rollout.kube.readiness import LOG_TAIL_LINES, select_log_lines
+    from llm_rollout.readiness import LOG_TAIL_LINES, select_log_lines
 
     lines = [f"line {i}" for i in range(100)]
     assert select_log_lines(lines) == lines[-LOG_TAIL_LINES:]

@@ -14,8 +14,8 @@ from llm_rollout.cli import app
 from llm_rollout.errors import RolloutError
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply
-from llm_rollout.kube.readiness import AUTOSCALER_STATUS, read_autoscaler_status
 from llm_rollout.rbac import worker_user
+from llm_rollout.readiness import AUTOSCALER_STATUS, read_autoscaler_status
 from tests.sandbox_kube_rbac.conftest import NAMESPACE, OTHER_NAMESPACE, forbidden
 
 USER = worker_user(NAMESPACE)

@@ -26,12 +26,12 @@ from llm_rollout.kube.objects import (
     delete_all,
     secret_value,
 )
-from llm_rollout.kube.readiness import read_autoscaler_status, wait_ready
 from llm_rollout.kube.resources import ObjectRef, read_pod_log
 from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.locking import acquire, release
 from llm_rollout.preflight import PreflightReport, check_cluster
 from llm_rollout.rbac import worker_user
+from llm_rollout.readiness import read_autoscaler_status, wait_ready
 from llm_rollout.release import (
     apply_checked,
     find_serving_release,

@@ -36,7 +36,16 @@ from llm_rollout.kinds.base import accept_all
 from llm_rollout.kinds.base import conditions as _conditions
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import get
-from llm_rollout.kube.readiness_rules import (
+from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
+from llm_rollout.kube.watching import (
+    WaitTimeout,
+    WatchSpec,
+    call_with_retry,
+    wait_deleted,
+    wait_pvc_bound,
+    watching,
+)
+from llm_rollout.readiness_rules import (
     DEFAULT_TOLERANCES,
     GROUP_CRASH_LOOP,
     NO_AUTOSCALER,
@@ -59,15 +68,6 @@ from llm_rollout.kube.readiness_rules import (
     pod_signals,
     stable_slot,
     track,
-)
-from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
-from llm_rollout.kube.watching import (
-    WaitTimeout,
-    WatchSpec,
-    call_with_retry,
-    wait_deleted,
-    wait_pvc_bound,
-    watching,
 )
 
 __all__ = [
