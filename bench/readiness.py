@@ -42,14 +42,14 @@ from typing import Any
 
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply, get
-from llm_rollout.kube.readiness import (
+from llm_rollout.kube.resources import ObjectRef, list_objects
+from llm_rollout.readiness import (
     WorkloadFailed,
     pod_selector_for,
     wait_ready,
     workload_missing,
 )
-from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES
-from llm_rollout.kube.resources import ObjectRef, list_objects
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 
 IMAGE_FAIL_REASONS = {"ErrImagePull", "ImagePullBackOff"}

@@ -733,7 +733,7 @@ class InputWorld:
 def _cli(argv: list[str]) -> tuple[int, str]:
     from typer.testing import CliRunner
 
-    from cli import app
+    from llm_rollout.cli import app
 
     result = CliRunner().invoke(app, argv)
     return result.exit_code, result.output
@@ -1217,7 +1217,7 @@ WORKLOAD_KINDS: dict[str, tuple[str, ...]] = {
 }
 FAIL_FAST_S = 25.0
 # The workload faults here are persistent: readiness fails them once they outlast their
-# tolerance (llm_rollout/kube/readiness_rules.py). One second each, so the verdict comes within
+# tolerance (llm_rollout/readiness_rules.py). One second each, so the verdict comes within
 # FAIL_FAST_S; a transient signal that clears inside the (default) tolerance is
 # tests/kube_edge/test_readiness_tolerance.py's and bench/readiness.py's case.
 # A lost node's tolerance is 0: the sandbox's node controller replaces the lost pod on the spare

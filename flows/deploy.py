@@ -32,10 +32,10 @@ from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
 from llm_rollout.errors import PermanentError, RolloutError
-from llm_rollout.kube.readiness_rules import tolerances_of
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.locking import ServiceLock, lease_name
 from llm_rollout.preflight import PreflightReport
+from llm_rollout.readiness_rules import tolerances_of
 from llm_rollout.record import Outcome, RunSummary, SmokeSummary, StageTiming, smoke_summary
 from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import Strategy, new_release_id

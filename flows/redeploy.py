@@ -9,10 +9,10 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from llm_rollout.errors import PermanentError
-from llm_rollout.redeploy import Action, RedeployRequest
+from llm_rollout.redeploy import ROLL_PROOF_S, Action, RedeployRequest
 from llm_rollout.spec import SmokeSpec
 from tasks.readiness import wait_workload_ready
-from tasks.redeploy import apply_change, revert_change, route_to_previous
+from tasks.redeploy import apply_change, prove_rolled, revert_change, route_to_previous
 from tasks.refresh import rollout_lease
 from tasks.smoke import smoke_test
 
@@ -77,6 +77,8 @@ def redeploy(
         try:
             ready = wait_workload_ready(change.workload, timeout_s=float(request.ready_timeout_s))
             logger.info("%s ready: %d pod(s)", change.workload, len(ready.pods))
+            # Ready alone does not say the pods run the change (issue 16, B7).
+            prove_rolled(change, timeout_s=min(float(request.ready_timeout_s), ROLL_PROOF_S))
             if request.restarts_pods:
                 outcome = smoke_test(
                     request.smoke,

@@ -16,7 +16,6 @@ import fnmatch
 import hashlib
 import ipaddress
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from urllib.parse import urlparse
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.settings import settings
 from llm_rollout.upstream_names import (
     UnsafeUpstreamData,
     check_listing,
@@ -148,7 +148,7 @@ class HubClient:
         # modelscope_hub is a few hundred ms to import; only pay when a hub is used.
         from modelscope_hub.api import HubApi
 
-        endpoint = endpoint or os.environ.get("MODELSCOPE_ENDPOINT") or None
+        endpoint = endpoint or settings().modelscope_endpoint
         self._api = HubApi(endpoint=endpoint, token=token, user_agent={"invoked_by": "llm-rollout"})
 
     @property

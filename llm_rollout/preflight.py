@@ -30,7 +30,7 @@ import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from kubernetes import client as k8s_client
 
@@ -38,6 +38,8 @@ from llm_rollout import kv_cache
 from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
 from llm_rollout.errors import PreflightError, RolloutError
 from llm_rollout.hub import HubClient
+from llm_rollout.kinds import ApiRequirement, RbgFlavor, kind_for, kind_for_shape
+from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.kube.client import server_version
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.resources import list_objects, request_json, served_versions
@@ -57,11 +59,6 @@ from llm_rollout.strategy import (
 )
 
 MIN_SERVER_VERSION = (1, 28)
-RbgFlavor = Literal["v0.6", "v0.7"]
-
-LWS_GROUP = "leaderworkerset.x-k8s.io"
-RBG_GROUP = "workloads.x-k8s.io"
-RAY_GROUP = "ray.io"
 
 _T = TypeVar("_T")
 
@@ -72,42 +69,15 @@ def _read(fn: Callable[[], _T]) -> _T:
     return result
 
 
-@dataclass(frozen=True)
-class ApiRequirement:
-    """An API group/kind a shape's objects need, and the versions that would do."""
-
-    group: str
-    kind: str
-    versions: tuple[str, ...]
-    why: str
-
-
 def required_apis(shape: str) -> list[ApiRequirement]:
     """The custom resources a serving shape renders (core kinds are always present)."""
-    if shape == "multi-node":
-        return [ApiRequirement(LWS_GROUP, "LeaderWorkerSet", ("v1",), "multi-node (LWS)")]
-    if shape == "pd-disaggregated":
-        return [
-            ApiRequirement(
-                RBG_GROUP, "RoleBasedGroup", ("v1alpha2", "v1alpha1"), "pd-disaggregated (RBG)"
-            )
-        ]
-    if shape == "ray-cluster":
-        return [ApiRequirement(RAY_GROUP, "RayCluster", ("v1",), "ray-cluster (KubeRay)")]
-    return []
+    need = kind_for_shape(shape).required_api()
+    return [need] if need is not None else []
 
 
 def rbg_flavor_from_versions(versions: Sequence[str]) -> RbgFlavor | None:
-    """v0.7+ serves v1alpha2 (and keeps v1alpha1); v0.6 serves v1alpha1 only.
-
-    The flavor decides label and env conventions, so it must follow what the cluster runs,
-    not what the user guesses.
-    """
-    if "v1alpha2" in versions:
-        return "v0.7"
-    if "v1alpha1" in versions:
-        return "v0.6"
-    return None
+    """The RoleBasedGroup convention the cluster runs, from the versions it serves."""
+    return RoleBasedGroup().flavor_from_versions(versions)
 
 
 @dataclass(frozen=True)
@@ -252,8 +222,9 @@ def check_cluster(
             apis_ok = False
             continue
         report.checks.append(f"{need.kind}.{need.group} served at {', '.join(usable)}")
-        if need.group == RBG_GROUP:
-            report.rbg_flavor = rbg_flavor_from_versions(versions)
+        flavor = kind_for(spec).flavor_from_versions(versions)
+        if flavor is not None:
+            report.rbg_flavor = flavor
 
     try:
         _read(

@@ -8,14 +8,15 @@ worker then runs the flows with the ServiceAccount's token.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import jinja2
 import yaml
 
 from llm_rollout.errors import SpecError
-from llm_rollout.render import MANIFESTS_DIR
+from llm_rollout.kinds import rendered_kinds
+from llm_rollout.readiness import AUTOSCALER_STATUS
+from llm_rollout.templates import template_loader
 
 DEFAULT_SERVICE_ACCOUNT = "llm-rollout-worker"
 DEFAULT_CLUSTER_ROLE = "llm-rollout-worker"
@@ -39,20 +40,24 @@ def render_worker_rbac(
     *,
     service_account: str = DEFAULT_SERVICE_ACCOUNT,
     cluster_role: str = DEFAULT_CLUSTER_ROLE,
-    manifests_dir: Path = MANIFESTS_DIR,
 ) -> list[dict[str, Any]]:
-    """The objects, in apply order (ServiceAccount, Role, RoleBinding, ClusterRole, binding)."""
+    """The objects, in apply order: ServiceAccount, Role, RoleBinding, the Role and RoleBinding
+    for cluster-autoscaler's status ConfigMap (in its namespace), ClusterRole, binding."""
     _check("--namespace", namespace, _DNS_LABEL)
     _check("--service-account", service_account, _DNS_SUBDOMAIN)
     _check("--cluster-role", cluster_role, _DNS_SUBDOMAIN)
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(manifests_dir)),
+        loader=template_loader(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - YAML, not HTML; every value was checked above
     )
     text = env.get_template(TEMPLATE).render(
-        namespace=namespace, service_account=service_account, cluster_role=cluster_role
+        namespace=namespace,
+        service_account=service_account,
+        cluster_role=cluster_role,
+        workloads=[(kind.group, kind.plural) for kind in rendered_kinds()],
+        autoscaler_status=(AUTOSCALER_STATUS.namespace, AUTOSCALER_STATUS.name),
     )
     return [doc for doc in yaml.safe_load_all(text) if doc]
 

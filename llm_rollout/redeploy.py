@@ -5,11 +5,23 @@ Everything is read from the cluster: the stable Service names the serving releas
 workload is read back, changed, and applied whole by the one field manager (server-side apply
 with `force`, so the fields stay ours). A change that restarts pods goes through readiness and
 the smoke gate; when the gate fails, the workload read before the change is applied again.
+
+A change of the pod templates must reach the running pods, and the redeploy proves it did
+(issue 16, B7). Before applying, the workload's kind says what its controller does with such a
+change (`WorkloadKind.pod_roll`): a kind that would leave the pods as they are (a RayCluster
+without KubeRay's Recreate upgrade strategy, an annotation-only restart of an RBG v0.7 group)
+is refused with what to do instead (`NoEffectError`), nothing applied. After readiness,
+`wait_rolled` waits until every live pod of the workload is a new one (a UID not seen before
+the change) or, for in-place kinds, one whose containers restarted, and fails plainly when
+they do not.
 """
 
 from __future__ import annotations
 
 import copy
+import shlex
+import time
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
 
@@ -17,12 +29,14 @@ from kubernetes import client as k8s_client
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llm_rollout.errors import PermanentError
-from llm_rollout.kube.resources import JsonDict, ObjectRef
-from llm_rollout.release import read_release_state, release_objects
+from llm_rollout.kinds import PodRoll, TemplateChange, WorkloadKind, kind_of
+from llm_rollout.kinds.base import PodFilter
+from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
+from llm_rollout.kube.watching import WatchSpec, call_with_retry, watching
+from llm_rollout.release import WORKLOAD_KINDS, read_release_state, release_objects
 from llm_rollout.spec import DNS1123_LABEL, IMAGE_REF, SAFE_ARG, SecretKeyRef, SmokeSpec
 
 RESTARTED_AT_ANNOTATION = "llm-rollout.io/restarted-at"
-WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")
 # Server-owned metadata that must not be sent back in an apply.
 _SERVER_METADATA = (
     "resourceVersion",
@@ -235,16 +249,28 @@ def release_service(
     raise PermanentError(f"release {release} of Service {namespace}/{service} has no Service")
 
 
+def _flag_value(tokens: list[str], flag: str) -> str | None:
+    if flag in tokens:
+        position = tokens.index(flag)
+        if position + 1 < len(tokens):
+            return tokens[position + 1]
+    return None
+
+
 def served_model(workload: JsonDict) -> tuple[str, SecretKeyRef | None]:
     """The model name clients send and the API-key Secret reference, from the engine container."""
     templates = pod_templates(workload)
     container = templates[0]["spec"]["containers"][0] if templates else {}
     args = [str(a) for a in container.get("args") or []]
-    name = None
-    if "--served-model-name" in args:
-        position = args.index("--served-model-name")
-        if position + 1 < len(args):
-            name = args[position + 1]
+    name = _flag_value(args, "--served-model-name")
+    command = [str(c) for c in container.get("command") or []]
+    if name is None and len(command) >= 2 and command[-2] == "-c":
+        # Ray and multi-node engines start from a shell script (`bash -c`) that runs
+        # `vllm serve ... --served-model-name NAME`; the script quotes each argument.
+        try:
+            name = _flag_value(shlex.split(command[-1]), "--served-model-name")
+        except ValueError:
+            name = None
     if name is None:
         raise PermanentError("cannot tell the served model name from the engine arguments")
     key: SecretKeyRef | None = None
@@ -253,3 +279,153 @@ def served_model(workload: JsonDict) -> tuple[str, SecretKeyRef | None]:
         if str(env.get("name", "")).endswith("API_KEY") and ref:
             key = SecretKeyRef(secret_name=str(ref["name"]), key=str(ref["key"]))
     return name, key
+
+
+# --- proving the change reached the pods (B7) -----------------------------------------------------
+
+# Readiness already waited for the new pods; what may still lag is the old pods' deletion
+# being recorded, which the controller does within a sync or two.
+ROLL_PROOF_S = 120.0
+
+# Per live pod (by UID): each container's "<containerID>#<restartCount>", what an in-place
+# restart changes while the UID stays.
+PodIncarnations = dict[str, dict[str, str]]
+
+
+class NoEffectError(PermanentError):
+    """A pod-template change that does not (or would not) reach the running pods."""
+
+
+def template_change(request: RedeployRequest) -> TemplateChange | None:
+    """What the request changes in the pod templates; None when it changes none (scale)."""
+    if request.engine_args:
+        return "spec"
+    if request.image is not None:
+        return "image"
+    if request.action == "restart":
+        return "metadata"
+    return None
+
+
+def _kind(workload: Mapping[str, Any]) -> WorkloadKind:
+    kind = kind_of(workload)
+    if kind is None:
+        raise PermanentError(f"{workload.get('kind')} is not a workload kind llm-rollout serves")
+    return kind
+
+
+def expected_roll(workload: Mapping[str, Any], request: RedeployRequest) -> PodRoll | None:
+    """How the pods will take the request's change; `NoEffectError` when they would not.
+
+    Called before anything is applied, so a change the controller would ignore is refused
+    with the kind's advice instead of reported as done.
+    """
+    change = template_change(request)
+    if change is None:
+        return None
+    kind = _kind(workload)
+    roll = kind.pod_roll(workload, change)
+    if roll.mode == "none":
+        name = ObjectRef.of(workload).name
+        raise NoEffectError(
+            f"{request.action} of {kind.kind} {name} not applied: its running pods would keep "
+            f"the old template. {roll.advice}"
+        )
+    return roll
+
+
+def _live(pod: Mapping[str, Any]) -> bool:
+    return not (pod.get("metadata") or {}).get("deletionTimestamp")
+
+
+def incarnations(pods: Iterable[Mapping[str, Any]]) -> PodIncarnations:
+    """The live pods' UIDs with each container's identity and restart count."""
+    found: PodIncarnations = {}
+    for pod in pods:
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        if not uid or not _live(pod):
+            continue
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        found[uid] = {
+            str(c.get("name")): f"{c.get('containerID') or ''}#{c.get('restartCount') or 0}"
+            for c in statuses
+        }
+    return found
+
+
+def not_rolled(
+    before: PodIncarnations, pods: Iterable[Mapping[str, Any]], roll: PodRoll
+) -> list[str]:
+    """Live pods that still run as they did before the change ([] = every pod rolled)."""
+    missing: list[str] = []
+    live = [pod for pod in pods if _live(pod)]
+    if not live:
+        return ["no live pods yet"]
+    now = incarnations(live)
+    for pod in live:
+        meta = pod.get("metadata") or {}
+        uid, name = str(meta.get("uid") or ""), str(meta.get("name"))
+        old = before.get(uid)
+        if old is None:
+            continue  # a pod created after the change
+        if roll.mode == "in-place":
+            restarted = [
+                c for c, seen in now.get(uid, {}).items() if old.get(c) not in (None, seen)
+            ]
+            if restarted:
+                continue
+            missing.append(f"pod {name} (uid {uid}): no container restarted since the change")
+        else:
+            missing.append(f"pod {name} (uid {uid}) is still the one from before the change")
+    return missing
+
+
+def pod_watch(workload: Mapping[str, Any]) -> tuple[WatchSpec, PodFilter]:
+    """The watch over a workload's pods and the client-side filter its kind needs."""
+    selector, keep = _kind(workload).pod_selector(workload)
+    namespace = ObjectRef.of(workload).namespace
+    return WatchSpec("v1", "Pod", namespace, label_selector=selector), keep
+
+
+def workload_incarnations(
+    api: k8s_client.ApiClient, workload: Mapping[str, Any]
+) -> PodIncarnations:
+    """The workload's live pods as they are now (what `wait_rolled` compares against)."""
+    spec, keep = pod_watch(workload)
+    pods, _ = call_with_retry(
+        lambda: list_objects(api, "v1", "Pod", spec.namespace, label_selector=spec.label_selector)
+    )
+    return incarnations(p for p in pods if keep(p))
+
+
+def wait_rolled(
+    api: k8s_client.ApiClient,
+    workload: Mapping[str, Any],
+    before: PodIncarnations,
+    roll: PodRoll,
+    timeout_s: float,
+) -> list[str]:
+    """Wait until every live pod of `workload` took the change; return their names.
+
+    Old pods of a replaced set may still be going when readiness holds (a Deployment counts
+    them out once they terminate), so this watches rather than looks once. A timeout is a
+    `NoEffectError` naming the pods that did not change.
+    """
+    spec, keep = pod_watch(workload)
+    deadline = time.monotonic() + timeout_s
+    with watching(api, [spec]) as group:
+        while True:
+            missing = ["pods not listed yet"]
+            if spec in group.synced:
+                pods = [p for p in group.cache[spec].values() if keep(p)]
+                missing = not_rolled(before, pods, roll)
+                if not missing:
+                    return sorted(str(p["metadata"]["name"]) for p in pods if _live(p))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                ref = ObjectRef.of(workload)
+                raise NoEffectError(
+                    f"{ref}: the change did not reach its pods within {timeout_s:.0f}s: "
+                    + "; ".join(missing)
+                )
+            group.next(remaining)

@@ -18,13 +18,14 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.kinds import rendered_kinds
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, delete, get
-from llm_rollout.kube.readiness import pod_selector_for, workload_missing
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
 from llm_rollout.kube.watching import WaitTimeout, WatchSpec, call_with_retry, watching
 from llm_rollout.preflight import ServingRelease, pods_by_node
+from llm_rollout.readiness import pod_selector_for, workload_missing
 from llm_rollout.record import (
     ANN_PREVIOUS_RELEASE,
     ANN_RELEASE,
@@ -40,11 +41,7 @@ log = logging.getLogger(__name__)
 # Kinds a release may own, in dependency order (a release's Services select its pods, so they
 # go after the workload when applying and before it when deleting).
 RELEASE_KINDS: tuple[tuple[str, str], ...] = (
-    ("apps/v1", "Deployment"),
-    ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"),
-    ("workloads.x-k8s.io/v1alpha2", "RoleBasedGroup"),
-    ("workloads.x-k8s.io/v1alpha1", "RoleBasedGroup"),
-    ("ray.io/v1", "RayCluster"),
+    *((api_version, k.kind) for k in rendered_kinds() for api_version in k.api_versions()),
     ("v1", "Service"),
 )
 
@@ -307,7 +304,7 @@ class ServiceStatus:
     previous_release_present: bool
 
 
-WORKLOAD_KINDS = frozenset({"Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster"})
+WORKLOAD_KINDS = frozenset(k.kind for k in rendered_kinds())
 
 
 def release_workloads(

@@ -46,20 +46,20 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
 import yaml
 
 from llm_rollout import kuberay, kv_cache
-from llm_rollout.errors import PermanentError, SpecError
+from llm_rollout.errors import SpecError
+from llm_rollout.kinds import RbgFlavor, kind_for, raycluster, rbg
+from llm_rollout.kinds.rbg import RoleServiceError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
+from llm_rollout.templates import template_loader
 
-RbgFlavor = Literal["v0.6", "v0.7"]
 K8sObject = dict[str, Any]
 
-MANIFESTS_DIR = Path(__file__).resolve().parent.parent / "manifests"
 MANAGED_BY = "llm-rollout"
 RELEASE_LABEL = "llm-rollout.io/release"
 ENTRYPOINT_LABEL = "llm-rollout.io/entrypoint"
@@ -102,7 +102,8 @@ def workload_name(spec: ServiceSpec, release: str) -> str:
 
 
 def release_service_name(spec: ServiceSpec, release: str) -> str:
-    # LWS already creates a headless Service named after the workload, hence the suffix.
+    # Workload controllers create Services named after the workload (LWS: the workload's own
+    # name; see `WorkloadKind.controller_services`), hence the suffix.
     return f"{spec.name}-{release}-api"
 
 
@@ -120,61 +121,6 @@ def check_release(release: str) -> None:
         )
 
 
-# --- RoleBasedGroup conventions -------------------------------------------------------------------
-
-
-def rbg_role_labels(workload: str, role: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
-    """Labels the RBG controller puts on a role's pods (v0.6 v1alpha1 / v0.7+ v1alpha2)."""
-    if rbg_flavor == "v0.6":
-        return {
-            "rolebasedgroup.workloads.x-k8s.io/name": workload,
-            "rolebasedgroup.workloads.x-k8s.io/role": role,
-        }
-    return {
-        "rbg.workloads.x-k8s.io/group-name": workload,
-        "rbg.workloads.x-k8s.io/role-name": role,
-    }
-
-
-class RoleServiceError(PermanentError):
-    """The pods of an RBG role do not name one headless Service."""
-
-
-def rbg_role_services_from_pods(
-    pods: Iterable[Mapping[str, Any]],
-    workload: str,
-    rbg_flavor: RbgFlavor,
-    roles: Iterable[str] = ("prefill", "decode"),
-) -> dict[str, str]:
-    """The headless Service of each role, read from the pods the controller created.
-
-    A pod's DNS name is `<hostname>.<subdomain>.<namespace>.svc`; the StatefulSet controller
-    sets `spec.subdomain` to the set's `serviceName` (kubernetes
-    `pkg/controller/statefulset/stateful_set_utils.go` initIdentity, RBG v0.6) and RBG v0.7
-    sets it on RoleInstance pods itself (`pkg/reconciler/roleinstance/core/instance_core.go`).
-    This is what `render(..., rbg_role_services=...)` binds the router's backends to, whatever
-    naming convention the installed controller follows. Roles without pods yet are left out.
-    """
-    found: dict[str, set[str]] = {}
-    for pod in pods:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        for role in roles:
-            wanted = rbg_role_labels(workload, role, rbg_flavor)
-            if all(labels.get(key) == value for key, value in wanted.items()):
-                subdomain = (pod.get("spec") or {}).get("subdomain")
-                found.setdefault(role, set()).add(subdomain or "")
-    services: dict[str, str] = {}
-    for role, names in found.items():
-        if len(names) != 1 or "" in names:
-            listed = ", ".join(sorted(repr(n) for n in names))
-            raise RoleServiceError(
-                f"RoleBasedGroup {workload}: pods of role {role} do not share one "
-                f"spec.subdomain (found {listed}); cannot address them by DNS"
-            )
-        services[role] = names.pop()
-    return services
-
-
 # --- name lengths the workload controllers derive -------------------------------------------------
 
 # The StatefulSet controller labels every pod `controller-revision-hash: <statefulset>-<hash>`
@@ -187,29 +133,10 @@ REVISION_HASH_MAX = 10
 STATEFULSET_NAME_MAX = LABEL_VALUE_MAX - 1 - REVISION_HASH_MAX
 
 
-def _statefulsets(spec: ServiceSpec, workload: str, rbg_flavor: RbgFlavor) -> list[tuple[str, str]]:
-    """The longest StatefulSet names the workload's controller creates, with who makes them."""
-    shape = spec.serving.shape
-    if shape == "multi-node":
-        # LWS: leader StatefulSet "<lws>", one worker StatefulSet per group named after its
-        # leader pod "<lws>-<group index>" (kubernetes-sigs/lws
-        # `pkg/controllers/pod_controller.go` constructWorkerStatefulSetApplyConfiguration).
-        last_group = spec.serving.replicas - 1
-        return [(f"{workload}-{last_group}", "the LeaderWorkerSet's worker StatefulSet")]
-    if shape == "pd-disaggregated" and rbg_flavor == "v0.6":
-        # RBG v0.6 runs each role as StatefulSet "<rbg>-<role>" (sgl-project/rbg v0.6.0
-        # `pkg/reconciler/sts_reconciler.go`); v0.7 RoleInstanceSets write a short hash.
-        return [
-            (f"{workload}-{role}", f"the RoleBasedGroup's {role} StatefulSet")
-            for role in ("prefill", "decode", "router")
-        ]
-    return []
-
-
 def check_name_lengths(spec: ServiceSpec, release: str, rbg_flavor: RbgFlavor) -> None:
     """Refuse a name whose derived StatefulSet names break pod creation (see above)."""
     workload = workload_name(spec, release)
-    for statefulset, made_by in _statefulsets(spec, workload, rbg_flavor):
+    for statefulset, made_by in kind_for(spec).derived_statefulsets(spec, workload, rbg_flavor):
         excess = len(statefulset) - STATEFULSET_NAME_MAX
         if excess > 0:
             raise SpecError(
@@ -447,14 +374,7 @@ class _Ctx:
 
     def native_entry_selector(self) -> dict[str, str]:
         """Labels the workload controller sets on the entry pods, narrowing the release Service."""
-        shape = self.spec.serving.shape
-        if shape == "multi-node":
-            return {"leaderworkerset.sigs.k8s.io/name": self.workload, "role": "leader"}
-        if shape == "pd-disaggregated":
-            return self.rbg_role_labels("router")
-        if shape == "ray-cluster":
-            return {"ray.io/cluster": self.workload, "ray.io/node-type": "head"}
-        return {}
+        return kind_for(self.spec).entry_selector(self.workload, self.rbg_flavor)
 
     def storage_labels(self) -> dict[str, str]:
         return {
@@ -561,22 +481,19 @@ class _Ctx:
     # RoleBasedGroup conventions differ between v0.6 (v1alpha1) and v0.7+ (v1alpha2).
 
     def rbg_role_labels(self, role: str) -> dict[str, str]:
-        return rbg_role_labels(self.workload, role, self.rbg_flavor)
+        return rbg.role_labels(self.workload, role, self.rbg_flavor)
 
     def rbg_role_service(self, role: str) -> str:
         """Headless Service of a role's pods: as read from the cluster when known, else RBG's
-        current convention "s-<rbg>-<role>" (sgl-project/rbg since v0.5; older controllers,
-        such as the ack-rbgs of the seeds, name it "<rbg>-<role>", and v0.7 keeps an existing
-        one: `pkg/utils/service_utils.go` GetCompatibleHeadlessServiceName)."""
+        current convention (`kinds.rbg.default_role_service`)."""
         known = self.role_services.get(role)
-        return known if known is not None else f"s-{self.workload}-{role}"
+        if known is not None:
+            return known
+        return rbg.default_role_service(self.workload, role)
 
     def rbg_pod_url(self, role: str, index: int) -> str:
-        # Role pods are named "<rbg>-<role>-<i>" with the role Service as subdomain, so each
-        # has a stable DNS name.
-        pod = f"{self.workload}-{role}-{index}"
-        svc = self.rbg_role_service(role)
-        return f"http://{pod}.{svc}.{self.namespace}.svc:{self.spec.serving.port}"
+        host = rbg.role_pod_host(self.workload, role, index, self.rbg_role_service(role))
+        return f"http://{host}.{self.namespace}.svc:{self.spec.serving.port}"
 
     def router_probes(self) -> dict[str, K8sObject]:
         """Readiness and liveness of the PD router.
@@ -639,47 +556,25 @@ class _Ctx:
             args += ["--disaggregation-transfer-backend", pd.transfer_backend]
         return args + _sglang_extra(self.spec)
 
+    # KubeRay's pods: what each helper returns, and why, is in `llm_rollout.kinds.raycluster`.
+
     def ray_head_params(self) -> dict[str, str]:
-        # rayStartParams values must be strings.
-        return {
-            "dashboard-host": "0.0.0.0",  # noqa: S104
-            "num-gpus": str(self.spec.serving.gpus_per_node),
-            "port": str(RAY_GCS_PORT),
-            "metrics-export-port": str(self.ray_metrics_port()),
-        }
+        return raycluster.head_start_params(self.spec)
 
     def ray_worker_params(self) -> dict[str, str]:
-        return {
-            "num-gpus": str(self.spec.serving.gpus_per_node),
-            "metrics-export-port": str(self.ray_metrics_port()),
-        }
-
-    def ray_metrics_port(self) -> int:
-        return kuberay.metrics_port(self.spec.serving.port)
+        return raycluster.worker_start_params(self.spec)
 
     def ray_head_ports(self) -> list[dict[str, Any]]:
-        """Head container ports besides `http`; `metrics` is named so KubeRay adds none."""
-        return [
-            {"name": "gcs", "port": kuberay.GCS_PORT},
-            {"name": "dashboard", "port": kuberay.DASHBOARD_PORT},
-            {"name": "client", "port": kuberay.CLIENT_PORT},
-            {"name": kuberay.METRICS_PORT_NAME, "port": self.ray_metrics_port()},
-        ]
+        return raycluster.head_ports(self.spec)
 
     def ray_worker_ports(self) -> list[dict[str, Any]]:
-        return [{"name": kuberay.METRICS_PORT_NAME, "port": self.ray_metrics_port()}]
+        return raycluster.worker_ports(self.spec)
 
     def ray_worker_probes(self) -> dict[str, K8sObject]:
-        probes = self.spec.serving.probes
-        return kuberay.worker_probes(
-            period_s=probes.period_s,
-            timeout_s=probes.timeout_s,
-            failure_threshold=probes.failure_threshold,
-            startup_budget_s=probes.startup_budget_s,
-        )
+        return raycluster.worker_probes(self.spec)
 
     def ray_head_address(self) -> str:
-        return f"{self.workload}-head-svc.{self.namespace}.svc.cluster.local:{RAY_GCS_PORT}"
+        return raycluster.head_address(self.workload, self.namespace)
 
     @staticmethod
     def ray_flags(params: dict[str, str]) -> str:
@@ -694,9 +589,9 @@ def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=False)
 
 
-def _environment(manifests_dir: Path) -> jinja2.Environment:
+def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(manifests_dir)),
+        loader=template_loader(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -708,18 +603,6 @@ def _environment(manifests_dir: Path) -> jinja2.Environment:
     return env
 
 
-_WORKLOAD_TEMPLATES: dict[tuple[str, str], str] = {
-    ("vllm", "single-gpu"): "vllm/single-gpu.yaml.j2",
-    ("vllm", "tensor-parallel"): "vllm/tensor-parallel.yaml.j2",
-    ("vllm", "multi-node"): "vllm/multi-node-lws.yaml.j2",
-    ("vllm", "ray-cluster"): "vllm/ray-cluster.yaml.j2",
-    ("sglang", "single-gpu"): "sglang/single-node.yaml.j2",
-    ("sglang", "tensor-parallel"): "sglang/single-node.yaml.j2",
-    ("sglang", "multi-node"): "sglang/multi-node-lws.yaml.j2",
-    ("sglang", "pd-disaggregated"): "sglang/pd-rbg.yaml.j2",
-}
-
-
 def _render_docs(env: jinja2.Environment, template: str, ctx: _Ctx) -> list[K8sObject]:
     text = env.get_template(template).render(c=ctx, spec=ctx.spec)
     return [doc for doc in yaml.safe_load_all(text) if doc]
@@ -728,11 +611,12 @@ def _render_docs(env: jinja2.Environment, template: str, ctx: _Ctx) -> list[K8sO
 def template_for(spec: ServiceSpec) -> str:
     """Template path (relative to `manifests/`) of the workload for this engine and shape."""
     key = (spec.serving.engine, spec.serving.shape)
-    if key not in _WORKLOAD_TEMPLATES:
+    templates = kind_for(spec).templates
+    if key not in templates:
         raise SpecError(
             "serving.shape", f"{spec.serving.shape} is not supported with {spec.serving.engine}"
         )
-    return _WORKLOAD_TEMPLATES[key]
+    return templates[key]
 
 
 def render(
@@ -740,7 +624,6 @@ def render(
     *,
     release: str,
     rbg_flavor: RbgFlavor = "v0.6",
-    manifests_dir: Path = MANIFESTS_DIR,
     rbg_role_services: Mapping[str, str] | None = None,
     max_model_len: int | None = None,
 ) -> RenderedRelease:
@@ -760,7 +643,7 @@ def render(
         if len(service) > 63 or not DNS1123_LABEL.match(service):
             raise RoleServiceError(f"role {role}: Service name {service!r} is not a DNS-1123 label")
     ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len)
-    env = _environment(manifests_dir)
+    env = _environment()
     storage = _render_docs(env, "storage.yaml.j2", ctx)
     workload = _render_docs(env, template_for(spec), ctx)
     services = _render_docs(env, "services.yaml.j2", ctx)
@@ -778,8 +661,8 @@ def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
     """What rendering checked for this spec, in words, for `llm-rollout plan` to print."""
     checks = [
         "spec: every field valid; weights per GPU fit the GPU at the engine's memory share",
-        f"objects: {len(rendered.all())} validated offline against the Kubernetes schemas and "
-        "the upstream CRDs",
+        # Which CRDs the custom resources met (if any) is the caller's to say.
+        f"objects: {len(rendered.all())} validated offline against the Kubernetes schemas",
     ]
     shape = spec.serving.shape
     if shape in ("multi-node", "pd-disaggregated"):
@@ -787,18 +670,7 @@ def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
             f"names: StatefulSets the {shape} controller derives stay within "
             f"{STATEFULSET_NAME_MAX} characters (controller-revision-hash label)"
         )
-    if shape == "ray-cluster":
-        checks.append(
-            f"KubeRay: server port {spec.serving.port} clear of Ray's ports; a port named "
-            f"metrics ({kuberay.metrics_port(spec.serving.port)}) on head and workers, so no "
-            "default metrics 8080 is added to the head Service"
-        )
-        checks.append(
-            "KubeRay: worker probes declared (raylet process), so no dashboard-agent probes "
-            "are injected"
-        )
-    if shape == "multi-node" and spec.serving.engine == "vllm":
-        checks.append("LWS: workers retry joining the Ray head within the startup budget")
+    checks += kind_for(spec).plan_checks(spec)
     if spec.serving.engine == "sglang":
         checks.append(
             f"SGLang: probe timeouts {probe_timeout_s(spec)} s outlast its "
@@ -823,7 +695,7 @@ def render_oss_secret(spec: ServiceSpec, access_key_id: str, access_key_secret: 
     """The OSS AccessKey Secret with its values, for the deploy flow to apply; never log it."""
     # Storage objects do not depend on the release; any valid id renders them identically.
     ctx = _Ctx(spec, "storage", "v0.6")
-    docs = _render_docs(_environment(MANIFESTS_DIR), "storage.yaml.j2", ctx)
+    docs = _render_docs(_environment(), "storage.yaml.j2", ctx)
     secret = next(doc for doc in docs if doc["kind"] == "Secret")
     secret["stringData"] = {"akId": access_key_id, "akSecret": access_key_secret}
     return secret

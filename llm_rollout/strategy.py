@@ -12,8 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-GPU_RESOURCE = "nvidia.com/gpu"
-ERDMA_RESOURCE = "aliyun/erdma"
+from llm_rollout.kinds import kind_of
+from llm_rollout.kinds.base import ERDMA_RESOURCE as ERDMA_RESOURCE
+from llm_rollout.kinds.base import GPU_RESOURCE as GPU_RESOURCE
+from llm_rollout.kinds.base import PodDemand as PodDemand
+from llm_rollout.kinds.base import container_demand as container_demand
 
 RequestedStrategy = Literal["auto", "blue-green", "recreate"]
 Strategy = Literal["blue-green", "recreate"]
@@ -45,14 +48,6 @@ def new_release_id(spec_hash: str, now_ms: int) -> str:
 
 
 @dataclass(frozen=True)
-class PodDemand:
-    """What one pod of a release asks the scheduler for."""
-
-    gpus: int
-    erdma: int = 0
-
-
-@dataclass(frozen=True)
 class NodeCapacity:
     """A schedulable node's allocatable extended resources and what bound pods already request."""
 
@@ -71,76 +66,17 @@ class NodeCapacity:
         return max(self.erdma_allocatable - self.erdma_requested, 0)
 
 
-def _quantity_int(value: Any) -> int:
-    """Extended resources are integers; tolerate the string form Kubernetes returns."""
-    if value is None:
-        return 0
-    try:
-        return int(str(value))
-    except ValueError:
-        return 0
-
-
-def container_demand(pod_spec: Mapping[str, Any]) -> PodDemand:
-    """Sum GPU and eRDMA requests of a pod spec (limits count: extended resources need both)."""
-    gpus = 0
-    erdma = 0
-    for container in pod_spec.get("containers", []) or []:
-        resources = container.get("resources", {}) or {}
-        amounts = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
-        gpus += _quantity_int(amounts.get(GPU_RESOURCE))
-        erdma += _quantity_int(amounts.get(ERDMA_RESOURCE))
-    return PodDemand(gpus=gpus, erdma=erdma)
-
-
-def _template_demand(template: Mapping[str, Any] | None) -> PodDemand:
-    if not template:
-        return PodDemand(gpus=0)
-    return container_demand(template.get("spec", {}) or {})
-
-
-def _lws_like_demands(replicas: int, lws: Mapping[str, Any]) -> list[PodDemand]:
-    size = int(lws.get("size", 1) or 1)
-    worker = _template_demand(lws.get("workerTemplate"))
-    leader_tpl = lws.get("leaderTemplate")
-    leader = _template_demand(leader_tpl) if leader_tpl else worker
-    return [leader, *([worker] * (size - 1))] * replicas
-
-
 def pod_demands(objects: Iterable[Mapping[str, Any]]) -> list[PodDemand]:
     """The pods a set of rendered workload objects will create, with their GPU/eRDMA asks.
 
-    Understands Deployment, StatefulSet, LeaderWorkerSet, RoleBasedGroup (v1alpha1 and
-    v1alpha2 role shapes) and RayCluster; other kinds (Services...) create no pods.
+    Each workload kind counts its own pods (`llm_rollout.kinds`); other kinds (Services...)
+    create no pods.
     """
     demands: list[PodDemand] = []
     for obj in objects:
-        kind = obj.get("kind")
-        spec = obj.get("spec", {}) or {}
-        if kind in ("Deployment", "StatefulSet"):
-            replicas = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
-            demands += [_template_demand(spec.get("template"))] * replicas
-        elif kind == "LeaderWorkerSet":
-            replicas = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
-            demands += _lws_like_demands(replicas, spec.get("leaderWorkerTemplate", {}) or {})
-        elif kind == "RoleBasedGroup":
-            for role in spec.get("roles", []) or []:
-                replicas = int(role.get("replicas", 1) if role.get("replicas") is not None else 1)
-                lws = role.get("leaderWorkerSet") or (role.get("leaderWorkerPattern") or None)
-                if lws:
-                    merged = dict(lws)
-                    merged.setdefault("workerTemplate", role.get("template"))
-                    demands += _lws_like_demands(replicas, merged)
-                else:
-                    pattern = role.get("standalonePattern") or {}
-                    template = role.get("template") or pattern.get("template")
-                    demands += [_template_demand(template)] * replicas
-        elif kind == "RayCluster":
-            head = spec.get("headGroupSpec", {}) or {}
-            demands.append(_template_demand(head.get("template")))
-            for group in spec.get("workerGroupSpecs", []) or []:
-                replicas = int(group.get("replicas", 1) if group.get("replicas") is not None else 1)
-                demands += [_template_demand(group.get("template"))] * replicas
+        kind = kind_of(obj)
+        if kind is not None:
+            demands += kind.pod_demands(obj)
     return demands
 
 

@@ -5,8 +5,10 @@
 
 - core kinds (v1, apps/v1, ...) against the Kubernetes OpenAPI schemas shipped with
   `kubernetes-validate`, strict mode (unknown fields rejected), for Kubernetes `K8S_VERSION`;
-- custom resources against the `openAPIV3Schema` of every CRD file in the CRD directory that
-  serves their apiVersion (see `llm_rollout.crds`); an unknown custom kind is a problem;
+- custom resources against the `openAPIV3Schema` of every CRD of the catalog given (the
+  cluster's, or a directory's: see `llm_rollout.crds`) that serves their apiVersion; a kind the
+  catalog does not define is a problem; without a catalog, custom resources are not checked
+  against a schema and `validate_objects` returns which kinds were not;
 - admission-webhook style rules the schemas cannot express: names and label values are valid,
   namespaced objects name their namespace, an OSS CSI PV's volumeHandle equals its name, a
   LeaderWorkerSet group has size >= 1, RoleBasedGroup role names are unique and dependencies
@@ -19,15 +21,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from functools import cache
-from pathlib import Path
+from functools import cache, lru_cache
 from typing import Any
 
 import jsonschema
 import kubernetes_validate.utils as kv_utils
 
-from llm_rollout.crds import crd_dir, crd_schemas, known_custom_kinds
+from llm_rollout.crds import CrdCatalog, configured_crds
 from llm_rollout.errors import ManifestValidationError
+from llm_rollout.kinds import all_kinds, kind_of
 
 K8S_VERSION = "1.30"
 OSS_CSI_DRIVER = "ossplugin.csi.alibabacloud.com"
@@ -39,7 +41,9 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _CLUSTER_SCOPED = {"PersistentVolume", "Namespace", "StorageClass", "ClusterRole"}
 # Kinds whose names become DNS labels (Service names, pod hostnames of the workloads).
-_LABEL_NAMED = {"Service", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster"}
+_LABEL_NAMED = {"Service"} | {k.kind for k in all_kinds() if k.name_is_dns_label}
+# Label keys the workload controllers add to pods (absent from the templates).
+_CONTROLLER_LABEL_PREFIXES = tuple(p for k in all_kinds() for p in k.controller_label_prefixes)
 
 Obj = dict[str, Any]
 
@@ -94,16 +98,23 @@ def _core_validator(api_version: str, kind: str) -> jsonschema.protocols.Validat
     return validator
 
 
-@cache
-def _crd_validators(directory: Path, api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
+# Bounded: a worker reads a fresh catalog from the cluster for every run.
+@lru_cache(maxsize=64)
+def _crd_validators(crds: CrdCatalog, api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
     return tuple(
         (crd.source, jsonschema.Draft7Validator(crd.schema))
-        for crd in crd_schemas(api_version, kind, directory)
+        for crd in crds.for_kind(api_version, kind)
     )
 
 
-def schema_problems(obj: Obj) -> list[str]:
-    """Structural problems of one object against its core or CRD schema."""
+def is_custom(obj: Obj) -> bool:
+    """Whether the object is a custom resource (its schema comes from a CRD)."""
+    return not _is_core(str(obj.get("apiVersion", "")))
+
+
+def schema_problems(obj: Obj, crds: CrdCatalog | None) -> list[str]:
+    """Structural problems of one object against its core or CRD schema (a custom resource
+    without a catalog: none, it is not checked)."""
     api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
     if not api_version or not kind:
         return ["apiVersion and kind are required"]
@@ -112,11 +123,12 @@ def schema_problems(obj: Obj) -> list[str]:
         if validator is None:
             return [f"{api_version} {kind} is unknown to Kubernetes {K8S_VERSION}"]
         return list(_schema_errors(validator, obj))
-    directory = crd_dir()
-    validators = _crd_validators(directory, api_version, kind)
+    if crds is None:
+        return []
+    validators = _crd_validators(crds, api_version, kind)
     if not validators:
         group = api_version.split("/", 1)[0]
-        kinds = known_custom_kinds(directory)
+        kinds = crds.kinds()
         known = sorted(f"{g}/{k}" for g, k in kinds)
         if (group, kind) in kinds:
             return [f"no CRD serves {api_version} for {kind}"]
@@ -151,26 +163,9 @@ def _label_problems(where: str, labels: Any) -> Iterator[str]:
 
 def _pod_templates(obj: Obj) -> Iterator[tuple[str, Obj]]:
     """Every pod template inside a workload, with its field path."""
-    spec = obj.get("spec") or {}
-    kind = obj.get("kind")
-    if kind in ("Deployment", "StatefulSet"):
-        yield "spec.template", spec.get("template") or {}
-    elif kind == "LeaderWorkerSet":
-        lwt = spec.get("leaderWorkerTemplate") or {}
-        if "leaderTemplate" in lwt:
-            yield "spec.leaderWorkerTemplate.leaderTemplate", lwt["leaderTemplate"]
-        yield "spec.leaderWorkerTemplate.workerTemplate", lwt.get("workerTemplate") or {}
-    elif kind == "RoleBasedGroup":
-        for i, role in enumerate(spec.get("roles") or []):
-            if "template" in role:
-                yield f"spec.roles[{i}].template", role["template"]
-            for pattern in ("standalonePattern", "leaderWorkerPattern"):
-                if "template" in (role.get(pattern) or {}):
-                    yield f"spec.roles[{i}].{pattern}.template", role[pattern]["template"]
-    elif kind == "RayCluster":
-        yield "spec.headGroupSpec.template", (spec.get("headGroupSpec") or {}).get("template", {})
-        for i, group in enumerate(spec.get("workerGroupSpecs") or []):
-            yield f"spec.workerGroupSpecs[{i}].template", group.get("template") or {}
+    kind = kind_of(obj)
+    if kind is not None:
+        yield from kind.pod_templates(obj)
 
 
 def _kind_rules(obj: Obj) -> Iterator[str]:
@@ -193,60 +188,13 @@ def _kind_rules(obj: Obj) -> Iterator[str]:
                 yield "spec.csi.volumeAttributes.roleName: required with authType rrsa"
             if attrs.get("authType") != "rrsa" and not csi.get("nodePublishSecretRef"):
                 yield "spec.csi.nodePublishSecretRef: required unless authType is rrsa"
-    elif kind == "LeaderWorkerSet":
-        size = (spec.get("leaderWorkerTemplate") or {}).get("size", 1)
-        if not isinstance(size, int) or size < 1:
-            yield f"spec.leaderWorkerTemplate.size: must be >= 1, got {size!r}"
-    elif kind == "RoleBasedGroup":
-        yield from _rbg_rules(spec)
-    elif kind == "RayCluster":
-        for i, group in enumerate(spec.get("workerGroupSpecs") or []):
-            low, high = group.get("minReplicas", 0), group.get("maxReplicas", 0)
-            want = group.get("replicas", low)
-            if not low <= want <= high:
-                yield (
-                    f"spec.workerGroupSpecs[{i}].replicas: {want} is outside "
-                    f"minReplicas..maxReplicas {low}..{high}"
-                )
+    workload = kind_of(obj)
+    if workload is not None:
+        yield from workload.validation_problems(obj)
     for where, template in _pod_templates(obj):
         yield from _label_problems(
             f"{where}.metadata.labels", (template.get("metadata") or {}).get("labels")
         )
-
-
-def _rbg_rules(spec: Obj) -> Iterator[str]:
-    roles = spec.get("roles") or []
-    names = [role.get("name") for role in roles]
-    seen: set[Any] = set()
-    for i, role_name in enumerate(names):
-        if role_name in seen:
-            yield f"spec.roles[{i}].name: duplicate role name {role_name!r}"
-        seen.add(role_name)
-    graph = {role.get("name"): list(role.get("dependencies") or []) for role in roles}
-    for i, role in enumerate(roles):
-        for dep in role.get("dependencies") or []:
-            if dep not in graph:
-                yield f"spec.roles[{i}].dependencies: {dep!r} is not a role of this group"
-            elif dep == role.get("name"):
-                yield f"spec.roles[{i}].dependencies: a role cannot depend on itself"
-    if _has_cycle(graph):
-        yield "spec.roles: dependencies form a cycle"
-
-
-def _has_cycle(graph: dict[Any, list[Any]]) -> bool:
-    state: dict[Any, int] = {}
-
-    def visit(node: Any) -> bool:
-        if state.get(node) == 1:
-            return True
-        if state.get(node) == 2 or node not in graph:
-            return False
-        state[node] = 1
-        found = any(visit(dep) for dep in graph[node] if dep != node)
-        state[node] = 2
-        return found
-
-    return any(visit(node) for node in graph)
 
 
 # --- cross-object references -------------------------------------------------------------------
@@ -304,29 +252,37 @@ def _reference_problems(objects: list[Obj]) -> Iterator[tuple[Obj, str]]:
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    # Controller-added labels (LWS, RBG, KubeRay) are not in the templates; ignore those keys.
-    controller_prefixes = ("leaderworkerset.sigs.k8s.io/", "rolebasedgroup.", "rbg.", "ray.io/")
+    # Controller-added labels are not in the templates; ignore those keys.
     return all(
         labels.get(key) == value
         for key, value in selector.items()
-        if not key.startswith(controller_prefixes)
+        if not key.startswith(_CONTROLLER_LABEL_PREFIXES)
     )
 
 
 # --- entry point -------------------------------------------------------------------------------
 
 
-def object_problems(obj: Obj) -> list[str]:
+def object_problems(obj: Obj, crds: CrdCatalog | None) -> list[str]:
     """Every problem of one object on its own (schema and webhook-style rules)."""
-    return [*schema_problems(obj), *_metadata_problems(obj), *_kind_rules(obj)]
+    return [*schema_problems(obj, crds), *_metadata_problems(obj), *_kind_rules(obj)]
 
 
-def validate_objects(objects: list[Obj]) -> None:
-    """Raise `ManifestValidationError` listing every problem of the set; return when clean."""
-    problems = [f"{_where(obj)}: {p}" for obj in objects for p in object_problems(obj)]
+def validate_objects(objects: list[Obj], crds: CrdCatalog | None = None) -> list[str]:
+    """Raise `ManifestValidationError` listing every problem of the set.
+
+    Custom resources are checked against `crds`, by default the `LLM_ROLLOUT_CRD_DIR`
+    directory's. When clean, return the custom kinds that were not checked against a schema
+    for want of any catalog (`apiVersion Kind`, sorted; empty when every object was checked).
+    """
+    catalog = crds if crds is not None else configured_crds()
+    problems = [f"{_where(obj)}: {p}" for obj in objects for p in object_problems(obj, catalog)]
     problems += [f"{_where(obj)}: {p}" for obj, p in _reference_problems(objects)]
     if problems:
         raise ManifestValidationError(
             f"{len(problems)} problem(s) in rendered objects:\n"
             + "\n".join(f"- {p}" for p in problems)
         )
+    if catalog is not None:
+        return []
+    return sorted({f"{o.get('apiVersion')} {o.get('kind')}" for o in objects if is_custom(o)})

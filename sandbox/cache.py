@@ -16,15 +16,25 @@ Standard library only: the set-up scripts run this before the project's environm
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
+import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 STAMP_NAME = ".llm-rollout-stamp.json"
+# Go's build cache drops what nothing has used for five days, the horizon over which a month of
+# measured reuse ran out (cmd/go/internal/cache/cache.go trimLimit, golang.org/issue/22990). A
+# superseded venv or binaries directory (hundreds of MB to 6 GB) follows the same rule: an old
+# checkout still in use keeps its directory alive by using it.
+STALE_AFTER_S = 5 * 24 * 3600
+_DIGEST_SUFFIX = re.compile(r"-[0-9a-f]{16}$")
 
 
 def cache_root() -> Path:
@@ -72,6 +82,54 @@ def write_stamp(target: Path, stamp: dict[str, object]) -> None:
 def clear_stamp(target: Path) -> None:
     """Mark ``target`` incomplete before changing what is in it."""
     (target / STAMP_NAME).unlink(missing_ok=True)
+
+
+def mark_used(target: Path) -> None:
+    """Record a use of the complete artefact ``target``: its stamp's mtime is its last use."""
+    os.utime(target / STAMP_NAME)
+
+
+def _last_used(directory: Path) -> float:
+    stamp = directory / STAMP_NAME
+    # An unstamped directory is a build killed half-way; its own mtime dates it.
+    return (stamp if stamp.exists() else directory).stat().st_mtime
+
+
+def prune_stale(
+    target: Path, *, stale_after_s: float = STALE_AFTER_S, now: float | None = None
+) -> list[Path]:
+    """Remove the other versions of ``target``'s artefact that nothing used for ``stale_after_s``.
+
+    Versions are the siblings named ``<name>-<digest>`` for the same name. One being built or
+    checked right now holds its lock and is left alone. Returns what was removed.
+    """
+    if _DIGEST_SUFFIX.search(target.name) is None:
+        raise ValueError(f"{target.name} is not a keyed artefact directory (<name>-<digest>)")
+    name = _DIGEST_SUFFIX.sub("", target.name)
+    moment = time.time() if now is None else now
+    removed = []
+    for sibling in sorted(target.parent.glob(f"{name}-*")):
+        if sibling == target or not sibling.is_dir():
+            continue
+        if _DIGEST_SUFFIX.sub("", sibling.name) != name:
+            continue
+        if moment - _last_used(sibling) < stale_after_s:
+            continue
+        lock_path = sibling.parent / f"{sibling.name}.lock"
+        with lock_path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno in (errno.EAGAIN, errno.EACCES):
+                    continue
+                raise
+            try:
+                shutil.rmtree(sibling)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        lock_path.unlink(missing_ok=True)
+        removed.append(sibling)
+    return removed
 
 
 @contextmanager

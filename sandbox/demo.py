@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             f"deploying {spec_path.relative_to(REPO_ROOT)} (from {example.name})\n"
         )
 
-        from cli import app
+        from llm_rollout.cli import app
 
         # Outside standalone mode click returns the command's exit code instead of exiting.
         code = app(["deploy", str(spec_path)], standalone_mode=False)

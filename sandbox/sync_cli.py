@@ -42,4 +42,11 @@ def write_sync_spec(
 
 def sync_argv(spec: Path, *options: str) -> list[str]:
     """The CLI in this interpreter (the project's venv): `llm-rollout sync SPEC OPTIONS...`."""
-    return [sys.executable, "-c", "from cli import main; main()", "sync", str(spec), *options]
+    return [
+        sys.executable,
+        "-c",
+        "from llm_rollout.cli import main; main()",
+        "sync",
+        str(spec),
+        *options,
+    ]

@@ -14,14 +14,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.credentials import resolve_oss_credentials
 from llm_rollout.errors import PermanentError
+from llm_rollout.kinds import RbgFlavor
 from llm_rollout.kube.objects import apply_all
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.preflight import credentials_ref
 from llm_rollout.record import deployment_annotations
 from llm_rollout.release import (
+    WORKLOAD_KINDS,
     BakeReport,
     ReleaseDegraded,
     apply_checked,
@@ -36,13 +39,12 @@ from llm_rollout.release import (
     restore_stable_service,
     with_annotations,
 )
-from llm_rollout.render import RbgFlavor, render, render_oss_secret
+from llm_rollout.render import render, render_oss_secret
 from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import GatePlan, Strategy, plan_promote, plan_rollback
 from llm_rollout.validation import validate_objects
 from tasks.policy import api_task, retry_transient_only
 
-WORKLOAD_KINDS = ("Deployment", "LeaderWorkerSet", "RoleBasedGroup", "RayCluster")
 # Deleting a release waits for its pods to go: GPUs are only free once they have.
 DELETE_WAIT_S = 300.0
 
@@ -147,7 +149,7 @@ def rollout(
             rbg_flavor=rbg_flavor or "v0.7",
             max_model_len=max_model_len,
         )
-        validate_objects(rendered.all())
+        validate_objects(rendered.all(), crds_from_cluster(api))
         annotations = _annotations(spec, release, serving_release, strategy)
         workload_objects = [with_annotations(o, annotations) for o in rendered.workload_objects]
         # The stable Service is dry-run here too, so the gate cannot fail on a rejected object.

@@ -6,7 +6,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from llm_rollout.preflight import PreflightReport, RbgFlavor, run_preflight
+from llm_rollout.kinds import RbgFlavor
+from llm_rollout.preflight import PreflightReport, run_preflight
 from llm_rollout.release import cluster_api, find_serving_release
 from llm_rollout.render import render
 from llm_rollout.spec import ServiceSpec

@@ -8,9 +8,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from llm_rollout.kube.client import load_api_client
-from llm_rollout.kube.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
-from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES, Tolerances
 from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES, Tolerances
 from tasks.policy import retry_transient_only
 
 # The task's own limit only backstops `timeout_s`, which `wait_ready` enforces precisely.

@@ -7,15 +7,22 @@ from datetime import UTC, datetime
 
 from prefect.logging import get_run_logger
 
-from llm_rollout.kube.objects import FIELD_MANAGER, apply
+from llm_rollout.errors import PermanentError
+from llm_rollout.kinds import PodRoll
+from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef
+from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.redeploy import (
+    PodIncarnations,
     RedeployRequest,
     applyable,
     changed_workload,
+    expected_roll,
     release_service,
     served_model,
     serving_workload,
+    wait_rolled,
+    workload_incarnations,
 )
 from llm_rollout.release import cluster_api, rollback_to_previous
 from llm_rollout.spec import SecretKeyRef
@@ -31,6 +38,9 @@ class AppliedChange:
     service_port: int
     model: str
     api_key: SecretKeyRef | None
+    # How the pods take the change (None: no pod-template change) and who ran before it.
+    roll: PodRoll | None = None
+    pods_before: PodIncarnations | None = None
 
 
 @api_task("apply-change", timeout_seconds=300)
@@ -39,16 +49,22 @@ def apply_change(request: RedeployRequest) -> AppliedChange:
     logger = get_run_logger()
     with cluster_api() as api:
         release, workload = serving_workload(api, request.namespace, request.service)
+        roll = expected_roll(workload, request)  # refuses a change the pods would not see
         desired = changed_workload(workload, request, datetime.now(UTC))
+        before = workload_incarnations(api, workload) if roll is not None else None
         ref = ObjectRef.of(desired)
+        # What the smoke gate needs is read before any write, so a workload it cannot test
+        # is refused unchanged.
+        service_name, port = release_service(api, request.namespace, request.service, release)
+        model, key = served_model(desired)
         apply(api, desired, field_manager=FIELD_MANAGER, force=True, dry_run=True)
         apply(api, desired, field_manager=FIELD_MANAGER, force=True)
         logger.info(
             "%s: applied %s to %s (release %s)", request.action, _what(request), ref, release
         )
-        service_name, port = release_service(api, request.namespace, request.service, release)
-        model, key = served_model(desired)
-        return AppliedChange(release, ref, applyable(workload), service_name, port, model, key)
+        return AppliedChange(
+            release, ref, applyable(workload), service_name, port, model, key, roll, before
+        )
 
 
 def _what(request: RedeployRequest) -> str:
@@ -60,6 +76,23 @@ def _what(request: RedeployRequest) -> str:
     if request.replicas is not None:
         parts.append(f"replicas {request.replicas}")
     return ", ".join(parts) or "a pod-template restart annotation"
+
+
+@api_task("prove-rolled", timeout_seconds=300)
+def prove_rolled(change: AppliedChange, timeout_s: float) -> list[str]:
+    """Wait until every pod of the workload runs the changed template; return their names."""
+    if change.roll is None or change.pods_before is None:
+        return []
+    with cluster_api() as api:
+        workload = call_with_retry(lambda: get(api, change.workload))
+        if workload is None:
+            raise PermanentError(f"{change.workload} disappeared after the change")
+        pods = wait_rolled(api, workload, change.pods_before, change.roll, timeout_s)
+    how = "restarted in place or replaced" if change.roll.mode == "in-place" else "new"
+    get_run_logger().info(
+        "%s: the change reached every pod (%s): %s", change.workload, how, ", ".join(pods)
+    )
+    return pods
 
 
 @api_task("revert-change", timeout_seconds=300)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from urllib3.util.retry import Retry
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.resources import request_json
+from llm_rollout.settings import settings
 
 # The config loaders are untyped; an Any handle keeps the rest of the module strictly typed.
 k8s_config: Any = _k8s_config
@@ -53,7 +53,7 @@ def load_api_client(
             raise KubeConfigError(f"kubeconfig {kubeconfig} does not exist")
         source = str(kubeconfig)
     else:
-        env_value = os.environ.get("KUBECONFIG", "")
+        env_value = settings().kubeconfig
         default_path = Path("~/.kube/config").expanduser()
         if env_value:
             source = env_value

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
+from llm_rollout.settings import settings
+
 CHECKPOINT_FORMAT = 1
 
 
@@ -62,8 +64,7 @@ class UploadState(BaseModel):
 
 def default_checkpoint_dir() -> Path:
     """~/.cache/llm-rollout/mirror (XDG_CACHE_HOME honoured)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "llm-rollout" / "mirror"
+    return settings().cache_dir / "mirror"
 
 
 class CheckpointStore:

@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     stamp = cache.read_stamp(target)
     _say(f"{target} ready in {time.monotonic() - started:.1f} s")
+    cache.mark_used(target)
+    for stale in cache.prune_stale(target):
+        _say(f"removed {stale}, unused for 5 days")
     sys.stdout.write(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
     return 0
 

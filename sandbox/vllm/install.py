@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from sandbox.cache import exclusive, keyed_dir, read_stamp, write_stamp
+from sandbox.cache import exclusive, keyed_dir, mark_used, prune_stale, read_stamp, write_stamp
 
 REQUIREMENTS = Path(__file__).resolve().with_name("requirements.txt")
 LOCK_COMMAND = "python -m sandbox.vllm.install --lock"
@@ -391,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     verb = "installed" if changed else "already installed"
     _say(f"install-vllm: {VLLM_DIST} {VLLM_VERSION} {verb} in {target} ({elapsed:.1f} s)")
+    if args.venv is None:
+        mark_used(target)
+        for stale in prune_stale(target):
+            _say(f"install-vllm: removed {stale}, unused for 5 days")
     return 0
 
 

@@ -112,7 +112,8 @@ def test_command_and_args_over_the_image_defaults() -> None:
 def test_the_shell_image_resolves_in_both_spellings_and_others_do_not() -> None:
     short = images.resolve("busybox:1.36")
     assert short is not None and short == images.resolve("docker.io/library/busybox:1.36")
-    assert short.host_argv(["sh", "-c", "true"])[0].endswith("/sh")  # type: ignore[index]
+    found = short.host_argv(["sh", "-c", "true"])
+    assert found is not None and found.argv[0].endswith("/sh")
     assert short.host_argv(["no-such-binary-here"]) is None
     assert images.resolve("docker.io/library/busybox:1.35") is None
     assert images.resolve("vllm/vllm-openai:v0.8.5") is None

@@ -22,7 +22,7 @@ import yaml
 from click.testing import Result
 from typer.testing import CliRunner
 
-from cli import app
+from llm_rollout.cli import app
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from sandbox.hub import HubServer

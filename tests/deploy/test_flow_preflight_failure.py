@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from bench.reliability import prefect_texts
-from cli import app
+from llm_rollout.cli import app
 from llm_rollout.record import EVENT_FAILED, service_resource_id
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer

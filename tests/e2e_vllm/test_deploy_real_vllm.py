@@ -26,8 +26,8 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
-from cli import app
 from flows.deploy import DeployResult, deploy
+from llm_rollout.cli import app
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.spec import load_spec
 from sandbox.engine_choice import OssVolumeMount, attach_real_vllm, real_vllm_spec

@@ -21,9 +21,9 @@ from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import apply
 from llm_rollout.kube.portforward import ForwardTarget, PortForwarder, pick_pod
-from llm_rollout.kube.readiness import wait_ready
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.metrics import fetch_metrics
+from llm_rollout.readiness import wait_ready
 from llm_rollout.smoke import (
     SmokeEndpoint,
     SmokeReport,

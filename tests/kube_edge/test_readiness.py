@@ -10,15 +10,15 @@ from kubernetes import client as k8s_client
 
 from llm_rollout.errors import TransientError
 from llm_rollout.kube.objects import apply, delete
-from llm_rollout.kube.readiness import (
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import (
     ReadinessTimeout,
     WorkloadFailed,
     wait_deleted,
     wait_pvc_bound,
     wait_ready,
 )
-from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES
-from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from tests.kube_edge.conftest import deployment
 
 WAIT_S = 60.0

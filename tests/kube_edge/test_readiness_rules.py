@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from llm_rollout.kube.readiness_rules import (
+from llm_rollout.readiness_rules import (
     AT_ONCE,
     DEFAULT_TOLERANCES,
     NO_AUTOSCALER,

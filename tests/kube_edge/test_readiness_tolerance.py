@@ -18,9 +18,9 @@ from kubernetes import watch as k8s_watch
 
 from bench.readiness import leaderworkerset
 from llm_rollout.kube.objects import apply
-from llm_rollout.kube.readiness import WorkloadFailed, wait_ready
-from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES
 from llm_rollout.kube.resources import ObjectRef, list_objects
+from llm_rollout.readiness import WorkloadFailed, wait_ready
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from tests.kube_edge.conftest import deployment
 
 WAIT_S = 60.0

@@ -13,8 +13,8 @@ from llm_rollout.errors import PermanentError
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
-from llm_rollout.kube.readiness import wait_ready
 from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import wait_ready
 from llm_rollout.smoke import SmokeReport, run_smoke, smoke_endpoint, validate_smoke
 from llm_rollout.spec import SmokeExpectations
 from sandbox.kube.backends import BackendBehavior, ScriptedBackend

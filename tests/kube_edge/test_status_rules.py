@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import PermanentError
-from llm_rollout.kube.readiness import pod_selector_for, workload_missing
+from llm_rollout.readiness import pod_selector_for, workload_missing
 
 
 def _obj(kind: str, spec: dict[str, Any], status: dict[str, Any], **meta: Any) -> dict[str, Any]:
@@ -28,7 +28,12 @@ def test_deployment_needs_current_generation_available_and_all_replicas() -> Non
     ready = _obj(
         "Deployment",
         {"replicas": 2},
-        {"observedGeneration": 3, "readyReplicas": 2, "conditions": [_cond("Available", "True")]},
+        {
+            "observedGeneration": 3,
+            "readyReplicas": 2,
+            "updatedReplicas": 2,
+            "conditions": [_cond("Available", "True")],
+        },
         generation=3,
     )
     assert workload_missing(ready) == []
@@ -40,6 +45,22 @@ def test_deployment_needs_current_generation_available_and_all_replicas() -> Non
         "Deployment", {"replicas": 2}, {**ready["status"], "readyReplicas": 1}, generation=3
     )
     assert workload_missing(short) == ["readyReplicas 1/2"]
+
+
+def test_deployment_whose_ready_pods_are_the_old_ones_is_not_ready() -> None:
+    """B7: right after a template change the controller has observed the new generation, the
+    old ReplicaSet's pods are still Ready and Available holds, but no pod runs the new
+    template; the status then omits `updatedReplicas` (zero counters are omitempty,
+    kubernetes `pkg/controller/deployment/sync.go` calculateStatus)."""
+    rolling = _obj(
+        "Deployment",
+        {"replicas": 2},
+        {"observedGeneration": 4, "readyReplicas": 2, "conditions": [_cond("Available", "True")]},
+        generation=4,
+    )
+    assert workload_missing(rolling) == ["updatedReplicas 0/2"]
+    rolling["status"]["updatedReplicas"] = 1
+    assert workload_missing(rolling) == ["updatedReplicas 1/2"]
 
 
 def test_leaderworkerset_needs_available_condition_and_ready_groups() -> None:
@@ -94,7 +115,7 @@ def test_pod_selectors_follow_each_controller_labels() -> None:
 
 
 def test_log_selection_keeps_an_early_root_cause() -> None:
-    from llm_rollout.kube.readiness import LOG_TAIL_LINES, select_log_lines
+    from llm_rollout.readiness import LOG_TAIL_LINES, select_log_lines
 
     noise = [f"shutdown step {i}" for i in range(60)]
     lines = [
@@ -110,7 +131,7 @@ def test_log_selection_keeps_an_early_root_cause() -> None:
 
 
 def test_log_selection_is_the_plain_tail_without_errors() -> None:
-    from llm_rollout.kube.readiness import LOG_TAIL_LINES, select_log_lines
+    from llm_rollout.readiness import LOG_TAIL_LINES, select_log_lines
 
     lines = [f"line {i}" for i in range(100)]
     assert select_log_lines(lines) == lines[-LOG_TAIL_LINES:]

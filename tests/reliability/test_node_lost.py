@@ -19,14 +19,14 @@ from kubernetes import client as k8s_client
 from kubernetes import watch as k8s_watch
 
 from llm_rollout.kube.objects import apply
-from llm_rollout.kube.readiness import (
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import (
     EVENT_GRACE_S,
     ReadinessTimeout,
     WorkloadFailed,
     wait_ready,
 )
-from llm_rollout.kube.readiness_rules import DEFAULT_TOLERANCES
-from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from sandbox.kube.backends import BackendBehavior
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.kube.kubelet import Timings

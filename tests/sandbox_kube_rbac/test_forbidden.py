@@ -10,11 +10,12 @@ from kubernetes import client as k8s_client
 from kubernetes.client.rest import ApiException
 from typer.testing import CliRunner
 
-from cli import app
+from llm_rollout.cli import app
 from llm_rollout.errors import RolloutError
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply
 from llm_rollout.rbac import worker_user
+from llm_rollout.readiness import AUTOSCALER_STATUS, read_autoscaler_status
 from tests.sandbox_kube_rbac.conftest import NAMESPACE, OTHER_NAMESPACE, forbidden
 
 USER = worker_user(NAMESPACE)
@@ -56,6 +57,29 @@ def test_requests_outside_the_role_areforbidden(worker: k8s_client.ApiClient) ->
     )
     # Discovery and /version stay open to every authenticated user.
     assert k8s_client.VersionApi(worker).get_code().git_version
+
+
+def test_only_the_autoscaler_status_configmap_is_readable_in_kube_system(
+    admin: k8s_client.ApiClient, worker: k8s_client.ApiClient
+) -> None:
+    for name in (AUTOSCALER_STATUS.name, "other-settings"):
+        apply(
+            admin,
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": AUTOSCALER_STATUS.namespace},
+                "data": {"status": "Cluster-wide: Health: Healthy"},
+            },
+        )
+    status = read_autoscaler_status(worker)
+    assert status is not None and status["data"]["status"].startswith("Cluster-wide")
+    core = k8s_client.CoreV1Api(worker)
+    body = forbidden(
+        lambda: core.read_namespaced_config_map("other-settings", AUTOSCALER_STATUS.namespace)
+    )
+    assert f'User "{USER}" cannot get resource "configmaps"' in body["message"]
+    forbidden(lambda: core.list_namespaced_config_map(AUTOSCALER_STATUS.namespace))
 
 
 def test_unknown_token_is_unauthorized(cluster: Any, tmp_path: Path) -> None:

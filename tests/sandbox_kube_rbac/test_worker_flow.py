@@ -1,10 +1,11 @@
 """The deploy flow's Kubernetes work, done with nothing but the worker's ServiceAccount token.
 
 Each step calls the same product functions the flow's tasks call (preflight's cluster check,
-the lease lock, apply with dry-run, PVC binding, readiness, pod logs, the smoke test through
-the service proxy or, for a server with an API key, a port-forward, promote, retention's scan
-of stable Services, teardown). Then the request log proves that every request the worker
-sent was allowed and that every grant of the Role/ClusterRole was used.
+the lease lock, offline validation against the cluster's CRDs, apply with dry-run, PVC
+binding, readiness, pod logs, the smoke test through the service proxy or, for a server with
+an API key, a port-forward, promote, retention's scan of stable Services, teardown). Then the
+request log proves that every request the worker sent was allowed and that every grant of the
+Role/ClusterRole was used.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.kube.objects import (
     APPLY_CONTENT_TYPE,
     Propagation,
@@ -24,12 +26,12 @@ from llm_rollout.kube.objects import (
     delete_all,
     secret_value,
 )
-from llm_rollout.kube.readiness import wait_ready
 from llm_rollout.kube.resources import ObjectRef, read_pod_log
 from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.locking import acquire, release
 from llm_rollout.preflight import PreflightReport, check_cluster
 from llm_rollout.rbac import worker_user
+from llm_rollout.readiness import read_autoscaler_status, wait_ready
 from llm_rollout.release import (
     apply_checked,
     find_serving_release,
@@ -42,6 +44,7 @@ from llm_rollout.render import render, render_oss_secret
 from llm_rollout.retention import revisions_in_use
 from llm_rollout.smoke import run_smoke, smoke_endpoint
 from llm_rollout.spec import ServiceSpec, load_spec
+from llm_rollout.validation import validate_objects
 from sandbox.kube.rbac import request_info, rule_allows
 from tests.sandbox_kube_rbac.conftest import NAMESPACE
 
@@ -103,11 +106,16 @@ def _deploy_and_remove(
     wait_pvc_bound(worker, NAMESPACE, spec.pvc_name, 30)
 
     workload_objects = list(rendered.workload_objects)
+    # The rollout task's offline validation, against the CRDs the cluster serves.
+    assert validate_objects(rendered.all(), crds_from_cluster(worker)) == []
     apply_all(worker, [*workload_objects, rendered.stable_service], dry_run=True)
     apply_checked(worker, workload_objects)
     workload = next(ObjectRef.of(o) for o in workload_objects if o["kind"] in WORKLOAD_KINDS)
     ready = wait_ready(worker, workload, timeout_s=60)
     assert ready.pods
+    # Readiness reads cluster-autoscaler's status ConfigMap only while a pod is Unschedulable,
+    # which none is here; the same call, made as the worker.
+    read_autoscaler_status(worker)
 
     pod = release_pods(worker, NAMESPACE, spec.name, release_id)[0]
     container = pod["spec"]["containers"][0]["name"]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cli import app
+from llm_rollout.cli import app
 
 from .conftest import EXAMPLES
 from .model_configs import QWEN3_8B

@@ -15,13 +15,10 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import SpecError
-from llm_rollout.render import (
-    STATEFULSET_NAME_MAX,
-    RoleServiceError,
-    rbg_role_labels,
-    rbg_role_services_from_pods,
-    render,
-)
+from llm_rollout.kinds.rbg import RoleServiceError
+from llm_rollout.kinds.rbg import role_labels as rbg_role_labels
+from llm_rollout.kinds.rbg import role_services_from_pods as rbg_role_services_from_pods
+from llm_rollout.render import STATEFULSET_NAME_MAX, render
 from llm_rollout.spec import spec_from_dict
 
 from .conftest import example_dict

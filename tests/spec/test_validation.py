@@ -8,7 +8,13 @@ from typing import Any
 
 import pytest
 
-from llm_rollout.crds import CrdDirError, crd_dir, crd_schemas, structural_to_jsonschema
+from llm_rollout.crds import (
+    CrdDirError,
+    configured_crds,
+    crd_dir,
+    crds_from_dir,
+    structural_to_jsonschema,
+)
 from llm_rollout.errors import ManifestValidationError, PermanentError
 from llm_rollout.render import RbgFlavor, render
 from llm_rollout.spec import spec_from_dict
@@ -37,8 +43,9 @@ def test_crd_dir_comes_from_env_and_missing_dir_is_permanent(
 ) -> None:
     assert crd_dir() == shared_crds
     monkeypatch.setenv("LLM_ROLLOUT_CRD_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(CrdDirError, match="nowhere") as info:
-        crd_dir()
+    assert crd_dir() == tmp_path / "nowhere"
+    with pytest.raises(CrdDirError, match=r"nowhere from \$LLM_ROLLOUT_CRD_DIR") as info:
+        configured_crds()
     assert isinstance(info.value, PermanentError)
     with pytest.raises(CrdDirError):
         validate_objects(_objects_without_env_check())
@@ -55,7 +62,8 @@ def _objects_without_env_check() -> list[dict[str, Any]]:
     ]
 
 
-def test_every_served_crd_version_is_loaded() -> None:
+def test_every_served_crd_version_is_loaded(shared_crds: Path) -> None:
+    crd_schemas = crds_from_dir(shared_crds).for_kind
     lws = crd_schemas("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
     assert sorted(s.source for s in lws) == [
         "leaderworkerset.x-k8s.io_leaderworkersets.v0.10.0.yaml",

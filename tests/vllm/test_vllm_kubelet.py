@@ -13,8 +13,8 @@ from kubernetes import client as k8s_client
 
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import apply
-from llm_rollout.kube.readiness import WorkloadFailed, wait_ready
 from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import WorkloadFailed, wait_ready
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.vllm.backend import VllmBackendFactory, workload_key
 from sandbox.vllm.tiny_model import TinyModelInfo

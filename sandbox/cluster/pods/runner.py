@@ -356,7 +356,9 @@ class PodWorker:
             return
         env_map = dict(variables)
         argv = podenv.command_line(s.spec, runtime.entrypoint, runtime.cmd, env_map)
-        process_env = {**runtime.image_env(), "HOSTNAME": self._hostname(), **env_map}
+        host = runtime.host_argv(argv)
+        # The container's own variables win over the image's, as with an image's ENV.
+        process_env = {**(host.env if host else {}), "HOSTNAME": self._hostname(), **env_map}
         if restarting:
             s.backoff.next(now)
             s.record.restart_count += 1
@@ -365,11 +367,10 @@ class PodWorker:
                 s, "Normal", "Pulled", f'Container image "{image}" already present on machine'
             )
         assert self.sandbox is not None
-        host_argv = runtime.host_argv(argv)
         attempt = s.record.restart_count
         s.record.container_id = f"llm-rollout://{self.uid[:8]}-{s.name}-{attempt}"
         log_file = self.directory / "logs" / s.name / f"{attempt}.log"
-        if host_argv is None:
+        if host is None:
             # The runtime's create fails: the container terminates with StartError, 128.
             log_file.parent.mkdir(parents=True, exist_ok=True)
             log_file.write_bytes(b"")
@@ -385,7 +386,7 @@ class PodWorker:
         workdir = str(s.spec.get("workingDir") or "") or None
         s.run = start_run(
             enter=self.sandbox.enter(workdir),
-            argv=host_argv,
+            argv=list(host.argv),
             env=process_env,
             log=log_file,
             on_exit=self._wake.set,

@@ -3,9 +3,11 @@
 `plan SPEC --out DIR` loads the spec, renders one release, validates every object offline,
 prints the checks it made and writes `DIR/<kind>-<name>.yaml` (kind lowercased, one object per
 file). With `--model-config config.json` it also checks the KV-cache fit (vLLM); without, it
-says "KV fit not checked". An invalid spec exits 2
-with the offending field named; objects that fail validation exit 1. The OSS Secret is written
-without values: values only exist at apply time.
+says "KV fit not checked". Custom resources are checked against the CRDs of `--crd-dir`, else
+of the `LLM_ROLLOUT_CRD_DIR` setting, else of the configured cluster (read-only: one list of its
+CustomResourceDefinitions); with none of them, plan lists the kinds it could not check. An
+invalid spec exits 2 with the offending field named; objects that fail validation exit 1. The
+OSS Secret is written without values: values only exist at apply time.
 """
 
 from __future__ import annotations
@@ -38,8 +40,18 @@ def plan_command(
             )
         ),
     ] = None,
+    crd_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "Directory of CustomResourceDefinition YAML files to check custom resources "
+                "against (default: $LLM_ROLLOUT_CRD_DIR, else the configured cluster's CRDs)."
+            )
+        ),
+    ] = None,
 ) -> None:
     """Render and validate every object a spec produces, one YAML file per object."""
+    from llm_rollout.crds import find_crds
     from llm_rollout.errors import ManifestValidationError, PermanentError, SpecError
     from llm_rollout.kv_cache import ModelConfigError
     from llm_rollout.preflight import PreflightReport, check_kv_fit, parse_model_config
@@ -90,11 +102,12 @@ def plan_command(
         raise typer.Exit(code=2) from exc
     objects = rendered.all()
     try:
-        validate_objects(objects)
+        crds = find_crds(crd_dir)
+        unchecked = validate_objects(objects, crds.catalog)
     except ManifestValidationError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(code=1) from exc
-    except PermanentError as exc:  # e.g. the CRD directory is missing
+    except PermanentError as exc:  # e.g. the CRD directory named is missing
         typer.echo(f"cannot validate: {exc}", err=True)
         raise typer.Exit(code=1) from exc
 
@@ -106,6 +119,11 @@ def plan_command(
     typer.echo("checks:")
     for check in [*plan_checks(spec, rendered), *report.checks]:
         typer.echo(f"  - {check}")
+    if crds.catalog is not None:
+        typer.echo(f"  - custom resources checked against the CRDs of {crds.catalog.origin}")
+    if unchecked:
+        typer.echo(f"  - NOT checked against a CRD schema: {', '.join(unchecked)}")
+        typer.echo(f"    ({crds.missing_because}; pass --crd-dir DIR or set $LLM_ROLLOUT_CRD_DIR)")
     for obj in objects:
         kind, meta = obj["kind"], obj["metadata"]
         path = out / f"{kind.lower()}-{meta['name']}.yaml"

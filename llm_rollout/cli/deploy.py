@@ -7,7 +7,6 @@ from the objects the flow left there.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -31,7 +30,10 @@ NameArg = Annotated[str, typer.Argument(help="Service name (the spec's `name`)."
 
 def _ui_url() -> str | None:
     """The Prefect UI of the server the run went to, when it is a lasting one."""
-    api_url = os.environ.get("PREFECT_API_URL", "")
+    # Prefect's own setting (environment or profile): where the flow run was sent.
+    from prefect.settings import get_current_settings
+
+    api_url = get_current_settings().api.url
     if not api_url:
         return None
     return api_url.rstrip("/").removesuffix("/api")
@@ -81,7 +83,18 @@ def deploy_command(
         err_console.print(f"invalid spec {spec_path}: {exc}")
         raise typer.Exit(code=2) from exc
 
-    from flows.deploy import deploy
+    try:
+        from flows.deploy import deploy
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("flows", "flows.deploy"):
+            raise
+        # The wheel ships the core and this command, not the Prefect flows (see pyproject).
+        err_console.print(
+            "deploy runs the Prefect flow in flows/ of an llm-rollout checkout, which this "
+            "installation does not have: run it from the repository (`uv run llm-rollout "
+            "deploy ...`), or run the deploy-model Prefect deployment (prefect.yaml)"
+        )
+        raise typer.Exit(code=2) from exc
 
     state = deploy(spec, return_state=True)
     run_id = str(state.state_details.flow_run_id)

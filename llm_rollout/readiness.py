@@ -31,9 +31,21 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, RolloutError
+from llm_rollout.kinds import WorkloadKind, kind_of
+from llm_rollout.kinds.base import accept_all
+from llm_rollout.kinds.base import conditions as _conditions
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import get
-from llm_rollout.kube.readiness_rules import (
+from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
+from llm_rollout.kube.watching import (
+    WaitTimeout,
+    WatchSpec,
+    call_with_retry,
+    wait_deleted,
+    wait_pvc_bound,
+    watching,
+)
+from llm_rollout.readiness_rules import (
     DEFAULT_TOLERANCES,
     GROUP_CRASH_LOOP,
     NO_AUTOSCALER,
@@ -57,15 +69,6 @@ from llm_rollout.kube.readiness_rules import (
     stable_slot,
     track,
 )
-from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
-from llm_rollout.kube.watching import (
-    WaitTimeout,
-    WatchSpec,
-    call_with_retry,
-    wait_deleted,
-    wait_pvc_bound,
-    watching,
-)
 
 __all__ = [
     "EVENT_GRACE_S",
@@ -75,6 +78,7 @@ __all__ = [
     "Tolerances",
     "WorkloadFailed",
     "pod_selector_for",
+    "read_autoscaler_status",
     "wait_deleted",
     "wait_pvc_bound",
     "wait_ready",
@@ -119,8 +123,6 @@ LOG_REASONS = frozenset(
 # StatusConfigMapName; kube-system is its default --namespace).
 AUTOSCALER_STATUS = ObjectRef("v1", "ConfigMap", "kube-system", "cluster-autoscaler-status")
 AUTOSCALER_REFRESH_S = 10.0
-RBG_LABELS_V1ALPHA1 = "rolebasedgroup.workloads.x-k8s.io/name"
-RBG_LABELS_V07 = "rbg.workloads.x-k8s.io/group-name"
 
 
 class WorkloadFailed(PermanentError):
@@ -176,135 +178,24 @@ class ReadyReport:
     watch_resyncs: int = 0
 
 
-def _conditions(obj: Mapping[str, Any]) -> dict[str, JsonDict]:
-    status = obj.get("status") or {}
-    return {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, dict)}
-
-
-def _condition_true(obj: Mapping[str, Any], name: str) -> bool:
-    return str(_conditions(obj).get(name, {}).get("status")) == "True"
-
-
-def _int(value: Any, default: int = 0) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _generation_missing(obj: Mapping[str, Any]) -> list[str]:
-    generation = (obj.get("metadata") or {}).get("generation")
-    observed = (obj.get("status") or {}).get("observedGeneration")
-    if generation is not None and _int(observed, -1) < _int(generation):
-        return [f"controller has not observed generation {generation} (observed {observed})"]
-    return []
-
-
-def _replicas_missing(obj: Mapping[str, Any], what: str = "readyReplicas") -> list[str]:
-    want = _int((obj.get("spec") or {}).get("replicas"), 1)
-    have = _int((obj.get("status") or {}).get("readyReplicas"))
-    return [] if have >= want else [f"{what} {have}/{want}"]
-
-
-def _condition_missing(obj: Mapping[str, Any], name: str) -> list[str]:
-    cond = _conditions(obj).get(name)
-    if cond is None:
-        return [f"condition {name} not reported"]
-    if str(cond.get("status")) != "True":
-        why = cond.get("reason") or cond.get("message") or ""
-        return [f"condition {name}={cond.get('status')}" + (f" ({why})" if why else "")]
-    return []
-
-
 def workload_missing(obj: Mapping[str, Any]) -> list[str]:
     """What the workload's own status still lacks before it counts as ready ([] = ready).
 
-    Deployment: observed generation current, Available=True, readyReplicas == replicas.
-    StatefulSet: observed generation current, readyReplicas == replicas.
-    LeaderWorkerSet: Available=True, readyReplicas (ready groups) == replicas.
-    RoleBasedGroup: Ready=True and every role's readyReplicas == its replicas.
-    RayCluster: status.state == "ready".
+    Each kind states its rule (`llm_rollout.kinds`, `WorkloadKind.ready_missing`).
     """
-    kind = str(obj.get("kind"))
-    if kind == "Deployment":
-        return (
-            _generation_missing(obj) + _condition_missing(obj, "Available") + _replicas_missing(obj)
-        )
-    if kind == "StatefulSet":
-        return _generation_missing(obj) + _replicas_missing(obj)
-    if kind == "LeaderWorkerSet":
-        return _condition_missing(obj, "Available") + _replicas_missing(
-            obj, "readyReplicas (groups)"
-        )
-    if kind == "RoleBasedGroup":
-        missing = _condition_missing(obj, "Ready")
-        spec_roles = [str(r.get("name")) for r in (obj.get("spec") or {}).get("roles") or []]
-        statuses = {
-            str(s.get("name")): s for s in (obj.get("status") or {}).get("roleStatuses") or []
-        }
-        for role in spec_roles:
-            role_status = statuses.get(role)
-            if role_status is None:
-                missing.append(f"role {role}: no status yet")
-                continue
-            want = _int(role_status.get("replicas"), 1)
-            have = _int(role_status.get("readyReplicas"))
-            if have < want:
-                missing.append(f"role {role}: readyReplicas {have}/{want}")
-        return missing
-    if kind == "RayCluster":
-        state = str((obj.get("status") or {}).get("state") or "")
-        return [] if state == "ready" else [f"state {state or 'not reported'} (want ready)"]
-    raise PermanentError(f"readiness of kind {kind} is not supported")
-
-
-def _selector_string(selector: Mapping[str, Any]) -> str:
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for expr in selector.get("matchExpressions") or []:
-        key, op = expr.get("key"), expr.get("operator")
-        values = ",".join(expr.get("values") or [])
-        if op == "In":
-            parts.append(f"{key} in ({values})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({values})")
-        elif op == "Exists":
-            parts.append(str(key))
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    return ",".join(parts)
+    return _kind(obj).ready_missing(obj)
 
 
 def pod_selector_for(obj: Mapping[str, Any]) -> tuple[str | None, Callable[[JsonDict], bool]]:
-    """The server-side label selector for a workload's pods and a client-side filter.
-
-    RoleBasedGroup v1alpha1 is served by both v0.6 (labels `rolebasedgroup.workloads.x-k8s.io/*`)
-    and v0.7+ (`rbg.workloads.x-k8s.io/*`), so for it pods are matched on either label.
-    """
-    kind = str(obj.get("kind"))
-    name = str((obj.get("metadata") or {}).get("name"))
-    if kind in ("Deployment", "StatefulSet"):
-        selector = _selector_string((obj.get("spec") or {}).get("selector") or {})
-        return selector or None, _accept_all
-    if kind == "LeaderWorkerSet":
-        return f"leaderworkerset.sigs.k8s.io/name={name}", _accept_all
-    if kind == "RayCluster":
-        return f"ray.io/cluster={name}", _accept_all
-    if kind == "RoleBasedGroup":
-        if str(obj.get("apiVersion", "")).endswith("/v1alpha2"):
-            return f"{RBG_LABELS_V07}={name}", _accept_all
-
-        def either_label(pod: JsonDict) -> bool:
-            labels = (pod.get("metadata") or {}).get("labels") or {}
-            return bool(
-                labels.get(RBG_LABELS_V1ALPHA1) == name or labels.get(RBG_LABELS_V07) == name
-            )
-
-        return None, either_label
-    raise PermanentError(f"readiness of kind {kind} is not supported")
+    """The server-side label selector for a workload's pods and a client-side filter."""
+    return _kind(obj).pod_selector(obj)
 
 
-def _accept_all(pod: JsonDict) -> bool:
-    return True
+def _kind(obj: Mapping[str, Any]) -> WorkloadKind:
+    kind = kind_of(obj)
+    if kind is None:
+        raise PermanentError(f"readiness of kind {obj.get('kind')} is not supported")
+    return kind
 
 
 def _pod_ref(pod: Mapping[str, Any]) -> ObjectRef:
@@ -449,7 +340,7 @@ def wait_ready(
     selector: str | None
     pod_filter: Callable[[JsonDict], bool]
     if pod_selector is not None:
-        selector, pod_filter = pod_selector, _accept_all
+        selector, pod_filter = pod_selector, accept_all
     else:
         selector, pod_filter = pod_selector_for(initial)
     pod_spec = WatchSpec("v1", "Pod", namespace, label_selector=selector)
@@ -629,6 +520,13 @@ def _capture_crashes(
     return Incarnations(seen.uids, crash)
 
 
+def read_autoscaler_status(api: k8s_client.ApiClient) -> JsonDict | None:
+    """cluster-autoscaler's status ConfigMap (None when there is none); the worker's RBAC
+    grants `get` on exactly this object (manifests/rbac/worker.yaml.j2)."""
+    configmap: JsonDict | None = call_with_retry(lambda: get(api, AUTOSCALER_STATUS))
+    return configmap
+
+
 class _AutoscalerView:
     """cluster-autoscaler's status ConfigMap, read when an unschedulable pod needs it.
 
@@ -649,7 +547,7 @@ class _AutoscalerView:
             return self._state
         self._read_at = now
         try:
-            configmap = call_with_retry(lambda: get(self._api, AUTOSCALER_STATUS))
+            configmap = read_autoscaler_status(self._api)
         except UnauthorizedError as exc:
             log.info("cannot read %s: %s", AUTOSCALER_STATUS, exc)
             configmap = None

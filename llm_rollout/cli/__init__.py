@@ -19,11 +19,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# One entry per command module; each module owns its commands.
-COMMAND_MODULES: tuple[str, ...] = ("cli.deploy", "cli.plan", "cli.rbac", "cli.sync")
+# One entry per command module of this package; each module owns its commands.
+COMMAND_MODULES: tuple[str, ...] = ("deploy", "plan", "rbac", "sync")
 
 for _module_name in COMMAND_MODULES:
-    importlib.import_module(_module_name).register(app)
+    importlib.import_module(f"{__name__}.{_module_name}").register(app)
 
 
 def main() -> None:

@@ -51,6 +51,7 @@ from typing import Any, Literal
 
 import yaml
 
+from llm_rollout.kinds import all_kinds
 from llm_rollout.spec import RolloutSpec
 
 JsonDict = dict[str, Any]
@@ -78,10 +79,13 @@ _PULL_FINAL = re.compile(
 # `object "ns"/"kube-root-ca.crt" not registered` and is not matched.
 _MOUNT_FINAL = re.compile(r'\b(secrets?|configmaps?) "[^"]+" not found', re.IGNORECASE)
 
-# Labels that tell one incarnation of a stable-named pod from a rolled one.
-_REVISION_LABELS = (
-    "leaderworkerset.sigs.k8s.io/template-revision-hash",
-    "controller-revision-hash",
+# Labels that tell one incarnation of a stable-named pod from a rolled one, each kind's own
+# (`WorkloadKind.revision_labels`); an operator's template revision outranks the StatefulSet's
+# `controller-revision-hash`, which it changes by itself.
+_REVISION_LABELS = tuple(
+    label
+    for kind in sorted(all_kinds(), key=lambda kind: not kind.custom)
+    for label in kind.revision_labels
 )
 
 

@@ -1,0 +1,280 @@
+"""What every workload kind answers, and the registry callers ask instead of naming kinds.
+
+One class per kind (its module in this package), in the manner of kr8s's per-kind classes
+(`kr8s/_objects.py`: class attributes for the API and methods such as `ready()`): API group,
+versions and plural; the templates it renders per (engine, shape); the labels its controller
+puts on pods and the selector that finds them; its readiness rule; the pods (and GPUs) a
+rendered object will create; webhook-style validation rules; and the operator quirks that
+decide whether a change of its pod template rolls its pods.
+
+Callers use `kind_for(spec)` (the kind a spec renders), `kind_of(obj)` (the kind of an object
+read or rendered, None for non-workloads) and `rendered_kinds()`; none of them branch on a kind
+name. Adding a kind means one module here plus its templates in `manifests/`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from llm_rollout.errors import PermanentError
+
+if TYPE_CHECKING:
+    from llm_rollout.spec import ServiceSpec
+
+JsonDict = dict[str, Any]
+PodFilter = Callable[[JsonDict], bool]
+RbgFlavor = Literal["v0.6", "v0.7"]
+# What a redeploy changes in the pod templates: annotations only, container images (with
+# annotations), or other pod-spec fields such as the engine's arguments.
+TemplateChange = Literal["metadata", "image", "spec"]
+
+GPU_RESOURCE = "nvidia.com/gpu"
+ERDMA_RESOURCE = "aliyun/erdma"
+
+
+class UnsupportedKindError(PermanentError):
+    """A kind or shape no module of this package describes."""
+
+
+@dataclass(frozen=True)
+class PodDemand:
+    """What one pod of a release asks the scheduler for."""
+
+    gpus: int
+    erdma: int = 0
+
+
+@dataclass(frozen=True)
+class ApiRequirement:
+    """An API group/kind a shape's objects need, and the versions that would do."""
+
+    group: str
+    kind: str
+    versions: tuple[str, ...]
+    why: str
+
+
+# --- small readers shared by the kinds -----------------------------------------------------------
+
+
+def as_int(value: Any, default: int = 0) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def quantity_int(value: Any) -> int:
+    """Extended resources are integers; tolerate the string form Kubernetes returns."""
+    if value is None:
+        return 0
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def container_demand(pod_spec: Mapping[str, Any]) -> PodDemand:
+    """Sum GPU and eRDMA requests of a pod spec (limits count: extended resources need both)."""
+    gpus = 0
+    erdma = 0
+    for container in pod_spec.get("containers", []) or []:
+        resources = container.get("resources", {}) or {}
+        amounts = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+        gpus += quantity_int(amounts.get(GPU_RESOURCE))
+        erdma += quantity_int(amounts.get(ERDMA_RESOURCE))
+    return PodDemand(gpus=gpus, erdma=erdma)
+
+
+def template_demand(template: Mapping[str, Any] | None) -> PodDemand:
+    if not template:
+        return PodDemand(gpus=0)
+    return container_demand(template.get("spec", {}) or {})
+
+
+def replicas_of(holder: Mapping[str, Any]) -> int:
+    """`replicas` of a spec or role; absent (or null) means the API default 1."""
+    value = holder.get("replicas")
+    return int(value) if value is not None else 1
+
+
+def conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    status = obj.get("status") or {}
+    return {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+
+def generation_missing(obj: Mapping[str, Any]) -> list[str]:
+    generation = (obj.get("metadata") or {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if generation is not None and as_int(observed, -1) < as_int(generation):
+        return [f"controller has not observed generation {generation} (observed {observed})"]
+    return []
+
+
+def replicas_missing(obj: Mapping[str, Any], what: str = "readyReplicas") -> list[str]:
+    want = as_int((obj.get("spec") or {}).get("replicas"), 1)
+    have = as_int((obj.get("status") or {}).get("readyReplicas"))
+    return [] if have >= want else [f"{what} {have}/{want}"]
+
+
+def condition_missing(obj: Mapping[str, Any], name: str) -> list[str]:
+    cond = conditions(obj).get(name)
+    if cond is None:
+        return [f"condition {name} not reported"]
+    if str(cond.get("status")) != "True":
+        why = cond.get("reason") or cond.get("message") or ""
+        return [f"condition {name}={cond.get('status')}" + (f" ({why})" if why else "")]
+    return []
+
+
+def accept_all(pod: JsonDict) -> bool:
+    return True
+
+
+def name_of(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name"))
+
+
+# --- the kind ------------------------------------------------------------------------------------
+
+
+class WorkloadKind:
+    """One workload kind. Subclasses set the class attributes and override what differs."""
+
+    kind: ClassVar[str]
+    group: ClassVar[str]  # "" never: workloads live in named groups ("apps" included)
+    versions: ClassVar[tuple[str, ...]]  # newest first: what we render and accept
+    plural: ClassVar[str]
+    # serving.shape values rendered as this kind, and the template of each (engine, shape).
+    shapes: ClassVar[tuple[str, ...]] = ()
+    templates: ClassVar[Mapping[tuple[str, str], str]] = {}
+    # A custom resource: preflight checks its API is served (core kinds always are).
+    custom: ClassVar[bool] = False
+    describe: ClassVar[str] = ""  # how preflight names the need, e.g. "multi-node (LWS)"
+    # Its name becomes a DNS label (Service names, pod hostnames) rather than a subdomain.
+    name_is_dns_label: ClassVar[bool] = False
+    # Label key prefixes the controller adds to pods (absent from our templates).
+    controller_label_prefixes: ClassVar[tuple[str, ...]] = ()
+    # Pod labels that tell one incarnation of a stable-named pod from a rolled one.
+    revision_labels: ClassVar[tuple[str, ...]] = ()
+
+    # -- API ------------------------------------------------------------------------------------
+
+    @classmethod
+    def api_versions(cls) -> tuple[str, ...]:
+        return tuple(f"{cls.group}/{version}" for version in cls.versions)
+
+    @classmethod
+    def required_api(cls) -> ApiRequirement | None:
+        if not cls.custom:
+            return None
+        return ApiRequirement(cls.group, cls.kind, cls.versions, cls.describe)
+
+    def flavor_from_versions(self, versions: Iterable[str]) -> RbgFlavor | None:
+        """The convention the installed operator follows, from its served versions."""
+        return None
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def entry_selector(self, workload: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
+        """Labels the controller sets on the entry pods, narrowing the release Service."""
+        return {}
+
+    def derived_statefulsets(
+        self, spec: ServiceSpec, workload: str, rbg_flavor: RbgFlavor
+    ) -> list[tuple[str, str]]:
+        """The longest StatefulSet names the controller creates, with who makes them."""
+        return []
+
+    def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
+        """Names of the Services the controller creates for the workload (ours must differ)."""
+        return []
+
+    def plan_checks(self, spec: ServiceSpec) -> list[str]:
+        """What rendering checked for this kind's operator, in words (`llm-rollout plan`)."""
+        return []
+
+    # -- reading objects -----------------------------------------------------------------------
+
+    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, JsonDict]]:
+        """Every pod template inside the workload, with its field path."""
+        spec = obj.get("spec") or {}
+        yield "spec.template", spec.get("template") or {}
+
+    def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
+        """A server-side label selector for the workload's pods and a client-side filter."""
+        raise NotImplementedError
+
+    def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
+        """What the workload's own status still lacks before it counts as ready ([] = ready)."""
+        raise NotImplementedError
+
+    def pod_demands(self, obj: Mapping[str, Any]) -> list[PodDemand]:
+        """The pods the object will create, with their GPU/eRDMA asks."""
+        spec = obj.get("spec") or {}
+        return [template_demand(spec.get("template"))] * replicas_of(spec)
+
+    def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
+        """Admission-webhook style rules the CRD schema cannot express."""
+        return iter(())
+
+    def pod_roll(self, obj: Mapping[str, Any], change: TemplateChange) -> PodRoll:
+        """What a change of the pod templates does to the running pods (see `PodRoll`)."""
+        return PodRoll("replace")
+
+
+@dataclass(frozen=True)
+class PodRoll:
+    """What the controller does to running pods when their template changes.
+
+    `replace`: new pods (new UIDs) run the new template; `in-place`: the same pods are
+    updated, containers restarted when their image changed (so the proof is a restarted
+    container, not a new UID); `none`: running pods keep the old template, and `advice` says
+    what to do instead.
+    """
+
+    mode: Literal["replace", "in-place", "none"]
+    advice: str = ""
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, WorkloadKind] = {}
+
+
+def register(cls: type[WorkloadKind]) -> type[WorkloadKind]:
+    """Class decorator: one instance of each kind, keyed by `kind`."""
+    _REGISTRY[cls.kind] = cls()
+    return cls
+
+
+def all_kinds() -> tuple[WorkloadKind, ...]:
+    return tuple(_REGISTRY.values())
+
+
+def rendered_kinds() -> tuple[WorkloadKind, ...]:
+    """The kinds a spec can render (others, such as StatefulSet, are only read)."""
+    return tuple(k for k in _REGISTRY.values() if k.shapes)
+
+
+def kind_named(name: str) -> WorkloadKind | None:
+    return _REGISTRY.get(name)
+
+
+def kind_of(obj: Mapping[str, Any]) -> WorkloadKind | None:
+    """The kind of a workload object, None for anything else (Services, Secrets...)."""
+    return _REGISTRY.get(str(obj.get("kind")))
+
+
+def kind_for_shape(shape: str) -> WorkloadKind:
+    for kind in _REGISTRY.values():
+        if shape in kind.shapes:
+            return kind
+    raise UnsupportedKindError(f"no workload kind renders shape {shape}")
+
+
+def kind_for(spec: ServiceSpec) -> WorkloadKind:
+    """The kind `spec` renders its workload as."""
+    return kind_for_shape(spec.serving.shape)

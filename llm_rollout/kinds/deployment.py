@@ -1,0 +1,92 @@
+"""Deployment (single-GPU and single-node tensor-parallel shapes) and StatefulSet (only read:
+LWS and RBG v0.6 run their pods in StatefulSets)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from llm_rollout.kinds.base import (
+    PodFilter,
+    WorkloadKind,
+    accept_all,
+    as_int,
+    condition_missing,
+    generation_missing,
+    register,
+    replicas_missing,
+    replicas_of,
+)
+
+
+def _selector_string(selector: Mapping[str, Any]) -> str:
+    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    for expr in selector.get("matchExpressions") or []:
+        key, op = expr.get("key"), expr.get("operator")
+        values = ",".join(expr.get("values") or [])
+        if op == "In":
+            parts.append(f"{key} in ({values})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({values})")
+        elif op == "Exists":
+            parts.append(str(key))
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    return ",".join(parts)
+
+
+@register
+class Deployment(WorkloadKind):
+    kind = "Deployment"
+    group = "apps"
+    versions = ("v1",)
+    plural = "deployments"
+    shapes = ("single-gpu", "tensor-parallel")
+    templates: ClassVar[Mapping[tuple[str, str], str]] = {
+        ("vllm", "single-gpu"): "vllm/single-gpu.yaml.j2",
+        ("vllm", "tensor-parallel"): "vllm/tensor-parallel.yaml.j2",
+        ("sglang", "single-gpu"): "sglang/single-node.yaml.j2",
+        ("sglang", "tensor-parallel"): "sglang/single-node.yaml.j2",
+    }
+    # The Deployment controller labels its ReplicaSets' pods `pod-template-hash`
+    # (kubernetes `pkg/controller/deployment/sync.go`); a new template means new pods.
+    revision_labels = ("pod-template-hash",)
+
+    def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
+        selector = _selector_string((obj.get("spec") or {}).get("selector") or {})
+        return selector or None, accept_all
+
+    def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
+        """Observed generation current, Available=True, every replica updated and ready.
+
+        `updatedReplicas` (pods of the newest ReplicaSet) tells a rolled Deployment from one
+        whose old pods are still the ready ones (`pkg/controller/deployment/sync.go`
+        calculateStatus)."""
+        missing = generation_missing(obj) + condition_missing(obj, "Available")
+        missing += replicas_missing(obj)
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        # Zero counters are omitted from the status (omitempty), so once the controller
+        # reported at all, an absent updatedReplicas means none.
+        if "observedGeneration" in status:
+            want, have = replicas_of(spec), as_int(status.get("updatedReplicas"))
+            if have < want:
+                missing.append(f"updatedReplicas {have}/{want}")
+        return missing
+
+
+@register
+class StatefulSet(WorkloadKind):
+    kind = "StatefulSet"
+    group = "apps"
+    versions = ("v1",)
+    plural = "statefulsets"
+    # StatefulSet pods carry `controller-revision-hash` (kubernetes
+    # `pkg/controller/statefulset/stateful_set_utils.go`).
+    revision_labels = ("controller-revision-hash",)
+
+    def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
+        selector = _selector_string((obj.get("spec") or {}).get("selector") or {})
+        return selector or None, accept_all
+
+    def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
+        return generation_missing(obj) + replicas_missing(obj)

