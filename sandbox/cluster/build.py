@@ -19,6 +19,9 @@ Which operator versions: the module proxy serves the ``.info`` and ``.mod`` of
 refused their ``.zip`` ("403 This module version is not available", checked 2026-12-06); it
 served whole zips of lws v0.9.0 (and v0.8.0, v0.7.0, v0.6.2) and of ray-operator v1.6.2 (and
 v1.6.1, v1.6.0). So LWS is pinned at v0.9.0 and KubeRay at v1.6.2, the newest served whole.
+CoreDNS: ``go list -m -versions github.com/coredns/coredns`` listed up to v1.15.0 (2026-12-06),
+which builds with Go 1.26.8; it pulls k8s.io/client-go v0.37.1, newer than the Kubernetes
+module's v0.36.x, which is why it is a module of its own.
 
 Standard library only: it runs before the project's environment exists.
 """
@@ -64,6 +67,8 @@ class GoProgram:
 PROGRAMS = (
     GoProgram(module_dir="k8s", binary="kube", package="."),
     GoProgram(module_dir="etcd", binary="etcd", package="go.etcd.io/etcd/server/v3"),
+    # The cluster DNS: CoreDNS with only the plugins the harness's Corefile names (its main.go).
+    GoProgram(module_dir="coredns", binary="coredns", package="."),
     GoProgram(
         module_dir="kuberay",
         binary="ray-operator",

@@ -1,6 +1,6 @@
 """Start a real Kubernetes control plane as plain processes: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler, the KubeRay operator, the LeaderWorkerSet manager
-with its webhooks, and our node agent.
+with its webhooks, our node agent, the cluster DNS (CoreDNS) and kube-proxy.
 
 The binaries come from ``build.py``. Everything listens inside the test run's own network
 namespace (``netns.py``): the API server advertises an address of the namespace's private
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import ssl
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +35,7 @@ from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
 from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
 from sandbox.cluster.pods.containers import BACKOFF_BASE_S
 from sandbox.cluster.pods.node import PodsConfig
-from sandbox.cluster.processes import Supervisor, http_ok, tls_accepts
+from sandbox.cluster.processes import Component, Supervisor, http_ok, tls_accepts
 
 HARNESS_MANAGER = "llm-rollout-harness"
 KUBERAY_USER = "kuberay-operator"
@@ -56,6 +57,10 @@ class ClusterPorts:
     lws_webhook: int = 19443
     lws_metrics: int = 18443
     lws_probe: int = 18081
+    coredns_health: int = 18180
+    coredns_ready: int = 18181
+    kube_proxy_healthz: int = 10256
+    kube_proxy_metrics: int = 10249
 
     def shifted(self, offset: int) -> ClusterPorts:
         return ClusterPorts(*(getattr(self, f.name) + offset for f in fields(self)))
@@ -81,6 +86,11 @@ class ClusterConfig:
     container_backoff_base_s: float = BACKOFF_BASE_S
     with_kuberay: bool = True
     with_lws: bool = True
+    # The cluster DNS (CoreDNS at the kube-dns Service's ClusterIP) and kube-proxy (nftables
+    # mode). Both are per network namespace, not per port: a second cluster in the same
+    # namespace must leave them off.
+    with_dns: bool = True
+    with_kube_proxy: bool = True
     ports: ClusterPorts = ClusterPorts()
     # Per component. The whole start took 11-115 s on the shared 2-core machine depending on its
     # load (tests/cluster/conftest.py); a bound, not an expectation.
@@ -175,6 +185,91 @@ def _insecure_tls() -> ssl.SSLContext:
 
 
 APPLY = "application/apply-patch+yaml"
+COREDNS_USER = "coredns"
+KUBE_PROXY_USER = "system:kube-proxy"
+DNS_DOMAIN = "cluster.local"
+
+
+def coredns_cluster_role() -> dict[str, Any]:
+    """What CoreDNS's kubernetes plugin reads, and nothing more: it lists and watches Services,
+    EndpointSlices and Namespaces (plugin/kubernetes/controller.go of the pinned module; the
+    README's "Monitoring Kubernetes Endpoints": EndpointSlices only). Pods are watched only
+    with `pods verified` and ServiceImports only with `multicluster`; the Corefile uses
+    neither."""
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "llm-rollout:coredns"},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["services", "namespaces"],
+                "verbs": ["list", "watch"],
+            },
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["list", "watch"],
+            },
+        ],
+    }
+
+
+def corefile(
+    *, listen_ips: tuple[str, ...], kubeconfig: Path, health_port: int, ready_port: int
+) -> str:
+    """The Corefile: only ``cluster.local`` and the reverse zones, answered from the API server;
+    no ``forward`` (the harness has no uplink), so names outside the cluster get REFUSED."""
+    return (
+        ".:53 {\n"
+        f"    bind {' '.join(listen_ips)}\n"
+        "    errors\n"
+        f"    health 127.0.0.1:{health_port}\n"
+        f"    ready 127.0.0.1:{ready_port}\n"
+        f"    kubernetes {DNS_DOMAIN} in-addr.arpa ip6.arpa {{\n"
+        f"        kubeconfig {kubeconfig}\n"
+        "        pods disabled\n"
+        "        ttl 5\n"
+        "    }\n"
+        "    cache 5\n"
+        "}\n"
+    )
+
+
+def kube_proxy_config(
+    *, kubeconfig: Path, cluster_cidr: str, node_name: str, ports: ClusterPorts
+) -> dict[str, Any]:
+    """kube-proxy's KubeProxyConfiguration (k8s.io/kube-proxy config/v1alpha1).
+
+    nftables mode (k8s.io/kubernetes pkg/proxy/nftables/proxier.go) needs the `nft` command
+    (Debian's nftables, scripts/setup) and the kernel's nf_tables, conntrack and NAT, which this
+    kernel has built in. The conntrack sysctls are left alone (0 = do not set): in a network
+    namespace other than the initial one nf_conntrack_max is read-only.
+    """
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "mode": "nftables",
+        "clusterCIDR": cluster_cidr,
+        "hostnameOverride": node_name,
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "healthzBindAddress": f"127.0.0.1:{ports.kube_proxy_healthz}",
+        "metricsBindAddress": f"127.0.0.1:{ports.kube_proxy_metrics}",
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+            "udpTimeout": "0s",
+            "udpStreamTimeout": "0s",
+        },
+    }
+
+
+def _ip(args: list[str]) -> None:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"`ip {' '.join(args)}` failed: {proc.stderr.strip()}")
 
 
 def apply_documents(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
@@ -260,6 +355,16 @@ class _Starter:
 
     def _kubeconfig(self, name: str, pair: CertPair) -> Path:
         return _cert_kubeconfig(self.run_dir, self.pki, self.api_url, name, pair)
+
+    def _wait_later(self, component: Component, probe: Callable[[], bool]) -> Callable[[], None]:
+        """The wait on ``component``'s readiness, for the caller to run once all have started."""
+
+        def wait() -> None:
+            self.ready_s[component.name] = self.supervisor.wait_ready(
+                component, probe, timeout_s=self.config.ready_timeout_s
+            )
+
+        return wait
 
     @staticmethod
     def _kube_argv(command: str) -> list[str]:
@@ -422,15 +527,9 @@ class _Starter:
                 "--log-stdout-encoder=console",
             ],
         )
-
-        def wait() -> None:
-            self.ready_s["ray-operator"] = self.supervisor.wait_ready(
-                component,
-                lambda: http_ok(f"http://127.0.0.1:{self.ports.kuberay_probe}/readyz"),
-                timeout_s=self.config.ready_timeout_s,
-            )
-
-        return wait
+        return self._wait_later(
+            component, lambda: http_ok(f"http://127.0.0.1:{self.ports.kuberay_probe}/readyz")
+        )
 
     def lws_objects(self, api: k8s.ApiClient) -> list[str]:
         """Apply LWS's CRDs and its ClusterRole bound to its user; return the CRDs' names."""
@@ -501,6 +600,102 @@ class _Starter:
         # A dry run creates nothing; `default` is only a namespace that always exists.
         self.ready_s["lws-webhooks-admitting-after"] = lws.wait_admitted(
             api, namespace="default", timeout_s=self.config.ready_timeout_s
+        )
+
+    def service_network(self) -> None:
+        """Make ClusterIPs reachable from pods in this namespace only: the DNS Service's IP is
+        local (on lo) so CoreDNS can bind it, and the service range is routed to lo, so that
+        the pods' veths answer ARP for ClusterIPs by proxy (proxy ARP needs a route) and the
+        packets reach kube-proxy's DNAT here. Replace, not add: idempotent."""
+        _ip(
+            ["addr", "replace", f"{netns.cluster_dns_ip(self.config.service_cidr)}/32", "dev", "lo"]
+        )
+        _ip(["route", "replace", self.config.service_cidr, "dev", "lo"])
+
+    def dns_objects(self, api: k8s.ApiClient) -> None:
+        """The kube-dns Service at the cluster DNS IP (before anything else can take it), an
+        EndpointSlice naming this namespace's advertise address (CoreDNS is a process here, not
+        a pod; without an endpoint kube-proxy would reject the Service's traffic), and
+        CoreDNS's ClusterRole bound to its certificate's user."""
+        core = k8s.CoreV1Api(api)
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        # The API server creates kube-system just after it reports ready.
+        while not any(n.metadata.name == "kube-system" for n in core.list_namespace().items):
+            if time.monotonic() > deadline:
+                raise TimeoutError("namespace kube-system never appeared")
+            time.sleep(0.2)
+        ports = [
+            {"name": "dns", "protocol": "UDP", "port": 53},
+            {"name": "dns-tcp", "protocol": "TCP", "port": 53},
+        ]
+        core.create_namespaced_service(
+            "kube-system",
+            {
+                "metadata": {"name": "kube-dns", "labels": {"k8s-app": "kube-dns"}},
+                "spec": {
+                    "clusterIP": netns.cluster_dns_ip(self.config.service_cidr),
+                    "ports": [{**p, "targetPort": 53} for p in ports],
+                },
+            },
+        )
+        k8s.DiscoveryV1Api(api).create_namespaced_endpoint_slice(
+            "kube-system",
+            {
+                "metadata": {
+                    "name": "kube-dns-harness",
+                    "labels": {
+                        "kubernetes.io/service-name": "kube-dns",
+                        "endpointslice.kubernetes.io/managed-by": HARNESS_MANAGER,
+                    },
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [self.advertise_ip], "conditions": {"ready": True}}],
+                "ports": ports,
+            },
+        )
+        role = coredns_cluster_role()
+        apply_documents(api, [role, _bind_user(COREDNS_USER, role["metadata"]["name"])])
+
+    def coredns(self) -> Callable[[], None]:
+        kubeconfig = self._kubeconfig(COREDNS_USER, self.pki.client(COREDNS_USER))
+        path = self.run_dir / "Corefile"
+        path.write_text(
+            corefile(
+                listen_ips=(netns.cluster_dns_ip(self.config.service_cidr), self.advertise_ip),
+                kubeconfig=kubeconfig,
+                health_port=self.ports.coredns_health,
+                ready_port=self.ports.coredns_ready,
+            )
+        )
+        component = self.supervisor.start(
+            "coredns", [str(self.binaries / "bin" / "coredns"), "-conf", str(path)]
+        )
+        # The ready plugin answers 200 once the kubernetes plugin has synced its informers.
+        return self._wait_later(
+            component, lambda: http_ok(f"http://127.0.0.1:{self.ports.coredns_ready}/ready")
+        )
+
+    def kube_proxy(self) -> Callable[[], None]:
+        # system:kube-proxy is the user the bootstrap policy binds to system:node-proxier
+        # (plugin/pkg/auth/authorizer/rbac/bootstrappolicy/policy.go).
+        kubeconfig = self._kubeconfig("kube-proxy", self.pki.client(KUBE_PROXY_USER))
+        path = self.run_dir / "kube-proxy.yaml"
+        path.write_text(
+            yaml.safe_dump(
+                kube_proxy_config(
+                    kubeconfig=kubeconfig,
+                    cluster_cidr=self.config.cluster_cidr,
+                    node_name=self.config.nodes[0].name,
+                    ports=self.ports,
+                )
+            )
+        )
+        component = self.supervisor.start(
+            "kube-proxy", [*self._kube_argv("kube-proxy"), f"--config={path}"], executable=self.kube
+        )
+        # /healthz answers 200 once the proxier has synced the rules at least once.
+        return self._wait_later(
+            component, lambda: http_ok(f"http://127.0.0.1:{self.ports.kube_proxy_healthz}/healthz")
         )
 
     def node_agent(self, api: k8s.ApiClient) -> Callable[[], None]:
@@ -575,7 +770,15 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
         # the operators start once the API server has established them. No process is started
         # while those threads run (the children's pre-exec hook must not fork beside a busy
         # thread).
+        if config.with_dns or config.with_kube_proxy:
+            starter.service_network()
+        if config.with_dns:
+            starter.dns_objects(api)
         waits = [starter.controller_manager(), starter.scheduler(), starter.node_agent(api)]
+        if config.with_dns:
+            waits.append(starter.coredns())
+        if config.with_kube_proxy:
+            waits.append(starter.kube_proxy())
         crd_names: list[str] = []
         with ThreadPoolExecutor(max_workers=2) as pool:
             applied = []
