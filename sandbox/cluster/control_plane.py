@@ -685,6 +685,9 @@ class _Starter:
                 kube_proxy_config(
                     kubeconfig=kubeconfig,
                     cluster_cidr=self.config.cluster_cidr,
+                    # One kube-proxy serves every node: all pods' traffic crosses this one
+                    # namespace. It speaks as the first node, so only Services with
+                    # internalTrafficPolicy Local would see the difference (none here).
                     node_name=self.config.nodes[0].name,
                     ports=self.ports,
                 )

@@ -16,6 +16,7 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes.stream import stream
 
+from sandbox.cluster.control_plane import COREDNS_USER, KUBE_PROXY_USER
 from tests.cluster.pod_helpers import (
     POD_TIMEOUT_S,
     SHELL_IMAGE,
@@ -209,3 +210,30 @@ def test_a_cluster_ip_reaches_only_ready_endpoints(
     # The server itself still answers at its own address: only the Service's routing changed.
     code, out = _run_in_shell(admin, namespace, [*get, direct])
     assert (code, out) == (0, "200\n")
+
+
+def test_coredns_and_kube_proxy_have_only_their_read_access(admin: k8s.ApiClient) -> None:
+    """Their identities' rights as the API server's authorizer judges them: what CoreDNS's
+    kubernetes plugin and kube-proxy's informers need (list/watch), nothing they could change
+    or read secrets with."""
+
+    def allowed(user: str, verb: str, resource: str, group: str = "") -> bool:
+        review = k8s.AuthorizationV1Api(admin).create_subject_access_review(
+            {
+                "spec": {
+                    "user": user,
+                    "resourceAttributes": {"verb": verb, "resource": resource, "group": group},
+                }
+            }
+        )
+        return bool(review.status.allowed)
+
+    for user in (COREDNS_USER, KUBE_PROXY_USER):
+        assert allowed(user, "watch", "services")
+        assert allowed(user, "list", "endpointslices", "discovery.k8s.io")
+        assert not allowed(user, "get", "secrets")
+        assert not allowed(user, "update", "services")
+        assert not allowed(user, "delete", "endpointslices", "discovery.k8s.io")
+    assert not allowed(COREDNS_USER, "list", "pods")
+    # kube-proxy reads its Node for its addresses (system:node-proxier).
+    assert allowed(KUBE_PROXY_USER, "get", "nodes")
