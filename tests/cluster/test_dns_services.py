@@ -17,6 +17,7 @@ from kubernetes import client as k8s
 from kubernetes.stream import stream
 
 from sandbox.cluster.control_plane import COREDNS_USER, KUBE_PROXY_USER
+from sandbox.cluster.waits import wait_for
 from tests.cluster.pod_helpers import (
     POD_TIMEOUT_S,
     SHELL_IMAGE,
@@ -155,6 +156,58 @@ def test_a_headless_services_pod_resolves_by_hostname_and_subdomain(
     assert _resolve(admin, namespace, "workers", pod_ip) == pod_ip
 
 
+def test_a_not_ready_pod_resolves_only_where_not_ready_addresses_are_published(
+    admin: k8s.ApiClient, namespace: str
+) -> None:
+    # LWS's headless Service sets publishNotReadyAddresses, so that workers find the leader
+    # before it is Ready; the EndpointSlice controller then marks such endpoints ready, and
+    # CoreDNS answers only for endpoints marked ready (plugin/kubernetes/object/endpoint.go).
+    core = k8s.CoreV1Api(admin)
+    never_ready = {"exec": {"command": ["false"]}, "periodSeconds": 1}
+    for service, publish in (("published", True), ("unpublished", False)):
+        core.create_namespaced_service(
+            namespace,
+            {
+                "metadata": {"name": service},
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": {"group": service},
+                    "ports": [{"port": 6379}],
+                    "publishNotReadyAddresses": publish,
+                },
+            },
+        )
+        pod = _pod(
+            f"{service}-0",
+            [shell_container("main", "exec sleep 3600", readinessProbe=never_ready)],
+            labels={"group": service},
+            hostname="leader",
+            subdomain=service,
+        )
+        core.create_namespaced_pod(namespace, pod)
+    running = {
+        service: wait_pod(
+            admin, namespace, f"{service}-0", "Running", lambda p: p.status.pod_ip is not None
+        )
+        for service in ("published", "unpublished")
+    }
+    _shell_pod(admin, namespace)
+    published_ip = running["published"].status.pod_ip
+    assert _resolve(admin, namespace, "leader.published", published_ip) == published_ip
+    # The other pod is in its Service's EndpointSlice, marked not ready, and has no name.
+    wait_for(
+        k8s.DiscoveryV1Api(admin).list_namespaced_endpoint_slice,
+        lambda items: any(e.conditions.ready is False for s in items for e in s.endpoints or []),
+        namespace=namespace,
+        label_selector="kubernetes.io/service-name=unpublished",
+        timeout_s=SETTLE_TIMEOUT_S,
+        what="the unpublished pod's endpoint, not ready",
+    )
+    code, out = _run_in_shell(admin, namespace, ["getent", "ahostsv4", "leader.unpublished"])
+    assert (code, out) == (2, "")
+    assert not is_ready(core.read_namespaced_pod("unpublished-0", namespace))
+
+
 GET = (
     "import sys, urllib.request\n"
     "try:\n"
@@ -195,6 +248,8 @@ def test_a_cluster_ip_reaches_only_ready_endpoints(
     _poll_shell(
         admin, namespace, [*get, via_service], lambda out: out == "200\n", "via the Service"
     )
+    # And by its name, as a rendered client would dial it: CoreDNS, then kube-proxy.
+    _poll_shell(admin, namespace, [*get, "http://web/"], lambda out: out == "200\n", "via web")
     gate.unlink()
     wait_pod(admin, namespace, "web", "not Ready", lambda p: not is_ready(p))
     # With no ready endpoint, kube-proxy rejects the Service's traffic (its no-endpoint
