@@ -1,8 +1,8 @@
 """Build the test cluster's real binaries from the project's pinned Go modules.
 
 Each folder under ``sandbox/cluster/go/`` is a wrapper module holding only a ``go.mod`` and
-``go.sum`` (and, for Kubernetes, a small ``main.go``): the upstream source comes from the Go
-module proxy at the versions those files pin, and nothing built is ever committed. Each
+``go.sum`` (and, for Kubernetes and CoreDNS, a small ``main.go``): the upstream source comes
+from the Go module proxy at the versions those files pin, and nothing built is ever committed. Each
 upstream program gets a module of its own so that Go's minimal version selection cannot move
 one program's dependencies to satisfy another's (etcd and Kubernetes disagree on grpc and
 otel, for instance).

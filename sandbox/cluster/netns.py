@@ -39,7 +39,7 @@ def first_service_ip(service_cidr: str) -> str:
 
 def cluster_dns_ip(service_cidr: str) -> str:
     """The cluster DNS Service's address by kubeadm's convention (the tenth of the range), which
-    pods' resolv.conf names; no DNS server answers there yet (issue 15, item 5)."""
+    pods' resolv.conf names and where the harness's CoreDNS answers (control_plane.py)."""
     return str(ipaddress.ip_network(service_cidr)[10])
 
 
