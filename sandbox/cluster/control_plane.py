@@ -749,6 +749,11 @@ class _Starter:
 def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Cluster:
     """Start every component in order and return once each answers on its real endpoint."""
     netns.require_private_namespace()
+    if config.with_kube_proxy and shutil.which("nft") is None:
+        raise FileNotFoundError(
+            "kube-proxy's nftables mode needs the `nft` command (Debian's nftables package), "
+            "which is not on PATH; run ./scripts/setup"
+        )
     binaries = build.binaries_dir() if binaries is None else binaries
     run_dir = Path(tempfile.mkdtemp(prefix="llm-rollout-cluster-", dir=_run_dir_parent()))
     starter = _Starter(config, binaries, run_dir)

@@ -10,6 +10,7 @@ EndpointSlice carries its hostname (what LWS's leader address relies on).
 from __future__ import annotations
 
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +251,10 @@ def test_a_cluster_ip_reaches_only_ready_endpoints(
     )
     # And by its name, as a rendered client would dial it: CoreDNS, then kube-proxy.
     _poll_shell(admin, namespace, [*get, "http://web/"], lambda out: out == "200\n", "via web")
+    # From the harness namespace itself too (where the product under test runs): kube-proxy's
+    # output hook DNATs local traffic as well.
+    with urllib.request.urlopen(via_service, timeout=POD_TIMEOUT_S) as response:
+        assert response.status == 200
     gate.unlink()
     wait_pod(admin, namespace, "web", "not Ready", lambda p: not is_ready(p))
     # With no ready endpoint, kube-proxy rejects the Service's traffic (its no-endpoint
