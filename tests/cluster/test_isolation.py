@@ -72,6 +72,10 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
             ports=ClusterPorts().shifted(100),
             # Pod ranges of its own, apart from the session cluster's 10.244.0.0/17.
             cluster_cidr="10.244.64.0/18",
+            # The DNS address and kube-proxy's nftables table belong to the namespace, which
+            # the session cluster's own already hold.
+            with_dns=False,
+            with_kube_proxy=False,
         )
     )
     marker = uuid.uuid4().hex
