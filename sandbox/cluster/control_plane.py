@@ -119,14 +119,18 @@ class Cluster:
     def tails(self) -> str:
         return self.supervisor.tails()
 
-    def kubeconfig_for(self, name: str, pair: CertPair) -> Path:
-        """A kubeconfig presenting ``pair`` (a client certificate from ``self.pki``)."""
-        return _cert_kubeconfig(self.run_dir, self.pki, self.api_url, name, pair)
+    def kubeconfig_for(self, name: str, pair: CertPair, *, server: str | None = None) -> Path:
+        """A kubeconfig presenting ``pair`` (a client certificate from ``self.pki``) to the API
+        server, or to ``server`` (the fault proxy, ``api_proxy.py``) when given."""
+        return _cert_kubeconfig(self.run_dir, self.pki, server or self.api_url, name, pair)
 
-    def token_kubeconfig(self, name: str, token: str) -> Path:
+    def token_kubeconfig(self, name: str, token: str, *, server: str | None = None) -> Path:
         """A kubeconfig presenting a bearer token (a ServiceAccount's)."""
         path = _write_kubeconfig(
-            self.run_dir / "kubeconfigs" / f"{name}.yaml", self.pki, self.api_url, {"token": token}
+            self.run_dir / "kubeconfigs" / f"{name}.yaml",
+            self.pki,
+            server or self.api_url,
+            {"token": token},
         )
         path.chmod(0o600)
         return path
