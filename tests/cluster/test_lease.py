@@ -1,0 +1,159 @@
+"""The rollout Lease (``llm_rollout/locking.py``) on the real API server: renewal keeps a hold
+past its duration, a holder that stops renewing is taken over after expiry, and the first
+holder then learns it lost the lock (issue 19, "renewal and loss of the rollout Lease").
+
+Durations are shortened through the product's own ``duration_s`` parameter. The real
+coordination.k8s.io/v1 Lease validation (pkg/apis/coordination/validation/validation.go)
+requires leaseDurationSeconds > 0, so 2-3 s holds are legal objects. Nothing here compares
+wall-clock durations: expiry and renewal are judged from the timestamps the Lease records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from kubernetes import client as k8s
+
+from llm_rollout.kube.objects import get
+from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.locking import (
+    LeaseLostError,
+    LeaseState,
+    acquire,
+    lease_name,
+    lease_ref,
+    release,
+    renew,
+    service_lock,
+    try_acquire,
+)
+from sandbox.cluster.api_proxy import ApiFaultProxy, FaultRule
+from sandbox.cluster.control_plane import Cluster
+from tests.cluster.faults_support import admin_via, faults, product_client, proxy, seen
+
+__all__ = ["faults", "proxy"]
+
+SERVICE = "qwen"
+# Generous against a loaded 2-core machine; each wait ends as soon as its event arrives.
+WAIT_S = 45.0
+
+
+def _lease(api: k8s.ApiClient, namespace: str) -> LeaseState:
+    obj = get(api, lease_ref(namespace, SERVICE))
+    assert obj is not None
+    return LeaseState.of(obj)
+
+
+def _wait_lease(api: k8s.ApiClient, namespace: str, what: str, done: object) -> LeaseState:
+    """Watch the Lease until ``done(state)`` holds (bounded)."""
+    assert callable(done)
+    spec = WatchSpec("coordination.k8s.io/v1", "Lease", namespace, name=lease_name(SERVICE))
+    deadline = time.monotonic() + WAIT_S
+    with watching(api, [spec]) as group:
+        while True:
+            obj = group.cache[spec].get(lease_name(SERVICE))
+            if obj is not None and done(LeaseState.of(obj)):
+                return LeaseState.of(obj)
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{what}: not seen within {WAIT_S:.0f} s; last {obj}"
+            group.next(remaining)
+
+
+def test_renewal_keeps_the_hold_past_its_duration(cluster: Cluster, namespace: str) -> None:
+    api = product_client(cluster.admin_kubeconfig)
+    duration_s = 3
+    with service_lock(
+        api, namespace, SERVICE, holder="run-a", owner="a", wait_s=0, duration_s=duration_s
+    ) as lock:
+        first = _lease(api, namespace)
+        assert (first.holder, first.owner, first.duration_s) == ("run-a", "a", duration_s)
+        # Renewed until its recorded renewTime is more than one duration after it was taken.
+        renewed = _wait_lease(
+            api,
+            namespace,
+            "a renewal more than one duration after the acquisition",
+            lambda s: (
+                s.renewed_at is not None
+                and s.acquired_at is not None
+                and (s.renewed_at - s.acquired_at).total_seconds() > duration_s
+            ),
+        )
+        assert renewed.holder == "run-a" and renewed.acquired_at == first.acquired_at
+        # Still held: another run is refused, with the holder named.
+        taken, state, _ = try_acquire(
+            api, namespace, SERVICE, holder="run-b", owner="b", duration_s=duration_s
+        )
+        assert not taken and state.holder == "run-a"
+        assert not lock.lost
+    after = _lease(api, namespace)
+    assert after.holder == "" and after.owner == "a"  # released, the object kept
+    api.close()  # type: ignore[no-untyped-call]
+
+
+def test_a_holder_that_stops_renewing_is_taken_over_and_learns_it_lost(
+    cluster: Cluster, namespace: str
+) -> None:
+    api = product_client(cluster.admin_kubeconfig)
+    # `acquire` alone takes the hold without a renewer: a run that stopped (crashed, paused).
+    state_a, _ = acquire(api, namespace, SERVICE, holder="run-a", owner="a", wait_s=0, duration_s=2)
+    # Run B waits (watching the Lease, retrying at its expiry) and takes it over.
+    state_b, reentrant = acquire(
+        api, namespace, SERVICE, holder="run-b", owner="b", wait_s=WAIT_S, duration_s=2
+    )
+    assert not reentrant and state_b.holder == "run-b" and state_b.owner == "b"
+    lease = _lease(api, namespace)
+    assert lease.holder == "run-b"
+    # The takeover happened only once A's hold had lapsed by the Lease's own record.
+    assert state_a.renewed_at is not None and lease.acquired_at is not None
+    assert (lease.acquired_at - state_a.renewed_at).total_seconds() >= state_a.duration_s
+    obj = k8s.CoordinationV1Api(api).read_namespaced_lease(lease_name(SERVICE), namespace)
+    assert obj.spec.lease_transitions == 1
+
+    with pytest.raises(LeaseLostError, match="no longer ours"):
+        renew(api, namespace, SERVICE, owner="a")
+    assert release(api, namespace, SERVICE, owner="a") is False
+    assert _lease(api, namespace).holder == "run-b"  # A's release left B's hold alone
+    assert release(api, namespace, SERVICE, owner="b") is True
+    api.close()  # type: ignore[no-untyped-call]
+
+
+def test_a_lock_whose_renewals_fail_is_lost_and_the_block_ends_in_lease_lost(
+    cluster: Cluster, faults: ApiFaultProxy, namespace: str
+) -> None:
+    """Run A's renewals are refused (500 on its Lease writes, through the fault proxy) until
+    its hold expires; run B takes over; A's renewer then finds B holding the Lease.
+
+    What the product does (locking.py ``service_lock``): it sets ``lock.lost`` at that
+    renewal and raises ``LeaseLostError`` when the block exits; the work inside the block is
+    not interrupted, so it runs on, overlapping B, until it returns.
+    """
+    a_api = admin_via(cluster, faults)
+    b_api = product_client(cluster.admin_kubeconfig)
+    lease_path = rf"/namespaces/{namespace}/leases/{lease_name(SERVICE)}$"
+    faults.plan.add(FaultRule("error", lease_path, method="PUT", status=500, times=None))
+    ran_on_after_loss = False
+    with (
+        pytest.raises(LeaseLostError, match="taken over while this run held it"),
+        service_lock(
+            a_api, namespace, SERVICE, holder="run-a", owner="a", wait_s=0, duration_s=3
+        ) as lock,
+    ):
+        state_b, _ = acquire(
+            b_api, namespace, SERVICE, holder="run-b", owner="b", wait_s=WAIT_S, duration_s=30
+        )
+        assert state_b.holder == "run-b"
+        deadline = time.monotonic() + WAIT_S
+        noticed = threading.Event()
+        # The product offers no event for the loss, only the flag its renewer sets.
+        while not lock.lost and not noticed.wait(0.1):
+            assert time.monotonic() < deadline, "run A never noticed it lost the lease"
+        ran_on_after_loss = True
+    assert ran_on_after_loss
+    puts = seen(faults, path_suffix=f"/leases/{lease_name(SERVICE)}", method="PUT")
+    assert puts and {r.status for r in puts} == {500}  # every renewal of A was refused
+    lease = _lease(b_api, namespace)
+    assert lease.holder == "run-b"  # A's exit did not release B's hold
+    a_api.close()  # type: ignore[no-untyped-call]
+    b_api.close()  # type: ignore[no-untyped-call]
