@@ -1,0 +1,277 @@
+"""The product's Kubernetes work that needs no running pod, done on the real cluster with
+nothing but the worker ServiceAccount's token (issue 14, item 6; ported from the imitation's
+tests/sandbox_kube_rbac).
+
+The admin applies what ``llm-rollout rbac`` renders (``llm_rollout/rbac.py``), a TokenRequest
+gives the worker's token, and the worker runs preflight's cluster reads, the Lease lock,
+server-side apply (dry-run first) of every rendered object under the product's field manager,
+promotion of the stable Service and teardown in reverse order. Every worker request goes
+through the fault proxy (with no fault set) only so that each one is recorded with its answer:
+none may be refused.
+
+No pod may run here yet, so the namespace carries a ResourceQuota of zero pods: the
+controllers create their ReplicaSets/StatefulSets and are refused the pods. A pod bound to a
+node would never finish terminating without a kubelet (see test_node_loss.py), and teardown
+waits for pods to be gone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from typer.testing import CliRunner
+
+from cli import app
+from llm_rollout.errors import is_transient
+from llm_rollout.kube.errors import UnauthorizedError
+from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, get
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.kube.watching import wait_pvc_bound
+from llm_rollout.locking import acquire, release
+from llm_rollout.preflight import PreflightReport, check_cluster
+from llm_rollout.rbac import DEFAULT_SERVICE_ACCOUNT, render_worker_rbac, worker_user
+from llm_rollout.release import (
+    apply_checked,
+    find_serving_release,
+    point_stable_service,
+    teardown,
+)
+from llm_rollout.render import render, render_oss_secret
+from llm_rollout.spec import load_spec
+from sandbox.cluster.api_proxy import ApiFaultProxy
+from sandbox.cluster.control_plane import Cluster
+from tests.cluster.faults_support import product_client, proxy, service_account_token
+
+__all__ = ["proxy"]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+NAMESPACE = "llm-serving"  # the namespace every example deploys into
+OTHER_NAMESPACE = "other-team"
+USER = worker_user(NAMESPACE)
+# RoleBasedGroup is left out: its CRDs and reconciler are not part of the real cluster yet
+# (sandbox/cluster starts LWS and KubeRay only).
+EXAMPLES_WITHOUT_PODS = (
+    ("seed-vllm-single-gpu.yaml", "Deployment"),
+    ("seed-vllm-tp4.yaml", "Deployment"),
+    ("seed-vllm-lws.yaml", "LeaderWorkerSet"),
+    ("seed-sglang-lws.yaml", "LeaderWorkerSet"),
+    ("seed-qwen14b-ray-tp2.yaml", "RayCluster"),
+    ("seed-vllm-ray-tp8-pp2.yaml", "RayCluster"),
+)
+
+
+@pytest.fixture(scope="module")
+def rbac_objects(admin: k8s.ApiClient) -> Iterator[list[dict[str, Any]]]:
+    """What a cluster admin does once: the namespaces, the worker's RBAC, and (for this test
+    only) a zero-pod quota."""
+    api = product_client_for_admin(admin)
+    for ns in (NAMESPACE, OTHER_NAMESPACE):
+        apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    apply(
+        api,
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "no-pods", "namespace": NAMESPACE},
+            "spec": {"hard": {"pods": "0"}},
+        },
+    )
+    objects = render_worker_rbac(NAMESPACE)
+    apply_all(api, objects, dry_run=True)
+    apply_all(api, objects)
+    yield objects
+    core = k8s.CoreV1Api(admin)
+    for ns in (NAMESPACE, OTHER_NAMESPACE):
+        core.delete_namespace(ns)
+    rbac = k8s.RbacAuthorizationV1Api(admin)
+    for obj in objects:
+        if obj["kind"] == "ClusterRole":
+            rbac.delete_cluster_role(obj["metadata"]["name"])
+        elif obj["kind"] == "ClusterRoleBinding":
+            rbac.delete_cluster_role_binding(obj["metadata"]["name"])
+
+
+def product_client_for_admin(admin: k8s.ApiClient) -> k8s.ApiClient:
+    # The admin's kubernetes client shares the product's request path (ApiClient.call_api).
+    return admin
+
+
+@pytest.fixture(scope="module")
+def worker(
+    cluster: Cluster,
+    admin: k8s.ApiClient,
+    proxy: ApiFaultProxy,
+    rbac_objects: list[dict[str, Any]],
+) -> Iterator[k8s.ApiClient]:
+    token = service_account_token(admin, NAMESPACE, DEFAULT_SERVICE_ACCOUNT)
+    path = cluster.token_kubeconfig("llm-rollout-worker", token, server=proxy.url)
+    api = product_client(path)
+    yield api
+    api.close()  # type: ignore[no-untyped-call]
+
+
+def _forbidden(call: Any) -> dict[str, Any]:
+    with pytest.raises(ApiException) as err:
+        call()
+    assert err.value.status == 403
+    body: dict[str, Any] = json.loads(err.value.body)
+    assert body["kind"] == "Status" and body["reason"] == "Forbidden" and body["code"] == 403
+    return body
+
+
+@pytest.mark.parametrize(("example", "workload_kind"), EXAMPLES_WITHOUT_PODS)
+def test_plan_level_operations_as_the_worker(
+    admin: k8s.ApiClient,
+    worker: k8s.ApiClient,
+    proxy: ApiFaultProxy,
+    example: str,
+    workload_kind: str,
+) -> None:
+    proxy.clear()
+    spec = load_spec(EXAMPLES / example)
+    assert spec.namespace == NAMESPACE
+    release_id = "r1"
+    if spec.serving.api_key is not None:
+        # The operator creates the API key Secret the spec names, never the flow.
+        apply(
+            admin,
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": spec.serving.api_key.secret_name, "namespace": NAMESPACE},
+                "stringData": {spec.serving.api_key.key: "sk-test-key"},
+            },
+        )
+    rendered = render(spec, release=release_id)
+
+    report = PreflightReport()
+    check_cluster(
+        worker,
+        spec,
+        report,
+        render_workloads=lambda _flavor: list(rendered.workload_objects),
+        find_serving=lambda a: find_serving_release(a, spec.namespace, spec.name),
+    )
+    # Capacity findings depend on what else the session cluster holds; a refused read would
+    # show here as a problem naming the API server's answer.
+    assert not [p for p in report.problems if "403" in p or "forbidden" in p.lower()]
+    assert report.namespace_exists and report.nodes
+
+    _state, reentrant = acquire(
+        worker, NAMESPACE, spec.name, holder="worker-test", owner=release_id, wait_s=0
+    )
+    assert not reentrant
+    storage = [
+        render_oss_secret(spec, "AKID-test", "secret-test") if o["kind"] == "Secret" else o
+        for o in rendered.storage_objects
+    ]
+    apply_checked(worker, storage)
+    # kube-controller-manager's PersistentVolume binder pairs the claim with its volume.
+    wait_pvc_bound(worker, NAMESPACE, spec.pvc_name, 60)
+    workload_objects = list(rendered.workload_objects)
+    dry = apply_all(worker, [*workload_objects, rendered.stable_service], dry_run=True)
+    assert [ObjectRef.of(o) for o in dry] == [
+        ObjectRef.of(o) for o in [*workload_objects, rendered.stable_service]
+    ]
+    applied = apply_checked(worker, workload_objects)
+    workload = next(o for o in applied if o["kind"] == workload_kind)
+    assert FIELD_MANAGER in {m["manager"] for m in workload["metadata"]["managedFields"]}
+    point_stable_service(worker, rendered.stable_service, release_id, {})
+    assert find_serving_release(worker, NAMESPACE, spec.name).release == release_id
+    assert release(worker, NAMESPACE, spec.name, owner=release_id)
+
+    removed = teardown(worker, NAMESPACE, spec.name, wait_timeout_s=60)
+    kinds = [r.kind for r in removed]
+    # Reverse order: the workload and Services before the claim, the claim before its volume.
+    assert workload_kind in kinds
+    assert kinds.index(workload_kind) < kinds.index("PersistentVolumeClaim")
+    assert kinds.index("PersistentVolumeClaim") < kinds.index("PersistentVolume")
+    for ref in removed:
+        assert get(admin, ref) is None, f"{ref} still exists after teardown"
+
+    records = proxy.records()
+    assert records and {r.identity for r in records} == {"token"}
+    refused = [(r.method, r.path, r.status) for r in records if r.status in (401, 403)]
+    assert refused == []
+
+
+def test_requests_outside_the_role_are_forbidden(worker: k8s.ApiClient) -> None:
+    core = k8s.CoreV1Api(worker)
+    body = _forbidden(lambda: core.list_namespaced_secret(OTHER_NAMESPACE))
+    assert body["message"] == (
+        f'secrets is forbidden: User "{USER}" cannot list resource "secrets" in API group "" '
+        f'in the namespace "{OTHER_NAMESPACE}"'
+    )
+    body = _forbidden(lambda: core.delete_node("gpu-node-0"))
+    assert body["message"] == (
+        f'nodes "gpu-node-0" is forbidden: User "{USER}" cannot delete resource "nodes" in API '
+        'group "" at the cluster scope'
+    )
+    assert body["details"] == {"name": "gpu-node-0", "kind": "nodes"}
+    rbac = k8s.RbacAuthorizationV1Api(worker)
+    body = _forbidden(
+        lambda: rbac.create_cluster_role({"metadata": {"name": "escalate"}, "rules": []})
+    )
+    assert body["message"] == (
+        f'clusterroles.rbac.authorization.k8s.io is forbidden: User "{USER}" cannot create '
+        'resource "clusterroles" in API group "rbac.authorization.k8s.io" at the cluster scope'
+    )
+    body = _forbidden(lambda: core.read_namespace(OTHER_NAMESPACE))  # resourceNames: own only
+    assert body["message"] == (
+        f'namespaces "{OTHER_NAMESPACE}" is forbidden: User "{USER}" cannot get resource '
+        f'"namespaces" in API group "" in the namespace "{OTHER_NAMESPACE}"'
+    )
+    assert core.read_namespace(NAMESPACE).metadata.name == NAMESPACE
+    assert _forbidden(lambda: core.delete_namespace(NAMESPACE))["details"]["kind"] == "namespaces"
+    body = _forbidden(lambda: core.read_namespaced_pod_log("nope", OTHER_NAMESPACE))
+    assert (
+        f'cannot get resource "pods/log" in API group "" in the namespace "{OTHER_NAMESPACE}"'
+        in body["message"]
+    )
+    # Discovery and /version stay open to every authenticated user (system:discovery).
+    assert k8s.VersionApi(worker).get_code().git_version == "v1.36.3"
+
+
+def test_a_forbidden_product_call_is_a_clear_permanent_error(worker: k8s.ApiClient) -> None:
+    cm = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x", "namespace": OTHER_NAMESPACE},
+    }
+    with pytest.raises(UnauthorizedError) as err:
+        apply(worker, cm, dry_run=True)
+    assert not is_transient(err.value)
+    assert err.value.ref == ObjectRef.of(cm)
+    message = str(err.value)
+    # Names the object and the server's reason, and what the worker may not do.
+    assert message.startswith(f"PATCH ConfigMap {OTHER_NAMESPACE}/x: HTTP 403: ")
+    assert f'User "{USER}" cannot patch resource "configmaps"' in message
+
+
+def test_rbac_command_renders_what_was_applied(rbac_objects: list[dict[str, Any]]) -> None:
+    result = CliRunner().invoke(app, ["rbac", "--namespace", NAMESPACE])
+    assert result.exit_code == 0, result.output
+    import yaml
+
+    printed = [d for d in yaml.safe_load_all(result.output) if d]
+    assert printed == rbac_objects
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=UnauthorizedError,
+    reason=(
+        "issue 16: readiness reads kube-system/cluster-autoscaler-status "
+        "(llm_rollout/kube/readiness.py, AUTOSCALER_STATUS) but manifests/rbac/worker.yaml.j2 "
+        "grants no ConfigMap read in kube-system, so the worker gets 403"
+    ),
+)
+def test_the_worker_may_read_the_cluster_autoscaler_status(worker: k8s.ApiClient) -> None:
+    status = get(worker, ObjectRef("v1", "ConfigMap", "kube-system", "cluster-autoscaler-status"))
+    assert status is None  # no cluster-autoscaler here: absent, but readable
