@@ -203,8 +203,16 @@ class AgentConfig:
     nodes: list[tuple[NodeSpec, Path]]
     lease_renew_s: float
     status_every_s: float
+    # Where a test drops ``heartbeats_stopped_file`` names to cut a node off (issue 14 item 7).
+    control_dir: Path
     # Absent: the nodes are registered but run no pods.
     pods: PodsConfig | None = None
+
+
+def heartbeats_stopped_file(control_dir: Path, node_name: str) -> Path:
+    """While this file exists the agent neither renews the node's Lease nor posts its status,
+    as when a node loses power: the real node-lifecycle controller then judges the node."""
+    return control_dir / f"stop-heartbeats-{node_name}"
 
 
 def write_agent_config(
@@ -235,6 +243,7 @@ def read_agent_config(path: Path) -> AgentConfig:
         nodes=[(NodeSpec(**n["spec"]), Path(n["kubeconfig"])) for n in doc["nodes"]],
         lease_renew_s=float(doc["lease_renew_s"]),
         status_every_s=float(doc["status_every_s"]),
+        control_dir=path.parent,
         pods=PodsConfig.from_json(doc["pods"]) if doc.get("pods") else None,
     )
 
@@ -275,6 +284,8 @@ def _heartbeats(config: AgentConfig, handles: list[NodeHandle], stop: threading.
     while not stop.wait(config.lease_renew_s):
         tick += 1
         for handle in handles:
+            if heartbeats_stopped_file(config.control_dir, handle.spec.name).exists():
+                continue
             try:
                 handle.renew_lease()
                 if tick % ticks_per_status == 0:
