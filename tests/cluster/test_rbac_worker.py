@@ -70,7 +70,7 @@ EXAMPLES_WITHOUT_PODS = (
 def rbac_objects(admin: k8s.ApiClient) -> Iterator[list[dict[str, Any]]]:
     """What a cluster admin does once: the namespaces, the worker's RBAC, and (for this test
     only) a zero-pod quota."""
-    api = product_client_for_admin(admin)
+    api = admin
     for ns in (NAMESPACE, OTHER_NAMESPACE):
         apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     apply(
@@ -95,11 +95,6 @@ def rbac_objects(admin: k8s.ApiClient) -> Iterator[list[dict[str, Any]]]:
             rbac.delete_cluster_role(obj["metadata"]["name"])
         elif obj["kind"] == "ClusterRoleBinding":
             rbac.delete_cluster_role_binding(obj["metadata"]["name"])
-
-
-def product_client_for_admin(admin: k8s.ApiClient) -> k8s.ApiClient:
-    # The admin's kubernetes client shares the product's request path (ApiClient.call_api).
-    return admin
 
 
 @pytest.fixture(scope="module")
