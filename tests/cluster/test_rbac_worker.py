@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
@@ -43,8 +45,9 @@ from llm_rollout.release import (
     teardown,
 )
 from llm_rollout.render import render, render_oss_secret
+from llm_rollout.retention import revisions_in_use
 from llm_rollout.spec import load_spec
-from sandbox.cluster.api_proxy import ApiFaultProxy
+from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord
 from sandbox.cluster.control_plane import Cluster
 from tests.cluster.faults_support import product_client, proxy, service_account_token
 
@@ -120,15 +123,15 @@ def _forbidden(call: Any) -> dict[str, Any]:
     return body
 
 
-@pytest.mark.parametrize(("example", "workload_kind"), EXAMPLES_WITHOUT_PODS)
-def test_plan_level_operations_as_the_worker(
+def _plan_level_run(
     admin: k8s.ApiClient,
     worker: k8s.ApiClient,
-    proxy: ApiFaultProxy,
     example: str,
     workload_kind: str,
+    *,
+    lock_wait_s: float = 0,
 ) -> None:
-    proxy.clear()
+    """One example's pod-free Kubernetes work as the worker, from preflight to teardown."""
     spec = load_spec(EXAMPLES / example)
     assert spec.namespace == NAMESPACE
     release_id = "r1"
@@ -159,7 +162,7 @@ def test_plan_level_operations_as_the_worker(
     assert report.namespace_exists and report.nodes
 
     _state, reentrant = acquire(
-        worker, NAMESPACE, spec.name, holder="worker-test", owner=release_id, wait_s=0
+        worker, NAMESPACE, spec.name, holder="worker-test", owner=release_id, wait_s=lock_wait_s
     )
     assert not reentrant
     storage = [
@@ -179,6 +182,10 @@ def test_plan_level_operations_as_the_worker(
     assert FIELD_MANAGER in {m["manager"] for m in workload["metadata"]["managedFields"]}
     point_stable_service(worker, rendered.stable_service, release_id, {})
     assert find_serving_release(worker, NAMESPACE, spec.name).release == release_id
+    # Retention's scan of the stable Services (cluster-wide) finds the serving revision.
+    source = spec.model.modelscope
+    in_use = revisions_in_use(worker, source.model_id) if source else {spec.model_revision}
+    assert spec.model_revision in in_use
     assert release(worker, NAMESPACE, spec.name, owner=release_id)
 
     removed = teardown(worker, NAMESPACE, spec.name, wait_timeout_s=60)
@@ -190,10 +197,138 @@ def test_plan_level_operations_as_the_worker(
     for ref in removed:
         assert get(admin, ref) is None, f"{ref} still exists after teardown"
 
+
+@pytest.mark.parametrize(("example", "workload_kind"), EXAMPLES_WITHOUT_PODS)
+def test_plan_level_operations_as_the_worker(
+    admin: k8s.ApiClient,
+    worker: k8s.ApiClient,
+    proxy: ApiFaultProxy,
+    example: str,
+    workload_kind: str,
+) -> None:
+    proxy.clear()
+    _plan_level_run(admin, worker, example, workload_kind)
     records = proxy.records()
     assert records and {r.identity for r in records} == {"token"}
     refused = [(r.method, r.path, r.status) for r in records if r.status in (401, 403)]
     assert refused == []
+
+
+@dataclass(frozen=True)
+class _Access:
+    """What RBAC judged one recorded request as (k8s.io/apiserver
+    pkg/endpoints/request/requestinfo.go, reduced to the paths the product sends)."""
+
+    verb: str
+    group: str
+    resource: str
+    name: str | None
+    namespace: str | None
+
+
+def _access(record: ProxyRecord) -> list[_Access]:
+    parts = record.path.strip("/").split("/")
+    if parts[0] == "api" and len(parts) > 2:
+        group, rest = "", parts[2:]
+    elif parts[0] == "apis" and len(parts) > 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return []  # discovery and /version: open to every authenticated user
+    namespace = None
+    if rest[0] == "namespaces" and len(rest) > 2:
+        namespace, rest = rest[1], rest[2:]
+    resource = "/".join([rest[0], *rest[2:3]])
+    name = rest[1] if len(rest) > 1 else None
+    if rest[0] == "namespaces" and name:
+        namespace = name  # a namespace is read as a request inside itself
+    verbs = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    verb = verbs.get(record.method)
+    if verb is None:
+        verb = "get" if name else ("watch" if record.watch else "list")
+    found = [_Access(verb, group, resource, name, namespace)]
+    if verb == "patch" and record.status == 201:
+        # An apply that created its object was also authorized as create (handlers/patch.go).
+        found.append(_Access("create", group, resource, name, namespace))
+    return found
+
+
+def _grants(rule: dict[str, Any], access: _Access) -> bool:
+    names = rule.get("resourceNames")
+    return (
+        access.group in rule["apiGroups"]
+        and access.resource in rule["resources"]
+        and access.verb in rule["verbs"]
+        and (not names or access.name in names)
+    )
+
+
+# Grants only a running pod's steps use (readiness and bake read the workload and watch nodes,
+# pods and events; logs; the smoke test through the service proxy or a port-forward, reading
+# the API key): they move out of here once pods run (issue 15).
+NEEDS_RUNNING_PODS = {
+    "ClusterRole: watch nodes",
+    "Role: get deployments",
+    "Role: get leaderworkersets",
+    "Role: get rayclusters",
+    "Role: get secrets",
+    "Role: get services/proxy",
+    "Role: create services/proxy",
+    "Role: get pods/log",
+    "Role: get pods/portforward",
+    "Role: create pods/portforward",
+    "Role: list events",
+    "Role: watch events",
+}
+# The real cluster serves no RoleBasedGroup API yet (sandbox/cluster starts LWS and KubeRay).
+NEEDS_RBG = {
+    f"Role: {verb} rolebasedgroups"
+    for verb in ("get", "list", "watch", "create", "patch", "delete")
+}
+
+
+def test_every_grant_but_the_running_pods_and_rbg_ones_is_used(
+    admin: k8s.ApiClient,
+    worker: k8s.ApiClient,
+    proxy: ApiFaultProxy,
+    rbac_objects: list[dict[str, Any]],
+) -> None:
+    """Least privilege from the other side: each grant of the rendered Role/ClusterRole was
+    needed by some request the worker sent, except the ones only running pods need.
+
+    The Lease ``watch`` happens only while waiting for another run's hold, so for the first
+    example another holder takes the Lease for 1 s while the worker waits.
+    """
+    # Leases outlive their holds (release clears the holder only): without them, each run
+    # below creates its own.
+    leases = k8s.CoordinationV1Api(admin)
+    for lease in leases.list_namespaced_lease(NAMESPACE).items:
+        leases.delete_namespaced_lease(lease.metadata.name, NAMESPACE)
+    proxy.clear()
+    first = load_spec(EXAMPLES / "seed-vllm-single-gpu.yaml")
+    acquire(admin, NAMESPACE, first.name, holder="other-run", owner="other", wait_s=0, duration_s=1)
+    _plan_level_run(admin, worker, "seed-vllm-single-gpu.yaml", "Deployment", lock_wait_s=30)
+    _plan_level_run(admin, worker, "seed-vllm-lws.yaml", "LeaderWorkerSet")
+    _plan_level_run(admin, worker, "seed-qwen14b-ray-tp2.yaml", "RayCluster")
+    accesses = [a for r in proxy.records() if r.status not in (401, 403) for a in _access(r)]
+    unused: set[str] = set()
+    for obj in rbac_objects:
+        cluster_wide = obj["kind"] == "ClusterRole"
+        for rule in obj.get("rules") or []:
+            for verb in rule["verbs"]:
+                for resource in rule["resources"]:
+                    single = {**rule, "verbs": [verb], "resources": [resource]}
+                    # A ClusterRole grant counts only if a cluster-scoped request needed it.
+                    if not any(
+                        _grants(single, a) and (a.namespace is None) == cluster_wide
+                        for a in accesses
+                    ):
+                        unused.add(f"{obj['kind']}: {verb} {resource}")
+    expected = NEEDS_RUNNING_PODS | NEEDS_RBG
+    if unused != expected:
+        pytest.fail(
+            f"grants unused but expected used: {sorted(unused - expected)}; "
+            f"expected unused but used: {sorted(expected - unused)}"
+        )
 
 
 def test_requests_outside_the_role_are_forbidden(worker: k8s.ApiClient) -> None:
@@ -252,8 +387,6 @@ def test_a_forbidden_product_call_is_a_clear_permanent_error(worker: k8s.ApiClie
 def test_rbac_command_renders_what_was_applied(rbac_objects: list[dict[str, Any]]) -> None:
     result = CliRunner().invoke(app, ["rbac", "--namespace", NAMESPACE])
     assert result.exit_code == 0, result.output
-    import yaml
-
     printed = [d for d in yaml.safe_load_all(result.output) if d]
     assert printed == rbac_objects
 
