@@ -323,8 +323,13 @@ class _Handler(BaseHTTPRequestHandler):
         relayed = 0
         while True:
             if rule is not None and relayed >= rule.events_before_cut:
-                # The stream breaks without its final chunk: the client's read fails.
-                self._reset()
+                # The stream breaks without its final chunk: the client's read fails. A FIN,
+                # not a reset: an RST may reach the client before it read the response head,
+                # and the kernel then drops that unread data, so the client would see a
+                # connection closed before any answer and resend the GET, never learning
+                # that its stream broke.
+                self.connection.shutdown(socket.SHUT_RDWR)
+                self.close_connection = True
                 return
             line = response.readline()
             if not line:
