@@ -29,7 +29,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
-from cli import app
+from llm_rollout.cli import app
 from llm_rollout.errors import is_transient
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, get
@@ -391,15 +391,9 @@ def test_rbac_command_renders_what_was_applied(rbac_objects: list[dict[str, Any]
     assert printed == rbac_objects
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnauthorizedError,
-    reason=(
-        "issue 16: readiness reads kube-system/cluster-autoscaler-status "
-        "(llm_rollout/kube/readiness.py, AUTOSCALER_STATUS) but manifests/rbac/worker.yaml.j2 "
-        "grants no ConfigMap read in kube-system, so the worker gets 403"
-    ),
-)
 def test_the_worker_may_read_the_cluster_autoscaler_status(worker: k8s.ApiClient) -> None:
     status = get(worker, ObjectRef("v1", "ConfigMap", "kube-system", "cluster-autoscaler-status"))
     assert status is None  # no cluster-autoscaler here: absent, but readable
+    # The grant names that one ConfigMap (resourceNames), not kube-system's others.
+    with pytest.raises(UnauthorizedError):
+        get(worker, ObjectRef("v1", "ConfigMap", "kube-system", "kube-root-ca.crt"))
