@@ -262,7 +262,11 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
     node_pods = []
     if config.pods is not None:
         for handle in handles:
-            pods = NodePods(handle.spec.name, handle.spec.internal_ip, handle.api, config.pods)
+            # A lost node's pods keep running, unheard: the stop file cuts them off too.
+            stopped = heartbeats_stopped_file(config.control_dir, handle.spec.name)
+            pods = NodePods(
+                handle.spec.name, handle.spec.internal_ip, handle.api, config.pods, stopped.exists
+            )
             node_pods.append(pods)
             # Each node waits for its podCIDR from the controller-manager on a thread of its
             # own, so that the heartbeats start at once.

@@ -190,12 +190,12 @@ def test_controllers_scheduler_and_operators_are_the_writers_of_record(
         assert all("f:nodeName" not in json.dumps(m.fields_v1) for m in pod.metadata.managed_fields)
 
 
-def test_the_node_agent_identity_wrote_only_nodes_and_their_leases(
+def test_the_node_agent_identity_wrote_only_nodes_leases_pod_status_and_events(
     admin: k8s.ApiClient, gpu_nodes: tuple[NodeSpec, ...]
 ) -> None:
     """Every object of the kinds anything here writes, across the cluster: the node agent's
-    field manager appears on the Nodes and the kube-node-lease Leases and nowhere else (it
-    posts no pod status yet: no pod runs)."""
+    field manager appears on its Nodes and their kube-node-lease Leases, on pods only through
+    the status subresource, and on the Events it records as the kubelet (issue 14, item 8)."""
     core = k8s.CoreV1Api(admin)
     apps = k8s.AppsV1Api(admin)
     listings: dict[str, list[Any]] = {
@@ -212,14 +212,21 @@ def test_the_node_agent_identity_wrote_only_nodes_and_their_leases(
         "ReplicaSet": apps.list_replica_set_for_all_namespaces().items,
         "StatefulSet": apps.list_stateful_set_for_all_namespaces().items,
     }
-    written = sorted(
-        (kind, obj.metadata.namespace or "", obj.metadata.name)
+    written = {
+        (kind, obj.metadata.namespace or "", obj.metadata.name): obj
         for kind, items in listings.items()
         for obj in items
         if NODE_AGENT_MANAGER in _managers(obj)
-    )
-    expected = sorted(
-        [("Node", "", n.name) for n in gpu_nodes]
-        + [("Lease", "kube-node-lease", n.name) for n in gpu_nodes]
-    )
-    assert written == expected
+    }
+    assert {k for k in written if k[0] in ("Node", "Lease")} == {
+        *(("Node", "", n.name) for n in gpu_nodes),
+        *(("Lease", "kube-node-lease", n.name) for n in gpu_nodes),
+    }
+    assert {kind for kind, _, _ in written} == {"Node", "Lease", "Pod", "Event"}
+    for (kind, _, _), obj in written.items():
+        entries = [m for m in obj.metadata.managed_fields if m.manager == NODE_AGENT_MANAGER]
+        if kind == "Pod":
+            # The pod's spec is the user's and the controllers'; the node writes its status.
+            assert {m.subresource for m in entries} == {"status"}
+        if kind == "Event":
+            assert obj.reporting_component == "kubelet"

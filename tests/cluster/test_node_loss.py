@@ -18,8 +18,10 @@ by flags (``ClusterConfig.node_monitor_grace_period_s`` -> kube-controller-manag
   (added by the DefaultTolerationSeconds admission plugin) runs out is deleted, gracefully,
   after setting its ``DisruptionTarget`` condition (``DeletionByTaintManager``), and records a
   ``TaintManagerEviction`` event.
-- Nobody then confirms the pod's termination (that is the kubelet's job): the pod stays,
-  with a ``deletionTimestamp``, long after its grace period ends.
+- Nobody then confirms the pod's termination (that is the kubelet's job, and this node's is cut
+  off: the agent's pods on it keep running but it neither hears nor writes): the pod stays, with
+  a ``deletionTimestamp``, long after its grace period ends. Once the node is back, its agent
+  reads the deletion, stops the container and removes the pod, as a kubelet that reconnects.
 
 The session cluster keeps upstream's 300 s toleration, so this runs on a short-lived extra
 cluster of its own (``ClusterPorts.shifted``), without the operators.
@@ -52,6 +54,13 @@ CONFIG = ClusterConfig(
     node_monitor_period_s=1,
     node_monitor_grace_period_s=8,
     not_ready_toleration_s=2,
+    # Its own pod range beside the session cluster's (10.244.0.0/17 from the start): the two
+    # node agents' pod routes share the harness namespace.
+    cluster_cidr="10.244.224.0/20",
+    # The DNS address and kube-proxy's nftables table belong to the namespace, which the
+    # session cluster's own already hold.
+    with_dns=False,
+    with_kube_proxy=False,
     with_kuberay=False,
     with_lws=False,
     ports=ClusterPorts().shifted(100),
@@ -78,7 +87,13 @@ def _pod(name: str) -> dict[str, Any]:
             "nodeSelector": {"kubernetes.io/hostname": LOST.name},
             # Short, so that "its grace period is over and it is still there" comes soon.
             "terminationGracePeriodSeconds": 1,
-            "containers": [{"name": "engine", "image": "vllm/vllm-openai:v0.11.0"}],
+            "containers": [
+                {
+                    "name": "engine",
+                    "image": "busybox:1.36",
+                    "command": ["sh", "-c", "exec sleep 3600"],
+                }
+            ],
         },
     }
 
@@ -102,6 +117,18 @@ def test_a_node_without_heartbeats_is_tainted_and_its_pod_stays_terminating(
         namespace=namespace,
         timeout_s=WAIT_S,
         what=f"the pod bound to {LOST.name}",
+    )
+    wait_for(
+        core.list_namespaced_pod,
+        lambda pods: (
+            len(pods) == 1
+            and any(
+                c.type == "Ready" and c.status == "True" for c in pods[0].status.conditions or []
+            )
+        ),
+        namespace=namespace,
+        timeout_s=WAIT_S,
+        what="the pod running and Ready before its node is lost",
     )
     # DefaultTolerationSeconds admission gave it the shortened toleration of the taint.
     unreachable = [t for t in bound.spec.tolerations if t.key == "node.kubernetes.io/unreachable"]
@@ -142,11 +169,12 @@ def test_a_node_without_heartbeats_is_tainted_and_its_pod_stays_terminating(
         what="the lost node's pod marked for deletion",
     )
     assert marked.metadata.deletion_grace_period_seconds == 1
-    # No kubelet ever posted its status, so MarkPodsNotReady (which turns an existing Ready
-    # condition False) had nothing to change; the taint-eviction controller marked the pod a
-    # disruption target before deleting it (taint_eviction.go, addConditionAndDeletePod).
+    # MarkPodsNotReady turned the kubelet's Ready False; the taint-eviction controller marked
+    # the pod a disruption target before deleting it (taint_eviction.go,
+    # addConditionAndDeletePod). The cut-off agent wrote neither back.
     conditions = {c.type: c for c in marked.status.conditions}
-    assert sorted(conditions) == ["DisruptionTarget", "PodScheduled"]
+    assert conditions["Ready"].status == "False"
+    assert conditions["ContainersReady"].status == "True"
     disruption = conditions["DisruptionTarget"]
     assert (disruption.status, disruption.reason) == ("True", "DeletionByTaintManager")
     events = core.list_namespaced_event(
@@ -187,5 +215,13 @@ def test_a_node_without_heartbeats_is_tainted_and_its_pod_stays_terminating(
         ),
         timeout_s=WAIT_S,
         what="the node Ready and untainted again",
+    )
+    # ... and its agent, hearing again, finds the deletion and confirms it (grace 0).
+    wait_for(
+        core.list_namespaced_pod,
+        lambda pods: not pods,
+        namespace=namespace,
+        timeout_s=WAIT_S,
+        what="the lost node's pod removed once its node is back",
     )
     api.close()  # type: ignore[no-untyped-call]

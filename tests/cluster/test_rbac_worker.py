@@ -30,6 +30,7 @@ from kubernetes.client.exceptions import ApiException
 from typer.testing import CliRunner
 
 from llm_rollout.cli import app
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.errors import is_transient
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, get
@@ -47,6 +48,7 @@ from llm_rollout.release import (
 from llm_rollout.render import render, render_oss_secret
 from llm_rollout.retention import revisions_in_use
 from llm_rollout.spec import load_spec
+from llm_rollout.validation import validate_objects
 from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord
 from sandbox.cluster.control_plane import Cluster
 from tests.cluster.faults_support import product_client, proxy, service_account_token
@@ -165,6 +167,9 @@ def _plan_level_run(
         worker, NAMESPACE, spec.name, holder="worker-test", owner=release_id, wait_s=lock_wait_s
     )
     assert not reentrant
+    # As the rollout task does under the Lease, before applying (tasks/kubernetes.py): custom
+    # resources checked against the CRDs this cluster serves, read with the worker's token.
+    assert validate_objects(rendered.all(), crds_from_cluster(worker)) == []
     storage = [
         render_oss_secret(spec, "AKID-test", "secret-test") if o["kind"] == "Secret" else o
         for o in rendered.storage_objects
@@ -278,6 +283,8 @@ NEEDS_RUNNING_PODS = {
     "Role: create pods/portforward",
     "Role: list events",
     "Role: watch events",
+    # cluster-autoscaler's status, read while a pod is Unschedulable (readiness).
+    "Role: get configmaps",
 }
 # The real cluster serves no RoleBasedGroup API yet (sandbox/cluster starts LWS and KubeRay).
 NEEDS_RBG = {
@@ -296,7 +303,7 @@ def test_every_grant_but_the_running_pods_and_rbg_ones_is_used(
     needed by some request the worker sent, except the ones only running pods need.
 
     The Lease ``watch`` happens only while waiting for another run's hold, so for the first
-    example another holder takes the Lease for 1 s while the worker waits.
+    example another holder takes the Lease for 5 s while the worker waits.
     """
     # Leases outlive their holds (release clears the holder only): without them, each run
     # below creates its own.
@@ -305,7 +312,9 @@ def test_every_grant_but_the_running_pods_and_rbg_ones_is_used(
         leases.delete_namespaced_lease(lease.metadata.name, NAMESPACE)
     proxy.clear()
     first = load_spec(EXAMPLES / "seed-vllm-single-gpu.yaml")
-    acquire(admin, NAMESPACE, first.name, holder="other-run", owner="other", wait_s=0, duration_s=1)
+    # Long enough that the worker's preflight (a few calls, slower on a loaded machine) ends
+    # before the other hold does, so the worker really waits and watches.
+    acquire(admin, NAMESPACE, first.name, holder="other-run", owner="other", wait_s=0, duration_s=5)
     _plan_level_run(admin, worker, "seed-vllm-single-gpu.yaml", "Deployment", lock_wait_s=30)
     _plan_level_run(admin, worker, "seed-vllm-lws.yaml", "LeaderWorkerSet")
     _plan_level_run(admin, worker, "seed-qwen14b-ray-tp2.yaml", "RayCluster")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,14 @@ class NodePods:
     """One node's pod runner and kubelet endpoint."""
 
     def __init__(
-        self, node_name: str, internal_ip: str, api: k8s.ApiClient, config: PodsConfig
+        self,
+        node_name: str,
+        internal_ip: str,
+        api: k8s.ApiClient,
+        config: PodsConfig,
+        cut_off: Callable[[], bool],
     ) -> None:
+        self.cut_off = cut_off
         self.node_name = node_name
         self.internal_ip = internal_ip
         self.api = api
@@ -98,6 +105,7 @@ class NodePods:
             pods_dir=Path(self.config.pods_dir) / self.node_name,
             backoff=BackoffPolicy(self.config.backoff_base_s, self.config.backoff_max_s),
             nameserver=self.config.nameserver,
+            cut_off=self.cut_off,
         )
         self.runner = PodRunner(ctx)
         runner = self.runner

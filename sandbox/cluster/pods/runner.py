@@ -52,7 +52,11 @@ from sandbox.cluster.pods.status import (
 )
 
 log = logging.getLogger("node-agent.pods")
-MERGE_PATCH = "application/merge-patch+json"
+# As the kubelet's status manager writes pod status (pkg/util/pod/pod.go PatchPodStatus: a
+# two-way strategic merge patch), so conditions merge by type and the ones other components
+# own (PodScheduled from the scheduler, DisruptionTarget from taint eviction, Ready set False
+# by the node-lifecycle controller's MarkPodsNotReady until the kubelet reports again) stay.
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 # The one field manager of every write the node agent makes (Nodes, Leases, pod status,
 # Events), so managedFields tell its writes from the controllers'.
 FIELD_MANAGER = "llm-rollout-node-agent"
@@ -77,6 +81,9 @@ class NodeContext:
     pods_dir: Path
     backoff: BackoffPolicy
     nameserver: str
+    # True while the node is cut off from the API server (a lost node, issue 14 item 7): its
+    # pods keep running, but it neither hears of changes nor writes status or Events.
+    cut_off: Callable[[], bool]
 
 
 @dataclass
@@ -578,11 +585,6 @@ class PodWorker:
             records=[s.record for s in self.slots],
             phase=phase,
         )
-        scheduled = [
-            c
-            for c in self.pod.get("status", {}).get("conditions") or []
-            if c["type"] == "PodScheduled"
-        ]
         status: dict[str, Any] = {
             "phase": phase,
             "hostIP": self.ctx.host_ip,
@@ -590,7 +592,7 @@ class PodWorker:
             "podIP": self.pod_ip,
             "podIPs": [{"ip": self.pod_ip}],
             "startTime": self.start_time,
-            "conditions": scheduled + self.conditions.as_list(),
+            "conditions": self.conditions.as_list(),
             "containerStatuses": [s.record.as_dict() for s in self.slots],
         }
         if self.init_slots:
@@ -599,7 +601,7 @@ class PodWorker:
 
     def _post_status(self) -> None:
         status = self._status()
-        if status == self._posted:
+        if status == self._posted or self.ctx.cut_off():
             return
         try:
             self.core.patch_namespaced_pod_status(
@@ -607,7 +609,7 @@ class PodWorker:
                 self.namespace,
                 {"status": status},
                 field_manager=FIELD_MANAGER,
-                _content_type=MERGE_PATCH,
+                _content_type=STRATEGIC_MERGE_PATCH,
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -617,6 +619,9 @@ class PodWorker:
 
     def _event(self, s: Slot | None, kind: str, reason: str, message: str) -> None:
         """An Event on the pod, or on one of its containers (``fieldPath``) when ``s`` is set."""
+        if self.ctx.cut_off():
+            # The kubelet's recorder drops what it cannot send.
+            return
         now_stamp = utc_now()
         involved = {
             "apiVersion": "v1",
@@ -705,6 +710,11 @@ class PodRunner:
         selector = f"spec.nodeName={self.ctx.node_name}"
         version: str | None = None
         while not stop.is_set():
+            if self.ctx.cut_off():
+                # Whatever happens meanwhile is read afresh once the node is back.
+                version = None
+                stop.wait(1.0)
+                continue
             try:
                 if version is None:
                     listed = self.ctx.api.sanitize_for_serialization(
@@ -722,6 +732,10 @@ class PodRunner:
                     timeout_seconds=5,
                 ):
                     raw = event["raw_object"]
+                    if self.ctx.cut_off():
+                        stream.stop()
+                        version = None
+                        break
                     if event["type"] == "ERROR":
                         version = None
                         break
