@@ -48,6 +48,11 @@ def _managers(obj: Any) -> set[str]:
     return {m.manager for m in obj.metadata.managed_fields or []}
 
 
+def _object_managers(obj: Any) -> set[str]:
+    """Managers of everything but the status subresource."""
+    return {m.manager for m in obj.metadata.managed_fields or [] if m.subresource != "status"}
+
+
 def _status_writers(obj: Any) -> set[str]:
     """Managers of the status subresource, of a typed object or a custom object's dict."""
     if isinstance(obj, dict):
@@ -158,8 +163,12 @@ def test_controllers_scheduler_and_operators_are_the_writers_of_record(
         ("mf-lws", "kube-controller-manager"),
         ("mf-ray-head-svc", "kube-controller-manager"),
     }
+    # Pods: their spec is their controller's; the status subresource is the node agent's once
+    # it runs them (test_the_node_agent_identity_... below), so only the rest is compared.
+    for pod in [*deployment_pods, *lws_pods, *ray_pods]:
+        assert _status_writers(pod) <= {NODE_AGENT_MANAGER}
     for pod in deployment_pods:
-        assert _managers(pod) == {"kube-controller-manager"}
+        assert _object_managers(pod) == {"kube-controller-manager"}
     # The LWS leader StatefulSet is applied (server-side) by the manager, the worker one
     # updated; kube-controller-manager writes both their status.
     assert {s.metadata.name for s in statefulsets} >= {"mf-lws"}
@@ -173,12 +182,12 @@ def test_controllers_scheduler_and_operators_are_the_writers_of_record(
         # The leader pod is the leader StatefulSet's (kube-controller-manager), a worker pod
         # the worker StatefulSet's; the LWS pod webhook's mutations carry no manager of
         # their own (they are part of the create).
-        assert _managers(pod) == {"kube-controller-manager"}
+        assert _object_managers(pod) == {"kube-controller-manager"}
     assert _managers(services["mf-lws"]) == {"lws"}
     head_services = [s for n, s in services.items() if n.startswith("mf-ray-head")]
     # KubeRay's client names itself "kuberay-operator" (its user agent), not the binary.
     assert head_services and all(_managers(s) == {"kuberay-operator"} for s in head_services)
-    assert _managers(ray_pods[0]) == {"kuberay-operator"}
+    assert _object_managers(ray_pods[0]) == {"kuberay-operator"}
     # kube-scheduler's binding leaves no trace in managedFields: spec.nodeName is set through
     # the pods/binding subresource, whose storage (k8s.io/kubernetes
     # pkg/registry/core/pod/storage/storage.go, BindingREST.setPodNodeAndMetadata) updates
