@@ -49,7 +49,10 @@ PYTHON = Path(sys.executable)
 # message or a log call tells nothing, and dropping decorators changes pydantic validators'
 # registration, which the import already fails on.
 EXCLUDED_OPERATORS = ("core/NumberReplacer", "core/RemoveDecorator")
-# Also skipped: mutants inside annotations (see `_annotation_spans`).
+# Also skipped: mutants inside annotations (see `_annotation_spans`) and inside decorator
+# arguments (`@dataclass(frozen=True)` -> `frozen=False`): freezing guards against our own code
+# assigning a field, which mypy already rejects; no behaviour a test could observe follows
+# from it unless an instance is hashed, and then the mutant fails on its own.
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,19 @@ TARGETS = (
     Target(
         "locking",
         "llm_rollout/locking.py",
-        ("lease_name", "lease_ref", "_parse_micro", "LeaseState", "_lease_body"),
-        ("tests/deploy/test_locking_plain.py",),
+        (
+            "lease_name",
+            "lease_ref",
+            "_parse_micro",
+            "of",
+            "expires_in_s",
+            "describe",
+            "_lease_body",
+            "try_acquire",
+            "renew",
+            "release",
+        ),
+        ("tests/deploy/test_locking.py",),
     ),
     Target(
         "redeploy",
@@ -236,9 +250,21 @@ def _annotation_spans(source: str) -> list[Span]:
     return spans
 
 
+def _decorator_spans(source: str) -> list[Span]:
+    spans: list[Span] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            for dec in node.decorator_list:
+                if dec.end_lineno is not None and dec.end_col_offset is not None:
+                    spans.append(
+                        ((dec.lineno, dec.col_offset), (dec.end_lineno, dec.end_col_offset))
+                    )
+    return spans
+
+
 def _filter(db: WorkDB, functions: tuple[str, ...] | None, source: str) -> None:
     postponed = "from __future__ import annotations" in source
-    spans = _annotation_spans(source) if postponed else []
+    spans = (_annotation_spans(source) if postponed else []) + _decorator_spans(source)
     for item in list(db.pending_work_items):
         for mutation in item.mutations:
             outside = functions is not None and mutation.definition_name not in functions
