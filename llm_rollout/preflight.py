@@ -26,6 +26,7 @@ a missing API) is a problem at once.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +38,7 @@ from kubernetes import client as k8s_client
 from llm_rollout import kv_cache
 from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
 from llm_rollout.errors import PreflightError, RolloutError
-from llm_rollout.hub import HubClient
+from llm_rollout.hub import HubClient, HubFile, HubSource
 from llm_rollout.kinds import ApiRequirement, RbgFlavor, kind_for, kind_for_shape
 from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.kube.client import server_version
@@ -46,7 +47,7 @@ from llm_rollout.kube.resources import list_objects, request_json, served_versio
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.mirror.inputs import hub_source_of
 from llm_rollout.oss import OssTarget, open_bucket, oss_call, plain_http_warning
-from llm_rollout.spec import ServiceSpec
+from llm_rollout.spec import ModelScopeSource, ServiceSpec
 from llm_rollout.strategy import (
     ERDMA_RESOURCE,
     GPU_RESOURCE,
@@ -367,16 +368,48 @@ def parse_model_config(raw: bytes, where: str) -> Any:
         raise kv_cache.ModelConfigError(f"{where}: config.json is not valid JSON") from exc
 
 
-def _hub_model_config(source_id: str, revision: str) -> bytes:
+def _hub_model_config(source: ModelScopeSource) -> tuple[HubFile | None, bytes]:
+    """config.json as the hub listing describes it, and its bytes as the hub serves them.
+
+    Listed without the spec's allow/ignore patterns: the check is of the file the hub serves
+    for this revision, whatever the mirror keeps. Nothing is downloaded when the listing has
+    no config.json or lists one too large to be one.
+    """
     import httpx
 
     client = HubClient()
+    listing = client.list_files(
+        HubSource(
+            model_id=source.model_id,
+            revision=source.revision,
+            allow_plain_http_hub=source.allow_plain_http_hub,
+        )
+    )
+    listed = next((f for f in listing.files if f.path == MODEL_CONFIG_FILE), None)
+    if listed is None or listed.size > MAX_MODEL_CONFIG_BYTES:
+        return listed, b""
     access = client.access()
-    url = client.file_url(source_id, revision, MODEL_CONFIG_FILE)
+    url = client.file_url(source.model_id, source.revision, MODEL_CONFIG_FILE)
     with httpx.Client(timeout=30.0, follow_redirects=True, cookies=access.cookies) as http:
         response = http.get(url, headers=access.headers)
     response.raise_for_status()
-    return response.content[: MAX_MODEL_CONFIG_BYTES + 1]
+    return listed, response.content[: MAX_MODEL_CONFIG_BYTES + 1]
+
+
+def check_listed_config(raw: bytes, listed: HubFile, where: str) -> None:
+    """config.json's bytes are the ones the hub listing describes (size bound, sha256), else
+    a permanent error naming the file and both digests' prefixes, never the content."""
+    if listed.size > MAX_MODEL_CONFIG_BYTES:
+        raise kv_cache.ModelConfigError(
+            f"{where}: {MODEL_CONFIG_FILE} is listed with {listed.size} bytes, larger than "
+            f"{MAX_MODEL_CONFIG_BYTES}"
+        )
+    got = hashlib.sha256(raw).hexdigest()
+    if got != listed.sha256:
+        raise kv_cache.ModelConfigError(
+            f"{where}: {MODEL_CONFIG_FILE} served with sha256 {got[:12]}... but the hub "
+            f"listing says {listed.sha256[:12]}...; not sizing the KV cache from it"
+        )
 
 
 def read_model_config(spec: ServiceSpec, bucket: Any) -> tuple[Any, str]:
@@ -391,10 +424,14 @@ def read_model_config(spec: ServiceSpec, bucket: Any) -> tuple[Any, str]:
     import oss2
 
     source = spec.model.modelscope
+    # An oss_uri model has no listing to check against: its bytes are taken as stored.
+    listed: HubFile | None = None
     try:
         if source is not None:
             where = f"hub {source.model_id}@{source.revision}"
-            raw = _hub_model_config(source.model_id, source.revision)
+            listed, raw = _hub_model_config(source)
+            if listed is None:
+                return None, f"{MODEL_CONFIG_FILE} is not in the hub listing"
         elif bucket is not None:
             key = spec.model_object_prefix + MODEL_CONFIG_FILE
             where = f"oss://{spec.model_bucket}/{key}"
@@ -403,6 +440,8 @@ def read_model_config(spec: ServiceSpec, bucket: Any) -> tuple[Any, str]:
             return None, "the OSS bucket holding the model could not be read"
     except (httpx.HTTPError, oss2.exceptions.OssError, RolloutError) as exc:
         return None, f"cannot read {MODEL_CONFIG_FILE} ({type(exc).__name__})"
+    if listed is not None:
+        check_listed_config(raw, listed, where)
     return parse_model_config(raw, where), ""
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from llm_rollout.errors import PermanentError
+from llm_rollout.kv_cache import ModelConfigError
 from llm_rollout.preflight import (
     PreflightReport,
     check_hub,
@@ -151,10 +154,60 @@ def test_kv_fit_not_checked_without_config_json_or_for_sglang(
     spec = _spec(oss.endpoint, {"gpu_memory_gib": 24}, model_id="acme/no-config", revision="v1")
     report = _kv_report(spec)
     assert report.problems == []
-    assert report.checks == ["KV fit not checked: cannot read config.json (HTTPStatusError)"]
+    assert report.checks == ["KV fit not checked: config.json is not in the hub listing"]
     spec = _spec(oss.endpoint, {"engine": "sglang"}, model_id="acme/qwen3-8b", revision="v1")
     report = _kv_report(spec)
     assert report.problems == [] and report.checks[0].startswith("KV fit not checked")
+
+
+def test_config_json_not_matching_the_listed_sha256_is_refused_naming_both_digests(
+    hub: HubServer, oss: OssServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
+    spec = _spec(oss.endpoint, {"gpu_memory_gib": 24}, model_id="acme/qwen3-8b", revision="v1")
+    served = hashlib.sha256(QWEN3_8B_CONFIG).hexdigest()
+    bogus = hub.faults.wrong_sha256("config.json", model_id="acme/qwen3-8b")
+    try:
+        with pytest.raises(ModelConfigError) as info:
+            read_model_config(spec, None)
+    finally:
+        hub.faults.clear()
+    message = str(info.value)
+    assert isinstance(info.value, PermanentError)
+    assert message.startswith("hub acme/qwen3-8b@v1: config.json served with sha256 ")
+    assert served[:12] in message and bogus[:12] in message
+    # Prefixes only, and nothing of the document itself.
+    assert served not in message and bogus not in message
+    assert "num_hidden_layers" not in message and "{" not in message
+    # The same bytes with the listing telling the truth are read.
+    config, unread = read_model_config(spec, None)
+    assert unread == "" and config == QWEN3_8B
+
+
+def test_config_json_listed_too_large_is_refused_without_downloading_it(
+    hub: HubServer, oss: OssServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
+    spec = _spec(oss.endpoint, {"gpu_memory_gib": 24}, model_id="acme/qwen3-8b", revision="v1")
+    hub.faults.hostile_listing(
+        [{"Path": "config.json", "Size": 5 * 1024 * 1024}], model_id="acme/qwen3-8b"
+    )
+    downloads_before = _config_downloads(hub)
+    try:
+        with pytest.raises(ModelConfigError, match=r"config\.json is listed with 5242880 bytes"):
+            read_model_config(spec, None)
+    finally:
+        hub.faults.clear()
+    assert _config_downloads(hub) == downloads_before
+
+
+def _config_downloads(hub: HubServer) -> int:
+    # File bytes are GET .../repo?FilePath=... (sandbox/hub.py's module docstring).
+    return sum(
+        1
+        for r in hub.request_log.snapshot()
+        if r.path.endswith("/repo") and r.query.get("FilePath") == "config.json"
+    )
 
 
 def test_kv_fit_reads_config_json_of_an_oss_uri_model_from_its_prefix(oss: OssServer) -> None:
