@@ -109,7 +109,10 @@ TARGETS = (
         "readiness rules",
         "llm_rollout/kube/readiness_rules.py",
         None,
-        ("tests/kube_edge/test_readiness_rules.py",),
+        (
+            "tests/kube_edge/test_readiness_rules.py",
+            "tests/kube_edge/test_readiness_rules_edges.py",
+        ),
     ),
     Target(
         "readiness classification",
