@@ -158,7 +158,7 @@ def test_deploy_flow_with_real_vllm(
 
     # The smoke test's answer and streamed TTFT came from the real engine.
     assert result.answer == real.tiny.answer
-    assert result.ttft_s is not None and 0 < result.ttft_s < 60
+    assert result.ttft_s is not None and result.ttft_s > 0  # measured; speed is bench's
 
     artifacts = artifacts_of(result.flow_run_id)
     calls = {row["call"]: row for row in json.loads(artifacts["smoke-calls"])}
@@ -175,7 +175,7 @@ def test_deploy_flow_with_real_vllm(
     assert metrics["generation tokens"] == completion == 2 * answer_tokens
     assert metrics["prompt tokens"] == prompt
     assert metrics["TTFT count"] == 2
-    assert 0 < metrics["TTFT avg (s)"] < 60
+    assert metrics["TTFT avg (s)"] > 0
     assert metrics["TTFT p50 (s)"] is not None
     verdict = str(artifacts["smoke-verdict"])
     assert "passed" in verdict and "Engine metrics" in verdict

@@ -25,10 +25,12 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 
 @pytest.mark.parametrize(("name", "fault"), KUBE_CLASSES, ids=[n for n, _ in KUBE_CLASSES])
 def test_kube_api_fault_class_deploys(world: InputWorld, name: str, fault: KubeFault) -> None:
-    row, results = run_kube_class(world, name, fault, 1, seed=5)
-    assert row.survived == row.trials == 1, row.failures
-    assert results[0].fired >= 1  # the fault did fire during the deploy
-    assert row.leaks == 0
+    _, results = run_kube_class(world, name, fault, 1, seed=5)
+    # The trial itself, not the bench's table row counting it.
+    (result,) = results
+    assert result.survived, result.detail  # promoted, routed, ready
+    assert result.fired >= 1  # the fault did fire during the deploy
+    assert result.leaks == 0
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +43,16 @@ def test_workload_fault_fails_fast_and_traffic_never_fails(
     world: InputWorld, baseline: str, kind: str
 ) -> None:
     result = trial_workload(world, kind, random.Random(kind), f"t-work-{kind.replace(' ', '')}")
+    # Survived: exit 1 naming the reason (and the lost Node), the previous release still
+    # routed and ready, no failed request. It also bounds the run by FAIL_FAST_S (25 s, under
+    # the spec's 60 s ready timeout): a run waiting out the timeout must not pass.
     assert result.survived, result.detail
     assert result.fired > 0  # requests went through the Service during the rollout
     assert result.leaks == 0
     if kind == "node lost":
-        # Survived means the run failed with NodeLost naming the lost Node, although a spare
-        # node had room for the replacement pod; readiness said so within seconds.
-        assert result.reported_s is not None and result.reported_s < 5, result.reported_s
+        # Readiness itself reported the loss (a log record naming NodeLost), although a spare
+        # node had room for the replacement pod. How soon is bench/reliability.py's figure.
+        assert result.reported_s is not None, result.detail
 
 
 def test_two_simultaneous_deploys_never_interleave(world: InputWorld) -> None:

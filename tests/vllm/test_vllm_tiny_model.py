@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -156,9 +155,7 @@ def test_weights_decode_the_answer_greedily(tiny_model: Path, tiny_info: TinyMod
 
 
 def test_custom_answer_and_served_name(tmp_path: Path) -> None:
-    started = time.monotonic()
     dest = generate_tiny_model(tmp_path / "m", answer="hello world", served_name="hello-model")
-    assert time.monotonic() - started < 10
     info = TinyModelInfo.load(dest)
     assert info.answer == "hello world"
     assert info.served_name == "hello-model"
