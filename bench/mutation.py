@@ -179,7 +179,19 @@ TARGETS = (
     Target(
         "redeploy",
         "llm_rollout/redeploy.py",
-        None,
+        # Not serving_workload / release_service: they read the cluster (the redeploy flow's
+        # tests against the sandbox and the real cluster run them).
+        (
+            "_safe_args",
+            "_fits_action",
+            "restarts_pods",
+            "applyable",
+            "pod_templates",
+            "walk",
+            "_set_flags",
+            "changed_workload",
+            "served_model",
+        ),
         ("tests/deploy/test_redeploy_plain.py",),
     ),
     Target(

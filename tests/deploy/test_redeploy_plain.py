@@ -180,6 +180,26 @@ def test_update_of_a_last_bare_flag_keeps_it_bare() -> None:
     assert _engine(changed)["args"] == args
 
 
+def test_update_of_a_flag_at_an_odd_position() -> None:
+    # Positions right after a bare flag: the value is the next token, wherever the flag is.
+    args = ["--enforce-eager", "--max-model-len", "2048", "--served-model-name", "qwen"]
+    request = _request("update", engine_args=["--max-model-len", "4096"])
+    assert _engine(changed_workload(_deployment(args), request, NOW))["args"] == [
+        "--enforce-eager",
+        "--max-model-len",
+        "4096",
+        "--served-model-name",
+        "qwen",
+    ]
+    request = _request("update", engine_args=["--max-model-len"])
+    assert _engine(changed_workload(_deployment(args), request, NOW))["args"] == [
+        "--enforce-eager",
+        "--max-model-len",
+        "--served-model-name",
+        "qwen",
+    ]
+
+
 def test_update_flag_at_the_end_gets_its_value_inserted() -> None:
     args = ["--served-model-name", "qwen", "--enforce-eager"]
     request = _request("update", engine_args=["--enforce-eager", "true"])
