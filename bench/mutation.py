@@ -118,8 +118,8 @@ TARGETS = (
         "readiness classification",
         "llm_rollout/kube/readiness.py",
         (
+            # Not _condition_true: nothing calls it.
             "_conditions",
-            "_condition_true",
             "_int",
             "_generation_missing",
             "_replicas_missing",
@@ -131,7 +131,7 @@ TARGETS = (
             "_pod_ready_missing",
             "select_log_lines",
         ),
-        ("tests/kube_edge/test_status_rules.py",),
+        ("tests/kube_edge/test_status_rules.py", "tests/kube_edge/test_status_rules_edges.py"),
     ),
     Target(
         "strategy",
