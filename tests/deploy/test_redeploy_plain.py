@@ -200,6 +200,17 @@ def test_update_of_a_flag_at_an_odd_position() -> None:
     ]
 
 
+def test_update_of_the_only_flag_and_of_a_last_flag_with_value() -> None:
+    request = _request("update", engine_args=["--enforce-eager", "true"])
+    changed = changed_workload(_deployment(["--enforce-eager"]), request, NOW)
+    assert _engine(changed)["args"] == ["--enforce-eager", "true"]
+    args = ["--served-model-name", "qwen", "--seed", "1"]
+    changed = changed_workload(
+        _deployment(args), _request("update", engine_args=["--seed", "2"]), NOW
+    )
+    assert _engine(changed)["args"] == ["--served-model-name", "qwen", "--seed", "2"]
+
+
 def test_update_flag_at_the_end_gets_its_value_inserted() -> None:
     args = ["--served-model-name", "qwen", "--enforce-eager"]
     request = _request("update", engine_args=["--enforce-eager", "true"])
@@ -307,7 +318,13 @@ def test_served_model_and_api_key_are_read_from_the_engine_container() -> None:
 
 
 @pytest.mark.parametrize(
-    "args", [["--port", "8000"], ["--port", "8000", "--served-model-name"], None]
+    "args",
+    [
+        ["--port", "8000"],
+        ["--port", "8000", "--served-model-name"],
+        ["--enforce-eager", "--served-model-name"],
+        None,
+    ],
 )
 def test_served_model_without_a_name_is_refused(args: list[str] | None) -> None:
     workload = _deployment(args=args or [])
