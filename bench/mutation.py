@@ -139,6 +139,7 @@ TARGETS = (
         None,
         (
             "tests/deploy/test_strategy.py",
+            "tests/deploy/test_strategy_edges.py",
             "tests/deploy/test_preflight_plain.py",
             "tests/deploy/test_demands_from_examples.py",
         ),
