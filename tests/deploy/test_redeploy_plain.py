@@ -211,6 +211,24 @@ def test_update_of_the_only_flag_and_of_a_last_flag_with_value() -> None:
     assert _engine(changed)["args"] == ["--served-model-name", "qwen", "--seed", "2"]
 
 
+def test_update_with_bare_flags_first_keeps_later_values_in_place() -> None:
+    args = ["--seed", "1", "--served-model-name", "qwen"]
+    request = _request("update", engine_args=["--enforce-eager", "--seed", "7"])
+    assert _engine(changed_workload(_deployment(args), request, NOW))["args"] == [
+        "--seed",
+        "7",
+        "--served-model-name",
+        "qwen",
+        "--enforce-eager",
+    ]
+    request = _request("update", engine_args=["--enforce-eager", "--trust-remote-code"])
+    assert _engine(changed_workload(_deployment(args), request, NOW))["args"] == [
+        *args,
+        "--enforce-eager",
+        "--trust-remote-code",
+    ]
+
+
 def test_update_flag_at_the_end_gets_its_value_inserted() -> None:
     args = ["--served-model-name", "qwen", "--enforce-eager"]
     request = _request("update", engine_args=["--enforce-eager", "true"])
@@ -304,6 +322,18 @@ def test_pod_templates_are_found_at_any_depth_and_in_lists() -> None:
     assert pod_templates({"kind": "X"}) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--enforce-eager", "--served-model-name", "qwen"],
+        ["--port", "8000", "--served-model-name", "qwen"],
+        ["--served-model-name", "qwen"],
+    ],
+)
+def test_served_model_name_is_the_token_after_its_flag(args: list[str]) -> None:
+    assert served_model(_deployment(args=args)) == ("qwen", None)
+
+
 def test_served_model_and_api_key_are_read_from_the_engine_container() -> None:
     env = [
         {"name": "HF_HOME", "value": "/tmp"},
@@ -323,6 +353,7 @@ def test_served_model_and_api_key_are_read_from_the_engine_container() -> None:
         ["--port", "8000"],
         ["--port", "8000", "--served-model-name"],
         ["--enforce-eager", "--served-model-name"],
+        ["--served-model-name"],
         None,
     ],
 )
