@@ -6,6 +6,7 @@ waiting/running/terminated, lastState, restartCount, the Ready pod condition).""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,6 +15,8 @@ from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.release import (
     _applyable,
     _bake_problem,
+    _pod_name,
+    _restarts,
     namespace_object,
     ordered_refs,
     pod_degradation,
@@ -125,6 +128,28 @@ def test_a_pod_not_ready_without_reason_says_so() -> None:
     assert pod_degradation(_pod(ready="False"), {}) == "Pod llm/p0 not Ready (no reason given)"
     # No Ready condition reported at all is not a degradation of a pod that was ready.
     assert pod_degradation(_pod(ready=None), {}) is None
+
+
+def test_values_as_read_from_the_api_server() -> None:
+    # A JSON round trip, as from the API server: values are compared, not string objects.
+    ready = json.loads(json.dumps(_pod()))
+    assert pod_degradation(ready, {}) is None
+    unknown = json.loads(json.dumps(_pod(ready="Unknown", reason="NodeLost")))
+    assert pod_degradation(unknown, {}) == "Pod llm/p0 not Ready (NodeLost)"
+
+
+def test_a_restart_count_below_the_baseline_is_no_new_restart() -> None:
+    # The baseline is what the pod had when the bake began; only a count above it is news.
+    pod = _pod(containers=[_running("engine", restarts=1)])
+    assert pod_degradation(pod, {"engine": 3}) is None
+
+
+def test_restart_baseline_and_pod_name() -> None:
+    pod = _pod(containers=[_running("engine", restarts=2), {"name": "sidecar"}])
+    assert _restarts(pod) == {"engine": 2, "sidecar": 0}
+    assert _restarts({"metadata": {"name": "p"}}) == {}
+    assert _pod_name(pod) == "p0"
+    assert _pod_name({}) == "None"
 
 
 # --- _bake_problem ----------------------------------------------------------------------------
