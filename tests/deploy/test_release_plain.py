@@ -138,6 +138,14 @@ def test_values_as_read_from_the_api_server() -> None:
     assert pod_degradation(unknown, {}) == "Pod llm/p0 not Ready (NodeLost)"
 
 
+def test_only_the_ready_condition_decides() -> None:
+    # Other conditions (a readiness gate's among them: the kubelet folds those into Ready)
+    # are not read on their own.
+    pod = _pod()
+    pod["status"]["conditions"].append({"type": "target-health.example.com/lb", "status": "False"})
+    assert pod_degradation(pod, {}) is None
+
+
 def test_a_restart_count_below_the_baseline_is_no_new_restart() -> None:
     # The baseline is what the pod had when the bake began; only a count above it is news.
     pod = _pod(containers=[_running("engine", restarts=1)])
