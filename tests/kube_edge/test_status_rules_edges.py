@@ -178,6 +178,10 @@ def test_raycluster_and_rbg_v1alpha2_selectors_and_unknown_kind() -> None:
     assert accept({})
     _, either = pod_selector_for(_obj("RoleBasedGroup", {}, {}))
     assert not either(_wire({"metadata": {}})) and not either({})
+    rbg = _wire({"kind": "RoleBasedGroup", "metadata": {"name": "qwen-pd"}})
+    _, either = pod_selector_for(rbg)
+    for label in ("rolebasedgroup.workloads.x-k8s.io/name", RBG_LABELS_V07):
+        assert either(_wire({"metadata": {"labels": {label: "qwen-pd"}}}))
     with pytest.raises(PermanentError, match="readiness of kind Job is not supported"):
         pod_selector_for(_obj("Job", {}, {}))
 
