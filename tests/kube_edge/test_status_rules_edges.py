@@ -131,9 +131,38 @@ def test_a_rolebasedgroup_without_ready_condition_and_role_defaults() -> None:
 
 
 def test_a_raycluster_in_another_state() -> None:
-    assert workload_missing(_obj("RayCluster", {}, {"state": "failed"})) == [
-        "state failed (want ready)"
+    assert workload_missing(_obj("RayCluster", {}, {"state": "ready"})) == []
+    for state in ("failed", "suspended", "unhealthy"):
+        assert workload_missing(_obj("RayCluster", {}, {"state": state})) == [
+            f"state {state} (want ready)"
+        ]
+
+
+def test_a_leaderworkerset_read_from_the_api_server() -> None:
+    lws = _obj("LeaderWorkerSet", {"replicas": 2}, {"readyReplicas": 2, "conditions": AVAILABLE})
+    assert workload_missing(lws) == []
+    assert pod_selector_for(lws)[0] == "leaderworkerset.sigs.k8s.io/name=w"
+
+
+def test_every_role_without_status_or_short_is_listed() -> None:
+    spec = {"roles": [{"name": "prefill"}, {"name": "decode"}, {"name": "router"}]}
+    status = {
+        "conditions": [_cond("Ready", "True")],
+        "roleStatuses": [{"name": "router", "replicas": 2, "readyReplicas": 1}],
+    }
+    assert workload_missing(_obj("RoleBasedGroup", spec, status)) == [
+        "role prefill: no status yet",
+        "role decode: no status yet",
+        "role router: readyReplicas 1/2",
     ]
+
+
+@pytest.mark.parametrize("kind", ["CronJob", "Service", "Workload"])
+def test_kinds_without_a_readiness_rule_are_refused(kind: str) -> None:
+    with pytest.raises(PermanentError, match=f"readiness of kind {kind} is not supported"):
+        workload_missing(_obj(kind, {}, {"state": "ready", "readyReplicas": 1}))
+    with pytest.raises(PermanentError, match=f"readiness of kind {kind} is not supported"):
+        pod_selector_for(_obj(kind, {}, {}))
 
 
 @pytest.mark.parametrize(
@@ -219,3 +248,7 @@ def test_log_selection_keeps_at_most_the_latest_root_causes() -> None:
     ]
     failing_tail = [f"Error {i}" for i in range(LOG_TAIL_LINES)]
     assert select_log_lines(failing_tail) == failing_tail
+    # Only lines before the tail are scanned, however many there are.
+    early = [f"Error early {i}" for i in range(25)]
+    tail = [f"Error in tail {i}" if i % 5 == 0 else f"line {i}" for i in range(LOG_TAIL_LINES)]
+    assert select_log_lines(early + tail) == [*early[-LOG_ROOT_CAUSE_LINES:], "...", *tail]
