@@ -7,6 +7,7 @@ and `standalonePattern`, sgl-project/rbg api/workloads)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -292,3 +293,16 @@ def test_rollback_plans() -> None:
         )
         assert not plan.serving_during_rollout and plan.serve_release is None
     assert plan_rollback(None, "r2", "blue-green", old_workload_exists=True).serve_release is None
+
+
+def _parsed(value: str) -> Any:
+    """`value` as a spec or the cluster hands it over: parsed, so not the literal's object."""
+    return json.loads(json.dumps(value))
+
+
+def test_values_parsed_from_a_spec_or_the_cluster_are_compared_by_value() -> None:
+    first = choose_strategy(_parsed("recreate"), [PodDemand(1)], [NodeCapacity("a", 1)], None)
+    assert first.strategy == "recreate"
+    assert plan_promote(_parsed("r2-abc"), "r2-abc", 1.0).remove_releases == ()
+    recreated = plan_rollback("r1", "r2", _parsed("recreate"), old_workload_exists=False)
+    assert "the strategy was recreate" in recreated.message
