@@ -176,6 +176,8 @@ def test_packing_counts_erdma_apart_from_gpus() -> None:
     nodes = [NodeCapacity("a", 8, erdma_allocatable=1), NodeCapacity("b", 8)]
     assert fits([PodDemand(4, 1), PodDemand(4), PodDemand(8)], nodes)
     assert not fits([PodDemand(0, 1), PodDemand(0, 1)], nodes)
+    # A node with eRDMA to spare takes pods that ask for none.
+    assert fits([PodDemand(4), PodDemand(4, 1)], [NodeCapacity("a", 8, erdma_allocatable=2)])
     assert fits([PodDemand(0, 0)] * 5, [])
     assert not fits([PodDemand(1)], [])
 
@@ -188,12 +190,12 @@ def test_free_capacity_never_goes_negative() -> None:
 
 def test_release_freed_gives_back_only_what_the_old_pods_held() -> None:
     nodes = [
-        NodeCapacity("a", 8, gpus_requested=8, erdma_allocatable=2, erdma_requested=2),
+        NodeCapacity("a", 8, gpus_requested=8, erdma_allocatable=4, erdma_requested=3),
         NodeCapacity("b", 8, gpus_requested=2),
     ]
     freed = release_freed(nodes, {"a": PodDemand(6, 1), "c": PodDemand(8)})
     assert freed == [
-        NodeCapacity("a", 8, gpus_requested=2, erdma_allocatable=2, erdma_requested=1),
+        NodeCapacity("a", 8, gpus_requested=2, erdma_allocatable=4, erdma_requested=2),
         NodeCapacity("b", 8, gpus_requested=2),
     ]
     assert release_freed([NodeCapacity("a", 1, 1)], {"a": PodDemand(4, 4)}) == [
@@ -304,5 +306,10 @@ def test_values_parsed_from_a_spec_or_the_cluster_are_compared_by_value() -> Non
     first = choose_strategy(_parsed("recreate"), [PodDemand(1)], [NodeCapacity("a", 1)], None)
     assert first.strategy == "recreate"
     assert plan_promote(_parsed("r2-abc"), "r2-abc", 1.0).remove_releases == ()
+    nodes = [NodeCapacity("a", 2, gpus_requested=1)]
+    both = choose_strategy(_parsed("auto"), [PodDemand(1)], nodes, {"a": PodDemand(1)})
+    assert both.strategy == "blue-green"
+    fallback = choose_strategy(_parsed("auto"), [PodDemand(2)], nodes, {"a": PodDemand(1)})
+    assert fallback.strategy == "recreate" and len(fallback.warnings) == 1
     recreated = plan_rollback("r1", "r2", _parsed("recreate"), old_workload_exists=False)
     assert "the strategy was recreate" in recreated.message
