@@ -185,6 +185,8 @@ def test_packing_counts_erdma_apart_from_gpus() -> None:
 def test_free_capacity_never_goes_negative() -> None:
     over = NodeCapacity("a", 2, gpus_requested=3, erdma_allocatable=1, erdma_requested=2)
     assert (over.gpus_free, over.erdma_free) == (0, 0)
+    some = NodeCapacity("b", 8, gpus_requested=3, erdma_allocatable=4, erdma_requested=3)
+    assert (some.gpus_free, some.erdma_free) == (5, 1)
     assert not fits([PodDemand(0, 1)], [over])
 
 
@@ -313,3 +315,10 @@ def test_values_parsed_from_a_spec_or_the_cluster_are_compared_by_value() -> Non
     assert fallback.strategy == "recreate" and len(fallback.warnings) == 1
     recreated = plan_rollback("r1", "r2", _parsed("recreate"), old_workload_exists=False)
     assert "the strategy was recreate" in recreated.message
+
+
+@pytest.mark.parametrize(
+    "kind", ["ConfigMap", "PersistentVolumeClaim", "PersistentVolume", "Secret", "Service"]
+)
+def test_objects_that_are_not_workloads_create_no_pods(kind: str) -> None:
+    assert pod_demands([{"kind": kind, "spec": {"template": _tpl(1), "replicas": 2}}]) == []
