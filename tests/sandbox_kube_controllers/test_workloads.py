@@ -328,11 +328,18 @@ def test_a_fresh_cluster_starts_and_a_two_node_lws_becomes_available(
         ns = k.new_namespace()
         t0 = time.perf_counter()
         k.custom.create_namespaced_custom_object(*LWS[:2], ns, LWS[2], _lws("timed", size=2))
-        _lws_available(k, ns, "timed")
+        lws = _lws_available(k, ns, "timed")
         lws_ready = time.perf_counter() - t0
+        pods = k.pods(ns, "leaderworkerset.sigs.k8s.io/name=timed")
     print(
         f"\ncluster start: {started:.2f} s (internal {fresh.start_seconds:.2f} s); "
         f"2-node LWS (LeaderReady) Available: {lws_ready:.2f} s"
     )
-    # Figures only: the waits above are bounded (`_lws_available`), speed is not asserted.
-    assert fresh.start_seconds > 0 and lws_ready > 0
+    # The figures are printed, not asserted (the wait above is bounded): one group of a
+    # leader and its worker, both Ready, on a cluster that started from nothing.
+    assert lws["status"]["readyReplicas"] == 1
+    assert len(pods) == 2
+    assert all(
+        any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        for p in pods
+    ), [p.metadata.name for p in pods]
