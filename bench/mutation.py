@@ -16,7 +16,10 @@ mutants not run are reported as pending), and each mutant's tests by cosmic-ray'
     uv run python bench/mutation.py --budget-s 900 --workdir build/mutation
     uv run python bench/mutation.py --workdir build/mutation --resume   # after adding tests
 
-Not run in CI: a run takes minutes per module.
+Not run in CI: a run takes minutes per module (2-10 min each on a shared 2-core machine, one
+target at a time). The scratch copy holds files git knows: `git add` a new test file before a
+run. The score counts every survivor, equivalent ones included; the survivors judged
+equivalent, with the reason, are listed in the commit message that last changed the target.
 """
 
 from __future__ import annotations
