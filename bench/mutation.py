@@ -114,7 +114,7 @@ TARGETS = (
     ),
     Target(
         "readiness rules",
-        "llm_rollout/kube/readiness_rules.py",
+        "llm_rollout/readiness_rules.py",
         None,
         (
             "tests/kube_edge/test_readiness_rules.py",
@@ -124,7 +124,7 @@ TARGETS = (
     ),
     Target(
         "readiness classification",
-        "llm_rollout/kube/readiness.py",
+        "llm_rollout/readiness.py",
         (
             # Not _condition_true: nothing calls it.
             "_conditions",

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from llm_rollout.kube.readiness_rules import (
+from llm_rollout.readiness_rules import (
     GROUP_CRASH_LOOP,
     NO_AUTOSCALER,
     Autoscaler,

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import PermanentError
-from llm_rollout.kube.readiness import (
+from llm_rollout.readiness import (
     LOG_ROOT_CAUSE_LINES,
     LOG_TAIL_LINES,
     RBG_LABELS_V07,
