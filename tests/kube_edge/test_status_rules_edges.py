@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import PermanentError
+from llm_rollout.kinds.rbg import V07_NAME_LABEL
 from llm_rollout.readiness import (
     LOG_ROOT_CAUSE_LINES,
     LOG_TAIL_LINES,
-    RBG_LABELS_V07,
     _pod_ready_missing,
     pod_selector_for,
     select_log_lines,
@@ -67,7 +67,12 @@ def test_a_deployment_not_yet_observed_lists_everything_in_order() -> None:
 
 
 def test_generation_observed_or_not_given() -> None:
-    status = {"observedGeneration": 4, "readyReplicas": 1, "conditions": AVAILABLE}
+    status = {
+        "observedGeneration": 4,
+        "readyReplicas": 1,
+        "updatedReplicas": 1,
+        "conditions": AVAILABLE,
+    }
     # Observed beyond what we read (a newer spec landed meanwhile) is observed.
     assert workload_missing(_obj("Deployment", {}, status, generation=3)) == []
     assert workload_missing(_obj("Deployment", {}, status, generation=4)) == []
@@ -76,6 +81,12 @@ def test_generation_observed_or_not_given() -> None:
     ) == ["controller has not observed generation 4 (observed 3)"]
     # No generation in the object read: nothing to compare.
     assert workload_missing(_obj("Deployment", {}, {**status, "observedGeneration": None})) == []
+    # Once the controller reported, an absent updatedReplicas (omitempty) is none updated:
+    # the ready pod is an old ReplicaSet's (kinds/deployment.py).
+    old_pods = {k: v for k, v in status.items() if k != "updatedReplicas"}
+    assert workload_missing(_obj("Deployment", {}, old_pods, generation=4)) == [
+        "updatedReplicas 0/1"
+    ]
 
 
 def test_replicas_default_to_one_wanted_and_more_ready_is_ready() -> None:
@@ -203,13 +214,13 @@ def test_raycluster_and_rbg_v1alpha2_selectors_and_unknown_kind() -> None:
         }
     )
     selector, accept = pod_selector_for(v2)
-    assert selector == f"{RBG_LABELS_V07}=w"
+    assert selector == f"{V07_NAME_LABEL}=w"
     assert accept({})
     _, either = pod_selector_for(_obj("RoleBasedGroup", {}, {}))
     assert not either(_wire({"metadata": {}})) and not either({})
     rbg = _wire({"kind": "RoleBasedGroup", "metadata": {"name": "qwen-pd"}})
     _, either = pod_selector_for(rbg)
-    for label in ("rolebasedgroup.workloads.x-k8s.io/name", RBG_LABELS_V07):
+    for label in ("rolebasedgroup.workloads.x-k8s.io/name", V07_NAME_LABEL):
         assert either(_wire({"metadata": {"labels": {label: "qwen-pd"}}}))
     with pytest.raises(PermanentError, match="readiness of kind Job is not supported"):
         pod_selector_for(_obj("Job", {}, {}))
