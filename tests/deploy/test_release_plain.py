@@ -61,6 +61,7 @@ def _workload(ready: int = 1) -> dict[str, Any]:
         "status": {
             "observedGeneration": 1,
             "readyReplicas": ready,
+            "updatedReplicas": 1,
             "conditions": [{"type": "Available", "status": "True"}],
         },
     }
