@@ -29,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sandbox.cluster import images
 from sandbox.cluster.pods import env as podenv
+from sandbox.cluster.pods import volumes
 from sandbox.cluster.pods.containers import Backoff, BackoffPolicy, Run, start_run, utc_now
 from sandbox.cluster.pods.probes import ProbeKind, ProbeSpec, ProbeWorker, prober_for
 from sandbox.cluster.pods.sandbox import (
@@ -146,6 +147,15 @@ class PodWorker:
                 s.record.waiting_reason = waiting
         self.sandbox: Sandbox | None = None
         self.pod_ip = ""
+        # The volume manager's state for this pod: mounted once, failures retried with the
+        # nested pending operations' back-off and one FailedMount event per distinct error.
+        self._mounted = not (spec.get("volumes") or [])
+        self._mount_backoff = Backoff(
+            BackoffPolicy(volumes.MOUNT_RETRY_BASE_S, volumes.MOUNT_RETRY_MAX_S)
+        )
+        self._mount_next_mono = 0.0
+        self._mount_error = ""
+        self._mounted_targets: set[str] = set()
         self.start_time = utc_now()
         self.conditions = Conditions()
         self._posted: dict[str, Any] | None = None
@@ -264,11 +274,85 @@ class PodWorker:
             self._handle_exit(s, now)
             self._handle_probes(s)
         due: list[float] = []
+        if not self._mounted and not self._mount_volumes(now, due):
+            return max(0.0, min(due) - time.monotonic())
         pending_init = next((s for s in self.init_slots if not s.done), None)
         for s in [pending_init] if pending_init is not None else self.slots:
             if not s.done and (s.run is None or s.exit_handled):
                 self._maybe_start(s, now, due)
         return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _mount_volumes(self, now: float, due: list[float]) -> bool:
+        """WaitForAttachAndMount: True once every volume is mounted into the pod."""
+        if now < self._mount_next_mono:
+            due.append(self._mount_next_mono)
+            return False
+        assert self.sandbox is not None
+        try:
+            planned = volumes.plan_mounts(
+                self.pod,
+                self._volume_readers(),
+                self.directory / "volumes",
+                self.ctx.pods_dir / "csi",
+            )
+            volumes.apply_mounts(self.sandbox.enter(), planned, self._mounted_targets)
+        except volumes.MountError as exc:
+            log.warning("pod %s/%s: %s", self.namespace, self.name, exc.event_message)
+            if exc.event_message != self._mount_error:
+                self._mount_error = exc.event_message
+                self._event(None, "Warning", "FailedMount", exc.event_message)
+            self._mount_backoff.next(now)
+            assert self._mount_backoff.current_s is not None
+            self._mount_next_mono = now + self._mount_backoff.current_s
+            due.append(self._mount_next_mono)
+            return False
+        self._mounted = True
+        return True
+
+    def _volume_readers(self) -> volumes.Readers:
+        def absent_as_none(read: Callable[[], Any]) -> dict[str, Any] | None:
+            try:
+                found = read()
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            result: dict[str, Any] = self.ctx.api.sanitize_for_serialization(found)
+            return result
+
+        core = self.core
+        return volumes.Readers(
+            secret=lambda ns, n: absent_as_none(lambda: core.read_namespaced_secret(n, ns)),
+            config_map=lambda ns, n: absent_as_none(lambda: core.read_namespaced_config_map(n, ns)),
+            claim=lambda ns, n: absent_as_none(
+                lambda: core.read_namespaced_persistent_volume_claim(n, ns)
+            ),
+            volume=lambda n: absent_as_none(lambda: core.read_persistent_volume(n)),
+            token=self._service_account_token,
+        )
+
+    def _service_account_token(self, account: str, audiences: list[str], expiry_s: int) -> str:
+        """A TokenRequest bound to this pod, as the kubelet's token manager makes one
+        (pkg/kubelet/token); NodeRestriction admits it for a pod bound to this node."""
+        body = {
+            "spec": {
+                "audiences": audiences,
+                "expirationSeconds": expiry_s,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": self.name,
+                    "uid": self.uid,
+                },
+            }
+        }
+        try:
+            made = self.core.create_namespaced_service_account_token(account, self.namespace, body)
+        except ApiException as exc:
+            raise volumes.MountError(
+                "kube-api-access", f"failed to fetch token: {exc.status} {exc.reason}"
+            ) from exc
+        return str(made.status.token)
 
     def _handle_exit(self, s: Slot, now: float, *, final: bool = False) -> None:
         run = s.run
