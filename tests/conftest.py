@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+# The real cluster's fixtures (real_cluster, real_admin, ...); nothing starts unless asked for.
+pytest_plugins = ["tests.real_cluster"]
+
 # Telemetry off and loopback never proxied, before any client library reads the environment.
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
