@@ -1,0 +1,110 @@
+"""The deploy flow, unchanged, on the REAL cluster: the single-GPU vLLM Deployment example.
+
+The product mirrors the tiny model from the sandbox hub into the sandbox OSS, applies its Secret,
+PV and PVC and the Deployment to the real kube-apiserver; the real controllers make the pod, the
+real scheduler binds it, the PV controller binds the claim; the node agent mounts the claim
+through its OSS CSI stand-in (sandbox/cluster/pods/volumes.py), starts the rendered command line
+through the image table (sandbox/cluster/images.py: the vLLM image runs the project's vLLM venv
+with the CPU adaptations) and runs the rendered probes. The product's readiness watches the
+Deployment, and its smoke test reaches vLLM through the API server's service proxy (the real
+kube-apiserver dials the Service's ready endpoint, the pod's IP, from the harness namespace).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client as k8s
+from modelscope_hub.config import set_default_config
+
+from flows.deploy import DeployResult, deploy
+from llm_rollout.spec import load_spec
+from sandbox.cluster.control_plane import Cluster
+from sandbox.engine_choice import real_vllm_spec
+from sandbox.hub import HubServer
+from sandbox.oss import OssServer
+from sandbox.vllm.tiny_model import TinyModelInfo, generate_tiny_model
+from tests.vllm.conftest import require_engine
+
+pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLE = "seed-vllm-single-gpu"
+KEY_ID = "LTAIrealClusterKeyId"
+KEY_SECRET = "realClusterSecretValue0123"
+BUCKET = "llm-models-example"
+
+
+@pytest.fixture
+def stores(tmp_path: Path, real_cluster: Cluster) -> Iterator[tuple[HubServer, OssServer, Path]]:
+    require_engine()
+    with ExitStack() as stack:
+        stack.callback(set_default_config, None)
+        hub = stack.enter_context(HubServer(tmp_path / "hub"))
+        # The node agent (the CSI node plugin's stand-in) reads OSS from the harness namespace,
+        # where this server's loopback address is.
+        oss = stack.enter_context(
+            OssServer(tmp_path / "oss", credentials={KEY_ID: KEY_SECRET}, buckets=[BUCKET])
+        )
+        mp = stack.enter_context(pytest.MonkeyPatch.context())
+        mp.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
+        mp.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
+        mp.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
+        mp.setenv("OSS_ACCESS_KEY_SECRET", KEY_SECRET)
+        set_default_config(None)
+        yield hub, oss, tmp_path
+
+
+def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
+    items = k8s.CoreV1Api(admin).list_namespaced_event(namespace).items
+    return [f"{e.involved_object.name} {e.reason}: {e.message}" for e in items]
+
+
+@pytest.mark.timeout(900, func_only=True)
+def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
+    stores: tuple[HubServer, OssServer, Path], real_admin: k8s.ApiClient
+) -> None:
+    hub, oss, root = stores
+    model = generate_tiny_model(root / "tiny-qwen3")
+    tiny = TinyModelInfo.load(model)
+    data = yaml.safe_load((EXAMPLES / f"{EXAMPLE}.yaml").read_text())
+    hub.add_revision_from_dir(data["model"]["modelscope"]["model_id"], "v1", model)
+    namespace = "real-single-gpu"
+    data["namespace"] = namespace
+    data["storage"]["endpoint"] = oss.endpoint
+    data["rollout"] = {"promote_grace_s": 0, "smoke_timeout_s": 120}
+    data = real_vllm_spec(data, tiny)
+    path = root / f"{EXAMPLE}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+
+    t0 = time.monotonic()
+    try:
+        result = deploy(load_spec(path))
+    finally:
+        print("events:\n" + "\n".join(_events(real_admin, namespace)))
+    took_s = time.monotonic() - t0
+    assert isinstance(result, DeployResult)
+    assert result.answer == tiny.answer
+    core = k8s.CoreV1Api(real_admin)
+    (pod,) = core.list_namespaced_pod(namespace).items
+    log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="vllm")
+    (status,) = pod.status.container_statuses
+    if status.restart_count:
+        previous = core.read_namespaced_pod_log(
+            pod.metadata.name, namespace, container="vllm", previous=True
+        )
+        print(f"PREVIOUS RUN ({status.last_state}):\n{previous[-6000:]}")
+    assert status.restart_count == 0
+    assert '"GET /v1/models HTTP/1.1" 200' in log
+    assert log.count('"POST /v1/chat/completions HTTP/1.1" 200') == 2
+    ready = next(c for c in pod.status.conditions if c.type == "Ready")
+    to_ready_s = (ready.last_transition_time - pod.metadata.creation_timestamp).total_seconds()
+    print(
+        f"REAL_DEPLOY_FIGURES pod created -> Ready: {to_ready_s:.0f} s; "
+        f"deploy flow start -> smoke passed: {took_s:.1f} s"
+    )
