@@ -54,10 +54,9 @@ def _secret(name: str, key_id: str, secret: str) -> dict[str, Any]:
     }
 
 
-def _storage(
-    admin: k8s.ApiClient, namespace: str, oss: OssServer, secret_name: str
-) -> tuple[str, str]:
-    """A static OSS PV and its claim, shaped as manifests/storage.yaml.j2 renders them."""
+def _storage(admin: k8s.ApiClient, namespace: str, url: str, secret_name: str) -> str:
+    """A static OSS PV and its claim "model", shaped as manifests/storage.yaml.j2 renders
+    them; returns the PV's name."""
     pv_name = f"{namespace}-model"
     core = k8s.CoreV1Api(admin)
     core.create_persistent_volume(
@@ -75,7 +74,7 @@ def _storage(
                     "nodePublishSecretRef": {"name": secret_name, "namespace": namespace},
                     "volumeAttributes": {
                         "bucket": BUCKET,
-                        "url": oss.endpoint,
+                        "url": url,
                         "path": f"/{PREFIX}",
                     },
                 },
@@ -101,13 +100,13 @@ def _storage(
         timeout_s=POD_TIMEOUT_S,
         what="the model claim bound by the PV controller",
     )
-    return pv_name, "model"
+    return pv_name
 
 
 @pytest.fixture
 def model_pv(admin: k8s.ApiClient, namespace: str, oss: OssServer) -> Iterator[str]:
     """The model PV (its Secret "oss-keys" left to the test) and its bound claim "model"."""
-    pv_name, _ = _storage(admin, namespace, oss, "oss-keys")
+    pv_name = _storage(admin, namespace, oss.endpoint, "oss-keys")
     yield pv_name
     k8s.CoreV1Api(admin).delete_persistent_volume(pv_name)
 
@@ -118,6 +117,7 @@ def _model_pod(name: str, script: str) -> dict[str, Any]:
         script,
         volumeMounts=[
             {"name": "model", "mountPath": "/models/tiny", "readOnly": True},
+            {"name": "model", "mountPath": "/models/tiny-sub", "subPath": "sub"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
     )
@@ -195,7 +195,8 @@ def test_the_model_claim_mounts_the_oss_objects_read_only(
         "echo config=$(cat /models/tiny/config.json); echo weights=$(od -An -tx1 "
         "/models/tiny/sub/weights.bin | tr -d ' '); ls -R /models/tiny | tr '\\n' ' ' | "
         "sed 's/^/tree=/'; echo; touch /models/tiny/x 2>/dev/null || echo model-readonly; "
-        "echo shm_kb=$(df -k /dev/shm | tail -1 | awk '{print $2}'); echo done; exec sleep 3600"
+        "echo shm_kb=$(df -k /dev/shm | tail -1 | awk '{print $2}'); "
+        "echo sub=$(ls /models/tiny-sub); echo done; exec sleep 3600"
     )
     core.create_namespaced_pod(namespace, _model_pod("reader", script))
     wait_pod(admin, namespace, "reader", "Ready", is_ready)
@@ -206,6 +207,7 @@ def test_the_model_claim_mounts_the_oss_objects_read_only(
     assert "ignored.txt" not in tree and "config.json" in tree and "weights.bin" in tree
     assert "model-readonly" in lines
     assert "shm_kb=65536" in lines
+    assert "sub=weights.bin" in lines  # subPath: the claim's sub/ directory alone
     gets = [r for r in oss.request_log.snapshot() if r.op == "GetObject"]
     assert sorted(r.key for r in gets) == sorted(f"{PREFIX}/{k}" for k in MODEL_FILES)
 
@@ -251,3 +253,23 @@ def test_mount_failures_are_failedmount_events_and_retried(
 
     core.replace_namespaced_secret("oss-keys", namespace, _secret("oss-keys", AK_ID, AK_SECRET))
     wait_pod(admin, namespace, "waiter", "Ready once the keys are right", is_ready)
+
+
+def test_an_unreachable_oss_endpoint_fails_the_mount(admin: k8s.ApiClient, namespace: str) -> None:
+    core = k8s.CoreV1Api(admin)
+    core.create_namespaced_secret(namespace, _secret("oss-keys", AK_ID, AK_SECRET))
+    # Port 9 (discard) of the harness's loopback: nothing listens there.
+    pv_name = _storage(admin, namespace, "http://127.0.0.1:9", "oss-keys")
+    try:
+        core.create_namespaced_pod(namespace, _model_pod("stuck", "exec sleep 3600"))
+        _wait_failed_mount(
+            admin,
+            namespace,
+            "stuck",
+            f'MountVolume.SetUp failed for volume "{pv_name}" : rpc error: code = Internal '
+            "desc = ossfs stand-in: oss endpoint http://127.0.0.1:9 unreachable",
+        )
+        pod = core.read_namespaced_pod("stuck", namespace)
+        assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
+    finally:
+        core.delete_persistent_volume(pv_name)
