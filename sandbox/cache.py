@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 STAMP_NAME = ".llm-rollout-stamp.json"
+# Its mtime is the artefact's last use; the stamp itself is written only by a build.
+USED_NAME = ".llm-rollout-used"
 # Go's build cache drops what nothing has used for five days, the horizon over which a month of
 # measured reuse ran out (cmd/go/internal/cache/cache.go trimLimit, golang.org/issue/22990). A
 # superseded venv or binaries directory (hundreds of MB to 6 GB) follows the same rule: an old
@@ -85,14 +87,16 @@ def clear_stamp(target: Path) -> None:
 
 
 def mark_used(target: Path) -> None:
-    """Record a use of the complete artefact ``target``: its stamp's mtime is its last use."""
-    os.utime(target / STAMP_NAME)
+    """Record a use of the complete artefact ``target`` (a file beside its stamp, whose mtime
+    is the last use; the stamp is left as the build wrote it)."""
+    (target / USED_NAME).touch()
 
 
 def _last_used(directory: Path) -> float:
-    stamp = directory / STAMP_NAME
-    # An unstamped directory is a build killed half-way; its own mtime dates it.
-    return (stamp if stamp.exists() else directory).stat().st_mtime
+    # The newest of the last recorded use and the build; an unstamped directory is a build
+    # killed half-way, dated by its own mtime.
+    dated = [directory / USED_NAME, directory / STAMP_NAME, directory]
+    return max(p.stat().st_mtime for p in dated if p.exists())
 
 
 def prune_stale(

@@ -44,9 +44,12 @@ def test_stale_versions_go_recent_and_other_artefacts_stay(tmp_path: Path) -> No
 def test_mark_used_keeps_a_version_alive(tmp_path: Path) -> None:
     current = _version(tmp_path, "cluster-bin", "new", used_at=NOW)
     old = _version(tmp_path, "cluster-bin", "old", used_at=NOW - STALE_AFTER_S - DAY_S)
+    stamp_before = (old / STAMP_NAME).read_bytes(), (old / STAMP_NAME).stat().st_mtime_ns
     mark_used(old)
     assert prune_stale(current) == []
     assert old.exists()
+    # A use is recorded beside the stamp, which only a build writes.
+    assert ((old / STAMP_NAME).read_bytes(), (old / STAMP_NAME).stat().st_mtime_ns) == stamp_before
 
 
 def test_a_version_whose_lock_is_held_stays(tmp_path: Path) -> None:
