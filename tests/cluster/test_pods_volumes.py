@@ -269,7 +269,15 @@ def test_an_unreachable_oss_endpoint_fails_the_mount(admin: k8s.ApiClient, names
             f'MountVolume.SetUp failed for volume "{pv_name}" : rpc error: code = Internal '
             "desc = ossfs stand-in: oss endpoint http://127.0.0.1:9 unreachable",
         )
-        pod = core.read_namespaced_pod("stuck", namespace)
+        # The event is recorded before the agent's next status post, so the status is waited for.
+        (pod,) = wait_for(
+            core.list_namespaced_pod,
+            lambda items: bool(items and items[0].status.container_statuses),
+            namespace=namespace,
+            field_selector="metadata.name=stuck",
+            timeout_s=60,
+            what="the stuck pod's container status",
+        )
         assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
     finally:
         core.delete_persistent_volume(pv_name)
