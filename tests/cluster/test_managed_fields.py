@@ -17,11 +17,8 @@ removed at the end with a zero grace period, which the API server honours at onc
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client as k8s
 
 from sandbox.cluster.node_agent import FIELD_MANAGER as NODE_AGENT_MANAGER
@@ -31,17 +28,6 @@ from sandbox.cluster.waits import wait_for
 WAIT_S = 60.0
 IMAGE = "vllm/vllm-openai:v0.11.0"
 CONTAINER = {"name": "engine", "image": IMAGE, "resources": {"requests": {"cpu": "100m"}}}
-
-
-@pytest.fixture
-def workloads_namespace(admin: k8s.ApiClient) -> Iterator[str]:
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    core = k8s.CoreV1Api(admin)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    for pod in core.list_namespaced_pod(name).items:
-        core.delete_namespaced_pod(pod.metadata.name, name, grace_period_seconds=0)
-    core.delete_namespace(name)
 
 
 def _managers(obj: Any) -> set[str]:
@@ -116,9 +102,9 @@ def _pods_bound(admin: k8s.ApiClient, namespace: str, selector: str, count: int)
 
 
 def test_controllers_scheduler_and_operators_are_the_writers_of_record(
-    admin: k8s.ApiClient, workloads_namespace: str, gpu_nodes: tuple[NodeSpec, ...]
+    admin: k8s.ApiClient, namespace: str, gpu_nodes: tuple[NodeSpec, ...]
 ) -> None:
-    ns = workloads_namespace
+    ns = namespace
     core = k8s.CoreV1Api(admin)
     apps = k8s.AppsV1Api(admin)
     custom = k8s.CustomObjectsApi(admin)
