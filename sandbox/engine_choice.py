@@ -20,7 +20,6 @@ engine can meet, and no API key (see the function).
 from __future__ import annotations
 
 import base64
-import copy
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
@@ -30,6 +29,7 @@ import oss2
 
 from sandbox.kube.backends import parse_served_model
 from sandbox.kube.cluster import SandboxCluster
+from sandbox.tiny_spec import tiny_model_spec
 from sandbox.vllm.backend import VllmBackendFactory
 from sandbox.vllm.engine import DEFAULT_KV_CACHE_BYTES, DEFAULT_MAX_MODEL_LEN
 from sandbox.vllm.install import is_installed, venv_dir
@@ -180,20 +180,5 @@ def attach_real_vllm(
 
 
 def real_vllm_spec(data: Mapping[str, Any], tiny: TinyModelInfo) -> dict[str, Any]:
-    """A copy of spec `data` for the tiny model served by real vLLM on this CPU.
-
-    The served name is the tiny model's; the smoke test expects its exact answer with
-    finish_reason stop; probes allow a 10-minute load (a CPU engine takes 30-60 s, longer on a
-    busy machine) with 10 s probe timeouts; the API key is dropped: the API server's service
-    proxy removes the Authorization header (as kube-apiserver does), so a key-protected server
-    cannot be smoke-tested through it, and the sandbox engine serves without a key.
-    """
-    out = copy.deepcopy(dict(data))
-    serving = out.setdefault("serving", {})
-    serving.pop("api_key", None)
-    serving["served_model_name"] = tiny.served_name
-    serving["probes"] = {"startup_budget_s": 600, "period_s": 2, "timeout_s": 10}
-    out["smoke"] = {"expect": {"equals": tiny.answer, "finish_reasons": ["stop"]}}
-    rollout = out.setdefault("rollout", {})
-    rollout["ready_timeout_s"] = max(int(rollout.get("ready_timeout_s", 0)), 600)
-    return out
+    """``sandbox.tiny_spec.tiny_model_spec`` for a vLLM spec."""
+    return tiny_model_spec(data, tiny)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 # The real cluster's fixtures (real_cluster, real_admin, ...); nothing starts unless asked for.
-pytest_plugins = ["tests.real_cluster"]
+pytest_plugins = ["tests.real_cluster", "tests.real_deploy"]
 
 # Telemetry off and loopback never proxied, before any client library reads the environment.
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -9,8 +9,7 @@ own with `cluster_env`.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from sandbox.hub import HubServer
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.synthetic import make_synthetic_model
+from tests.real_deploy import merge_sections
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KEY_ID = "LTAIe2eKeyId"
@@ -66,16 +66,6 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stores]:
         yield Stores(hub, oss, root)
 
 
-def _merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in changes.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def write_spec(
     stores: Stores, example: str, dest: Path, *, namespace: str, **changes: Any
 ) -> tuple[Path, dict[str, Any]]:
@@ -85,7 +75,7 @@ def write_spec(
     data["storage"]["endpoint"] = stores.oss.endpoint
     data["namespace"] = namespace
     data["rollout"] = {**(data.get("rollout") or {}), "promote_grace_s": 0, "ready_timeout_s": 30}
-    data = _merge(data, changes)
+    data = merge_sections(data, changes)
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{example}-{namespace}-{len(list(dest.iterdir()))}.yaml"
     path.write_text(yaml.safe_dump(data))

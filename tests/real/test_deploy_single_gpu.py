@@ -13,51 +13,19 @@ kube-apiserver dials the Service's ready endpoint, the pod's IP, from the harnes
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client as k8s
-from modelscope_hub.config import set_default_config
 
 from flows.deploy import DeployResult, deploy
 from llm_rollout.spec import load_spec
-from sandbox.cluster.control_plane import Cluster
-from sandbox.engine_choice import real_vllm_spec
-from sandbox.hub import HubServer
-from sandbox.oss import OssServer
-from sandbox.vllm.tiny_model import TinyModelInfo, generate_tiny_model
+from tests.real_deploy import RealStores, write_real_spec
 from tests.vllm.conftest import require_engine
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXAMPLE = "seed-vllm-single-gpu"
-KEY_ID = "LTAIrealClusterKeyId"
-KEY_SECRET = "realClusterSecretValue0123"
-BUCKET = "llm-models-example"
-
-
-@pytest.fixture
-def stores(tmp_path: Path, real_cluster: Cluster) -> Iterator[tuple[HubServer, OssServer, Path]]:
-    require_engine()
-    with ExitStack() as stack:
-        stack.callback(set_default_config, None)
-        hub = stack.enter_context(HubServer(tmp_path / "hub"))
-        # The node agent (the CSI node plugin's stand-in) reads OSS from the harness namespace,
-        # where this server's loopback address is.
-        oss = stack.enter_context(
-            OssServer(tmp_path / "oss", credentials={KEY_ID: KEY_SECRET}, buckets=[BUCKET])
-        )
-        mp = stack.enter_context(pytest.MonkeyPatch.context())
-        mp.setenv("MODELSCOPE_ENDPOINT", hub.base_url)
-        mp.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
-        mp.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
-        mp.setenv("OSS_ACCESS_KEY_SECRET", KEY_SECRET)
-        set_default_config(None)
-        yield hub, oss, tmp_path
 
 
 def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
@@ -67,20 +35,14 @@ def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
 
 @pytest.mark.timeout(900, func_only=True)
 def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
-    stores: tuple[HubServer, OssServer, Path], real_admin: k8s.ApiClient
+    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path
 ) -> None:
-    hub, oss, root = stores
-    model = generate_tiny_model(root / "tiny-qwen3")
-    tiny = TinyModelInfo.load(model)
-    data = yaml.safe_load((EXAMPLES / f"{EXAMPLE}.yaml").read_text())
-    hub.add_revision_from_dir(data["model"]["modelscope"]["model_id"], "v1", model)
+    require_engine()
+    tiny = real_deploy_env.tiny
     namespace = "real-single-gpu"
-    data["namespace"] = namespace
-    data["storage"]["endpoint"] = oss.endpoint
-    data["rollout"] = {"promote_grace_s": 0, "smoke_timeout_s": 120}
-    data = real_vllm_spec(data, tiny)
-    path = root / f"{EXAMPLE}.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    path, _ = write_real_spec(
+        real_deploy_env, EXAMPLE, tmp_path, namespace=namespace, rollout={"smoke_timeout_s": 120}
+    )
 
     t0 = time.monotonic()
     try:

@@ -1,0 +1,106 @@
+"""Deploying the examples on the session's real cluster: the stores and the specs.
+
+Registered from tests/conftest.py next to ``tests.real_cluster``; nothing starts unless a test
+asks for ``real_stores`` or ``real_deploy_env``.
+
+- ``real_stores``: one sandbox hub that publishes the tiny generated model
+  (``sandbox.vllm.tiny_model``) under every example's model id, and one sandbox OSS with the
+  examples' bucket, for the whole session. The node agent's OSS CSI stand-in reads that OSS
+  from the harness namespace, where its loopback address is.
+- ``real_deploy_env``: per test, ``KUBECONFIG`` names the real cluster's admin, the hub and OSS
+  credentials are in the environment, and the modelscope library's endpoint (read once per
+  process) is reset before and after.
+- ``write_real_spec``: an example adapted to the tiny model (``sandbox.tiny_spec``), pointing at
+  the sandbox OSS, in a namespace of the test's choosing, with changes merged section by section.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from modelscope_hub.config import set_default_config
+
+from sandbox.cluster.control_plane import Cluster
+from sandbox.hub import HubServer
+from sandbox.oss import OssServer
+from sandbox.tiny_spec import tiny_model_spec
+from sandbox.vllm.tiny_model import TinyModelInfo, generate_tiny_model
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+KEY_ID = "LTAIrealDeployKeyId"
+KEY_SECRET = "realDeploySecretValue0123"
+BUCKET = "llm-models-example"
+
+
+@dataclass(frozen=True)
+class RealStores:
+    hub: HubServer
+    oss: OssServer
+    root: Path
+    tiny: TinyModelInfo
+    model_dir: Path
+
+
+@pytest.fixture(scope="session")
+def real_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStores]:
+    root = tmp_path_factory.mktemp("real-stores")
+    model_dir = generate_tiny_model(root / "tiny-qwen3")
+    tiny = TinyModelInfo.load(model_dir)
+    with (
+        HubServer(root / "hub") as hub,
+        OssServer(root / "oss", credentials={KEY_ID: KEY_SECRET}, buckets=[BUCKET]) as oss,
+    ):
+        published: set[str] = set()
+        for path in sorted(EXAMPLES.glob("seed-*.yaml")):
+            model = yaml.safe_load(path.read_text())["model"]
+            model_id = (model.get("modelscope") or {}).get("model_id")
+            if model_id and model_id not in published:
+                published.add(model_id)
+                hub.add_revision_from_dir(model_id, "v1", model_dir)
+        yield RealStores(hub=hub, oss=oss, root=root, tiny=tiny, model_dir=model_dir)
+
+
+@pytest.fixture
+def real_deploy_env(
+    real_stores: RealStores, real_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RealStores]:
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", real_stores.hub.base_url)
+    monkeypatch.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
+    monkeypatch.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", KEY_SECRET)
+    set_default_config(None)
+    yield real_stores
+    set_default_config(None)
+
+
+def merge_sections(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` merged in: mappings key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = merge_sections(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def write_real_spec(
+    stores: RealStores, example: str, dest: Path, *, namespace: str, **changes: Any
+) -> tuple[Path, dict[str, Any]]:
+    """``examples/<example>.yaml`` serving the tiny model from the sandbox OSS in ``namespace``,
+    promoted without a grace period, with ``changes`` merged in section by section."""
+    data = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())
+    data["storage"]["endpoint"] = stores.oss.endpoint
+    data["namespace"] = namespace
+    data["rollout"] = {**(data.get("rollout") or {}), "promote_grace_s": 0}
+    data = merge_sections(tiny_model_spec(data, stores.tiny), changes)
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{example}-{namespace}-{len(list(dest.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path, data
