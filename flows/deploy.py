@@ -31,6 +31,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from llm_rollout.artifacts import RUN_SUMMARY, ServiceId, artifact_key
 from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.locking import ServiceLock, lease_name
@@ -49,11 +50,12 @@ from tasks.kubernetes import (
     volumes,
 )
 from tasks.mirror import is_mirrored_task, mirror_model_task
+from tasks.policy import bounded_by
 from tasks.preflight import preflight
 from tasks.readiness import wait_workload_ready
 from tasks.record import record_run
 from tasks.refresh import rollout_lease
-from tasks.smoke import smoke_test
+from tasks.smoke import SMOKE_CALLS_MAX, smoke_test
 
 
 class RolloutFailed(PermanentError):
@@ -112,6 +114,7 @@ def _summary(
 ) -> RunSummary:
     source = spec.model.modelscope
     return RunSummary(
+        kind=ServiceId.of(spec).kind,
         service=spec.name,
         namespace=spec.namespace,
         model=source.model_id if source else str(spec.model.oss_uri),
@@ -239,7 +242,9 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
                         f"mirrored {mirrored.bytes_sent} bytes in {mirrored.seconds:.1f}s"
                     )
         with timer.stage("volumes") as detail:
-            run.objects += volumes(spec, release, not report.namespace_exists)
+            run.objects += bounded_by(volumes, spec.rollout.volume_bound_timeout_s)(
+                spec, release, not report.namespace_exists
+            )
             detail.append(f"PersistentVolumeClaim {spec.namespace}/{spec.pvc_name} Bound")
         with timer.stage("rollout") as detail:
             applied: AppliedRelease = rollout(
@@ -260,15 +265,17 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
     gate_error: RolloutError | None = None
     try:
         with timer.stage("readiness") as detail:
-            ready = wait_workload_ready(
+            ready = bounded_by(wait_workload_ready, spec.rollout.ready_timeout_s)(
                 applied.workload,
+                service_id=ServiceId.of(spec),
                 timeout_s=float(spec.rollout.ready_timeout_s),
                 tolerances=tolerances_of(spec.rollout),
             )
             detail.append(f"{len(ready.pods)} pod(s) ready after {ready.elapsed_s:.1f}s")
         with timer.stage("smoke") as detail:
-            outcome = smoke_test(
+            outcome = bounded_by(smoke_test, SMOKE_CALLS_MAX * spec.rollout.smoke_timeout_s)(
                 spec.smoke,
+                service_id=ServiceId.of(spec),
                 model=spec.served_model_name,
                 namespace=spec.namespace,
                 service=applied.service_name,
@@ -324,5 +331,5 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
         answer=smoke.answer,
         ttft_s=smoke.ttft_s,
         flow_run_id=str(flow_run.id),
-        summary_markdown_key=f"rollout-{spec.namespace}-{spec.name}",
+        summary_markdown_key=artifact_key(RUN_SUMMARY, ServiceId.of(spec)),
     )

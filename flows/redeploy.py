@@ -8,13 +8,17 @@ from __future__ import annotations
 from prefect import flow
 from prefect.logging import get_run_logger
 
+from llm_rollout.artifacts import ServiceId
 from llm_rollout.errors import PermanentError
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import ReadyReport
 from llm_rollout.redeploy import ROLL_PROOF_S, Action, RedeployRequest
 from llm_rollout.spec import SmokeSpec
+from tasks.policy import bounded_by
 from tasks.readiness import wait_workload_ready
 from tasks.redeploy import apply_change, prove_rolled, revert_change, route_to_previous
 from tasks.refresh import rollout_lease
-from tasks.smoke import smoke_test
+from tasks.smoke import SMOKE_CALLS_MAX, smoke_test
 
 
 class RedeployFailed(PermanentError):
@@ -68,20 +72,29 @@ def redeploy(
         lock_wait_s=lock_wait_s,
     )
     logger = get_run_logger()
+
+    def wait_ready(workload: ObjectRef) -> ReadyReport:
+        return bounded_by(wait_workload_ready, request.ready_timeout_s)(
+            workload,
+            service_id=ServiceId(workload.kind, namespace, service),
+            timeout_s=float(request.ready_timeout_s),
+        )
+
     with rollout_lease(namespace, service, wait_s=float(request.lock_wait_s)):
         if request.action == "rollback":
             workload = route_to_previous(namespace, service)
-            wait_workload_ready(workload, timeout_s=float(request.ready_timeout_s))
+            wait_ready(workload)
             return f"Service {namespace}/{service} routes to the previous release ({workload})"
         change = apply_change(request)
         try:
-            ready = wait_workload_ready(change.workload, timeout_s=float(request.ready_timeout_s))
+            ready = wait_ready(change.workload)
             logger.info("%s ready: %d pod(s)", change.workload, len(ready.pods))
             # Ready alone does not say the pods run the change (issue 16, B7).
             prove_rolled(change, timeout_s=min(float(request.ready_timeout_s), ROLL_PROOF_S))
             if request.restarts_pods:
-                outcome = smoke_test(
+                outcome = bounded_by(smoke_test, SMOKE_CALLS_MAX * request.smoke_timeout_s)(
                     request.smoke,
+                    service_id=ServiceId(change.workload.kind, namespace, service),
                     model=change.model,
                     namespace=namespace,
                     service=change.service_name,
@@ -95,6 +108,6 @@ def redeploy(
                     )
         except PermanentError as exc:
             revert_change(change)
-            wait_workload_ready(change.workload, timeout_s=float(request.ready_timeout_s))
+            wait_ready(change.workload)
             raise RedeployFailed(f"{action} of {namespace}/{service} reverted: {exc}") from exc
     return f"{action} of Service {namespace}/{service} done (release {change.release})"

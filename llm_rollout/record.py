@@ -1,5 +1,6 @@
-"""What a rollout leaves behind: annotations on the cluster objects, a markdown run summary, and
-the payload of the Prefect event announcing the outcome.
+"""What a rollout leaves behind: annotations on the cluster objects, the run summary (its
+markdown is built in `llm_rollout.artifacts`), and the payload of the Prefect event announcing
+the outcome.
 
 The cluster annotations are the source of truth for `status` and `rollback` (which release
 serves, which served before, which revision and spec hash), so a later command on another
@@ -81,6 +82,7 @@ class SmokeSummary:
 
 @dataclass(frozen=True)
 class RunSummary:
+    kind: str  # the workload kind
     service: str
     namespace: str
     model: str
@@ -99,84 +101,6 @@ class RunSummary:
     smoke: SmokeSummary | None = None
     warnings: Sequence[str] = ()
     extra: Mapping[str, str] = field(default_factory=dict)
-
-
-def _cell(text: str) -> str:
-    """Keep a value inside one markdown table cell."""
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def summary_markdown(summary: RunSummary) -> str:
-    """The run summary artifact: what was deployed, how, how long each stage took, and whether
-    the model answered."""
-    verdict = {
-        "promoted": "SERVING",
-        "rolled-back": "ROLLED BACK",
-        "failed": "FAILED",
-    }[summary.outcome]
-    lines = [
-        f"# {summary.namespace}/{summary.service}: {verdict}",
-        "",
-        _cell(summary.message),
-        "",
-        "| | |",
-        "|---|---|",
-        f"| model | `{_cell(summary.model)}` |",
-        f"| revision | `{_cell(summary.revision)}` |",
-        f"| engine / shape | {summary.engine} / {summary.shape} |",
-        f"| strategy | {summary.strategy or '-'} (requested {summary.requested_strategy}) |",
-        f"| release | {summary.release or '-'} |",
-        f"| previous release | {summary.previous_release or '-'} |",
-        f"| spec hash | `{summary.spec_hash}` |",
-    ]
-    for key, value in summary.extra.items():
-        lines.append(f"| {_cell(key)} | {_cell(value)} |")
-    if summary.warnings:
-        lines += ["", "## Warnings", ""]
-        lines += [f"- {_cell(w)}" for w in summary.warnings]
-    if summary.timings:
-        total = sum(t.duration_s for t in summary.timings)
-        lines += [
-            "",
-            "## Stages",
-            "",
-            "| stage | seconds | outcome | detail |",
-            "|---|---:|---|---|",
-        ]
-        lines += [
-            f"| {t.stage} | {t.duration_s:.2f} | {_cell(t.outcome)} | {_cell(t.detail)} |"
-            for t in summary.timings
-        ]
-        lines.append(f"| **total** | {total:.2f} | | |")
-    if summary.smoke is not None:
-        smoke = summary.smoke
-        ttft = f"{smoke.ttft_s * 1000:.0f} ms" if smoke.ttft_s is not None else "-"
-        latency = f"{smoke.latency_s * 1000:.0f} ms" if smoke.latency_s is not None else "-"
-        lines += [
-            "",
-            "## Smoke test",
-            "",
-            f"- result: {'passed' if smoke.passed else 'FAILED'}",
-            f"- answer: `{_cell(smoke.answer)}`",
-            f"- time to first token: {ttft}",
-            f"- completion latency: {latency}",
-        ]
-        if smoke.checks:
-            lines += ["", "| expectation | passed | observed |", "|---|---|---|"]
-            lines += [
-                f"| {_cell(name)} | {'yes' if ok else 'NO'} | {_cell(observed)} |"
-                for name, ok, observed in smoke.checks
-            ]
-    if summary.objects_applied:
-        lines += ["", "## Objects applied", ""]
-        lines += [f"- {_cell(o)}" for o in summary.objects_applied]
-    return "\n".join(lines) + "\n"
-
-
-def artifact_key(namespace: str, service: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    raw = f"rollout-{namespace}-{service}".lower()
-    return "".join(ch if ch.isalnum() else "-" for ch in raw)
 
 
 def event_payload(summary: RunSummary) -> dict[str, str]:

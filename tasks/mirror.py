@@ -22,6 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.artifacts import MIRROR_FILES, MIRROR_PROGRESS, ServiceId, artifact_key
 from llm_rollout.credentials import resolve_oss_credentials
 from llm_rollout.hub import HubClient
 from llm_rollout.mirror import (
@@ -112,7 +113,7 @@ def mirror_model_task(spec: ServiceSpec, options: MirrorOptions | None = None) -
         UUID,
         create_progress_artifact(
             progress=0.0,
-            key=f"mirror-{spec.name}",
+            key=artifact_key(MIRROR_PROGRESS, ServiceId.of(spec)),
             description=f"Mirror {inputs.source.model_id}@{inputs.source.revision} "
             f"to {inputs.target.uri(inputs.target.key())}/",
         ),
@@ -121,7 +122,7 @@ def mirror_model_task(spec: ServiceSpec, options: MirrorOptions | None = None) -
     result = mirror_model(inputs.source, inputs.target, credentials, options, progress)
     update_progress_artifact(artifact_id=artifact_id, progress=100.0)
     create_table_artifact(
-        key=f"mirror-files-{spec.name}",
+        key=artifact_key(MIRROR_FILES, ServiceId.of(spec)),
         table=_file_table(result),
         description=f"Files of {result.model_uri} (manifest {result.manifest_uri})",
     )

@@ -24,6 +24,10 @@ def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+# What a stage bounded by one of the spec's limits may spend beyond it: the API calls before
+# and after its wait, and a retry's back-off.
+TASK_SLACK_S = 300
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -42,3 +46,9 @@ def api_task(name: str, *, timeout_seconds: float) -> Callable[[Callable[P, R]],
         timeout_seconds=timeout_seconds,
         cache_policy=NO_CACHE,
     )
+
+
+def bounded_by(stage: Task[P, R], limit_s: float) -> Task[P, R]:
+    """`stage` with its Prefect timeout derived from the spec's own limit for it, so the task
+    never cuts short what the spec allows (and never waits far beyond it)."""
+    return stage.with_options(timeout_seconds=limit_s + TASK_SLACK_S)

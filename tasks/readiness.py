@@ -7,6 +7,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.artifacts import (
+    READINESS,
+    ServiceId,
+    artifact_key,
+    readiness_failure_markdown,
+    readiness_timeout_markdown,
+)
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
@@ -28,6 +35,7 @@ TASK_TIMEOUT_S = 3 * 3600
 def wait_workload_ready(
     workload: ObjectRef,
     *,
+    service_id: ServiceId,
     timeout_s: float,
     pod_selector: str | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
@@ -38,7 +46,8 @@ def wait_workload_ready(
     itself (a pull rate limit, a slow mount, a NotReady node, a pending scale-up) may persist.
 
     Raises `WorkloadFailed` (reason, pod, event, log lines) or `ReadinessTimeout` (what is
-    missing); both are permanent and also published as a markdown artifact.
+    missing); both are permanent and also published as a markdown artifact in the history of
+    `service_id`.
     """
     logger = get_run_logger()
     logger.info("waiting up to %.0fs for %s to become ready", timeout_s, workload)
@@ -55,9 +64,9 @@ def wait_workload_ready(
     except WorkloadFailed as exc:
         logger.error("%s failed: %s", workload, exc)
         create_markdown_artifact(
-            key="readiness",
-            markdown=_failure_markdown(
-                workload, exc.reason, str(exc.pod or "-"), exc.event_message, exc.log_lines
+            key=artifact_key(READINESS, service_id),
+            markdown=readiness_failure_markdown(
+                str(workload), exc.reason, str(exc.pod or "-"), exc.event_message, exc.log_lines
             ),
             description=f"{workload} failed: {exc.reason}",
         )
@@ -65,9 +74,8 @@ def wait_workload_ready(
     except ReadinessTimeout as exc:
         logger.error("%s", exc)
         create_markdown_artifact(
-            key="readiness",
-            markdown=f"## {workload} not ready after {timeout_s:.0f}s\n\n"
-            + "\n".join(f"- {m}" for m in exc.missing),
+            key=artifact_key(READINESS, service_id),
+            markdown=readiness_timeout_markdown(str(workload), timeout_s, exc.missing),
             description=f"{workload} readiness timeout",
         )
         raise
@@ -81,20 +89,3 @@ def wait_workload_ready(
         ", ".join(str(p) for p in report.pods),
     )
     return report
-
-
-def _failure_markdown(
-    workload: ObjectRef, reason: str, pod: str, event: str, log_lines: list[str]
-) -> str:
-    lines = [
-        f"## {workload} failed: {reason}",
-        "",
-        "| field | value |",
-        "|---|---|",
-        f"| pod | {pod} |",
-        f"| reason | {reason} |",
-        f"| event | {event.replace('|', '/') or '-'} |",
-    ]
-    if log_lines:
-        lines += ["", "Last container log lines:", "", "```", *log_lines, "```"]
-    return "\n".join(lines)

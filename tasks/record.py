@@ -1,7 +1,8 @@
 """Record stage: the run-summary artifact and the outcome event.
 
-The markdown and the payload are built by `llm_rollout.record`; this edge only hands them to
-Prefect. The event is emitted from the flow's own run context so Prefect relates it to the run.
+The markdown is built by `llm_rollout.artifacts`, the payload by `llm_rollout.record`; this
+edge only hands them to Prefect. The event is emitted from the flow's own run context so
+Prefect relates it to the run.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from prefect.logging import get_run_logger
 
+from llm_rollout.artifacts import RUN_SUMMARY, ServiceId, artifact_key, summary_markdown
 from llm_rollout.record import (
     EVENT_FAILED,
     EVENT_READY,
     RunSummary,
-    artifact_key,
     event_payload,
     service_resource_id,
-    summary_markdown,
 )
 from tasks.policy import retry_transient_only
 
@@ -39,7 +39,7 @@ def record_run(summary: RunSummary) -> str:
     markdown = summary_markdown(summary)
     create_markdown_artifact(
         markdown=markdown,
-        key=artifact_key(summary.namespace, summary.service),
+        key=artifact_key(RUN_SUMMARY, ServiceId(summary.kind, summary.namespace, summary.service)),
         description=f"Rollout of {summary.namespace}/{summary.service}: {summary.outcome}",
     )
     event = EVENT_READY if summary.outcome == "promoted" else EVENT_FAILED

@@ -13,6 +13,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 
+from llm_rollout.artifacts import REFRESH_COPIES, ServiceId, artifact_key
 from llm_rollout.credentials import resolve_oss_credentials
 from llm_rollout.errors import PermanentError
 from llm_rollout.hub import HubClient
@@ -70,7 +71,7 @@ def copy_unchanged_files(spec: ServiceSpec, plan: RefreshPlan) -> CopyResult:
         len(plan.copies) - len(result.copied),
     )
     create_table_artifact(
-        key="refresh-copies",
+        key=artifact_key(REFRESH_COPIES, ServiceId.of(spec)),
         table=[
             {"path": o.path, "method": o.method, "bytes": o.size, "requests": o.requests}
             for o in result.outcomes

@@ -17,6 +17,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.artifacts import (
+    SMOKE_CALLS,
+    SMOKE_METRICS,
+    SMOKE_VERDICT,
+    ServiceId,
+    artifact_key,
+    smoke_verdict_markdown,
+)
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.objects import secret_value
 from llm_rollout.metrics import MetricsReading, fetch_metrics
@@ -30,6 +38,10 @@ from llm_rollout.smoke import (
 )
 from llm_rollout.spec import SecretKeyRef, SmokeSpec
 from tasks.policy import retry_transient_only
+
+# The calls of one smoke test, each bounded by the spec's smoke_timeout_s (an httpx timeout
+# per call): /v1/models, the chat completion, the streamed one, /metrics.
+SMOKE_CALLS_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,7 @@ class SmokeOutcome:
 def smoke_test(
     smoke: SmokeSpec,
     *,
+    service_id: ServiceId,
     model: str,
     namespace: str,
     service: str,
@@ -127,7 +140,7 @@ def smoke_test(
             "Service %s/%s smoke test failed: %s", namespace, service, "; ".join(verdict.failures)
         )
     create_table_artifact(
-        key="smoke-calls",
+        key=artifact_key(SMOKE_CALLS, service_id),
         table=[{k: v for k, v in row.items() if v is not None} for row in report.as_rows()],
         description=f"Smoke-test calls to Service {namespace}/{service}",
     )
@@ -146,7 +159,7 @@ def smoke_test(
             ttft.count if ttft else 0,
         )
         create_table_artifact(
-            key="smoke-metrics",
+            key=artifact_key(SMOKE_METRICS, service_id),
             table=_metrics_rows(metrics),
             description=f"Engine /metrics of Service {namespace}/{service} after the smoke test",
         )
@@ -155,8 +168,8 @@ def smoke_test(
             "Service %s/%s /metrics not summarized: %s", namespace, service, metrics.error
         )
     create_markdown_artifact(
-        key="smoke-verdict",
-        markdown=_verdict_markdown(namespace, service, report, verdict, metrics),
+        key=artifact_key(SMOKE_VERDICT, service_id),
+        markdown=smoke_verdict_markdown(namespace, service, report, verdict, metrics),
         description=f"Smoke verdict for Service {namespace}/{service}",
     )
     return SmokeOutcome(report=report, verdict=verdict, metrics=metrics)
@@ -183,57 +196,3 @@ def _sampling(smoke: SmokeSpec) -> dict[str, float | int]:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
-
-
-def _verdict_markdown(
-    namespace: str,
-    service: str,
-    report: SmokeReport,
-    verdict: SmokeVerdict,
-    metrics: MetricsReading | None = None,
-) -> str:
-    status = "passed" if verdict.passed else "FAILED"
-    lines = [
-        f"## Smoke test of Service {namespace}/{service}: {status}",
-        "",
-        f"Model `{report.model}`; answer: `{report.answer[:300]}`",
-        "",
-    ]
-    if verdict.failures:
-        lines += ["Failed expectations:", "", *(f"- {f}" for f in verdict.failures), ""]
-    lines += ["Checked:", "", *(f"- {c}" for c in verdict.checked)]
-    if metrics is not None:
-        lines += ["", *_metrics_markdown(metrics)]
-    return "\n".join(lines)
-
-
-def _seconds_as_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.1f} ms"
-
-
-def _metrics_markdown(metrics: MetricsReading) -> list[str]:
-    summary = metrics.summary
-    if summary is None:
-        return [f"Engine metrics: not available ({metrics.error})"]
-    lines = [
-        "### Engine metrics (cumulative since the server started, one pod behind the Service)",
-        "",
-        "| figure | value |",
-        "|---|---|",
-        f"| requests finished | {summary.requests} |",
-        f"| prompt tokens | {summary.prompt_tokens} |",
-        f"| generation tokens | {summary.generation_tokens} |",
-    ]
-    for label, hist in (
-        ("time to first token", summary.ttft),
-        ("e2e latency", summary.e2e_latency),
-    ):
-        if hist is None:
-            lines.append(f"| {label} | not exposed |")
-            continue
-        lines.append(
-            f"| {label} | {hist.count} requests, avg {_seconds_as_ms(hist.avg_s)}, "
-            f"p50 ~{_seconds_as_ms(hist.p50_s)}, p90 ~{_seconds_as_ms(hist.p90_s)}, "
-            f"p99 ~{_seconds_as_ms(hist.p99_s)} |"
-        )
-    return lines

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from llm_rollout.artifacts import RUN_SUMMARY, ServiceId, artifact_key, summary_markdown
 from llm_rollout.record import (
     ANN_PREVIOUS_RELEASE,
     ANN_RELEASE,
@@ -10,16 +11,15 @@ from llm_rollout.record import (
     RunSummary,
     SmokeSummary,
     StageTiming,
-    artifact_key,
     deployment_annotations,
     event_payload,
     service_resource_id,
-    summary_markdown,
 )
 
 
 def _summary(**overrides: object) -> RunSummary:
     base: dict[str, object] = {
+        "kind": "LeaderWorkerSet",
         "service": "qwen",
         "namespace": "llm",
         "model": "Qwen/Qwen3-32B",
@@ -82,7 +82,14 @@ def test_annotations_and_ids() -> None:
     assert ann[ANN_RELEASE] == "r1" and ann[ANN_REVISION] == "v1" and ann[ANN_SPEC_HASH] == "h"
     assert ANN_PREVIOUS_RELEASE not in ann
     assert service_resource_id("llm", "qwen") == "llm-rollout.service.llm.qwen"
-    assert artifact_key("LLM", "qwen_3") == "rollout-llm-qwen-3"
+
+
+def test_artifact_keys_name_the_service_in_prefects_alphabet() -> None:
+    service = ServiceId("LeaderWorkerSet", "LLM", "qwen_3.5")
+    assert artifact_key(RUN_SUMMARY, service) == "rollout-leaderworkerset-llm-qwen-3-5"
+    # Two services of one namespace never share a history.
+    other = ServiceId("LeaderWorkerSet", "LLM", "qwen-4")
+    assert artifact_key("smoke-verdict", service) != artifact_key("smoke-verdict", other)
 
 
 def test_event_payload_has_only_identifiers() -> None:

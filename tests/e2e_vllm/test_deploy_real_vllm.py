@@ -27,6 +27,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from typer.testing import CliRunner
 
 from flows.deploy import DeployResult, deploy
+from llm_rollout.artifacts import SMOKE_CALLS, SMOKE_METRICS, SMOKE_VERDICT, ServiceId, artifact_key
 from llm_rollout.cli import app
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.spec import load_spec
@@ -161,11 +162,15 @@ def test_deploy_flow_with_real_vllm(
     assert result.ttft_s is not None and result.ttft_s > 0  # measured; speed is bench's
 
     artifacts = artifacts_of(result.flow_run_id)
-    calls = {row["call"]: row for row in json.loads(artifacts["smoke-calls"])}
+    service = ServiceId(workload_kind, namespace, data["name"])
+    calls = {row["call"]: row for row in json.loads(artifacts[artifact_key(SMOKE_CALLS, service)])}
     assert calls["chat"]["content"] == real.tiny.answer
     assert calls["chat"]["finish_reason"] == calls["stream"]["finish_reason"] == "stop"
     assert calls["models"]["status"] == 200
-    metrics = {row["metric"]: row["value"] for row in json.loads(artifacts["smoke-metrics"])}
+    metrics = {
+        row["metric"]: row["value"]
+        for row in json.loads(artifacts[artifact_key(SMOKE_METRICS, service)])
+    }
     completion = calls["chat"]["completion_tokens"] + calls["stream"]["completion_tokens"]
     prompt = calls["chat"]["prompt_tokens"] + calls["stream"]["prompt_tokens"]
     # A fresh engine: exactly the smoke test's two completions.
@@ -177,7 +182,7 @@ def test_deploy_flow_with_real_vllm(
     assert metrics["TTFT count"] == 2
     assert metrics["TTFT avg (s)"] > 0
     assert metrics["TTFT p50 (s)"] is not None
-    verdict = str(artifacts["smoke-verdict"])
+    verdict = str(artifacts[artifact_key(SMOKE_VERDICT, service)])
     assert "passed" in verdict and "Engine metrics" in verdict
 
     # Probes and smoke calls reached vLLM itself: its access log is the container log.

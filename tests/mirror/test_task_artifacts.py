@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilterKey,
 )
 
+from llm_rollout.artifacts import MIRROR_FILES, MIRROR_PROGRESS, ServiceId, artifact_key
 from llm_rollout.mirror import MirrorResult, MirrorStatus
 from llm_rollout.spec import load_spec
 from tasks.mirror import is_mirrored_task, mirror_model_task
@@ -36,17 +37,20 @@ def test_mirror_task_publishes_progress_and_file_table(
     # The Prefect server is shared by the whole session: read only this run's artifacts.
     this_run = ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
 
+    service = ServiceId.of(spec)
     assert status.complete, status.reason
     assert status.manifest_uri == result.manifest_uri
     with get_client(sync_client=True) as client:
         progress = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"mirror-{spec.name}"]), flow_run_id=this_run
+                key=ArtifactFilterKey(any_=[artifact_key(MIRROR_PROGRESS, service)]),
+                flow_run_id=this_run,
             )
         )
         table = client.read_artifacts(
             artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[f"mirror-files-{spec.name}"]), flow_run_id=this_run
+                key=ArtifactFilterKey(any_=[artifact_key(MIRROR_FILES, service)]),
+                flow_run_id=this_run,
             )
         )
     assert progress and progress[-1].data == 100.0

@@ -12,13 +12,25 @@ kube-apiserver dials the Service's ready endpoint, the pod's IP, from the harnes
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.deploy import DeployResult, deploy
+from llm_rollout.artifacts import (
+    RUN_SUMMARY,
+    SMOKE_CALLS,
+    SMOKE_METRICS,
+    SMOKE_VERDICT,
+    ServiceId,
+    artifact_key,
+)
 from llm_rollout.spec import load_spec
 from tests.real_deploy import RealStores, write_real_spec
 from tests.vllm.conftest import require_engine
@@ -26,6 +38,15 @@ from tests.vllm.conftest import require_engine
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
 EXAMPLE = "seed-vllm-single-gpu"
+
+
+def _artifacts_of(flow_run_id: str) -> dict[str, Any]:
+    """Artifact key -> its data, for every artifact the flow run (and its tasks) created."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return {str(a.key): a.data for a in found if a.key}
 
 
 def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
@@ -40,7 +61,7 @@ def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
     require_engine()
     tiny = real_deploy_env.tiny
     namespace = "real-single-gpu"
-    path, _ = write_real_spec(
+    path, data = write_real_spec(
         real_deploy_env, EXAMPLE, tmp_path, namespace=namespace, rollout={"smoke_timeout_s": 120}
     )
 
@@ -52,6 +73,30 @@ def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
     took_s = time.monotonic() - t0
     assert isinstance(result, DeployResult)
     assert result.answer == tiny.answer
+    assert result.ttft_s is not None and result.ttft_s > 0  # measured; speed is bench's
+
+    # The smoke test's calls and the engine's /metrics, in this service's own artifact history.
+    service = ServiceId("Deployment", namespace, data["name"])
+    assert result.summary_markdown_key == artifact_key(RUN_SUMMARY, service)
+    artifacts = _artifacts_of(result.flow_run_id)
+    assert "SERVING" in str(artifacts[artifact_key(RUN_SUMMARY, service)])
+    calls = {row["call"]: row for row in json.loads(artifacts[artifact_key(SMOKE_CALLS, service)])}
+    assert calls["chat"]["content"] == tiny.answer
+    assert calls["chat"]["finish_reason"] == calls["stream"]["finish_reason"] == "stop"
+    assert calls["models"]["status"] == 200
+    metrics = {
+        row["metric"]: row["value"]
+        for row in json.loads(artifacts[artifact_key(SMOKE_METRICS, service)])
+    }
+    # A fresh engine: exactly the smoke test's two completions, each the tiny model's tokens
+    # plus the end-of-sequence token that stopped it.
+    assert metrics["requests finished"] == 2
+    answer_tokens = len(tiny.answer_token_ids) + 1
+    completion = calls["chat"]["completion_tokens"] + calls["stream"]["completion_tokens"]
+    assert metrics["generation tokens"] == completion == 2 * answer_tokens
+    assert metrics["TTFT count"] == 2
+    verdict = str(artifacts[artifact_key(SMOKE_VERDICT, service)])
+    assert "passed" in verdict and "Engine metrics" in verdict
     core = k8s.CoreV1Api(real_admin)
     (pod,) = core.list_namespaced_pod(namespace).items
     log = core.read_namespaced_pod_log(pod.metadata.name, namespace, container="vllm")
