@@ -230,6 +230,21 @@ def _wait_failed_mount(admin: k8s.ApiClient, namespace: str, pod: str, text: str
     )
 
 
+def _wait_container_status(core: k8s.CoreV1Api, namespace: str, name: str) -> Any:
+    """The pod once the node agent has posted its container statuses: the FailedMount event is
+    recorded before the agent's next status post, so a read right after the event can see
+    none yet."""
+    (pod,) = wait_for(
+        core.list_namespaced_pod,
+        lambda items: bool(items and items[0].status.container_statuses),
+        namespace=namespace,
+        field_selector=f"metadata.name={name}",
+        timeout_s=60,
+        what=f"pod {namespace}/{name}'s container status",
+    )
+    return pod
+
+
 def test_mount_failures_are_failedmount_events_and_retried(
     admin: k8s.ApiClient, namespace: str, model_pv: str
 ) -> None:
@@ -243,7 +258,7 @@ def test_mount_failures_are_failedmount_events_and_retried(
         f'MountVolume.SetUp failed for volume "{pv_name}" : fetching NodePublishSecretRef '
         f"{namespace}/oss-keys failed",
     )
-    pod = core.read_namespaced_pod("waiter", namespace)
+    pod = _wait_container_status(core, namespace, "waiter")
     assert pod.status.phase == "Pending"
     assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
 
@@ -269,15 +284,7 @@ def test_an_unreachable_oss_endpoint_fails_the_mount(admin: k8s.ApiClient, names
             f'MountVolume.SetUp failed for volume "{pv_name}" : rpc error: code = Internal '
             "desc = ossfs stand-in: oss endpoint http://127.0.0.1:9 unreachable",
         )
-        # The event is recorded before the agent's next status post, so the status is waited for.
-        (pod,) = wait_for(
-            core.list_namespaced_pod,
-            lambda items: bool(items and items[0].status.container_statuses),
-            namespace=namespace,
-            field_selector="metadata.name=stuck",
-            timeout_s=60,
-            what="the stuck pod's container status",
-        )
+        pod = _wait_container_status(core, namespace, "stuck")
         assert pod.status.container_statuses[0].state.waiting.reason == "ContainerCreating"
     finally:
         core.delete_persistent_volume(pv_name)
