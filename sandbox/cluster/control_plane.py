@@ -30,7 +30,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from sandbox.cluster import build, lws, netns
+from sandbox.cluster import build, lws, netns, rbg
 from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
 from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
 from sandbox.cluster.pods.containers import BACKOFF_BASE_S
@@ -86,6 +86,9 @@ class ClusterConfig:
     container_backoff_base_s: float = BACKOFF_BASE_S
     with_kuberay: bool = True
     with_lws: bool = True
+    # The RoleBasedGroup CRD to install (upstream's, from ../shared/crds) and our reconciler
+    # standing in for RBG's controller (sandbox/cluster/rbg.py); None leaves RBG out.
+    rbg_crd: Path | None = rbg.CRD_V06
     # The cluster DNS (CoreDNS at the kube-dns Service's ClusterIP) and kube-proxy (nftables
     # mode). Both are per network namespace, not per port: a second cluster in the same
     # namespace must leave them off.
@@ -606,6 +609,23 @@ class _Starter:
             api, namespace="default", timeout_s=self.config.ready_timeout_s
         )
 
+    def rbg_objects(self, api: k8s.ApiClient, crd: Path) -> list[str]:
+        """Apply the RoleBasedGroup CRD and the reconciler's ClusterRole bound to its user;
+        return the CRD's name."""
+        crd_docs = _load_yaml_docs([crd])
+        apply_documents(api, crd_docs)
+        role = rbg.cluster_role()
+        apply_documents(api, [role, _bind_user(rbg.USER, role["metadata"]["name"])])
+        return [str(d["metadata"]["name"]) for d in crd_docs]
+
+    def rbg_reconciler(self) -> Callable[[], None]:
+        kubeconfig = self._kubeconfig(rbg.USER, self.pki.client(rbg.USER))
+        ready_file = self.run_dir / "rbg-listed"
+        component = self.supervisor.start(
+            "rbg-reconciler", rbg.reconciler_argv(kubeconfig, ready_file=ready_file)
+        )
+        return self._wait_later(component, ready_file.exists)
+
     def service_network(self) -> None:
         """Make ClusterIPs reachable from pods in this namespace only: the DNS Service's IP is
         local (on lo) so CoreDNS can bind it, and the service range is routed to lo, so that
@@ -798,6 +818,8 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
                 applied.append(pool.submit(starter.kuberay_objects, api))
             if config.with_lws:
                 applied.append(pool.submit(starter.lws_objects, api))
+            if config.rbg_crd is not None:
+                applied.append(pool.submit(starter.rbg_objects, api, config.rbg_crd))
             for wait in waits:
                 wait()
             for future in applied:
@@ -810,6 +832,8 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
             operator_waits.append(starter.kuberay_operator())
         if config.with_lws:
             operator_waits.append(starter.lws_manager())
+        if config.rbg_crd is not None:
+            operator_waits.append(starter.rbg_reconciler())
         for wait in operator_waits:
             wait()
         if config.with_lws:
