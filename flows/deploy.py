@@ -257,6 +257,9 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
             )
             run.objects += applied.applied
             detail.append(f"{applied.workload} applied ({strategy})")
+            if applied.rbg_role_services:
+                bound = ", ".join(f"{r}: {s}" for r, s in sorted(applied.rbg_role_services.items()))
+                detail.append(f"router backends bound to the role Services read back ({bound})")
     except RolloutError as exc:
         # Nothing of the new release serves yet; what was applied stays for inspection.
         run.fail("failed", str(exc))

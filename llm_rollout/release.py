@@ -18,7 +18,8 @@ from typing import Any
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, TransientError
-from llm_rollout.kinds import rendered_kinds
+from llm_rollout.kinds import RbgFlavor, rendered_kinds
+from llm_rollout.kinds.rbg import role_labels, role_services_from_pods
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, delete, get
@@ -286,6 +287,41 @@ def apply_checked(
     stage before anything of it was written."""
     apply_all(api, objects, field_manager=FIELD_MANAGER, dry_run=True)
     return apply_all(api, objects, field_manager=FIELD_MANAGER)
+
+
+def wait_rbg_role_services(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    workload: str,
+    rbg_flavor: RbgFlavor,
+    roles: Sequence[str],
+    timeout_s: float,
+) -> dict[str, str]:
+    """The headless Service of each of `roles`, read from the pods the RBG controller created
+    for them (their `spec.subdomain`, `kinds.rbg.role_services_from_pods`), once every role
+    has a pod. Roles without dependencies get their pods at once, whatever the controller's
+    version; a role that waits on them (the PD router) is not created before they are Ready,
+    so its template can still be bound to what was read."""
+    name_label = next(iter(role_labels(workload, roles[0], rbg_flavor)))
+    spec = WatchSpec("v1", "Pod", namespace, label_selector=f"{name_label}={workload}")
+    deadline = time.monotonic() + timeout_s
+    with watching(api, [spec]) as group:
+        while True:
+            pods = list(group.cache[spec].values())
+            services = role_services_from_pods(pods, workload, rbg_flavor, roles)
+            if set(services) >= set(roles):
+                return services
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                missing = [
+                    f"RoleBasedGroup {namespace}/{workload}: no pod of role {role} yet"
+                    for role in roles
+                    if role not in services
+                ]
+                raise WaitTimeout(
+                    f"timed out after {timeout_s:.0f}s: {'; '.join(missing)}", missing=missing
+                )
+            group.next(remaining)
 
 
 @dataclass(frozen=True)

@@ -680,8 +680,8 @@ def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
         if spec.serving.pd.router == "sglang_router":
             checks.append("router: probed on /liveness and /readiness, not the aggregate /health")
         checks.append(
-            "router backends: RBG role Services assumed to be 's-<rbg>-<role>' (RBG >= v0.5); "
-            "not yet read from the created role objects"
+            "router backends: planned with RBG's 's-<rbg>-<role>' role Services (RBG >= v0.5); "
+            "deploy re-binds them to the Services the created role pods name"
         )
     checks.append(f"PV url: {spec.csi_oss_url} (the CSI driver picks the scheme when bare)")
     checks.append(

@@ -18,6 +18,7 @@ from llm_rollout.crds import crds_from_cluster
 from llm_rollout.credentials import resolve_oss_credentials
 from llm_rollout.errors import PermanentError
 from llm_rollout.kinds import RbgFlavor
+from llm_rollout.kinds.rbg import PD_BACKEND_ROLES, RoleBasedGroup
 from llm_rollout.kube.objects import apply_all
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.watching import wait_pvc_bound
@@ -37,6 +38,7 @@ from llm_rollout.release import (
     release_objects,
     remove_release,
     restore_stable_service,
+    wait_rbg_role_services,
     with_annotations,
 )
 from llm_rollout.render import render, render_oss_secret
@@ -59,6 +61,9 @@ class AppliedRelease:
     service_port: int
     applied: list[str] = field(default_factory=list)
     removed_before: list[str] = field(default_factory=list)
+    # RoleBasedGroup: the headless Service of each role the router addresses, as read from the
+    # pods the controller created (empty for other kinds).
+    rbg_role_services: dict[str, str] = field(default_factory=dict)
 
 
 def _annotations(
@@ -177,6 +182,34 @@ def rollout(
         workload = next(
             ObjectRef.of(o) for o in workload_objects if o.get("kind") in WORKLOAD_KINDS
         )
+        role_services: dict[str, str] = {}
+        if workload.kind == RoleBasedGroup.kind:
+            flavor: RbgFlavor = rbg_flavor or "v0.7"
+            # Issue 16 point 2: the router's backend URLs name each role's headless Service,
+            # whose name depends on the controller's version; bind them to what it created.
+            role_services = wait_rbg_role_services(
+                api,
+                spec.namespace,
+                workload.name,
+                flavor,
+                PD_BACKEND_ROLES,
+                timeout_s=float(spec.rollout.ready_timeout_s),
+            )
+            rebound = render(
+                spec,
+                release=release,
+                rbg_flavor=flavor,
+                rbg_role_services=role_services,
+                max_model_len=max_model_len,
+            )
+            group = [
+                with_annotations(o, annotations)
+                for o in rebound.workload_objects
+                if o.get("kind") == RoleBasedGroup.kind
+            ]
+            if group != [o for o in workload_objects if o.get("kind") == RoleBasedGroup.kind]:
+                apply_checked(api, group)
+                logger.info("router backends re-bound to role Services %s", role_services)
         release_service = next(o for o in workload_objects if o.get("kind") == "Service")
         port = int(((release_service.get("spec") or {}).get("ports") or [{}])[0].get("port"))
         return AppliedRelease(
@@ -186,6 +219,7 @@ def rollout(
             service_port=port,
             applied=applied,
             removed_before=removed,
+            rbg_role_services=role_services,
         )
 
 

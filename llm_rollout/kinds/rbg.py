@@ -46,6 +46,8 @@ V06_ROLE_LABEL = "rolebasedgroup.workloads.x-k8s.io/role"
 V07_NAME_LABEL = "rbg.workloads.x-k8s.io/group-name"
 V07_ROLE_LABEL = "rbg.workloads.x-k8s.io/role-name"
 PD_ROLES = ("prefill", "decode", "router")
+# The roles the PD router addresses, whose Services it is bound to late.
+PD_BACKEND_ROLES = ("prefill", "decode")
 
 
 def role_labels(workload: str, role: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
@@ -77,7 +79,7 @@ def role_services_from_pods(
     pods: Iterable[Mapping[str, Any]],
     workload: str,
     rbg_flavor: RbgFlavor,
-    roles: Iterable[str] = ("prefill", "decode"),
+    roles: Iterable[str] = PD_BACKEND_ROLES,
 ) -> dict[str, str]:
     """The headless Service of each role, read from the pods the controller created.
 
