@@ -15,6 +15,7 @@ lifecycle timings shortened by flags, not by code.
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
@@ -39,6 +40,7 @@ from sandbox.cluster.processes import Component, Supervisor, http_ok, tls_accept
 
 HARNESS_MANAGER = "llm-rollout-harness"
 KUBERAY_USER = "kuberay-operator"
+RBG_RECONCILER = "rbg-reconciler"
 
 
 @dataclass(frozen=True)
@@ -336,10 +338,14 @@ def _wait_crds_established(api: k8s.ApiClient, names: list[str], timeout_s: floa
             time.sleep(0.2)
 
 
+# libyaml's loader when PyYAML was built with it: the operators' CRDs are megabytes.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml_docs(paths: list[Path]) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in paths:
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+        docs += [d for d in yaml.load_all(path.read_text(), Loader=_YAML_LOADER) if d]
     return docs
 
 
@@ -622,7 +628,7 @@ class _Starter:
         kubeconfig = self._kubeconfig(rbg.USER, self.pki.client(rbg.USER))
         ready_file = self.run_dir / "rbg-listed"
         component = self.supervisor.start(
-            "rbg-reconciler", rbg.reconciler_argv(kubeconfig, ready_file=ready_file)
+            RBG_RECONCILER, rbg.reconciler_argv(kubeconfig, ready_file=ready_file)
         )
         return self._wait_later(component, ready_file.exists)
 
@@ -845,6 +851,64 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
         raise
     starter.ready_s["total"] = time.monotonic() - started
     return cluster
+
+
+def _served_rbg_versions(api: k8s.ApiClient) -> list[str]:
+    """The versions the installed RoleBasedGroup CRD serves, sorted; [] when there is none.
+    Read raw: the client's models would take seconds over its megabyte of schema."""
+    ext = k8s.ApiextensionsV1Api(api)
+    try:
+        raw = ext.read_custom_resource_definition(rbg.CRD_NAME, _preload_content=False)
+    except k8s.ApiException as exc:
+        if exc.status == 404:
+            return []
+        raise
+    crd = json.loads(raw.data)
+    return sorted(str(v["name"]) for v in crd["spec"]["versions"] if v.get("served"))
+
+
+def ensure_rbg_crd(cluster: Cluster, crd: Path, *, timeout_s: float) -> float:
+    """Make the running cluster serve the RoleBasedGroup CRD of ``crd`` (upstream's of one
+    release; v0.6.0's and v0.7.0's share one name, so a cluster serves one), swapping it in
+    when another is installed (issue 14, item 5: a swap fixture rather than an extra
+    cluster). Returns the seconds a swap took, 0 when ``crd`` was already installed.
+
+    Our reconciler runs only beside v0.6.0's CRD: it speaks that release's v1alpha1 and none of
+    v0.7's RoleInstanceSet chain. The old CRD is deleted, with every group in it, rather than
+    edited: the API server refuses to drop a version objects were stored at
+    (``status.storedVersions``). A swap is slow (v0.7.0's CRD is 2.9 MB): test modules that
+    need one release ask for it, and the swap back happens only when a later test needs it.
+    """
+    wanted = _load_yaml_docs([crd])
+    (doc,) = wanted
+    api = cluster.api_client()
+    ext = k8s.ApiextensionsV1Api(api)
+    installed = _served_rbg_versions(api)
+    if installed == sorted(v["name"] for v in doc["spec"]["versions"] if v.get("served")):
+        return 0.0
+    started = time.monotonic()
+    supervisor = cluster.supervisor
+    for component in [c for c in supervisor.components if c.name == RBG_RECONCILER]:
+        component.stop(grace_s=5.0)
+        supervisor.components.remove(component)
+    if installed:
+        ext.delete_custom_resource_definition(rbg.CRD_NAME)
+    deadline = time.monotonic() + timeout_s
+    while _served_rbg_versions(api):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CRD {rbg.CRD_NAME} still present after {timeout_s:.0f} s")
+        time.sleep(0.2)
+    apply_documents(api, wanted)
+    _wait_crds_established(api, [rbg.CRD_NAME], timeout_s)
+    if crd == rbg.CRD_V06:
+        kubeconfig = cluster.run_dir / "kubeconfigs" / f"{rbg.USER}.yaml"
+        ready_file = cluster.run_dir / "rbg-listed"
+        ready_file.unlink(missing_ok=True)
+        component = supervisor.start(
+            RBG_RECONCILER, rbg.reconciler_argv(kubeconfig, ready_file=ready_file)
+        )
+        supervisor.wait_ready(component, ready_file.exists, timeout_s=timeout_s)
+    return time.monotonic() - started
 
 
 def stop_cluster(cluster: Cluster, *, keep_run_dir: bool = False) -> None:

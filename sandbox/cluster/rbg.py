@@ -299,6 +299,7 @@ class Reconciler:
         self.core = k8s.CoreV1Api(api)
         self.apps = k8s.AppsV1Api(api)
         self.queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.events: dict[tuple[str, str, str, str], tuple[str, int]] = {}
         self.workloads = {
             STATEFULSET: _Workload(
                 "StatefulSet",
@@ -340,9 +341,25 @@ class Reconciler:
         )
 
     def event(self, rbg: Obj, kind: str, reason: str, message: str) -> None:
+        """Record an Event on the group; a repeat of the same one raises its count, as
+        client-go's event correlator does (tools/record/events_cache.go), instead of adding
+        one per requeue."""
         meta = rbg["metadata"]
-        now = datetime.datetime.now(datetime.UTC)
-        self.core.create_namespaced_event(
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        key = (meta["uid"], kind, reason, message)
+        seen = self.events.get(key)
+        if seen is not None:
+            name, count = seen
+            try:
+                self.core.patch_namespaced_event(
+                    name, meta["namespace"], {"count": count + 1, "lastTimestamp": now}
+                )
+                self.events[key] = (name, count + 1)
+                return
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+        created = self.core.create_namespaced_event(
             meta["namespace"],
             {
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
@@ -357,11 +374,12 @@ class Reconciler:
                 "message": message,
                 "type": kind,
                 "source": {"component": CONTROLLER_NAME},
-                "firstTimestamp": now.isoformat(),
-                "lastTimestamp": now.isoformat(),
+                "firstTimestamp": now,
+                "lastTimestamp": now,
                 "count": 1,
             },
         )
+        self.events[key] = (created.metadata.name, 1)
 
     # ------------------------------------------------------------------------------ reconcile
     def reconcile(self, namespace: str, name: str) -> None:

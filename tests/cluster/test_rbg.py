@@ -13,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import yaml
 from kubernetes import client as k8s
 from kubernetes import watch
 
+from llm_rollout.release import wait_rbg_role_services
 from sandbox.cluster import rbg
+from sandbox.cluster.control_plane import Cluster, ensure_rbg_crd
 from sandbox.cluster.node_agent import FIELD_MANAGER as NODE_AGENT_MANAGER
 from sandbox.cluster.node_agent import NodeSpec
 from sandbox.cluster.waits import WaitTimeout, wait_for
@@ -25,6 +28,15 @@ from tests.cluster.pod_helpers import SHELL_IMAGE, is_ready
 
 WAIT_S = 60.0
 V1 = f"{rbg.GROUP}/{rbg.VERSION}"
+# A swap back from v0.7.0's CRD (tests/real/test_rbg_v07.py) took 68 s at load 16.
+SWAP_TIMEOUT_S = 240.0
+
+
+@pytest.fixture(autouse=True)
+def rbg_v06(cluster: Cluster) -> None:
+    """The session cluster's RBG release, v0.6.0, with our reconciler (swapped back only if a
+    v0.7.0 test ran before)."""
+    ensure_rbg_crd(cluster, rbg.CRD_V06, timeout_s=SWAP_TIMEOUT_S)
 
 
 def _template(role: str) -> dict[str, Any]:
@@ -267,3 +279,6 @@ def test_v06_keeps_a_role_service_of_the_older_name(admin: k8s.ApiClient, namesp
     )
     assert pod.spec.subdomain == "old-prefill"
     assert {s.metadata.name for s in core.list_namespaced_service(ns).items} == {"old-prefill"}
+    # The product's late binding reads that name back (what deploy binds the router to).
+    bound = wait_rbg_role_services(admin, ns, "old", "v0.6", ("prefill",), timeout_s=WAIT_S)
+    assert bound == {"prefill": "old-prefill"}
