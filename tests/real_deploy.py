@@ -10,6 +10,9 @@ asks for ``real_stores`` or ``real_deploy_env``.
 - ``real_deploy_env``: per test, ``KUBECONFIG`` names the real cluster's admin, the hub and OSS
   credentials are in the environment, and the modelscope library's endpoint (read once per
   process) is reset before and after.
+- ``real_cleanup``: ``real_cleanup(namespace, name)`` has the service removed with the
+  product's own teardown after the test, and its namespace deleted, so that the next tests do
+  not share the two CPUs with an engine left serving.
 - ``write_real_spec``: an example adapted to the tiny model (``sandbox.tiny_spec``), pointing at
   the sandbox OSS, in a namespace of the test's choosing, with changes merged section by section.
 """
@@ -17,15 +20,17 @@ asks for ``real_stores`` or ``real_deploy_env``.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client as k8s
 from modelscope_hub.config import set_default_config
 
+from llm_rollout.release import teardown
 from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer
@@ -77,6 +82,19 @@ def real_deploy_env(
     set_default_config(None)
     yield real_stores
     set_default_config(None)
+
+
+# A real vLLM pod given SIGTERM while it loads has taken tens of seconds to exit at load 15.
+CLEANUP_TIMEOUT_S = 180
+
+
+@pytest.fixture
+def real_cleanup(real_admin: k8s.ApiClient) -> Iterator[Callable[[str, str], None]]:
+    services: list[tuple[str, str]] = []
+    yield lambda namespace, name: services.append((namespace, name))
+    for namespace, name in services:
+        teardown(real_admin, namespace, name, wait_timeout_s=CLEANUP_TIMEOUT_S)
+        k8s.CoreV1Api(real_admin).delete_namespace(namespace)
 
 
 def merge_sections(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

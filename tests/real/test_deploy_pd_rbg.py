@@ -15,6 +15,7 @@ test goes through the stable Service, which selects the router.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,10 @@ def rbg_v06(real_cluster: Cluster) -> None:
 @pytest.mark.timeout(300, func_only=True)
 @pytest.mark.usefixtures("rbg_v06")
 def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_services(
-    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path
+    real_deploy_env: RealStores,
+    real_admin: k8s.ApiClient,
+    real_cleanup: Callable[[str, str], None],
+    tmp_path: Path,
 ) -> None:
     if not runtimes_install.is_router_installed():
         pytest.fail("sglang-router is not installed: run scripts/install-runtimes", pytrace=False)
@@ -80,6 +84,7 @@ def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_servi
         serving={"pd": {"router": "sglang_router"}, "resources": {"erdma": 0}},
         rollout={"smoke_timeout_s": 120},
     )
+    real_cleanup(namespace, data["name"])
     try:
         result = deploy(load_spec(path))
     finally:

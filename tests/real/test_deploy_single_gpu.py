@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,10 @@ def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
 
 @pytest.mark.timeout(900, func_only=True)
 def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
-    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path
+    real_deploy_env: RealStores,
+    real_admin: k8s.ApiClient,
+    real_cleanup: Callable[[str, str], None],
+    tmp_path: Path,
 ) -> None:
     require_engine()
     tiny = real_deploy_env.tiny
@@ -64,6 +68,7 @@ def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
     path, data = write_real_spec(
         real_deploy_env, EXAMPLE, tmp_path, namespace=namespace, rollout={"smoke_timeout_s": 120}
     )
+    real_cleanup(namespace, data["name"])
 
     t0 = time.monotonic()
     try:
