@@ -267,8 +267,11 @@ def _probe(
     timeout_s = probe_timeout_s(spec)
     return {
         **handler,
-        # The kubelet starts the next probe only after this one ended; keep period >= timeout.
-        "periodSeconds": max(probes.period_s, timeout_s),
+        # The period may be shorter than the timeout: the kubelet probes on a ticker and runs
+        # each probe to its end before waiting for the next tick, so a slow probe only delays
+        # the next one (kubernetes pkg/kubelet/prober/worker.go, run/doProbe). A longer period
+        # would delay each readiness change by up to a period.
+        "periodSeconds": probes.period_s,
         "timeoutSeconds": timeout_s,
         "failureThreshold": failure_threshold,
     }
@@ -277,8 +280,8 @@ def _probe(
 def server_probes(spec: ServiceSpec, *, ready_path: str) -> dict[str, K8sObject]:
     """Startup (weights loading), readiness (the model answers) and liveness probes."""
     probes = spec.serving.probes
-    period_s = max(probes.period_s, probe_timeout_s(spec))
-    startup_failures = math.ceil(probes.startup_budget_s / period_s)
+    # Each failed startup probe takes at least a period, so this many cover the budget.
+    startup_failures = math.ceil(probes.startup_budget_s / probes.period_s)
     return {
         "startupProbe": _probe(
             spec, "/health", failure_threshold=startup_failures, authenticated=False

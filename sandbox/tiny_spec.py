@@ -4,7 +4,7 @@ The examples name 32B models on GPUs; the sandbox serves ``sandbox.vllm.tiny_mod
 Qwen3 with real vLLM on the CPU (the vLLM image, ``sandbox.cluster.images``) or with the SGLang
 stand-in (the SGLang images), both of which answer the tiny model's fixed text. Only what the
 tiny model changes is changed: the served name, the smoke expectation, and for vLLM probe
-timings a CPU engine can meet.
+timings a CPU engine can meet, and for the SGLang stand-in a short probe period.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sandbox.vllm.tiny_model import TinyModelInfo
 
 # A CPU vLLM loads the tiny model in 30-60 s, several minutes on a loaded 2-core machine.
 VLLM_STARTUP_BUDGET_S = 600
+SGLANG_STANDIN_PERIOD_S = 2
 
 
 def tiny_model_spec(data: Mapping[str, Any], tiny: TinyModelInfo) -> dict[str, Any]:
@@ -31,6 +32,10 @@ def tiny_model_spec(data: Mapping[str, Any], tiny: TinyModelInfo) -> dict[str, A
     serving.pop("api_key", None)
     serving["served_model_name"] = tiny.served_name
     out["smoke"] = {"expect": {"equals": tiny.answer, "finish_reasons": ["stop"]}}
+    if serving.get("engine") == "sglang":
+        # The stand-in serves as soon as it starts (sandbox/sglang_standin), so probing every
+        # 2 s instead of 10 makes each release Ready within seconds.
+        serving["probes"] = {**serving.get("probes", {}), "period_s": SGLANG_STANDIN_PERIOD_S}
     if serving.get("engine") == "vllm":
         serving["probes"] = {
             "startup_budget_s": VLLM_STARTUP_BUDGET_S,

@@ -202,8 +202,11 @@ class ProbeWorker:
         delay_s = self._timing.initial_delay_s - (time.monotonic() - self._started_mono)
         if delay_s > 0 and self._stop.wait(delay_s):
             return
-        # The period is the probe's schedule (worker.go's ticker), not a stand-in for a wait.
+        # The period is the probe's schedule (worker.go's ticker), not a stand-in for a wait:
+        # the next probe is due a period after this one started, at once if it took longer
+        # (a Go ticker keeps one missed tick).
         while True:
+            started = time.monotonic()
             if self._may_run():
                 outcome = self._probe(self._timing.timeout_s)
                 if self._stop.is_set():
@@ -212,7 +215,7 @@ class ProbeWorker:
                 if self.kind is ProbeKind.STARTUP and self.result:
                     # worker.go: a startup probe stops once the container has started.
                     return
-            if self._stop.wait(self._timing.period_s):
+            if self._stop.wait(max(0.0, started + self._timing.period_s - time.monotonic())):
                 return
 
     def _record(self, outcome: Outcome) -> None:
