@@ -9,7 +9,7 @@ asks for ``real_stores`` or ``real_deploy_env``.
   from the harness namespace, where its loopback address is.
 - ``real_deploy_env``: per test, ``KUBECONFIG`` names the real cluster's admin, the hub and OSS
   credentials are in the environment, and the modelscope library's endpoint (read once per
-  process) is reset before and after.
+  process) is reset before and after; ``real_deploy_module_env`` the same for a module.
 - ``real_cleanup``: ``real_cleanup(namespace, name)`` has the service removed with the
   product's own teardown after the test, and its namespace deleted, so that the next tests do
   not share the two CPUs with an engine left serving.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,17 +72,33 @@ def real_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStores
         yield RealStores(hub=hub, oss=oss, root=root, tiny=tiny, model_dir=model_dir)
 
 
+@contextmanager
+def deploy_environment(stores: RealStores, kubeconfig: Path) -> Iterator[RealStores]:
+    """``real_deploy_env`` for a block (a module's shared release): the same variables, with
+    ``kubeconfig`` (the admin's, or one through the API fault proxy) as ``KUBECONFIG``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MODELSCOPE_ENDPOINT", stores.hub.base_url)
+        mp.setenv("KUBECONFIG", str(kubeconfig))
+        mp.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
+        mp.setenv("OSS_ACCESS_KEY_SECRET", KEY_SECRET)
+        set_default_config(None)
+        try:
+            yield stores
+        finally:
+            set_default_config(None)
+
+
 @pytest.fixture
-def real_deploy_env(
-    real_stores: RealStores, real_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RealStores]:
-    monkeypatch.setenv("MODELSCOPE_ENDPOINT", real_stores.hub.base_url)
-    monkeypatch.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
-    monkeypatch.setenv("OSS_ACCESS_KEY_ID", KEY_ID)
-    monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", KEY_SECRET)
-    set_default_config(None)
-    yield real_stores
-    set_default_config(None)
+def real_deploy_env(real_stores: RealStores, real_cluster: Cluster) -> Iterator[RealStores]:
+    with deploy_environment(real_stores, real_cluster.admin_kubeconfig) as stores:
+        yield stores
+
+
+@pytest.fixture(scope="module")
+def real_deploy_module_env(real_stores: RealStores, real_cluster: Cluster) -> Iterator[RealStores]:
+    """``real_deploy_env`` for a whole module: for a release its tests share."""
+    with deploy_environment(real_stores, real_cluster.admin_kubeconfig) as stores:
+        yield stores
 
 
 # A real vLLM pod given SIGTERM while it loads has taken tens of seconds to exit at load 15.

@@ -1,5 +1,6 @@
-"""Deploy-flow fixtures: one sandbox hub + OSS for the whole session, helpers for spec files,
-clusters and the CLI.
+"""Deploy-flow fixtures on the imitation cluster (tests still to move to tests/real): one sandbox
+hub + OSS for the whole session, helpers for spec files and clusters; the CLI helper lives in
+tests/deploy/cli_support.py.
 
 The modelscope library reads its endpoint once per process, so every test here that lets the
 flow talk to the hub shares this one hub (`MODELSCOPE_ENDPOINT` is set before any hub call).
@@ -15,20 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
-from click.testing import Result
-from typer.testing import CliRunner
 
-from llm_rollout.cli import app
-from llm_rollout.kube.client import load_api_client
-from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from sandbox.hub import HubServer
 from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.synthetic import make_synthetic_model
+from tests.deploy.cli_support import cli
 from tests.real_deploy import merge_sections
+
+__all__ = ["cli"]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 KEY_ID = "LTAIe2eKeyId"
@@ -88,31 +86,3 @@ def cluster_env(config: ClusterConfig, workdir: Path) -> Iterator[SandboxCluster
     with SandboxCluster(config, workdir) as cluster, pytest.MonkeyPatch.context() as mp:
         mp.setenv("KUBECONFIG", str(cluster.kubeconfig))
         yield cluster
-
-
-def cli(*args: str) -> Result:
-    return CliRunner().invoke(app, list(args))
-
-
-def stable_models(namespace: str, name: str, port: int = 8000) -> httpx.Response:
-    """`GET /v1/models` on the stable Service, through the API server's service proxy."""
-    api = load_api_client()
-    try:
-        url = service_proxy_url(api, namespace, name, port) + "/v1/models"
-        with httpx_client_for(api, timeout_s=10) as client:
-            return client.get(url)
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
-
-
-def http_writes(cluster: SandboxCluster) -> list[str]:
-    """Every state-changing request the API server received (dry runs included)."""
-    return [f"{r.method} {r.path}" for r in cluster.api.request_log.writes()]
-
-
-def oss_writes(stores: Stores) -> list[str]:
-    return [
-        f"{r.method} {r.bucket}/{r.key}"
-        for r in stores.oss.request_log.snapshot()
-        if r.method in ("PUT", "POST", "DELETE")
-    ]
