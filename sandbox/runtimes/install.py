@@ -72,7 +72,7 @@ ROUTER_VERSION = "0.1.8"
 SGLANG_VERSION = "0.4.10.post2"
 LB_MODULE = "sglang.srt.disaggregation.mini_lb"
 VLLM_DIST_VERSION = f"{vllm_install.VLLM_VERSION}+cpu"
-RECIPE_REVISION = 1
+RECIPE_REVISION = 2
 CHECK_TIMEOUT_S = 120
 
 _LAYER_PROBE = """
@@ -103,8 +103,8 @@ _SHIM = """#!{python}
 # the additions of sandbox/runtimes/adapt.py's table, then the engine venv's console script.
 import sys
 sys.path.insert(0, {site!r})
-from llm_rollout_adapt import VLLM_CPU, exec_adapted
-exec_adapted({real!r}, VLLM_CPU, "vllm")
+from llm_rollout_adapt import VLLM_CPU, VLLM_CPU_ENV, exec_adapted
+exec_adapted({real!r}, VLLM_CPU, "vllm", VLLM_CPU_ENV)
 """
 
 

@@ -123,6 +123,8 @@ def _expected(table: tuple[adaptation.Adaptation, ...], argv: list[str]) -> list
         at = next(
             (i for i, t in enumerate(out) if t.split("=", 1)[0] in spellings and i >= 2), None
         )
+        if at is None and entry.only_present:
+            continue
         if at is None:
             added += [entry.flag] if entry.value is None else [entry.flag, entry.value]
         elif entry.replace:
@@ -142,6 +144,7 @@ def _vllm_argvs() -> list[list[str]]:
         "--kv-cache-memory-bytes": [["--kv-cache-memory-bytes", "1G"]],
         "--enforce-eager": [["--enforce-eager"]],
         "--max_model_len": [["--max_model_len", "4096"]],
+        "--distributed-executor-backend": [["--distributed-executor-backend", "ray"]],
     }
     argvs = []
     options = list(present.values())
@@ -191,6 +194,26 @@ def test_every_adaptation_says_why() -> None:
     for entry in adaptation.VLLM_CPU:
         assert len(entry.reason) > 20, entry.flag
         assert entry.flag.startswith("--")
+    for setting in adaptation.VLLM_CPU_ENV:
+        assert len(setting.reason) > 20, setting.name
+
+
+def test_the_ray_executor_becomes_vllms_multiprocessing_one_only_where_rendered() -> None:
+    """vllm-cpu has no Ray device key (vllm/platforms/cpu.py; interface.py ray_device_key "")
+    and its ray_utils.initialize_ray_cluster refuses such a platform: the multi-node
+    templates' `ray` backend runs as `mp`, with unbound OpenMP threads for the ranks that
+    share this one-NUMA-node machine; a single-rank command gets neither."""
+    multi = ["vllm", "serve", "/m", "--tensor-parallel-size", "2"]
+    ray = [*multi, "--distributed-executor-backend", "ray"]
+    adapted = images.adapt(VLLM_IMAGE, ray)
+    at = adapted.index("--distributed-executor-backend")
+    assert adapted[at + 1] == "mp"
+    assert adaptation.env_for(adaptation.VLLM_CPU_ENV, ray) == {
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind"
+    }
+    assert "--distributed-executor-backend" not in images.adapt(VLLM_IMAGE, multi)
+    assert adaptation.env_for(adaptation.VLLM_CPU_ENV, multi) == {}
+    assert adaptation.env_for(adaptation.VLLM_CPU_ENV, ["ray", "start", "--head"]) == {}
 
 
 # --- the installed vLLM image layer -----------------------------------------------------------
@@ -202,12 +225,13 @@ def _cmdline(pid: int) -> list[str]:
 
 
 @pytest.mark.usefixtures("layer_installed")
+@pytest.mark.parametrize("backend", [[], ["--distributed-executor-backend", "ray"]])
 def test_the_vllm_shim_execs_the_real_console_script_with_the_additions(
-    supervisor: Supervisor, tmp_path: Path
+    supervisor: Supervisor, tmp_path: Path, backend: list[str]
 ) -> None:
     runtime = images.resolve(VLLM_IMAGE)
     assert runtime is not None
-    rendered = ["vllm", "serve", str(tmp_path / "no-model"), "--max-model-len", "8192"]
+    rendered = ["vllm", "serve", str(tmp_path / "no-model"), "--max-model-len", "8192", *backend]
     host = runtime.command(rendered)
     proc = supervisor.start("vllm", host.argv, env=host.env)
     real = str(vllm_install.venv_dir() / "bin" / "vllm")
@@ -221,6 +245,9 @@ def test_the_vllm_shim_execs_the_real_console_script_with_the_additions(
     # The shim replaces itself (same pid) within its interpreter's start-up.
     supervisor.wait_ready(proc, execed, timeout_s=30)
     assert seen[2:] == images.adapt(VLLM_IMAGE, rendered)[1:]
+    environ = Path(f"/proc/{proc.process.pid}/environ").read_bytes().split(b"\0")
+    bind = [v.decode() for v in environ if v.startswith(b"VLLM_CPU_OMP_THREADS_BIND=")]
+    assert bind == (["VLLM_CPU_OMP_THREADS_BIND=nobind"] if backend else [])
 
 
 @pytest.mark.usefixtures("layer_installed")
