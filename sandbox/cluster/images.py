@@ -87,6 +87,9 @@ class Runtime:
     # The image config's ENTRYPOINT and CMD, used when the pod gives no command / args.
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
+    # A container of the image has its own /tmp (its writable layer), as under any container
+    # runtime; False only where the entry stands for the host's own tools and files.
+    private_tmp: bool = True
 
     def command(self, argv: Sequence[str]) -> HostCommand:
         """The host argv and environment for a container argv (command + args, expanded).
@@ -216,10 +219,12 @@ def _host_shell(pattern: str) -> Runtime:
         reason=(
             "the cluster tests' shell pods: what they run (sh, echo, cat, hostname, sleep) "
             "is what the host's /bin/sh and coreutils provide; busybox's image config has "
-            'CMD ["sh"] and no ENTRYPOINT'
+            'CMD ["sh"] and no ENTRYPOINT. Its containers see the host\'s /tmp, where the '
+            "cluster tests leave the files their shell pods wait for"
         ),
         path=(),
         cmd=("sh",),
+        private_tmp=False,
     )
 
 

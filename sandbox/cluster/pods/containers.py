@@ -1,9 +1,16 @@
 """One container's processes: start in the pod's namespaces, log, stop, and the restart back-off.
 
 Each run of a container is ``nsenter`` into the pod's namespaces, then ``unshare --pid --fork
---kill-child``: the command is PID 1 of a PID namespace of its own, as in a container, so
-stopping it takes its whole process tree with it (and, as in a container, a PID 1 without a
-SIGTERM handler ignores SIGTERM until the SIGKILL after the grace period). Processes stay in
+--kill-child --mount-proc``: the command is PID 1 of a PID namespace of its own, as in a
+container, so stopping it takes its whole process tree with it (and, as in a container, a PID 1
+without a SIGTERM handler ignores SIGTERM until the SIGKILL after the grace period). As runc
+sets up a container, the run also gets a mount namespace of its own with a ``/proc`` of its PID
+namespace and, for an image whose runtime says so (``sandbox.cluster.images``), a fresh
+``/tmp`` (the image's writable layer): psutil and ``ps`` see only the container's processes,
+and two Ray pods on one host share nothing under ``/tmp`` (Ray keeps its session, sockets and
+``node_ip_address.json`` in ``/tmp/ray``; shared, a second node's ``ray start`` takes the
+first's for its own). Commands run in a running container (exec probes,
+``kubectl exec``) enter its namespaces (``enter_container``). Processes stay in
 the node agent's process group, so the harness's stop of the agent reaches any that are left.
 Each run's stdout and stderr go to a file of its own: the current run's is the container's log,
 the one before it is ``--previous``.
@@ -122,6 +129,25 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
+# PID 1 of the run mounts the run's own /tmp over the pod's, then becomes the container's
+# command. A tmpfs rather than a directory on disk: the pod's own mounts (an emptyDir on
+# /dev/shm) can hide the node agent's directories from inside, and a tmpfs goes with the run's
+# mount namespace. Its size is a ceiling, not a reservation (pages are used as written).
+PRIVATE_TMP_SIZE = "1g"
+_PRIVATE_TMP = (
+    f'mount -t tmpfs -o mode=1777,size={PRIVATE_TMP_SIZE} container-tmp /tmp && exec "$@"'
+)
+
+
+def enter_container(pid1: int, workdir: str | None = None) -> list[str]:
+    """The argv prefix that runs a command inside a running container: the pod's network and
+    UTS namespaces, and the container's own mount (its /proc and /tmp) and PID namespaces."""
+    prefix = ["nsenter", f"--target={pid1}", "--net", "--uts", "--mount", "--pid"]
+    if workdir:
+        prefix.append(f"--wd={workdir}")
+    return [*prefix, "--"]
+
+
 def start_run(
     *,
     enter: list[str],
@@ -129,12 +155,16 @@ def start_run(
     env: dict[str, str],
     log: Path,
     on_exit: Callable[[], None],
+    private_tmp: bool = False,
 ) -> Run:
-    """Start one run and a thread that records its exit and calls ``on_exit``."""
+    """Start one run and a thread that records its exit and calls ``on_exit``. With
+    ``private_tmp`` the run has a /tmp of its own, empty at its start."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    unshare = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+    private = ["/bin/sh", "-c", _PRIVATE_TMP, "container"] if private_tmp else []
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*enter, "unshare", "--pid", "--fork", "--kill-child", "--", *argv],
+            [*enter, *unshare, *private, *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

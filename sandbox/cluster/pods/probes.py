@@ -151,14 +151,20 @@ class ProbeSpec:
 
 
 def prober_for(
-    spec: dict[str, Any], pod_ip: str, ports: dict[str, int], enter: list[str], env: dict[str, str]
+    spec: dict[str, Any],
+    pod_ip: str,
+    ports: dict[str, int],
+    enter: Callable[[], list[str]],
+    env: dict[str, str],
 ) -> Prober:
+    """``enter`` gives, at each exec probe, the argv prefix entering the container (the kubelet
+    runs exec probes in the container: its processes, its /proc and /tmp)."""
     if "httpGet" in spec:
         return lambda timeout_s: http_get(spec["httpGet"], pod_ip, ports, timeout_s)
     if "tcpSocket" in spec:
         return lambda timeout_s: tcp_socket(spec["tcpSocket"], pod_ip, ports, timeout_s)
     if "exec" in spec:
-        return lambda timeout_s: exec_command(spec["exec"], enter, env, timeout_s)
+        return lambda timeout_s: exec_command(spec["exec"], enter(), env, timeout_s)
     # grpc: not implemented here; a probe that cannot run fails rather than passing unseen.
     handlers = sorted(k for k in spec if k not in ProbeSpec.TIMING_FIELDS)
     return lambda timeout_s: Outcome(False, f"probe handler {handlers} not supported by this node")

@@ -30,7 +30,14 @@ from kubernetes.client.exceptions import ApiException
 from sandbox.cluster import images
 from sandbox.cluster.pods import env as podenv
 from sandbox.cluster.pods import volumes
-from sandbox.cluster.pods.containers import Backoff, BackoffPolicy, Run, start_run, utc_now
+from sandbox.cluster.pods.containers import (
+    Backoff,
+    BackoffPolicy,
+    Run,
+    enter_container,
+    start_run,
+    utc_now,
+)
 from sandbox.cluster.pods.probes import ProbeKind, ProbeSpec, ProbeWorker, prober_for
 from sandbox.cluster.pods.sandbox import (
     PodIpAllocator,
@@ -211,7 +218,12 @@ class PodWorker:
         for s in self.init_slots + self.slots:
             running = s.run is not None and s.run.exit_code is None
             if s.name == container and running and self.sandbox is not None:
-                return self.sandbox.enter(str(s.spec.get("workingDir") or "") or None), s.env
+                assert s.run is not None
+                workdir = str(s.spec.get("workingDir") or "") or None
+                pid1 = s.run.pid1()
+                if pid1 is None:
+                    return self.sandbox.enter(workdir), s.env
+                return enter_container(pid1, workdir), s.env
         return None
 
     def sandbox_pid(self) -> int | None:
@@ -481,6 +493,7 @@ class PodWorker:
             env=process_env,
             log=log_file,
             on_exit=self._wake.set,
+            private_tmp=runtime.private_tmp,
         )
         s.logs.append(log_file)
         s.exit_handled = False
@@ -542,7 +555,12 @@ class PodWorker:
             for p in s.spec.get("ports") or []
             if "name" in p
         }
-        enter = self.sandbox.enter()
+        sandbox, run = self.sandbox, s.run
+
+        def enter() -> list[str]:
+            pid1 = run.pid1()
+            return sandbox.enter() if pid1 is None else enter_container(pid1)
+
         for kind, key in (
             (ProbeKind.STARTUP, "startupProbe"),
             (ProbeKind.READINESS, "readinessProbe"),
