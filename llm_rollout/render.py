@@ -453,11 +453,16 @@ class _Ctx:
         """Shell lines joining a Ray head, retried every 5 s until the startup budget ends.
 
         Under LWS `startupPolicy: LeaderCreated` a worker can start before the leader's GCS
-        listens (or before its DNS name resolves), and a bare `ray start --address` then
-        exits; under `RecreateGroupOnPodRestart` that recreates the whole group. vLLM's
-        `examples/online_serving/multi-node-serving.sh` (used by LWS's own vLLM example)
-        retries for the same reason; this loop is bounded by the same budget the leader
-        waits for its workers. `--block` keeps the container alive as long as the raylet.
+        listens (or before its DNS name resolves); a `ray start --address` that exits then
+        would, under `RecreateGroupOnPodRestart`, recreate the whole group (issue 16 F5).
+        Measured with the vLLM image's ray 2.48.0, a bare start does not exit that way: with
+        no head it was still waiting after 300 s (closed port) and 400 s (unresolvable name);
+        the non-head `Node` retries its GCS client (python/ray/_private/node.py
+        `_init_gcs_client`; the time one attempt takes was not traced further). The
+        loop stays for a start that exits for another reason, as vLLM's
+        `examples/online_serving/multi-node-serving.sh` (LWS's own vLLM example) retries; it
+        is bounded by the budget the leader waits for its workers. `--block` keeps the
+        container alive as long as the raylet.
         """
         budget = self.spec.serving.probes.startup_budget_s
         join = f"ray start --address={address} {flags} --disable-usage-stats --block"
