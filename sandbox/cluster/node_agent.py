@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import logging
 import signal
@@ -215,6 +216,25 @@ def heartbeats_stopped_file(control_dir: Path, node_name: str) -> Path:
     return control_dir / f"stop-heartbeats-{node_name}"
 
 
+def registry_faults_file(control_dir: Path) -> Path:
+    """A JSON object mapping an image reference (as the pod spec names it) to the registry's
+    error: while an image has an entry, every pull of it on every node fails with that message
+    (a rate limit, an i/o timeout), which the kubelet retries with its image back-off; removing
+    the entry lets the next pull through, as a registry that recovers. Write it atomically
+    (a new file renamed over the old)."""
+    return control_dir / "registry-faults.json"
+
+
+def registry_fault(control_dir: Path, image: str) -> str | None:
+    """The registry error a pull of ``image`` gets now, or None (no fault set)."""
+    try:
+        faults = json.loads(registry_faults_file(control_dir).read_text())
+    except FileNotFoundError:
+        return None
+    message = faults.get(image) if isinstance(faults, dict) else None
+    return None if message is None else str(message)
+
+
 def write_agent_config(
     path: Path,
     nodes: tuple[NodeSpec, ...],
@@ -265,7 +285,12 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
             # A lost node's pods keep running, unheard: the stop file cuts them off too.
             stopped = heartbeats_stopped_file(config.control_dir, handle.spec.name)
             pods = NodePods(
-                handle.spec.name, handle.spec.internal_ip, handle.api, config.pods, stopped.exists
+                handle.spec.name,
+                handle.spec.internal_ip,
+                handle.api,
+                config.pods,
+                stopped.exists,
+                registry_fault=functools.partial(registry_fault, config.control_dir),
             )
             node_pods.append(pods)
             # Each node waits for its podCIDR from the controller-manager on a thread of its
@@ -284,16 +309,22 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
 def _heartbeats(config: AgentConfig, handles: list[NodeHandle], stop: threading.Event) -> None:
     ticks_per_status = max(1, round(config.status_every_s / config.lease_renew_s))
     tick = 0
+    cut: set[str] = set()
     # The renewal period, not a sleep standing in for a wait: the kubelet renews on a timer too.
     while not stop.wait(config.lease_renew_s):
         tick += 1
         for handle in handles:
             if heartbeats_stopped_file(config.control_dir, handle.spec.name).exists():
+                cut.add(handle.spec.name)
                 continue
             try:
                 handle.renew_lease()
-                if tick % ticks_per_status == 0:
+                # A kubelet that reconnects finds its posted Ready differing from the node's
+                # (Unknown) and posts at its next status check (kubelet_node_status.go
+                # tryUpdateNodeStatus), not at the next periodic report.
+                if tick % ticks_per_status == 0 or handle.spec.name in cut:
                     handle.post_status()
+                    cut.discard(handle.spec.name)
             except ApiException as exc:
                 # A missed renewal is what a flaky kubelet does; the next tick retries, and
                 # the node-lifecycle controller judges the gap.

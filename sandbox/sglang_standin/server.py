@@ -321,6 +321,9 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         if self.headers.get("Authorization") == f"Bearer {key}":
             return True
+        # The refused request's body is read all the same, or it would be parsed as the next
+        # request on this keep-alive connection (uvicorn reads it too).
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self._json(401, {"error": "Unauthorized"})
         return False
 

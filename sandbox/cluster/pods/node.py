@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from sandbox.cluster.pods.containers import BACKOFF_BASE_S, BACKOFF_MAX_S, BackoffPolicy
-from sandbox.cluster.pods.runner import NodeContext, PodRunner
+from sandbox.cluster.pods.runner import NodeContext, PodRunner, no_registry_fault
 from sandbox.cluster.pods.sandbox import PodIpAllocator
 from sandbox.cluster.pods.server import KUBELET_PORT, KubeletServer
 from sandbox.cluster.waits import wait_for
@@ -66,8 +66,10 @@ class NodePods:
         api: k8s.ApiClient,
         config: PodsConfig,
         cut_off: Callable[[], bool],
+        registry_fault: Callable[[str], str | None] = no_registry_fault,
     ) -> None:
         self.cut_off = cut_off
+        self.registry_fault = registry_fault
         self.node_name = node_name
         self.internal_ip = internal_ip
         self.api = api
@@ -106,6 +108,7 @@ class NodePods:
             backoff=BackoffPolicy(self.config.backoff_base_s, self.config.backoff_max_s),
             nameserver=self.config.nameserver,
             cut_off=self.cut_off,
+            registry_fault=self.registry_fault,
         )
         self.runner = PodRunner(ctx)
         runner = self.runner

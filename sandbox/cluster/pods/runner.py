@@ -78,6 +78,11 @@ def go_duration(seconds: float) -> str:
     return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
+def no_registry_fault(image: str) -> str | None:
+    """Every pull goes through (the image table decides whether it finds anything)."""
+    return None
+
+
 @dataclass(frozen=True)
 class NodeContext:
     """What every pod worker of one node shares."""
@@ -92,6 +97,9 @@ class NodeContext:
     # True while the node is cut off from the API server (a lost node, issue 14 item 7): its
     # pods keep running, but it neither hears of changes nor writes status or Events.
     cut_off: Callable[[], bool]
+    # image -> the registry's error for a pull of it now, None when the pull goes through
+    # (node_agent.registry_faults_file).
+    registry_fault: Callable[[str], str | None] = no_registry_fault
 
 
 @dataclass
@@ -162,6 +170,8 @@ class PodWorker:
         )
         self._mount_next_mono = 0.0
         self._mount_error = ""
+        self._mount_event: str | None = None
+        self._mount_event_count = 0
         self._mounted_targets: set[str] = set()
         self.start_time = utc_now()
         self.conditions = Conditions()
@@ -310,9 +320,17 @@ class PodWorker:
             volumes.apply_mounts(self.sandbox.enter(), planned, self._mounted_targets)
         except volumes.MountError as exc:
             log.warning("pod %s/%s: %s", self.namespace, self.name, exc.event_message)
-            if exc.event_message != self._mount_error:
+            # The kubelet records FailedMount on every failed attempt; client-go's recorder
+            # folds a repeat of the same event into the first one, raising its count and
+            # lastTimestamp with a patch (tools/record/events_cache.go eventObserve,
+            # event.go recordToSink).
+            if exc.event_message != self._mount_error or self._mount_event is None:
                 self._mount_error = exc.event_message
-                self._event(None, "Warning", "FailedMount", exc.event_message)
+                self._mount_event = self._event(None, "Warning", "FailedMount", exc.event_message)
+                self._mount_event_count = 1
+            else:
+                self._mount_event_count += 1
+                self._event_repeated(self._mount_event, self._mount_event_count)
             self._mount_backoff.next(now)
             assert self._mount_backoff.current_s is not None
             self._mount_next_mono = now + self._mount_backoff.current_s
@@ -426,8 +444,9 @@ class PodWorker:
     def _maybe_start(self, s: Slot, now: float, due: list[float]) -> None:
         image = s.record.image
         runtime = images.resolve(image)
-        if runtime is None:
-            self._pull_failed(s, now, due)
+        fault = self.ctx.registry_fault(image)
+        if runtime is None or fault is not None:
+            self._pull_failed(s, now, due, fault)
             return
         restarting = bool(s.logs)
         if restarting and now < s.next_try_mono:
@@ -517,7 +536,9 @@ class PodWorker:
         s.next_try_mono = now + s.backoff.wait_s(now, now)
         due.append(s.next_try_mono)
 
-    def _pull_failed(self, s: Slot, now: float, due: list[float]) -> None:
+    def _pull_failed(
+        self, s: Slot, now: float, due: list[float], registry_error: str | None
+    ) -> None:
         image = s.record.image
         if s.pull_backoff.in_backoff_since_update(now):
             if s.record.waiting_reason != IMAGE_PULL_BACK_OFF:
@@ -532,7 +553,7 @@ class PodWorker:
         # images/image_manager.go EnsureImageExists: the pull fails, a Failed event names the
         # image and the error, and the image's back-off grows; kuberuntime_container.go then
         # records "Error: ErrImagePull".
-        error = (
+        error = registry_error or (
             f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
             "no runtime for this image on this node (sandbox/cluster/images.py)"
         )
@@ -719,11 +740,12 @@ class PodWorker:
             raise
         self._posted = status
 
-    def _event(self, s: Slot | None, kind: str, reason: str, message: str) -> None:
-        """An Event on the pod, or on one of its containers (``fieldPath``) when ``s`` is set."""
+    def _event(self, s: Slot | None, kind: str, reason: str, message: str) -> str | None:
+        """An Event on the pod, or on one of its containers (``fieldPath``) when ``s`` is set;
+        returns its name, None when it was not recorded."""
         if self.ctx.cut_off():
             # The kubelet's recorder drops what it cannot send.
-            return
+            return None
         now_stamp = utc_now()
         involved = {
             "apiVersion": "v1",
@@ -753,6 +775,20 @@ class PodWorker:
         except ApiException as exc:
             # An event is best effort for the kubelet too (the recorder drops on errors).
             log.warning("event %s for %s/%s: %s", reason, self.namespace, self.name, exc.status)
+            return None
+        return str(body["metadata"]["name"])
+
+    def _event_repeated(self, name: str, count: int) -> None:
+        """The recorded event ``name`` seen again: its count and lastTimestamp move on."""
+        if self.ctx.cut_off():
+            return
+        patch = {"count": count, "lastTimestamp": utc_now()}
+        try:
+            self.core.patch_namespaced_event(
+                name, self.namespace, patch, field_manager=FIELD_MANAGER
+            )
+        except ApiException as exc:
+            log.warning("event %s for %s/%s: %s", name, self.namespace, self.name, exc.status)
 
 
 class PodRunner:
