@@ -441,8 +441,11 @@ def crash_to_capture(pod: Mapping[str, Any]) -> tuple[str, int | None, str, bool
     reason, previous) where `previous` says its log is the previous instance's.
 
     LWS acts on restartCount > 0 (ContainerRestarted); a terminated, non-zero state is caught
-    too, for a pod the kubelet will not restart.
+    too, for a pod the kubelet will not restart, unless the pod is being deleted: then the
+    deletion stopped it (the group's recreation kills the other pods' containers, exit 137
+    after their grace period, as seen on the real cluster), and it is an effect, not a cause.
     """
+    deleting = bool(_meta(pod).get("deletionTimestamp"))
     status = pod.get("status") or {}
     for cs in list(status.get("initContainerStatuses") or []) + list(
         status.get("containerStatuses") or []
@@ -456,7 +459,7 @@ def crash_to_capture(pod: Mapping[str, Any]) -> tuple[str, int | None, str, bool
                 True,
             )
         now = (cs.get("state") or {}).get("terminated")
-        if isinstance(now, dict) and now.get("exitCode") not in (0, None):
+        if not deleting and isinstance(now, dict) and now.get("exitCode") not in (0, None):
             return (
                 str(cs.get("name")),
                 now.get("exitCode"),

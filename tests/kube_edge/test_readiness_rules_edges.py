@@ -373,6 +373,19 @@ def test_the_exit_to_capture(cs: dict[str, Any], captured: tuple[Any, ...] | Non
     assert crash_to_capture(_wire(_pod([cs]))) == captured
 
 
+def test_a_container_stopped_by_its_pods_deletion_is_not_the_crash() -> None:
+    """Seen on the real cluster: LWS deletes the group after the worker's restart, and the
+    leader's container ends with 137 after its grace period; the worker's exit is the cause."""
+    killed = _cs(state={"terminated": {"reason": "Error", "exitCode": 137}})
+    deleting = _pod([killed])
+    deleting["metadata"]["deletionTimestamp"] = "2026-12-06T22:20:00Z"
+    assert crash_to_capture(_wire(deleting)) is None
+    # The restart that made the controller delete the pod still counts while it goes.
+    restarted = _cs(restarts=1, lastState={"terminated": {"exitCode": 1}})
+    deleting["status"]["containerStatuses"] = [restarted]
+    assert crash_to_capture(_wire(deleting)) == ("vllm", 1, "Error", True)
+
+
 # ------------------------------------------------------------------------------ verdict
 
 
