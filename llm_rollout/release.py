@@ -216,15 +216,31 @@ def wait_pods_gone(
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                missing = [f"Pod {namespace}/{pod} still exists" for pod in left] or [
-                    f"pods matching {label_selector} in {namespace} not listed"
-                ]
+                missing = [
+                    f"Pod {namespace}/{pod} still exists{_why_left(group.cache[spec][pod])}"
+                    for pod in left
+                ] or [f"pods matching {label_selector} in {namespace} not listed"]
                 raise WaitTimeout(
                     f"timed out after {timeout_s:.0f}s waiting for pods to go: "
                     + "; ".join(missing),
                     missing=missing,
                 )
             group.next(remaining)
+
+
+def _why_left(pod: Mapping[str, Any]) -> str:
+    """Why a deleted pod may stay: its deletion is confirmed by the kubelet of its node, and a
+    lost node's never comes (k8s.io/kubernetes pkg/controller/tainteviction/taint_eviction.go
+    deletes gracefully; nothing force-deletes until the node returns or its Node is deleted)."""
+    deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
+    if not deleting:
+        return ""
+    node = (pod.get("spec") or {}).get("nodeName")
+    where = f" on Node {node}" if node else ""
+    return (
+        f" (Terminating since {deleting}{where}: its kubelet has not confirmed the deletion; "
+        "if that node is lost, the pod stays until the node returns or its Node is deleted)"
+    )
 
 
 def ordered_refs(objects: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -247,7 +247,10 @@ def test_removing_a_release_whose_pod_stays_terminating_ends_at_its_bound(
     (evicted,) = [p for p in pods if p.metadata.deletion_timestamp is not None]
     with pytest.raises(WaitTimeout) as info:
         remove_release(real_admin, lost.namespace, SERVICE, RELEASE, wait_timeout_s=5)
-    assert f"Pod {lost.namespace}/{evicted.metadata.name} still exists" in str(info.value)
+    message = str(info.value)
+    pod = f"Pod {lost.namespace}/{evicted.metadata.name}"
+    assert f"{pod} still exists (Terminating since " in message
+    assert f"on Node {lost.node}: its kubelet has not confirmed the deletion" in message
     # The workload itself is gone; only the pod the lost node never confirmed remains.
     assert (
         not k8s.AppsV1Api(real_admin)
