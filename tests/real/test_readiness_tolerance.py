@@ -19,7 +19,6 @@ What stands in for what:
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -37,8 +36,7 @@ from llm_rollout.kube.objects import apply
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
-from sandbox.cluster.control_plane import Cluster
-from sandbox.cluster.node_agent import NodeSpec, registry_faults_file
+from sandbox.cluster.node_agent import NodeSpec
 from sandbox.oss import OssServer
 
 WAIT_S = 60.0
@@ -69,20 +67,6 @@ def _deployment(
 
 
 # --- image pulls --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def registry(real_cluster: Cluster) -> Iterator[Callable[[dict[str, str]], None]]:
-    """``set_faults({image: message})``; emptied after the test."""
-    path = registry_faults_file(real_cluster.run_dir)
-
-    def set_faults(faults: dict[str, str]) -> None:
-        staged = path.with_suffix(".new")
-        staged.write_text(json.dumps(faults))
-        staged.replace(path)  # the agent never reads a half-written file
-
-    yield set_faults
-    path.unlink(missing_ok=True)
 
 
 def test_a_rate_limited_pull_that_clears_inside_the_tolerance_passes(
