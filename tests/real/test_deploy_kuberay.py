@@ -29,6 +29,7 @@ test_rbg_ray_pv.py.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,10 @@ def _events_of(core: k8s.CoreV1Api, namespace: str, name: str) -> list[k8s.CoreV
 
 @pytest.mark.timeout(1500, func_only=True)
 def test_raycluster_tp2_serves_under_kuberay_and_its_old_template_fails_as_found(
-    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path
+    real_deploy_env: RealStores,
+    real_admin: k8s.ApiClient,
+    real_cleanup: Callable[[str, str], None],
+    tmp_path: Path,
 ) -> None:
     require_engine()
     tiny = real_deploy_env.tiny
@@ -90,6 +94,7 @@ def test_raycluster_tp2_serves_under_kuberay_and_its_old_template_fails_as_found
     path, data = write_real_spec(
         real_deploy_env, EXAMPLE, tmp_path, namespace=namespace, rollout={"smoke_timeout_s": 180}
     )
+    real_cleanup(namespace, data["name"])
     spec = load_spec(path)
     assert spec.serving.port == kuberay.KUBERAY_DEFAULT_METRICS_PORT
     result, took_s = timed_deploy(spec, real_admin, namespace)

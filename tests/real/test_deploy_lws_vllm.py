@@ -21,6 +21,7 @@ It replaces the LeaderWorkerSet case of tests/e2e_vllm/test_deploy_real_vllm.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -42,12 +43,15 @@ RAY_STARTED = "Ray runtime started."
 
 @pytest.mark.timeout(1200, func_only=True)
 def test_vllm_on_a_leaderworkerset_group_forms_a_ray_cluster_and_serves(
-    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path
+    real_deploy_env: RealStores,
+    real_admin: k8s.ApiClient,
+    real_cleanup: Callable[[str, str], None],
+    tmp_path: Path,
 ) -> None:
     require_engine()
     tiny = real_deploy_env.tiny
     namespace = "real-lws-vllm"
-    path, _ = write_real_spec(
+    path, data = write_real_spec(
         real_deploy_env,
         EXAMPLE,
         tmp_path,
@@ -55,6 +59,7 @@ def test_vllm_on_a_leaderworkerset_group_forms_a_ray_cluster_and_serves(
         serving={"tp": 2, "nodes": 2, "gpus_per_node": 1},
         rollout={"smoke_timeout_s": 180},
     )
+    real_cleanup(namespace, data["name"])
     result, took_s = timed_deploy(load_spec(path), real_admin, namespace)
     assert result.answer == tiny.answer
 

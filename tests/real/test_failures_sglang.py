@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
+from sandbox.cluster.api_proxy import FaultRule
 from sandbox.cluster.control_plane import Cluster
 from tests.deploy.cli_support import (
     cli,
@@ -118,10 +119,9 @@ def test_the_server_requires_the_api_key_the_smoke_test_sent(serving: tuple[str,
 
 def _pod_failure_changes(kind: str, env: RealStores) -> dict[str, Any]:
     if kind == "ErrImagePull":
-        # The node agent's pull error reads `code = NotFound ... no runtime for this image`,
-        # not containerd's `...: not found` that readiness_rules._PULL_FINAL treats as final,
-        # so the default tolerance (330 s) would wait for it; 0 reports it at first sight.
-        return {"serving": {"image": UNKNOWN_IMAGE}, "rollout": {"image_pull_tolerance_s": 0}}
+        # The node agent answers an image it has no entry for as containerd answers one no
+        # registry serves (`<ref>: not found`), which readiness treats as final: no tolerance.
+        return {"serving": {"image": UNKNOWN_IMAGE}}
     if kind == "CrashLoopBackOff":
         return {"serving": {"extra_args": ["--no-such-flag"]}}
     if kind == "Unschedulable":
@@ -181,7 +181,7 @@ def test_each_pod_failure_fails_fast_and_the_old_release_keeps_serving(
     assert stable_models(NAMESPACE, data["name"]).status_code == 401
 
 
-RBG_CRD = "rolebasedgroups.workloads.x-k8s.io"
+RBG_GROUP = "workloads.x-k8s.io"
 
 
 @pytest.mark.parametrize(
@@ -209,16 +209,20 @@ def test_preflight_problem_stops_the_run_before_any_write(
     wrong_secret: bool,
     expected: str,
 ) -> None:
-    if example == "seed-sglang-pd-rbg":
-        crds = k8s.ApiextensionsV1Api(real_admin).list_custom_resource_definition().items
-        assert RBG_CRD not in {c.metadata.name for c in crds}, (
-            "this case needs the session cluster without the RoleBasedGroup CRD"
-        )
     if wrong_secret:
         monkeypatch.setenv("OSS_ACCESS_KEY_SECRET", "notTheSecretOfThisKey000")
     path, data = write_real_spec(env, example, tmp_path, namespace="pre", **changes)
     env.oss.request_log.clear()
     with product_via_proxy(real_cluster) as proxy:
+        if example == "seed-sglang-pd-rbg":
+            # The session cluster serves RoleBasedGroup (its reconciler runs); the proxy answers
+            # the group's discovery as an API server without the CRD does: 404 NotFound for an
+            # unregistered /apis/<group> path (k8s.io/apiserver pkg/server/mux/pathrecorder.go).
+            proxy.plan.add(
+                FaultRule(
+                    "error", path=f"^/apis/{RBG_GROUP}$", method="GET", times=None, status=404
+                )
+            )
         result = cli("deploy", str(path))
         assert proxy.records(), "the product did not go through the proxy"
         assert writes_seen(proxy) == []

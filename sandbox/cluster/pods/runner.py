@@ -553,9 +553,12 @@ class PodWorker:
         # images/image_manager.go EnsureImageExists: the pull fails, a Failed event names the
         # image and the error, and the image's back-off grows; kuberuntime_container.go then
         # records "Error: ErrImagePull".
+        # An image without an entry in sandbox/cluster/images.py is one no registry serves:
+        # containerd's words for that (remotes/docker/resolver.go: "<ref>: not found", wrapped
+        # by the CRI plugin's "failed to pull and unpack image" / "failed to resolve reference").
         error = registry_error or (
             f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
-            "no runtime for this image on this node (sandbox/cluster/images.py)"
+            f'failed to resolve reference "{image}": {image}: not found'
         )
         s.record.waiting_reason = ERR_IMAGE_PULL
         s.record.waiting_message = error
