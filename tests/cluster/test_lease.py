@@ -17,6 +17,7 @@ import pytest
 from kubernetes import client as k8s
 
 from llm_rollout.kube.objects import get
+from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.watching import WatchSpec, watching
 from llm_rollout.locking import (
     LeaseLostError,
@@ -157,3 +158,52 @@ def test_a_lock_whose_renewals_fail_is_lost_and_the_block_ends_in_lease_lost(
     assert lease.holder == "run-b"  # A's exit did not release B's hold
     a_api.close()  # type: ignore[no-untyped-call]
     b_api.close()  # type: ignore[no-untyped-call]
+
+
+def test_the_first_take_creates_the_namespace_and_the_owner_reenters_without_writing(
+    cluster: Cluster, admin: k8s.ApiClient
+) -> None:
+    """A first deploy may take its lock before anything created the namespace: the real
+    server answers the Lease POST with 404 and the product creates the namespace first."""
+    api = product_client(cluster.admin_kubeconfig)
+    fresh = "lease-first-take"
+    namespace_ref = ObjectRef("v1", "Namespace", None, fresh)
+    assert get(admin, namespace_ref) is None
+    try:
+        taken, state, reentrant = try_acquire(
+            api, fresh, SERVICE, holder="run-a", owner="a", duration_s=30
+        )
+        assert (taken, reentrant, state.holder, state.owner) == (True, False, "run-a", "a")
+        created = get(admin, namespace_ref)
+        assert created is not None
+        assert created["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "llm-rollout"
+        # The same owner (another task of the same run) re-enters: nothing is written.
+        taken, again, reentrant = try_acquire(api, fresh, SERVICE, holder="run-a2", owner="a")
+        assert (taken, reentrant, again.holder) == (True, True, "run-a")
+        assert _lease(api, fresh).resource_version == state.resource_version
+    finally:
+        k8s.CoreV1Api(admin).delete_namespace(fresh)
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def test_renew_and_release_act_only_on_our_own_hold(cluster: Cluster, namespace: str) -> None:
+    api = product_client(cluster.admin_kubeconfig)
+    with pytest.raises(LeaseLostError, match="no longer ours \\(free\\)"):
+        renew(api, namespace, SERVICE, owner="a")  # no Lease at all
+    assert release(api, namespace, SERVICE, owner="a") is False
+    assert try_acquire(api, namespace, SERVICE, holder="run-a", owner="a", duration_s=30)[0]
+    # Another owner can neither renew nor release A's live hold, and is told who holds it.
+    with pytest.raises(LeaseLostError, match="no longer ours \\(run-a\\)"):
+        renew(api, namespace, SERVICE, owner="b")
+    assert release(api, namespace, SERVICE, owner="b") is False
+    assert _lease(api, namespace).holder == "run-a"
+    assert release(api, namespace, SERVICE, owner="a") is True
+    assert release(api, namespace, SERVICE, owner="a") is False  # already free
+    with pytest.raises(LeaseLostError, match="no longer ours \\(free\\)"):
+        renew(api, namespace, SERVICE, owner="a")  # released: the object stays, unheld
+    # A released Lease is free at once (no expiry to wait for); the take is one transition.
+    taken, state, reentrant = try_acquire(api, namespace, SERVICE, holder="run-b", owner="b")
+    assert (taken, reentrant, state.holder) == (True, False, "run-b")
+    stored = get(api, lease_ref(namespace, SERVICE))
+    assert stored is not None and stored["spec"]["leaseTransitions"] == 1
+    api.close()  # type: ignore[no-untyped-call]

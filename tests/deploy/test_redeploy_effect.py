@@ -142,18 +142,6 @@ def test_a_change_that_does_not_reach_the_pods_fails_and_is_reverted(
     assert cli("teardown", data["name"], "-n", namespace, "--timeout-s", "20").exit_code == 0
 
 
-def test_restart_of_a_deployment_replaces_every_pod(
-    stores: Stores, cluster: SandboxCluster, tmp_path: Path
-) -> None:
-    namespace = "b7-deployment"
-    data = _deploy(stores, "seed-vllm-tp4", namespace, tmp_path)
-    uids = _pod_uids(namespace)
-    done = redeploy(data["name"], namespace, "restart")
-    assert done.startswith("restart of Service")
-    assert uids and not uids & _pod_uids(namespace)
-    assert cli("teardown", data["name"], "-n", namespace, "--timeout-s", "20").exit_code == 0
-
-
 def test_annotation_only_restart_of_an_rbg_v07_group_is_refused(
     stores: Stores, tmp_path: Path
 ) -> None:

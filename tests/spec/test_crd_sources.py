@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import copy
 import socket
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from kubernetes.client import ApiClient
 from typer.testing import CliRunner
 
 from llm_rollout.cli import app
 from llm_rollout.crds import CrdCatalog, CrdReadError, crds_from_cluster, crds_from_dir
 from llm_rollout.errors import ManifestValidationError
-from llm_rollout.kube.client import load_api_client
 from llm_rollout.render import render
 from llm_rollout.spec import spec_from_dict
 from llm_rollout.validation import validate_objects
-from sandbox.kube.controlplane import build_control_plane
+from sandbox.cluster.control_plane import Cluster as RealCluster
 
 from .conftest import EXAMPLES, example_dict
 
@@ -49,29 +47,11 @@ def no_crd_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.kube/config
 
 
-@dataclass(frozen=True)
-class Cluster:
-    url: str
-    kubeconfig: Path
-
-
 @pytest.fixture(scope="module")
-def cluster(shared_crds: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """A sandbox API server serving the upstream CRDs, and an admin kubeconfig for it."""
-    plane = build_control_plane(shared_crds)
-    config = tmp_path_factory.mktemp("kube") / "config"
-    try:
-        yield Cluster(
-            plane.api.url, plane.api.write_kubeconfig(config, token="sandbox-admin-token")
-        )
-    finally:
-        plane.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster_crds(cluster: Cluster) -> CrdCatalog:
-    with load_api_client(cluster.kubeconfig) as api:
-        return crds_from_cluster(api)
+def cluster_crds(real_admin: ApiClient) -> CrdCatalog:
+    """The CRDs the real cluster serves (the LWS and KubeRay operators' own, installed by
+    sandbox/cluster), read as the product reads them."""
+    return crds_from_cluster(real_admin)
 
 
 def test_without_a_catalog_custom_kinds_are_returned_unchecked(no_crd_source: None) -> None:
@@ -94,9 +74,9 @@ def test_the_directory_setting_checks_every_custom_kind() -> None:
 
 
 def test_the_clusters_crds_check_like_the_files_they_came_from(
-    cluster_crds: CrdCatalog, cluster: Cluster, no_crd_source: None
+    cluster_crds: CrdCatalog, real_cluster: RealCluster, no_crd_source: None
 ) -> None:
-    assert cluster_crds.origin == f"the cluster at {cluster.url}"
+    assert cluster_crds.origin == f"the cluster at {real_cluster.api_url}"
     lws = cluster_crds.for_kind("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet")
     assert [s.source for s in lws] == ["cluster CRD leaderworkersets.leaderworkerset.x-k8s.io"]
     objects = _lws_objects()
@@ -125,14 +105,15 @@ def test_plan_with_neither_says_which_kinds_it_could_not_check(
 
 
 def test_plan_reads_the_clusters_crds_when_one_is_configured(
-    tmp_path: Path, cluster: Cluster, no_crd_source: None
+    tmp_path: Path, real_cluster: RealCluster, no_crd_source: None
 ) -> None:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("KUBECONFIG", str(cluster.kubeconfig))
+        mp.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
         result = runner.invoke(app, ["plan", LWS_EXAMPLE, "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert f"custom resources checked against the CRDs of the cluster at {cluster.url}" in (
-        result.output
+    assert (
+        f"custom resources checked against the CRDs of the cluster at {real_cluster.api_url}"
+        in (result.output)
     )
     assert "NOT checked" not in result.output
 
