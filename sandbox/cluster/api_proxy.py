@@ -26,6 +26,7 @@ It runs as threads of the test process, inside the run's network namespace like 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -285,13 +286,22 @@ class _Handler(BaseHTTPRequestHandler):
             self._fault(rule, watch, query)
             return
         upstream = self.server.upstream(with_front_proxy_cert=kind == "cert")
+        upgrade = self.headers.get("Upgrade")
         try:
             upstream.putrequest(method, self.path, skip_host=False, skip_accept_encoding=True)
             for key, value in self._forward_headers(kind, user, groups):
                 upstream.putheader(key, value)
+            if upgrade:
+                # exec / port-forward / attach over WebSocket (or SPDY): the upgrade request
+                # passes on as it came, and a 101 turns the exchange into a byte tunnel.
+                upstream.putheader("Connection", "Upgrade")
+                upstream.putheader("Upgrade", upgrade)
             if body is not None:
                 upstream.putheader("Content-Length", str(len(body)))
             upstream.endheaders(body)
+            # Held before reading the answer: http.client drops its reference to the socket
+            # when it judges a 101 to end the connection, and a tunnel still writes to it.
+            upstream_socket = upstream.sock
             response = upstream.getresponse()
             # Recorded before the client can see the answer, so a test that reads the records
             # right after its call returns finds this one.
@@ -302,7 +312,13 @@ class _Handler(BaseHTTPRequestHandler):
             for key, value in response.getheaders():
                 if key.lower() not in _HOP_BY_HOP:
                     self.send_header(key, value)
-            if watch and response.status == 200:
+            if upgrade and response.status == 101:
+                self.send_header("Connection", "Upgrade")
+                self.send_header("Upgrade", response.getheader("Upgrade") or upgrade)
+                self.end_headers()
+                assert upstream_socket is not None
+                self._tunnel(response, upstream_socket)
+            elif watch and response.status == 200:
                 try:
                     self._relay_stream(response, rule)
                 except OSError:
@@ -316,6 +332,38 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(data)
         finally:
             upstream.close()
+
+    def _tunnel(self, response: http.client.HTTPResponse, upstream_socket: socket.socket) -> None:
+        """Relay bytes both ways after a 101 until either side closes."""
+        self.wfile.flush()
+
+        def to_upstream() -> None:
+            try:
+                while data := self.rfile.read1(65536):
+                    upstream_socket.sendall(data)
+            except OSError:
+                pass  # the client went: the other direction ends at the close below
+            finally:
+                # shutdown, not close: the response's reader still holds the socket open, and
+                # the API server must see the end to end its side (and the loop below).
+                with contextlib.suppress(OSError):
+                    upstream_socket.shutdown(socket.SHUT_RDWR)
+
+        sender = threading.Thread(target=to_upstream, name="api-proxy-tunnel", daemon=True)
+        sender.start()
+        try:
+            # The response's buffer may already hold the first frames after the 101 head.
+            while data := response.fp.read1(65536):
+                self.wfile.write(data)
+                self.wfile.flush()
+        except (OSError, ValueError):
+            pass  # the upstream closed (ValueError: its buffer was closed under us)
+        finally:
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+            sender.join(timeout=_UPSTREAM_TIMEOUT_S)
+            response.close()
 
     def _relay_stream(self, response: http.client.HTTPResponse, rule: FaultRule | None) -> None:
         self.send_header("Transfer-Encoding", "chunked")

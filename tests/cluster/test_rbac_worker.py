@@ -1,6 +1,9 @@
-"""The product's Kubernetes work that needs no running pod, done on the real cluster with
-nothing but the worker ServiceAccount's token (issue 14, item 6; ported from the imitation's
-tests/sandbox_kube_rbac).
+"""The product's Kubernetes work for the RayCluster examples that needs no running pod, the
+requests outside the worker's role and an unknown token, on the real cluster with nothing but
+the worker ServiceAccount's token (issue 14, item 6; ported from the imitation's
+tests/sandbox_kube_rbac). The deploy, redeploy and teardown flows with running pods
+(Deployment and LeaderWorkerSet), and the check that every grant is used, are in
+tests/real/test_worker_flows.py.
 
 The admin applies what ``llm-rollout rbac`` renders (``llm_rollout/rbac.py``), a TokenRequest
 gives the worker's token, and the worker runs preflight's cluster reads, the Lease lock,
@@ -9,16 +12,16 @@ promotion of the stable Service and teardown in reverse order. Every worker requ
 through the fault proxy (with no fault set) only so that each one is recorded with its answer:
 none may be refused.
 
-No pod may run here yet, so the namespace carries a ResourceQuota of zero pods: the
-controllers create their ReplicaSets/StatefulSets and are refused the pods. A pod bound to a
-node would never finish terminating without a kubelet (see test_node_loss.py), and teardown
-waits for pods to be gone.
+The Ray examples serve real vLLM, whose CPU start is too costly to repeat for an RBAC check, so
+the namespace carries a ResourceQuota of zero pods: KubeRay creates its Services and is refused
+the pods.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.locking import acquire, release
 from llm_rollout.preflight import PreflightReport, check_cluster
 from llm_rollout.rbac import DEFAULT_SERVICE_ACCOUNT, render_worker_rbac, worker_user
+from llm_rollout.readiness import AUTOSCALER_STATUS, read_autoscaler_status
 from llm_rollout.release import (
     apply_checked,
     find_serving_release,
@@ -60,39 +64,33 @@ NAMESPACE = "llm-serving"  # the namespace every example deploys into
 OTHER_NAMESPACE = "other-team"
 USER = worker_user(NAMESPACE)
 # RoleBasedGroup is left out: its CRDs and reconciler are not part of the real cluster yet
-# (sandbox/cluster starts LWS and KubeRay only).
+# (sandbox/cluster starts LWS and KubeRay only). Deployment and LeaderWorkerSet examples run
+# whole, with pods, in tests/real/test_worker_flows.py.
 EXAMPLES_WITHOUT_PODS = (
-    ("seed-vllm-single-gpu.yaml", "Deployment"),
-    ("seed-vllm-tp4.yaml", "Deployment"),
-    ("seed-vllm-lws.yaml", "LeaderWorkerSet"),
-    ("seed-sglang-lws.yaml", "LeaderWorkerSet"),
     ("seed-qwen14b-ray-tp2.yaml", "RayCluster"),
     ("seed-vllm-ray-tp8-pp2.yaml", "RayCluster"),
 )
+# What a RayCluster deploy needs beyond the other kinds; `get` only readiness of running pods
+# sends (no Ray deploy with pods runs on the real cluster yet).
+RAY_GRANTS_WITHOUT_PODS = {
+    f"Role: {verb} rayclusters" for verb in ("list", "watch", "create", "patch", "delete")
+}
 
 
-@pytest.fixture(scope="module")
-def rbac_objects(admin: k8s.ApiClient) -> Iterator[list[dict[str, Any]]]:
-    """What a cluster admin does once: the namespaces, the worker's RBAC, and (for this test
-    only) a zero-pod quota."""
-    api = admin
-    for ns in (NAMESPACE, OTHER_NAMESPACE):
-        apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    apply(
-        api,
-        {
-            "apiVersion": "v1",
-            "kind": "ResourceQuota",
-            "metadata": {"name": "no-pods", "namespace": NAMESPACE},
-            "spec": {"hard": {"pods": "0"}},
-        },
-    )
-    objects = render_worker_rbac(NAMESPACE)
-    apply_all(api, objects, dry_run=True)
-    apply_all(api, objects)
+@contextmanager
+def worker_rbac(
+    admin: k8s.ApiClient, namespace: str, *others: str
+) -> Iterator[list[dict[str, Any]]]:
+    """What a cluster admin does once: the namespaces, then what ``llm-rollout rbac`` renders for
+    ``namespace`` (dry-run first); all of it removed again afterwards."""
+    for ns in (namespace, *others):
+        apply(admin, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    objects = render_worker_rbac(namespace)
+    apply_all(admin, objects, dry_run=True)
+    apply_all(admin, objects)
     yield objects
     core = k8s.CoreV1Api(admin)
-    for ns in (NAMESPACE, OTHER_NAMESPACE):
+    for ns in (namespace, *others):
         core.delete_namespace(ns)
     rbac = k8s.RbacAuthorizationV1Api(admin)
     for obj in objects:
@@ -100,6 +98,22 @@ def rbac_objects(admin: k8s.ApiClient) -> Iterator[list[dict[str, Any]]]:
             rbac.delete_cluster_role(obj["metadata"]["name"])
         elif obj["kind"] == "ClusterRoleBinding":
             rbac.delete_cluster_role_binding(obj["metadata"]["name"])
+
+
+@pytest.fixture(scope="module")
+def rbac_objects(admin: k8s.ApiClient) -> Iterator[list[dict[str, Any]]]:
+    """The worker's RBAC and, for this module only, a zero-pod quota."""
+    with worker_rbac(admin, NAMESPACE, OTHER_NAMESPACE) as objects:
+        apply(
+            admin,
+            {
+                "apiVersion": "v1",
+                "kind": "ResourceQuota",
+                "metadata": {"name": "no-pods", "namespace": NAMESPACE},
+                "spec": {"hard": {"pods": "0"}},
+            },
+        )
+        yield objects
 
 
 @pytest.fixture(scope="module")
@@ -208,6 +222,7 @@ def test_plan_level_operations_as_the_worker(
     admin: k8s.ApiClient,
     worker: k8s.ApiClient,
     proxy: ApiFaultProxy,
+    rbac_objects: list[dict[str, Any]],
     example: str,
     workload_kind: str,
 ) -> None:
@@ -217,6 +232,8 @@ def test_plan_level_operations_as_the_worker(
     assert records and {r.identity for r in records} == {"token"}
     refused = [(r.method, r.path, r.status) for r in records if r.status in (401, 403)]
     assert refused == []
+    # Least privilege from the other side, for the grants only a RayCluster needs.
+    assert not RAY_GRANTS_WITHOUT_PODS & unused_grants(rbac_objects, records)
 
 
 @dataclass(frozen=True)
@@ -254,72 +271,17 @@ def _access(record: ProxyRecord) -> list[_Access]:
     if verb == "patch" and record.status == 201:
         # An apply that created its object was also authorized as create (handlers/patch.go).
         found.append(_Access("create", group, resource, name, namespace))
+    if record.status == 101:
+        # A WebSocket upgrade to pods/portforward (a GET) is also authorized as create
+        # (feature gate AuthorizePodWebsocketUpgradeCreatePermission, beta and on since 1.35:
+        # kubernetes/website .../feature-gates/AuthorizePodWebsocketUpgradeCreatePermission.md).
+        found.append(_Access("create", group, resource, name, namespace))
     return found
 
 
-def _grants(rule: dict[str, Any], access: _Access) -> bool:
-    names = rule.get("resourceNames")
-    return (
-        access.group in rule["apiGroups"]
-        and access.resource in rule["resources"]
-        and access.verb in rule["verbs"]
-        and (not names or access.name in names)
-    )
-
-
-# Grants only a running pod's steps use (readiness and bake read the workload and watch nodes,
-# pods and events; logs; the smoke test through the service proxy or a port-forward, reading
-# the API key): they move out of here once pods run (issue 15).
-NEEDS_RUNNING_PODS = {
-    "ClusterRole: watch nodes",
-    "Role: get deployments",
-    "Role: get leaderworkersets",
-    "Role: get rayclusters",
-    "Role: get secrets",
-    "Role: get services/proxy",
-    "Role: create services/proxy",
-    "Role: get pods/log",
-    "Role: get pods/portforward",
-    "Role: create pods/portforward",
-    "Role: list events",
-    "Role: watch events",
-    # cluster-autoscaler's status, read while a pod is Unschedulable (readiness).
-    "Role: get configmaps",
-}
-# The session cluster serves RoleBasedGroup (v0.6.0's CRD, sandbox/cluster/rbg.py), so every
-# run lists the release's groups; the other grants only an RBG example's run needs, which this
-# test does not run.
-NEEDS_RBG = {
-    f"Role: {verb} rolebasedgroups" for verb in ("get", "watch", "create", "patch", "delete")
-}
-
-
-def test_every_grant_but_the_running_pods_and_rbg_ones_is_used(
-    admin: k8s.ApiClient,
-    worker: k8s.ApiClient,
-    proxy: ApiFaultProxy,
-    rbac_objects: list[dict[str, Any]],
-) -> None:
-    """Least privilege from the other side: each grant of the rendered Role/ClusterRole was
-    needed by some request the worker sent, except the ones only running pods need.
-
-    The Lease ``watch`` happens only while waiting for another run's hold, so for the first
-    example another holder takes the Lease for 5 s while the worker waits.
-    """
-    # Leases outlive their holds (release clears the holder only): without them, each run
-    # below creates its own.
-    leases = k8s.CoordinationV1Api(admin)
-    for lease in leases.list_namespaced_lease(NAMESPACE).items:
-        leases.delete_namespaced_lease(lease.metadata.name, NAMESPACE)
-    proxy.clear()
-    first = load_spec(EXAMPLES / "seed-vllm-single-gpu.yaml")
-    # Long enough that the worker's preflight (a few calls, slower on a loaded machine) ends
-    # before the other hold does, so the worker really waits and watches.
-    acquire(admin, NAMESPACE, first.name, holder="other-run", owner="other", wait_s=0, duration_s=5)
-    _plan_level_run(admin, worker, "seed-vllm-single-gpu.yaml", "Deployment", lock_wait_s=30)
-    _plan_level_run(admin, worker, "seed-vllm-lws.yaml", "LeaderWorkerSet")
-    _plan_level_run(admin, worker, "seed-qwen14b-ray-tp2.yaml", "RayCluster")
-    accesses = [a for r in proxy.records() if r.status not in (401, 403) for a in _access(r)]
+def unused_grants(rbac_objects: list[dict[str, Any]], records: list[ProxyRecord]) -> set[str]:
+    """Each grant (one verb on one resource of one rule) that no allowed request needed."""
+    accesses = [a for r in records if r.status not in (401, 403) for a in _access(r)]
     unused: set[str] = set()
     for obj in rbac_objects:
         cluster_wide = obj["kind"] == "ClusterRole"
@@ -333,12 +295,24 @@ def test_every_grant_but_the_running_pods_and_rbg_ones_is_used(
                         for a in accesses
                     ):
                         unused.add(f"{obj['kind']}: {verb} {resource}")
-    expected = NEEDS_RUNNING_PODS | NEEDS_RBG
-    if unused != expected:
-        pytest.fail(
-            f"grants unused but expected used: {sorted(unused - expected)}; "
-            f"expected unused but used: {sorted(expected - unused)}"
-        )
+    return unused
+
+
+def _grants(rule: dict[str, Any], access: _Access) -> bool:
+    names = rule.get("resourceNames")
+    return (
+        access.group in rule["apiGroups"]
+        and access.resource in rule["resources"]
+        and access.verb in rule["verbs"]
+        and (not names or access.name in names)
+    )
+
+
+# The session cluster serves RoleBasedGroup (v0.6.0's CRD, sandbox/cluster/rbg.py), so every
+# deploy lists the service's groups; the other grants only an RBG example's run needs.
+NEEDS_RBG = {
+    f"Role: {verb} rolebasedgroups" for verb in ("get", "watch", "create", "patch", "delete")
+}
 
 
 def test_requests_outside_the_role_are_forbidden(worker: k8s.ApiClient) -> None:
@@ -401,9 +375,105 @@ def test_rbac_command_renders_what_was_applied(rbac_objects: list[dict[str, Any]
     assert printed == rbac_objects
 
 
-def test_the_worker_may_read_the_cluster_autoscaler_status(worker: k8s.ApiClient) -> None:
+def test_the_worker_may_read_the_cluster_autoscaler_status(
+    admin: k8s.ApiClient, worker: k8s.ApiClient
+) -> None:
     status = get(worker, ObjectRef("v1", "ConfigMap", "kube-system", "cluster-autoscaler-status"))
     assert status is None  # no cluster-autoscaler here: absent, but readable
-    # The grant names that one ConfigMap (resourceNames), not kube-system's others.
+    # As cluster-autoscaler writes it (its --write-status-configmap): readiness reads it.
+    written = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": AUTOSCALER_STATUS.name, "namespace": AUTOSCALER_STATUS.namespace},
+        "data": {"status": "Cluster-wide:\n  Health: Healthy"},
+    }
+    apply(admin, written)
+    try:
+        read = read_autoscaler_status(worker)
+        assert read is not None and read["data"] == written["data"]
+    finally:
+        k8s.CoreV1Api(admin).delete_namespaced_config_map(
+            AUTOSCALER_STATUS.name, AUTOSCALER_STATUS.namespace
+        )
+    # The grant names that one ConfigMap (resourceNames), not kube-system's others, and no list.
     with pytest.raises(UnauthorizedError):
         get(worker, ObjectRef("v1", "ConfigMap", "kube-system", "kube-root-ca.crt"))
+    _forbidden(lambda: k8s.CoreV1Api(worker).list_namespaced_config_map("kube-system"))
+
+
+def test_an_apply_that_creates_needs_create_and_names_the_servers_reason(
+    cluster: Cluster, admin: k8s.ApiClient, rbac_objects: list[dict[str, Any]]
+) -> None:
+    """Server-side apply is a PATCH; one that creates its object is also authorized as create
+    (k8s.io/apiserver pkg/endpoints/handlers/patch.go). A ServiceAccount allowed only to patch
+    ConfigMaps updates an existing one and is refused a new one, and the product's error
+    carries the server's reason (here the RBAC authorizer's note on a dangling binding,
+    plugin/pkg/auth/authorizer/rbac/rbac.go)."""
+    ns = OTHER_NAMESPACE
+    for obj in (
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "patcher"}},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "patch-only"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "patch-only"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "patch-only",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "patcher"}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "dangling"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gone"},
+            "subjects": [{"kind": "ServiceAccount", "name": "patcher"}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "exists"}},
+    ):
+        apply(admin, {**obj, "metadata": {**obj["metadata"], "namespace": ns}})
+    token = service_account_token(admin, ns, "patcher")
+    api = product_client(cluster.token_kubeconfig("patcher", token))
+    try:
+        existing = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "exists", "namespace": ns},
+            "data": {"k": "v"},
+        }
+        assert apply(api, existing)["data"] == {"k": "v"}
+        fresh = {**existing, "metadata": {"name": "fresh", "namespace": ns}}
+        with pytest.raises(UnauthorizedError) as err:
+            apply(api, fresh, dry_run=True)
+        assert 'configmaps "fresh" is forbidden' in str(err.value)
+        assert 'RBAC: role.rbac.authorization.k8s.io "gone" not found' in str(err.value)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def test_an_unknown_token_is_unauthorized(cluster: Cluster, admin: k8s.ApiClient) -> None:
+    """A token the API server cannot authenticate gets 401 (not 403: no user to authorize),
+    and the product reports it as a permanent error naming the request."""
+    path = cluster.token_kubeconfig("forged", "forged-token-not-issued-by-this-cluster")
+    api = product_client(path)
+    try:
+        with pytest.raises(ApiException) as raw:
+            k8s.CoreV1Api(api).list_namespace()
+        assert raw.value.status == 401
+        body = json.loads(raw.value.body)
+        assert (body["kind"], body["reason"], body["code"]) == ("Status", "Unauthorized", 401)
+        with pytest.raises(UnauthorizedError) as err:
+            get(api, ObjectRef("v1", "Namespace", None, NAMESPACE))
+        assert not is_transient(err.value)
+        # The client's first request, API discovery, is the one refused.
+        assert str(err.value) == "GET API v1 (discovery): HTTP 401: Unauthorized"
+        assert "forged-token" not in str(err.value)  # never echoes the credential
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
