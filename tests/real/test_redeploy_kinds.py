@@ -25,8 +25,6 @@ flow's tasks up to the promotion to reach it.
 from __future__ import annotations
 
 import time
-import traceback
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -174,23 +172,14 @@ def _promote_without_retiring(spec_path: Path) -> str:
 
 
 @pytest.mark.timeout(900, func_only=True)
-def test_update_failed_gate_and_rollback_on_a_deployment_and_a_leaderworkerset(
-    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path
+@pytest.mark.parametrize("kind", KINDS)
+def test_update_failed_gate_and_rollback(
+    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path, kind: str
 ) -> None:
-    """Both kinds at once: most of each scenario waits on SGLang's probe period (25 s at
-    least, llm_rollout/render.py ``probe_timeout_s``), so they share the wall time."""
-    with ThreadPoolExecutor(max_workers=len(KINDS)) as pool:
-        runs = {
-            kind: pool.submit(
-                _deploy_and_redeploy, real_deploy_env, real_admin, tmp_path / kind, kind, changes
-            )
-            for kind, changes in KINDS.items()
-        }
-    failures = {kind: run.exception() for kind, run in runs.items() if run.exception()}
-    for kind, error in failures.items():
-        print(f"--- {kind}:")
-        traceback.print_exception(error)
-    assert not failures, failures
+    # One kind at a time: run concurrently in this one process, two smoke tests streaming at
+    # the same moment saw one stream broken (RemoteProtocolError) in 2 of 3 runs; a Prefect
+    # worker runs each flow run in its own process, so that is not a mode the product has.
+    _deploy_and_redeploy(real_deploy_env, real_admin, tmp_path, kind, KINDS[kind])
 
 
 def _deploy_and_redeploy(
@@ -230,7 +219,7 @@ def _scenario(
         namespace,
         "update",
         engine_args=["--served-model-name", updated_model],
-        ready_timeout_s=120,
+        ready_timeout_s=300,
     )
     assert done == f"update of Service {namespace}/{name} done (release {release})"
     updated = _workload(admin, namespace, kind, release)
@@ -254,7 +243,7 @@ def _scenario(
             "update",
             engine_args=["--served-model-name", "tiny-rejected"],
             smoke=failing_gate,
-            ready_timeout_s=120,
+            ready_timeout_s=300,
         )
     assert "reverted" in str(failed.value) and "smoke test failed" in str(failed.value)
     reverted = _workload(admin, namespace, kind, release)
@@ -278,7 +267,7 @@ def _scenario(
     assert second != release
     assert _wait_stable(admin, namespace, name, "tiny-r2") == stores.tiny.answer
     assert read_release_state(admin, namespace, name).previous_release == release
-    back = redeploy(name, namespace, "rollback", ready_timeout_s=120)
+    back = redeploy(name, namespace, "rollback", ready_timeout_s=300)
     assert back.startswith(f"Service {namespace}/{name} routes to the previous release")
     state = read_release_state(admin, namespace, name)
     assert (state.current_release, state.previous_release) == (release, second)
