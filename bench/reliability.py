@@ -1,14 +1,19 @@
 """Counted reliability trials (issue 8): faults survived, bad input refused, secrets kept.
 
-Everything runs against the sandbox stand-ins on 127.0.0.1 with the real client libraries
-(modelscope/httpx for the hub, oss2 for OSS, kubernetes for the API server). Each trial class is
-a function taking its servers and a seeded `random.Random`; `tests/reliability/` runs a few
-trials of the same functions, this script runs the full counts and prints the table:
+The transfer trials run against the hub and OSS stand-ins on 127.0.0.1 with the real client
+libraries (modelscope/httpx for the hub, oss2 for OSS). Everything that deploys runs on a REAL
+cluster (`sandbox/cluster/`: kube-apiserver, etcd, controller-manager, scheduler, CoreDNS,
+kube-proxy and the node agent running the pods' real command lines), which the bench starts
+itself and which therefore needs the private network namespace:
+
+    ./scripts/in-netns uv run --no-sync python bench/reliability.py --trials 1
+
+Each trial class is a function taking its world and a seeded `random.Random`;
+`tests/reliability/` runs a few trials of the same functions on the test session's cluster,
+this script runs the full counts and prints the table:
 
     fault class | trials | survived | bytes re-sent (per fault) | leaks found
 
-    uv run python bench/reliability.py                  # every class, full counts
-    uv run python bench/reliability.py --trials 3       # every class, 3 trials each
     uv run python bench/reliability.py --only transfer  # one group: transfer, kube, workload,
                                                         # input, secrets, concurrency,
                                                         # hostile
@@ -26,25 +31,32 @@ equal (sha256 of the bytes the OSS stand-in stores, CRC64 of the HEAD against th
 Bytes re-sent are what OSS received for the model's objects beyond the model size (from the
 OSS request log) and what the hub served for its files beyond the model size (hub log).
 
-Deploy trials (kube, workload, secrets, concurrency) share one sandbox cluster, hub, OSS and an
-ephemeral Prefect server; each group deploys its own service (PersistentVolumes are
-cluster-scoped and named after the service):
-- kube API: one deploy of a new release per trial under one fault class with seeded counts and
-  probabilities: 429 + Retry-After, HTTP 500, connection reset (any method), a watch cut
-  mid-stream, a 410 Gone ERROR event inside a watch. Survived: the run promotes the new
-  release, the stable Service routes to it and its workload is ready, and the fault fired.
-- workload: release N+1 fails (ImagePullBackOff, CrashLoopBackOff, OOMKilled, FailedMount,
-  Unschedulable) or loses its node once a pod is bound (the serving release's nodes cordoned,
-  so it is a different node; a second empty node stays schedulable as a spare, one joins the
-  cluster if none is left, so the loss and not capacity is the cause) while a thread sends chat
-  completions through the stable Service. Survived: a failure naming the reason within 25 s
-  (NodeLost and the lost Node for a lost node), "keeps serving", the Service still on release
-  N and ready -- and zero failed requests.
+Deploy trials (input, kube, workload, secrets, concurrency, hostile) share one real cluster of
+four 8-GPU nodes (node-lifecycle timings shortened by flags), hub, OSS and an ephemeral Prefect
+server. The product reaches the API server only through the fault-injecting proxy
+(`sandbox/cluster/api_proxy.py`), which keeps the admin certificate's identity (request-header
+authentication) and records each request: "Kubernetes writes" are its POST/PUT/PATCH/DELETE
+records. Each release is one pod of the SGLang stand-in on one GPU (`TRIAL_SERVING`: what the
+trials test does not depend on the engine); a new release of a service is rendered by giving it
+a served model name of its own, which the stand-in returns in every answer. Each group deploys
+its own service (PersistentVolumes are cluster-scoped and named after the service):
+- kube API: one deploy of a new release per trial under one fault class, with seeded counts,
+  methods and paths: 429 + Retry-After, HTTP 500, connection reset, a watch cut mid-stream, a
+  410 Gone ERROR event inside a watch. Survived: the run promotes the new release, the stable
+  Service routes to it and its workload is ready, and the fault fired.
+- workload: release N+1 fails for a reason a real node gives it (an image tag no registry
+  serves: ImagePullBackOff; a flag the server refuses: CrashLoopBackOff; a claim the CSI
+  driver cannot publish: FailedMount; more CPU than any node: Unschedulable) or loses its node
+  once a pod is bound (the node agent stops that node's heartbeats and the real
+  node-lifecycle controller judges it; every other node cordoned but a spare) while a thread
+  sends chat completions through the stable Service to the real pod of release N. Survived: a
+  failure naming the reason within 25 s (NodeLost and the lost Node for a lost node), "keeps
+  serving", the Service still on release N and ready -- and zero failed requests. OOMKilled
+  is not run: the node agent has no memory cgroup, so nothing is OOM-killed.
 - workload, blue-green promotion: release A serves; with the same traffic running, release B
-  (another image tag; the scripted backends answer a distinct text per release) passes readiness
-  and smoke, takes the stable Service, bakes 3 s and A is removed. Survived: B serves and is
-  ready, A's objects and pods are gone, zero failed requests, the answers are A's then B's
-  (never A after the first B) and B answered for at least the bake window.
+  passes readiness and smoke, takes the stable Service, bakes 3 s and A is removed. Survived:
+  B serves and is ready, A's objects and pods are gone, zero failed requests, the answers are
+  A's then B's (never A after the first B) and B answered for at least the bake window.
 - secrets: deploy (under every API fault), plan, redeploy, refresh with the fake keys; the CLI
   output, Python logging, each run's Prefect logs/artifacts/events/parameters/state, plan files,
   cluster objects (not Secrets) and OSS metadata are scanned. `sync` subprocess output is
@@ -57,6 +69,7 @@ cluster-scoped and named after the service):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -93,11 +106,29 @@ from llm_rollout.mirror import (  # noqa: E402
     read_manifest,
 )
 from llm_rollout.oss import crc64, head_crc64, open_bucket  # noqa: E402
+from sandbox.cluster.api_proxy import (  # noqa: E402
+    ApiFaultProxy,
+    FaultAction,
+    FaultPlan,
+    FaultRule,
+    ProxyRecord,
+    running_proxy,
+)
+from sandbox.cluster.control_plane import (  # noqa: E402
+    Cluster,
+    ClusterConfig,
+    start_cluster,
+    stop_cluster,
+)
+from sandbox.cluster.node_agent import NodeSpec, heartbeats_stopped_file  # noqa: E402
+from sandbox.cluster.waits import wait_for  # noqa: E402
 from sandbox.http import RequestLog  # noqa: E402
 from sandbox.hub import HubServer  # noqa: E402
 from sandbox.oss import OssRequest, OssServer  # noqa: E402
 from sandbox.sync_cli import sync_argv, write_sync_spec  # noqa: E402
 from sandbox.synthetic import make_synthetic_model  # noqa: E402
+from sandbox.tiny_spec import tiny_model_spec  # noqa: E402
+from sandbox.vllm.tiny_model import TinyModelInfo, generate_tiny_model  # noqa: E402
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -711,23 +742,53 @@ HOSTILE_PARAMS: list[tuple[str, str, list[str]]] = [
 ]
 
 
+# The serving shape of every deploy trial: the tensor-parallel example's spec as an SGLang
+# Deployment on one GPU, so a release is one pod of the SGLang stand-in (instant; what the
+# trials test does not depend on the engine) and several services fit on the nodes at once.
+TRIAL_SERVING: dict[str, Any] = {
+    "engine": "sglang",
+    "shape": "single-gpu",
+    "image": "lmsysorg/sglang:v0.4.10.post2-cu126",
+    "tp": 1,
+    "gpus_per_node": 1,
+    "extra_args": [],
+    "resources": {"cpu": "1", "memory_gib": 2},
+    "shm_size_gib": 1,
+    # The stand-in answers /health within about a second of its start; probing each second
+    # (not the default 10 s) lets a pod be Ready in seconds.
+    "probes": {"period_s": 1, "timeout_s": 5},
+}
+# What the product sends that changes something (the API server's verbs for writes).
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 @dataclass
 class InputWorld:
-    """The sandbox that a wrongly accepted input would write to."""
+    """The sandbox that a wrongly accepted input would write to: the hub and OSS stand-ins and
+    a real cluster, which the product reaches only through the fault-injecting proxy
+    (`sandbox/cluster/api_proxy.py`, keeping the admin certificate's identity). The proxy's
+    records are the product's Kubernetes requests; its plan injects the API faults."""
 
     hub: HubServer
     oss: OssServer
-    kube_log: Any  # sandbox.kube.faults.RequestLog
     base: dict[str, Any]
     work: Path
-    faults: Any = None  # sandbox.kube.faults.FaultPlan
-    kubeconfig: Path = Path()
-    cluster: Any = None  # sandbox.kube.cluster.SandboxCluster
+    cluster: Cluster
+    proxy: ApiFaultProxy
+    kubeconfig: Path  # the product's: the admin certificate, through the proxy
+    tiny: TinyModelInfo
+
+    @property
+    def faults(self) -> FaultPlan:
+        return self.proxy.plan
+
+    def product_writes(self) -> list[ProxyRecord]:
+        return [r for r in self.proxy.records() if r.method in WRITE_METHODS]
 
     def counts(self) -> tuple[int, int, int]:
         self.hub.wait_idle(10)
         self.oss.wait_idle(10)
-        return len(self.hub.request_log), len(self.oss.request_log), len(self.kube_log.writes())
+        return len(self.hub.request_log), len(self.oss.request_log), len(self.product_writes())
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -831,84 +892,142 @@ def run_bad_input_checks(world: InputWorld) -> Row:
     return row
 
 
-def base_spec(oss_endpoint: str, model_id: str, size_bytes: int) -> dict[str, Any]:
-    """A valid tensor-parallel spec whose model and bucket live in the sandbox."""
+def base_spec(
+    oss_endpoint: str, model_id: str, size_bytes: int, tiny: TinyModelInfo
+) -> dict[str, Any]:
+    """A valid spec whose model (the tiny one) and bucket live in the sandbox, served by the
+    SGLang stand-in on one GPU (`TRIAL_SERVING`)."""
     data = yaml.safe_load((REPO / "examples" / "seed-vllm-tp4.yaml").read_text())
     data["model"] = {
         "modelscope": {"model_id": model_id, "revision": "v1"},
         "size_bytes": size_bytes,
     }
     data["storage"].update({"bucket": BUCKET, "endpoint": oss_endpoint})
+    data["serving"] = dict(TRIAL_SERVING)
     data["rollout"] = {"promote_grace_s": 0, "ready_timeout_s": 60}
-    return data
+    return tiny_model_spec(data, tiny)
+
+
+# The bench's own cluster: four nodes, so that a lost node's trial finds two empty ones, and the
+# node-lifecycle controller's timings shortened by its flags (as tests/cluster/test_node_loss.py
+# does) so a lost node is judged Unknown within seconds, well inside FAIL_FAST_S.
+BENCH_NODES = tuple(
+    NodeSpec(
+        name=f"gpu-node-{i}",
+        internal_ip=f"10.244.254.{i + 1}",
+        gpus=8,
+        labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+    )
+    for i in range(4)
+)
+BENCH_CLUSTER = ClusterConfig(
+    nodes=BENCH_NODES,
+    node_monitor_period_s=1,
+    node_monitor_grace_period_s=8,
+    container_backoff_base_s=1.0,
+    with_kuberay=False,
+    with_lws=False,
+)
+# The namespaces the trials deploy into (one per trial group), removed when the world closes.
+TRIAL_NAMESPACE_PREFIX = "rel-"
 
 
 @contextmanager
-def input_world(root: Path, *, nodes: int = 2) -> Iterator[InputWorld]:
-    """Hub, OSS and a Kubernetes cluster of `nodes` 8-GPU nodes running, with the environment
-    pointing at them."""
-    from sandbox.kube.cluster import ClusterConfig, SandboxCluster
-    from sandbox.kube.nodes import NodeSpec
+def input_world(root: Path, cluster: Cluster | None = None) -> Iterator[InputWorld]:
+    """Hub, OSS, a real cluster (`cluster`, else one started here, which needs the private
+    network namespace: `./scripts/in-netns`) and the fault proxy in front of it, with the
+    environment pointing the product at them."""
+    from modelscope_hub.config import set_default_config
 
-    config = ClusterConfig(nodes=[NodeSpec(f"gpu-node-{i}") for i in range(nodes)])
-    with transfer_lab(root / "stores", shards=1, shard_bytes=256 * KiB) as lab:
-        lab.hub.add_revision_from_dir("rel/input", "v1", lab.model_dir)
-        with SandboxCluster(config, root / "kube") as cluster:
-            saved = {k: os.environ.get(k) for k in _ENV_KEYS}
-            os.environ.update(
-                {
-                    "KUBECONFIG": str(cluster.kubeconfig),
-                    "MODELSCOPE_ENDPOINT": lab.hub.base_url,
-                    "OSS_ACCESS_KEY_ID": KEY_ID,
-                    "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
-                }
+    with ExitStack() as stack:
+        lab = stack.enter_context(transfer_lab(root / "stores", shards=1, shard_bytes=256 * KiB))
+        model_dir = generate_tiny_model(root / "tiny-model")
+        tiny = TinyModelInfo.load(model_dir)
+        lab.hub.add_revision_from_dir("rel/input", "v1", model_dir)
+        size = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+        if cluster is None:
+            cluster = start_cluster(BENCH_CLUSTER)
+            stack.callback(stop_cluster, cluster)
+        else:
+            stack.callback(_remove_trial_namespaces, cluster)
+        proxy = stack.enter_context(running_proxy(cluster.pki, cluster.api_url))
+        kubeconfig = cluster.kubeconfig_for(
+            "reliability-admin", cluster.pki.admin, server=proxy.url
+        )
+        saved = {k: os.environ.get(k) for k in _ENV_KEYS}
+        os.environ.update(
+            {
+                "KUBECONFIG": str(kubeconfig),
+                "MODELSCOPE_ENDPOINT": lab.hub.base_url,
+                "OSS_ACCESS_KEY_ID": KEY_ID,
+                "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
+            }
+        )
+        # The modelscope library reads its endpoint once per process.
+        set_default_config(None)
+        try:
+            yield InputWorld(
+                hub=lab.hub,
+                oss=lab.oss,
+                base=base_spec(lab.oss.endpoint, "rel/input", size, tiny),
+                work=root / "input",
+                cluster=cluster,
+                proxy=proxy,
+                kubeconfig=kubeconfig,
+                tiny=tiny,
             )
-            try:
-                yield InputWorld(
-                    hub=lab.hub,
-                    oss=lab.oss,
-                    kube_log=cluster.api.request_log,
-                    base=base_spec(lab.oss.endpoint, "rel/input", lab.total_bytes),
-                    work=root / "input",
-                    faults=cluster.api.faults,
-                    kubeconfig=cluster.kubeconfig,
-                    cluster=cluster,
-                )
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            set_default_config(None)
+
+
+def _remove_trial_namespaces(cluster: Cluster) -> None:
+    """Delete the trials' namespaces and the PersistentVolumes their claims bound (cluster-
+    scoped), so a shared cluster gets its GPUs back; the deletions finish in the background."""
+    from kubernetes import client as k8s_client
+
+    api = cluster.api_client()
+    try:
+        core = k8s_client.CoreV1Api(api)
+        names = [
+            str(n.metadata.name)
+            for n in core.list_namespace().items
+            if str(n.metadata.name).startswith(TRIAL_NAMESPACE_PREFIX)
+        ]
+        for pv in core.list_persistent_volume().items:
+            claim = pv.spec.claim_ref
+            if claim is not None and claim.namespace in names:
+                core.delete_persistent_volume(pv.metadata.name)
+        for name in names:
+            core.delete_namespace(name)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
 
 
 _ENV_KEYS = ("KUBECONFIG", "MODELSCOPE_ENDPOINT", "OSS_ACCESS_KEY_ID", "OSS_ACCESS_KEY_SECRET")
 
 
-def run_input(trials: int, seed: int, root: Path) -> list[Row]:
-    with input_world(root / "input") as world:
-        return [run_bad_input_checks(world)]
-
-
 # -- Kubernetes API faults + secrets ---------------------------------------------------------------
-# Every API fault class the sandbox scripts, injected into one deploy run (count-limited rules).
-def inject_api_faults(faults: Any, rng: random.Random, error_path: str | None = ".*") -> list[str]:
+# Every API fault class the proxy injects, into one deploy run (count-limited rules).
+def inject_api_faults(
+    plan: FaultPlan, rng: random.Random, error_path: str | None = ".*"
+) -> list[FaultRule]:
     """429 + Retry-After, 500s, resets, watch cuts and a 410 Gone inside pod watches (the
-    readiness stream, so its re-list runs during a real deploy); returns what was set."""
-    done = []
-    # First in the list: the first pod watch (readiness's) gets the 410, not a cut.
-    faults.gone_watch(r"/pods$", after_events=0, times=rng.randint(1, 2))
-    done.append("410 Gone in a pod watch")
-    faults.throttle("PATCH", ".*", times=rng.randint(1, 3), retry_after=1)
-    done.append("429 Retry-After on apply")
+    readiness stream, so its re-list runs during a real deploy); returns the rules set."""
+    rules = [
+        # First in the list: the first pod watch (readiness's) gets the 410, not a cut.
+        FaultRule("gone", r"/pods$", watch=True, times=rng.randint(1, 2)),
+        FaultRule("throttle", ".*", method="PATCH", times=rng.randint(1, 3), retry_after_s=1),
+    ]
     if error_path is not None:
-        faults.error("GET", error_path, times=rng.randint(1, 3), code=500)
-        done.append(f"500 on GET {error_path}")
-    faults.reset("*", ".*", times=rng.randint(1, 2))
-    done.append("connection reset")
-    faults.cut_watch(".*", after_events=rng.randint(1, 3), times=2)
-    done.append("watch cut")
-    return done
+        rules.append(FaultRule("error", error_path, method="GET", times=rng.randint(1, 3)))
+    rules.append(FaultRule("reset", ".*", times=rng.randint(1, 2)))
+    rules.append(FaultRule("cut", ".*", watch=True, events_before_cut=rng.randint(1, 3), times=2))
+    return [plan.add(rule) for rule in rules]
 
 
 def scan_for_keys(texts: dict[str, str], keys: tuple[str, ...]) -> list[str]:
@@ -1082,6 +1201,13 @@ def write_deploy_spec(
     return path
 
 
+def release_name(prefix: str, rng: random.Random) -> str:
+    """A served model name of its own: the spec's hash changes, so the deploy renders a new
+    release of the same pods, which the SGLang stand-in serves under that name (the `model` of
+    its answers, sandbox/sglang_standin/server.py chat_response)."""
+    return f"tiny-{prefix}{rng.randrange(10**6)}"
+
+
 def serving_release(namespace: str, name: str) -> tuple[str | None, bool]:
     """(release the stable Service routes to, whether its workload is ready), from the cluster."""
     from llm_rollout.release import cluster_api, service_status
@@ -1104,29 +1230,52 @@ def _released(output: str) -> str | None:
     return match.group(1) if match else None
 
 
-# Kubernetes API fault classes: each adds count-limited rules that fire on random requests.
-KubeFault = Callable[[Any, random.Random], None]
+# Kubernetes API fault classes: each adds count-limited rules to the proxy's plan, on paths
+# and methods chosen by the trial's seed (the proxy fires a rule on the first requests that
+# match it, so the random choice of path and method is what spreads the faults).
+KubeFault = Callable[[FaultPlan, random.Random], list[FaultRule]]
+# (method, path) pairs every deploy sends (None: any method): its Lease read, server-side
+# applies, the workload's and pods' lists, discovery.
+_FAULT_TARGETS: tuple[tuple[str | None, str], ...] = (
+    (None, ".*"),
+    ("GET", ".*"),
+    ("PATCH", ".*"),
+    ("GET", r"/leases"),
+    ("PATCH", r"/deployments"),
+    ("GET", r"/deployments"),
+    ("GET", r"/pods$"),
+    ("GET", r"^/api"),
+)
 
 
-def _kube_429(faults: Any, rng: random.Random) -> None:
-    faults.throttle("*", ".*", times=rng.randint(1, 3), probability=rng.uniform(0.05, 0.3))
+def _rule(plan: FaultPlan, rng: random.Random, action: FaultAction) -> list[FaultRule]:
+    method, path = rng.choice(_FAULT_TARGETS)
+    rule = FaultRule(action, path, method=method, watch=False, times=rng.randint(1, 3))
+    return [plan.add(rule)]
 
 
-def _kube_500(faults: Any, rng: random.Random) -> None:
-    faults.error("*", ".*", times=rng.randint(1, 3), probability=rng.uniform(0.05, 0.3))
+def _kube_429(plan: FaultPlan, rng: random.Random) -> list[FaultRule]:
+    return _rule(plan, rng, "throttle")
 
 
-def _kube_reset(faults: Any, rng: random.Random) -> None:
-    faults.reset("*", ".*", times=rng.randint(1, 3), probability=rng.uniform(0.05, 0.3))
+def _kube_500(plan: FaultPlan, rng: random.Random) -> list[FaultRule]:
+    return _rule(plan, rng, "error")
 
 
-def _kube_cut(faults: Any, rng: random.Random) -> None:
-    faults.cut_watch(".*", after_events=rng.randint(0, 3), times=rng.randint(1, 3))
+def _kube_reset(plan: FaultPlan, rng: random.Random) -> list[FaultRule]:
+    return _rule(plan, rng, "reset")
 
 
-def _kube_gone(faults: Any, rng: random.Random) -> None:
+def _kube_cut(plan: FaultPlan, rng: random.Random) -> list[FaultRule]:
+    rule = FaultRule(
+        "cut", ".*", watch=True, events_before_cut=rng.randint(0, 3), times=rng.randint(1, 3)
+    )
+    return [plan.add(rule)]
+
+
+def _kube_gone(plan: FaultPlan, rng: random.Random) -> list[FaultRule]:
     path = rng.choice([r"/pods$", r"/deployments$", r"/events$", ".*"])
-    faults.gone_watch(path, after_events=rng.randint(0, 2), times=rng.randint(1, 2))
+    return [plan.add(FaultRule("gone", path, watch=True, times=rng.randint(1, 2)))]
 
 
 KUBE_CLASSES: list[tuple[str, KubeFault]] = [
@@ -1158,11 +1307,10 @@ def trial_kube_fault(
         label,
         namespace,
         name,
-        serving={"image": f"vllm/vllm-openai:k{rng.randrange(10**6)}"},
+        serving={"served_model_name": release_name("k", rng)},
     )
     world.faults.clear()
-    fault(world.faults, rng)
-    rules = world.faults.rules()
+    rules = fault(world.faults, rng)
     try:
         with CapturedLogs() as logs:
             code, output, seconds = deploy_cli(path)
@@ -1204,32 +1352,39 @@ def run_kube_class(
     return _deploy_row(name, results, f"{fired} faults fired; every trial promotes"), results
 
 
-# Workload faults: the new release's pods fail (kubelet faults keyed by the image tag's
-# version label) or its node is lost while it starts; requests through the stable Service run
+# Workload faults: the new release's pods fail, for a reason a real node gives them (an image
+# no registry serves, a server that exits, a volume the CSI driver cannot mount, more CPU than
+# any node has), or its node is lost while it starts; requests through the stable Service run
 # the whole time.
 WORKLOAD_KINDS: dict[str, tuple[str, ...]] = {
     "ImagePullBackOff": ("ImagePullBackOff", "ErrImagePull"),
     "CrashLoopBackOff": ("CrashLoopBackOff",),
-    "OOMKilled": ("OOMKilled",),
     "FailedMount": ("FailedMount",),
     "Unschedulable": ("Unschedulable",),
     "node lost": ("NodeLost",),
 }
+# OOMKilled is not among them: the node agent runs containers without a memory cgroup, so no
+# container is ever OOM-killed on this cluster (readiness's OOMKilled rule is covered by its
+# own tests with recorded pod statuses).
+# The node-lost class needs the node-lifecycle controller's timings shortened (BENCH_CLUSTER);
+# the session cluster keeps upstream's, so tests/reliability runs the others.
+SESSION_WORKLOAD_KINDS = tuple(k for k in WORKLOAD_KINDS if k != "node lost")
 FAIL_FAST_S = 25.0
 # The workload faults here are persistent: readiness fails them once they outlast their
 # tolerance (llm_rollout/readiness_rules.py). One second each, so the verdict comes within
 # FAIL_FAST_S; a transient signal that clears inside the (default) tolerance is
 # tests/kube_edge/test_readiness_tolerance.py's and bench/readiness.py's case.
-# A lost node's tolerance is 0: the sandbox's node controller replaces the lost pod on the spare
-# node within about a second (a real cluster leaves it Terminating, issue 16 B4), so any
-# tolerance lets the replacement through and the trial would measure the stand-in's eviction,
-# not the report of the loss.
+# A lost node's tolerance is 0: the trial measures the report of the loss, not a wait for a
+# replacement pod (on a real cluster the lost pod stays Terminating, issue 16 B4).
 PERSISTENT_FAULT_TOLERANCES = {
     "image_pull_tolerance_s": 1,
     "mount_tolerance_s": 1,
     "node_not_ready_tolerance_s": 0,
 }
-VERSION_LABEL = "app.kubernetes.io/version"
+# The SGLang stand-in refuses a flag it does not know with exit 2, as SGLang's argparse does
+# (python/sglang/srt/server_args.py): the container exits at once, each restart too.
+CRASH_FLAG = "--no-such-flag-reliability-trial"
+RELEASE_LABEL = "llm-rollout.io/release"
 
 
 class _Background:
@@ -1253,25 +1408,28 @@ class _Background:
 
 class ServiceTraffic(_Background):
     """A thread sending chat completions through the stable Service (the API server's service
-    proxy) back to back until stopped; counts answers and failures."""
+    proxy, to the real pods behind it) back to back until stopped; counts answers and failures.
+    It is a client of the Service, not the product: it reaches the API server directly, not
+    through the fault proxy."""
 
-    def __init__(self, namespace: str, name: str, model: str, port: int = 8000) -> None:
+    def __init__(self, world: InputWorld, namespace: str, name: str, model: str) -> None:
         super().__init__("service-traffic")
-        self.namespace, self.name, self.model, self.port = namespace, name, model, port
+        self.world, self.namespace, self.name, self.model = world, namespace, name, model
+        self.port = int(world.base["serving"].get("port", 8000))
         self.ok = 0
         self.failed: list[str] = []
         # The answers in the order they came, run-length encoded: [answer, count, first seen
-        # (monotonic)] per run of equal answers.
+        # (monotonic)] per run of equal answers. An answer is "<served model name>: <text>":
+        # each release serves under a name of its own (`release_name`).
         self.answers: list[list[Any]] = []
         self.answered = threading.Event()
 
     def _run(self) -> None:
         import httpx
 
-        from llm_rollout.kube.client import load_api_client
         from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 
-        api = load_api_client()
+        api = self.world.cluster.api_client()
         try:
             url = service_proxy_url(api, self.namespace, self.name, self.port)
             body = {
@@ -1288,7 +1446,9 @@ class ServiceTraffic(_Background):
                         continue
                     if response.status_code == 200 and response.json().get("choices"):
                         self.ok += 1
-                        self._record(response.json()["choices"][0]["message"]["content"])
+                        data = response.json()
+                        content = data["choices"][0]["message"]["content"]
+                        self._record(f"{data.get('model')}: {content}")
                     else:
                         self.failed.append(f"HTTP {response.status_code}: {response.text[:160]}")
                     self._stop.wait(0.02)  # pacing: leave the two cores to the rollout
@@ -1342,22 +1502,23 @@ def _cordon(names: set[str], cordoned: bool) -> None:
 
 
 class NodeKiller(_Background):
-    """Watches the pods of the release being rolled out (by image tag) and, once one is bound
-    to a node, loses that node (`kubelet.lose_node`): the node's conditions Unknown, tainted
-    unreachable, its pods NotReady and evicted as the node lifecycle controller does."""
+    """Watches the pods of the release being rolled out (any release of the service but the
+    serving one) and, once one is bound to a node, cuts that node off: the node agent stops
+    renewing its Lease and posting its status (`node_agent.heartbeats_stopped_file`), and the
+    real node-lifecycle controller judges it (Unknown, unreachable taints, pods NotReady)."""
 
-    def __init__(self, world: InputWorld, namespace: str, tag: str) -> None:
+    def __init__(self, world: InputWorld, namespace: str, serving: str) -> None:
         super().__init__("node-killer")
-        self.world, self.namespace, self.tag = world, namespace, tag
+        self.world, self.namespace, self.serving = world, namespace, serving
         self.lost: str | None = None
         self.lost_at = 0.0  # time.time(), as log records stamp theirs
 
     def _run(self) -> None:
-        from llm_rollout.kube.client import load_api_client
         from llm_rollout.kube.watching import WatchSpec, watching
 
-        api = load_api_client()
-        spec = WatchSpec("v1", "Pod", self.namespace, label_selector=f"{VERSION_LABEL}={self.tag}")
+        api = self.world.cluster.api_client()  # not through the fault proxy
+        selector = f"{RELEASE_LABEL}!={self.serving}"
+        spec = WatchSpec("v1", "Pod", self.namespace, label_selector=selector)
         try:
             with watching(api, [spec]) as group:
                 while not self._stop.is_set():
@@ -1365,39 +1526,60 @@ class NodeKiller(_Background):
                         node = (pod.get("spec") or {}).get("nodeName")
                         if node:
                             self.lost, self.lost_at = str(node), time.time()
-                            self.world.cluster.kubelet.lose_node(self.lost)
+                            self._stopped_file(self.lost).touch()
                             return
                     group.next(0.5)
         finally:
             api.close()  # type: ignore[no-untyped-call]
 
+    def _stopped_file(self, node: str) -> Path:
+        return heartbeats_stopped_file(self.world.cluster.run_dir, node)
+
     def __exit__(self, *exc: object) -> None:
         super().__exit__(*exc)
         if self.lost:
-            self.world.cluster.kubelet.restore_node(self.lost)
+            self._stopped_file(self.lost).unlink()
+            _wait_node_ready(self.world, self.lost)
+
+
+def _wait_node_ready(world: InputWorld, node: str) -> None:
+    """Until `node` is Ready again and no longer tainted unreachable (its agent posts status
+    again, the node-lifecycle controller lifts the taints)."""
+    from kubernetes import client as k8s_client
+
+    def back(nodes: list[Any]) -> bool:
+        (item,) = [n for n in nodes if n.metadata.name == node]
+        ready = any(c.type == "Ready" and c.status == "True" for c in item.status.conditions)
+        tainted = any(t.key.startswith("node.kubernetes.io/") for t in item.spec.taints or [])
+        return ready and not tainted
+
+    api = world.cluster.api_client()
+    try:
+        wait_for(
+            k8s_client.CoreV1Api(api).list_node, back, timeout_s=120, what=f"{node} Ready again"
+        )
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
 
 
 def _spare_nodes(world: InputWorld, count: int) -> list[str]:
-    """`count` nodes no pod runs on; nodes join the cluster (as a node pool scales up) when
-    there are fewer."""
+    """`count` nodes on which no trial's pod runs (the cluster's own, CoreDNS, may)."""
     from kubernetes import client as k8s_client
 
-    from llm_rollout.kube.client import load_api_client
-    from sandbox.kube.nodes import NodeSpec
-
-    api = load_api_client()
+    api = world.cluster.api_client()
     try:
         pods = k8s_client.CoreV1Api(api).list_pod_for_all_namespaces().items
     finally:
         api.close()  # type: ignore[no-untyped-call]
     names = {str(n.metadata.name) for n in _nodes()}
-    busy = {str(p.spec.node_name) for p in pods}
+    busy = {
+        str(p.spec.node_name)
+        for p in pods
+        if str(p.metadata.namespace).startswith(TRIAL_NAMESPACE_PREFIX)
+    }
     empty = sorted(names - busy)
-    while len(empty) < count:
-        name = next(f"gpu-node-{i}" for i in itertools.count() if f"gpu-node-{i}" not in names)
-        world.cluster.add_node(NodeSpec(name))
-        names.add(name)
-        empty.append(name)
+    if len(empty) < count:
+        raise AssertionError(f"{count} empty nodes needed for a lost-node trial, {empty} left")
     return empty[:count]
 
 
@@ -1413,9 +1595,26 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
     if before is None or not ready_before:
         return DeployTrial(False, f"no ready release serving before the trial ({before})", 0.0)
     tag = f"{kind.lower().replace(' ', '-')}-{rng.randrange(10**6)}"
-    serving: dict[str, Any] = {"image": f"vllm/vllm-openai:{tag}"}
-    if kind == "Unschedulable":
-        serving["resources"] = {"cpu": "16", "memory_gib": 4096}  # more than any node has
+    serving: dict[str, Any] = {"served_model_name": f"tiny-{tag}"}
+    changes: dict[str, Any] = {}
+    if kind == "ImagePullBackOff":
+        # A tag no registry serves: the node agent's image table has no entry for it, and it
+        # reports the pull failure as a kubelet does (sandbox/cluster/images.py).
+        serving["image"] = f"lmsysorg/sglang:v0.0.0-{tag}"
+    elif kind == "CrashLoopBackOff":
+        serving["extra_args"] = [CRASH_FLAG]
+    elif kind == "FailedMount":
+        # A claim of its own whose volume the CSI driver cannot publish: RRSA authentication
+        # with no RAM role behind it on this cluster (the stand-in refuses authType rrsa, as
+        # the driver fails without the cluster's RRSA OIDC set up). The mirror still uses the
+        # environment's keys.
+        changes["volume"] = {
+            "pv_name": f"rel-work-{tag}",
+            "pvc_name": f"rel-work-{tag}",
+            "rrsa_role": "reliability-trial",
+        }
+    elif kind == "Unschedulable":
+        serving["resources"] = {"cpu": "128", "memory_gib": 4}  # more CPU than any node has
     path = write_deploy_spec(
         world,
         label,
@@ -1423,32 +1622,22 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
         name,
         serving=serving,
         rollout={"strategy": "blue-green", **PERSISTENT_FAULT_TOLERANCES},
+        **changes,
     )
-    kubelet = world.cluster.kubelet
-    selector = {VERSION_LABEL: tag}
-    inject = {
-        "ImagePullBackOff": lambda: kubelet.inject_image_pull_error(selector=selector),
-        "CrashLoopBackOff": lambda: kubelet.inject_crash_loop(selector=selector),
-        "OOMKilled": lambda: kubelet.inject_oom(selector=selector),
-        "FailedMount": lambda: kubelet.inject_mount_failure(selector=selector),
-    }.get(kind)
     # Two empty nodes for a lost-node trial: the new release lands on one (the killer loses
-    # whichever it is bound to) and the other has room for the replacement pod.
+    # whichever it is bound to) and the other stays schedulable.
     open_nodes = set(_spare_nodes(world, 2)) if kind == "node lost" else set()
     all_nodes = {str(n.metadata.name) for n in _nodes()}
     model = load_spec(path).served_model_name
     with ExitStack() as stack:
-        if inject is not None:
-            inject()
-            stack.callback(kubelet.clear)
         killer = None
         if kind == "node lost":
             # Every other node cordoned: the serving release's (losing one must not take the
             # stable Service down with it) and those of other services.
             _cordon(all_nodes - open_nodes, True)
             stack.callback(_cordon, all_nodes - open_nodes, False)
-            killer = stack.enter_context(NodeKiller(world, namespace, tag))
-        traffic = stack.enter_context(ServiceTraffic(namespace, name, model))
+            killer = stack.enter_context(NodeKiller(world, namespace, before))
+        traffic = stack.enter_context(ServiceTraffic(world, namespace, name, model))
         with CapturedLogs() as logs:
             code, output, seconds = deploy_cli(path)
         stack.close()
@@ -1546,33 +1735,28 @@ def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> Deplo
     least the bake window before the run ended."""
     from llm_rollout.release import cluster_api, release_objects
     from llm_rollout.spec import load_spec
-    from sandbox.kube.backends import BackendBehavior
 
     namespace = name = "rel-bg"
-    tags = {side: f"bg-{side.lower()}-{rng.randrange(10**6)}" for side in ("A", "B")}
-    answers = {side: f"Release {side} ({tag}) answering." for side, tag in tags.items()}
-    for side, tag in tags.items():
-        world.cluster.scripted.set_behavior(
-            {VERSION_LABEL: tag}, BackendBehavior(answer=answers[side])
-        )
+    # Each release serves under a name of its own, which the stand-in puts in every answer.
+    names = {side: release_name(f"bg-{side.lower()}-", rng) for side in ("A", "B")}
     paths = {
         side: write_deploy_spec(
             world,
             f"{label}-{side}",
             namespace,
             name,
-            serving={"image": f"vllm/vllm-openai:{tag}"},
+            serving={"served_model_name": served},
             rollout={"strategy": "blue-green", "promote_grace_s": BAKE_S if side == "B" else 0},
         )
-        for side, tag in tags.items()
+        for side, served in names.items()
     }
     code, output, _ = deploy_cli(paths["A"])
     release_a = _released(output)
     current, ready = serving_release(namespace, name)
     if code != 0 or release_a is None or current != release_a or not ready:
         return DeployTrial(False, f"release A not serving ({current}): {output[-300:]}", 0.0)
-    model = load_spec(paths["B"]).served_model_name
-    with ServiceTraffic(namespace, name, model) as traffic:
+    model = load_spec(paths["A"]).served_model_name
+    with ServiceTraffic(world, namespace, name, model) as traffic:
         if not traffic.answered.wait(30):
             return DeployTrial(False, f"no answer through the Service: {traffic.failed[:1]}", 0.0)
         with CapturedLogs() as logs:
@@ -1588,7 +1772,7 @@ def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> Deplo
         problems.append(f"Service routes to {current} (ready {ready}), not B's {release_b}")
     with cluster_api() as api:
         left = release_objects(api, namespace, name, release_a)
-    pods_left = _pods(namespace, f"llm-rollout.io/release={release_a}")
+    pods_left = _pods_gone(world, namespace, f"{RELEASE_LABEL}={release_a}")
     if left or pods_left:
         problems.append(
             f"release A still has {[o['metadata']['name'] for o in left]} and "
@@ -1599,7 +1783,7 @@ def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> Deplo
             f"{len(traffic.failed)} of {traffic.ok + len(traffic.failed)} requests through "
             f"the Service failed, first: {traffic.failed[0]}"
         )
-    order = [_side(answers, answer) for answer, _, _ in traffic.answers]
+    order = [_side(names, answer) for answer, _, _ in traffic.answers]
     if order != ["A", "B"]:
         problems.append(f"answers in order {order} (runs of equal answers), not [A, B]")
     else:
@@ -1613,8 +1797,38 @@ def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> Deplo
     return DeployTrial(not problems, detail, seconds, leaks, traffic.ok)
 
 
-def _side(answers: dict[str, str], answer: str) -> str:
-    return next((side for side, text in answers.items() if text == answer), f"other: {answer!r}")
+def _pods_gone(world: InputWorld, namespace: str, selector: str, wait_s: float = 60) -> list[Any]:
+    """The pods matching `selector` left after waiting up to `wait_s` for none to be left: a
+    deleted pod stays Terminating until its node's agent has stopped its containers (the
+    kubelet's confirmation), and the deploy does not wait for that."""
+    from kubernetes import client as k8s_client
+
+    from sandbox.cluster.waits import WaitTimeout
+
+    api = world.cluster.api_client()
+    try:
+        core = k8s_client.CoreV1Api(api)
+        # On a timeout, what is left is listed and returned below.
+        with contextlib.suppress(WaitTimeout):
+            wait_for(
+                core.list_namespaced_pod,
+                lambda pods: not pods,
+                namespace=namespace,
+                label_selector=selector,
+                timeout_s=wait_s,
+                what=f"no pod {selector}",
+            )
+        return list(core.list_namespaced_pod(namespace, label_selector=selector).items)
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def _side(names: dict[str, str], answer: str) -> str:
+    """Which release answered ("<served model name>: <text>", `ServiceTraffic`)."""
+    return next(
+        (side for side, served in names.items() if answer.startswith(f"{served}: ")),
+        f"other: {answer!r}",
+    )
 
 
 def run_blue_green_class(
@@ -1733,7 +1947,7 @@ def trial_concurrent_pair(world: InputWorld, index: int, wait_s: int = 300) -> P
                 f"conc-{index}-{side}",
                 namespace,
                 name,
-                serving={"image": f"vllm/vllm-openai:c{index}{side}"},
+                serving={"served_model_name": f"tiny-c{index}{side}"},
                 rollout={"lock_wait_s": wait_s},
             )
         )
@@ -1847,7 +2061,7 @@ def run_secrets_check(world: InputWorld, seed: int) -> Row:
         if run_id is not None:
             read = prefect_texts(run_id, outcome_event=flow_name == "deploy")
             texts.update({f"{flow_name}: {k}": v for k, v in read.items()})
-    texts.update(kube_texts(world.kubeconfig))
+    texts.update(kube_texts(world.cluster.admin_kubeconfig))
     texts.update(oss_meta_texts(world.oss))
     leaks = scan_for_keys(texts, (KEY_SECRET, KEY_ID))
     row.trials = len(runs)
@@ -1880,48 +2094,61 @@ def run_transfer(
 
 RUNNERS: dict[str, Callable[[int, int, Path], list[Row]]] = {
     "transfer": run_transfer,
-    "input": run_input,
 }
-DEPLOY_GROUPS = ("kube", "workload", "secrets", "concurrency", "hostile")
+DEPLOY_GROUPS = ("input", "kube", "workload", "secrets", "concurrency", "hostile")
+
+
+def run_world_groups(
+    world: InputWorld, groups: list[str], trials: int | None, seed: int, *, node_lost: bool
+) -> list[Row]:
+    """The groups that need the cluster, on `world`; `node_lost` adds the lost-node class,
+    which needs the node-lifecycle controller's shortened timings (BENCH_CLUSTER)."""
+    rows: list[Row] = []
+
+    def report(row: Row) -> None:
+        print(format_table([row]).splitlines()[2], flush=True)
+        rows.append(row)
+
+    for group in groups:
+        count = trials or DEFAULT_TRIALS[group]
+        if group == "input":
+            report(run_bad_input_checks(world))
+        elif group == "kube":
+            for name, fault in KUBE_CLASSES:
+                report(run_kube_class(world, name, fault, count, seed)[0])
+        elif group == "workload":
+            workload_baseline(world)
+            kinds = WORKLOAD_KINDS if node_lost else SESSION_WORKLOAD_KINDS
+            for kind in kinds:
+                report(run_workload_class(world, kind, count, seed)[0])
+            report(run_blue_green_class(world, count, seed)[0])
+        elif group == "secrets":
+            report(run_secrets_check(world, seed))
+        elif group == "concurrency":
+            report(run_concurrency(world, count, seed))
+        elif group == "hostile":
+            from bench.hostile_upstream import run_hostile_upstream
+
+            report(run_hostile_upstream(world))
+    return rows
 
 
 def run_deploy_groups(groups: list[str], trials: int | None, seed: int, root: Path) -> list[Row]:
-    """The groups that run the deploy flow: one sandbox and one Prefect server for all."""
+    """The groups that need the cluster: one real cluster (started here, in the private network
+    namespace), one fault proxy and one Prefect server for all."""
     from prefect.testing.utilities import prefect_test_harness
 
-    rows: list[Row] = []
-    # Room for every group's service (4 GPUs each, 8 while two releases run side by side).
+    started = time.monotonic()
     with (
         prefect_test_harness(server_startup_timeout=90),
-        input_world(root / "deploy", nodes=6) as world,
+        input_world(root / "deploy") as world,
     ):
-        for group in groups:
-            count = trials or DEFAULT_TRIALS[group]
-            if group == "kube":
-                for name, fault in KUBE_CLASSES:
-                    row, _ = run_kube_class(world, name, fault, count, seed)
-                    print(format_table([row]).splitlines()[2], flush=True)
-                    rows.append(row)
-            elif group == "workload":
-                workload_baseline(world)
-                for kind in WORKLOAD_KINDS:
-                    row, _ = run_workload_class(world, kind, count, seed)
-                    print(format_table([row]).splitlines()[2], flush=True)
-                    rows.append(row)
-                row, _ = run_blue_green_class(world, count, seed)
-                print(format_table([row]).splitlines()[2], flush=True)
-                rows.append(row)
-            elif group == "secrets":
-                rows.append(run_secrets_check(world, seed))
-            elif group == "concurrency":
-                rows.append(run_concurrency(world, count, seed))
-            elif group == "hostile":
-                from bench.hostile_upstream import run_hostile_upstream
-
-                row = run_hostile_upstream(world)
-                print(format_table([row]).splitlines()[2], flush=True)
-                rows.append(row)
-    return rows
+        print(
+            f"real cluster and stores ready in {time.monotonic() - started:.0f}s "
+            f"({', '.join(f'{k} {v:.0f}s' for k, v in world.cluster.ready_s.items())})",
+            flush=True,
+        )
+        return run_world_groups(world, groups, trials, seed, node_lost=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,6 @@
 """Reliability trials (issue 8): a few seeded trials of each class that `bench/reliability.py`
-runs at full counts, through the same functions."""
+runs at full counts, through the same functions. The deploy trials run on the test session's
+real cluster (`real_cluster`, tests/real_cluster.py), reached through the fault proxy."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.reliability import InputWorld, TransferLab, input_world, transfer_lab
+from sandbox.cluster.control_plane import Cluster
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +20,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TransferLab]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InputWorld]:
-    with input_world(tmp_path_factory.mktemp("input")) as world:
+def world(tmp_path_factory: pytest.TempPathFactory, real_cluster: Cluster) -> Iterator[InputWorld]:
+    # Leaving, the world deletes the namespaces its deploys used (and their volumes), so the
+    # session cluster's GPUs are free for the next module.
+    with input_world(tmp_path_factory.mktemp("input"), real_cluster) as world:
         yield world

@@ -11,7 +11,9 @@ import pytest
 
 from bench.reliability import BAKE_S, InputWorld, trial_blue_green
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+# A deploy on the shared 2-core machine: the whole flow with a real pod (see the figures in
+# bench/reliability.py's table); the session cluster's start is outside (func_only).
+pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.timeout(240, func_only=True)]
 
 
 def test_blue_green_promotion_under_traffic_never_fails(world: InputWorld) -> None:
