@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
 import hashlib
 import itertools
@@ -771,7 +772,8 @@ class InputWorld:
 
     hub: HubServer
     oss: OssServer
-    base: dict[str, Any]
+    base: dict[str, Any]  # what the input checks mutate (vLLM, `base_spec`)
+    trial: dict[str, Any]  # what the deploy trials deploy (SGLang stand-in, `trial_spec`)
     work: Path
     cluster: Cluster
     proxy: ApiFaultProxy
@@ -802,7 +804,6 @@ def _cli(argv: list[str]) -> tuple[int, str]:
 
 def check_hostile_spec(world: InputWorld, label: str, field_name: str, mutate: Mutation) -> str:
     """'' when every entry point refuses the spec naming `field_name` before any write."""
-    import copy
 
     from llm_rollout.spec import InvalidSpecError, load_spec
 
@@ -892,19 +893,25 @@ def run_bad_input_checks(world: InputWorld) -> Row:
     return row
 
 
-def base_spec(
-    oss_endpoint: str, model_id: str, size_bytes: int, tiny: TinyModelInfo
-) -> dict[str, Any]:
-    """A valid spec whose model (the tiny one) and bucket live in the sandbox, served by the
-    SGLang stand-in on one GPU (`TRIAL_SERVING`)."""
+def base_spec(oss_endpoint: str, model_id: str, size_bytes: int) -> dict[str, Any]:
+    """A valid tensor-parallel vLLM spec whose model and bucket live in the sandbox: what the
+    bad-input and hostile-upstream checks mutate (their deploys must be refused before any pod,
+    vLLM's KV-cache sizing from config.json included)."""
     data = yaml.safe_load((REPO / "examples" / "seed-vllm-tp4.yaml").read_text())
     data["model"] = {
         "modelscope": {"model_id": model_id, "revision": "v1"},
         "size_bytes": size_bytes,
     }
     data["storage"].update({"bucket": BUCKET, "endpoint": oss_endpoint})
-    data["serving"] = dict(TRIAL_SERVING)
     data["rollout"] = {"promote_grace_s": 0, "ready_timeout_s": 60}
+    return data
+
+
+def trial_spec(base: dict[str, Any], tiny: TinyModelInfo) -> dict[str, Any]:
+    """The spec every deploy trial starts from: `base` served by the SGLang stand-in on one GPU
+    (`TRIAL_SERVING`), answering the tiny model's text."""
+    data = copy.deepcopy(base)
+    data["serving"] = dict(TRIAL_SERVING)
     return tiny_model_spec(data, tiny)
 
 
@@ -965,11 +972,13 @@ def input_world(root: Path, cluster: Cluster | None = None) -> Iterator[InputWor
         )
         # The modelscope library reads its endpoint once per process.
         set_default_config(None)
+        base = base_spec(lab.oss.endpoint, "rel/input", size)
         try:
             yield InputWorld(
                 hub=lab.hub,
                 oss=lab.oss,
-                base=base_spec(lab.oss.endpoint, "rel/input", size, tiny),
+                base=base,
+                trial=trial_spec(base, tiny),
                 work=root / "input",
                 cluster=cluster,
                 proxy=proxy,
@@ -1182,12 +1191,30 @@ def oss_meta_texts(oss: OssServer) -> dict[str, str]:
 def write_deploy_spec(
     world: InputWorld, label: str, namespace: str, name: str, **changes: Any
 ) -> Path:
+    """`world.base` as Service `namespace/name` with `changes` merged (`_write_spec`)."""
+    return _write_spec(world, world.base, label, namespace, name, changes)
+
+
+def write_trial_spec(
+    world: InputWorld, label: str, namespace: str, name: str, **changes: Any
+) -> Path:
+    """`world.trial` (a release of the SGLang stand-in) as Service `namespace/name` with
+    `changes` merged (`_write_spec`)."""
+    return _write_spec(world, world.trial, label, namespace, name, changes)
+
+
+def _write_spec(
+    world: InputWorld,
+    base: dict[str, Any],
+    label: str,
+    namespace: str,
+    name: str,
+    changes: dict[str, Any],
+) -> Path:
     """The base spec as Service `namespace/name` with `changes` merged section by section, as a
     file. Each trial group uses its own service name: PersistentVolumes are cluster-scoped and
     named after the service, so one name in two namespaces would compete for one volume."""
-    import copy
-
-    data = copy.deepcopy(world.base)
+    data = copy.deepcopy(base)
     data["namespace"] = namespace
     data["name"] = name
     for section, value in changes.items():
@@ -1302,7 +1329,7 @@ def trial_kube_fault(
 ) -> DeployTrial:
     """One deploy (a new release replacing the serving one) under one fault class."""
     namespace = name = "rel-kube"
-    path = write_deploy_spec(
+    path = write_trial_spec(
         world,
         label,
         namespace,
@@ -1415,7 +1442,7 @@ class ServiceTraffic(_Background):
     def __init__(self, world: InputWorld, namespace: str, name: str, model: str) -> None:
         super().__init__("service-traffic")
         self.world, self.namespace, self.name, self.model = world, namespace, name, model
-        self.port = int(world.base["serving"].get("port", 8000))
+        self.port = int(world.trial["serving"].get("port", 8000))
         self.ok = 0
         self.failed: list[str] = []
         # The answers in the order they came, run-length encoded: [answer, count, first seen
@@ -1563,7 +1590,7 @@ def _wait_node_ready(world: InputWorld, node: str) -> None:
 
 
 def _spare_nodes(world: InputWorld, count: int) -> list[str]:
-    """`count` nodes on which no trial's pod runs (the cluster's own, CoreDNS, may)."""
+    """Up to `count` nodes on which no trial's pod runs."""
     from kubernetes import client as k8s_client
 
     api = world.cluster.api_client()
@@ -1577,10 +1604,7 @@ def _spare_nodes(world: InputWorld, count: int) -> list[str]:
         for p in pods
         if str(p.metadata.namespace).startswith(TRIAL_NAMESPACE_PREFIX)
     }
-    empty = sorted(names - busy)
-    if len(empty) < count:
-        raise AssertionError(f"{count} empty nodes needed for a lost-node trial, {empty} left")
-    return empty[:count]
+    return sorted(names - busy)[:count]
 
 
 def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str) -> DeployTrial:
@@ -1615,7 +1639,7 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
         }
     elif kind == "Unschedulable":
         serving["resources"] = {"cpu": "128", "memory_gib": 4}  # more CPU than any node has
-    path = write_deploy_spec(
+    path = write_trial_spec(
         world,
         label,
         namespace,
@@ -1627,6 +1651,8 @@ def trial_workload(world: InputWorld, kind: str, rng: random.Random, label: str)
     # Two empty nodes for a lost-node trial: the new release lands on one (the killer loses
     # whichever it is bound to) and the other stays schedulable.
     open_nodes = set(_spare_nodes(world, 2)) if kind == "node lost" else set()
+    if kind == "node lost" and len(open_nodes) < 2:
+        return DeployTrial(False, f"two empty nodes needed, found {sorted(open_nodes)}", 0.0)
     all_nodes = {str(n.metadata.name) for n in _nodes()}
     model = load_spec(path).served_model_name
     with ExitStack() as stack:
@@ -1712,7 +1738,7 @@ def run_workload_class(
 
 def workload_baseline(world: InputWorld) -> str:
     """Release 1 of the workload namespace, serving; returns its release id."""
-    path = write_deploy_spec(world, "work-baseline", "rel-work", "rel-work")
+    path = write_trial_spec(world, "work-baseline", "rel-work", "rel-work")
     code, output, _ = deploy_cli(path)
     if code != 0:
         raise AssertionError(f"baseline deploy failed: {output}")
@@ -1728,19 +1754,31 @@ BLUE_GREEN_CLASS = "workload: blue-green promotion under traffic"
 BAKE_S = 3
 
 
-def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> DeployTrial:
+def trial_blue_green(
+    world: InputWorld,
+    rng: random.Random,
+    label: str,
+    *,
+    service: str = "rel-bg",
+    serving_spec: Path | None = None,
+) -> DeployTrial:
     """Deploy A; start traffic through the stable Service; deploy B (blue-green, baked for
     BAKE_S). Survived: B promoted and ready, A's objects and pods gone, zero failed requests,
     and the answers (distinct per release) are all A's, then all B's, with B answering for at
-    least the bake window before the run ended."""
+    least the bake window before the run ended.
+
+    `serving_spec`: the spec of the release that already serves `service`, which is then A
+    (the tests reuse a deploy; each costs the SGLang probes' period)."""
     from llm_rollout.release import cluster_api, release_objects
     from llm_rollout.spec import load_spec
 
-    namespace = name = "rel-bg"
+    namespace = name = service
     # Each release serves under a name of its own, which the stand-in puts in every answer.
     names = {side: release_name(f"bg-{side.lower()}-", rng) for side in ("A", "B")}
+    if serving_spec is not None:
+        names["A"] = load_spec(serving_spec).served_model_name
     paths = {
-        side: write_deploy_spec(
+        side: write_trial_spec(
             world,
             f"{label}-{side}",
             namespace,
@@ -1750,10 +1788,14 @@ def trial_blue_green(world: InputWorld, rng: random.Random, label: str) -> Deplo
         )
         for side, served in names.items()
     }
-    code, output, _ = deploy_cli(paths["A"])
-    release_a = _released(output)
+    if serving_spec is None:
+        code, output, _ = deploy_cli(paths["A"])
+        release_a = _released(output)
+    else:
+        paths["A"], output = serving_spec, "(already serving)"
+        release_a, _ = serving_release(namespace, name)
     current, ready = serving_release(namespace, name)
-    if code != 0 or release_a is None or current != release_a or not ready:
+    if release_a is None or current != release_a or not ready:
         return DeployTrial(False, f"release A not serving ({current}): {output[-300:]}", 0.0)
     model = load_spec(paths["A"]).served_model_name
     with ServiceTraffic(world, namespace, name, model) as traffic:
@@ -1942,7 +1984,7 @@ def trial_concurrent_pair(world: InputWorld, index: int, wait_s: int = 300) -> P
     namespace = name = f"rel-conc-{index}"
     specs = [
         load_spec(
-            write_deploy_spec(
+            write_trial_spec(
                 world,
                 f"conc-{index}-{side}",
                 namespace,
@@ -2033,7 +2075,7 @@ def run_secrets_check(world: InputWorld, seed: int) -> Row:
 
     row = Row("secrets: every flow run with fake keys, all outputs scanned", resent="n/a")
     namespace = name = "rel-secrets"
-    path = write_deploy_spec(world, "secrets", namespace, name)
+    path = write_trial_spec(world, "secrets", namespace, name)
     texts: dict[str, str] = {}
     runs: list[tuple[str, str | None, bool]] = []  # (flow, run id, completed)
     world.faults.clear()
