@@ -52,7 +52,11 @@ its own service (PersistentVolumes are cluster-scoped and named after the servic
   sends chat completions through the stable Service to the real pod of release N. Survived: a
   failure naming the reason within 25 s (NodeLost and the lost Node for a lost node), "keeps
   serving", the Service still on release N and ready -- and zero failed requests. OOMKilled
-  is not run: the node agent has no memory cgroup, so nothing is OOM-killed.
+  is not run: the node agent has no memory cgroup, so nothing is OOM-killed. On the real
+  cluster the lost node's pod stays Terminating (nobody confirms its deletion,
+  tests/cluster/test_node_loss.py) and the product's rollback waits for the failed release's
+  pods (tasks/kubernetes.py DELETE_WAIT_S, 300 s), so the lost-node class fails its 25 s bound
+  until that wait treats a pod on an unreachable node as gone (issue 16 B4).
 - workload, blue-green promotion: release A serves; with the same traffic running, release B
   passes readiness and smoke, takes the stable Service, bakes 3 s and A is removed. Survived:
   B serves and is ready, A's objects and pods are gone, zero failed requests, the answers are
