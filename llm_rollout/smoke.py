@@ -18,7 +18,7 @@ import json
 import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -234,13 +234,41 @@ def _fill_from_completion(result: CallResult, body: Mapping[str, Any]) -> None:
     result.model = body.get("model")
 
 
+def _send(
+    client: httpx.Client,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    timeout_s: float,
+    *,
+    stream: bool,
+) -> httpx.Response:
+    """POST ``body``; sent once more when the first attempt got no answer at all.
+
+    A kept-alive connection that the server or a proxy on the way closed just as this call
+    reused it ends in ``RemoteProtocolError`` before any response line: the model never
+    answered, so a second attempt (httpx drops the closed connection and dials a new one) is
+    what a browser or Go's net/http does for a request that died with its idle connection
+    (net/http transport.go, ``shouldRetryRequest``). Any other failure, and any failure
+    after the response began, is reported as it is.
+    """
+    for attempt in (1, 2):
+        request = client.build_request("POST", url, json=body, headers=headers, timeout=timeout_s)
+        try:
+            return client.send(request, stream=stream)
+        except httpx.RemoteProtocolError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _chat(
     client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
 ) -> CallResult:
     result = CallResult(call="chat")
     started = time.perf_counter()
     try:
-        response = client.post(url, json=body, headers=headers, timeout=timeout_s)
+        response = _send(client, url, body, headers, timeout_s, stream=False)
     except httpx.TransportError as exc:
         result.error = f"no answer ({type(exc).__name__})"
         return result
@@ -274,9 +302,7 @@ def _stream(
     parts: list[str] = []
     started = time.perf_counter()
     try:
-        with client.stream(
-            "POST", url, json=stream_body, headers=headers, timeout=timeout_s
-        ) as response:
+        with closing(_send(client, url, stream_body, headers, timeout_s, stream=True)) as response:
             result.status = response.status_code
             if response.status_code != 200:
                 response.read()

@@ -36,6 +36,10 @@ ANSWER = ["你好", "测试", "通过", "。"]
 class ServerState:
     first_token_delay_s: float = 0.0
     auth_seen: Counter[str] = field(default_factory=Counter)
+    # POSTs ("chat" or "stream") to read and then drop with the connection, unanswered, as a
+    # server closing a kept-alive connection under its client does.
+    drop_posts: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -67,6 +71,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        call = "stream" if body.get("stream") else "chat"
+        if self.state.drop_posts[call] > 0:
+            self.state.drop_posts[call] -= 1
+            self.state.dropped[call] += 1
+            self.close_connection = True
+            return
         if not self._authorised():
             return
         time.sleep(self.state.first_token_delay_s)  # the server's own slowness, not a wait
@@ -198,3 +208,26 @@ def test_ttft_gate_fails_when_nothing_was_streamed(server: tuple[str, ServerStat
     verdict = validate_smoke(report, SmokeExpectations(max_ttft_ms=600_000))
     assert not verdict.passed
     assert any(f.startswith("time to first token measured") for f in verdict.failures)
+
+
+def test_a_call_whose_connection_was_dropped_unanswered_is_sent_once_more(
+    server: tuple[str, ServerState],
+) -> None:
+    url, state = server
+    state.drop_posts.update({"chat": 1, "stream": 1})
+    report = _direct_smoke(url, KEY)
+    assert validate_smoke(report, SmokeExpectations()).passed
+    assert state.dropped == {"chat": 1, "stream": 1}
+    # Each call answered by its second attempt: three answered requests in all.
+    assert state.auth_seen == {"valid": 3}
+
+
+def test_a_second_drop_is_reported_as_no_answer(server: tuple[str, ServerState]) -> None:
+    url, state = server
+    state.drop_posts.update({"chat": 2, "stream": 2})
+    report = _direct_smoke(url, KEY)
+    chat, stream = report.call("chat"), report.call("stream")
+    assert chat is not None and chat.error == "no answer (RemoteProtocolError)"
+    assert stream is not None and stream.error == "stream broken (RemoteProtocolError)"
+    assert state.dropped == {"chat": 2, "stream": 2}
+    assert not validate_smoke(report, SmokeExpectations()).passed
