@@ -131,16 +131,21 @@ def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
 
 @contextmanager
 def prefect_server(
-    home: Path, *, startup_timeout_s: float = 90, scheduler_loop_s: float | None = None
+    home: Path,
+    *,
+    startup_timeout_s: float = 90,
+    scheduler_loop_s: float | None = None,
+    port: int | None = None,
 ) -> Iterator[PrefectStack]:
-    """`prefect server start` on a free port with PREFECT_HOME=`home`; stopped on exit.
+    """`prefect server start` on `port` (default: a free one) of 127.0.0.1 with
+    PREFECT_HOME=`home`; stopped on exit.
 
     `scheduler_loop_s` sets how often the server's scheduler service turns active deployment
     schedules into flow runs (Prefect's default: every 60 s). A schedule added through the API
     does not touch its deployment's `updated`, so the 5 s "recent deployments" pass does not
     see it: tests that wait for a scheduled run need the main loop to be short.
     """
-    port = free_port()
+    port = free_port() if port is None else port
     api_url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
@@ -329,8 +334,10 @@ def single_gpu_spec(
     oss_region: str,
     bucket: str,
 ) -> dict[str, Any]:
-    """A single-GPU vLLM spec on a ModelScope `master` whose storage is the sandbox OSS
-    (credentials from OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET)."""
+    """A single-GPU SGLang spec on a ModelScope `master` whose storage is the sandbox OSS
+    (credentials from OSS_ACCESS_KEY_ID / OSS_ACCESS_KEY_SECRET). On the sandbox's cluster the
+    SGLang image runs the SGLang stand-in (sandbox.cluster.images), which is ready at once and
+    serves any model directory with a config.json, such as sandbox.synthetic's."""
     return {
         "name": name,
         "namespace": namespace,
@@ -349,9 +356,9 @@ def single_gpu_spec(
             },
         },
         "serving": {
-            "engine": "vllm",
+            "engine": "sglang",
             "shape": "single-gpu",
-            "image": "vllm/vllm-openai:v0.10.0",
+            "image": "lmsysorg/sglang:v0.4.10.post2-cu126",
             "gpu_memory_gib": 24,
         },
         "rollout": {"promote_grace_s": 0, "ready_timeout_s": 60, "smoke_timeout_s": 60},
