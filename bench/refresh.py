@@ -9,19 +9,25 @@ In process, side by side, on the sandbox hub + OSS with a synthetic model:
 Prints bytes received by OSS and wall time of both, and the ratios; also the time of an
 unchanged check (the reads a refresh does when nothing changed).
 
-Through a real server (skip with --no-server): an ephemeral `prefect server start` with a
-private PREFECT_HOME, the process work pool prefect.yaml names, `prefect deploy --all` and a
-`prefect worker start` whose environment reaches the sandbox hub, OSS and Kubernetes
-(sandbox.prefect_stack, shared with tests/deployments). The model is mirrored and deployed
-once by a `deploy-model` run; then `refresh-model` runs --repeat times with the spec while the
-hub's `master` is unchanged. For each run: the flow run's own duration (start_time -> end_time
-recorded by the API), the end-to-end wall time from the create_flow_run request to the run
-reaching its final state (includes the worker's pickup -- it polls every
-PREFECT_WORKER_QUERY_SECONDS -- and the start of the flow-run process), the writes OSS and the
-cluster's API server saw (must be none), and the run's "up to date" line.
+Through a real server (skip with --no-server): an ephemeral `prefect server start` with a private
+PREFECT_HOME, the process work pool prefect.yaml names, `prefect deploy --all` and a `prefect
+worker start` whose environment reaches the sandbox hub, OSS and a REAL cluster (sandbox.cluster:
+one GPU node, no operators, as a single-GPU Deployment needs none) through a recording proxy in
+front of its API server (sandbox.cluster.api_proxy, no faults), which counts the runs' reads and
+writes (sandbox.prefect_stack, shared with tests/deployments). The served pod runs the SGLang
+stand-in (the engine plays no part in a refresh). The model is mirrored and deployed once by a
+`deploy-model` run; then `refresh-model` runs --repeat times with the spec while the hub's
+`master` is unchanged. For each run: the flow run's own duration (start_time -> end_time recorded
+by the API), the end-to-end wall time from the create_flow_run request to the run reaching its
+final state (includes the worker's pickup -- it polls every PREFECT_WORKER_QUERY_SECONDS -- and
+the start of the flow-run process), the writes OSS and the cluster's API server saw (must be
+none), and the run's "up to date" line.
 Target: an unchanged refresh under 10 s against a running server.
 
-    uv run python bench/refresh.py [--shards 8] [--shard-mib 16] [--repeat 3] [--no-server]
+    ./scripts/in-netns uv run --no-sync python bench/refresh.py [--shards 8] [--shard-mib 16] \
+        [--repeat 3] [--no-server]
+
+The cluster runs only inside the private network namespace scripts/in-netns makes.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from llm_rollout.mirror import MirrorOptions, OssTarget, mirror_model
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.oss import open_bucket
 from llm_rollout.refresh import diff_files
+from sandbox.cluster.api_proxy import running_proxy
+from sandbox.cluster.control_plane import ClusterConfig, start_cluster, stop_cluster
+from sandbox.cluster.node_agent import NodeSpec
 from sandbox.hub import HubServer
-from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.prefect_stack import (
     FlowRunTiming,
@@ -60,6 +68,13 @@ KEY_ID, KEY_SECRET, BUCKET, MODEL = "LTAIbench", "benchSecretValue0000", "bench"
 SERVED_MODEL, SERVICE, NAMESPACE = "acme/bench-served", "bench-refresh", "llm-bench"
 TARGET_S = 10.0
 WORKER_QUERY_S = 1  # PREFECT_WORKER_QUERY_SECONDS: how often the worker polls for runs
+# One node is all a single-GPU Deployment needs; without the operators the cluster starts in
+# about a third of the time (tests/real_cluster.py).
+CLUSTER = ClusterConfig(
+    nodes=(NodeSpec(name="bench-node-0", internal_ip="10.244.254.1", gpus=1),),
+    with_kuberay=False,
+    with_lws=False,
+)
 
 
 def in_process(args: argparse.Namespace, tmp: Path, hub: HubServer, oss: OssServer) -> None:
@@ -169,55 +184,65 @@ def through_server(
     home.mkdir()
     runs: list[UnchangedRun] = []
     started = time.monotonic()
-    with (
-        SandboxCluster(ClusterConfig(), tmp / "kube") as cluster,
-        prefect_server(home) as stack,
-    ):
-        env = {
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "MODELSCOPE_ENDPOINT": hub.base_url,
-            "OSS_ACCESS_KEY_ID": KEY_ID,
-            "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
-            "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_S),
-            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-        }
-        with deployments_worker(stack, env):
-            print(
-                f"prefect server {stack.api_url}, process worker on pool llm-rollout: "
-                f"up in {time.monotonic() - started:.1f} s "
-                f"(PREFECT_WORKER_QUERY_SECONDS={WORKER_QUERY_S}, "
-                "PREFECT_WORKER_PREFETCH_SECONDS=1)",
-                flush=True,
-            )
-            deployed = run_deployment(stack, "deploy-model/deploy-model", {"spec": spec})
-            if deployed.state != "COMPLETED":
-                logs = "\n".join(flow_run_logs(stack, deployed.flow_run_id))
-                raise SystemExit(f"deploy-model ended {deployed.state}: {deployed.message}\n{logs}")
-            print(
-                f"deploy-model (mirror {size} bytes + rollout): flow run {deployed.run_s:.1f} s, "
-                f"end to end {deployed.wall_s:.1f} s",
-                flush=True,
-            )
-            for _ in range(args.repeat):
-                oss.reset_counters()
-                hub.reset_counters()
-                cluster.api.request_log.clear()
-                run = run_deployment(stack, "refresh-model/refresh-model", {"spec": spec})
-                oss_log = list(oss.request_log)
-                kube_log = cluster.api.request_log.records()
-                oss_writes = sum(1 for r in oss_log if r.method not in ("GET", "HEAD"))
-                kube_writes = len(cluster.api.request_log.writes())
-                runs.append(
-                    UnchangedRun(
-                        timing=run,
-                        oss_writes=oss_writes,
-                        oss_reads=len(oss_log) - oss_writes,
-                        kube_writes=kube_writes,
-                        kube_reads=len(kube_log) - kube_writes,
-                        hub_requests=len(hub.request_log),
-                        result_line=_result_line(stack, run),
-                    )
+    cluster = start_cluster(CLUSTER)
+    print(f"real cluster up in {cluster.ready_s['total']:.1f} s", flush=True)
+    try:
+        with (
+            running_proxy(cluster.pki, cluster.api_url) as proxy,
+            prefect_server(home) as stack,
+        ):
+            env = {
+                "KUBECONFIG": str(
+                    cluster.kubeconfig_for("bench", cluster.pki.admin, server=proxy.url)
+                ),
+                "MODELSCOPE_ENDPOINT": hub.base_url,
+                "OSS_ACCESS_KEY_ID": KEY_ID,
+                "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
+                "PREFECT_WORKER_QUERY_SECONDS": str(WORKER_QUERY_S),
+                "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+            }
+            with deployments_worker(stack, env):
+                print(
+                    f"prefect server {stack.api_url}, process worker on pool llm-rollout: "
+                    f"up in {time.monotonic() - started:.1f} s "
+                    f"(PREFECT_WORKER_QUERY_SECONDS={WORKER_QUERY_S}, "
+                    "PREFECT_WORKER_PREFETCH_SECONDS=1)",
+                    flush=True,
                 )
+                deployed = run_deployment(stack, "deploy-model/deploy-model", {"spec": spec})
+                if deployed.state != "COMPLETED":
+                    logs = "\n".join(flow_run_logs(stack, deployed.flow_run_id))
+                    raise SystemExit(
+                        f"deploy-model ended {deployed.state}: {deployed.message}\n{logs}"
+                    )
+                print(
+                    f"deploy-model (mirror {size} bytes + rollout): "
+                    f"flow run {deployed.run_s:.1f} s, "
+                    f"end to end {deployed.wall_s:.1f} s",
+                    flush=True,
+                )
+                for _ in range(args.repeat):
+                    oss.reset_counters()
+                    hub.reset_counters()
+                    proxy.clear()
+                    run = run_deployment(stack, "refresh-model/refresh-model", {"spec": spec})
+                    oss_log = list(oss.request_log)
+                    kube_log = proxy.records()
+                    oss_writes = sum(1 for r in oss_log if r.method not in ("GET", "HEAD"))
+                    kube_writes = sum(1 for r in kube_log if r.method not in ("GET", "HEAD"))
+                    runs.append(
+                        UnchangedRun(
+                            timing=run,
+                            oss_writes=oss_writes,
+                            oss_reads=len(oss_log) - oss_writes,
+                            kube_writes=kube_writes,
+                            kube_reads=len(kube_log) - kube_writes,
+                            hub_requests=len(hub.request_log),
+                            result_line=_result_line(stack, run),
+                        )
+                    )
+    finally:
+        stop_cluster(cluster)
     return runs
 
 

@@ -1,7 +1,9 @@
-"""Fixtures of the deployments area: sandbox hub + OSS for the session, and -- for the tests
-that need them -- a REAL `prefect server start` and a REAL process worker on free ports with a
-private PREFECT_HOME. The worker is a separate process: it reaches the sandbox through the
-endpoints in the spec and the KUBECONFIG / MODELSCOPE_ENDPOINT / OSS key variables it is
+"""Fixtures of the deployments area: sandbox hub + OSS for the session, the session's REAL
+cluster (tests/real_cluster.py) behind the fault proxy of sandbox/cluster/api_proxy.py, which
+here only records what reaches the API server (who, which verb, which path), and -- for the
+tests that need them -- a REAL `prefect server start` and a REAL process worker on free ports
+with a private PREFECT_HOME. The worker is a separate process: it reaches the sandbox through
+the endpoints in the spec and the KUBECONFIG / MODELSCOPE_ENDPOINT / OSS key variables it is
 started with."""
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord, running_proxy
+from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer
-from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.prefect_stack import PrefectStack, prefect_server, single_gpu_spec
 from sandbox.synthetic import make_synthetic_model
@@ -69,7 +72,9 @@ def model(hub: HubServer, tmp_path: Path) -> Model:
 def spec_data(
     oss: OssServer, model_id: str, *, name: str, namespace: str = "llm-test"
 ) -> dict[str, Any]:
-    """A single-GPU vLLM spec whose storage is the sandbox OSS."""
+    """A single-GPU SGLang spec whose storage is the sandbox OSS (its pod runs the SGLang
+    stand-in, which serves any model directory: what these tests check does not depend on the
+    engine)."""
     return single_gpu_spec(
         name=name,
         namespace=namespace,
@@ -81,10 +86,21 @@ def spec_data(
     )
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[SandboxCluster]:
-    with SandboxCluster(ClusterConfig(), tmp_path / "kube") as sandbox_cluster:
-        yield sandbox_cluster
+@pytest.fixture(scope="module")
+def recording_proxy(real_cluster: Cluster) -> Iterator[ApiFaultProxy]:
+    """A proxy in front of the real API server with no faults: it records every request."""
+    with running_proxy(real_cluster.pki, real_cluster.api_url) as proxy:
+        yield proxy
+
+
+def admin_kubeconfig_via(cluster: Cluster, proxy: ApiFaultProxy, name: str) -> Path:
+    """A kubeconfig with the cluster admin's certificate whose server is ``proxy``."""
+    return cluster.kubeconfig_for(name, cluster.pki.admin, server=proxy.url)
+
+
+def writes(records: list[ProxyRecord]) -> list[ProxyRecord]:
+    """The requests that change state (a watch is a GET)."""
+    return [r for r in records if r.method not in ("GET", "HEAD")]
 
 
 # --- a real Prefect server and process worker ------------------------------------------------

@@ -1,10 +1,11 @@
-"""Plain functions of the refresh against the sandbox hub, OSS and Kubernetes (real clients):
-refresh diff, server-side incremental copy that the mirror then skips, retention, the lease."""
+"""Plain functions of the refresh against the sandbox hub and OSS and the session's REAL cluster
+(real clients): refresh diff, server-side incremental copy that the mirror then skips,
+retention, the refresh of a service not deployed yet, the lease."""
 
 from __future__ import annotations
 
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import oss2
@@ -20,7 +21,13 @@ from llm_rollout.locking import ServiceLockedError, lease_ref, service_lock
 from llm_rollout.mirror import MirrorOptions, mirror_model
 from llm_rollout.mirror.manifest import manifest_key, read_manifest
 from llm_rollout.oss import open_bucket
-from llm_rollout.refresh import hub_source, pinned, plan_refresh, revision_target
+from llm_rollout.refresh import (
+    hub_source,
+    inspect_refresh,
+    pinned,
+    plan_refresh,
+    revision_target,
+)
 from llm_rollout.retention import (
     RevisionDir,
     delete_revision,
@@ -30,11 +37,21 @@ from llm_rollout.retention import (
 )
 from llm_rollout.spec import ServiceSpec, spec_from_dict, spec_hash
 from llm_rollout.strategy import ReleaseState
+from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord
+from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer
-from sandbox.kube.cluster import SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.synthetic import derive_changed_revision, shard_name
-from tests.deployments.conftest import BUCKET, KEY_ID, KEY_SECRET, SHARDS, Model, spec_data
+from tests.deployments.conftest import (
+    BUCKET,
+    KEY_ID,
+    KEY_SECRET,
+    SHARDS,
+    Model,
+    admin_kubeconfig_via,
+    spec_data,
+    writes,
+)
 
 CREDS = OssCredentials(access_key_id=SecretStr(KEY_ID), access_key_secret=SecretStr(KEY_SECRET))
 
@@ -215,67 +232,123 @@ def test_retention_plan_never_deletes_protected_or_incomplete() -> None:
         plan_retention(revisions, keep=0, protected=set())
 
 
-def test_lease_serialises_two_holders_and_names_the_holder(
-    cluster: SandboxCluster, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+def proxy(recording_proxy: ApiFaultProxy) -> Iterator[ApiFaultProxy]:
+    """The recording proxy with no records from earlier tests."""
+    recording_proxy.clear()
+    yield recording_proxy
+    recording_proxy.clear()
+
+
+def test_refresh_of_a_service_not_deployed_yet_plans_a_full_deploy_and_writes_nothing(
+    hub: HubServer,
+    oss: OssServer,
+    model: Model,
+    real_cluster: Cluster,
+    real_namespace: str,
+    proxy: ApiFaultProxy,
 ) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    api = load_api_client()
+    spec = spec_from_dict(
+        spec_data(oss, model.model_id, name="core-undeployed", namespace=real_namespace)
+    )
+    listing = HubClient(endpoint=hub.base_url).list_files(hub_source(spec))
+    api = load_api_client(admin_kubeconfig_via(real_cluster, proxy, "core-refresh"))
+    bucket = open_bucket(revision_target(spec, "master"), CREDS)
+    oss.reset_counters()
+    try:
+        plan = inspect_refresh(spec, hub=HubClient(endpoint=hub.base_url), bucket=bucket, api=api)
+    finally:
+        api.close()
+
+    assert not plan.up_to_date
+    assert plan.reason == f"Service {real_namespace}/core-undeployed is not deployed yet"
+    assert plan.deployed_revision is None and plan.deployed_digest is None
+    # The hub resolves master to the one revision published (the `model` fixture's v1).
+    assert plan.target_revision == "v1"
+    assert plan.copies == [] and plan.removed == []
+    assert sorted(f.path for f in plan.changed) == sorted(f.path for f in listing.files)
+    # It looked for the stable Service on the real API server, and wrote nothing there or in
+    # OSS (no manifest is read for a revision that was never deployed).
+    assert any(
+        r.path.endswith(f"/namespaces/{real_namespace}/services/core-undeployed")
+        for r in proxy.records()
+    )
+    assert writes(proxy.records()) == []
+    assert list(oss.request_log) == []
+
+
+def test_lease_serialises_two_holders_and_names_the_holder(
+    real_cluster: Cluster,
+    real_namespace: str,
+    proxy: ApiFaultProxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    namespace = real_namespace
+    api = load_api_client(real_cluster.admin_kubeconfig)
+    # B's calls go through the recording proxy, which shows that B waits on a watch.
+    api_b = load_api_client(admin_kubeconfig_via(real_cluster, proxy, "lease-b"))
+    leases_path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     # Appended by the threads in the order things happened (list.append is atomic).
     events: list[tuple[str, str]] = []
     first_in = threading.Event()
     release_first = threading.Event()
+    b_watching = threading.Event()
+    record = proxy.server.add_record
+
+    def recorded(entry: ProxyRecord) -> None:
+        record(entry)
+        if entry.watch and entry.path.startswith(leases_path):
+            b_watching.set()
+
+    # Told when the proxy relays B's watch of the Lease (recorded once the API server
+    # answered its request), so A lets go only once B waits on that watch.
+    monkeypatch.setattr(proxy.server, "add_record", recorded)
 
     def first() -> None:
-        with service_lock(api, "locks", "svc", holder="run-A", owner="A", wait_s=5, duration_s=15):
+        with service_lock(
+            api, namespace, "svc", holder="run-A", owner="A", wait_s=5, duration_s=15
+        ):
             events.append(("A", "in"))
             first_in.set()
-            release_first.wait(10)
+            release_first.wait(30)
             events.append(("A", "out"))
 
     thread = threading.Thread(target=first)
     thread.start()
-    assert first_in.wait(10)
+    assert first_in.wait(30)
     # Fail fast names the holder.
     with (
         pytest.raises(ServiceLockedError, match="run-A") as info,
-        service_lock(api, "locks", "svc", holder="run-B", owner="B", wait_s=0),
+        service_lock(api, namespace, "svc", holder="run-B", owner="B", wait_s=0),
     ):
         pass
     assert info.value.holder == "run-A"
-    lease = get(api, lease_ref("locks", "svc"))
+    lease = get(api, lease_ref(namespace, "svc"))
     assert lease is not None and lease["spec"]["holderIdentity"] == "run-A"
 
-    # A waiting second holder gets in only after the first released: A lets go once B is
-    # seen waiting, i.e. once the API server has opened B's watch of the Lease.
-    def lease_watches() -> int:
-        return sum(
-            1
-            for r in cluster.api.request_log.records()
-            if r.verb == "watch"
-            and r.path.startswith("/apis/coordination.k8s.io/v1/namespaces/locks/leases")
-        )
-
-    watches_before = lease_watches()
-
     def let_go() -> None:
-        deadline = time.monotonic() + 10  # bounds the wait; the test fails, not hangs
-        while lease_watches() == watches_before and time.monotonic() < deadline:
-            time.sleep(0.01)
+        # Bounded so that the test fails instead of hanging when B never watches.
+        b_watching.wait(30)
         events.append(("A", "release"))
         release_first.set()
 
-    threading.Thread(target=let_go).start()
-    with service_lock(api, "locks", "svc", holder="run-B", owner="B", wait_s=10):
+    releaser = threading.Thread(target=let_go)
+    releaser.start()
+    with service_lock(api_b, namespace, "svc", holder="run-B", owner="B", wait_s=30):
         events.append(("B", "in"))
-    thread.join(10)
-    assert lease_watches() == watches_before + 1, "B did not wait on a watch of the Lease"
+    thread.join(30)
+    releaser.join(30)
+    assert b_watching.is_set(), "B did not wait on a watch of the Lease"
+    lease_watches = [r for r in proxy.records() if r.watch and r.path.startswith(leases_path)]
+    assert len(lease_watches) == 1, lease_watches
     assert events == [("A", "in"), ("A", "release"), ("A", "out"), ("B", "in")]
     # Re-entrant for the same owner; released lease has no holder.
-    with service_lock(api, "locks", "svc", holder="run-C", owner="C", wait_s=0):
-        with service_lock(api, "locks", "svc", holder="run-C/sub", owner="C", wait_s=0) as inner:
+    with service_lock(api, namespace, "svc", holder="run-C", owner="C", wait_s=0):
+        with service_lock(api, namespace, "svc", holder="run-C/sub", owner="C", wait_s=0) as inner:
             assert inner.reentrant
-        lease = get(api, lease_ref("locks", "svc"))
+        lease = get(api, lease_ref(namespace, "svc"))
         assert lease is not None and lease["spec"]["holderIdentity"] == "run-C"
-    lease = get(api, lease_ref("locks", "svc"))
+    lease = get(api, lease_ref(namespace, "svc"))
     assert lease is not None and not lease["spec"].get("holderIdentity")
     api.close()
+    api_b.close()

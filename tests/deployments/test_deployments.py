@@ -1,5 +1,8 @@
 """The deployments in prefect.yaml on a REAL Prefect server with a REAL process worker, against
-the sandbox hub, OSS and Kubernetes started here (the worker's flow runs reach them over HTTP).
+the sandbox hub and OSS and the session's REAL cluster (the worker's flow runs reach them over
+HTTP; the cluster through a recording proxy, so the tests see every request the runs made). The
+service is a single-GPU SGLang Deployment: its pod runs the SGLang stand-in, ready at once, as
+nothing here depends on the engine.
 
 Order matters inside the module: deploy-model first, then refreshes of that service, then
 redeploys of it (two at once for the lease). Two of the refreshes are not started by hand: the
@@ -19,6 +22,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from kubernetes import client as k8s
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import DeploymentScheduleCreate
 from prefect.client.schemas.filters import (
@@ -35,8 +39,9 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.release import read_release_state
+from sandbox.cluster.api_proxy import ApiFaultProxy
+from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer
-from sandbox.kube.cluster import ClusterConfig, SandboxCluster
 from sandbox.oss import OssServer
 from sandbox.prefect_stack import PrefectStack, deployments_worker, poll
 from sandbox.synthetic import derive_changed_revision, make_synthetic_model, shard_name
@@ -46,14 +51,17 @@ from tests.deployments.conftest import (
     KEY_SECRET,
     SHARD_BYTES,
     SHARDS,
+    admin_kubeconfig_via,
     spec_data,
+    writes,
 )
 
-pytestmark = pytest.mark.slow
+# Each test's own bound; the module's stack (deploy --all, the worker) is set up outside it.
+RUN_TIMEOUT_S = 300
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(RUN_TIMEOUT_S + 60, func_only=True)]
 SERVICE = "tiny-chat"
 NAMESPACE = "llm-deployments"
 MODEL_ID = "acme/refresh-model"
-RUN_TIMEOUT_S = 150
 REFRESH = "refresh-model/refresh-model"
 # A schedule added by a test has its first slot this soon; should the scheduler miss that slot
 # (its loop is 1 s, see conftest), the next one comes an interval later, within the deadline.
@@ -65,7 +73,8 @@ SCHEDULED_PICKUP_TIMEOUT_S = 100
 @dataclass
 class Stack:
     prefect: PrefectStack
-    cluster: SandboxCluster
+    cluster: Cluster
+    proxy: ApiFaultProxy
     hub: HubServer
     oss: OssServer
     work: Path
@@ -77,26 +86,32 @@ def stack(
     prefect_stack: PrefectStack,
     hub: HubServer,
     oss: OssServer,
+    real_cluster: Cluster,
+    real_admin: k8s.ApiClient,
+    recording_proxy: ApiFaultProxy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("deployments")
     v1 = make_synthetic_model(work / "v1", shards=SHARDS, shard_size_bytes=SHARD_BYTES, seed=5)
     hub.add_revision_from_dir(MODEL_ID, "v1", v1)
-    with SandboxCluster(ClusterConfig(), work / "kube") as cluster:
-        env = {
-            "KUBECONFIG": str(cluster.kubeconfig),
-            "MODELSCOPE_ENDPOINT": hub.base_url,
-            "OSS_ACCESS_KEY_ID": KEY_ID,
-            "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
-            "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-        }
+    env = {
+        "KUBECONFIG": str(admin_kubeconfig_via(real_cluster, recording_proxy, "deployments")),
+        "MODELSCOPE_ENDPOINT": hub.base_url,
+        "OSS_ACCESS_KEY_ID": KEY_ID,
+        "OSS_ACCESS_KEY_SECRET": KEY_SECRET,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    try:
         with (
             deployments_worker(prefect_stack, env),
             temporary_settings({PREFECT_API_URL: prefect_stack.api_url}),
         ):
             spec = spec_data(oss, MODEL_ID, name=SERVICE, namespace=NAMESPACE)
-            yield Stack(prefect_stack, cluster, hub, oss, work, spec)
+            yield Stack(prefect_stack, real_cluster, recording_proxy, hub, oss, work, spec)
+    finally:
+        # The service's pods hold a GPU of the session's cluster: free it for other modules.
+        k8s.CoreV1Api(real_admin).delete_namespace(NAMESPACE)
 
 
 def _cli_run(stack: Stack, deployment: str, params: dict[str, Any]) -> UUID:
@@ -195,8 +210,8 @@ def _assert_completed(run: FlowRun) -> None:
         pytest.fail(f"flow run {run.name} ended {run.state.type}: {run.state.message}\n{messages}")
 
 
-def _serving_revision() -> str | None:
-    api = load_api_client()
+def _serving_revision(stack: Stack) -> str | None:
+    api = load_api_client(stack.cluster.admin_kubeconfig)
     try:
         return read_release_state(api, NAMESPACE, SERVICE).revision
     finally:
@@ -204,8 +219,6 @@ def _serving_revision() -> str | None:
 
 
 def _revision_folders(stack: Stack) -> set[str]:
-    root = stack.oss.data_dir if hasattr(stack.oss, "data_dir") else None
-    del root
     import oss2
 
     bucket = oss2.Bucket(oss2.Auth(KEY_ID, KEY_SECRET), stack.oss.endpoint, BUCKET)
@@ -213,20 +226,22 @@ def _revision_folders(stack: Stack) -> set[str]:
     return {p.rstrip("/").rsplit("/", 1)[-1] for p in listing.prefix_list}
 
 
-def test_deploy_model_runs_to_completion(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_deploy_model_runs_to_completion(stack: Stack, real_admin: k8s.ApiClient) -> None:
     run = _finish(_cli_run(stack, "deploy-model/deploy-model", {"spec": stack.spec}))
     _assert_completed(run)
-    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
-    assert _serving_revision() == "master"
+    assert _serving_revision(stack) == "master"
+    # The run's writes reached the real API server through the proxy with the admin's identity.
+    assert {r.identity for r in writes(stack.proxy.records())} == {"cert:llm-rollout-admin"}
+    (pod,) = k8s.CoreV1Api(real_admin).list_namespaced_pod(NAMESPACE).items
+    assert pod.status.phase == "Running" and pod.spec.node_name
     assert _revision_folders(stack) == {"master"}
 
 
-@pytest.mark.timeout(240)
 @pytest.mark.parametrize("trigger", ["manual", "scheduled"])
 def test_refresh_when_nothing_changed_writes_nothing(stack: Stack, trigger: str) -> None:
     """Started by hand (`prefect deployment run`), then by the server's scheduler."""
     stack.oss.reset_counters()
-    stack.cluster.api.request_log.clear()
+    stack.proxy.clear()
     params = {"spec": stack.spec}
     if trigger == "manual":
         run = _finish(_cli_run(stack, REFRESH, params))
@@ -237,8 +252,8 @@ def test_refresh_when_nothing_changed_writes_nothing(stack: Stack, trigger: str)
     oss_writes = [r for r in stack.oss.request_log if r.method not in ("GET", "HEAD")]
     assert oss_writes == []
     assert len(stack.oss.request_log) > 0  # it did look
-    assert stack.cluster.api.request_log.writes() == []
-    assert len(stack.cluster.api.request_log) > 0
+    assert writes(stack.proxy.records()) == []
+    assert len(stack.proxy.records()) > 0  # it did read the release state
 
 
 def _move_master(stack: Stack, revision: str, changed_shard: int, seed: int) -> int:
@@ -250,11 +265,7 @@ def _move_master(stack: Stack, revision: str, changed_shard: int, seed: int) -> 
     return (changed / shard_name(changed_shard, SHARDS)).stat().st_size
 
 
-@pytest.mark.timeout(240)
-def test_scheduled_refresh_after_master_moved_moves_only_changed_bytes(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
+def test_scheduled_refresh_after_master_moved_moves_only_changed_bytes(stack: Stack) -> None:
     changed_bytes = _move_master(stack, "v2", changed_shard=2, seed=21)
     stack.oss.reset_counters()
     run = _scheduled_refresh({"spec": stack.spec})
@@ -270,26 +281,21 @@ def test_scheduled_refresh_after_master_moved_moves_only_changed_bytes(
     assert stack.oss.bytes_received <= changed_bytes * 1.01 + 64 * 1024  # + manifest and XML
     copies = [r for r in stack.oss.request_log if r.op in ("CopyObject", "UploadPartCopy")]
     assert copies, "unchanged files must be copied inside OSS"
-    assert _serving_revision() == "v2"
+    assert _serving_revision(stack) == "v2"
     # The previous revision stays (rollback target); nothing older exists yet.
     assert _revision_folders(stack) == {"master", "v2"}
 
 
-def test_second_refresh_cleans_up_the_oldest_revision(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
+def test_second_refresh_cleans_up_the_oldest_revision(stack: Stack) -> None:
     _move_master(stack, "v3", changed_shard=3, seed=31)
     run = _finish(_cli_run(stack, REFRESH, {"spec": stack.spec, "keep_revisions": 1}))
     _assert_completed(run)
-    assert _serving_revision() == "v3"
+    assert _serving_revision(stack) == "v3"
     assert _revision_folders(stack) == {"v2", "v3"}
     assert any("deleted revision" in m for _, m in _logs_with(run.id, "deleted revision"))
 
 
-def test_two_redeploys_of_one_service_never_interleave(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_two_redeploys_of_one_service_never_interleave(stack: Stack) -> None:
     params = {"service": SERVICE, "namespace": NAMESPACE, "action": "restart"}
     first = _cli_run(stack, "redeploy/redeploy", params)
     second = _cli_run(stack, "redeploy/redeploy", params)
@@ -305,8 +311,7 @@ def test_two_redeploys_of_one_service_never_interleave(
         spans.append((held[0], released[0]))
     (_a_in, a_out), (b_in, _b_out) = sorted(spans)
     assert a_out <= b_in, f"rollouts overlapped: {spans}"
-    monkeypatch.setenv("KUBECONFIG", str(stack.cluster.kubeconfig))
-    assert _serving_revision() == "v3"
+    assert _serving_revision(stack) == "v3"
 
 
 def test_deployment_forms_show_field_descriptions(stack: Stack) -> None:
