@@ -185,6 +185,11 @@ def inside(args: argparse.Namespace) -> int:
 
         # Outside standalone mode click returns the command's exit code instead of exiting.
         code = int(app(["deploy", str(spec_path)], standalone_mode=False) or 0)
+        from prefect.logging.handlers import APILogHandler
+
+        # The run's last log lines go to the server in the background: send them while it is
+        # still up (prefect/logging/handlers.py: flush blocks until they are sent).
+        APILogHandler().flush()
         namespace, name = spec["namespace"], spec["name"]
         inside_netns = f"nsenter --target {os.getpid()} --net"
         _say(
