@@ -344,6 +344,7 @@ def test_deployment_forms_show_field_descriptions(stack: Stack) -> None:
     assert "Namespace of the service" in json.dumps(redeploy)
 
 
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S, func_only=True)
 def test_redeploy_custom_run_from_the_ui(stack: Stack, repo_root: Path) -> None:
     """Headless Chromium opens the redeploy deployment, starts a custom run with a changed
     parameter, waits for the UI's create_flow_run call and the run page to say Completed."""
@@ -369,11 +370,12 @@ def test_redeploy_custom_run_from_the_ui(stack: Stack, repo_root: Path) -> None:
             "ready_timeout_s",
             "600",
             str(out_dir),
+            str(RUN_TIMEOUT_S * 1000),  # the run's final state on the run page
         ],
         cwd=repo_root / "tests" / "ui",
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=RUN_TIMEOUT_S + 50,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -2,12 +2,15 @@
 // parameter changed, wait for the UI's create_flow_run call, then watch the run page until the
 // run is Completed. Prints one JSON line {flow_run_id, parameters} for the test to check.
 //
-//   node custom_run.mjs UI_URL DEPLOYMENT_ID PARAM_LABEL NEW_VALUE OUT_DIR
+//   node custom_run.mjs UI_URL DEPLOYMENT_ID PARAM_LABEL NEW_VALUE OUT_DIR [FINAL_TIMEOUT_MS]
+//
+// FINAL_TIMEOUT_MS (default 150000) bounds the wait for the run's final state: a redeploy on
+// the real cluster under load takes longer than one on the imitation did.
 import { chromium } from "playwright-core";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-const [uiUrl, deploymentId, paramLabel, newValue, outDir] = process.argv.slice(2);
+const [uiUrl, deploymentId, paramLabel, newValue, outDir, finalTimeoutMs] = process.argv.slice(2);
 mkdirSync(outDir, { recursive: true });
 
 const browser = await chromium.launch({
@@ -58,7 +61,7 @@ try {
   await page.goto(`${uiUrl}/v2/runs/flow-run/${body.id}`, { waitUntil: "networkidle" });
   // The run page updates itself; wait for a terminal state badge, then require Completed.
   const badge = page.getByText(/^(Completed|Failed|Crashed|Cancelled)$/).first();
-  await badge.waitFor({ timeout: 150_000 });
+  await badge.waitFor({ timeout: Number(finalTimeoutMs ?? 150_000) });
   const state = (await badge.textContent()).trim();
   await dump(state === "Completed" ? "flow-run-completed" : "flow-run-ended");
   if (state !== "Completed") throw new Error(`flow run ${body.id} ended ${state}`);
