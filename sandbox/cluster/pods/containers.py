@@ -6,8 +6,9 @@ container, so stopping it takes its whole process tree with it (and, as in a con
 without a SIGTERM handler ignores SIGTERM until the SIGKILL after the grace period). As runc
 sets up a container, the run also gets a mount namespace of its own with a ``/proc`` of its PID
 namespace and, for an image whose runtime says so (``sandbox.cluster.images``), a fresh
-``/tmp`` (the image's writable layer): psutil and ``ps`` see only the container's processes (and vLLM's CPU worker, reading
-``/proc/<its own pid>/status`` in ``vllm/utils/cpu_resource_utils.py``, finds its own),
+``/tmp`` (the image's writable layer): psutil and ``ps`` see only the container's processes
+(and vLLM's CPU worker, reading ``/proc/<its own pid>/status`` in
+``vllm/utils/cpu_resource_utils.py``, finds its own),
 and two Ray pods on one host share nothing under ``/tmp`` (Ray keeps its session, sockets and
 ``node_ip_address.json`` in ``/tmp/ray``; shared, a second node's ``ray start`` takes the
 first's for its own). Commands run in a running container (exec probes,
