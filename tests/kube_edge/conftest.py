@@ -1,56 +1,38 @@
-"""A sandbox cluster per test module; each test gets its own namespace."""
+"""The product's Kubernetes helpers against the session's real cluster (tests/real_cluster.py):
+``api`` is its admin client, ``namespace`` a fresh namespace per test, deleted afterwards."""
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s_client
 
-from llm_rollout.kube.client import load_api_client
-from llm_rollout.kube.objects import apply
 
-_SEQ = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory, shared_crds: Path) -> Iterator[Any]:
-    from sandbox.kube.cluster import ClusterConfig, SandboxCluster
-
-    sandbox = SandboxCluster(ClusterConfig(), tmp_path_factory.mktemp("kube")).start()
-    try:
-        yield sandbox
-    finally:
-        sandbox.stop()
+@pytest.fixture
+def api(real_admin: k8s_client.ApiClient) -> k8s_client.ApiClient:
+    return real_admin
 
 
 @pytest.fixture
-def api(cluster: Any) -> Iterator[k8s_client.ApiClient]:
-    client = load_api_client(Path(cluster.kubeconfig))
-    try:
-        yield client
-    finally:
-        client.close()  # type: ignore[no-untyped-call]
-
-
-@pytest.fixture
-def namespace(api: k8s_client.ApiClient, request: pytest.FixtureRequest) -> str:
-    name = f"t{next(_SEQ)}-{request.node.name.replace('_', '-')}"[:50].rstrip("-").lower()
-    apply(api, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-    return name
+def namespace(real_namespace: str) -> Iterator[str]:
+    yield real_namespace
 
 
 def deployment(
-    namespace: str, name: str, *, replicas: int = 1, gpus: int = 0, image: str = "vllm:latest"
+    namespace: str,
+    name: str,
+    *,
+    replicas: int = 1,
+    gpus: int = 0,
+    image: str = "docker.io/library/busybox:1.36",
 ) -> dict[str, Any]:
     labels = {"app": name}
     container: dict[str, Any] = {
         "name": "vllm",
         "image": image,
-        "command": ["vllm", "serve", "/models/qwen", "--port", "8000"],
+        "command": ["sh", "-c", "exec sleep 3600"],
         "ports": [{"containerPort": 8000}],
         "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 1},
     }
