@@ -34,6 +34,7 @@ from kubernetes import watch as k8s_watch
 from bench.readiness import IMAGE, RATE_LIMITED, crash_looping_group, shell_deployment
 from llm_rollout.kube.objects import apply
 from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.readiness import WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from sandbox.cluster.node_agent import NodeSpec
@@ -103,6 +104,10 @@ def test_a_rate_limited_pull_that_persists_fails(
 # --- mounts -------------------------------------------------------------------------------------
 
 
+# The PV controller binds a pre-bound claim on its next sync (seconds; longer under load).
+PVC_BOUND_TIMEOUT_S = 60
+
+
 @pytest.fixture
 def model_storage(
     real_admin: k8s.ApiClient, real_namespace: str, tmp_path: Path
@@ -158,6 +163,10 @@ def model_storage(
                 },
             },
         )
+        # As the deploy flow's volumes stage does before any workload: a pod whose claim is not
+        # Bound yet is Unschedulable (the scheduler's VolumeBinding plugin), which readiness
+        # rightly fails at once; that is not the signal these tests are about.
+        wait_pvc_bound(real_admin, real_namespace, "model", PVC_BOUND_TIMEOUT_S)
         try:
             yield lambda value: core.replace_namespaced_secret(
                 "oss-keys", real_namespace, secret(value)
