@@ -7,11 +7,13 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from llm_rollout.errors import PermanentError, TransientError
-from llm_rollout.kube.client import server_version
+from llm_rollout.errors import PermanentError
+from llm_rollout.kube.client import load_api_client, server_version
 from llm_rollout.kube.errors import ConflictError, InvalidObjectError, NotFoundError
 from llm_rollout.kube.objects import apply, apply_all, delete, delete_all, get
 from llm_rollout.kube.resources import ObjectRef, resolve_resource
+from sandbox.cluster.api_proxy import running_proxy
+from sandbox.cluster.control_plane import Cluster
 from tests.kube_edge.conftest import configmap, deployment
 
 
@@ -84,43 +86,35 @@ def test_namespaced_kind_without_namespace_is_refused(api: k8s_client.ApiClient)
 
 
 def test_delete_all_goes_in_reverse_order_and_tolerates_missing(
-    api: k8s_client.ApiClient, cluster: Any, namespace: str
+    real_cluster: Cluster, api: k8s_client.ApiClient, namespace: str
 ) -> None:
     objects = [configmap(namespace, n, {"n": n}) for n in ("first", "second", "third")]
     apply_all(api, objects)
     refs = [ObjectRef.of(o) for o in objects]
-    assert delete(api, ObjectRef("v1", "ConfigMap", namespace, "never-existed")) is False
-    mark = len(cluster.api.request_log.records())
-    deleted = delete_all(api, refs, wait_timeout_s=10)
+    # The deletes as the API server receives them: through the recording proxy, the admin's
+    # identity kept (sandbox/cluster/api_proxy.py).
+    with running_proxy(real_cluster.pki, real_cluster.api_url) as proxy:
+        via = real_cluster.kubeconfig_for(
+            "admin-via-proxy", real_cluster.pki.admin, server=proxy.url
+        )
+        recorded = load_api_client(via)
+        try:
+            assert (
+                delete(recorded, ObjectRef("v1", "ConfigMap", namespace, "never-existed")) is False
+            )
+            deleted = delete_all(recorded, refs, wait_timeout_s=10)
+        finally:
+            recorded.close()  # type: ignore[no-untyped-call]
+        names = [
+            r.path.rsplit("/", 1)[-1]
+            for r in proxy.records()
+            if r.method == "DELETE" and f"/namespaces/{namespace}/configmaps/" in r.path
+        ]
     assert deleted == list(reversed(refs))
-    names = [
-        r.path.rsplit("/", 1)[-1]
-        for r in cluster.api.request_log.records()[mark:]
-        if r.method == "DELETE" and f"/namespaces/{namespace}/configmaps/" in r.path
-    ]
-    assert [n for n in names if n != "never-existed"] == ["third", "second", "first"]
+    assert names == ["never-existed", "third", "second", "first"]
     assert all(get(api, r) is None for r in refs)
     assert delete_all(api, refs) == []
 
 
-def test_throttling_is_transient_and_carries_retry_after(
-    api: k8s_client.ApiClient, cluster: Any, namespace: str
-) -> None:
-    apply(api, configmap(namespace, "c", {}))
-    cluster.api.faults.throttle("GET", f"/namespaces/{namespace}/configmaps/c$", retry_after=7)
-    with pytest.raises(TransientError) as info:
-        get(api, ObjectRef("v1", "ConfigMap", namespace, "c"))
-    assert info.value.retry_after_s == 7
-    assert get(api, ObjectRef("v1", "ConfigMap", namespace, "c")) is not None
-
-
-def test_server_errors_and_resets_are_transient(
-    api: k8s_client.ApiClient, cluster: Any, namespace: str
-) -> None:
-    ref = ObjectRef("v1", "ConfigMap", namespace, "c")
-    cluster.api.faults.error("GET", f"/namespaces/{namespace}/configmaps/c$", code=503)
-    with pytest.raises(TransientError, match="503"):
-        get(api, ref)
-    cluster.api.faults.reset("GET", f"/namespaces/{namespace}/configmaps/c$", times=10)
-    with pytest.raises(TransientError, match="connection failed"):
-        get(api, ref)
+# Throttling (429 with Retry-After), server errors and resets as transient errors are tested
+# through the fault proxy in tests/cluster/test_api_faults.py.
