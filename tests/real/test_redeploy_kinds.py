@@ -35,6 +35,7 @@ from prefect import flow
 
 from flows.deploy import deploy
 from flows.redeploy import RedeployFailed, redeploy
+from llm_rollout.artifacts import ServiceId
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from llm_rollout.readiness_rules import tolerances_of
 from llm_rollout.redeploy import RESTARTED_AT_ANNOTATION, pod_templates
@@ -164,6 +165,7 @@ def _promote_without_retiring(spec_path: Path) -> str:
     )
     wait_workload_ready(
         applied.workload,
+        service_id=ServiceId.of(spec),
         timeout_s=float(spec.rollout.ready_timeout_s),
         tolerances=tolerances_of(spec.rollout),
     )
