@@ -40,6 +40,8 @@ class ServerState:
     # server closing a kept-alive connection under its client does.
     drop_posts: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    # Streams to break after their first chunk (the connection closed mid-answer).
+    break_streams: int = 0
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,7 +95,11 @@ class _Handler(BaseHTTPRequestHandler):
         chunks = [{"choices": [{"index": 0, "delta": {"content": piece}}]} for piece in ANSWER] + [
             {"choices": [], "usage": usage}
         ]
-        for chunk in chunks:
+        for index, chunk in enumerate(chunks):
+            if index == 1 and self.state.break_streams > 0:
+                self.state.break_streams -= 1
+                self.close_connection = True
+                return
             self._chunk(f"data: {json.dumps(chunk)}\n\n".encode())
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
@@ -220,6 +226,8 @@ def test_a_call_whose_connection_was_dropped_unanswered_is_sent_once_more(
     assert state.dropped == {"chat": 1, "stream": 1}
     # Each call answered by its second attempt: three answered requests in all.
     assert state.auth_seen == {"valid": 3}
+    stream = report.call("stream")
+    assert stream is not None and stream.attempts == 2
 
 
 def test_a_second_drop_is_reported_as_no_answer(server: tuple[str, ServerState]) -> None:
@@ -231,3 +239,21 @@ def test_a_second_drop_is_reported_as_no_answer(server: tuple[str, ServerState])
     assert stream is not None and stream.error == "stream broken (RemoteProtocolError)"
     assert state.dropped == {"chat": 2, "stream": 2}
     assert not validate_smoke(report, SmokeExpectations()).passed
+
+
+def test_a_stream_broken_mid_answer_is_made_once_more_and_counted(
+    server: tuple[str, ServerState],
+) -> None:
+    url, state = server
+    state.break_streams = 1
+    report = _direct_smoke(url, KEY)
+    assert validate_smoke(report, SmokeExpectations()).passed
+    stream = report.call("stream")
+    assert stream is not None and stream.attempts == 2 and stream.error is None
+    assert stream.content == "".join(ANSWER)
+    assert state.break_streams == 0
+
+    state.break_streams = 2
+    broken = _direct_smoke(url, KEY).call("stream")
+    assert broken is not None and broken.attempts == 2
+    assert broken.error == "stream broken (RemoteProtocolError)"
