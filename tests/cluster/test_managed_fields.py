@@ -120,7 +120,15 @@ def test_controllers_scheduler_and_operators_are_the_writers_of_record(
     node_names = {n.name for n in gpu_nodes}
 
     (rs,) = apps.list_namespaced_replica_set(ns, label_selector="app=mf").items
-    statefulsets = apps.list_namespaced_stateful_set(ns).items
+    # Pods are bound before kube-controller-manager's statefulset controller writes the
+    # StatefulSets' status (its sync follows the pod events), so that write is waited for.
+    statefulsets = wait_for(
+        apps.list_namespaced_stateful_set,
+        lambda items: bool(items) and all(_status_writers(s) for s in items),
+        namespace=ns,
+        timeout_s=WAIT_S,
+        what="the LWS StatefulSets' status written",
+    )
     services = {s.metadata.name: s for s in core.list_namespaced_service(ns).items}
 
     assert "kube-controller-manager" in _managers(rs)
