@@ -134,18 +134,27 @@ STATEFULSET_NAME_MAX = LABEL_VALUE_MAX - 1 - REVISION_HASH_MAX
 
 
 def check_name_lengths(spec: ServiceSpec, release: str, rbg_flavor: RbgFlavor) -> None:
-    """Refuse a name whose derived StatefulSet names break pod creation (see above)."""
-    workload = workload_name(spec, release)
+    """Refuse a name whose derived StatefulSet names break pod creation (see above).
+
+    Checked for the longest release id, whatever `release` is: a deploy names each release
+    with `strategy.new_release_id` (MAX_RELEASE_LEN characters) while `plan` renders a shorter
+    default one, and both must give a name the same verdict.
+    """
+    check_release(release)
+    placeholder = "<release>"
+    workload = workload_name(spec, placeholder)
     for statefulset, made_by in kind_for(spec).derived_statefulsets(spec, workload, rbg_flavor):
-        excess = len(statefulset) - STATEFULSET_NAME_MAX
+        length = len(statefulset) - len(placeholder) + MAX_RELEASE_LEN
+        excess = length - STATEFULSET_NAME_MAX
         if excess > 0:
             raise SpecError(
                 "name",
                 f"{spec.name!r} is {excess} character(s) too long for {spec.serving.shape}: "
-                f"{made_by} would be {statefulset!r} ({len(statefulset)} characters), and "
-                f"its pods' controller-revision-hash label '<statefulset>-<hash of up to "
-                f"{REVISION_HASH_MAX}>' must fit in {LABEL_VALUE_MAX} characters, so the "
-                f"StatefulSet controller could create no pod; use at most "
+                f"{made_by} would be named {statefulset!r}, {length} characters with a "
+                f"{MAX_RELEASE_LEN}-character release id, and its pods' "
+                f"controller-revision-hash label '<statefulset>-<hash of up to "
+                f"{REVISION_HASH_MAX} characters>' must fit in {LABEL_VALUE_MAX}, or the "
+                f"StatefulSet controller cannot create them; use at most "
                 f"{len(spec.name) - excess} characters",
             )
 
@@ -676,7 +685,8 @@ def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
     if shape in ("multi-node", "pd-disaggregated"):
         checks.append(
             f"names: StatefulSets the {shape} controller derives stay within "
-            f"{STATEFULSET_NAME_MAX} characters (controller-revision-hash label)"
+            f"{STATEFULSET_NAME_MAX} characters for any release id of up to {MAX_RELEASE_LEN} "
+            f"(controller-revision-hash label)"
         )
     checks += kind_for(spec).plan_checks(spec)
     if spec.serving.engine == "sglang":

@@ -55,6 +55,21 @@ def test_plan_rejects_invalid_spec_with_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_plan_refuses_a_name_a_deploy_would_refuse(tmp_path: Path) -> None:
+    """`plan` renders an 8-character default release, a deploy a 12-character one
+    (strategy.new_release_id); a PD name of 32 characters passes the first and breaks the RBG
+    v0.6 prefill StatefulSet's controller-revision-hash label with the second, so plan must
+    refuse it too."""
+    spec = yaml.safe_load(_example("seed-sglang-pd-rbg").read_text(encoding="utf-8"))
+    spec["name"] = "p" * 32
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    result = runner.invoke(app, ["plan", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "name: " in result.output and "use at most 31 characters" in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_plan_rejects_unknown_rbg_flavor(tmp_path: Path) -> None:
     result = runner.invoke(
         app,

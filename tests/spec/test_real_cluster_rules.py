@@ -19,7 +19,7 @@ from llm_rollout.kinds.rbg import RoleServiceError
 from llm_rollout.kinds.rbg import role_labels as rbg_role_labels
 from llm_rollout.kinds.rbg import role_services_from_pods as rbg_role_services_from_pods
 from llm_rollout.render import STATEFULSET_NAME_MAX, render
-from llm_rollout.spec import spec_from_dict
+from llm_rollout.spec import MAX_RELEASE_LEN, spec_from_dict
 
 from .conftest import example_dict
 
@@ -263,24 +263,31 @@ def test_changed_mount_options_make_new_pv_and_pvc_names(field: str, value: Any)
 
 
 @pytest.mark.parametrize(
-    ("example", "flavor", "suffix"),
-    [("seed-vllm-lws", "v0.6", "-0"), ("seed-sglang-pd-rbg", "v0.6", "-prefill")],
+    ("example", "flavor", "longest"),
+    # <name>-<12-character release>-0 (LWS worker StatefulSet of group 0) and
+    # <name>-<12-character release>-prefill (RBG v0.6 role StatefulSet) within 52 characters.
+    [("seed-vllm-lws", "v0.6", 37), ("seed-sglang-pd-rbg", "v0.6", 31)],
 )
+@pytest.mark.parametrize("release", ["r1", "r" * MAX_RELEASE_LEN])
 def test_names_too_long_for_the_statefulset_revision_label_are_refused(
-    example: str, flavor: str, suffix: str
+    example: str, flavor: str, longest: int, release: str
 ) -> None:
     """kubernetes pkg/controller/history/controller_history.go: controller-revision-hash is
-    "<statefulset>-<hash of up to 10 characters>" and must fit a 63-character label."""
+    "<statefulset>-<hash of up to 10 characters>" and must fit a 63-character label. The
+    verdict is the same for `plan`'s short default release and a deploy's 12-character one."""
     data = example_dict(example)
-    data["name"] = "a" * 40
-    spec = spec_from_dict(data)
-    longest_release = STATEFULSET_NAME_MAX - len("a" * 40 + "-") - len(suffix)
-    render(spec, release="r" * longest_release, rbg_flavor=flavor)  # type: ignore[arg-type]
+    assert STATEFULSET_NAME_MAX == 52
+    data["name"] = "a" * longest
+    render(spec_from_dict(data), release=release, rbg_flavor=flavor)  # type: ignore[arg-type]
+    data["name"] = "a" * (longest + 1)
     with pytest.raises(SpecError) as caught:
-        render(spec, release="r" * (longest_release + 1), rbg_flavor=flavor)  # type: ignore[arg-type]
+        render(spec_from_dict(data), release=release, rbg_flavor=flavor)  # type: ignore[arg-type]
     assert caught.value.field == "name"
     assert "controller-revision-hash" in str(caught.value)
-    assert "use at most 39 characters" in str(caught.value)
+    assert f"use at most {longest} characters" in str(caught.value)
+    assert f"{STATEFULSET_NAME_MAX + 1} characters with a 12-character release id" in str(
+        caught.value
+    )
 
 
 def test_rbg_v07_and_deployments_are_not_limited_by_the_statefulset_label() -> None:
