@@ -73,6 +73,21 @@ def auth_headers(api: k8s_client.ApiClient) -> dict[str, str]:
 def httpx_client_for(api: k8s_client.ApiClient, *, timeout_s: float) -> ApiServerClient:
     """An httpx client that talks to the API server with the kubernetes client's credentials.
 
+    It speaks HTTP/2 to the API server (as kubectl and client-go do) because over HTTP/1.1
+    the service proxy cuts a proxied answer that has a request body, now and then: the API
+    server proxies with Go's httputil.ReverseProxy (k8s.io/apimachinery
+    pkg/util/proxy/upgradeaware.go); Go's transport, having sent the Content-Length bytes of
+    the body, reads the inbound body once more (net/http transfer.go, writeBody), while the
+    HTTP/1 server drains and closes that body as soon as the proxy writes the response's
+    headers (net/http server.go, chunkWriter.writeHeader). When the close comes first, the
+    read fails ("invalid Read on closed Body"), the transport closes the backend connection
+    (transport.go, writeLoop) and the answer being copied ends short: the API server logs
+    "ReverseProxy read error during body copy: ... use of closed network connection", the
+    client gets an incomplete chunked body (golang/go issue 40747). Measured on the
+    sandbox's real cluster: 8 of 600 streamed calls cut over HTTP/1.1, 0 of 600 over HTTP/2,
+    where the inbound body is closed only by its reader (golang.org/x/net http2/server.go,
+    requestBody). An API server that does not offer h2 is still spoken to in HTTP/1.1.
+
     The headers hold credentials: never log the client's headers.
     """
     configuration = api.configuration
@@ -81,4 +96,5 @@ def httpx_client_for(api: k8s_client.ApiClient, *, timeout_s: float) -> ApiServe
         verify=_tls_verify(configuration),
         timeout=httpx.Timeout(timeout_s),
         proxy=configuration.proxy or None,
+        http2=True,
     )
