@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -71,7 +71,7 @@ class CallResult:
     completion_tokens: int | None = None
     model: str | None = None
     error: str | None = None
-    # Attempts made: a streamed call whose connection broke is made once more (see _stream).
+    # Attempts made: a call whose connection broke is made once more (_made_again_if_broken).
     attempts: int = 1
 
 
@@ -236,54 +236,55 @@ def _fill_from_completion(result: CallResult, body: Mapping[str, Any]) -> None:
     result.model = body.get("model")
 
 
-def _send(
-    client: httpx.Client,
-    url: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    timeout_s: float,
-    *,
-    stream: bool,
-) -> httpx.Response:
-    """POST ``body``; sent once more when the first attempt got no answer at all.
+# A connection that broke under the call: closed by the peer before the answer or in the
+# middle of it (RemoteProtocolError), or reset (ReadError, WriteError). A timeout or a refused
+# connection is not a break: the endpoint itself is slow or away, which the gate must see.
+_BROKEN = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
-    A kept-alive connection that the server or a proxy on the way closed just as this call
-    reused it ends in ``RemoteProtocolError`` before any response line: the model never
-    answered, so a second attempt (httpx drops the closed connection and dials a new one) is
-    what a browser or Go's net/http does for a request that died with its idle connection
-    (net/http transport.go, ``shouldRetryRequest``). Any other failure, and any failure
-    after the response began, is reported as it is.
+
+def _made_again_if_broken(attempt: Callable[[], tuple[CallResult, bool]]) -> CallResult:
+    """One call, made once more when its connection broke; the record says how many attempts.
+
+    A broken connection says nothing about the model: a kept-alive connection that the server
+    or a proxy on the way closed just as the call reused it (what Go's net/http resends
+    requests for, transport.go ``shouldRetryRequest``), or an answer a proxy cut short (the
+    API server's service proxy over HTTP/1.1 did, see llm_rollout/kube/proxy.py
+    ``httpx_client_for``). The gate judges the second attempt; a second break is reported as
+    it is. ``attempt`` returns its record and whether its connection broke.
     """
-    for attempt in (1, 2):
-        request = client.build_request("POST", url, json=body, headers=headers, timeout=timeout_s)
-        try:
-            return client.send(request, stream=stream)
-        except httpx.RemoteProtocolError:
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    result, broke = attempt()
+    if broke:
+        result, _ = attempt()
+        result.attempts = 2
+    return result
 
 
 def _chat(
     client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
 ) -> CallResult:
+    return _made_again_if_broken(lambda: _chat_once(client, url, body, headers, timeout_s))
+
+
+def _chat_once(
+    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
+) -> tuple[CallResult, bool]:
     result = CallResult(call="chat")
     started = time.perf_counter()
     try:
-        response = _send(client, url, body, headers, timeout_s, stream=False)
+        response = client.post(url, json=body, headers=headers, timeout=timeout_s)
     except httpx.TransportError as exc:
         result.error = f"no answer ({type(exc).__name__})"
-        return result
+        return result, isinstance(exc, _BROKEN)
     result.latency_ms = (time.perf_counter() - started) * 1000
     result.status = response.status_code
     if response.status_code != 200:
         result.error = _error_text(response)
-        return result
+        return result, False
     try:
         _fill_from_completion(result, response.json())
     except (ValueError, AttributeError, IndexError) as exc:
         result.error = f"answer is not an OpenAI chat completion ({type(exc).__name__})"
-    return result
+    return result, False
 
 
 def _sse_payloads(lines: Iterable[str]) -> Iterable[str]:
@@ -299,27 +300,16 @@ def _sse_payloads(lines: Iterable[str]) -> Iterable[str]:
 def _stream(
     client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
 ) -> CallResult:
-    """The streamed call; made once more when its connection broke, before or during the
-    answer. A stream crosses the API server's proxy (and for PD the router) on one long
-    connection, and one that broke says nothing about the model: the gate judges the second
-    attempt, and the call's record keeps the count. Seen in about 1 of 20 streamed smoke calls
-    on the sandbox's real cluster, cause not found; a second break is reported as it is."""
-    result = _stream_once(client, url, body, headers, timeout_s)
-    if result.error is not None and result.error.startswith(STREAM_BROKEN):
-        result = _stream_once(client, url, body, headers, timeout_s)
-        result.attempts = 2
-    return result
-
-
-STREAM_BROKEN = "stream broken"
+    return _made_again_if_broken(lambda: _stream_once(client, url, body, headers, timeout_s))
 
 
 def _stream_once(
     client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> CallResult:
+) -> tuple[CallResult, bool]:
     result = CallResult(call="stream")
     stream_body = dict(body, stream=True, stream_options={"include_usage": True})
     parts: list[str] = []
+    broke = False
     started = time.perf_counter()
     try:
         request = client.build_request(
@@ -330,7 +320,7 @@ def _stream_once(
             if response.status_code != 200:
                 response.read()
                 result.error = _error_text(response)
-                return result
+                return result, False
             for payload in _sse_payloads(response.iter_lines()):
                 chunk = json.loads(payload)
                 for choice in chunk.get("choices") or []:
@@ -348,12 +338,13 @@ def _stream_once(
                     result.completion_tokens = usage.get("completion_tokens")
                 result.model = chunk.get("model") or result.model
     except httpx.TransportError as exc:
-        result.error = f"{STREAM_BROKEN} ({type(exc).__name__})"
+        broke = isinstance(exc, _BROKEN)
+        result.error = f"stream broken ({type(exc).__name__})"
     except (ValueError, AttributeError) as exc:
         result.error = f"stream chunk is not an OpenAI chat chunk ({type(exc).__name__})"
     result.latency_ms = (time.perf_counter() - started) * 1000
     result.content = "".join(parts)[:MAX_RECORDED_CHARS]
-    return result
+    return result, broke
 
 
 def run_smoke(

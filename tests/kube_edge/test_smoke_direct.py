@@ -10,6 +10,7 @@ first token, which makes it slow honestly: the measured TTFT cannot be below tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from kubernetes import client as k8s_client
 
@@ -50,6 +52,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         return
+
+    def handle(self) -> None:
+        # A client that gave up waiting (the timeout test) leaves this server writing to a
+        # closed connection: the end of that exchange, not an error of the server.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            super().handle()
 
     def _send(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -226,8 +234,10 @@ def test_a_call_whose_connection_was_dropped_unanswered_is_sent_once_more(
     assert state.dropped == {"chat": 1, "stream": 1}
     # Each call answered by its second attempt: three answered requests in all.
     assert state.auth_seen == {"valid": 3}
-    stream = report.call("stream")
+    chat, stream = report.call("chat"), report.call("stream")
+    assert chat is not None and chat.attempts == 2
     assert stream is not None and stream.attempts == 2
+    assert report.call("models") is not None and report.calls[0].attempts == 1
 
 
 def test_a_second_drop_is_reported_as_no_answer(server: tuple[str, ServerState]) -> None:
@@ -237,6 +247,7 @@ def test_a_second_drop_is_reported_as_no_answer(server: tuple[str, ServerState])
     chat, stream = report.call("chat"), report.call("stream")
     assert chat is not None and chat.error == "no answer (RemoteProtocolError)"
     assert stream is not None and stream.error == "stream broken (RemoteProtocolError)"
+    assert chat.attempts == stream.attempts == 2
     assert state.dropped == {"chat": 2, "stream": 2}
     assert not validate_smoke(report, SmokeExpectations()).passed
 
@@ -257,3 +268,21 @@ def test_a_stream_broken_mid_answer_is_made_once_more_and_counted(
     broken = _direct_smoke(url, KEY).call("stream")
     assert broken is not None and broken.attempts == 2
     assert broken.error == "stream broken (RemoteProtocolError)"
+
+
+def test_a_call_that_timed_out_is_not_made_again(server: tuple[str, ServerState]) -> None:
+    """Only a broken connection is made again: a server slower than the call's timeout is
+    the endpoint's own state, which the gate reports after one attempt."""
+    url, state = server
+    # The server cannot send a byte before this wait; the calls give up far earlier.
+    state.first_token_delay_s = 1.0
+    with httpx.Client() as client:
+        report = run_smoke(
+            client, url, model=MODEL, messages=MESSAGES, max_tokens=8, api_key=KEY, timeout_s=0.2
+        )
+    chat, stream = report.call("chat"), report.call("stream")
+    assert chat is not None and chat.error == "no answer (ReadTimeout)" and chat.attempts == 1
+    assert stream is not None and stream.error == "stream broken (ReadTimeout)"
+    assert stream.attempts == 1
+    # GET /v1/models, then one POST per completion call.
+    assert state.auth_seen == {"valid": 3}
