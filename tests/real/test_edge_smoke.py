@@ -41,9 +41,9 @@ from llm_rollout.smoke import (
 from llm_rollout.spec import SmokeExpectations
 from sandbox.cluster.api_proxy import ApiFaultProxy, running_proxy
 from sandbox.cluster.control_plane import Cluster
+from sandbox.sglang_standin.workload import standin_deployment
 from tests.cluster.faults_support import admin_via, service_account_token
 
-SGLANG_IMAGE = "lmsysorg/sglang:v0.4.10.post2-cu126"
 MODEL = "qwen-standin"
 KEY = "sk-portforward-test-key"
 MESSAGES = [{"role": "user", "content": "测试一下"}]
@@ -51,54 +51,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def _server(namespace: str, name: str, *, replicas: int, api_key: str | None) -> dict[str, Any]:
-    labels = {"app": name}
-    argv = [
-        "python3",
-        "-m",
-        "sglang.launch_server",
-        "--model-path",
-        "/models/qwen",
-        "--served-model-name",
-        MODEL,
-        "--host",
-        "0.0.0.0",
-        "--port",
-        "8000",
-        "--enable-metrics",
-    ]
-    if api_key is not None:
-        argv += ["--api-key", api_key]
-    container = {
-        "name": "sglang",
-        "image": SGLANG_IMAGE,
-        "command": argv,
-        "ports": [{"name": "http", "containerPort": 8000}],
-        "volumeMounts": [{"name": "model", "mountPath": "/models/qwen", "readOnly": True}],
-        # SGLang's /health generates one token (the stand-in takes at least 1 s for it).
-        "readinessProbe": {
-            "httpGet": {"path": "/health", "port": 8000},
-            "periodSeconds": 1,
-            "timeoutSeconds": 10,
-        },
-    }
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [container],
-                    # The stand-in needs only a model directory with a config.json.
-                    "volumes": [{"name": "model", "configMap": {"name": "model"}}],
-                },
-            },
-        },
-    }
+    return standin_deployment(namespace, name, model=MODEL, replicas=replicas, api_key=api_key)
 
 
 def _service(namespace: str, name: str) -> dict[str, Any]:
