@@ -15,6 +15,10 @@ asks for ``real_stores`` or ``real_deploy_env``.
   not share the two CPUs with an engine left serving.
 - ``write_real_spec``: an example adapted to the tiny model (``sandbox.tiny_spec``), pointing at
   the sandbox OSS, in a namespace of the test's choosing, with changes merged section by section.
+- ``real_service``: ``real_service(example, namespace=..., **changes)`` is ``write_real_spec``
+  in the test's own directory with the service's teardown registered (``real_cleanup``), the
+  environment of ``real_deploy_env`` set, and, for an example served by vLLM, the engine
+  checked first (``require_engine``: its absence fails the test).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 import yaml
@@ -37,6 +41,7 @@ from sandbox.hub import HubServer
 from sandbox.oss import OssServer
 from sandbox.tiny_spec import tiny_model_spec
 from sandbox.vllm.tiny_model import TinyModelInfo, generate_tiny_model
+from tests.vllm.conftest import require_engine
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 KEY_ID = "LTAIrealDeployKeyId"
@@ -139,3 +144,43 @@ def write_real_spec(
     path = dest / f"{example}-{namespace}-{len(list(dest.iterdir()))}.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     return path, data
+
+
+@dataclass(frozen=True)
+class RealService:
+    """One example's spec written for the session's real cluster (``real_service``)."""
+
+    path: Path
+    data: dict[str, Any]
+    stores: RealStores
+
+    @property
+    def name(self) -> str:
+        return str(self.data["name"])
+
+    @property
+    def namespace(self) -> str:
+        return str(self.data["namespace"])
+
+
+class RealServiceFactory(Protocol):
+    def __call__(self, example: str, *, namespace: str, **changes: Any) -> RealService: ...
+
+
+@pytest.fixture
+def real_service(
+    real_deploy_env: RealStores,
+    real_cleanup: Callable[[str, str], None],
+    tmp_path: Path,
+) -> RealServiceFactory:
+    def make(example: str, *, namespace: str, **changes: Any) -> RealService:
+        engine = yaml.safe_load((EXAMPLES / f"{example}.yaml").read_text())["serving"]["engine"]
+        if engine == "vllm":
+            require_engine()
+        path, data = write_real_spec(
+            real_deploy_env, example, tmp_path, namespace=namespace, **changes
+        )
+        real_cleanup(namespace, data["name"])
+        return RealService(path, data, real_deploy_env)
+
+    return make

@@ -29,7 +29,6 @@ test_rbg_ray_pv.py.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,7 @@ from tests.real.ray_support import (
     render_old_workload,
     timed_deploy,
 )
-from tests.real_deploy import RealStores, write_real_spec
-from tests.vllm.conftest import require_engine
+from tests.real_deploy import RealServiceFactory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
@@ -83,18 +81,11 @@ def _events_of(core: k8s.CoreV1Api, namespace: str, name: str) -> list[k8s.CoreV
 
 @pytest.mark.timeout(1500, func_only=True)
 def test_raycluster_tp2_serves_under_kuberay_and_its_old_template_fails_as_found(
-    real_deploy_env: RealStores,
-    real_admin: k8s.ApiClient,
-    real_cleanup: Callable[[str, str], None],
-    tmp_path: Path,
+    real_service: RealServiceFactory, real_admin: k8s.ApiClient
 ) -> None:
-    require_engine()
-    tiny = real_deploy_env.tiny
     namespace = "real-kuberay-tp2"
-    path, data = write_real_spec(
-        real_deploy_env, EXAMPLE, tmp_path, namespace=namespace, rollout={"smoke_timeout_s": 180}
-    )
-    real_cleanup(namespace, data["name"])
+    served = real_service(EXAMPLE, namespace=namespace, rollout={"smoke_timeout_s": 180})
+    tiny, path, data = served.stores.tiny, served.path, served.data
     spec = load_spec(path)
     assert spec.serving.port == kuberay.KUBERAY_DEFAULT_METRICS_PORT
     result, took_s = timed_deploy(spec, real_admin, namespace)

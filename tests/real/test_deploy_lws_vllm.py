@@ -21,16 +21,12 @@ It replaces the LeaderWorkerSet case of tests/e2e_vllm/test_deploy_real_vllm.py.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
 import pytest
 from kubernetes import client as k8s
 
 from llm_rollout.spec import load_spec
 from tests.real.ray_support import pod_log, ready_after_s, timed_deploy
-from tests.real_deploy import RealStores, write_real_spec
-from tests.vllm.conftest import require_engine
+from tests.real_deploy import RealServiceFactory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
@@ -43,24 +39,17 @@ RAY_STARTED = "Ray runtime started."
 
 @pytest.mark.timeout(1200, func_only=True)
 def test_vllm_on_a_leaderworkerset_group_forms_a_ray_cluster_and_serves(
-    real_deploy_env: RealStores,
-    real_admin: k8s.ApiClient,
-    real_cleanup: Callable[[str, str], None],
-    tmp_path: Path,
+    real_service: RealServiceFactory, real_admin: k8s.ApiClient
 ) -> None:
-    require_engine()
-    tiny = real_deploy_env.tiny
     namespace = "real-lws-vllm"
-    path, data = write_real_spec(
-        real_deploy_env,
+    served = real_service(
         EXAMPLE,
-        tmp_path,
         namespace=namespace,
         serving={"tp": 2, "nodes": 2, "gpus_per_node": 1},
         rollout={"smoke_timeout_s": 180},
     )
-    real_cleanup(namespace, data["name"])
-    result, took_s = timed_deploy(load_spec(path), real_admin, namespace)
+    tiny = served.stores.tiny
+    result, took_s = timed_deploy(load_spec(served.path), real_admin, namespace)
     assert result.answer == tiny.answer
 
     core = k8s.CoreV1Api(real_admin)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,8 +31,7 @@ from llm_rollout.artifacts import (
     artifact_key,
 )
 from llm_rollout.spec import load_spec
-from tests.real_deploy import RealStores, write_real_spec
-from tests.vllm.conftest import require_engine
+from tests.real_deploy import RealServiceFactory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
@@ -57,18 +54,11 @@ def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
 
 @pytest.mark.timeout(900, func_only=True)
 def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
-    real_deploy_env: RealStores,
-    real_admin: k8s.ApiClient,
-    real_cleanup: Callable[[str, str], None],
-    tmp_path: Path,
+    real_service: RealServiceFactory, real_admin: k8s.ApiClient
 ) -> None:
-    require_engine()
-    tiny = real_deploy_env.tiny
     namespace = "real-single-gpu"
-    path, data = write_real_spec(
-        real_deploy_env, EXAMPLE, tmp_path, namespace=namespace, rollout={"smoke_timeout_s": 120}
-    )
-    real_cleanup(namespace, data["name"])
+    served = real_service(EXAMPLE, namespace=namespace, rollout={"smoke_timeout_s": 120})
+    tiny, path, data = served.stores.tiny, served.path, served.data
 
     t0 = time.monotonic()
     try:
