@@ -179,8 +179,9 @@ def test_update_failed_gate_and_rollback(
     real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path, kind: str
 ) -> None:
     # One kind at a time: run concurrently in this one process, two smoke tests streaming at
-    # the same moment saw one stream broken (RemoteProtocolError) in 2 of 3 runs; a Prefect
-    # worker runs each flow run in its own process, so that is not a mode the product has.
+    # the same moment saw one stream broken (RemoteProtocolError) in 2 of 3 runs. That was
+    # the API server's service proxy cutting answers over HTTP/1.1, likelier under concurrent
+    # calls (llm_rollout/kube/proxy.py httpx_client_for, which now speaks HTTP/2).
     _deploy_and_redeploy(real_deploy_env, real_admin, tmp_path, kind, KINDS[kind])
 
 
