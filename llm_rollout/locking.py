@@ -211,10 +211,13 @@ def try_acquire(
     if current is None:
         body = _lease_body(namespace, service, holder, owner, duration_s, previous=None)
         try:
-            created = _write(api, "POST", body)
-        except NotFoundError:
-            _ensure_namespace(api, namespace)
-            created = _write(api, "POST", body)
+            try:
+                created = _write(api, "POST", body)
+            except NotFoundError:
+                _ensure_namespace(api, namespace)
+                # Another run may create the namespace and its Lease between our two POSTs;
+                # its 409 is the same lost race as on the first POST, not an error.
+                created = _write(api, "POST", body)
         except ConflictError:
             fresh = get(api, ref)
             return False, LeaseState.of(fresh or {}), False

@@ -1,0 +1,56 @@
+"""Two first deploys racing for the rollout Lease of a service whose namespace does not exist
+yet (``llm_rollout/locking.py`` ``try_acquire``).
+
+The loser's first create answers 404 (no namespace), it creates the namespace, and its second
+create answers 409 because the winner created the namespace and the Lease in between. That
+409 is the lost compare-and-swap, as on the first create: the loser must learn who holds the
+Lease, not fail the run. The fresh-clone CI run on 82a2a7e hit exactly this interleaving in
+tests/reliability/test_deploy_trials.py (``ConflictError: POST Lease ... already exists``).
+The interleaving is made deterministic by letting the winner act inside the loser's
+namespace creation, the one window in which the race happens.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client as k8s
+
+from llm_rollout import locking
+from llm_rollout.locking import LeaseState, try_acquire
+from sandbox.cluster.control_plane import Cluster
+from tests.cluster.faults_support import product_client
+
+SERVICE = "qwen"
+
+
+@pytest.fixture
+def absent_namespace(admin: k8s.ApiClient) -> Iterator[str]:
+    """A namespace name nothing created yet; deleted afterwards if the test created it."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    yield name
+    core = k8s.CoreV1Api(admin)
+    if any(ns.metadata.name == name for ns in core.list_namespace().items):
+        core.delete_namespace(name)
+
+
+def test_a_create_lost_after_creating_the_namespace_reports_the_holder(
+    cluster: Cluster, absent_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = product_client(cluster.admin_kubeconfig)
+    ensure_namespace = locking._ensure_namespace
+    winner: list[tuple[bool, LeaseState, bool]] = []
+
+    def namespace_then_winner(api_: k8s.ApiClient, namespace: str) -> None:
+        ensure_namespace(api_, namespace)
+        winner.append(try_acquire(api_, namespace, SERVICE, holder="run-b", owner="b"))
+
+    monkeypatch.setattr(locking, "_ensure_namespace", namespace_then_winner)
+
+    taken, state, reentrant = try_acquire(api, absent_namespace, SERVICE, holder="run-a", owner="a")
+
+    assert [(w[0], w[1].holder) for w in winner] == [(True, "run-b")]
+    assert (taken, reentrant) == (False, False)
+    assert (state.holder, state.owner) == ("run-b", "b")
