@@ -55,7 +55,7 @@ its own service (PersistentVolumes are cluster-scoped and named after the servic
   is not run: the node agent has no memory cgroup, so nothing is OOM-killed. On the real
   cluster the lost node's pod stays Terminating (nobody confirms its deletion,
   tests/cluster/test_node_loss.py) and the product's rollback waits for the failed release's
-  pods (tasks/kubernetes.py DELETE_WAIT_S, 300 s), so the lost-node class fails its 25 s bound
+  pods (llm_rollout/stages.py DELETE_WAIT_S, 300 s), so the lost-node class fails its 25 s bound
   until that wait treats a pod on an unreachable node as gone (issue 16 B4).
 - workload, blue-green promotion: release A serves; with the same traffic running, release B
   passes readiness and smoke, takes the stable Service, bakes 3 s and A is removed. Survived:

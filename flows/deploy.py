@@ -1,8 +1,15 @@
 """The deploy flow: from a validated spec to a verified, serving endpoint (or a clean rollback).
 
-Stages: preflight -> mirror -> volumes -> rollout -> readiness -> smoke -> gate -> record.
-Every stage is a task with its own retries (transient errors only) and timeout; this flow only
-sequences them, times them, and turns a failed readiness or smoke test into a rollback.
+Stages: preflight -> plan -> mirror -> volumes -> rollout -> (late binding) -> readiness ->
+smoke -> gate -> record. Every stage is a task with its own retries (transient errors only) and
+timeout; this flow only sequences them, times them, and turns a failed readiness or smoke test
+into a rollback.
+
+Planned once: right after preflight the flow builds the release plan
+(`llm_rollout.plan.ReleasePlan`) from the objects preflight rendered to size the cluster, and
+every later stage takes that plan; nothing renders again. A RoleBasedGroup's router is bound
+late to the role Services its controller created (`late binding`), into a new plan that the
+run record names.
 
 The gate promotes in three steps: the stable Service switches to the new release; the new
 release is baked (watched) for `rollout.promote_grace_s` while the previous release still
@@ -14,7 +21,8 @@ writes nothing, not even a lock), the flow takes the service's rollout Lease (`t
 rollout_lease`, re-entrant for the root flow run, so refresh running this flow as a subflow
 does not wait for itself), waiting up to `rollout.lock_wait_s` for another run and otherwise
 failing with a message naming the holder. Under the lease preflight runs again: what the first
-pass read (serving release, free GPUs) may have changed while another run held the lease.
+pass read (serving release, free GPUs) may have changed while another run held the lease; it
+reuses the first pass's rendering when the RBG flavour and sequence length are the same.
 
 The flow parameter is the `ServiceSpec` itself (the UI renders it as a form). It holds no
 secret: OSS keys are resolved by the tasks that need them, from the spec's references.
@@ -26,6 +34,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from prefect import flow
 from prefect.logging import get_run_logger
@@ -35,14 +44,16 @@ from llm_rollout.artifacts import RUN_SUMMARY, ServiceId, artifact_key
 from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.locking import ServiceLock, lease_name
+from llm_rollout.plan import ReleasePlan, plan_release
 from llm_rollout.preflight import PreflightReport
 from llm_rollout.readiness_rules import tolerances_of
 from llm_rollout.record import Outcome, RunSummary, SmokeSummary, StageTiming, smoke_summary
 from llm_rollout.spec import ServiceSpec, spec_hash
-from llm_rollout.strategy import Strategy, new_release_id
+from llm_rollout.strategy import new_release_id
 from tasks.kubernetes import (
     AppliedRelease,
     bake_release,
+    bind_router_backends,
     promote,
     retire_previous,
     rollback,
@@ -107,12 +118,15 @@ def _summary(
     outcome: Outcome,
     message: str,
     release: str | None,
+    digest: str,
     report: PreflightReport | None,
+    plan: ReleasePlan | None,
     timer: _Timer,
     objects: list[str],
     smoke: SmokeSummary | None,
 ) -> RunSummary:
     source = spec.model.modelscope
+    binding = plan.binding() if plan is not None else ""
     return RunSummary(
         kind=ServiceId.of(spec).kind,
         service=spec.name,
@@ -125,7 +139,7 @@ def _summary(
         strategy=report.strategy if report else None,
         release=release,
         previous_release=report.serving_release if report else None,
-        spec_hash=spec_hash(spec),
+        spec_hash=digest,
         outcome=outcome,
         message=message,
         objects_applied=objects,
@@ -136,6 +150,7 @@ def _summary(
             "Kubernetes": report.server_version if report else "-",
             "free GPUs at preflight": str(report.gpus_free) if report else "-",
             **({"RBG flavor": report.rbg_flavor} if report and report.rbg_flavor else {}),
+            **({"router backends (bound late)": binding} if binding else {}),
         },
     )
 
@@ -146,9 +161,11 @@ class _Run:
 
     spec: ServiceSpec
     release: str
+    spec_hash: str
     timer: _Timer = field(default_factory=_Timer)
     objects: list[str] = field(default_factory=list)
     report: PreflightReport | None = None
+    plan: ReleasePlan | None = None
     smoke: SmokeSummary | None = None
 
     def summary(self, outcome: Outcome, message: str) -> RunSummary:
@@ -157,7 +174,9 @@ class _Run:
             outcome=outcome,
             message=message,
             release=self.release,
+            digest=self.spec_hash,
             report=self.report,
+            plan=self.plan,
             timer=self.timer,
             objects=self.objects,
             smoke=self.smoke,
@@ -176,7 +195,8 @@ def deploy(spec: ServiceSpec) -> DeployResult:
     """Deploy `spec`: preflight, lease, mirror, volumes, rollout, readiness, smoke, gate,
     record."""
     logger = get_run_logger()
-    run = _Run(spec, new_release_id(spec_hash(spec), int(time.time() * 1000)))
+    digest = spec_hash(spec)
+    run = _Run(spec, new_release_id(digest, int(time.time() * 1000)), digest)
     logger.info(
         "deploying Service %s/%s as release %s (%s on %s)",
         spec.namespace,
@@ -222,13 +242,15 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
         if fresh_preflight:
             # Another run may have changed the service while this one waited for the lease.
             with timer.stage("preflight (under lease)") as detail:
-                run.report = preflight(spec, release)
+                assert run.report is not None  # the first preflight ran
+                run.report = preflight(spec, release, run.report.rendered)
                 detail.append(f"strategy {run.report.strategy}")
         report = run.report
         assert report is not None  # the first preflight ran
-        if report.decision is None or report.decision.strategy is None:
-            raise PermanentError("preflight passed without choosing a strategy")
-        strategy: Strategy = report.decision.strategy
+        # Planned once: every later stage applies and checks this plan; nothing renders again.
+        plan = run.plan = plan_release(
+            spec, release=release, spec_hash=run.spec_hash, report=report, now=datetime.now(UTC)
+        )
         if spec.model.modelscope is None:
             timer.skipped("mirror", f"weights already at {spec.model.oss_uri}")
         else:
@@ -242,24 +264,21 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
                         f"mirrored {mirrored.bytes_sent} bytes in {mirrored.seconds:.1f}s"
                     )
         with timer.stage("volumes") as detail:
-            run.objects += bounded_by(volumes, spec.rollout.volume_bound_timeout_s)(
-                spec, release, not report.namespace_exists
-            )
+            run.objects += bounded_by(volumes, spec.rollout.volume_bound_timeout_s)(plan)
             detail.append(f"PersistentVolumeClaim {spec.namespace}/{spec.pvc_name} Bound")
         with timer.stage("rollout") as detail:
-            applied: AppliedRelease = rollout(
-                spec,
-                release,
-                strategy,
-                report.serving_release,
-                report.rbg_flavor,
-                report.max_model_len,
-            )
+            applied: AppliedRelease = rollout(plan)
             run.objects += applied.applied
-            detail.append(f"{applied.workload} applied ({strategy})")
-            if applied.rbg_role_services:
-                bound = ", ".join(f"{r}: {s}" for r, s in sorted(applied.rbg_role_services.items()))
-                detail.append(f"router backends bound to the role Services read back ({bound})")
+            detail.append(f"{applied.workload} applied ({plan.strategy})")
+        if plan.needs_binding:
+            with timer.stage("late binding") as detail:
+                # What only exists once the controller acted: the role Services of the router.
+                plan = run.plan = bounded_by(bind_router_backends, spec.rollout.ready_timeout_s)(
+                    plan
+                )
+                detail.append(
+                    f"router backends bound to the role Services read back ({plan.binding()})"
+                )
     except RolloutError as exc:
         # Nothing of the new release serves yet; what was applied stays for inspection.
         run.fail("failed", str(exc))
@@ -269,23 +288,15 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
     try:
         with timer.stage("readiness") as detail:
             ready = bounded_by(wait_workload_ready, spec.rollout.ready_timeout_s)(
-                applied.workload,
-                service_id=ServiceId.of(spec),
+                plan.workload,
+                service_id=plan.service_id,
                 timeout_s=float(spec.rollout.ready_timeout_s),
                 tolerances=tolerances_of(spec.rollout),
             )
             detail.append(f"{len(ready.pods)} pod(s) ready after {ready.elapsed_s:.1f}s")
         with timer.stage("smoke") as detail:
             outcome = bounded_by(smoke_test, SMOKE_CALLS_MAX * spec.rollout.smoke_timeout_s)(
-                spec.smoke,
-                service_id=ServiceId.of(spec),
-                model=spec.served_model_name,
-                namespace=spec.namespace,
-                service=applied.service_name,
-                port=applied.service_port,
-                timeout_s=float(spec.rollout.smoke_timeout_s),
-                base_url=str(spec.smoke.base_url) if spec.smoke.base_url else None,
-                api_key=spec.serving.api_key,
+                plan.smoke
             )
             run.smoke = smoke_summary(outcome.report, outcome.verdict)
             detail.append("passed" if run.smoke.passed else "FAILED")
@@ -297,7 +308,7 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
     def roll_back(stage: str, why: str, cause: RolloutError) -> RolloutFailed:
         """Remove the new release (the previous one keeps or regains the Service); record."""
         with timer.stage(stage):
-            back = rollback(spec, release, report.serving_release, strategy)
+            back = rollback(plan)
         message = f"release {release} failed{why}: {cause}\n{back.message}"
         logger.error(message)
         run.fail("rolled-back", message)
@@ -307,18 +318,18 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
         raise roll_back("gate", "", gate_error) from gate_error
 
     with timer.stage("gate") as detail:
-        plan = promote(spec, release, report.serving_release, strategy)
-        detail.append(plan.message)
-    if plan.remove_releases and plan.remove_after_s > 0:
+        gate = promote(plan)
+        detail.append(gate.message)
+    if gate.remove_releases and gate.remove_after_s > 0:
         try:
             with timer.stage("bake") as detail:
-                baked = bake_release(spec, release, applied.workload, plan.remove_after_s)
-                detail.append(f"{len(baked.pods)} pod(s) ready for {plan.remove_after_s:.0f}s")
+                baked = bake_release(plan, gate.remove_after_s)
+                detail.append(f"{len(baked.pods)} pod(s) ready for {gate.remove_after_s:.0f}s")
         except RolloutError as exc:
             raise roll_back("rollback", " while baking", exc) from exc
-    if plan.remove_releases:
+    if gate.remove_releases:
         with timer.stage("retire") as detail:
-            detail.extend(retire_previous(spec, plan))
+            detail.extend(retire_previous(plan, gate))
     smoke = run.smoke
     assert smoke is not None  # the smoke stage ran to get here
     summary = run.summary(
@@ -330,9 +341,9 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
         service=spec.name,
         namespace=spec.namespace,
         release=release,
-        strategy=strategy,
+        strategy=plan.strategy,
         answer=smoke.answer,
         ttft_s=smoke.ttft_s,
         flow_run_id=str(flow_run.id),
-        summary_markdown_key=artifact_key(RUN_SUMMARY, ServiceId.of(spec)),
+        summary_markdown_key=artifact_key(RUN_SUMMARY, plan.service_id),
     )

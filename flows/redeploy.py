@@ -13,6 +13,7 @@ from llm_rollout.errors import PermanentError
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import ReadyReport
 from llm_rollout.redeploy import ROLL_PROOF_S, Action, RedeployRequest
+from llm_rollout.smoke import SmokeTarget
 from llm_rollout.spec import SmokeSpec
 from tasks.policy import bounded_by
 from tasks.readiness import wait_workload_ready
@@ -92,16 +93,18 @@ def redeploy(
             # Ready alone does not say the pods run the change (issue 16, B7).
             prove_rolled(change, timeout_s=min(float(request.ready_timeout_s), ROLL_PROOF_S))
             if request.restarts_pods:
-                outcome = bounded_by(smoke_test, SMOKE_CALLS_MAX * request.smoke_timeout_s)(
-                    request.smoke,
-                    service_id=ServiceId(change.workload.kind, namespace, service),
-                    model=change.model,
+                target = SmokeTarget(
+                    kind=change.workload.kind,
                     namespace=namespace,
+                    name=service,
                     service=change.service_name,
                     port=change.service_port,
+                    model=change.model,
+                    smoke=request.smoke,
                     timeout_s=float(request.smoke_timeout_s),
                     api_key=change.api_key,
                 )
+                outcome = bounded_by(smoke_test, SMOKE_CALLS_MAX * request.smoke_timeout_s)(target)
                 if not outcome.verdict.passed:
                     raise RedeployFailed(
                         "smoke test failed: " + "; ".join(outcome.verdict.failures)

@@ -47,6 +47,7 @@ from llm_rollout.kube.resources import list_objects, request_json, served_versio
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.mirror.inputs import hub_source_of
 from llm_rollout.oss import OssTarget, open_bucket, oss_call, plain_http_warning
+from llm_rollout.render import RenderedRelease
 from llm_rollout.spec import ModelScopeSource, ServiceSpec
 from llm_rollout.strategy import (
     ERDMA_RESOURCE,
@@ -105,6 +106,8 @@ class PreflightReport:
     checks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # The new release as rendered for the capacity check; the release plan adopts it.
+    rendered: RenderedRelease | None = None
 
     @property
     def strategy(self) -> str | None:
@@ -486,12 +489,17 @@ def run_preflight(
     api: k8s_client.ApiClient,
     spec: ServiceSpec,
     *,
-    render_workloads: Callable[[RbgFlavor | None], Sequence[Mapping[str, Any]]],
+    render_release: Callable[[RbgFlavor | None, int | None], RenderedRelease],
     find_serving: Callable[[k8s_client.ApiClient], ServingRelease | None],
 ) -> PreflightReport:
-    """Run every check; raise one `PreflightError` listing all problems, else the report."""
+    """Run every check; raise one `PreflightError` listing all problems, else the report.
+
+    `render_release(rbg_flavor, max_model_len)` renders the new release for the RBG flavour
+    the cluster serves and the sequence length the KV fit settled; the report keeps it
+    (`PreflightReport.rendered`) for the release plan."""
     report = PreflightReport()
-    check_cluster(api, spec, report, render_workloads=render_workloads, find_serving=find_serving)
+    # The model's config is read first: the release is rendered once, for the sequence length
+    # its KV fit was checked for, and that rendering is what the capacity check sizes.
     bucket = check_oss(spec, report)
     check_hub(spec, report)
     try:
@@ -500,6 +508,12 @@ def run_preflight(
         report.problems.append(f"model {exc}")
     else:
         check_kv_fit(spec, report, config, unread_reason=unread)
+
+    def render_workloads(flavor: RbgFlavor | None) -> Sequence[Mapping[str, Any]]:
+        report.rendered = render_release(flavor, report.max_model_len)
+        return report.rendered.workload_objects
+
+    check_cluster(api, spec, report, render_workloads=render_workloads, find_serving=find_serving)
     if report.problems:
         raise PreflightError(report.problems)
     return report

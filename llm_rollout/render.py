@@ -45,7 +45,7 @@ import math
 import re
 import shlex
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import jinja2
@@ -81,6 +81,11 @@ class RenderedRelease:
     storage_objects: list[K8sObject]
     workload_objects: list[K8sObject]
     stable_service: K8sObject
+    # What the objects were rendered for, so a caller can tell whether they still fit.
+    rbg_flavor: RbgFlavor = "v0.6"
+    max_model_len: int | None = None
+    # RBG role -> headless Service the router's backend URLs name (see `bind_role_services`).
+    role_services: Mapping[str, str] = field(default_factory=dict)
 
     def all(self) -> list[K8sObject]:
         """Every object in apply order; delete in reverse."""
@@ -655,10 +660,7 @@ def render(
     """
     check_release(release)
     check_name_lengths(spec, release, rbg_flavor)
-    for role, service in (rbg_role_services or {}).items():
-        # Read from the cluster, and embedded in the router's URLs: a DNS label or nothing.
-        if len(service) > 63 or not DNS1123_LABEL.match(service):
-            raise RoleServiceError(f"role {role}: Service name {service!r} is not a DNS-1123 label")
+    _check_role_services(rbg_role_services or {})
     ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len)
     env = _environment()
     storage = _render_docs(env, "storage.yaml.j2", ctx)
@@ -671,7 +673,35 @@ def render(
         storage_objects=storage,
         workload_objects=workload + release_services,
         stable_service=stable[0],
+        rbg_flavor=rbg_flavor,
+        max_model_len=max_model_len,
+        role_services=dict(rbg_role_services or {}),
     )
+
+
+def _check_role_services(role_services: Mapping[str, str]) -> None:
+    for role, service in role_services.items():
+        # Read from the cluster, and embedded in the router's URLs: a DNS label or nothing.
+        if len(service) > 63 or not DNS1123_LABEL.match(service):
+            raise RoleServiceError(f"role {role}: Service name {service!r} is not a DNS-1123 label")
+
+
+def bind_role_services(
+    spec: ServiceSpec, rendered: RenderedRelease, role_services: Mapping[str, str]
+) -> RenderedRelease:
+    """`rendered` with the PD router's backend URLs naming `role_services` (late binding: the
+    names are read from the pods the RBG controller created). Only the RoleBasedGroup is
+    rendered again, from the workload template and what `rendered` was rendered for; every
+    other object is kept as it is."""
+    _check_role_services(role_services)
+    ctx = _Ctx(spec, rendered.release, rendered.rbg_flavor, role_services, rendered.max_model_len)
+    bound = {
+        doc["kind"]: doc
+        for doc in _render_docs(_environment(), template_for(spec), ctx)
+        if doc["kind"] == rbg.RoleBasedGroup.kind
+    }
+    workload = [bound.get(str(o.get("kind")), o) for o in rendered.workload_objects]
+    return replace(rendered, workload_objects=workload, role_services=dict(role_services))
 
 
 def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:

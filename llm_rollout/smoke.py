@@ -26,6 +26,7 @@ import httpx
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.kube.objects import secret_value
 from llm_rollout.kube.portforward import forward_service
 from llm_rollout.kube.proxy import (
     ApiServerClient,
@@ -33,7 +34,8 @@ from llm_rollout.kube.proxy import (
     is_api_server_proxy,
     service_proxy_url,
 )
-from llm_rollout.spec import SmokeExpectations
+from llm_rollout.metrics import MetricsReading, fetch_metrics
+from llm_rollout.spec import SecretKeyRef, SmokeExpectations, SmokeSpec
 
 __all__ = [
     "CallResult",
@@ -41,10 +43,12 @@ __all__ = [
     "SmokeExpectations",
     "SmokeReport",
     "SmokeRoute",
+    "SmokeTarget",
     "SmokeUnreachable",
     "SmokeVerdict",
     "run_smoke",
     "smoke_endpoint",
+    "smoke_release",
     "validate_smoke",
 ]
 
@@ -538,3 +542,75 @@ def validate_smoke(report: SmokeReport, expectations: SmokeExpectations) -> Smok
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass(frozen=True)
+class SmokeTarget:
+    """What one smoke test calls, and how: Service `namespace/service` on `port` serving
+    `model`, for the model service `namespace/name` whose workload is a `kind`. `api_key`
+    names the Kubernetes Secret key holding the server's API key (a reference, never the
+    value)."""
+
+    kind: str
+    namespace: str
+    name: str
+    service: str
+    port: int
+    model: str
+    smoke: SmokeSpec
+    timeout_s: float
+    api_key: SecretKeyRef | None = None
+
+    @property
+    def route(self) -> SmokeRoute:
+        return self.smoke.route(api_key=self.api_key is not None)
+
+    @property
+    def base_url(self) -> str | None:
+        return str(self.smoke.base_url) if self.smoke.base_url is not None else None
+
+    def sampling(self) -> dict[str, float | int]:
+        sampling: dict[str, float | int] = {
+            "temperature": self.smoke.temperature,
+            "top_p": self.smoke.top_p,
+        }
+        if self.smoke.seed is not None:
+            sampling["seed"] = self.smoke.seed
+        return sampling
+
+
+def smoke_release(
+    api: k8s_client.ApiClient, target: SmokeTarget, *, on_route: Callable[[str], None]
+) -> tuple[SmokeReport, MetricsReading]:
+    """The smoke test of `target` along its route (`SmokeSpec.route`), then the server's
+    `/metrics` along the same route; `on_route` hears which route was opened.
+
+    The API key is read from its Secret here and only travels in a request header."""
+    key = (
+        secret_value(api, target.namespace, target.api_key.secret_name, target.api_key.key)
+        if target.api_key is not None
+        else None
+    )
+    with smoke_endpoint(
+        api,
+        namespace=target.namespace,
+        service=target.service,
+        port=target.port,
+        route=target.route,
+        base_url=target.base_url,
+        timeout_s=target.timeout_s,
+    ) as endpoint:
+        on_route(endpoint.route)
+        report = run_smoke(
+            endpoint.client,
+            endpoint.base_url,
+            model=target.model,
+            messages=[m.model_dump() for m in target.smoke.messages],
+            max_tokens=target.smoke.max_tokens,
+            api_key=key,
+            timeout_s=target.timeout_s,
+            sampling=target.sampling(),
+            stream=target.smoke.stream,
+        )
+        metrics = fetch_metrics(endpoint.client, endpoint.base_url, timeout_s=target.timeout_s)
+    return report, metrics

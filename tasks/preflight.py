@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
-from llm_rollout.kinds import RbgFlavor
+from llm_rollout.plan import render_for
 from llm_rollout.preflight import PreflightReport, run_preflight
 from llm_rollout.release import cluster_api, find_serving_release
-from llm_rollout.render import render
+from llm_rollout.render import RenderedRelease
 from llm_rollout.spec import ServiceSpec
 from tasks.policy import retry_transient_only
 
@@ -22,20 +24,20 @@ from tasks.policy import retry_transient_only
     timeout_seconds=120,
     cache_policy=NO_CACHE,
 )
-def preflight(spec: ServiceSpec, release: str) -> PreflightReport:
-    """Check everything the rollout of `release` needs; raise `PreflightError` listing problems."""
+def preflight(
+    spec: ServiceSpec, release: str, rendered: RenderedRelease | None = None
+) -> PreflightReport:
+    """Check everything the rollout of `release` needs; raise `PreflightError` listing problems.
+
+    The report carries the release as rendered for its capacity check (for the release plan);
+    `rendered`, from an earlier pass of the same run, is reused when it still fits.
+    """
     logger = get_run_logger()
     with cluster_api() as api:
-
-        def render_workloads(flavor: RbgFlavor | None) -> list[dict[str, object]]:
-            # Without an RBG API the flavor does not matter for shapes that use no RBG.
-            rendered = render(spec, release=release, rbg_flavor=flavor or "v0.7")
-            return list(rendered.workload_objects)
-
         report = run_preflight(
             api,
             spec,
-            render_workloads=render_workloads,
+            render_release=functools.partial(render_for, spec, release, reuse=rendered),
             find_serving=lambda a: find_serving_release(a, spec.namespace, spec.name),
         )
     for check in report.checks:

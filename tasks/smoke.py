@@ -10,7 +10,6 @@ never fails the smoke test.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -25,18 +24,15 @@ from llm_rollout.artifacts import (
     artifact_key,
     smoke_verdict_markdown,
 )
-from llm_rollout.kube.client import load_api_client
-from llm_rollout.kube.objects import secret_value
-from llm_rollout.metrics import MetricsReading, fetch_metrics
+from llm_rollout.metrics import MetricsReading
+from llm_rollout.release import cluster_api
 from llm_rollout.smoke import (
     SmokeReport,
-    SmokeRoute,
+    SmokeTarget,
     SmokeVerdict,
-    run_smoke,
-    smoke_endpoint,
+    smoke_release,
     validate_smoke,
 )
-from llm_rollout.spec import SecretKeyRef, SmokeSpec
 from tasks.policy import retry_transient_only
 
 # The calls of one smoke test, each bounded by the spec's smoke_timeout_s (an httpx timeout
@@ -63,135 +59,79 @@ class SmokeOutcome:
     timeout_seconds=3600,
     cache_policy=NO_CACHE,
 )
-def smoke_test(
-    smoke: SmokeSpec,
-    *,
-    service_id: ServiceId,
-    model: str,
-    namespace: str,
-    service: str,
-    port: int,
-    timeout_s: float,
-    base_url: str | None = None,
-    api_key: SecretKeyRef | None = None,
-) -> SmokeOutcome:
-    """Smoke-test Service `namespace/service` on `port` serving `model`.
+def smoke_test(target: SmokeTarget) -> SmokeOutcome:
+    """Smoke-test `target` (`llm_rollout.smoke.SmokeTarget`), judge the answers, publish them.
 
     The route follows `smoke.via` (see `SmokeSpec.route`): the API server's service proxy
     (works from outside the cluster with the kubeconfig alone), a port-forward to one Ready pod
     (the same reach, and request headers arrive untouched: chosen when there is an API key), or
-    `base_url` (default `smoke.base_url`) directly, for in-cluster workers. `api_key` names the
-    Kubernetes Secret key holding the server's API key: the value is read here and never
-    becomes a parameter, log line or artifact.
+    `smoke.base_url` directly, for in-cluster workers. The API key is read from the Secret its
+    reference names and never becomes a parameter, log line or artifact.
     """
     logger = get_run_logger()
-    direct = base_url or (str(smoke.base_url) if smoke.base_url else None)
-    route = _route(smoke, direct=direct, api_key=api_key is not None)
-    api = load_api_client()
-    try:
-        key = secret_value(api, namespace, api_key.secret_name, api_key.key) if api_key else None
-        with smoke_endpoint(
+    where = f"Service {target.namespace}/{target.service}"
+    with cluster_api() as api:
+        report, metrics = smoke_release(
             api,
-            namespace=namespace,
-            service=service,
-            port=port,
-            route=route,
-            base_url=direct,
-            timeout_s=timeout_s,
-        ) as endpoint:
-            logger.info(
-                "smoke test of Service %s/%s port %d via %s",
-                namespace,
-                service,
-                port,
-                endpoint.route,
-            )
-            report = run_smoke(
-                endpoint.client,
-                endpoint.base_url,
-                model=model,
-                messages=[m.model_dump() for m in smoke.messages],
-                max_tokens=smoke.max_tokens,
-                api_key=key,
-                timeout_s=timeout_s,
-                sampling=_sampling(smoke),
-                stream=smoke.stream,
-            )
-            metrics = fetch_metrics(endpoint.client, endpoint.base_url, timeout_s=timeout_s)
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
-    verdict = validate_smoke(report, smoke.expect)
+            target,
+            on_route=lambda route: logger.info(
+                "smoke test of %s port %d via %s", where, target.port, route
+            ),
+        )
+    verdict = validate_smoke(report, target.smoke.expect)
+    _log_outcome(where, report, verdict, metrics)
+    service_id = ServiceId(target.kind, target.namespace, target.name)
+    create_table_artifact(
+        key=artifact_key(SMOKE_CALLS, service_id),
+        table=[{k: v for k, v in row.items() if v is not None} for row in report.as_rows()],
+        description=f"Smoke-test calls to {where}",
+    )
+    if metrics.summary is not None:
+        create_table_artifact(
+            key=artifact_key(SMOKE_METRICS, service_id),
+            table=metrics.summary.as_rows(),
+            description=f"Engine /metrics of {where} after the smoke test",
+        )
+    create_markdown_artifact(
+        key=artifact_key(SMOKE_VERDICT, service_id),
+        markdown=smoke_verdict_markdown(target.namespace, target.service, report, verdict, metrics),
+        description=f"Smoke verdict for {where}",
+    )
+    return SmokeOutcome(report=report, verdict=verdict, metrics=metrics)
+
+
+def _log_outcome(
+    where: str, report: SmokeReport, verdict: SmokeVerdict, metrics: MetricsReading
+) -> None:
+    logger = get_run_logger()
     for call in report.calls:
         logger.info(
-            "Service %s/%s smoke %s: HTTP %s, %s ms, TTFT %s ms",
-            namespace,
-            service,
+            "%s smoke %s: HTTP %s, %s ms, TTFT %s ms",
+            where,
             call.call,
             call.status,
             _ms(call.latency_ms),
             _ms(call.ttft_ms),
         )
     if verdict.passed:
-        logger.info(
-            "Service %s/%s smoke test passed; answer: %r", namespace, service, report.answer[:200]
-        )
+        logger.info("%s smoke test passed; answer: %r", where, report.answer[:200])
     else:
-        logger.warning(
-            "Service %s/%s smoke test failed: %s", namespace, service, "; ".join(verdict.failures)
-        )
-    create_table_artifact(
-        key=artifact_key(SMOKE_CALLS, service_id),
-        table=[{k: v for k, v in row.items() if v is not None} for row in report.as_rows()],
-        description=f"Smoke-test calls to Service {namespace}/{service}",
+        logger.warning("%s smoke test failed: %s", where, "; ".join(verdict.failures))
+    summary = metrics.summary
+    if summary is None:
+        logger.warning("%s /metrics not summarized: %s", where, metrics.error)
+        return
+    ttft = summary.ttft
+    logger.info(
+        "%s /metrics: %s requests, %s prompt / %s generation tokens, TTFT avg %s ms over %s "
+        "requests",
+        where,
+        summary.requests,
+        summary.prompt_tokens,
+        summary.generation_tokens,
+        _ms(ttft.avg_s * 1000 if ttft and ttft.avg_s is not None else None),
+        ttft.count if ttft else 0,
     )
-    if metrics.summary is not None:
-        summary = metrics.summary
-        ttft = summary.ttft
-        logger.info(
-            "Service %s/%s /metrics: %s requests, %s prompt / %s generation tokens, TTFT avg %s ms "
-            "over %s requests",
-            namespace,
-            service,
-            summary.requests,
-            summary.prompt_tokens,
-            summary.generation_tokens,
-            _ms(ttft.avg_s * 1000 if ttft and ttft.avg_s is not None else None),
-            ttft.count if ttft else 0,
-        )
-        create_table_artifact(
-            key=artifact_key(SMOKE_METRICS, service_id),
-            table=_metrics_rows(metrics),
-            description=f"Engine /metrics of Service {namespace}/{service} after the smoke test",
-        )
-    else:
-        logger.warning(
-            "Service %s/%s /metrics not summarized: %s", namespace, service, metrics.error
-        )
-    create_markdown_artifact(
-        key=artifact_key(SMOKE_VERDICT, service_id),
-        markdown=smoke_verdict_markdown(namespace, service, report, verdict, metrics),
-        description=f"Smoke verdict for Service {namespace}/{service}",
-    )
-    return SmokeOutcome(report=report, verdict=verdict, metrics=metrics)
-
-
-def _route(smoke: SmokeSpec, *, direct: str | None, api_key: bool) -> SmokeRoute:
-    # A base URL given by the caller (not in the spec) counts as smoke.base_url for `auto`.
-    if smoke.via == "auto" and direct is not None:
-        return "base-url"
-    return smoke.route(api_key=api_key)
-
-
-def _metrics_rows(metrics: MetricsReading) -> list[dict[str, Any]]:
-    assert metrics.summary is not None
-    return metrics.summary.as_rows()
-
-
-def _sampling(smoke: SmokeSpec) -> dict[str, float | int]:
-    sampling: dict[str, float | int] = {"temperature": smoke.temperature, "top_p": smoke.top_p}
-    if smoke.seed is not None:
-        sampling["seed"] = smoke.seed
-    return sampling
 
 
 def _ms(value: float | None) -> str:

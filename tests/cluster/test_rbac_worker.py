@@ -181,7 +181,7 @@ def _plan_level_run(
         worker, NAMESPACE, spec.name, holder="worker-test", owner=release_id, wait_s=lock_wait_s
     )
     assert not reentrant
-    # As the rollout task does under the Lease, before applying (tasks/kubernetes.py): custom
+    # As the rollout task does under the Lease, before applying (llm_rollout/stages.py): custom
     # resources checked against the CRDs this cluster serves, read with the worker's token.
     assert validate_objects(rendered.all(), crds_from_cluster(worker)) == []
     storage = [

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from llm_rollout import render as rendering
+from llm_rollout.spec import ServiceSpec
 from sandbox.cluster.control_plane import Cluster
 from sandbox.cluster.node_agent import registry_faults_file
 
@@ -23,3 +27,21 @@ def registry(real_cluster: Cluster) -> Iterator[Callable[[dict[str, str]], None]
 
     yield set_faults
     path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def render_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The release of every `render()` call during the test, whichever module of ours calls it
+    (issue 17 point 1: a deploy run renders once)."""
+    calls: list[str] = []
+    real = rendering.render
+
+    def counting(spec: ServiceSpec, **options: Any) -> rendering.RenderedRelease:
+        calls.append(str(options["release"]))
+        return real(spec, **options)
+
+    for name, module in list(sys.modules.items()):
+        ours = name.split(".")[0] in ("llm_rollout", "tasks", "flows")
+        if ours and getattr(module, "render", None) is real:
+            monkeypatch.setattr(module, "render", counting)
+    return calls

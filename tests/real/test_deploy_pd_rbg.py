@@ -107,6 +107,7 @@ def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_servi
     real_admin: k8s.ApiClient,
     real_cleanup: Callable[[str, str], None],
     tmp_path: Path,
+    render_calls: list[str],
 ) -> None:
     if not runtimes_install.is_router_installed():
         pytest.fail("sglang-router is not installed: run scripts/install-runtimes", pytrace=False)
@@ -153,6 +154,9 @@ def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_servi
         f"router backends bound to the role Services read back (decode: s-{name}-decode, "
         f"prefill: s-{name}-prefill)" in summary
     )
+    # Planned once (issue 17 point 1): the late binding renders the RoleBasedGroup's template
+    # again (llm_rollout/render.py bind_role_services), never the whole release.
+    assert render_calls == [result.release]
     # The smoke test's requests reached the decode server and a prefill server from the router
     # pod (the PD router sends each request to both, sgl-router src/routers/pd_router.rs).
     router_ip = pods[f"{name}-router-0"].status.pod_ip

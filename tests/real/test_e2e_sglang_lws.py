@@ -199,6 +199,7 @@ def test_release_degrading_while_baking_is_rolled_back(
     serving: tuple[dict[str, Any], str],
     real_admin: k8s.ApiClient,
     tmp_path: Path,
+    render_calls: list[str],
 ) -> None:
     data, _ = serving
     old = serving_release(data["name"], NAMESPACE)
@@ -219,6 +220,9 @@ def test_release_degrading_while_baking_is_rolled_back(
     _serves_release(data, old)
     release_label = str(failure.value).split("release ", 1)[1].split()[0]
     assert _pods(real_admin, f"{RELEASE_LABEL}={release_label}") == []
+    # Issue 17 point 1: this run went through preflight twice (before and under the lease),
+    # volumes, rollout, readiness, smoke, promote, bake and rollback, and rendered once.
+    assert render_calls == [release_label]
 
 
 @pytest.mark.timeout(420, func_only=True)

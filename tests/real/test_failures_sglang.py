@@ -106,10 +106,11 @@ def serving(
 
 
 def test_the_server_requires_the_api_key_the_smoke_test_sent(serving: tuple[str, str]) -> None:
-    """The smoke test passed, so its chat calls carried the key from the Secret (tasks/smoke.py
-    sends them through a port-forward when a key is set, because the API server's service
-    proxy drops the Authorization header); the same server refuses a request without the key,
-    which is what a request through the service proxy is. The key is in no output."""
+    """The smoke test passed, so its chat calls carried the key from the Secret
+    (llm_rollout/smoke.py sends them through a port-forward when a key is set, because the API
+    server's service proxy drops the Authorization header); the same server refuses a request
+    without the key, which is what a request through the service proxy is. The key is in no
+    output."""
     status, deployed = serving
     assert "smoke test answer" in deployed
     response = stable_models(NAMESPACE, SERVICE)

@@ -25,6 +25,7 @@ flow's tasks up to the promotion to reach it.
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,8 @@ from prefect import flow
 
 from flows.deploy import deploy
 from flows.redeploy import RedeployFailed, redeploy
-from llm_rollout.artifacts import ServiceId
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
+from llm_rollout.plan import plan_release
 from llm_rollout.readiness_rules import tolerances_of
 from llm_rollout.redeploy import RESTARTED_AT_ANNOTATION, pod_templates
 from llm_rollout.release import read_release_state, teardown
@@ -151,25 +152,20 @@ def _promote_without_retiring(spec_path: Path) -> str:
     """The deploy flow's tasks up to the promotion of a new release (no smoke, no bake, no
     retirement): a second release serving while the previous one still exists."""
     spec = load_spec(spec_path)
-    release = new_release_id(spec_hash(spec), int(time.time() * 1000))
+    digest = spec_hash(spec)
+    release = new_release_id(digest, int(time.time() * 1000))
     report = preflight(spec, release)
-    assert report.decision is not None and report.decision.strategy is not None
-    strategy = report.decision.strategy
-    applied = rollout(
-        spec,
-        release,
-        strategy,
-        report.serving_release,
-        report.rbg_flavor,
-        report.max_model_len,
+    plan = plan_release(
+        spec, release=release, spec_hash=digest, report=report, now=datetime.now(UTC)
     )
+    applied = rollout(plan)
     wait_workload_ready(
         applied.workload,
-        service_id=ServiceId.of(spec),
+        service_id=plan.service_id,
         timeout_s=float(spec.rollout.ready_timeout_s),
         tolerances=tolerances_of(spec.rollout),
     )
-    promote(spec, release, report.serving_release, strategy)
+    promote(plan)
     return release
 
 
