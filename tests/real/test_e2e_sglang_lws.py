@@ -31,6 +31,7 @@ from prefect.client.schemas.objects import State
 from flows.deploy import RolloutFailed, deploy
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.record import ANN_DEPLOYED_AT
 from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.spec import load_spec
 from sandbox.cluster.control_plane import Cluster
@@ -114,6 +115,18 @@ def test_leader_and_worker_serve_under_the_real_lws_operator(
     response = stable_models(NAMESPACE, data["name"], data["serving"].get("port", 8000))
     assert response.status_code == 200, response.text
     assert [m["id"] for m in response.json()["data"]] == [data["serving"]["served_model_name"]]
+    # One plan, one set of annotations (issue 17 point 1): the workload and the stable Service
+    # the gate switched record the same deploy time.
+    (workload,) = k8s.CustomObjectsApi(real_admin).list_namespaced_custom_object(
+        "leaderworkerset.x-k8s.io",
+        "v1",
+        NAMESPACE,
+        "leaderworkersets",
+        label_selector=f"{RELEASE_LABEL}={release}",
+    )["items"]
+    stable = k8s.CoreV1Api(real_admin).read_namespaced_service(data["name"], NAMESPACE)
+    deployed_at = workload["metadata"]["annotations"][ANN_DEPLOYED_AT]
+    assert stable.metadata.annotations[ANN_DEPLOYED_AT] == deployed_at
 
 
 def test_failed_smoke_rolls_back_and_the_old_release_keeps_serving(
