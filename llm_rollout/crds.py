@@ -224,15 +224,15 @@ def find_crds(named_dir: Path | None, *, cluster_timeout_s: float = 5.0) -> CrdL
         return CrdLookup(configured)
     # Imported here: only a lookup that reaches for the cluster needs the Kubernetes client.
     from llm_rollout.errors import RolloutError
-    from llm_rollout.kube.client import KubeConfigError, load_api_client
+    from llm_rollout.kube.client import KubeConfigError
+    from llm_rollout.kube.session import process_session
 
     try:
-        api = load_api_client()
+        api = process_session().api
     except KubeConfigError as exc:
         return CrdLookup(None, f"no CRD directory named, and no cluster to read them from: {exc}")
     try:
-        with api:
-            return CrdLookup(crds_from_cluster(api, timeout_s=cluster_timeout_s))
+        return CrdLookup(crds_from_cluster(api, timeout_s=cluster_timeout_s))
     except RolloutError as exc:
         return CrdLookup(
             None, f"no CRD directory named, and the cluster's could not be read: {exc}"

@@ -20,11 +20,22 @@ from kubernetes import client as k8s_client
 from llm_rollout.errors import PermanentError, TransientError
 from llm_rollout.kinds import RbgFlavor, rendered_kinds
 from llm_rollout.kinds.rbg import role_labels, role_services_from_pods
-from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, apply_all, delete, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
-from llm_rollout.kube.watching import WaitTimeout, WatchSpec, call_with_retry, watching
+from llm_rollout.kube.session import process_session
+from llm_rollout.kube.views import ObjectView, items_at, mapping_at
+from llm_rollout.kube.watching import (
+    Done,
+    Selector,
+    Verdict,
+    Waiting,
+    WaitTimeout,
+    WatchSpec,
+    call_with_retry,
+    wait_until,
+    watching,
+)
 from llm_rollout.preflight import ServingRelease, pods_by_node
 from llm_rollout.readiness import pod_selector_for, workload_missing
 from llm_rollout.record import (
@@ -49,12 +60,10 @@ RELEASE_KINDS: tuple[tuple[str, str], ...] = (
 
 @contextmanager
 def cluster_api() -> Iterator[k8s_client.ApiClient]:
-    """An API client from the standard sources (KUBECONFIG, in-cluster), closed afterwards."""
-    api = load_api_client()
-    try:
-        yield api
-    finally:
-        api.close()  # type: ignore[no-untyped-call]
+    """The client of the process's Kubernetes session (`kube.session.process_session`: the
+    standard sources, KUBECONFIG else in-cluster), shared by every task of the process and
+    left open for the next one."""
+    yield process_session().api
 
 
 def stable_service_ref(namespace: str, name: str) -> ObjectRef:
@@ -66,8 +75,9 @@ def read_release_state(api: k8s_client.ApiClient, namespace: str, name: str) -> 
     service = get(api, stable_service_ref(namespace, name))
     if service is None:
         return ReleaseState(service=name, namespace=namespace, current_release=None)
-    selector = (service.get("spec") or {}).get("selector") or {}
-    annotations = dict((service.get("metadata") or {}).get("annotations") or {})
+    view = ObjectView(service)
+    selector = view.at("spec", "selector")
+    annotations = dict(view.metadata.annotations)
     return ReleaseState(
         service=name,
         namespace=namespace,
@@ -101,7 +111,7 @@ def release_objects(
         except NotFoundError:
             continue
         for item in items:
-            key = (kind, str((item.get("metadata") or {}).get("name")))
+            key = (kind, ObjectView(item).metadata.name)
             if key not in seen:  # an RBG listed under both served versions is one object
                 seen.add(key)
                 found.append(item)
@@ -128,18 +138,19 @@ def find_serving_release(api: k8s_client.ApiClient, namespace: str, name: str) -
 
 def _applyable(obj: Mapping[str, Any]) -> JsonDict:
     """Strip what the server owns from an object read back, so it can be re-applied."""
-    metadata = obj.get("metadata") or {}
-    spec = dict(obj.get("spec") or {})
+    view = ObjectView(obj)
+    metadata = view.metadata
+    spec = dict(view.spec)
     for server_field in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
         spec.pop(server_field, None)
     return {
         "apiVersion": obj["apiVersion"],
         "kind": obj["kind"],
         "metadata": {
-            "name": metadata["name"],
-            "namespace": metadata.get("namespace"),
-            "labels": dict(metadata.get("labels") or {}),
-            "annotations": dict(metadata.get("annotations") or {}),
+            "name": view.ref.name,
+            "namespace": metadata.namespace,
+            "labels": dict(metadata.labels),
+            "annotations": dict(metadata.annotations),
         },
         "spec": spec,
     }
@@ -158,7 +169,7 @@ def point_stable_service(
     """
     desired = _applyable({"apiVersion": "v1", "kind": "Service", **dict(stable_service)})
     desired["spec"]["selector"] = {
-        **dict(desired["spec"].get("selector") or {}),
+        **mapping_at(desired, "spec", "selector"),
         RELEASE_LABEL: release,
     }
     desired["metadata"]["annotations"].update(annotations)
@@ -290,8 +301,8 @@ def namespace_object(namespace: str) -> JsonDict:
 def with_annotations(obj: Mapping[str, Any], annotations: Mapping[str, str]) -> JsonDict:
     """A copy of a rendered object with `annotations` merged into its metadata."""
     copy = dict(obj)
-    metadata = dict(copy.get("metadata") or {})
-    metadata["annotations"] = {**dict(metadata.get("annotations") or {}), **annotations}
+    metadata = dict(mapping_at(obj, "metadata"))
+    metadata["annotations"] = {**ObjectView(obj).metadata.annotations, **annotations}
     copy["metadata"] = metadata
     return copy
 
@@ -319,25 +330,21 @@ def wait_rbg_role_services(
     version; a role that waits on them (the PD router) is not created before they are Ready,
     so its template can still be bound to what was read."""
     name_label = next(iter(role_labels(workload, roles[0], rbg_flavor)))
-    spec = WatchSpec("v1", "Pod", namespace, label_selector=f"{name_label}={workload}")
-    deadline = time.monotonic() + timeout_s
-    with watching(api, [spec]) as group:
-        while True:
-            pods = list(group.cache[spec].values())
-            services = role_services_from_pods(pods, workload, rbg_flavor, roles)
-            if set(services) >= set(roles):
-                return services
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                missing = [
-                    f"RoleBasedGroup {namespace}/{workload}: no pod of role {role} yet"
-                    for role in roles
-                    if role not in services
-                ]
-                raise WaitTimeout(
-                    f"timed out after {timeout_s:.0f}s: {'; '.join(missing)}", missing=missing
-                )
-            group.next(remaining)
+
+    def every_role_has_a_pod(pods: list[ObjectView]) -> Verdict[dict[str, str]]:
+        services = role_services_from_pods([p.raw for p in pods], workload, rbg_flavor, roles)
+        if set(services) >= set(roles):
+            return Done(services)
+        return Waiting(
+            tuple(
+                f"RoleBasedGroup {namespace}/{workload}: no pod of role {role} yet"
+                for role in roles
+                if role not in services
+            )
+        )
+
+    pods = Selector("v1", "Pod", namespace, label_selector=f"{name_label}={workload}")
+    return wait_until(api, pods, every_role_has_a_pod, timeout_s)
 
 
 @dataclass(frozen=True)
@@ -460,37 +467,37 @@ class BakeReport:
 
 
 def _pod_name(pod: Mapping[str, Any]) -> str:
-    return str((pod.get("metadata") or {}).get("name"))
+    return str(ObjectView(pod).metadata.name or None)
 
 
 def _restarts(pod: Mapping[str, Any]) -> dict[str, int]:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    statuses = items_at(pod, "status", "containerStatuses")
     return {str(cs.get("name")): int(cs.get("restartCount") or 0) for cs in statuses}
 
 
 def pod_degradation(pod: Mapping[str, Any], baseline_restarts: Mapping[str, int]) -> str | None:
     """Why a pod that was ready no longer counts as serving, or None while it still does."""
-    meta = pod.get("metadata") or {}
-    ref = f"Pod {meta.get('namespace')}/{meta.get('name')}"
-    if meta.get("deletionTimestamp"):
+    view = ObjectView(pod)
+    ref = f"Pod {view.metadata.namespace}/{view.metadata.name or None}"
+    if view.metadata.deletion_timestamp:
         return f"{ref} is being deleted"
-    status = pod.get("status") or {}
-    for cs in status.get("containerStatuses") or []:
+    for cs in items_at(pod, "status", "containerStatuses"):
         name = cs.get("name")
-        state = cs.get("state") or {}
-        waiting = (state.get("waiting") or {}).get("reason")
-        terminated = state.get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        running_now = mapping_at(cs, "state", "terminated")
+        terminated = running_now or mapping_at(cs, "lastState", "terminated")
         restarted = int(cs.get("restartCount") or 0) > baseline_restarts.get(str(name), 0)
-        if state.get("terminated") or restarted:
-            why = (terminated or {}).get("reason") or "terminated"
-            code = (terminated or {}).get("exitCode")
+        if running_now or restarted:
+            why = terminated.get("reason") or "terminated"
+            code = terminated.get("exitCode")
             return f"{ref} container {name} exited ({why}, exit code {code})"
-        if waiting and waiting not in _STARTING_REASONS:
-            message = (state.get("waiting") or {}).get("message") or ""
-            return f"{ref} container {name}: {waiting}" + (f" ({message})" if message else "")
-    for condition in status.get("conditions") or []:
-        if condition.get("type") == "Ready" and str(condition.get("status")) != "True":
-            return f"{ref} not Ready ({condition.get('reason') or 'no reason given'})"
+        waiting = mapping_at(cs, "state", "waiting")
+        reason = waiting.get("reason")
+        if reason and reason not in _STARTING_REASONS:
+            message = waiting.get("message") or ""
+            return f"{ref} container {name}: {reason}" + (f" ({message})" if message else "")
+    ready = view.condition("Ready")
+    if ready is not None and not ready.is_true:
+        return f"{ref} not Ready ({ready.reason or 'no reason given'})"
     return None
 
 
@@ -537,7 +544,7 @@ def bake(
                     baseline = {name: _restarts(pod) for name, pod in pods.items()}
                     notify(f"baking {workload} with {len(pods)} pod(s) for {window_s:.0f}s")
                 service = group.cache[service_spec].get(stable_service)
-                selected = ((service or {}).get("spec") or {}).get("selector") or {}
+                selected = mapping_at(service, "spec", "selector")
                 reason = _bake_problem(workload, obj, pods, baseline)
                 if selected.get(RELEASE_LABEL) != release:
                     reason = (
@@ -598,15 +605,15 @@ def restore_stable_service(
         return False
     recorded = {
         k: v
-        for k, v in ((workloads[0].get("metadata") or {}).get("annotations") or {}).items()
+        for k, v in ObjectView(workloads[0]).metadata.annotations.items()
         if k.startswith(ANNOTATION_PREFIX)
     }
     kept = {
         k: v
-        for k, v in ((service.get("metadata") or {}).get("annotations") or {}).items()
+        for k, v in ObjectView(service).metadata.annotations.items()
         if not k.startswith(ANNOTATION_PREFIX)
     }
     base = dict(service)
-    base["metadata"] = {**dict(service.get("metadata") or {}), "annotations": kept}
+    base["metadata"] = {**mapping_at(service, "metadata"), "annotations": kept}
     point_stable_service(api, base, release, recorded)
     return True

@@ -19,6 +19,7 @@ from kubernetes import client as k8s_client
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.resources import JsonDict, ObjectRef, object_path, request_json
+from llm_rollout.kube.views import mapping_at
 from llm_rollout.kube.watching import wait_deleted
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,9 @@ def secret_value(api: k8s_client.ApiClient, namespace: str, name: str, key: str)
     secret = get(api, ref)
     if secret is None:
         raise PermanentError(f"{ref} does not exist")
-    encoded = (secret.get("data") or {}).get(key)
+    encoded = mapping_at(secret, "data").get(key)
     if encoded is None:
-        plain = (secret.get("stringData") or {}).get(key)
+        plain = mapping_at(secret, "stringData").get(key)
         if plain is None:
             raise PermanentError(f"{ref} has no key {key!r}")
         return str(plain)

@@ -34,6 +34,7 @@ from llm_rollout.errors import PermanentError, TransientError
 from llm_rollout.kube.errors import translate
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import ObjectRef, list_objects
+from llm_rollout.kube.views import ObjectView, items_at
 
 __all__ = ["ForwardTarget", "PortForwarder", "forward_service", "pick_pod"]
 
@@ -62,15 +63,11 @@ class ForwardTarget:
 
 
 def _is_ready(pod: Mapping[str, Any]) -> bool:
-    if (pod.get("metadata") or {}).get("deletionTimestamp"):
+    view = ObjectView(pod)
+    if view.metadata.deletion_timestamp or view.status.get("phase") != "Running":
         return False
-    status = pod.get("status") or {}
-    if status.get("phase") != "Running":
-        return False
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    ready = view.condition("Ready")
+    return ready is not None and ready.is_true
 
 
 def _container_port(pod: Mapping[str, Any], target: int | str) -> int | None:
@@ -78,8 +75,8 @@ def _container_port(pod: Mapping[str, Any], target: int | str) -> int | None:
         return target
     if target.isdigit():
         return int(target)
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for port in container.get("ports") or []:
+    for container in items_at(pod, "spec", "containers"):
+        for port in items_at(container, "ports"):
             if port.get("name") == target:
                 return int(port["containerPort"])
     return None

@@ -12,10 +12,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from kubernetes import client as k8s_client
 from kubernetes import watch as _k8s_watch
@@ -30,6 +30,7 @@ from llm_rollout.kube.resources import (
     raw_request,
     resolve_resource,
 )
+from llm_rollout.kube.views import ObjectView
 
 # How long one watch request stays open before the server ends it and we resume; short enough
 # that a silently dead connection is noticed, long enough not to churn the API server.
@@ -41,6 +42,7 @@ TRANSIENT_ATTEMPTS = 6
 _WATCH_CLASS: Any = _k8s_watch.Watch
 _STREAM_ERRORS: tuple[type[BaseException], ...] = (ApiException, *CONNECTION_ERRORS)
 BACKOFF_CAP_S = 5.0
+_T = TypeVar("_T")
 
 
 class WaitTimeout(PermanentError):
@@ -135,7 +137,7 @@ class _Stream(threading.Thread):
             watch.stop()
 
     def _matches(self, obj: JsonDict) -> bool:
-        return self.spec.name is None or (obj.get("metadata") or {}).get("name") == self.spec.name
+        return self.spec.name is None or ObjectView(obj).metadata.name == self.spec.name
 
     def _list(self) -> str:
         field_selector = f"metadata.name={self.spec.name}" if self.spec.name else None
@@ -195,7 +197,7 @@ class _Stream(threading.Thread):
                 obj = event.get("raw_object") or event.get("object")
                 if not isinstance(obj, dict):
                     continue
-                rv = (obj.get("metadata") or {}).get("resourceVersion")
+                rv = ObjectView(obj).metadata.resource_version
                 if rv:
                     resource_version = str(rv)
                 if event["type"] == "BOOKMARK" or not self._matches(obj):
@@ -296,7 +298,7 @@ class WatchGroup:
 
 
 def _name(obj: JsonDict) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
+    return ObjectView(obj).metadata.name
 
 
 @contextmanager
@@ -310,25 +312,118 @@ def watching(api: k8s_client.ApiClient, specs: Sequence[WatchSpec]) -> Iterator[
         group.close()
 
 
-def wait_deleted(api: k8s_client.ApiClient, ref: ObjectRef, timeout_s: float) -> None:
-    """Return once `ref` no longer exists (at once if it never did); `WaitTimeout` otherwise."""
-    spec = WatchSpec(ref.api_version, ref.kind, ref.namespace, name=ref.name)
+@dataclass(frozen=True)
+class Selector:
+    """Objects of one kind in one namespace (None: cluster-scoped), narrowed by a label selector."""
+
+    api_version: str
+    kind: str
+    namespace: str | None
+    label_selector: str | None = None
+
+    def watch_spec(self) -> WatchSpec:
+        return WatchSpec(self.api_version, self.kind, self.namespace, self.label_selector)
+
+
+@dataclass(frozen=True)
+class Done(Generic[_T]):
+    """A `wait_until` check's verdict: the wait is over; `value` is what `wait_until` returns."""
+
+    value: _T
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A `wait_until` check's verdict: not yet; `missing` says what, for the timeout message."""
+
+    missing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A `wait_until` check's verdict: the awaited state will not come; `reason` says why."""
+
+    reason: str
+
+
+Verdict = Done[_T] | Waiting | Failed
+
+
+class WaitFailed(PermanentError):
+    """A `wait_until` check reported a failure: waiting longer cannot help."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def watch_spec_of(target: ObjectRef | Selector) -> WatchSpec:
+    """The watch stream of one object, or of the objects a selector matches."""
+    if isinstance(target, ObjectRef):
+        return WatchSpec(target.api_version, target.kind, target.namespace, name=target.name)
+    return target.watch_spec()
+
+
+def _views(cache: Mapping[str, JsonDict]) -> list[ObjectView]:
+    return [ObjectView(cache[name]) for name in sorted(cache)]
+
+
+def wait_until(
+    api: k8s_client.ApiClient,
+    target: ObjectRef | Selector,
+    check: Callable[[Any], Verdict[_T]],
+    timeout_s: float,
+    *,
+    waiting_for: str = "",
+) -> _T:
+    """Watch `target` until `check` says `Done` (its value is returned) or `Failed` (raised as
+    `WaitFailed`); `WaitTimeout` after `timeout_s`, naming what the last `Waiting` missed.
+
+    `check` sees the object (None while it does not exist) for an `ObjectRef`, the matching
+    objects sorted by name for a `Selector` (`Session.wait_until` types the pairing); it runs
+    once the first list arrived and after every change, never on a partial picture. Success
+    and failure both end the wait, as with lightkube's `Client.wait(for_conditions=...,
+    raise_for_conditions=...)` (gtsystem/lightkube src/lightkube/core/client.py), but the
+    check may look at anything.
+    """
+    spec = watch_spec_of(target)
+    missing: tuple[str, ...] = (f"{spec.describe()} not listed yet",)
     deadline = time.monotonic() + timeout_s
     with watching(api, [spec]) as group:
         while True:
-            if spec in group.synced and ref.name not in group.cache[spec]:
-                return
+            if spec in group.synced:
+                cache = group.cache[spec]
+                if isinstance(target, ObjectRef):
+                    found = cache.get(target.name)
+                    verdict = check(ObjectView(found) if found is not None else None)
+                else:
+                    verdict = check(_views(cache))
+                if isinstance(verdict, Done):
+                    return verdict.value
+                if isinstance(verdict, Failed):
+                    raise WaitFailed(verdict.reason)
+                missing = verdict.missing
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                obj = group.cache[spec].get(ref.name) or {}
-                finalizers = (obj.get("metadata") or {}).get("finalizers") or []
-                detail = f" (finalizers: {', '.join(finalizers)})" if finalizers else ""
-                missing = f"{ref} still exists{detail}"
+                about = f" waiting for {waiting_for}" if waiting_for else ""
                 raise WaitTimeout(
-                    f"timed out after {timeout_s:.0f}s waiting for deletion: {missing}",
-                    missing=[missing],
+                    f"timed out after {timeout_s:.0f}s{about}: " + "; ".join(missing),
+                    missing=list(missing),
                 )
             group.next(remaining)
+
+
+def wait_deleted(api: k8s_client.ApiClient, ref: ObjectRef, timeout_s: float) -> None:
+    """Return once `ref` no longer exists (at once if it never did); `WaitTimeout` otherwise."""
+
+    def gone(obj: ObjectView | None) -> Verdict[None]:
+        if obj is None:
+            return Done(None)
+        finalizers = obj.metadata.finalizers
+        detail = f" (finalizers: {', '.join(finalizers)})" if finalizers else ""
+        return Waiting((f"{ref} still exists{detail}",))
+
+    wait_until(api, ref, gone, timeout_s, waiting_for="deletion")
 
 
 def wait_pvc_bound(
@@ -336,22 +431,17 @@ def wait_pvc_bound(
 ) -> JsonDict:
     """Return the PersistentVolumeClaim once its phase is Bound.
 
-    Phase Lost fails at once; a timeout names the phase the claim was stuck in.
+    Phase Lost fails at once (`WaitFailed`); a timeout names the phase the claim was stuck in.
     """
     ref = ObjectRef("v1", "PersistentVolumeClaim", namespace, name)
-    spec = WatchSpec("v1", "PersistentVolumeClaim", namespace, name=name)
-    deadline = time.monotonic() + timeout_s
-    with watching(api, [spec]) as group:
-        while True:
-            pvc = group.cache[spec].get(name)
-            phase = str(((pvc or {}).get("status") or {}).get("phase") or "")
-            if phase == "Bound":
-                return pvc or {}
-            if phase == "Lost":
-                raise PermanentError(f"{ref}: phase Lost (its PersistentVolume is gone)")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                state = f"phase {phase or 'unknown'}" if pvc else "does not exist"
-                missing = f"{ref}: {state}, not Bound"
-                raise WaitTimeout(f"timed out after {timeout_s:.0f}s: {missing}", missing=[missing])
-            group.next(remaining)
+
+    def bound(pvc: ObjectView | None) -> Verdict[JsonDict]:
+        phase = str(pvc.status.get("phase") or "") if pvc is not None else ""
+        if pvc is not None and phase == "Bound":
+            return Done(dict(pvc.raw))
+        if phase == "Lost":
+            return Failed(f"{ref}: phase Lost (its PersistentVolume is gone)")
+        state = f"phase {phase or 'unknown'}" if pvc is not None else "does not exist"
+        return Waiting((f"{ref}: {state}, not Bound",))
+
+    return wait_until(api, ref, bound, timeout_s)

@@ -13,9 +13,11 @@ kube-apiserver dials the Service's ready endpoint, the pod's IP, from the harnes
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import Any
 
+import kubernetes.config
 import pytest
 from kubernetes import client as k8s
 from prefect import get_client
@@ -30,6 +32,7 @@ from llm_rollout.artifacts import (
     ServiceId,
     artifact_key,
 )
+from llm_rollout.kube.session import process_session, reset_process_session
 from llm_rollout.spec import load_spec
 from tests.real_deploy import RealServiceFactory
 
@@ -54,11 +57,31 @@ def _events(admin: k8s.ApiClient, namespace: str) -> list[str]:
 
 @pytest.mark.timeout(900, func_only=True)
 def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
-    real_service: RealServiceFactory, real_admin: k8s.ApiClient
+    real_service: RealServiceFactory,
+    real_admin: k8s.ApiClient,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     namespace = "real-single-gpu"
     served = real_service(EXAMPLE, namespace=namespace, rollout={"smoke_timeout_s": 120})
     tiny, path, data = served.stores.tiny, served.path, served.data
+    # Every ApiClient built and every kubeconfig read while the flow runs, from a process that
+    # holds no session yet, as a fresh worker.
+    reset_process_session()
+    clients: list[k8s.ApiClient] = []
+    kubeconfig_reads: list[str] = []
+    build_client = k8s.ApiClient.__init__
+    read_kubeconfig = kubernetes.config.load_kube_config
+
+    def counted_client(self: k8s.ApiClient, *args: Any, **kwargs: Any) -> None:
+        clients.append(self)
+        build_client(self, *args, **kwargs)
+
+    def counted_read(*args: Any, **kwargs: Any) -> None:
+        kubeconfig_reads.append(str(kwargs.get("config_file")))
+        read_kubeconfig(*args, **kwargs)
+
+    monkeypatch.setattr(k8s.ApiClient, "__init__", counted_client)
+    monkeypatch.setattr(kubernetes.config, "load_kube_config", counted_read)
 
     t0 = time.monotonic()
     try:
@@ -66,7 +89,15 @@ def test_single_gpu_deployment_serves_the_tiny_model_on_the_real_cluster(
     finally:
         print("events:\n" + "\n".join(_events(real_admin, namespace)))
     took_s = time.monotonic() - t0
+    monkeypatch.undo()
     assert isinstance(result, DeployResult)
+    # One Kubernetes session per process (issue 17): every task of the run (preflight, lease,
+    # volumes, rollout, readiness, smoke, promote) used the one client read from KUBECONFIG
+    # once; a port-forward, when the smoke route is one, opens its streams on a client of its
+    # own over that same configuration (llm_rollout/kube/portforward.py says why).
+    assert kubeconfig_reads == [os.environ["KUBECONFIG"]]
+    assert clients and clients[0] is process_session().api
+    assert {id(c.configuration) for c in clients} == {id(clients[0].configuration)}
     assert result.answer == tiny.answer
     assert result.ttft_s is not None and result.ttft_s > 0  # measured; speed is bench's
 

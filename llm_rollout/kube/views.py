@@ -1,0 +1,154 @@
+"""Typed read-only views of objects as the API server answers them (JSON dicts).
+
+A view reads through to the dict it wraps and never copies or changes it; a field that is
+absent or null reads as an empty mapping, an empty tuple or None, so callers stop writing
+`(obj.get("metadata") or {}).get(...)` chains. The shape follows kopf's
+`kopf/_cogs/structs/bodies.py` (nolar/kopf: `Body` with `.metadata`/`.spec`/`.status`, `Meta`
+with `.labels`, `.annotations`, `.deletion_timestamp`), written for our needs: conditions are
+typed too (`Condition`), and a nested mapping is reached with `mapping_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from llm_rollout.kube.resources import ObjectRef
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def mapping_at(obj: Mapping[str, Any] | None, *keys: str) -> Mapping[str, Any]:
+    """The mapping found by following `keys` from `obj`; empty when a step is absent, null
+    or not a mapping."""
+    current: Any = obj
+    for key in keys:
+        if not isinstance(current, Mapping):
+            return _EMPTY
+        current = current.get(key)
+    return current if isinstance(current, Mapping) else _EMPTY
+
+
+def items_at(obj: Mapping[str, Any] | None, *keys: str) -> tuple[Mapping[str, Any], ...]:
+    """The mapping entries of the list found by following `keys`; empty when a step is absent."""
+    *path, last = keys
+    found = mapping_at(obj, *path).get(last)
+    if not isinstance(found, list):
+        return ()
+    return tuple(item for item in found if isinstance(item, Mapping))
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One entry of `status.conditions` (type, status "True"/"False"/"Unknown", reason, message)."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any]) -> Condition:
+        return cls(
+            type=str(raw.get("type") or ""),
+            status=str(raw.get("status") or ""),
+            reason=str(raw.get("reason") or ""),
+            message=str(raw.get("message") or ""),
+        )
+
+    @property
+    def is_true(self) -> bool:
+        return self.status == "True"
+
+
+class Meta:
+    """`metadata` of an object."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self._raw = raw
+
+    @property
+    def name(self) -> str:
+        return str(self._raw.get("name") or "")
+
+    @property
+    def namespace(self) -> str | None:
+        namespace = self._raw.get("namespace")
+        return str(namespace) if namespace else None
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return mapping_at(self._raw, "labels")
+
+    @property
+    def annotations(self) -> Mapping[str, str]:
+        return mapping_at(self._raw, "annotations")
+
+    @property
+    def finalizers(self) -> tuple[str, ...]:
+        return tuple(str(f) for f in self._raw.get("finalizers") or ())
+
+    @property
+    def deletion_timestamp(self) -> str | None:
+        stamp = self._raw.get("deletionTimestamp")
+        return str(stamp) if stamp else None
+
+    @property
+    def resource_version(self) -> str:
+        return str(self._raw.get("resourceVersion") or "")
+
+    @property
+    def uid(self) -> str:
+        return str(self._raw.get("uid") or "")
+
+
+class ObjectView:
+    """A read-only view of one object; `raw` is the dict itself, for code that needs it."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.raw = raw
+
+    def __repr__(self) -> str:
+        return f"ObjectView({self.kind} {self.metadata.namespace}/{self.metadata.name})"
+
+    @property
+    def api_version(self) -> str:
+        return str(self.raw.get("apiVersion") or "")
+
+    @property
+    def kind(self) -> str:
+        return str(self.raw.get("kind") or "")
+
+    @property
+    def metadata(self) -> Meta:
+        return Meta(mapping_at(self.raw, "metadata"))
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return mapping_at(self.raw, "spec")
+
+    @property
+    def status(self) -> Mapping[str, Any]:
+        return mapping_at(self.raw, "status")
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        return tuple(Condition.of(c) for c in items_at(self.raw, "status", "conditions"))
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of type `type_`, or None when the object does not report it."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def at(self, *keys: str) -> Mapping[str, Any]:
+        """The nested mapping at `keys` (e.g. `at("spec", "selector")`), empty when absent."""
+        return mapping_at(self.raw, *keys)
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef.of(self.raw)
