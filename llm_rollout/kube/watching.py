@@ -10,10 +10,11 @@ stream was down. Consumers block on the queue with a deadline: nothing here slee
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -129,12 +130,19 @@ class _Stream(threading.Thread):
         self.out = out
         self.stop_event = stop
         self._watch: Any = None
+        self._response: Any = None
         self.path = resolve_resource(api, spec.api_version, spec.kind).path(spec.namespace)
 
     def halt(self) -> None:
         watch = self._watch
         if watch is not None:
             watch.stop()
+        # `Watch.stop` unblocks a read only once `Watch.stream` holds the response
+        # (kubernetes/watch/watch.py): a stream halted while its watch request was in flight
+        # would read on until the next event or the end of the window. The response is kept
+        # before `_open` looks at the stop flag, and the flag is set before this runs, so one
+        # of the two always shuts the connection.
+        _shut_down(self._response)
 
     def _matches(self, obj: JsonDict) -> bool:
         return self.spec.name is None or ObjectView(obj).metadata.name == self.spec.name
@@ -175,7 +183,7 @@ class _Stream(threading.Thread):
             query.append(("labelSelector", self.spec.label_selector))
         if self.spec.name:
             query.append(("fieldSelector", f"metadata.name={self.spec.name}"))
-        return raw_request(
+        response = raw_request(
             self.api,
             "GET",
             self.path,
@@ -184,8 +192,14 @@ class _Stream(threading.Thread):
             timeout_s=(10.0, timeout_seconds + READ_SLACK_S),
             stream=True,
         )
+        self._response = response
+        if self.stop_event.is_set():
+            _shut_down(response)
+        return response
 
     def _watch_from(self, resource_version: str) -> str:
+        if self.stop_event.is_set():
+            return resource_version
         watch = _WATCH_CLASS()
         self._watch = watch
         try:
@@ -205,6 +219,7 @@ class _Stream(threading.Thread):
                 self.out.put(StreamMessage(self.spec, "event", event_type=event["type"], obj=obj))
         finally:
             self._watch = None
+            self._response = None
         return resource_version
 
     def run(self) -> None:
@@ -237,6 +252,14 @@ class _Stream(threading.Thread):
                 return
             self.out.put(StreamMessage(self.spec, "resync", note=f"{error}; re-listing"))
             self.stop_event.wait(backoff_s(failures, error.retry_after_s))
+
+
+def _shut_down(response: Any) -> None:
+    """Shut the socket of a streaming urllib3 response, ending a read blocked on it."""
+    sock = getattr(getattr(response, "connection", None), "sock", None)
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class WatchGroup:

@@ -8,6 +8,7 @@ wait sees a real change arrive through its watch without a timer in the test.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -134,6 +135,10 @@ def test_wait_until_ends_on_a_failure_with_its_reason(session: Session, namespac
     with pytest.raises(WaitFailed) as info:
         session.wait_until(ObjectRef.of(configmap(namespace, "broken", {})), bound, 60)
     assert info.value.reason == f"ConfigMap {namespace}/broken: phase Lost"
+    # The wait ended on the first list, while its watch request was still being opened: the
+    # stream was shut with it rather than left reading until the watch window ends.
+    streams = [t for t in threading.enumerate() if t.name == f"watch ConfigMap {namespace}/broken"]
+    assert not [t for t in streams if t.is_alive()]
 
 
 def test_wait_until_times_out_naming_what_was_missing(session: Session, namespace: str) -> None:
