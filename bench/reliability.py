@@ -54,9 +54,8 @@ its own service (PersistentVolumes are cluster-scoped and named after the servic
   serving", the Service still on release N and ready -- and zero failed requests. OOMKilled
   is not run: the node agent has no memory cgroup, so nothing is OOM-killed. On the real
   cluster the lost node's pod stays Terminating (nobody confirms its deletion,
-  tests/cluster/test_node_loss.py) and the product's rollback waits for the failed release's
-  pods (llm_rollout/stages.py DELETE_WAIT_S, 300 s), so the lost-node class fails its 25 s bound
-  until that wait treats a pod on an unreachable node as gone (issue 16 B4).
+  tests/cluster/test_node_loss.py); the rollback does not wait for it but names it, its Node
+  and what frees it (llm_rollout/release.py unconfirmable_deletion, issue 16 B4).
 - workload, blue-green promotion: release A serves; with the same traffic running, release B
   passes readiness and smoke, takes the stable Service, bakes 3 s and A is removed. Survived:
   B serves and is ready, A's objects and pods are gone, zero failed requests, the answers are
@@ -1406,7 +1405,8 @@ FAIL_FAST_S = 25.0
 # FAIL_FAST_S; a transient signal that clears inside the (default) tolerance is
 # tests/kube_edge/test_readiness_tolerance.py's and bench/readiness.py's case.
 # A lost node's tolerance is 0: the trial measures the report of the loss, not a wait for a
-# replacement pod (on a real cluster the lost pod stays Terminating, issue 16 B4).
+# replacement pod (on a real cluster the lost pod stays Terminating; the rollback sets it
+# aside, issue 16 B4).
 PERSISTENT_FAULT_TOLERANCES = {
     "image_pull_tolerance_s": 1,
     "mount_tolerance_s": 1,

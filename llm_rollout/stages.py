@@ -9,7 +9,7 @@ the plan's.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from kubernetes import client as k8s_client
@@ -124,12 +124,9 @@ def apply_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -
             spec.name,
             release,
         )
-        removed = [
-            str(r)
-            for r in remove_release(
-                api, spec.namespace, spec.name, serving, wait_timeout_s=DELETE_WAIT_S
-            )
-        ]
+        removed = remove_release(
+            api, spec.namespace, spec.name, serving, wait_timeout_s=DELETE_WAIT_S
+        ).lines()
     apply_checked(api, workload_objects)
     applied = ordered_refs(workload_objects)
     for line in applied:
@@ -180,11 +177,12 @@ def retire_releases(
     spec = plan.spec
     removed: list[str] = []
     for old in gate.remove_releases:
-        for ref in remove_release(
-            api, spec.namespace, spec.name, old, wait_timeout_s=DELETE_WAIT_S
-        ):
+        removal = remove_release(api, spec.namespace, spec.name, old, wait_timeout_s=DELETE_WAIT_S)
+        for ref in removal.removed:
             log.info("removed %s (previous release %s)", ref, old)
-            removed.append(str(ref))
+        for pod in removal.stranded:
+            log.warning("%s", pod.describe())
+        removed.extend(removal.lines())
     return removed
 
 
@@ -202,10 +200,13 @@ def roll_back_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLo
     if switched and serving and old_exists:
         restore_stable_service(api, spec.namespace, spec.name, serving)
         log.warning("Service %s/%s routes to release %s again", spec.namespace, spec.name, serving)
-    for ref in remove_release(
-        api, spec.namespace, spec.name, release, wait_timeout_s=DELETE_WAIT_S
-    ):
+    removal = remove_release(api, spec.namespace, spec.name, release, wait_timeout_s=DELETE_WAIT_S)
+    for ref in removal.removed:
         log.info("removed %s (failed release %s)", ref, release)
+    if removal.stranded:
+        # Logged below and recorded by the flow: the pods left behind and what frees them.
+        left = "; ".join(pod.describe() for pod in removal.stranded)
+        gate = replace(gate, message=f"{gate.message}\n{left}")
     if gate.serving_during_rollout:
         log.info(gate.message)
     else:

@@ -14,6 +14,8 @@ own steps, cited there):
   off): it stays Terminating. The session cluster keeps upstream's 300 s default toleration
   (DefaultTolerationSeconds), so the pod that must be evicted declares its own 1 s one, which
   the admission plugin leaves alone.
+Removing a release then waits for its pods on the healthy node and sets aside the one on the
+lost node (``llm_rollout.release.unconfirmable_deletion``, issue 16 B4).
 
 One loss serves every test of the module (the fixture cuts the node once and restores it at
 the end, waiting until it is Ready again so later tests find it whole).
@@ -34,7 +36,6 @@ from kubernetes import client as k8s
 from bench.readiness import shell_deployment
 from llm_rollout.kube.objects import apply
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.kube.watching import WaitTimeout
 from llm_rollout.readiness import ReadinessTimeout, WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from llm_rollout.release import remove_release
@@ -59,10 +60,15 @@ def _deployment(
     probe_port: int | None = None,
     labels: dict[str, str] | None = None,
     unreachable_toleration_s: int | None = None,
+    stop_grace_s: int | None = None,
 ) -> dict[str, Any]:
-    """A pod of the shell image on ``node``."""
+    """A pod of the shell image on ``node``; with ``stop_grace_s`` it ignores SIGTERM, so its
+    kubelet confirms its deletion only once that grace period has run out."""
     spec: dict[str, Any] = {"nodeSelector": {"kubernetes.io/hostname": node}}
     container: dict[str, Any] = {}
+    if stop_grace_s is not None:
+        spec["terminationGracePeriodSeconds"] = stop_grace_s
+        container["command"] = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
     if probe_port is not None:
         # Nothing listens there: the pod runs and never turns Ready (a model still loading).
         container["readinessProbe"] = {
@@ -122,6 +128,7 @@ class LostNode:
     loading: ObjectRef  # runs, never Ready
     ready: ObjectRef  # was Ready before the loss
     released: ObjectRef  # a release's workload whose pod is evicted and stays Terminating
+    lingering: ObjectRef  # the same release's workload on a healthy node, slow to stop
     loading_pod: Any
     ready_pod: Any
 
@@ -131,7 +138,7 @@ def lost(
     real_cluster: Cluster, real_admin: k8s.ApiClient, real_gpu_nodes: tuple[NodeSpec, ...]
 ) -> Iterator[LostNode]:
     api = real_admin
-    node = real_gpu_nodes[-1].name
+    node, healthy = real_gpu_nodes[-1].name, real_gpu_nodes[0].name
     namespace = f"t-{uuid.uuid4().hex[:8]}"
     core = k8s.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": namespace}})
@@ -142,12 +149,16 @@ def lost(
         "released": _deployment(
             namespace, "released", node, labels=release_labels, unreachable_toleration_s=1
         ),
+        "lingering": _deployment(
+            namespace, "lingering", healthy, labels=release_labels, stop_grace_s=3
+        ),
     }
     for obj in objects.values():
         apply(api, obj)
     refs = {key: ObjectRef.of(obj) for key, obj in objects.items()}
     wait_ready(api, refs["ready"], timeout_s=NODE_WAIT_S)
     wait_ready(api, refs["released"], timeout_s=NODE_WAIT_S)
+    wait_ready(api, refs["lingering"], timeout_s=NODE_WAIT_S)
     loading_pod = _running(api, namespace, "loading")
     ready_pod = _running(api, namespace, "ready")
     stopped = heartbeats_stopped_file(real_cluster.run_dir, node)
@@ -160,6 +171,7 @@ def lost(
             loading=refs["loading"],
             ready=refs["ready"],
             released=refs["released"],
+            lingering=refs["lingering"],
             loading_pod=loading_pod,
             ready_pod=ready_pod,
         )
@@ -228,12 +240,13 @@ def test_a_ready_pod_whose_node_is_lost_is_explained_by_the_node_controller_even
     assert info.value.event_message == "Node is not ready"
 
 
-def test_removing_a_release_whose_pod_stays_terminating_ends_at_its_bound(
+def test_removing_a_release_sets_aside_the_pod_its_lost_node_cannot_confirm(
     real_admin: k8s.ApiClient, lost: LostNode
 ) -> None:
-    """Issue 16 B4: the taint manager evicts the pod, nobody confirms it, and the rollback's
-    removal of the release waits for pods that really stay: it must end at its own bound and
-    name the pod, not hang."""
+    """Issue 16 B4: the taint manager evicts the pod, nobody confirms it, and it really stays
+    Terminating. The removal ends without waiting for it (with the old wait it ran out its
+    bound, here NODE_WAIT_S, and raised WaitTimeout), names it with its Node and what frees
+    it, and still waits for the release's pod on the healthy node."""
     core = k8s.CoreV1Api(real_admin)
     pods = wait_for(
         core.list_namespaced_pod,
@@ -245,12 +258,21 @@ def test_removing_a_release_whose_pod_stays_terminating_ends_at_its_bound(
     )
     # Its ReplicaSet has made a replacement, which cannot be scheduled (the node is tainted).
     (evicted,) = [p for p in pods if p.metadata.deletion_timestamp is not None]
-    with pytest.raises(WaitTimeout) as info:
-        remove_release(real_admin, lost.namespace, SERVICE, RELEASE, wait_timeout_s=5)
-    message = str(info.value)
-    pod = f"Pod {lost.namespace}/{evicted.metadata.name}"
-    assert f"{pod} still exists (Terminating since " in message
-    assert f"on Node {lost.node}: its kubelet has not confirmed the deletion" in message
+    removal = remove_release(
+        real_admin, lost.namespace, SERVICE, RELEASE, wait_timeout_s=NODE_WAIT_S
+    )
+    assert set(removal.removed) == {lost.released, lost.lingering}
+    (left,) = removal.stranded
+    assert left.pod == ObjectRef("v1", "Pod", lost.namespace, evicted.metadata.name)
+    assert left.node == lost.node
+    assert left.cause.startswith(
+        f"Node {lost.node} is unreachable (Ready=Unknown (NodeStatusUnknown: Kubelet stopped "
+        "posting node status.); tainted node.kubernetes.io/unreachable)"
+    )
+    assert f"kubectl delete node {lost.node}" in left.remedy
+    assert left.describe() in removal.lines()
+    # The healthy node's pod ignored SIGTERM for its 3 s grace period: it was waited for.
+    assert _pods(real_admin, lost.namespace, "lingering") == []
     # The workload itself is gone; only the pod the lost node never confirmed remains.
     assert (
         not k8s.AppsV1Api(real_admin)
