@@ -286,6 +286,8 @@ def unconfirmable_deletion(
             "nothing to do",
         )
     if _tainted(node, UNREACHABLE_TAINT):
+        # The taint's value and effect are those of the non-graceful shutdown example in
+        # kubernetes.io/docs/concepts/cluster-administration/node-shutdown/.
         return StrandedPod(
             ref,
             str(node_name),

@@ -34,11 +34,12 @@ import pytest
 from kubernetes import client as k8s
 
 from bench.readiness import shell_deployment
+from llm_rollout.errors import PermanentError
 from llm_rollout.kube.objects import apply
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import ReadinessTimeout, WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
-from llm_rollout.release import remove_release
+from llm_rollout.release import remove_release, teardown
 from llm_rollout.render import PART_OF_LABEL, RELEASE_LABEL
 from sandbox.cluster.control_plane import Cluster
 from sandbox.cluster.node_agent import NodeSpec, heartbeats_stopped_file
@@ -49,6 +50,9 @@ from sandbox.cluster.waits import wait_for
 NODE_AT_ONCE = replace(DEFAULT_TOLERANCES, node_not_ready_s=0.0)
 # Bounds on waits for the controllers, not expectations: the grace period is 16 s.
 NODE_WAIT_S = 90.0
+# The removal's bound: far above the healthy pod's 3 s grace period, and below the test's own
+# timeout (tests/real_cluster.py), so a wait for the lost node's pod ends in its WaitTimeout.
+REMOVAL_WAIT_S = 60.0
 SERVICE, RELEASE = "edge", "r1"
 
 
@@ -244,9 +248,9 @@ def test_removing_a_release_sets_aside_the_pod_its_lost_node_cannot_confirm(
     real_admin: k8s.ApiClient, lost: LostNode
 ) -> None:
     """Issue 16 B4: the taint manager evicts the pod, nobody confirms it, and it really stays
-    Terminating. The removal ends without waiting for it (with the old wait it ran out its
-    bound, here NODE_WAIT_S, and raised WaitTimeout), names it with its Node and what frees
-    it, and still waits for the release's pod on the healthy node."""
+    Terminating. The removal ends without waiting for it (the old wait ran out its bound and
+    raised WaitTimeout), names it with its Node and what frees it, and still waits for the
+    release's pod on the healthy node."""
     core = k8s.CoreV1Api(real_admin)
     pods = wait_for(
         core.list_namespaced_pod,
@@ -259,7 +263,7 @@ def test_removing_a_release_sets_aside_the_pod_its_lost_node_cannot_confirm(
     # Its ReplicaSet has made a replacement, which cannot be scheduled (the node is tainted).
     (evicted,) = [p for p in pods if p.metadata.deletion_timestamp is not None]
     removal = remove_release(
-        real_admin, lost.namespace, SERVICE, RELEASE, wait_timeout_s=NODE_WAIT_S
+        real_admin, lost.namespace, SERVICE, RELEASE, wait_timeout_s=REMOVAL_WAIT_S
     )
     assert set(removal.removed) == {lost.released, lost.lingering}
     (left,) = removal.stranded
@@ -285,6 +289,13 @@ def test_removing_a_release_sets_aside_the_pod_its_lost_node_cannot_confirm(
         if p.metadata.name == evicted.metadata.name
     ]
     assert still.metadata.deletion_timestamp is not None
+    # Teardown would next delete the claim, which pvc-protection keeps while that pod exists:
+    # it stops there, naming the pod, instead of waiting out the claim's bound.
+    with pytest.raises(PermanentError) as info:
+        teardown(real_admin, lost.namespace, SERVICE, wait_timeout_s=REMOVAL_WAIT_S)
+    assert str(info.value).startswith(
+        f"teardown of {lost.namespace}/{SERVICE} stopped before its storage: {left.describe()}"
+    )
 
 
 def test_a_node_deleted_while_readiness_waits(real_admin: k8s.ApiClient, lost: LostNode) -> None:
