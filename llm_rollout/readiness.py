@@ -12,6 +12,11 @@ tolerance (the spec's rollout section); one that cannot clear fails at once; and
 its controller keeps recreating (an LWS group on every container restart) is a crash loop
 after k recreations, reported with the log captured before the pod was deleted.
 
+A workload whose controller cannot create its pods (an exceeded ResourceQuota, an invalid
+label, an admission webhook's denial) shows nothing on pods, since there are none: the
+controller's Warning events on its own objects (each kind's `pod_creators`) say why, and are
+read from the same event stream.
+
 Nodes are watched because a lost node says nothing on most of its pods: the node lifecycle
 controller only flips Ready to False (with a NodeNotReady event) on pods that were Ready, and a
 pod still loading its model waits, bound to the dead node, until the NoExecute eviction
@@ -62,7 +67,9 @@ from llm_rollout.readiness_rules import (
     Waiting,
     autoscaler_from_configmap,
     crash_to_capture,
+    creation_signals,
     decide,
+    event_order,
     group_signals,
     observe_incarnations,
     pod_signals,
@@ -126,7 +133,8 @@ AUTOSCALER_REFRESH_S = 10.0
 
 
 class WorkloadFailed(PermanentError):
-    """A serving pod failed in a way waiting cannot fix."""
+    """A serving pod failed in a way waiting cannot fix; `pod` names it, or the object whose
+    controller could not create the pods (a ReplicaSet, a StatefulSet, a RayCluster)."""
 
     def __init__(
         self,
@@ -227,17 +235,8 @@ def _events_for(pod: Mapping[str, Any], events: Iterable[JsonDict]) -> list[Json
         if event.get("type") != "Warning" and event.get("reason") not in SCALE_UP_EVENT_REASONS:
             continue
         found.append(event)
-    found.sort(key=_event_time)
+    found.sort(key=event_order)
     return found
-
-
-def _event_time(event: Mapping[str, Any]) -> str:
-    return str(
-        event.get("lastTimestamp")
-        or event.get("eventTime")
-        or (event.get("metadata") or {}).get("creationTimestamp")
-        or ""
-    )
 
 
 def _explaining_event(reason: str, pod_events: list[JsonDict]) -> str:
@@ -343,6 +342,7 @@ def wait_ready(
         selector, pod_filter = pod_selector, accept_all
     else:
         selector, pod_filter = pod_selector_for(initial)
+    creators = _kind(initial).pod_creators(initial)
     pod_spec = WatchSpec("v1", "Pod", namespace, label_selector=selector)
     last_note: dict[ObjectRef, str] = {}
 
@@ -382,7 +382,9 @@ def wait_ready(
                     for signal in pod_signals(
                         pod, _events_for(pod, events), nodes, autoscaler.view(pods, now)
                     )
-                ] + group_signals(incarnations, tolerances)
+                ]
+                signals += group_signals(incarnations, tolerances)
+                signals += creation_signals(creators, events)
                 seen = track(seen, signals, now)
                 missing = _missing(workload, obj, pods, selector)
                 verdict = decide(signals, seen, tolerances, now, missing)
@@ -391,7 +393,7 @@ def wait_ready(
                 recheck_at = None
                 tolerated = (
                     [
-                        f"{signal.reason} on pod {signal.pod} for {elapsed_s:.0f}s "
+                        f"{signal.reason} on {_subject(namespace, signal)} for {elapsed_s:.0f}s "
                         f"(tolerated up to {bound_s:.0f}s): {signal.detail}"
                         for signal, elapsed_s, bound_s in verdict.tolerated
                     ]
@@ -408,22 +410,24 @@ def wait_ready(
                             continue
                         announced.add((signal.pod, signal.reason))
                         note(
-                            _pod_ref_named(namespace, signal.pod),
+                            _subject(namespace, signal),
                             f"tolerating {signal.reason} for up to {bound_s:.0f}s: {signal.detail}",
                         )
                     if verdict.recheck_in_s is not None:
                         recheck_at = now + verdict.recheck_in_s
                 if failed is not None:
                     signal = failed[0].signal
-                    pod_events = _events_by_name(signal.pod, pods, events)
-                    event_message = _explaining_event(signal.reason, pod_events)
+                    on_pod = signal.kind == "Pod"
+                    pod_events = _events_by_name(signal.pod, pods, events) if on_pod else []
+                    # A pod-creation failure is its controller's event already.
+                    event_message = _explaining_event(signal.reason, pod_events) if on_pod else ""
                     # A group crash loop is explained by its captured log, not by an event.
                     wanted = EVENT_REASONS_FOR.get(signal.reason, ())
                     if event_message or not wanted or now - failed[1] >= EVENT_GRACE_S:
                         raise WorkloadFailed(
                             workload,
                             reason=signal.reason,
-                            pod=_pod_ref_named(namespace, signal.pod) if signal.pod else None,
+                            pod=_subject(namespace, signal) if signal.pod else None,
                             detail=_with_persistence(signal.detail, failed[0].persisted_s),
                             event_message=event_message,
                             log_lines=_log_lines(api, namespace, signal),
@@ -469,8 +473,9 @@ def _with_persistence(detail: str, persisted_s: float) -> str:
     return f"{detail} (persisted {persisted_s:.0f}s)"
 
 
-def _pod_ref_named(namespace: str, name: str) -> ObjectRef:
-    return ObjectRef("v1", "Pod", namespace, name)
+def _subject(namespace: str, signal: Signal) -> ObjectRef:
+    """The object a signal is about: a pod, or the object that could not create one."""
+    return ObjectRef(signal.api_version, signal.kind, namespace, signal.pod)
 
 
 def _events_by_name(name: str, pods: list[JsonDict], events: list[JsonDict]) -> list[JsonDict]:

@@ -40,6 +40,19 @@ Which signals clear by themselves, from upstream behaviour:
   no StatefulSet owns (Deployment-backed roles, RBG v0.7 RoleInstances, RayCluster pods) are
   not counted; whether KubeRay ever recreates a crashing pod instead of letting the kubelet
   restart it (and show CrashLoopBackOff) was not checked here.
+- pod creation: a controller whose pod create the API server refuses records a Warning on its
+  own object (the objects each kind names in `WorkloadKind.pod_creators`) and retries with
+  back-off; the workload then has no pod to show anything. An exceeded ResourceQuota clears
+  when quota is freed; a refusal of the pod itself repeats on every retry: an invalid pod
+  (apimachinery pkg/api/errors/errors.go NewInvalid, `<kind> "<name>" is invalid: ...`), an
+  admission webhook's denial (apiserver pkg/admission/plugin/webhook/errors/statuserror.go
+  `admission webhook "<name>" denied the request`), a PodSecurity violation
+  (pod-security-admission admission/admission.go `violates PodSecurity`), a quota that demands
+  requests or limits the pod lacks (apiserver pkg/admission/plugin/resourcequota/controller.go
+  `failed quota: <quota>: must specify ...`). A failure is current while no success came after
+  it on the same object: the controllers record a Normal event per created pod, and
+  client-go's event spam filter keys on the event type (tools/record/events_cache.go
+  getSpamKey), so a burst of refusals does not silence the success that ends them.
 """
 
 from __future__ import annotations
@@ -51,12 +64,12 @@ from typing import Any, Literal
 
 import yaml
 
-from llm_rollout.kinds import all_kinds
+from llm_rollout.kinds import PodCreator, all_kinds
 from llm_rollout.spec import RolloutSpec
 
 JsonDict = dict[str, Any]
 
-Bound = Literal["none", "image_pull", "mount", "node", "scale_up"]
+Bound = Literal["none", "image_pull", "mount", "node", "scale_up", "pod_create"]
 
 IMAGE_RETRIED_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff"})
 IMAGE_FINAL_REASONS = frozenset({"InvalidImageName", "ErrImageNeverPull"})
@@ -79,6 +92,12 @@ _PULL_FINAL = re.compile(
 # `object "ns"/"kube-root-ca.crt" not registered` and is not matched.
 _MOUNT_FINAL = re.compile(r'\b(secrets?|configmaps?) "[^"]+" not found', re.IGNORECASE)
 
+# A refusal of the pod itself, which the controller's next try repeats (module docstring).
+_CREATE_FINAL = re.compile(
+    r'( is invalid: |admission webhook "[^"]*" denied the request|violates PodSecurity'
+    r"|failed quota: [^:]+: must specify)"
+)
+
 # Labels that tell one incarnation of a stable-named pod from a rolled one, each kind's own
 # (`WorkloadKind.revision_labels`); an operator's template revision outranks the StatefulSet's
 # `controller-revision-hash`, which it changes by itself.
@@ -97,6 +116,7 @@ class Tolerances:
     mount_s: float
     node_not_ready_s: float
     scale_up_wait_s: float
+    pod_create_s: float
     group_recreations: int
 
     def bound_s(self, bound: Bound) -> float:
@@ -106,6 +126,7 @@ class Tolerances:
             "mount": self.mount_s,
             "node": self.node_not_ready_s,
             "scale_up": self.scale_up_wait_s,
+            "pod_create": self.pod_create_s,
         }[bound]
 
 
@@ -115,26 +136,30 @@ def tolerances_of(rollout: RolloutSpec) -> Tolerances:
         mount_s=float(rollout.mount_tolerance_s),
         node_not_ready_s=float(rollout.node_not_ready_tolerance_s),
         scale_up_wait_s=float(rollout.scale_up_wait_s),
+        pod_create_s=float(rollout.pod_create_tolerance_s),
         group_recreations=rollout.crash_loop_group_recreations,
     )
 
 
 DEFAULT_TOLERANCES = tolerances_of(RolloutSpec())
 # Every signal fails on first sight (the behaviour before tolerances existed).
-AT_ONCE = Tolerances(0.0, 0.0, 0.0, 0.0, 1)
+AT_ONCE = Tolerances(0.0, 0.0, 0.0, 0.0, 0.0, 1)
 
 
 @dataclass(frozen=True)
 class Signal:
-    """One observed cause that may fail the rollout."""
+    """One observed cause that may fail the rollout, on a pod or, where `kind` says so, on
+    another object of the workload (a ReplicaSet that cannot create its pods)."""
 
     key: str
     reason: str
-    pod: str  # pod name ("" for none)
+    pod: str  # the object's name: a pod's unless `kind` says otherwise ("" for none)
     container: str | None
     detail: str
     bound: Bound
     log_lines: tuple[str, ...] = ()  # already captured (group crash loops)
+    kind: str = "Pod"
+    api_version: str = "v1"
 
 
 @dataclass(frozen=True)
@@ -498,6 +523,72 @@ def group_signals(seen: Incarnations, tolerances: Tolerances) -> list[Signal]:
         ]
     detail += "; no container exit was seen before the pods were deleted"
     return [Signal(f"group:{slot}", GROUP_CRASH_LOOP, name, None, detail, "none")]
+
+
+# ------------------------------------------------------------------------ pod creation
+
+
+def _involved(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    involved = event.get("involvedObject") or event.get("regarding") or {}
+    return involved if isinstance(involved, dict) else {}
+
+
+def event_order(event: Mapping[str, Any]) -> str:
+    """When the event last occurred, as a sort key (RFC 3339 times in UTC sort as strings)."""
+    return str(
+        event.get("lastTimestamp")
+        or event.get("eventTime")
+        or (event.get("metadata") or {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def creation_signals(
+    creators: Sequence[PodCreator], events: Iterable[Mapping[str, Any]]
+) -> list[Signal]:
+    """A signal per object of `creators` (and failure reason) whose latest pod-create outcome
+    is a failure; a success at the same second or later clears it."""
+    latest: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    for event in events:
+        involved = _involved(event)
+        kind, name = str(involved.get("kind") or ""), str(involved.get("name") or "")
+        reason = str(event.get("reason") or "")
+        for creator in creators:
+            if kind != creator.kind or not creator.names.fullmatch(name):
+                continue
+            if reason in creator.outcomes or reason in creator.outcomes.values():
+                key = (kind, name, reason)
+                if key not in latest or event_order(event) >= event_order(latest[key]):
+                    latest[key] = event
+    found: list[Signal] = []
+    for (kind, name, reason), event in sorted(latest.items()):
+        succeeded = next(
+            (c.outcomes[reason] for c in creators if c.kind == kind and reason in c.outcomes),
+            None,
+        )
+        if succeeded is None:
+            continue  # a success, read as the failures' counterpart
+        success = latest.get((kind, name, succeeded))
+        if event.get("type") != "Warning" or (
+            success is not None and event_order(success) >= event_order(event)
+        ):
+            continue
+        message = str(event.get("message") or "")
+        bound: Bound = "none" if _CREATE_FINAL.search(message) else "pod_create"
+        involved = _involved(event)
+        found.append(
+            Signal(
+                f"create:{kind}/{name}:{reason}",
+                reason,
+                name,
+                None,
+                message,
+                bound,
+                kind=kind,
+                api_version=str(involved.get("apiVersion") or "v1"),
+            )
+        )
+    return found
 
 
 # ------------------------------------------------------------------------- the verdict

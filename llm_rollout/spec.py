@@ -738,6 +738,23 @@ class RolloutSpec(StrictModel):
             "within it keeps its pods. A deleted node fails at once."
         ),
     )
+    pod_create_tolerance_s: int = Field(
+        default=300,
+        ge=0,
+        le=3600,
+        description=(
+            "Tolerate the workload's controller failing to create a pod this long (s) when the "
+            "API server's refusal can clear, above all an exceeded ResourceQuota (freed when "
+            "other pods of the namespace end). The ReplicaSet and StatefulSet controllers retry "
+            "with a per-object back-off doubling from 5 ms up to 1000 s (client-go "
+            "util/workqueue/default_rate_limiters.go DefaultTypedControllerRateLimiter), so a "
+            "quota freed t s after the first refusal is used by about 2t s: 300 s takes quota "
+            "freed within the first 2 min 30 s, the time a recreated release's old pods take to "
+            "end (30 s grace by default) several times over. A refusal no retry can change (an "
+            "invalid pod such as a label value over 63 bytes, an admission webhook's denial, a "
+            "PodSecurity violation, a quota demanding limits the pod lacks) fails at once."
+        ),
+    )
     scale_up_wait_s: int = Field(
         default=900,
         ge=0,
@@ -1082,6 +1099,7 @@ READINESS_TOLERANCE_FIELDS = frozenset(
         "image_pull_tolerance_s",
         "mount_tolerance_s",
         "node_not_ready_tolerance_s",
+        "pod_create_tolerance_s",
         "scale_up_wait_s",
         "crash_loop_group_recreations",
     }

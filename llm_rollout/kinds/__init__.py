@@ -10,6 +10,7 @@ import pkgutil
 
 from llm_rollout.kinds.base import (
     ApiRequirement,
+    PodCreator,
     PodDemand,
     PodRoll,
     RbgFlavor,
@@ -29,6 +30,7 @@ for _module in pkgutil.iter_modules(__path__):
 
 __all__ = [
     "ApiRequirement",
+    "PodCreator",
     "PodDemand",
     "PodRoll",
     "RbgFlavor",

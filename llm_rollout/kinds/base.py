@@ -14,6 +14,7 @@ name. Adding a kind means one module here plus its templates in `manifests/`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -54,6 +55,33 @@ class ApiRequirement:
     kind: str
     versions: tuple[str, ...]
     why: str
+
+
+@dataclass(frozen=True)
+class PodCreator:
+    """Objects that create a workload's pods, as their controller's events name them.
+
+    `kind` and `names` (a full match of the name) pick the events' `involvedObject`;
+    `outcomes` maps each Warning reason the controller records when a pod create fails to the
+    Normal reason it records when one succeeds (a later success means the failure cleared).
+    """
+
+    kind: str
+    names: re.Pattern[str]
+    outcomes: Mapping[str, str]
+
+
+# The reasons kube-controller-manager's pod-creating controllers record on their own object:
+# `FailedCreatePodReason` / `SuccessfulCreatePodReason` (kubernetes
+# pkg/controller/controller_utils.go RealPodControl.createPods, used by the ReplicaSet
+# controller) and `Failed<Verb>` / `Successful<Verb>` for verb "create" (kubernetes
+# pkg/controller/statefulset/stateful_pod_control.go recordPodEvent).
+KUBE_CREATE_OUTCOMES: Mapping[str, str] = {"FailedCreate": "SuccessfulCreate"}
+
+
+def names_matching(*patterns: str) -> re.Pattern[str]:
+    """One pattern that fully matches any of `patterns` (regular expressions)."""
+    return re.compile("|".join(f"(?:{p})" for p in patterns))
 
 
 # --- small readers shared by the kinds -----------------------------------------------------------
@@ -223,6 +251,12 @@ class WorkloadKind:
     def pod_roll(self, obj: Mapping[str, Any], change: TemplateChange) -> PodRoll:
         """What a change of the pod templates does to the running pods (see `PodRoll`)."""
         return PodRoll("replace")
+
+    def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
+        """The objects whose controller creates the workload's pods (readiness reads their
+        pod-creation events: a quota, an invalid label or an admission denial leaves the
+        workload without pods and says so only there)."""
+        return ()
 
 
 @dataclass(frozen=True)

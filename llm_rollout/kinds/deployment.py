@@ -3,20 +3,35 @@ LWS and RBG v0.6 run their pods in StatefulSets)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from llm_rollout.kinds.base import (
+    KUBE_CREATE_OUTCOMES,
+    PodCreator,
     PodFilter,
     WorkloadKind,
     accept_all,
     as_int,
     condition_missing,
     generation_missing,
+    name_of,
     register,
     replicas_missing,
     replicas_of,
 )
+
+# A ReplicaSet of a Deployment is named "<deployment>-<pod-template-hash>" (kubernetes
+# pkg/controller/deployment/sync.go generateReplicaSetName; the name is cut only past 253
+# characters), the hash a FNV-32 written in these characters (controller_utils.go ComputeHash,
+# apimachinery pkg/util/rand/rand.go SafeEncodeString).
+POD_TEMPLATE_HASH = "[bcdfghjklmnpqrstvwxz2456789]+"
+
+
+def replica_sets_of(deployment: str) -> str:
+    """A pattern of the names of the ReplicaSets the Deployment `deployment` creates."""
+    return f"{re.escape(deployment)}-{POD_TEMPLATE_HASH}"
 
 
 def _selector_string(selector: Mapping[str, Any]) -> str:
@@ -73,6 +88,15 @@ class Deployment(WorkloadKind):
                 missing.append(f"updatedReplicas {have}/{want}")
         return missing
 
+    def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
+        """Its ReplicaSets create the pods. The Deployment's own `ReplicaFailure` condition
+        copies a ReplicaSet's (pkg/controller/deployment/progress.go getReplicaFailures), but
+        the ReplicaSet controller writes that condition's message only when the condition
+        first appears (pkg/controller/replicaset/replica_set_utils.go calculateStatus), so the
+        events carry the latest cause."""
+        names = re.compile(replica_sets_of(name_of(obj)))
+        return (PodCreator("ReplicaSet", names, KUBE_CREATE_OUTCOMES),)
+
 
 @register
 class StatefulSet(WorkloadKind):
@@ -90,3 +114,7 @@ class StatefulSet(WorkloadKind):
 
     def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
         return generation_missing(obj) + replicas_missing(obj)
+
+    def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
+        names = re.compile(re.escape(name_of(obj)))
+        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES),)

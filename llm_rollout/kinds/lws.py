@@ -14,11 +14,14 @@ Facts from kubernetes-sigs/lws (and the CRDs in ../shared/crds, v0.6.0 and v0.10
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from llm_rollout.kinds.base import (
+    KUBE_CREATE_OUTCOMES,
     JsonDict,
+    PodCreator,
     PodDemand,
     PodFilter,
     RbgFlavor,
@@ -28,6 +31,7 @@ from llm_rollout.kinds.base import (
     condition_missing,
     generation_missing,
     name_of,
+    names_matching,
     register,
     replicas_missing,
     replicas_of,
@@ -39,6 +43,12 @@ if TYPE_CHECKING:
 
 NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
 REVISION_LABEL = "leaderworkerset.sigs.k8s.io/template-revision-hash"
+
+
+def group_statefulsets(name: str) -> str:
+    """A pattern of the names of the StatefulSets a LeaderWorkerSet `name` creates: its leader
+    StatefulSet `<name>` and one worker StatefulSet per group `<name>-<group index>`."""
+    return f"{re.escape(name)}(?:-[0-9]+)?"
 
 
 def group_demands(replicas: int, lws: Mapping[str, Any]) -> list[PodDemand]:
@@ -113,6 +123,12 @@ class LeaderWorkerSet(WorkloadKind):
     def pod_demands(self, obj: Mapping[str, Any]) -> list[PodDemand]:
         spec = obj.get("spec") or {}
         return group_demands(replicas_of(spec), spec.get("leaderWorkerTemplate") or {})
+
+    def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
+        """The StatefulSets create the pods (the LWS controller creates none itself): a
+        StatefulSet that cannot create a pod says so in its own events."""
+        names = names_matching(group_statefulsets(name_of(obj)))
+        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         size = ((obj.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size", 1)

@@ -7,12 +7,14 @@ the head is the entry point. Readiness is `status.state == "ready"`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from llm_rollout import kuberay
 from llm_rollout.kinds.base import (
     JsonDict,
+    PodCreator,
     PodDemand,
     PodFilter,
     PodRoll,
@@ -34,6 +36,13 @@ NODE_TYPE_LABEL = "ray.io/node-type"
 # `spec.upgradeStrategy.type` (KubeRay >= v1.6; ray-operator `apis/ray/v1/raycluster_types.go`
 # RayClusterUpgradeStrategy): only `Recreate` makes the operator replace running pods.
 RECREATE = "Recreate"
+# KubeRay creates the pods itself and records its own reasons on the RayCluster
+# (ray-operator controllers/ray/utils/constant.go K8sEventType; raycluster_controller.go
+# createHeadPod / createWorkerPod): head and workers are created, and fail, apart.
+CREATE_OUTCOMES = {
+    "FailedToCreateHeadPod": "CreatedHeadPod",
+    "FailedToCreateWorkerPod": "CreatedWorkerPod",
+}
 
 
 def head_service(workload: str) -> str:
@@ -148,6 +157,9 @@ class RayCluster(WorkloadKind):
         for group in spec.get("workerGroupSpecs") or []:
             demands += [template_demand(group.get("template"))] * replicas_of(group)
         return demands
+
+    def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
+        return (PodCreator("RayCluster", re.compile(re.escape(name_of(obj))), CREATE_OUTCOMES),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         for i, group in enumerate((obj.get("spec") or {}).get("workerGroupSpecs") or []):

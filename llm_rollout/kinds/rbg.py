@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.kinds.base import (
+    KUBE_CREATE_OUTCOMES,
     JsonDict,
+    PodCreator,
     PodDemand,
     PodFilter,
     PodRoll,
@@ -31,11 +33,13 @@ from llm_rollout.kinds.base import (
     condition_missing,
     generation_missing,
     name_of,
+    names_matching,
     register,
     replicas_of,
     template_demand,
 )
-from llm_rollout.kinds.lws import group_demands
+from llm_rollout.kinds.deployment import replica_sets_of
+from llm_rollout.kinds.lws import group_demands, group_statefulsets
 
 if TYPE_CHECKING:
     from llm_rollout.spec import ServiceSpec
@@ -231,6 +235,27 @@ class RoleBasedGroup(WorkloadKind):
                 template = role.get("template") or pattern.get("template")
                 demands += [template_demand(template)] * replicas
         return demands
+
+    def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
+        """v1alpha1 (RBG v0.6): each role's workload is `<rbg>-<role>`
+        (api/workloads/v1alpha1/helper.go GetWorkloadName), a StatefulSet, a Deployment (whose
+        ReplicaSets create the pods) or a LeaderWorkerSet (whose StatefulSets do). v1alpha2
+        (RBG v0.7+) RoleInstances create their pods themselves; which events they record was
+        not read, so none are followed."""
+        if _is_v1alpha2(obj):
+            return ()
+        workloads = [
+            f"{name_of(obj)}-{role.get('name')}"
+            for role in (obj.get("spec") or {}).get("roles") or []
+        ]
+        if not workloads:
+            return ()
+        statefulsets = names_matching(*(group_statefulsets(w) for w in workloads))
+        replica_sets = names_matching(*(replica_sets_of(w) for w in workloads))
+        return (
+            PodCreator("StatefulSet", statefulsets, KUBE_CREATE_OUTCOMES),
+            PodCreator("ReplicaSet", replica_sets, KUBE_CREATE_OUTCOMES),
+        )
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         roles = (obj.get("spec") or {}).get("roles") or []

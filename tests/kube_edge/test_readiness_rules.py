@@ -41,7 +41,12 @@ from llm_rollout.spec import RolloutSpec
 
 NO_NODES = Nodes({}, frozenset())
 TOL = Tolerances(
-    image_pull_s=60, mount_s=120, node_not_ready_s=30, scale_up_wait_s=600, group_recreations=3
+    image_pull_s=60,
+    mount_s=120,
+    node_not_ready_s=30,
+    scale_up_wait_s=600,
+    pod_create_s=90,
+    group_recreations=3,
 )
 RATE_LIMITED = (
     'Failed to pull image "vllm/vllm-openai:v0.10.0": failed to copy: httpReadSeeker: failed '

@@ -29,7 +29,6 @@ from llm_rollout.readiness_rules import (
     Nodes,
     Ready,
     Signal,
-    Tolerances,
     Waiting,
     autoscaler_from_configmap,
     crash_to_capture,
@@ -40,10 +39,8 @@ from llm_rollout.readiness_rules import (
     stable_slot,
     track,
 )
+from tests.kube_edge.test_readiness_rules import TOL
 
-TOL = Tolerances(
-    image_pull_s=60, mount_s=120, node_not_ready_s=30, scale_up_wait_s=600, group_recreations=3
-)
 RATE_LIMITED = 'Failed to pull image "vllm/vllm-openai:v1": 429 Too Many Requests'
 MOUNT_TIMEOUT = 'MountVolume.SetUp failed for volume "model" : mount timed out'
 RUNNING = {"running": {"startedAt": "2026-12-06T10:00:00Z"}}

@@ -424,6 +424,7 @@ def test_readiness_tolerances_leave_the_spec_hash_alone(lws_dict: dict[str, Any]
         image_pull_tolerance_s=1,
         mount_tolerance_s=2,
         node_not_ready_tolerance_s=3,
+        pod_create_tolerance_s=6,
         scale_up_wait_s=4,
         crash_loop_group_recreations=5,
     )

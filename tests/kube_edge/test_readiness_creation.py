@@ -1,0 +1,242 @@
+"""Pod-creation failures in the readiness verdict, without a cluster.
+
+The events are shaped as kube-controller-manager and KubeRay record them: `FailedCreate` /
+`SuccessfulCreate` on a ReplicaSet (kubernetes pkg/controller/controller_utils.go
+RealPodControl.createPods, "Error creating: %v" / "Created pod: %v") and on a StatefulSet
+(pkg/controller/statefulset/stateful_pod_control.go recordPodEvent, "create Pod %s in
+StatefulSet %s failed error: %s"), `FailedToCreateWorkerPod` / `CreatedWorkerPod` on a
+RayCluster (ray-operator controllers/ray/raycluster_controller.go). The refusals quote the API
+server: apiserver pkg/admission/plugin/resourcequota/controller.go (quota), apimachinery
+pkg/api/errors/errors.go NewInvalid (validation), apiserver
+pkg/admission/plugin/webhook/errors/statuserror.go (webhook denial).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from llm_rollout.kinds import kind_of
+from llm_rollout.readiness_rules import (
+    DEFAULT_TOLERANCES,
+    Failed,
+    Ready,
+    Seen,
+    Signal,
+    Waiting,
+    creation_signals,
+    decide,
+    track,
+)
+from llm_rollout.spec import RolloutSpec
+
+QUOTA = (
+    'Error creating: pods "qwen-abc-7d9f8b6c5-" is forbidden: exceeded quota: pods, '
+    "requested: pods=1, used: pods=1, limited: pods=1"
+)
+LABEL_TOO_LONG = (
+    "create Pod qwen-40-characters-long-name-xxxxxxxxx-0-0 in StatefulSet "
+    "qwen-40-characters-long-name-xxxxxxxxx-0 failed error: Pod "
+    '"qwen-40-characters-long-name-xxxxxxxxx-0-0" is invalid: '
+    'metadata.labels: Invalid value: "qwen-40-characters-long-name-xxxxxxxxx-0-1234567890": '
+    "must be no more than 63 bytes"
+)
+WEBHOOK_DENIED = (
+    'Error creating: admission webhook "validate.kyverno.svc" denied the request: '
+    "image registry not allowed"
+)
+WEBHOOK_DOWN = (
+    'Error creating: Internal error occurred: failed calling webhook "validate.kyverno.svc": '
+    "failed to call webhook: connection refused"
+)
+QUOTA_NEEDS_LIMITS = (
+    'Error creating: pods "qwen-abc-7d9f8b6c5-" is forbidden: failed quota: compute: '
+    "must specify limits.cpu for: engine"
+)
+POD_SECURITY = (
+    'Error creating: pods "qwen-abc-7d9f8b6c5-" is forbidden: violates PodSecurity '
+    '"restricted:latest": privileged'
+)
+
+
+def _event(
+    kind: str, name: str, reason: str, message: str, at: str, type_: str = "Warning"
+) -> dict[str, Any]:
+    return {
+        "involvedObject": {"apiVersion": "apps/v1", "kind": kind, "namespace": "llm", "name": name},
+        "reason": reason,
+        "message": message,
+        "type": type_,
+        "lastTimestamp": at,
+    }
+
+
+def _deployment(name: str = "qwen-abc") -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}}
+
+
+def _lws(name: str = "qwen-lws") -> dict[str, Any]:
+    return {
+        "apiVersion": "leaderworkerset.x-k8s.io/v1",
+        "kind": "LeaderWorkerSet",
+        "metadata": {"name": name},
+    }
+
+
+def _signals(workload: dict[str, Any], events: Sequence[dict[str, Any]]) -> list[Signal]:
+    kind = kind_of(workload)
+    assert kind is not None
+    return creation_signals(kind.pod_creators(workload), events)
+
+
+def _verdict(
+    signals: Sequence[Signal], seen: dict[str, Seen], now_s: float
+) -> tuple[dict[str, Seen], object]:
+    tracked = track(seen, signals, now_s)
+    missing = ["no pods yet"]
+    return tracked, decide(signals, tracked, DEFAULT_TOLERANCES, now_s, missing)
+
+
+def test_an_exceeded_quota_is_tolerated_then_fails_naming_the_replica_set_and_message() -> None:
+    events = [_event("ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", QUOTA, "T1")]
+    signals = _signals(_deployment(), events)
+    assert [(s.kind, s.pod, s.reason, s.bound) for s in signals] == [
+        ("ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", "pod_create")
+    ]
+    assert signals[0].detail == QUOTA
+    bound_s = DEFAULT_TOLERANCES.pod_create_s
+    seen, first = _verdict(signals, {}, 0.0)
+    assert isinstance(first, Waiting)
+    assert first.recheck_in_s == bound_s
+    seen, before = _verdict(signals, seen, bound_s - 1)
+    assert isinstance(before, Waiting)
+    _, after = _verdict(signals, seen, bound_s)
+    assert isinstance(after, Failed)
+    assert after.signal.api_version == "apps/v1"
+    assert after.persisted_s == bound_s
+
+
+def test_a_quota_freed_inside_the_tolerance_clears_with_the_created_pod() -> None:
+    failed = _event(
+        "ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", QUOTA, "2026-12-07T01:00:05Z"
+    )
+    created = _event(
+        "ReplicaSet",
+        "qwen-abc-7d9f8b6c5",
+        "SuccessfulCreate",
+        "Created pod: qwen-abc-7d9f8b6c5-x2x4q",
+        "2026-12-07T01:00:40Z",
+        "Normal",
+    )
+    seen, waiting = _verdict(_signals(_deployment(), [failed]), {}, 0.0)
+    assert isinstance(waiting, Waiting)
+    assert _signals(_deployment(), [failed, created]) == []
+    _, ready = _verdict([], seen, 40.0)
+    assert isinstance(ready, Waiting) and not ready.tolerated  # only the pods are missing now
+    assert isinstance(decide([], {}, DEFAULT_TOLERANCES, 40.0, []), Ready)
+
+
+def test_a_failure_after_an_earlier_success_is_current() -> None:
+    """A second replica refused after the first was created (quota for one pod only)."""
+    created = _event(
+        "ReplicaSet",
+        "qwen-abc-7d9f8b6c5",
+        "SuccessfulCreate",
+        "Created pod: a",
+        "2026-12-07T01:00:01Z",
+        "Normal",
+    )
+    failed = _event(
+        "ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", QUOTA, "2026-12-07T01:00:02Z"
+    )
+    assert [s.reason for s in _signals(_deployment(), [created, failed])] == ["FailedCreate"]
+
+
+@pytest.mark.parametrize(
+    "message", [LABEL_TOO_LONG, WEBHOOK_DENIED, QUOTA_NEEDS_LIMITS, POD_SECURITY]
+)
+def test_a_refusal_no_retry_can_change_fails_at_once(message: str) -> None:
+    events = [_event("StatefulSet", "qwen-lws-0", "FailedCreate", message, "T1")]
+    signals = _signals(_lws(), events)
+    assert [s.bound for s in signals] == ["none"]
+    _, verdict = _verdict(signals, {}, 0.0)
+    assert isinstance(verdict, Failed)
+    assert verdict.signal.kind == "StatefulSet"
+    assert verdict.signal.pod == "qwen-lws-0"
+    assert verdict.signal.detail == message
+
+
+def test_a_webhook_that_cannot_be_called_is_tolerated() -> None:
+    events = [_event("ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", WEBHOOK_DOWN, "T1")]
+    assert [s.bound for s in _signals(_deployment(), events)] == ["pod_create"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [
+        ("ReplicaSet", "qwen-abc-router-7d9f8b6c5"),  # another Deployment's ReplicaSet
+        ("ReplicaSet", "qwen-abcd-7d9f8b6c5"),
+        ("StatefulSet", "qwen-abc"),  # not a kind the Deployment creates pods with
+        ("Pod", "qwen-abc-7d9f8b6c5-x2x4q"),
+    ],
+)
+def test_events_of_objects_the_workload_does_not_own_are_ignored(kind: str, name: str) -> None:
+    assert _signals(_deployment(), [_event(kind, name, "FailedCreate", QUOTA, "T1")]) == []
+
+
+def test_lws_leader_and_worker_statefulsets_are_followed_and_nothing_else() -> None:
+    leader = _event("StatefulSet", "qwen-lws", "FailedCreate", QUOTA, "T1")
+    worker = _event("StatefulSet", "qwen-lws-1", "FailedCreate", QUOTA, "T1")
+    other = _event("StatefulSet", "qwen-lws-router", "FailedCreate", QUOTA, "T1")
+    assert sorted(s.pod for s in _signals(_lws(), [leader, worker, other])) == [
+        "qwen-lws",
+        "qwen-lws-1",
+    ]
+
+
+def test_rbg_v1alpha1_roles_workloads_are_followed() -> None:
+    rbg = {
+        "apiVersion": "workloads.x-k8s.io/v1alpha1",
+        "kind": "RoleBasedGroup",
+        "metadata": {"name": "pd"},
+        "spec": {"roles": [{"name": "prefill"}, {"name": "router"}]},
+    }
+    events = [
+        _event("StatefulSet", "pd-prefill", "FailedCreate", QUOTA, "T1"),
+        _event("ReplicaSet", "pd-router-7d9f8b6c5", "FailedCreate", QUOTA, "T1"),
+        _event("StatefulSet", "pd-decode", "FailedCreate", QUOTA, "T1"),  # not a role
+    ]
+    assert sorted(s.pod for s in _signals(rbg, events)) == ["pd-prefill", "pd-router-7d9f8b6c5"]
+
+
+def test_kuberay_head_and_worker_creation_are_told_apart() -> None:
+    ray = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "qwen-ray"}}
+    head_failed = _event(
+        "RayCluster", "qwen-ray", "FailedToCreateHeadPod", QUOTA, "2026-12-07T01:00:01Z"
+    )
+    worker_created = _event(
+        "RayCluster",
+        "qwen-ray",
+        "CreatedWorkerPod",
+        "Created worker Pod llm/w",
+        "2026-12-07T01:00:09Z",
+        "Normal",
+    )
+    signals = _signals(ray, [head_failed, worker_created])
+    assert [(s.kind, s.reason) for s in signals] == [("RayCluster", "FailedToCreateHeadPod")]
+    head_created = _event(
+        "RayCluster",
+        "qwen-ray",
+        "CreatedHeadPod",
+        "Created head Pod llm/h",
+        "2026-12-07T01:00:09Z",
+        "Normal",
+    )
+    assert _signals(ray, [head_failed, worker_created, head_created]) == []
+
+
+def test_the_tolerance_comes_from_the_rollout_spec() -> None:
+    assert RolloutSpec().pod_create_tolerance_s == DEFAULT_TOLERANCES.pod_create_s
+    assert RolloutSpec.model_fields["pod_create_tolerance_s"].description
