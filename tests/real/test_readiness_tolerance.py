@@ -8,6 +8,9 @@ What stands in for what:
   the kubelet's pull, back-off and events unchanged (``sandbox/cluster/pods/runner.py``);
 - a failed mount: the OSS CSI stand-in refusing a wrong AccessKey secret with OSS's own 403
   (``sandbox/cluster/pods/volumes.py``), until the Secret is corrected;
+- a namespace out of quota: a real ResourceQuota of pods, enforced by the API server's quota
+  admission, the ReplicaSet controller of the real kube-controller-manager recording its
+  FailedCreate;
 - cluster-autoscaler: the test records the Normal pod events it records, as its
   ``processors/status/eventing_scale_up_processor.go`` words them ("pod triggered scale-up: %v"
   of its ScaleUpInfos; "pod didn't trigger scale-up (it wouldn't fit if a new node is added):
@@ -38,6 +41,7 @@ from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.readiness import WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from sandbox.cluster.node_agent import NodeSpec
+from sandbox.cluster.waits import wait_for
 from sandbox.oss import OssServer
 
 WAIT_S = 60.0
@@ -333,3 +337,62 @@ def test_a_crash_looping_lws_group_is_a_crash_loop_with_its_log(
     assert "recreated 2 times" in failure.detail
     assert failure.pod is not None and failure.pod.name.startswith("crashgroup-0")
     assert lines[1] in failure.log_lines
+
+
+# --- pod creation refused -----------------------------------------------------------------------
+
+
+QUOTA = "pods"
+
+
+@pytest.fixture
+def pod_quota(real_admin: k8s.ApiClient, real_namespace: str) -> Callable[[int], None]:
+    """A ResourceQuota of 0 pods in the namespace, counted before it is returned (quota
+    admission refuses with `status unknown for quota` until the controller has counted it);
+    returns ``set_pods(n)``."""
+    core = k8s.CoreV1Api(real_admin)
+    core.create_namespaced_resource_quota(
+        real_namespace, {"metadata": {"name": QUOTA}, "spec": {"hard": {"pods": "0"}}}
+    )
+    wait_for(
+        core.list_namespaced_resource_quota,
+        lambda items: (
+            len(items) == 1 and "pods" in ((items[0].status and items[0].status.hard) or {})
+        ),
+        namespace=real_namespace,
+        field_selector=f"metadata.name={QUOTA}",
+        timeout_s=60,
+        what=f"ResourceQuota {QUOTA} counted",
+    )
+    return lambda pods: core.patch_namespaced_resource_quota(
+        QUOTA, real_namespace, {"spec": {"hard": {"pods": str(pods)}}}
+    )
+
+
+def test_a_pod_quota_that_persists_fails_naming_the_replica_set_and_the_quota(
+    real_admin: k8s.ApiClient, real_namespace: str, pod_quota: Callable[[int], None]
+) -> None:
+    """The Deployment gets no pod at all; before, readiness waited out its whole timeout."""
+    obj = _deployment(real_namespace, "noquota")
+    apply(real_admin, obj)
+    tolerances = replace(DEFAULT_TOLERANCES, pod_create_s=2.0)
+    with pytest.raises(WorkloadFailed) as info:
+        wait_ready(real_admin, ObjectRef.of(obj), timeout_s=WAIT_S, tolerances=tolerances)
+    failure = info.value
+    assert failure.reason == "FailedCreate", failure
+    assert failure.pod is not None and failure.pod.kind == "ReplicaSet", failure
+    assert failure.pod.name.startswith("noquota-"), failure
+    assert f"exceeded quota: {QUOTA}" in failure.detail, failure
+    assert "(persisted " in failure.detail
+
+
+def test_a_pod_quota_raised_inside_the_tolerance_passes(
+    real_admin: k8s.ApiClient, real_namespace: str, pod_quota: Callable[[int], None]
+) -> None:
+    obj = _deployment(real_namespace, "morequota")
+    apply(real_admin, obj)
+    raise_quota = ClearOnNote("tolerating FailedCreate", lambda: pod_quota(1))
+    report = wait_ready(real_admin, ObjectRef.of(obj), timeout_s=WAIT_S, on_event=raise_quota)
+    assert raise_quota.done, raise_quota.notes
+    assert any(f"exceeded quota: {QUOTA}" in note for note in raise_quota.notes), raise_quota.notes
+    assert report.pods
