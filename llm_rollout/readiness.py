@@ -342,7 +342,7 @@ def wait_ready(
         selector, pod_filter = pod_selector, accept_all
     else:
         selector, pod_filter = pod_selector_for(initial)
-    creators = _kind(initial).pod_creators(initial)
+    kind = _kind(initial)
     pod_spec = WatchSpec("v1", "Pod", namespace, label_selector=selector)
     last_note: dict[ObjectRef, str] = {}
 
@@ -384,7 +384,7 @@ def wait_ready(
                     )
                 ]
                 signals += group_signals(incarnations, tolerances)
-                signals += creation_signals(creators, events)
+                signals += creation_signals(kind.pod_creators(obj or initial), events)
                 seen = track(seen, signals, now)
                 missing = _missing(workload, obj, pods, selector)
                 verdict = decide(signals, seen, tolerances, now, missing)

@@ -543,6 +543,13 @@ def event_order(event: Mapping[str, Any]) -> str:
     )
 
 
+def _outcome_order(event: Mapping[str, Any]) -> tuple[str, bool]:
+    """Latest first; within the same second (event times have no finer grain) a refusal no
+    retry can change outranks one that may clear, which it can follow (a fresh namespace's
+    pods are refused until its `default` ServiceAccount exists) but never precede."""
+    return event_order(event), bool(_CREATE_FINAL.search(str(event.get("message") or "")))
+
+
 def creation_signals(
     creators: Sequence[PodCreator], events: Iterable[Mapping[str, Any]]
 ) -> list[Signal]:
@@ -558,7 +565,7 @@ def creation_signals(
                 continue
             if reason in creator.outcomes or reason in creator.outcomes.values():
                 key = (kind, name, reason)
-                if key not in latest or event_order(event) >= event_order(latest[key]):
+                if key not in latest or _outcome_order(event) >= _outcome_order(latest[key]):
                     latest[key] = event
     found: list[Signal] = []
     for (kind, name, reason), event in sorted(latest.items()):

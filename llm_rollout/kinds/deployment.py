@@ -15,6 +15,7 @@ from llm_rollout.kinds.base import (
     accept_all,
     as_int,
     condition_missing,
+    conditions,
     generation_missing,
     name_of,
     register,
@@ -89,11 +90,17 @@ class Deployment(WorkloadKind):
         return missing
 
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
-        """Its ReplicaSets create the pods. The Deployment's own `ReplicaFailure` condition
-        copies a ReplicaSet's (pkg/controller/deployment/progress.go getReplicaFailures), but
-        the ReplicaSet controller writes that condition's message only when the condition
-        first appears (pkg/controller/replicaset/replica_set_utils.go calculateStatus), so the
-        events carry the latest cause."""
+        """Its ReplicaSets create the pods, followed while the Deployment reports
+        `ReplicaFailure`: the ReplicaSet controller sets that condition on a failed sync and
+        removes it on the next good one (pkg/controller/replicaset/replica_set_utils.go
+        calculateStatus), and the Deployment controller copies it from its ReplicaSets
+        (pkg/controller/deployment/progress.go getReplicaFailures). So the last refusal of an
+        earlier ReplicaSet, among the events for their TTL (kube-apiserver --event-ttl, 1 h),
+        is not read as current. The events, not the condition, give the ReplicaSet and the
+        latest cause: the condition keeps the message of its first failure."""
+        failure = conditions(obj).get("ReplicaFailure") or {}
+        if str(failure.get("status")) != "True":
+            return ()
         names = re.compile(replica_sets_of(name_of(obj)))
         return (PodCreator("ReplicaSet", names, KUBE_CREATE_OUTCOMES),)
 

@@ -73,8 +73,20 @@ def _event(
     }
 
 
-def _deployment(name: str = "qwen-abc") -> dict[str, Any]:
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}}
+def _deployment(name: str = "qwen-abc", *, failing: bool = True) -> dict[str, Any]:
+    """A Deployment whose controller copied a ReplicaSet's ReplicaFailure condition
+    (pkg/controller/deployment/progress.go getReplicaFailures), or none."""
+    status: dict[str, Any] = {"conditions": []}
+    if failing:
+        status["conditions"].append(
+            {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": QUOTA}
+        )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "status": status,
+    }
 
 
 def _lws(name: str = "qwen-lws") -> dict[str, Any]:
@@ -168,9 +180,39 @@ def test_a_refusal_no_retry_can_change_fails_at_once(message: str) -> None:
     assert verdict.signal.detail == message
 
 
+def test_within_one_second_a_final_refusal_outranks_one_that_may_clear() -> None:
+    at = "2026-12-07T01:00:00Z"
+    no_account = (
+        'Error creating: pods "qwen-abc-7d9f8b6c5-" is forbidden: error looking up service '
+        'account llm/default: serviceaccount "default" not found'
+    )
+    events = [
+        _event("ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", POD_SECURITY, at),
+        _event("ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", no_account, at),
+    ]
+    for ordered in (events, events[::-1]):
+        assert [(s.detail, s.bound) for s in _signals(_deployment(), ordered)] == [
+            (POD_SECURITY, "none")
+        ]
+    later = _event(
+        "ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", QUOTA, "2026-12-07T01:00:01Z"
+    )
+    assert [s.bound for s in _signals(_deployment(), [*events, later])] == ["pod_create"]
+
+
 def test_a_webhook_that_cannot_be_called_is_tolerated() -> None:
     events = [_event("ReplicaSet", "qwen-abc-7d9f8b6c5", "FailedCreate", WEBHOOK_DOWN, "T1")]
     assert [s.bound for s in _signals(_deployment(), events)] == ["pod_create"]
+
+
+def test_an_earlier_replica_sets_last_refusal_is_stale_without_replica_failure() -> None:
+    """The ReplicaSet controller removes ReplicaFailure on its next good sync (e.g. once scaled
+    to 0), while the refusal stays among the events for their TTL."""
+    stale = _event(
+        "ReplicaSet", "qwen-abc-6c5b4d9f8", "FailedCreate", QUOTA, "2026-12-07T00:30:00Z"
+    )
+    assert _signals(_deployment(failing=False), [stale]) == []
+    assert len(_signals(_deployment(failing=True), [stale])) == 1
 
 
 @pytest.mark.parametrize(
