@@ -20,7 +20,7 @@ scheduled, as the model claim is not made):
   worker pods created;
 - the spec's longest name (40 characters), rendered past the product's check as it would be
   applied without it, gets a StatefulSet's FailedCreate event naming the too-long label value,
-  and no pod of that StatefulSet;
+  and no pod of that StatefulSet; readiness fails on it at once, naming the StatefulSet;
 - the deploy flow refuses a 38-character name in preflight, naming `name`, before any write.
 """
 
@@ -36,6 +36,8 @@ from kubernetes import client as k8s
 from flows.deploy import deploy
 from llm_rollout import render
 from llm_rollout.errors import SpecError
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import WorkloadFailed, wait_ready
 from llm_rollout.spec import MAX_RELEASE_LEN, MAX_SERVICE_NAME_LEN, ServiceSpec, load_spec
 from sandbox.cluster.waits import wait_for
 from tests.real_deploy import RealStores, write_real_spec
@@ -152,6 +154,18 @@ def test_a_name_too_long_for_the_revision_label_breaks_pod_creation_and_is_refus
         if any(o.name == failed for o in p.metadata.owner_references or [])
     ]
     assert owned == []
+    # Readiness says so at once, naming the StatefulSet and the API server's refusal, instead of
+    # waiting out its timeout: an invalid pod is refused again on every retry.
+    with pytest.raises(WorkloadFailed) as not_created:
+        wait_ready(
+            real_admin,
+            ObjectRef(f"{LWS[0]}/{LWS[1]}", "LeaderWorkerSet", namespace, broken),
+            timeout_s=TIMEOUT_S,
+        )
+    assert not_created.value.reason == "FailedCreate", not_created.value
+    assert not_created.value.pod == ObjectRef("apps/v1", "StatefulSet", namespace, failed)
+    assert f"no more than {LABEL_VALUE_MAX}" in not_created.value.detail
+    assert "(persisted " not in not_created.value.detail  # no tolerance for it
 
     # The deploy flow refuses the shortest name too long for the shape before any write: its
     # namespace is never created.
