@@ -23,12 +23,18 @@ Three more measures (issue 16), each against the same kind of reference:
   first pull-error Warning event plus the tolerance to the failure verdict (the overshoot);
 - crash-looping LWS group (RecreateGroupOnPodRestart, k = `--group-recreations`), recreated by
   the real LWS operator: from the k-th recreation (the leader pod's (k+1)-th UID seen) to the
-  verdict.
+  verdict;
+- pod creation refused: the Deployment's ReplicaSet cannot create its pod, its FailedCreate
+  recorded by the real kube-controller-manager; from the first FailedCreate event (plus the
+  tolerance `--tolerance-s` for an exceeded ResourceQuota of 0 pods, which can clear) to the
+  verdict, and with no tolerance for a pod the namespace's PodSecurity level `restricted`
+  refuses (the API server's PodSecurity admission; retrying cannot help).
 
 Run inside the harness's network namespace (it starts a cluster without KubeRay):
     ./scripts/in-netns uv run python bench/readiness.py [--trials N] [--poll-period-s 30]
 Targets: ready noticed < 1 s after it happens; failing pod reported < 5 s after its event;
-transient -> ready verdict < 1 s; persistent and crash-loop verdict < 5 s past their bound.
+transient -> ready verdict < 1 s; persistent, crash-loop and refused-creation verdict < 5 s past
+their bound.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from llm_rollout.readiness import (
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from sandbox.cluster.control_plane import ClusterConfig, start_cluster, stop_cluster
 from sandbox.cluster.node_agent import NodeSpec, registry_faults_file
+from sandbox.cluster.waits import wait_for
 
 IMAGE = "busybox:1.36"
 IMAGE_FAIL_REASONS = {"ErrImagePull", "ImagePullBackOff"}
@@ -153,8 +160,12 @@ def crash_looping_group(namespace: str, name: str, log_lines: tuple[str, ...]) -
     }
 
 
-def namespace_obj(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+def namespace_obj(name: str, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels or {}},
+    }
 
 
 class Observer:
@@ -166,6 +177,7 @@ class Observer:
         self.api, self.namespace, self.name, self.pod = api, namespace, name, pod
         self.ready_at: float | None = None
         self.warning_at: float | None = None
+        self.failed_create_at: float | None = None
         self.uids: dict[str, float] = {}
         self.changed = threading.Condition()
         self.stop = threading.Event()
@@ -210,6 +222,8 @@ class Observer:
         involved = obj.get("involvedObject") or {}
         if obj.get("type") == "Warning" and involved.get("kind") == "Pod":
             self._note("warning_at", time.time())
+        if obj.get("type") == "Warning" and obj.get("reason") == "FailedCreate":
+            self._note("failed_create_at", time.time())
 
     def _pod(self, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -388,12 +402,66 @@ def group_trial(api: Any, index: int, k: int) -> float:
     return noticed - added[k]
 
 
+def creation_trial(api: Any, index: int, permanent: bool, tolerance_s: float) -> float:
+    mode = "refused" if permanent else "quota"
+    namespace, name = f"bench-{mode}-{index}", f"qwen-{mode}-{index}"
+    # pod-security-admission's namespace label (k8s.io/pod-security-admission api/constants.go);
+    # the shell pod runs as root without a seccomp profile, which `restricted` refuses.
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"} if permanent else {}
+    apply(api, namespace_obj(namespace, labels))
+    core = k8s.CoreV1Api(api)
+    if not permanent:
+        core.create_namespaced_resource_quota(
+            namespace, {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "0"}}}
+        )
+        # Quota admission refuses with "status unknown" until the controller counted it.
+        wait_for(
+            core.list_namespaced_resource_quota,
+            lambda items: bool(items and items[0].status and items[0].status.hard),
+            namespace=namespace,
+            timeout_s=60,
+            what=f"ResourceQuota pods of {namespace} counted",
+        )
+    observer = Observer(api, namespace, name)
+    ref = ObjectRef("apps/v1", "Deployment", namespace, name)
+    tolerances = replace(DEFAULT_TOLERANCES, pod_create_s=tolerance_s)
+    try:
+        applied = time.time()
+        apply(api, shell_deployment(namespace, name))
+        called = time.time()
+        try:
+            wait_ready(api, ref, timeout_s=120, tolerances=tolerances)
+            raise SystemExit(f"trial {index}: {ref} became ready despite the refusal")
+        except WorkloadFailed as exc:
+            noticed = time.time()
+            if exc.reason != "FailedCreate":
+                raise SystemExit(f"trial {index}: unexpected verdict {exc}") from exc
+            detail = exc.detail
+        observer.wait(lambda: observer.failed_create_at is not None, 10)
+    finally:
+        observer.close()
+    if observer.failed_create_at is None:
+        raise SystemExit(f"trial {index} ({mode}): no FailedCreate event seen")
+    # A refusal comes a fraction of a second after the apply, often before `wait_ready` has
+    # listed its streams: then the figure is mostly its start, shown apart.
+    print(
+        f"  {mode} trial {index}: FailedCreate {observer.failed_create_at - applied:.3f}s after "
+        f"the apply; verdict {noticed - called:.3f}s after wait_ready was called: {detail[:160]}"
+    )
+    return noticed - (observer.failed_create_at + (0.0 if permanent else tolerance_s))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--poll-period-s", type=float, default=30.0)
     parser.add_argument("--tolerance-s", type=float, default=2.0)
     parser.add_argument("--group-recreations", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only the signal measures whose label contains this text (no polling rows)",
+    )
     args = parser.parse_args()
     random.seed(7)
     started = time.monotonic()
@@ -407,7 +475,10 @@ def main() -> None:
         api = cluster.api_client()
         registry = Registry(cluster.run_dir)
         rows = []
-        for mode, target_s in (("ready", 1.0), ("fail", 5.0)):
+        baselines: tuple[tuple[str, float], ...] = (
+            () if args.only else (("ready", 1.0), ("fail", 5.0))
+        )
+        for mode, target_s in baselines:
             watch_s, poll_s = [], []
             for i in range(args.trials):
                 w, p = trial(api, registry, i, mode, args.poll_period_s)
@@ -442,8 +513,18 @@ def main() -> None:
                 f"LWS group: recreation #{args.group_recreations} -> verdict",
                 lambda i: group_trial(api, i, args.group_recreations),
             ),
+            (
+                "pod quota: FailedCreate + tolerance -> verdict",
+                lambda i: creation_trial(api, i, False, args.tolerance_s),
+            ),
+            (
+                "PodSecurity refusal: FailedCreate -> verdict",
+                lambda i: creation_trial(api, i, True, args.tolerance_s),
+            ),
         ]
         for label, run in measures:
+            if args.only not in label:
+                continue
             values = [run(i) for i in range(args.trials)]
             target_s = 1.0 if label.startswith("transient") else 5.0
             verdict = "meets" if max(values) < target_s else "MISSES"
