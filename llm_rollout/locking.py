@@ -17,6 +17,17 @@ replace instead of the field manager's apply.
 Waiting for a held lease watches it (a release or a takeover is an event) and retries when the
 current hold would expire; nothing polls. A hold is re-entrant for the same `owner` (the root
 flow run), so a flow holding it can call a subflow that asks for it again.
+
+Renewal and loss follow client-go's leader election (kubernetes/client-go
+`tools/leaderelection/leaderelection.go`): the holder renews every retry period and, when no
+renewal has succeeded for a renew deadline shorter than the lease duration (`renew` loop,
+`RenewDeadline` < `LeaseDuration`), it stops leading before anyone else may take the lease
+over; a renewal that finds another holder stops it at once. Like client-go's `Run`, which
+cancels the context handed to `OnStartedLeading` when `renew` returns, the loss is handed to
+the guarded work cooperatively: `check_lease` (called before every API stage, see
+`tasks.policy.api_task`) raises `LeaseLostError` naming the Lease and its new holder, so no
+further stage starts and nothing more is written. As client-go's package comment says, this is
+not fencing: a write already in flight when the lease is lost still lands.
 """
 
 from __future__ import annotations
@@ -26,7 +37,8 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from kubernetes import client as k8s_client
@@ -43,6 +55,10 @@ LEASE_API_VERSION = "coordination.k8s.io/v1"
 OWNER_ANNOTATION = "llm-rollout.io/lock-owner"
 LEASE_NAME_PREFIX = "llm-rollout-"
 DEFAULT_DURATION_S = 60
+# client-go's defaults are LeaseDuration 15 s, RenewDeadline 10 s, RetryPeriod 2 s
+# (tools/leaderelection/leaderelection.go); the same ratios of our duration.
+RENEW_DEADLINE_FRACTION = 2 / 3
+RETRY_PERIOD_FRACTION = 2 / 15
 _MICROTIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
@@ -55,7 +71,7 @@ class ServiceLockedError(PermanentError):
 
 
 class LeaseLostError(PermanentError):
-    """The hold was taken over (renewals failed for longer than its duration)."""
+    """The hold was taken over, or could not be renewed within its renew deadline."""
 
 
 def lease_name(service: str) -> str:
@@ -315,7 +331,8 @@ def release(api: k8s_client.ApiClient, namespace: str, service: str, *, owner: s
 
 @dataclass
 class ServiceLock:
-    """A held lease; `lost` turns true when a renewal found someone else holding it."""
+    """A held lease; `lost` turns true when a renewal found someone else holding it or no
+    renewal succeeded within the renew deadline (`lost_to` says who holds it then)."""
 
     namespace: str
     service: str
@@ -323,7 +340,122 @@ class ServiceLock:
     owner: str
     reentrant: bool
     acquired_at: datetime
-    lost: bool = False
+    lost_to: str = ""
+    lost_why: str = ""
+    api: k8s_client.ApiClient | None = field(default=None, repr=False)
+    # Set once, when the hold is found lost; what a waiter blocks on.
+    lost_event: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def lost(self) -> bool:
+        return self.lost_event.is_set()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return lease_ref(self.namespace, self.service)
+
+    def mark_lost(self, holder: str, why: str) -> None:
+        if not self.lost:
+            self.lost_to, self.lost_why = holder, why
+            self.lost_event.set()
+
+    def lost_error(self) -> LeaseLostError:
+        ref = self.ref
+        now = (
+            f"it is held by {self.lost_to!r} now"
+            if self.lost_to
+            else "another run may take it over once it expires"
+        )
+        return LeaseLostError(
+            f"the rollout lease of Service {self.namespace}/{self.service} "
+            f"({ref.kind} {ref.namespace}/{ref.name}) was lost while this run held it: "
+            f"{self.lost_why}; {now}. The run stops here and writes nothing more; the service "
+            "may be changed by another run meanwhile"
+        )
+
+
+# The outermost hold of this context (flow run): what `check_lease` answers for.
+_HELD: ContextVar[ServiceLock | None] = ContextVar("llm_rollout_held_lease", default=None)
+
+
+def held_lease() -> ServiceLock | None:
+    """The rollout lease this context holds, if any."""
+    return _HELD.get()
+
+
+def check_lease() -> None:
+    """Raise `LeaseLostError` if the rollout lease this context holds is no longer ours.
+
+    Called before each guarded stage: besides what the renewer already noticed, the Lease is
+    read once, so a takeover between two renewals stops the next stage too. Outside a hold it
+    does nothing. A failed read is left to the renewer's deadline (it is no evidence of loss).
+    """
+    lock = _HELD.get()
+    if lock is None:
+        return
+    if not lock.lost and lock.api is not None:
+        try:
+            current = get(lock.api, lock.ref)
+        except RolloutError as exc:
+            log.warning("could not read lease %s before a stage: %s", lock.ref, exc)
+        else:
+            reason = _not_ours(current, lock.owner)
+            if reason:
+                lock.mark_lost(LeaseState.of(current or {}).holder, reason)
+    if lock.lost:
+        raise lock.lost_error()
+
+
+def _not_ours(current: JsonDict | None, owner: str) -> str:
+    """Why the Lease as read is not `owner`'s hold ("" when it is)."""
+    if current is None:
+        return "the Lease was deleted"
+    state = LeaseState.of(current)
+    if not state.holder:
+        return "the Lease was released by someone else"
+    if state.owner != owner:
+        return "another run holds it now"
+    return ""
+
+
+def _keep_renewing(
+    api: k8s_client.ApiClient, lock: ServiceLock, stop: threading.Event, duration_s: int
+) -> None:
+    """Renew every retry period until `stop`; mark `lock` lost on another holder or when no
+    renewal succeeded for the renew deadline (client-go `renew`)."""
+    ref = lock.ref
+    retry_s = duration_s * RETRY_PERIOD_FRACTION
+    deadline_s = duration_s * RENEW_DEADLINE_FRACTION
+    # Local monotonic time, as client-go does: the Lease's timestamps come from other clocks.
+    renewed_at = time.monotonic()
+    while not stop.wait(retry_s):
+        try:
+            renew(api, lock.namespace, lock.service, owner=lock.owner)
+        except LeaseLostError:
+            try:
+                current = get(api, ref)
+            except RolloutError as exc:
+                log.warning("reading lease %s after losing it failed: %s", ref, exc)
+                lock.mark_lost("", "a renewal found it no longer ours")
+            else:
+                reason = _not_ours(current, lock.owner) or "a renewal found it no longer ours"
+                lock.mark_lost(LeaseState.of(current or {}).holder, reason)
+            log.error("lost lease %s to %r", ref, lock.lost_to)
+            return
+        except RolloutError as exc:
+            failing_s = time.monotonic() - renewed_at
+            if failing_s < deadline_s:
+                # One failed renewal is not fatal: the hold lasts `duration_s`.
+                log.warning("renewing lease %s failed: %s", ref, exc)
+                continue
+            lock.mark_lost(
+                "",
+                f"no renewal succeeded for {failing_s:.0f}s (renew deadline {deadline_s:.0f}s "
+                f"of a {duration_s}s lease; last error: {exc})",
+            )
+            log.error("lost lease %s: %s", ref, lock.lost_why)
+            return
+        renewed_at = time.monotonic()
 
 
 @contextmanager
@@ -337,49 +469,53 @@ def service_lock(
     wait_s: float,
     duration_s: int = DEFAULT_DURATION_S,
 ) -> Iterator[ServiceLock]:
-    """Hold the service's rollout lease for the block, renewing it every `duration_s / 3`.
+    """Hold the service's rollout lease for the block, renewing it every retry period.
 
-    Raises `LeaseLostError` on exit if the hold was lost meanwhile (the work in the block may
+    While the block runs, `check_lease` in this context raises once the hold is lost. Raises
+    `LeaseLostError` on exit too if the hold was lost meanwhile (the work in the block may
     have overlapped another run, which must be said loudly).
     """
     _, reentrant = acquire(
         api, namespace, service, holder=holder, owner=owner, wait_s=wait_s, duration_s=duration_s
     )
-    lock = ServiceLock(namespace, service, holder, owner, reentrant, datetime.now(UTC))
+    lock = ServiceLock(namespace, service, holder, owner, reentrant, datetime.now(UTC), api=api)
     if reentrant:
         yield lock
         return
-    log.info("lease %s acquired by %s", lease_ref(namespace, service), holder)
+    log.info("lease %s acquired by %s", lock.ref, holder)
     stop = threading.Event()
-
-    def keep_renewing() -> None:
-        while not stop.wait(duration_s / 3):
-            try:
-                renew(api, namespace, service, owner=owner)
-            except LeaseLostError:
-                lock.lost = True
-                log.error("lost lease %s", lease_ref(namespace, service))
-                return
-            except RolloutError as exc:
-                # One failed renewal is not fatal: the hold lasts `duration_s`.
-                log.warning("renewing lease %s failed: %s", lease_ref(namespace, service), exc)
-
-    renewer = threading.Thread(target=keep_renewing, name="lease-renew", daemon=True)
+    renewer = threading.Thread(
+        target=_keep_renewing, args=(api, lock, stop, duration_s), name="lease-renew", daemon=True
+    )
     renewer.start()
+    token = _HELD.set(lock)
     try:
         yield lock
     finally:
+        _HELD.reset(token)
         stop.set()
         renewer.join(timeout=10)
-        released = release(api, namespace, service, owner=owner)
+        try:
+            released = release(api, namespace, service, owner=owner)
+        except RolloutError as exc:
+            # The hold then lapses by itself after `duration_s`; the block's outcome stands.
+            log.warning("releasing lease %s failed: %s", lock.ref, exc)
+            released = False
+        if not released and not lock.lost:
+            # Taken over after the last renewal or check: still a loss to report.
+            try:
+                current = get(api, lock.ref)
+            except RolloutError as exc:
+                log.warning("reading lease %s after its release failed: %s", lock.ref, exc)
+            else:
+                reason = _not_ours(current, owner)
+                if reason:
+                    lock.mark_lost(LeaseState.of(current or {}).holder, reason)
         log.info(
             "lease %s released by %s%s",
-            lease_ref(namespace, service),
+            lock.ref,
             holder,
             "" if released else " (it was no longer ours)",
         )
     if lock.lost:
-        raise LeaseLostError(
-            f"the rollout lease of Service {namespace}/{service} was taken over while this run "
-            "held it; another run may have changed the service at the same time"
-        )
+        raise lock.lost_error()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -10,6 +11,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from llm_rollout.errors import is_transient
+from llm_rollout.locking import check_lease
 
 
 def retry_transient_only(task: Any, task_run: Any, state: Any) -> bool:
@@ -36,16 +38,26 @@ def api_task(name: str, *, timeout_seconds: float) -> Callable[[Callable[P, R]],
     """`@task` for a stage made of idempotent Kubernetes / OSS API calls (the Kubernetes
     stages, the refresh's and the day-2 actions'): three retries after 1, 3 and 9 s, on
     transient errors only, and no result cache: the state lives in the cluster and the bucket,
-    not in Prefect.
+    not in Prefect. Under a rollout lease, each attempt first checks the lease is still this
+    run's (`llm_rollout.locking.check_lease`): a lost lease stops the run before the stage.
     """
-    return task(
-        name=name,
-        retries=3,
-        retry_delay_seconds=[1, 3, 9],
-        retry_condition_fn=retry_transient_only,
-        timeout_seconds=timeout_seconds,
-        cache_policy=NO_CACHE,
-    )
+
+    def decorate(fn: Callable[P, R]) -> Task[P, R]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            check_lease()
+            return fn(*args, **kwargs)
+
+        return task(
+            name=name,
+            retries=3,
+            retry_delay_seconds=[1, 3, 9],
+            retry_condition_fn=retry_transient_only,
+            timeout_seconds=timeout_seconds,
+            cache_policy=NO_CACHE,
+        )(guarded)
+
+    return decorate
 
 
 def bounded_by(stage: Task[P, R], limit_s: float) -> Task[P, R]:

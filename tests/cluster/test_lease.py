@@ -1,6 +1,7 @@
 """The rollout Lease (``llm_rollout/locking.py``) on the real API server: renewal keeps a hold
 past its duration, a holder that stops renewing is taken over after expiry, and the first
-holder then learns it lost the lock (issue 19, "renewal and loss of the rollout Lease").
+holder then learns it lost the lock and its work stops at its next check (issue 19, "renewal
+and loss of the rollout Lease").
 
 Durations are shortened through the product's own ``duration_s`` parameter. The real
 coordination.k8s.io/v1 Lease validation (pkg/apis/coordination/validation/validation.go)
@@ -10,7 +11,6 @@ wall-clock durations: expiry and renewal are judged from the timestamps the Leas
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
@@ -20,9 +20,11 @@ from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.watching import WatchSpec, watching
 from llm_rollout.locking import (
+    OWNER_ANNOTATION,
     LeaseLostError,
     LeaseState,
     acquire,
+    check_lease,
     lease_name,
     lease_ref,
     release,
@@ -120,42 +122,80 @@ def test_a_holder_that_stops_renewing_is_taken_over_and_learns_it_lost(
     api.close()  # type: ignore[no-untyped-call]
 
 
-def test_a_lock_whose_renewals_fail_is_lost_and_the_block_ends_in_lease_lost(
+def test_a_lock_whose_renewals_fail_is_lost_before_it_expires_and_stops_its_work(
     cluster: Cluster, faults: ApiFaultProxy, namespace: str
 ) -> None:
-    """Run A's renewals are refused (500 on its Lease writes, through the fault proxy) until
-    its hold expires; run B takes over; A's renewer then finds B holding the Lease.
+    """Run A's renewals are refused (500 on its Lease writes, through the fault proxy).
 
-    What the product does (locking.py ``service_lock``): it sets ``lock.lost`` at that
-    renewal and raises ``LeaseLostError`` when the block exits; the work inside the block is
-    not interrupted, so it runs on, overlapping B, until it returns.
+    As client-go's leader election does (tools/leaderelection/leaderelection.go ``renew``:
+    ``RenewDeadline`` < ``LeaseDuration``), A gives the hold up once no renewal succeeded for
+    its renew deadline (2/3 of the duration), while the Lease still names A, so it stops
+    before B may take over at expiry. From then on ``check_lease`` (run before each API stage
+    of a flow) raises ``LeaseLostError`` naming the Lease, and the block ends in it.
     """
     a_api = admin_via(cluster, faults)
     b_api = product_client(cluster.admin_kubeconfig)
     lease_path = rf"/namespaces/{namespace}/leases/{lease_name(SERVICE)}$"
     faults.plan.add(FaultRule("error", lease_path, method="PUT", status=500, times=None))
-    ran_on_after_loss = False
+    ref = lease_ref(namespace, SERVICE)
     with (
-        pytest.raises(LeaseLostError, match="taken over while this run held it"),
+        pytest.raises(LeaseLostError, match="no renewal succeeded") as ended,
         service_lock(
             a_api, namespace, SERVICE, holder="run-a", owner="a", wait_s=0, duration_s=3
         ) as lock,
     ):
+        check_lease()  # held: the stage may run
+        assert lock.lost_event.wait(WAIT_S), "run A never noticed its renewals failing"
+        # A gave up while its hold was still on record (B could not take it yet).
+        still = _lease(b_api, namespace)
+        assert still.holder == "run-a"
+        with pytest.raises(LeaseLostError) as stopped:
+            check_lease()
+        message = str(stopped.value)
+        assert f"Lease {ref.namespace}/{ref.name}" in message
+        assert "another run may take it over once it expires" in message
+        # B takes over once A's hold expired by the Lease's record.
         state_b, _ = acquire(
             b_api, namespace, SERVICE, holder="run-b", owner="b", wait_s=WAIT_S, duration_s=30
         )
         assert state_b.holder == "run-b"
-        deadline = time.monotonic() + WAIT_S
-        noticed = threading.Event()
-        # The product offers no event for the loss, only the flag its renewer sets.
-        while not lock.lost and not noticed.wait(0.1):
-            assert time.monotonic() < deadline, "run A never noticed it lost the lease"
-        ran_on_after_loss = True
-    assert ran_on_after_loss
+    assert "writes nothing more" in str(ended.value)
     puts = seen(faults, path_suffix=f"/leases/{lease_name(SERVICE)}", method="PUT")
     assert puts and {r.status for r in puts} == {500}  # every renewal of A was refused
     lease = _lease(b_api, namespace)
     assert lease.holder == "run-b"  # A's exit did not release B's hold
+    a_api.close()  # type: ignore[no-untyped-call]
+    b_api.close()  # type: ignore[no-untyped-call]
+
+
+def test_a_takeover_stops_the_holder_at_its_next_check(cluster: Cluster, namespace: str) -> None:
+    """Another run replaces the holder (as a second run does once the hold lapsed): the next
+    ``check_lease`` of the first holder raises, naming the Lease and the new holder, without
+    waiting for a renewal; leaving the block does not release the new holder's hold."""
+    a_api = product_client(cluster.admin_kubeconfig)
+    b_api = product_client(cluster.admin_kubeconfig)
+    ref = lease_ref(namespace, SERVICE)
+    with (
+        pytest.raises(LeaseLostError, match="run-b"),
+        service_lock(
+            a_api, namespace, SERVICE, holder="run-a", owner="a", wait_s=0, duration_s=60
+        ) as lock,
+    ):
+        check_lease()
+        current = get(b_api, ref)
+        assert current is not None
+        current["metadata"]["annotations"] = {OWNER_ANNOTATION: "b"}
+        current["spec"] = {**current["spec"], "holderIdentity": "run-b"}
+        k8s.CustomObjectsApi(b_api).replace_namespaced_custom_object(
+            "coordination.k8s.io", "v1", namespace, "leases", ref.name, current
+        )
+        with pytest.raises(LeaseLostError) as stopped:
+            check_lease()
+        assert lock.lost and lock.lost_to == "run-b"
+        message = str(stopped.value)
+        assert f"Lease {namespace}/{ref.name}" in message and "held by 'run-b'" in message
+    assert _lease(b_api, namespace).holder == "run-b"
+    check_lease()  # outside a hold: nothing to check
     a_api.close()  # type: ignore[no-untyped-call]
     b_api.close()  # type: ignore[no-untyped-call]
 
