@@ -110,7 +110,9 @@ def redeploy(
                         "smoke test failed: " + "; ".join(outcome.verdict.failures)
                     )
         except PermanentError as exc:
-            revert_change(change)
+            reverted = revert_change(change)
             wait_ready(change.workload)
+            # As for the change: ready alone does not say the pods run the restored template.
+            prove_rolled(reverted, timeout_s=min(float(request.ready_timeout_s), ROLL_PROOF_S))
             raise RedeployFailed(f"{action} of {namespace}/{service} reverted: {exc}") from exc
     return f"{action} of Service {namespace}/{service} done (release {change.release})"

@@ -11,9 +11,9 @@ A change of the pod templates must reach the running pods, and the redeploy prov
 change (`WorkloadKind.pod_roll`): a kind that would leave the pods as they are (a RayCluster
 without KubeRay's Recreate upgrade strategy, an annotation-only restart of an RBG v0.7 group)
 is refused with what to do instead (`NoEffectError`), nothing applied. After readiness,
-`wait_rolled` waits until every live pod of the workload is a new one (a UID not seen before
-the change) or, for in-place kinds, one whose containers restarted, and fails plainly when
-they do not.
+`wait_rolled` waits until the workload's pods are all new ones (a UID not seen before the
+change) or, for in-place kinds, ones whose containers restarted, Ready and as many as the
+workload asks for, and fails plainly when they do not.
 """
 
 from __future__ import annotations
@@ -160,6 +160,22 @@ def pod_templates(obj: JsonDict) -> list[JsonDict]:
     return found
 
 
+# The label render puts on every pod template (llm_rollout/render.py `labels`); the PD router's
+# pods carry component "router" (manifests/sglang/pd-rbg.yaml.j2).
+COMPONENT_LABEL = "app.kubernetes.io/component"
+ROUTER_COMPONENT = "router"
+
+
+def engine_templates(templates: list[JsonDict]) -> list[JsonDict]:
+    """The templates whose first container is the engine: all but the PD router's, which
+    takes no engine flags (sglang-router would refuse them and never start)."""
+    return [
+        t
+        for t in templates
+        if ((t.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) != ROUTER_COMPONENT
+    ]
+
+
 def _set_flags(args: list[str], flags: list[str]) -> list[str]:
     result = list(args)
     index = 0
@@ -202,7 +218,7 @@ def changed_workload(obj: JsonDict, request: RedeployRequest, now: datetime) -> 
             for container in template["spec"]["containers"]:
                 container["image"] = request.image
     if request.engine_args:
-        for template in templates:
+        for template in engine_templates(templates):
             container = template["spec"]["containers"][0]
             args = container.get("args")
             command = container.get("command") or []
@@ -283,9 +299,11 @@ def served_model(workload: JsonDict) -> tuple[str, SecretKeyRef | None]:
 
 # --- proving the change reached the pods (B7) -----------------------------------------------------
 
-# Readiness already waited for the new pods; what may still lag is the old pods' deletion
-# being recorded, which the controller does within a sync or two.
-ROLL_PROOF_S = 120.0
+# The proof waits for the new pods to be Ready as well: a kind whose status lags its roll (RBG
+# v0.6 keeps a role's status entry while only its updatedReplicas moved) reports ready before
+# its last pods were replaced, so the proof may carry a readiness-sized wait. The flow bounds
+# it by the request's ready timeout; this is the largest that timeout may be.
+ROLL_PROOF_S = 86_400.0
 
 # Per live pod (by UID): each container's "<containerID>#<restartCount>", what an in-place
 # restart changes while the UID stays.
@@ -353,31 +371,57 @@ def incarnations(pods: Iterable[Mapping[str, Any]]) -> PodIncarnations:
     return found
 
 
+def _ready(pod: Mapping[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 def not_rolled(
-    before: PodIncarnations, pods: Iterable[Mapping[str, Any]], roll: PodRoll
+    before: PodIncarnations,
+    pods: Iterable[Mapping[str, Any]],
+    roll: PodRoll,
+    expected_pods: int | None = None,
 ) -> list[str]:
-    """Live pods that still run as they did before the change ([] = every pod rolled)."""
+    """What still keeps the pods from all running the change ([] = every pod rolled).
+
+    A pod has taken the change when it is new (a UID not seen before) or, for in-place kinds,
+    one of its containers restarted, and it is Ready. With `expected_pods`, that many such
+    pods must exist: a controller that replaces pods one role or ordinal at a time (a
+    StatefulSet creates the new pod only once the old one is gone) leaves moments where every
+    live pod is new but one is missing.
+    """
     missing: list[str] = []
     live = [pod for pod in pods if _live(pod)]
     if not live:
         return ["no live pods yet"]
     now = incarnations(live)
+    took = 0
     for pod in live:
         meta = pod.get("metadata") or {}
         uid, name = str(meta.get("uid") or ""), str(meta.get("name"))
         old = before.get(uid)
-        if old is None:
-            continue  # a pod created after the change
-        if roll.mode == "in-place":
-            restarted = [
-                c for c, seen in now.get(uid, {}).items() if old.get(c) not in (None, seen)
-            ]
-            if restarted:
-                continue
+        changed = old is None or (
+            roll.mode == "in-place"
+            and any(old.get(c) not in (None, seen) for c, seen in now.get(uid, {}).items())
+        )
+        if changed:
+            if _ready(pod):
+                took += 1
+            else:
+                missing.append(f"pod {name} (uid {uid}) runs the change but is not Ready yet")
+        elif roll.mode == "in-place":
             missing.append(f"pod {name} (uid {uid}): no container restarted since the change")
         else:
             missing.append(f"pod {name} (uid {uid}) is still the one from before the change")
+    if expected_pods is not None and took < expected_pods:
+        missing.append(f"{took} of {expected_pods} pods run the change and are Ready")
     return missing
+
+
+def revert_incarnations(changed: PodIncarnations, now: PodIncarnations) -> PodIncarnations:
+    """What a revert must roll: the pods as they are now, less those the change never touched
+    (same UID and containers as before it), which already run the template restored."""
+    return {uid: seen for uid, seen in now.items() if changed.get(uid) != seen}
 
 
 def pod_watch(workload: Mapping[str, Any]) -> tuple[WatchSpec, PodFilter]:
@@ -405,20 +449,23 @@ def wait_rolled(
     roll: PodRoll,
     timeout_s: float,
 ) -> list[str]:
-    """Wait until every live pod of `workload` took the change; return their names.
+    """Wait until every live pod of `workload` took the change and is Ready, as many as the
+    workload asks for; return their names.
 
     Old pods of a replaced set may still be going when readiness holds (a Deployment counts
-    them out once they terminate), so this watches rather than looks once. A timeout is a
-    `NoEffectError` naming the pods that did not change.
+    them out once they terminate), and a kind whose status lags its roles (an RBG role rolled
+    after the others) may report ready before its last pod was replaced, so this watches
+    rather than looks once. A timeout is a `NoEffectError` naming the pods that did not change.
     """
     spec, keep = pod_watch(workload)
+    expected = len(_kind(workload).pod_demands(workload))
     deadline = time.monotonic() + timeout_s
     with watching(api, [spec]) as group:
         while True:
             missing = ["pods not listed yet"]
             if spec in group.synced:
                 pods = [p for p in group.cache[spec].values() if keep(p)]
-                missing = not_rolled(before, pods, roll)
+                missing = not_rolled(before, pods, roll, expected)
                 if not missing:
                     return sorted(str(p["metadata"]["name"]) for p in pods if _live(p))
             remaining = deadline - time.monotonic()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from prefect.logging import get_run_logger
@@ -19,6 +19,7 @@ from llm_rollout.redeploy import (
     changed_workload,
     expected_roll,
     release_service,
+    revert_incarnations,
     served_model,
     serving_workload,
     wait_rolled,
@@ -96,11 +97,17 @@ def prove_rolled(change: AppliedChange, timeout_s: float) -> list[str]:
 
 
 @api_task("revert-change", timeout_seconds=300)
-def revert_change(change: AppliedChange) -> None:
-    """Apply the workload as it was before the change."""
+def revert_change(change: AppliedChange) -> AppliedChange:
+    """Apply the workload as it was before the change; return the revert as a change whose
+    roll `prove_rolled` can wait for (the pods the change made must go again)."""
     with cluster_api() as api:
+        pods_before = None
+        if change.roll is not None and change.pods_before is not None:
+            now = workload_incarnations(api, change.before)
+            pods_before = revert_incarnations(change.pods_before, now)
         apply(api, change.before, field_manager=FIELD_MANAGER, force=True)
     get_run_logger().warning("%s restored to its state before the change", change.workload)
+    return replace(change, pods_before=pods_before)
 
 
 @api_task("route-to-previous", timeout_seconds=300)

@@ -1,7 +1,8 @@
 """Redeploy proves its effect (issue 16, B7): a pod-template change either reaches the pods,
 shown by new pod UIDs (or, for in-place kinds, restarted containers), or the run says plainly
 that the kind does not roll its pods and what to do instead. Here the rules, without a cluster;
-on the real cluster: tests/real/test_redeploy_kinds.py (Deployment, LeaderWorkerSet) and
+on the real cluster: tests/real/test_redeploy_kinds.py (Deployment, LeaderWorkerSet,
+RoleBasedGroup), tests/real/test_redeploy_raycluster.py (KubeRay with and without Recreate) and
 tests/real/test_worker_flows.py (a Deployment restart replacing every pod).
 
 The facts per kind live in `llm_rollout/kinds` (`pod_roll`) with their upstream sources:
@@ -29,13 +30,16 @@ from llm_rollout.redeploy import (
 # --- the rules without a cluster -------------------------------------------------------------
 
 
-def _pod(uid: str, container_id: str = "c1", restarts: int = 0) -> dict[str, Any]:
+def _pod(
+    uid: str, container_id: str = "c1", restarts: int = 0, *, ready: bool = True
+) -> dict[str, Any]:
     return {
         "metadata": {"name": f"pod-{uid}", "uid": uid},
         "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
             "containerStatuses": [
                 {"name": "engine", "containerID": container_id, "restartCount": restarts}
-            ]
+            ],
         },
     }
 
@@ -50,6 +54,15 @@ def test_replaced_pods_must_all_be_new() -> None:
     going = {**_pod("a"), "metadata": {"name": "pod-a", "uid": "a", "deletionTimestamp": "t"}}
     assert not_rolled(before, [going, _pod("c")], replace) == []
     assert not_rolled(before, [], replace) == ["no live pods yet"]
+    # A new pod counts once Ready, and as many as the workload asks for must be there (a
+    # StatefulSet creates an ordinal's new pod only after the old one is gone).
+    assert not_rolled(before, [_pod("c"), _pod("d", ready=False)], replace) == [
+        "pod pod-d (uid d) runs the change but is not Ready yet"
+    ]
+    assert not_rolled(before, [going, _pod("c")], replace, expected_pods=2) == [
+        "1 of 2 pods run the change and are Ready"
+    ]
+    assert not_rolled(before, [_pod("c"), _pod("d")], replace, expected_pods=2) == []
 
 
 def test_in_place_pods_count_when_a_container_restarted() -> None:

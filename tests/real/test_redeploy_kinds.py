@@ -1,20 +1,27 @@
-"""The redeploy flow (``flows/redeploy.py``) on the REAL cluster, for the Deployment and the
-LeaderWorkerSet kinds (issue 19 point 1, issue 16 B7): ``update`` replaces an engine flag's
-value in the pod templates and new pods run it, an update whose smoke gate fails is reverted so
-the previous template keeps serving, and ``rollback`` routes the stable Service back to the
-previous release. (``restart`` replacing every pod of a Deployment runs, as the worker, in
-tests/real/test_worker_flows.py.)
+"""The redeploy flow (``flows/redeploy.py``) on the REAL cluster, for the Deployment, the
+LeaderWorkerSet and the RoleBasedGroup kinds (issue 19 point 1, issue 16 B7): ``update``
+replaces an engine flag's value in the pod templates and new pods run it, an update whose
+smoke gate fails is reverted so the previous template keeps serving, and ``rollback`` routes
+the stable Service back to the previous release. (``restart`` replacing every pod of a
+Deployment runs, as the worker, in tests/real/test_worker_flows.py.)
 
-The engine does not matter for any of this, so both kinds serve the SGLang stand-in
-(``sandbox/sglang_standin``): a Deployment-shaped SGLang spec (``single-gpu``) and the
-``seed-sglang-lws`` LeaderWorkerSet (leader and worker ranks). The flag changed is
-``--served-model-name``: its value is what ``/v1/models`` lists and what the smoke gate sends,
-so the running server shows which template it was started from.
+The engine does not matter for any of this, so every kind serves the SGLang stand-in
+(``sandbox/sglang_standin``): a Deployment-shaped SGLang spec (``single-gpu``), the
+``seed-sglang-lws`` LeaderWorkerSet (leader and worker ranks) and the ``seed-sglang-pd-rbg``
+RoleBasedGroup (prefill and decode stand-ins behind the real sglang-router, RBG v0.6 served by
+the session cluster; the router takes no engine flag, so only the server roles get it). The
+flag changed is ``--served-model-name``: its value is what ``/v1/models`` lists and what the
+smoke gate sends, so the running server shows which template it was started from.
 
 What the controllers do with a changed pod template is upstream's: the Deployment controller
 replaces the pods of a changed template (kubernetes pkg/controller/deployment/rolling.go), the
 LWS controller recreates each group whose template hash changed
-(lws pkg/controllers/leaderworkerset_controller.go, rolling update of the leader StatefulSet).
+(lws pkg/controllers/leaderworkerset_controller.go, rolling update of the leader StatefulSet),
+RBG v0.6 writes each role's template into the role's StatefulSet (sgl-project/rbg
+pkg/reconciler/sts_reconciler.go; sandbox/cluster/rbg.py stands in for it) whose controller
+replaces the pods (kubernetes pkg/controller/statefulset/stateful_set_control.go). RayCluster
+is not here: KubeRay rolls no pods on a template change, which
+tests/real/test_redeploy_raycluster.py shows against the real operator.
 
 Rollback needs a previous release whose workload still exists: that is the state of a deploy
 run that stopped after promoting its release and before retiring the previous one (its bake
@@ -39,11 +46,20 @@ from flows.redeploy import RedeployFailed, redeploy
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from llm_rollout.plan import plan_release
 from llm_rollout.readiness_rules import tolerances_of
-from llm_rollout.redeploy import RESTARTED_AT_ANNOTATION, pod_templates
+from llm_rollout.redeploy import (
+    COMPONENT_LABEL,
+    RESTARTED_AT_ANNOTATION,
+    ROUTER_COMPONENT,
+    engine_templates,
+    pod_templates,
+)
 from llm_rollout.release import read_release_state, teardown
 from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.spec import SmokeExpectations, SmokeSpec, load_spec, spec_hash
 from llm_rollout.strategy import new_release_id
+from sandbox.cluster import rbg
+from sandbox.cluster.control_plane import Cluster, ensure_rbg_crd
+from sandbox.runtimes import install as runtimes_install
 from tasks.kubernetes import promote, rollout
 from tasks.preflight import preflight
 from tasks.readiness import wait_workload_ready
@@ -54,19 +70,31 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 # The shortest probe timing the spec allows; for SGLang the renderer raises period and timeout
 # to 25 s (its /health runs a generation), which is what each roll below waits for.
 FAST_PROBES = {"probes": {"period_s": 1, "timeout_s": 1}}
-EXAMPLE = "seed-sglang-lws"
-# workload kind -> the changes to the example that make it that kind
-KINDS: dict[str, dict[str, Any]] = {
-    "Deployment": {
-        "serving": {"shape": "single-gpu", "tp": 1, "nodes": 1, **FAST_PROBES},
-        # The tiny model: a 32B size would not fit one 48 GiB GPU (spec rule).
-        "model": {"size_bytes": 1 << 30},
-    },
-    "LeaderWorkerSet": {"serving": FAST_PROBES},
+# workload kind -> (example, the changes to it that make it that kind)
+KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Deployment": (
+        "seed-sglang-lws",
+        {
+            "serving": {"shape": "single-gpu", "tp": 1, "nodes": 1, **FAST_PROBES},
+            # The tiny model: a 32B size would not fit one 48 GiB GPU (spec rule).
+            "model": {"size_bytes": 1 << 30},
+        },
+    ),
+    "LeaderWorkerSet": ("seed-sglang-lws", {"serving": FAST_PROBES}),
+    "RoleBasedGroup": (
+        "seed-sglang-pd-rbg",
+        {
+            # The real router; the session's nodes offer no aliyun/erdma devices (KV transfer
+            # between stand-ins needs none).
+            "serving": {"pd": {"router": "sglang_router"}, "resources": {"erdma": 0}},
+            "rollout": {"smoke_timeout_s": 120},
+        },
+    ),
 }
 WORKLOAD_PLURALS = {
     "Deployment": ("apps", "v1", "deployments"),
     "LeaderWorkerSet": ("leaderworkerset.x-k8s.io", "v1", "leaderworkersets"),
+    "RoleBasedGroup": ("workloads.x-k8s.io", "v1alpha1", "rolebasedgroups"),
 }
 
 
@@ -80,8 +108,16 @@ def _workload(admin: k8s.ApiClient, namespace: str, kind: str, release: str) -> 
 
 
 def _template_args(workload: dict[str, Any]) -> list[list[str]]:
-    """The engine container's args of every pod template (LWS: leader and worker)."""
-    return [[str(a) for a in t["spec"]["containers"][0]["args"]] for t in pod_templates(workload)]
+    """The engine container's args of every engine pod template (LWS: leader and worker; RBG:
+    prefill and decode, not the router)."""
+    return [
+        [str(a) for a in t["spec"]["containers"][0]["args"]]
+        for t in engine_templates(pod_templates(workload))
+    ]
+
+
+def _is_router(pod: dict[str, Any]) -> bool:
+    return pod["metadata"]["labels"].get(COMPONENT_LABEL) == ROUTER_COMPONENT
 
 
 def _live_pods(admin: k8s.ApiClient, namespace: str, release: str) -> list[dict[str, Any]]:
@@ -172,23 +208,40 @@ def _promote_without_retiring(spec_path: Path) -> str:
 @pytest.mark.timeout(900, func_only=True)
 @pytest.mark.parametrize("kind", KINDS)
 def test_update_failed_gate_and_rollback(
-    real_deploy_env: RealStores, real_admin: k8s.ApiClient, tmp_path: Path, kind: str
+    real_deploy_env: RealStores,
+    real_admin: k8s.ApiClient,
+    real_cluster: Cluster,
+    tmp_path: Path,
+    kind: str,
 ) -> None:
     # One kind at a time: run concurrently in this one process, two smoke tests streaming at
     # the same moment saw one stream broken (RemoteProtocolError) in 2 of 3 runs. That was
     # the API server's service proxy cutting answers over HTTP/1.1, likelier under concurrent
     # calls (llm_rollout/kube/proxy.py httpx_client_for, which now speaks HTTP/2).
-    _deploy_and_redeploy(real_deploy_env, real_admin, tmp_path, kind, KINDS[kind])
+    if kind == "RoleBasedGroup":
+        if not runtimes_install.is_router_installed():
+            pytest.fail(
+                "sglang-router is not installed: run scripts/install-runtimes", pytrace=False
+            )
+        # The session cluster's RBG release, v0.6.0 (swapped back only if a v0.7.0 test ran).
+        ensure_rbg_crd(real_cluster, rbg.CRD_V06, timeout_s=240.0)
+    example, changes = KINDS[kind]
+    _deploy_and_redeploy(real_deploy_env, real_admin, tmp_path, example, kind, changes)
 
 
 def _deploy_and_redeploy(
-    stores: RealStores, admin: k8s.ApiClient, tmp_path: Path, kind: str, changes: dict[str, Any]
+    stores: RealStores,
+    admin: k8s.ApiClient,
+    tmp_path: Path,
+    example: str,
+    kind: str,
+    changes: dict[str, Any],
 ) -> None:
     namespace = f"redeploy-{kind.lower()}"
-    path, data = write_real_spec(stores, EXAMPLE, tmp_path, namespace=namespace, **changes)
+    path, data = write_real_spec(stores, example, tmp_path, namespace=namespace, **changes)
     name = data["name"]
     try:
-        _scenario(stores, admin, tmp_path, path, EXAMPLE, kind, changes)
+        _scenario(stores, admin, tmp_path, path, example, kind, changes)
     finally:
         teardown(admin, namespace, name, wait_timeout_s=120)
         k8s.CoreV1Api(admin).delete_namespace(namespace)
@@ -227,7 +280,8 @@ def _scenario(
     pods = _live_pods(admin, namespace, release)
     assert pods and not uids & _uids(pods)
     for pod in pods:
-        assert _flag(_pod_args(pod), "--served-model-name") == [updated_model]
+        if not _is_router(pod):
+            assert _flag(_pod_args(pod), "--served-model-name") == [updated_model]
     assert _wait_stable(admin, namespace, name, updated_model) == stores.tiny.answer
 
     # An update whose smoke gate fails is reverted: the template from before it is applied
@@ -251,7 +305,8 @@ def _scenario(
     assert all(RESTARTED_AT_ANNOTATION in m.get("annotations", {}) for m in template_before)
     pods = _live_pods(admin, namespace, release)
     for pod in pods:
-        assert _flag(_pod_args(pod), "--served-model-name") == [updated_model]
+        if not _is_router(pod):
+            assert _flag(_pod_args(pod), "--served-model-name") == [updated_model]
     assert _wait_stable(admin, namespace, name, updated_model) == stores.tiny.answer
 
     # rollback: a second release promoted, the first one not yet retired.
