@@ -8,8 +8,10 @@ from typing import Any
 import pytest
 
 from llm_rollout.errors import SpecError
+from llm_rollout.kinds import kind_of
 from llm_rollout.render import (
     RELEASE_LABEL,
+    RbgFlavor,
     default_release,
     render,
     render_oss_secret,
@@ -18,7 +20,7 @@ from llm_rollout.render import (
 from llm_rollout.spec import ServiceSpec, spec_from_dict
 from llm_rollout.validation import validate_objects
 
-from .conftest import example_dict
+from .conftest import EXAMPLES, example_dict
 
 
 def _spec(example: str, **serving: Any) -> ServiceSpec:
@@ -291,3 +293,29 @@ def test_sglang_api_key_is_expanded_from_the_secret_env() -> None:
     assert env == {"LLM_API_KEY": {"name": "llm-key", "key": "token"}}
     assert "/health_generate" in leader["readinessProbe"]["exec"]["command"][-1]
     validate_objects(rendered.all())
+
+
+@pytest.mark.parametrize(
+    ("example", "flavor"),
+    [(path.stem, "v0.6") for path in EXAMPLES] + [("seed-sglang-pd-rbg", "v0.7")],
+)
+def test_every_pod_template_disables_service_links(example: str, flavor: RbgFlavor) -> None:
+    # The kubelet sets <SERVICE>_PORT=tcp://<ip>:<port> for each Service of the namespace
+    # unless enableServiceLinks is false (kubernetes pkg/kubelet/envvars/envvars.go
+    # FromServices; kubelet_pods.go getServiceEnvVarMap). Named `vllm`, the spec's stable
+    # Service would make that VLLM_PORT, which vLLM refuses ("appears to be a URI",
+    # vllm-project/vllm vllm/envs.py get_vllm_port) before serving.
+    data = example_dict(example)
+    data["name"] = "vllm"
+    rendered = render(spec_from_dict(data), release="r1", rbg_flavor=flavor)
+    assert rendered.stable_service["metadata"]["name"] == "vllm"
+    templates: dict[str, bool | None] = {}
+    for obj in rendered.workload_objects:
+        kind = kind_of(obj)
+        if kind is None:
+            continue
+        for path, template in kind.pod_templates(obj):
+            pod_spec = template.get("spec") or {}
+            templates[f"{obj['kind']} {path}"] = pod_spec.get("enableServiceLinks")
+    assert templates, "no pod template rendered"
+    assert {path: links for path, links in templates.items() if links is not False} == {}
