@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from llm_rollout.artifacts import ServiceId
-from llm_rollout.errors import PermanentError
+from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import ReadyReport
 from llm_rollout.redeploy import ROLL_PROOF_S, Action, RedeployRequest
@@ -109,7 +109,11 @@ def redeploy(
                     raise RedeployFailed(
                         "smoke test failed: " + "; ".join(outcome.verdict.failures)
                     )
-        except PermanentError as exc:
+        # Any failure of the gate reverts, transient ones included, or the rejected change stays
+        # applied: a smoke test still unreachable after its retries, a stage past its bound (a
+        # task's timeout raises prefect task_engine.py TaskRunTimeoutError, a TimeoutError).
+        # A lost Lease reaches here too; revert_change's own Lease check then refuses to write.
+        except (RolloutError, TimeoutError) as exc:
             reverted = revert_change(change)
             wait_ready(change.workload)
             # As for the change: ready alone does not say the pods run the restored template.
