@@ -45,19 +45,33 @@ def render_for(
     release: str,
     rbg_flavor: RbgFlavor | None,
     max_model_len: int | None,
+    crd_features: frozenset[str] = frozenset(),
     *,
     reuse: RenderedRelease | None = None,
 ) -> RenderedRelease:
-    """`release` rendered for `rbg_flavor` and `max_model_len`; `reuse` when it was rendered
-    for the same (a second preflight under the lease renders nothing new)."""
+    """`release` rendered for `rbg_flavor`, `max_model_len` and the CRD's `crd_features`;
+    `reuse` when it was rendered for the same (a second preflight under the lease renders
+    nothing new)."""
     flavor = rbg_flavor or DEFAULT_RBG_FLAVOR
-    if reuse is not None and (reuse.release, reuse.rbg_flavor, reuse.max_model_len) == (
-        release,
-        flavor,
-        max_model_len,
+    wanted = (release, flavor, max_model_len, crd_features)
+    if (
+        reuse is not None
+        and (
+            reuse.release,
+            reuse.rbg_flavor,
+            reuse.max_model_len,
+            reuse.crd_features,
+        )
+        == wanted
     ):
         return reuse
-    return rendering.render(spec, release=release, rbg_flavor=flavor, max_model_len=max_model_len)
+    return rendering.render(
+        spec,
+        release=release,
+        rbg_flavor=flavor,
+        max_model_len=max_model_len,
+        crd_features=crd_features,
+    )
 
 
 @dataclass(frozen=True)

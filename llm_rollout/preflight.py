@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from kubernetes import client as k8s_client
 
 from llm_rollout import kv_cache
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.credentials import CredentialsRef, resolve_oss_credentials
 from llm_rollout.errors import PreflightError, RolloutError
 from llm_rollout.hub import HubClient, HubFile, HubSource
@@ -103,6 +104,8 @@ class PreflightReport:
     model_files: int | None = None
     # The sequence length the KV fit was checked for (vLLM), for rendering --max-model-len.
     max_model_len: int | None = None
+    # What the workload kind's installed CRD offers (`WorkloadKind.crd_features`).
+    crd_features: frozenset[str] = frozenset()
     checks: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -179,6 +182,24 @@ def pods_by_node(pods: Sequence[Mapping[str, Any]]) -> dict[str, PodDemand]:
         old = totals.get(node_name, PodDemand(gpus=0))
         totals[node_name] = PodDemand(old.gpus + demand.gpus, old.erdma + demand.erdma)
     return totals
+
+
+def check_crd_features(
+    api: k8s_client.ApiClient, spec: ServiceSpec, report: PreflightReport
+) -> None:
+    """The operator-version features the workload kind's installed CRD offers (the rendering
+    follows them); a CRD list that cannot be read renders without them, with a warning."""
+    kind = kind_for(spec)
+    if not kind.reads_crd_schema:
+        return
+    try:
+        catalog = _read(lambda: crds_from_cluster(api))
+    except RolloutError as exc:
+        _, note = kind.crd_features(None)
+        report.warnings.append(f"{note}: cannot list the cluster's CRDs ({exc})")
+        return
+    report.crd_features, note = kind.crd_features(catalog)
+    report.checks.append(note)
 
 
 def check_cluster(
@@ -258,6 +279,7 @@ def check_cluster(
     report.nodes = node_capacities(nodes, pods)
     if not apis_ok:
         return  # without the API the rendering flavor (and so the demand) is unknown
+    check_crd_features(api, spec, report)
 
     serving = _read(lambda: find_serving(api)) if report.namespace_exists else None
     report.serving_release = serving.release if serving else None
@@ -489,13 +511,14 @@ def run_preflight(
     api: k8s_client.ApiClient,
     spec: ServiceSpec,
     *,
-    render_release: Callable[[RbgFlavor | None, int | None], RenderedRelease],
+    render_release: Callable[[RbgFlavor | None, int | None, frozenset[str]], RenderedRelease],
     find_serving: Callable[[k8s_client.ApiClient], ServingRelease | None],
 ) -> PreflightReport:
     """Run every check; raise one `PreflightError` listing all problems, else the report.
 
-    `render_release(rbg_flavor, max_model_len)` renders the new release for the RBG flavour
-    the cluster serves and the sequence length the KV fit settled; the report keeps it
+    `render_release(rbg_flavor, max_model_len, crd_features)` renders the new release for the
+    RBG flavour the cluster serves, the sequence length the KV fit settled and what the
+    workload kind's installed CRD offers; the report keeps it
     (`PreflightReport.rendered`) for the release plan."""
     report = PreflightReport()
     # The model's config is read first: the release is rendered once, for the sequence length
@@ -510,7 +533,7 @@ def run_preflight(
         check_kv_fit(spec, report, config, unread_reason=unread)
 
     def render_workloads(flavor: RbgFlavor | None) -> Sequence[Mapping[str, Any]]:
-        report.rendered = render_release(flavor, report.max_model_len)
+        report.rendered = render_release(flavor, report.max_model_len, report.crd_features)
         return report.rendered.workload_objects
 
     check_cluster(api, spec, report, render_workloads=render_workloads, find_serving=find_serving)

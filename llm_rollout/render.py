@@ -84,6 +84,8 @@ class RenderedRelease:
     # What the objects were rendered for, so a caller can tell whether they still fit.
     rbg_flavor: RbgFlavor = "v0.6"
     max_model_len: int | None = None
+    # Operator-version features read from the installed CRD (`WorkloadKind.crd_features`).
+    crd_features: frozenset[str] = frozenset()
     # RBG role -> headless Service the router's backend URLs name (see `bind_role_services`).
     role_services: Mapping[str, str] = field(default_factory=dict)
 
@@ -346,8 +348,10 @@ class _Ctx:
         rbg_flavor: RbgFlavor,
         role_services: Mapping[str, str] | None = None,
         max_model_len: int | None = None,
+        crd_features: frozenset[str] = frozenset(),
     ) -> None:
         self.spec = spec
+        self.crd_features = crd_features
         self.role_services = dict(role_services or {})
         self.max_model_len = max_model_len
         self.release = release
@@ -648,6 +652,7 @@ def render(
     rbg_flavor: RbgFlavor = "v0.6",
     rbg_role_services: Mapping[str, str] | None = None,
     max_model_len: int | None = None,
+    crd_features: frozenset[str] = frozenset(),
 ) -> RenderedRelease:
     """Render every object of `release` (see the module docstring for the grouping).
 
@@ -656,12 +661,14 @@ def render(
     backend URLs); without it the current RBG naming convention is assumed.
     `max_model_len` (vLLM) is the sequence length the KV fit was checked for
     (`llm_rollout.kv_cache.KvFit.max_len`); it is passed as `--max-model-len` unless
-    `serving.extra_args` already sets one.
+    `serving.extra_args` already sets one. `crd_features` are what the installed CRD of the
+    workload kind offers (`WorkloadKind.crd_features`); without them nothing version-dependent
+    is rendered.
     """
     check_release(release)
     check_name_lengths(spec, release, rbg_flavor)
     _check_role_services(rbg_role_services or {})
-    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len)
+    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len, crd_features)
     env = _environment()
     storage = _render_docs(env, "storage.yaml.j2", ctx)
     workload = _render_docs(env, template_for(spec), ctx)
@@ -675,6 +682,7 @@ def render(
         stable_service=stable[0],
         rbg_flavor=rbg_flavor,
         max_model_len=max_model_len,
+        crd_features=crd_features,
         role_services=dict(rbg_role_services or {}),
     )
 
@@ -694,7 +702,14 @@ def bind_role_services(
     rendered again, from the workload template and what `rendered` was rendered for; every
     other object is kept as it is."""
     _check_role_services(role_services)
-    ctx = _Ctx(spec, rendered.release, rendered.rbg_flavor, role_services, rendered.max_model_len)
+    ctx = _Ctx(
+        spec,
+        rendered.release,
+        rendered.rbg_flavor,
+        role_services,
+        rendered.max_model_len,
+        rendered.crd_features,
+    )
     bound = {
         doc["kind"]: doc
         for doc in _render_docs(_environment(), template_for(spec), ctx)

@@ -53,6 +53,7 @@ def plan_command(
     """Render and validate every object a spec produces, one YAML file per object."""
     from llm_rollout.crds import find_crds
     from llm_rollout.errors import ManifestValidationError, PermanentError, SpecError
+    from llm_rollout.kinds import kind_for
     from llm_rollout.kv_cache import ModelConfigError
     from llm_rollout.preflight import PreflightReport, check_kv_fit, parse_model_config
     from llm_rollout.render import default_release, plan_checks, render, to_yaml
@@ -91,18 +92,28 @@ def plan_command(
         raise typer.Exit(code=2)
 
     try:
+        crds = find_crds(crd_dir)
+    except PermanentError as exc:  # e.g. the CRD directory named is missing
+        typer.echo(f"cannot validate: {exc}", err=True)
+        raise typer.Exit(code=1) from exc
+    # Operator-version features follow the CRDs found, as deploy's preflight follows the
+    # cluster's; without a CRD the kind says what it could not check.
+    crd_features, crd_note = kind_for(spec).crd_features(crds.catalog)
+    if crd_note:
+        report.checks.append(crd_note)
+    try:
         rendered = render(
             spec,
             release=release or default_release(spec),
             rbg_flavor=flavor,
             max_model_len=report.max_model_len,
+            crd_features=crd_features,
         )
     except SpecError as exc:
         typer.echo(f"invalid spec {spec_path}: {exc}", err=True)
         raise typer.Exit(code=2) from exc
     objects = rendered.all()
     try:
-        crds = find_crds(crd_dir)
         unchecked = validate_objects(objects, crds.catalog)
     except ManifestValidationError as exc:
         typer.echo(str(exc), err=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from llm_rollout.errors import PermanentError
 
 if TYPE_CHECKING:
+    from llm_rollout.crds import CrdCatalog
     from llm_rollout.spec import ServiceSpec
 
 JsonDict = dict[str, Any]
@@ -187,6 +188,8 @@ class WorkloadKind:
     controller_label_prefixes: ClassVar[tuple[str, ...]] = ()
     # Pod labels that tell one incarnation of a stable-named pod from a rolled one.
     revision_labels: ClassVar[tuple[str, ...]] = ()
+    # Rendering depends on the installed CRD's schema (`crd_features`): preflight reads it.
+    reads_crd_schema: ClassVar[bool] = False
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -223,6 +226,12 @@ class WorkloadKind:
     def plan_checks(self, spec: ServiceSpec) -> list[str]:
         """What rendering checked for this kind's operator, in words (`llm-rollout plan`)."""
         return []
+
+    def crd_features(self, catalog: CrdCatalog | None) -> tuple[frozenset[str], str]:
+        """Operator-version features the installed CRD's schema shows, as the names the
+        templates test (`c.crd_features`), and what was found, in words for the plan and
+        preflight ("" for a kind whose rendering reads no CRD)."""
+        return frozenset(), ""
 
     # -- reading objects -----------------------------------------------------------------------
 

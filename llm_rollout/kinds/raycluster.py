@@ -29,6 +29,7 @@ from llm_rollout.kinds.base import (
 )
 
 if TYPE_CHECKING:
+    from llm_rollout.crds import CrdCatalog
     from llm_rollout.spec import ServiceSpec
 
 CLUSTER_LABEL = "ray.io/cluster"
@@ -36,6 +37,14 @@ NODE_TYPE_LABEL = "ray.io/node-type"
 # `spec.upgradeStrategy.type` (KubeRay >= v1.6; ray-operator `apis/ray/v1/raycluster_types.go`
 # RayClusterUpgradeStrategy): only `Recreate` makes the operator replace running pods.
 RECREATE = "Recreate"
+# The feature the template renders `spec.upgradeStrategy: {type: Recreate}` for: the installed
+# RayCluster CRD's schema offers Recreate there (absent before KubeRay v1.6: ray-operator
+# v1.5.0 `apis/ray/v1/raycluster_types.go` has no UpgradeStrategy). Recreate is what redeploy
+# needs, and it touches nothing else the product does: the operator's spec hash leaves out
+# replicas, min/max replicas and workersToDelete (autoscaling), and an operator upgrade only
+# restamps the head pod (raycluster_controller.go shouldRecreatePodsForUpgrade, v1.6.2); a
+# deploy renders a new RayCluster per release, so only redeploy changes a running one's spec.
+RECREATE_UPGRADE = "ray-recreate-upgrade"
 # KubeRay creates the pods itself and records its own reasons on the RayCluster
 # (ray-operator controllers/ray/utils/constant.go K8sEventType; raycluster_controller.go
 # createHeadPod / createWorkerPod): head and workers are created, and fail, apart.
@@ -43,6 +52,15 @@ CREATE_OUTCOMES = {
     "FailedToCreateHeadPod": "CreatedHeadPod",
     "FailedToCreateWorkerPod": "CreatedWorkerPod",
 }
+
+
+def _upgrade_types(schema: Mapping[str, Any]) -> list[Any]:
+    """The enum of `spec.upgradeStrategy.type` in a RayCluster object schema ([] without)."""
+    node: Any = schema
+    for field in ("spec", "upgradeStrategy", "type"):
+        node = (node.get("properties") or {}).get(field) if isinstance(node, Mapping) else None
+    enum = node.get("enum") if isinstance(node, Mapping) else None
+    return list(enum) if isinstance(enum, list) else []
 
 
 def head_service(workload: str) -> str:
@@ -121,8 +139,29 @@ class RayCluster(WorkloadKind):
     name_is_dns_label = True
     controller_label_prefixes = ("ray.io/",)
 
+    reads_crd_schema = True
+
     def entry_selector(self, workload: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
         return {CLUSTER_LABEL: workload, NODE_TYPE_LABEL: "head"}
+
+    def crd_features(self, catalog: CrdCatalog | None) -> tuple[frozenset[str], str]:
+        without = (
+            "so it is rendered without spec.upgradeStrategy and redeploy refuses pod-template "
+            "changes (deploy a new release instead)"
+        )
+        if catalog is None:
+            return frozenset(), f"KubeRay upgradeStrategy not checked (no CRD to read), {without}"
+        for schema in catalog.for_kind(self.api_versions()[0], self.kind):
+            if RECREATE in _upgrade_types(schema.schema):
+                return frozenset({RECREATE_UPGRADE}), (
+                    f"KubeRay: the RayCluster CRD ({schema.source}) offers "
+                    "spec.upgradeStrategy Recreate, rendered so redeploy's template changes "
+                    "recreate the pods"
+                )
+        return frozenset(), (
+            f"KubeRay: the RayCluster CRD of {catalog.origin} has no spec.upgradeStrategy "
+            f"Recreate (KubeRay before v1.6), {without}"
+        )
 
     def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
         return [head_service(workload)]

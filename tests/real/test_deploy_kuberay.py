@@ -36,9 +36,9 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from flows.redeploy import redeploy
 from llm_rollout import kuberay
-from llm_rollout.redeploy import NoEffectError
+from llm_rollout.kinds import PodRoll
+from llm_rollout.redeploy import RedeployRequest, expected_roll
 from llm_rollout.spec import ServiceSpec, load_spec
 from sandbox.cluster.waits import wait_for
 from tests.real.ray_support import (
@@ -150,18 +150,14 @@ def test_raycluster_tp2_serves_under_kuberay_and_its_old_template_fails_as_found
         f"deploy flow start -> smoke passed: {took_s:.1f} s"
     )
 
-    # B7: KubeRay rolls no pods on a spec change (raycluster_controller.go, without
-    # upgradeStrategy Recreate); a restart is refused up front, with what to do instead, and
-    # nothing is applied.
-    uids = {p.metadata.uid for p in pods.values()}
-    with pytest.raises(NoEffectError) as refused:
-        redeploy(data["name"], namespace, "restart")
-    message = str(refused.value)
-    assert "KubeRay does not restart a RayCluster's pods" in message
-    assert "raycluster_controller.go" in message and "deploy-model" in message
-    (after,) = _rayclusters(namespace, real_admin)
-    assert after["metadata"]["generation"] == cluster["metadata"]["generation"]
-    assert {p.metadata.uid for p in _pods(core, namespace, name).values()} == uids
+    # B7: KubeRay rolls pods on a spec change only with upgradeStrategy Recreate
+    # (raycluster_controller.go shouldRecreatePodsForUpgrade). This cluster's RayCluster CRD
+    # offers it, so the deploy's preflight read it there and the release carries it: redeploy
+    # on this RayCluster expects new pods (that the operator then replaces them is proved on a
+    # busybox head in tests/real/test_redeploy_raycluster.py, seconds instead of a vLLM start).
+    assert cluster["spec"]["upgradeStrategy"] == {"type": "Recreate"}
+    restart = RedeployRequest(service=data["name"], namespace=namespace, action="restart")
+    assert expected_roll(cluster, restart) == PodRoll("replace")
 
     _old_template_head_service_is_rejected(real_admin, spec, namespace)
     _old_template_worker_never_becomes_ready(real_admin, path, namespace)

@@ -5,8 +5,8 @@ issue 19 point 1).
 The product's rule (llm_rollout/kinds/raycluster.py ``RayCluster.pod_roll``): a pod-template
 change reaches the running pods only when ``spec.upgradeStrategy.type`` is ``Recreate``;
 otherwise redeploy refuses the change, nothing applied, and says to deploy a new release
-(``NoEffectError``; the refusal on the product's own vLLM RayCluster through the redeploy flow
-is in tests/real/test_deploy_kuberay.py). The operator's source says why
+(``NoEffectError``; on this cluster the product's own vLLM RayCluster carries Recreate, see
+tests/real/test_deploy_kuberay.py). The operator's source says why
 (ray-operator/controllers/ray/raycluster_controller.go, v1.6.2):
 - ``reconcilePods`` computes the spec hash (utils/util.go
   GenerateHashWithoutReplicasAndWorkersToDelete: the spec without replicas, min/max replicas,
@@ -20,6 +20,11 @@ is in tests/real/test_deploy_kuberay.py). The operator's source says why
   counts, endpoints, head, conditions); changing a worker group's maxReplicas is such a change,
   which is how the test knows the operator reconciled the changed spec.
 
+The product renders ``upgradeStrategy: {type: Recreate}`` where the installed RayCluster CRD
+offers it (``RayCluster.crd_features``, read here from this cluster's CRDs as deploy's
+preflight reads them), so redeploy on its own RayCluster rolls the pods; the Recreate applied
+below is that rendering's.
+
 The engine plays no part in either decision, so the RayCluster here is a head pod running
 busybox's ``sleep`` (``ray.io/overwrite-container-cmd``: KubeRay leaves our command alone) with
 its probes declared (so KubeRay injects none): seconds instead of the two minutes a vLLM
@@ -30,12 +35,15 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
+from llm_rollout.crds import crds_from_cluster
 from llm_rollout.kinds import PodRoll
+from llm_rollout.kinds.raycluster import RayCluster
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.kube.watching import WatchSpec, watching
@@ -50,12 +58,15 @@ from llm_rollout.redeploy import (
     wait_rolled,
     workload_incarnations,
 )
+from llm_rollout.render import render
+from llm_rollout.spec import load_spec
 
 NAME = "ray-roll"
 CLUSTER_LABEL = "ray.io/cluster"
 # KubeRay v1.6.2 controllers/ray/utils/constant.go UpgradeStrategyRecreateHashKey.
 HASH_ANNOTATION = "ray.io/upgrade-strategy-recreate-hash"
 WAIT_S = 120.0
+RAY_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "seed-qwen14b-ray-tp2.yaml"
 
 
 def _container(name: str) -> dict[str, Any]:
@@ -180,14 +191,19 @@ def test_kuberay_rolls_pods_only_with_recreate_as_redeploy_decides(
     assert not any("Recreate" in m for m in _events(api, namespace))
 
     # With Recreate (KubeRay >= 1.6) the pending change reaches the pods at once: the head
-    # pod's hash is the one from its creation, before the change above.
+    # pod's hash is the one from its creation, before the change above. The strategy is the
+    # one the product renders for this cluster, from the RayCluster CRD it serves.
+    features, note = RayCluster().crd_features(crds_from_cluster(api))
+    assert "offers spec.upgradeStrategy Recreate" in note
+    product = render(load_spec(RAY_EXAMPLE), release="r1", crd_features=features).workload
+    assert product["spec"]["upgradeStrategy"] == {"type": "Recreate"}
     apply(
         api,
         {
             "apiVersion": "ray.io/v1",
             "kind": "RayCluster",
             "metadata": {"name": NAME, "namespace": namespace},
-            "spec": {"upgradeStrategy": {"type": "Recreate"}},
+            "spec": {"upgradeStrategy": product["spec"]["upgradeStrategy"]},
         },
         field_manager="test-operator",
     )

@@ -161,3 +161,26 @@ def test_plan_named_directory_wins_and_a_missing_one_fails(
     )
     assert bad.exit_code == 1
     assert f"cannot validate: CRD directory {missing} from --crd-dir does not exist" in bad.output
+
+
+def test_plan_renders_kuberay_recreate_only_from_a_crd_that_offers_it(
+    tmp_path: Path, shared_crds: Path, no_crd_source: None
+) -> None:
+    ray_example = str(next(p for p in EXAMPLES if p.stem == "seed-qwen14b-ray-tp2"))
+
+    def raycluster(out: Path) -> dict[str, Any]:
+        (path,) = out.glob("raycluster-*.yaml")
+        doc: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return doc
+
+    offline = runner.invoke(app, ["plan", ray_example, "--out", str(tmp_path / "a")])
+    assert offline.exit_code == 0, offline.output
+    assert "KubeRay upgradeStrategy not checked (no CRD to read)" in offline.output
+    assert "upgradeStrategy" not in raycluster(tmp_path / "a")["spec"]
+    named = runner.invoke(
+        app,
+        ["plan", ray_example, "--out", str(tmp_path / "b"), "--crd-dir", str(shared_crds)],
+    )
+    assert named.exit_code == 0, named.output
+    assert "offers spec.upgradeStrategy Recreate" in named.output
+    assert raycluster(tmp_path / "b")["spec"]["upgradeStrategy"] == {"type": "Recreate"}

@@ -16,13 +16,19 @@ rendered objects:
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from llm_rollout.crds import CrdCatalog, crds_from_dir
+from llm_rollout.errors import ManifestValidationError
+from llm_rollout.kinds import PodRoll
+from llm_rollout.kinds.raycluster import RECREATE_UPGRADE, RayCluster
 from llm_rollout.kuberay import (
     DASHBOARD_AGENT_PORT,
     KUBERAY_DEFAULT_METRICS_PORT,
@@ -30,6 +36,7 @@ from llm_rollout.kuberay import (
 )
 from llm_rollout.render import render
 from llm_rollout.spec import InvalidSpecError, spec_from_dict
+from llm_rollout.validation import validate_objects
 
 from .conftest import example_dict
 
@@ -125,3 +132,54 @@ def test_worker_probe_passes_only_while_a_raylet_runs(tmp_path: Path) -> None:
         process.kill()
         process.wait(timeout=10)
     assert subprocess.run(command, check=False, timeout=10).returncode == 1
+
+
+def _without_upgrade_strategy(catalog: CrdCatalog) -> CrdCatalog:
+    """The RayCluster CRD as KubeRay before v1.6 served it: no `spec.upgradeStrategy`
+    (ray-operator v1.5.0 `apis/ray/v1/raycluster_types.go` has no UpgradeStrategy)."""
+    older = []
+    for schema in catalog.schemas:
+        if schema.kind == RayCluster.kind:
+            body = copy.deepcopy(schema.schema)
+            body["properties"]["spec"]["properties"].pop("upgradeStrategy", None)
+            schema = replace(schema, source=f"{schema.source} before v1.6", schema=body)
+        older.append(schema)
+    return CrdCatalog("the CRDs of KubeRay v1.5", tuple(older))
+
+
+def test_upgrade_strategy_is_rendered_only_where_the_installed_crd_offers_it(
+    shared_crds: Path,
+) -> None:
+    kind = RayCluster()
+    spec = spec_from_dict(example_dict("seed-qwen14b-ray-tp2"))
+    current = crds_from_dir(shared_crds)
+    older = _without_upgrade_strategy(current)
+
+    features, note = kind.crd_features(current)
+    assert features == {RECREATE_UPGRADE}
+    assert "offers spec.upgradeStrategy Recreate" in note
+    assert "ray.io_rayclusters.v1.7.0.yaml" in note
+    rendered = render(spec, release="r1", crd_features=features)
+    assert rendered.workload["spec"]["upgradeStrategy"] == {"type": "Recreate"}
+    assert validate_objects(rendered.all(), current) == []
+    # What redeploy decides for it: a template change replaces the pods.
+    assert kind.pod_roll(rendered.workload, "spec") == PodRoll("replace")
+
+    features, note = kind.crd_features(older)
+    assert features == frozenset()
+    assert "has no spec.upgradeStrategy Recreate (KubeRay before v1.6)" in note
+    rendered = render(spec, release="r1", crd_features=features)
+    assert "upgradeStrategy" not in rendered.workload["spec"]
+    # The older schema rejects the field (its spec properties are closed), so rendering it
+    # there would fail at the API server.
+    with_field = copy.deepcopy(rendered.all())
+    (cluster,) = [o for o in with_field if o["kind"] == kind.kind]
+    cluster["spec"]["upgradeStrategy"] = {"type": "Recreate"}
+    with pytest.raises(ManifestValidationError, match="upgradeStrategy"):
+        validate_objects(with_field, older)
+    refused = kind.pod_roll(rendered.workload, "spec")
+    assert refused.mode == "none" and "spec.upgradeStrategy.type Recreate" in refused.advice
+
+    features, note = kind.crd_features(None)
+    assert features == frozenset()
+    assert note.startswith("KubeRay upgradeStrategy not checked (no CRD to read)")
