@@ -73,6 +73,17 @@ class Target:
     conftest: bool = True
 
 
+# The kinds' rules are read by readiness (ready_missing, pod_selector), strategy (pod_demands)
+# and redeploy (pod_roll).
+KINDS_TESTS = (
+    "tests/kube_edge/test_status_rules.py",
+    "tests/kube_edge/test_status_rules_edges.py",
+    "tests/deploy/test_strategy.py",
+    "tests/deploy/test_strategy_edges.py",
+    "tests/deploy/test_demands_from_examples.py",
+    "tests/deploy/test_redeploy_effect.py",
+)
+
 TARGETS = (
     Target(
         "mirror verification (manifest)",
@@ -125,22 +136,50 @@ TARGETS = (
     Target(
         "readiness classification",
         "llm_rollout/readiness.py",
-        (
-            # Not _condition_true: nothing calls it.
-            "_conditions",
-            "_int",
-            "_generation_missing",
-            "_replicas_missing",
-            "_condition_missing",
-            "workload_missing",
-            "_selector_string",
-            "pod_selector_for",
-            "either_label",
-            "_pod_ready_missing",
-            "select_log_lines",
-        ),
+        # Each kind's own rule (ready_missing, pod_selector) is in its llm_rollout/kinds module:
+        # the "kinds" targets below.
+        ("workload_missing", "pod_selector_for", "_kind", "_pod_ready_missing", "select_log_lines"),
         ("tests/kube_edge/test_status_rules.py", "tests/kube_edge/test_status_rules_edges.py"),
         conftest=False,
+    ),
+    *(
+        Target(
+            f"kinds ({name}): readiness, pod selector, pod demands, pod roll",
+            f"llm_rollout/kinds/{name}.py",
+            functions,
+            KINDS_TESTS,
+            conftest=False,
+        )
+        for name, functions in (
+            (
+                "base",
+                (
+                    "as_int",
+                    "quantity_int",
+                    "container_demand",
+                    "template_demand",
+                    "replicas_of",
+                    "conditions",
+                    "generation_missing",
+                    "replicas_missing",
+                    "condition_missing",
+                ),
+            ),
+            ("deployment", ("_selector_string", "pod_selector", "ready_missing")),
+            ("lws", ("group_demands", "pod_selector", "ready_missing", "pod_demands")),
+            (
+                "rbg",
+                (
+                    "_is_v1alpha2",
+                    "pod_selector",
+                    "either_label",
+                    "ready_missing",
+                    "pod_demands",
+                    "pod_roll",
+                ),
+            ),
+            ("raycluster", ("pod_selector", "ready_missing", "pod_demands", "pod_roll")),
+        )
     ),
     Target(
         "strategy",
@@ -182,10 +221,9 @@ TARGETS = (
             "expires_in_s",
             "describe",
             "_lease_body",
-            "try_acquire",
-            "renew",
-            "release",
         ),
+        # Not try_acquire / renew / release: their compare-and-swap steps run only against the
+        # real API server (tests/cluster/test_lease.py), one cluster start (20-60 s) per mutant.
         ("tests/deploy/test_locking.py",),
         conftest=False,
     ),
@@ -203,16 +241,58 @@ TARGETS = (
             "walk",
             "_set_flags",
             "changed_workload",
+            "_flag_value",
             "served_model",
+            "template_change",
+            "_kind",
+            "expected_roll",
+            "_live",
+            "incarnations",
+            "not_rolled",
         ),
-        ("tests/deploy/test_redeploy_plain.py",),
+        ("tests/deploy/test_redeploy_plain.py", "tests/deploy/test_redeploy_effect.py"),
         conftest=False,
     ),
     Target(
         "secret redaction (credentials)",
         "llm_rollout/credentials.py",
-        None,
-        ("tests/mirror/test_credentials.py",),
+        (
+            "OssCredentials",
+            "csi_secret_data",
+            "CredentialsRef",
+            "_exactly_one_source",
+            "_pick",
+            "credentials_from_mapping",
+            "_from_env",
+            "resolve_oss_credentials",
+        ),
+        # The tests that need no server: the Secret-block ones start the session's Prefect
+        # server (about 45 s under load), the STS one a mirror run (about 20 s).
+        tuple(
+            f"tests/mirror/test_credentials.py::{test}"
+            for test in (
+                "test_env_credentials_resolve_and_stay_masked",
+                "test_missing_variable_is_named_not_valued",
+                "test_a_reference_needs_exactly_one_source",
+                "test_a_reference_takes_one_source_only_and_both_env_names",
+                "test_env_sts_token_is_resolved_or_named_when_missing",
+                "test_first_non_empty_spelling_wins_and_empty_values_do_not_count",
+                "test_resolved_credentials_and_references_cannot_be_changed",
+            )
+        ),
+        conftest=False,
+    ),
+    Target(
+        "secret redaction (credentials, Secret block)",
+        "llm_rollout/credentials.py",
+        ("_from_secret_block",),
+        tuple(
+            f"tests/mirror/test_credentials.py::{test}"
+            for test in (
+                "test_secret_block_credentials_resolve_and_stay_masked",
+                "test_secret_block_problems_name_the_block_never_a_value",
+            )
+        ),
     ),
 )
 
