@@ -78,6 +78,7 @@ class Target:
 KINDS_TESTS = (
     "tests/kube_edge/test_status_rules.py",
     "tests/kube_edge/test_status_rules_edges.py",
+    "tests/kube_edge/test_kind_decisions.py",
     "tests/deploy/test_strategy.py",
     "tests/deploy/test_strategy_edges.py",
     "tests/deploy/test_demands_from_examples.py",
@@ -250,7 +251,11 @@ TARGETS = (
             "incarnations",
             "not_rolled",
         ),
-        ("tests/deploy/test_redeploy_plain.py", "tests/deploy/test_redeploy_effect.py"),
+        (
+            "tests/deploy/test_redeploy_plain.py",
+            "tests/deploy/test_redeploy_effect.py",
+            "tests/deploy/test_redeploy_decisions.py",
+        ),
         conftest=False,
     ),
     Target(
