@@ -225,7 +225,7 @@ TARGETS = (
         ),
         # Not try_acquire / renew / release: their compare-and-swap steps run only against the
         # real API server (tests/cluster/test_lease.py), one cluster start (20-60 s) per mutant.
-        ("tests/deploy/test_locking.py",),
+        ("tests/deploy/test_locking.py", "tests/deploy/test_locking_decisions.py"),
         conftest=False,
     ),
     Target(

@@ -64,13 +64,14 @@ def test_a_name_in_the_args_wins_over_a_script() -> None:
     assert served_model(_lws(container)) == ("from-args", None)
 
 
-def _pod(uid: str, deleting: bool = False, container_id: str = "containerd://c1") -> Any:
+def _pod(
+    uid: str, deleting: bool = False, container_id: str = "containerd://c1", restarts: int = 0
+) -> Any:
     meta: dict[str, Any] = {"name": f"pod-{uid or 'x'}", "uid": uid}
     if deleting:
         meta["deletionTimestamp"] = "2026-12-07T01:00:00Z"
-    status = {
-        "containerStatuses": [{"name": "engine", "containerID": container_id, "restartCount": 0}]
-    }
+    engine = {"name": "engine", "containerID": container_id, "restartCount": restarts}
+    status = {"containerStatuses": [engine]}
     return _wire({"metadata": meta, "status": status})
 
 
@@ -81,3 +82,12 @@ def test_pods_going_away_or_without_uid_are_not_recorded_whatever_their_order() 
     before = incarnations(pods)
     replaced = [_pod("c"), _pod("d")]
     assert not_rolled(before, replaced, PodRoll("replace")) == []
+
+
+def test_in_place_every_pod_is_checked_after_one_that_restarted() -> None:
+    before = incarnations([_pod("a"), _pod("b")])
+    # The kubelet's restart runs a new container (new containerID) and counts it.
+    now = [_pod("a", container_id="containerd://c2", restarts=1), _pod("b")]
+    assert not_rolled(before, now, PodRoll("in-place")) == [
+        "pod pod-b (uid b): no container restarted since the change"
+    ]
