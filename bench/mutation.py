@@ -17,9 +17,12 @@ mutants not run are reported as pending), and each mutant's tests by cosmic-ray'
     uv run python bench/mutation.py --workdir build/mutation --resume   # after adding tests
 
 Not run in CI: a run takes minutes per module (2-10 min each on a shared 2-core machine, one
-target at a time). The scratch copy holds files git knows: `git add` a new test file before a
-run. The score counts every survivor, equivalent ones included; the survivors judged
-equivalent, with the reason, are listed in the commit message that last changed the target.
+target at a time; 1-7 s per mutant for the plain-test targets). The mirror targets and the
+Secret-block credentials target start the sandbox hub and OSS, or the Prefect server, for every
+mutant (about 20-60 s each): give them a --budget-s and --resume later. The scratch copy
+holds files git knows: `git add` a new test file before a run. The score counts every
+survivor, equivalent ones included; the survivors judged equivalent, with the reason, are
+listed in the commit message that last changed the target.
 """
 
 from __future__ import annotations
@@ -122,7 +125,11 @@ TARGETS = (
         "mirror resume (checkpoint)",
         "llm_rollout/mirror/checkpoint.py",
         None,
-        ("tests/mirror/test_resumable_hash.py", "tests/mirror/test_transfer_paths.py"),
+        (
+            "tests/mirror/test_checkpoint_store.py",
+            "tests/mirror/test_resumable_hash.py",
+            "tests/mirror/test_transfer_paths.py",
+        ),
     ),
     Target(
         "readiness rules",

@@ -35,6 +35,7 @@ def test_checkpoints_live_in_the_mirror_folder_of_the_cache(
         (("models", "a/one.bin"), ("models", "b/two.bin")),
         (("models", "b/two.bin"), ("models", "a/one.bin")),
         (("other", "a/one.bin"), ("models", "a/one.bin")),
+        (("archive", "a/one.bin"), ("models", "a/one.bin")),
     ],
 )
 def test_a_checkpoint_naming_another_object_is_not_used(
@@ -51,7 +52,8 @@ def test_a_checkpoint_naming_another_object_is_not_used(
 
 
 def test_forgetting_a_checkpoint_that_is_not_there_is_quiet(tmp_path: Path) -> None:
-    store = CheckpointStore(tmp_path, "http://oss.test")
+    # A first run on a fresh machine: not even the cache's parent folders exist yet.
+    store = CheckpointStore(tmp_path / "cache" / "llm-rollout" / "mirror", "http://oss.test")
     store.delete("models", "never/saved.bin")
     store.save(_state("k.bin"))
     store.delete("models", "k.bin")
@@ -84,14 +86,15 @@ def test_a_longer_temporary_file_left_by_a_killed_write_is_replaced_whole(tmp_pa
     assert store.load("models", "k.bin") == state
 
 
-@pytest.mark.parametrize("content", ["{not json", '{"format": 1}', "FORMAT"])
+@pytest.mark.parametrize("content", ["{not json", '{"format": 1}', "FORMAT 2", "FORMAT 0"])
 def test_an_unreadable_or_other_format_checkpoint_starts_afresh(
     tmp_path: Path, content: str
 ) -> None:
     store = CheckpointStore(tmp_path, "http://oss.test")
     store.save(_state("k.bin"))
     [checkpoint] = tmp_path.glob("*.json")
-    if content == "FORMAT":
-        content = _state("k.bin").model_copy(update={"format": 2}).model_dump_json()
+    if content.startswith("FORMAT"):
+        other = int(content.split()[1])
+        content = _state("k.bin").model_copy(update={"format": other}).model_dump_json()
     checkpoint.write_text(content, encoding="utf-8")
     assert store.load("models", "k.bin") is None
