@@ -71,7 +71,11 @@ def _pod(
     if deleting:
         meta["deletionTimestamp"] = "2026-12-07T01:00:00Z"
     engine = {"name": "engine", "containerID": container_id, "restartCount": restarts}
-    status = {"containerStatuses": [engine]}
+    # Ready: the roll proof counts a new or restarted pod only once it is Ready.
+    status = {
+        "containerStatuses": [engine],
+        "conditions": [{"type": "Ready", "status": "True"}],
+    }
     return _wire({"metadata": meta, "status": status})
 
 
