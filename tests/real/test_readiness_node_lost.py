@@ -205,7 +205,8 @@ def test_a_node_not_ready_inside_the_tolerance_does_not_fail_the_rollout(
     assert any(
         n.startswith("tolerating NodeLost") and f"Node {lost.node} is not ready" in n for n in notes
     ), notes
-    assert f"NodeLost on pod {lost.loading_pod.metadata.name} for " in str(info.value)
+    pod = ObjectRef("v1", "Pod", lost.namespace, lost.loading_pod.metadata.name)
+    assert f"NodeLost on {pod} for " in str(info.value)
     assert "(tolerated up to 300s)" in str(info.value)
 
 
