@@ -340,24 +340,30 @@ class PodWorker:
         return True
 
     def _volume_readers(self) -> volumes.Readers:
-        def absent_as_none(read: Callable[[], Any]) -> dict[str, Any] | None:
+        def absent_as_none(read: Callable[[], Any], what: str) -> dict[str, Any] | None:
             try:
                 found = read()
             except ApiException as exc:
                 if exc.status == 404:
                     return None
-                raise
+                raise volumes.ReadRefused(
+                    what, f"failed to fetch {what} from API server: {exc.status} {exc.reason}"
+                ) from exc
             result: dict[str, Any] = self.ctx.api.sanitize_for_serialization(found)
             return result
 
         core = self.core
         return volumes.Readers(
-            secret=lambda ns, n: absent_as_none(lambda: core.read_namespaced_secret(n, ns)),
-            config_map=lambda ns, n: absent_as_none(lambda: core.read_namespaced_config_map(n, ns)),
-            claim=lambda ns, n: absent_as_none(
-                lambda: core.read_namespaced_persistent_volume_claim(n, ns)
+            secret=lambda ns, n: absent_as_none(
+                lambda: core.read_namespaced_secret(n, ns), f"secret {ns}/{n}"
             ),
-            volume=lambda n: absent_as_none(lambda: core.read_persistent_volume(n)),
+            config_map=lambda ns, n: absent_as_none(
+                lambda: core.read_namespaced_config_map(n, ns), f"configmap {ns}/{n}"
+            ),
+            claim=lambda ns, n: absent_as_none(
+                lambda: core.read_namespaced_persistent_volume_claim(n, ns), f"PVC {ns}/{n}"
+            ),
+            volume=lambda n: absent_as_none(lambda: core.read_persistent_volume(n), f"PV {n}"),
             token=self._service_account_token,
         )
 

@@ -79,6 +79,24 @@ class MountError(RuntimeError):
         return f'MountVolume.SetUp failed for volume "{self.volume}" : {self}'
 
 
+class ReadRefused(MountError):
+    """The API server refused or failed a read the mount needs (the Node authorizer answers 403
+    until its graph has the pod bound to this node: plugin/pkg/auth/authorizer/node builds that
+    graph from its own informers, so a node can see its pod before it may read the pod's
+    claim). The kubelet's volume populator keeps retrying such a pod
+    (pkg/kubelet/volumemanager/populator/desired_state_of_world_populator.go, "failed to fetch
+    PVC from API server"), and WaitForAttachAndMount reports it among "failed to process
+    volumes" (pkg/kubelet/volumemanager/volume_manager.go); the mount is retried the same way
+    here, not given up."""
+
+    @property
+    def event_message(self) -> str:
+        return (
+            "Unable to attach or mount volumes: unmounted volumes=[], unattached volumes=[], "
+            f"failed to process volumes=[{self.volume}]: {self}"
+        )
+
+
 @dataclass(frozen=True)
 class Readers:
     """Objects read with the node's identity; each returns None when the object is absent."""
