@@ -94,7 +94,8 @@ def wait_for_log(
 ) -> list[str]:
     """The container's log once a line starting with ``last`` is in it (the process writes
     after the status says Running; the log's content is only known once it has). Polled,
-    within POD_TIMEOUT_S: the node agent's log endpoint does not serve ``follow``."""
+    within POD_TIMEOUT_S: a followed log (test_pods_kubelet_env.py) would hold a stream open
+    for containers that never end."""
     deadline = time.monotonic() + POD_TIMEOUT_S
     while True:
         text = core.read_namespaced_pod_log(name, namespace, container=container)

@@ -8,6 +8,7 @@ import http.client
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,7 +82,12 @@ def test_logs_with_tail_lines_previous_and_unknown_containers(pki: ClusterPki, s
     assert status == 400 and b"previous terminated container" in body
     assert _get(pki, server, "/containerLogs/ns/p/other")[0] == 404
     # Not implemented, so refused rather than ignored.
-    assert _get(pki, server, "/containerLogs/ns/p/main?follow=true")[0] == 400
+    assert _get(pki, server, "/containerLogs/ns/p/main?sinceSeconds=5")[0] == 400
+    # Followed, a log no running container writes is read to its end and the stream closes.
+    assert _get(pki, server, "/containerLogs/ns/p/main?follow=true&tailLines=1") == (
+        200,
+        b"three\n",
+    )
     assert _get(pki, server, "/containerLogs/ns/p/main?tailLines=x")[0] == 400
     # exec: only WebSocket clients of the v4 channel protocol.
     assert _get(pki, server, "/exec/ns/p/main?command=true")[0] == 400
@@ -115,6 +121,47 @@ def test_phase_follows_get_phase() -> None:
     init.terminated = Terminated(1, "t0", "t1", "id")
     assert pod_phase([init], [_record("a")], "Never") == "Failed"
     assert pod_phase([init], [_record("a")], "OnFailure") == "Pending"
+
+
+def _sidecar_conditions(
+    conditions: Conditions, now: str, sidecar: ContainerRecord, main: ContainerRecord, phase: str
+) -> dict[str, dict[str, Any]]:
+    pod_conditions(
+        conditions,
+        now=now,
+        sandbox_ready=True,
+        init_records=[sidecar],
+        records=[main],
+        phase=phase,
+    )
+    return {c["type"]: c for c in conditions.as_list()}
+
+
+def test_sidecars_phase_and_conditions_follow_get_phase_and_generate() -> None:
+    sidecar = ContainerRecord(name="side", image="i", init=True, sidecar=True)
+    main = _record("a")
+    # Not yet run: Pending (getPhase pendingRestartableInitContainers, pod not initialized).
+    assert pod_phase([sidecar], [main], "Always") == "Pending"
+    sidecar.running_since, sidecar.waiting_reason = "t", None
+    assert pod_phase([sidecar], [main], "Always") == "Pending"
+    conditions = Conditions()
+    by_type = _sidecar_conditions(conditions, "t1", sidecar, main, "Pending")
+    assert by_type["Initialized"]["message"] == "containers with incomplete status: [side]"
+    # Started (isInitContainerInitialized), then a main container runs: Running and, the
+    # sidecar's readiness counting with the containers', not Ready until it is ready.
+    sidecar.started = True
+    main.running_since, main.waiting_reason = "t", None
+    main.ready = True
+    by_type = _sidecar_conditions(conditions, "t2", sidecar, main, "Running")
+    assert pod_phase([sidecar], [main], "Always") == "Running"
+    assert by_type["Initialized"]["status"] == "True"
+    assert by_type["Ready"]["message"] == "containers with unready status: [side]"
+    # Restarting after the pod initialized: the pod stays Running and Initialized.
+    sidecar.running_since, sidecar.started = None, False
+    sidecar.last_terminated = Terminated(3, "t0", "t1", "id")
+    assert pod_phase([sidecar], [main], "Never") == "Running"
+    by_type = _sidecar_conditions(conditions, "t3", sidecar, main, "Running")
+    assert by_type["Initialized"]["status"] == "True"
 
 
 def test_conditions_name_the_unready_containers_and_keep_transition_times() -> None:

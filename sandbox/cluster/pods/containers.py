@@ -193,7 +193,10 @@ def start_run(
 
 
 def read_log(path: Path, tail_lines: int | None) -> bytes:
-    data = path.read_bytes()
+    return read_log_bytes(path.read_bytes(), tail_lines)
+
+
+def read_log_bytes(data: bytes, tail_lines: int | None) -> bytes:
     if tail_lines is None:
         return data
     if tail_lines <= 0:

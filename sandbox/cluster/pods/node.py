@@ -123,6 +123,10 @@ class NodePods:
                 return f'{which} container "{container}" in pod "{pod}" not found'
             return path
 
+        def follow(namespace: str, pod: str, container: str, path: Path) -> threading.Event | None:
+            worker = runner.find(namespace, pod)
+            return None if worker is None else worker.log_writer_exited(container, path)
+
         def exec_target(
             namespace: str, pod: str, container: str
         ) -> tuple[list[str], dict[str, str]] | None:
@@ -143,6 +147,7 @@ class NodePods:
             lookup,
             exec_target,
             sandbox_of,
+            follow,
         )
         self.server.start()
         runner.start(stop)

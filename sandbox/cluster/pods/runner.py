@@ -69,6 +69,8 @@ STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 # Events), so managedFields tell its writes from the controllers'.
 FIELD_MANAGER = "llm-rollout-node-agent"
 DEFAULT_GRACE_S = 30.0
+# kuberuntime_container.go minimumGracePeriodInSeconds.
+MINIMUM_GRACE_S = 2.0
 
 
 def go_duration(seconds: float) -> str:
@@ -121,6 +123,11 @@ class Slot:
     # The running container's environment, which exec'd commands get too.
     env: dict[str, str] = field(default_factory=dict)
     probes: dict[ProbeKind, ProbeWorker] = field(default_factory=dict)
+    # A sidecar that has started once no longer holds the init containers after it back
+    # (computeInitContainerActions starts the next one the first time it is started).
+    initialized_once: bool = False
+    # Stopped with the pod's end, not to be restarted.
+    stopped_for_good: bool = False
 
     @property
     def name(self) -> str:
@@ -150,7 +157,10 @@ class PodWorker:
 
         def slot(container: dict[str, Any], init: bool) -> Slot:
             record = ContainerRecord(
-                name=str(container["name"]), image=str(container.get("image", "")), init=init
+                name=str(container["name"]),
+                image=str(container.get("image", "")),
+                init=init,
+                sidecar=init and container.get("restartPolicy") == "Always",
             )
             return Slot(container, record, Backoff(policy), Backoff(policy))
 
@@ -220,6 +230,15 @@ class PodWorker:
             if s.name == container:
                 index = -2 if previous else -1
                 return s.logs[index] if len(s.logs) >= -index else None
+        return None
+
+    def log_writer_exited(self, container: str, path: Path) -> threading.Event | None:
+        """The event set when the running container writing ``path`` ends; None when no
+        running container writes it."""
+        for s in self.init_slots + self.slots:
+            run = s.run
+            if s.name == container and run is not None and run.log == path:
+                return None if run.exited.is_set() else run.exited
         return None
 
     def exec_target(self, container: str) -> tuple[list[str], dict[str, str]] | None:
@@ -295,14 +314,37 @@ class PodWorker:
         for s in self.init_slots + self.slots:
             self._handle_exit(s, now)
             self._handle_probes(s)
+        self._stop_sidecars_when_done()
+        for s in self.init_slots:
+            self._handle_exit(s, time.monotonic())
         due: list[float] = []
         if not self._mounted and not self._mount_volumes(now, due):
             return max(0.0, min(due) - time.monotonic())
-        pending_init = next((s for s in self.init_slots if not s.done), None)
-        for s in [pending_init] if pending_init is not None else self.slots:
-            if not s.done and (s.run is None or s.exit_handled):
-                self._maybe_start(s, now, due)
+        self._start_due(now, due)
         return max(0.0, min(due) - time.monotonic()) if due else None
+
+    def _start_due(self, now: float, due: list[float]) -> None:
+        """Start what is down and due, as computeInitContainerActions
+        (pkg/kubelet/kuberuntime/kuberuntime_container.go) orders it: the init containers one
+        after another, a sidecar (restartPolicy Always) counting as done for the ones after it
+        once it has started (its startup probe passed, or it has none) and kept running, with
+        restarts, from then on; the containers once every init container is done."""
+        for s in self.init_slots:
+            self._start_if_down(s, now, due)
+            if s.record.sidecar:
+                if not s.initialized_once:
+                    return
+            elif not s.done:
+                return
+            elif s.record.terminated is None or s.record.terminated.exit_code != 0:
+                # A failed init container that is not restarted ends the pod (KillPod).
+                return
+        for s in self.slots:
+            self._start_if_down(s, now, due)
+
+    def _start_if_down(self, s: Slot, now: float, due: list[float]) -> None:
+        if not s.done and (s.run is None or s.exit_handled):
+            self._maybe_start(s, now, due)
 
     def _mount_volumes(self, now: float, due: list[float]) -> bool:
         """WaitForAttachAndMount: True once every volume is mounted into the pod."""
@@ -402,13 +444,17 @@ class PodWorker:
         record.running_since = None
         record.ready = False
         record.started = False
-        if s.record.init:
+        if s.record.sidecar:
+            # A sidecar restarts whatever the pod's restartPolicy (computeInitContainerActions:
+            # an exited restartable init container is started again).
+            restart = True
+        elif s.record.init:
             restart = run.exit_code != 0 and self.restart_policy != "Never"
         else:
             restart = self.restart_policy == "Always" or (
                 self.restart_policy == "OnFailure" and run.exit_code != 0
             )
-        if final or not restart:
+        if final or not restart or s.stopped_for_good:
             record.terminated = term
             s.done = True
             return
@@ -425,6 +471,8 @@ class PodWorker:
         liveness = s.probes.get(ProbeKind.LIVENESS)
         s.record.started = startup is None or startup.result is True
         s.record.ready = s.record.started and (readiness is None or readiness.result is True)
+        if s.record.started:
+            s.initialized_once = True
         failed = None
         if startup is not None and startup.result is False:
             failed = "startup"
@@ -475,7 +523,9 @@ class PodWorker:
             return
         facts = podenv.PodFacts(self.pod, self.pod_ip, self.ctx.host_ip)
         try:
-            variables = podenv.container_env(s.spec, facts, self._sources())
+            variables = podenv.container_env(
+                s.spec, facts, self._sources(), self._service_variables()
+            )
         except podenv.ContainerConfigError as exc:
             s.record.waiting_reason = CREATE_CONTAINER_CONFIG_ERROR
             s.record.waiting_message = str(exc)
@@ -533,7 +583,7 @@ class PodWorker:
         self._handle_probes(s)
 
     def _fake_exit(self, s: Slot, term: Terminated, now: float, due: list[float]) -> None:
-        if self.restart_policy == "Never":
+        if self.restart_policy == "Never" and not s.record.sidecar:
             s.record.terminated = term
             s.done = True
             return
@@ -638,10 +688,47 @@ class PodWorker:
 
             return data
 
+        def allocatable() -> dict[str, str]:
+            try:
+                node = self.core.read_node(self.ctx.node_name)
+            except ApiException as exc:
+                # kubelet_resources.go defaultPodLimitsForDownwardAPI's words.
+                raise podenv.ContainerConfigError(
+                    "failed to find node object, expected a node"
+                ) from exc
+            return {k: str(v) for k, v in (node.status.allocatable or {}).items()}
+
         return podenv.Sources(
             secrets=reader(self.core.read_namespaced_secret),
             config_maps=reader(self.core.read_namespaced_config_map),
+            allocatable=allocatable,
         )
+
+    def _service_variables(self) -> dict[str, str]:
+        """The Services' variables at this container's start (kubelet_pods.go
+        makeEnvironmentVariables reads them at every start; a Service made later reaches a
+        container only when it starts again)."""
+        links = self.pod["spec"].get("enableServiceLinks")
+        if links is None:
+            # The API server defaults it to true; the kubelet refuses a pod without it.
+            raise podenv.ContainerConfigError(
+                "nil pod.spec.enableServiceLinks encountered, cannot construct envvars"
+            )
+        found: list[Any] = []
+        try:
+            if links:
+                found += self.core.list_namespaced_service(self.namespace).items
+            if not (links and self.namespace == "default"):
+                found += self.core.list_namespaced_service(
+                    "default", field_selector="metadata.name=kubernetes"
+                ).items
+        except ApiException as exc:
+            # An error of makeEnvironmentVariables is CreateContainerConfigError, retried.
+            raise podenv.ContainerConfigError(
+                "failed to list services when setting up env vars"
+            ) from exc
+        services = [self.ctx.api.sanitize_for_serialization(svc) for svc in found]
+        return podenv.service_env(services, self.namespace, bool(links))
 
     # --- stopping -------------------------------------------------------------------------
 
@@ -656,16 +743,45 @@ class PodWorker:
         return DEFAULT_GRACE_S
 
     def _kill_all(self, grace_s: float) -> None:
+        """Stop every running container: the sidecars after the others, the later sidecars
+        first, each with what is left of the grace period but at least the kubelet's minimum
+        (kuberuntime_termination_order.go, kuberuntime_container.go killContainer)."""
+        started_mono = time.monotonic()
         runs = []
+        sidecars = []
         for s in self.init_slots + self.slots:
             s.stop_probes()
             if s.run is not None and s.run.process.poll() is None:
-                runs.append(s.run)
+                (sidecars if s.record.sidecar else runs).append(s.run)
         stoppers = [threading.Thread(target=run.stop, args=(grace_s,), daemon=True) for run in runs]
         for stopper in stoppers:
             stopper.start()
         for stopper in stoppers:
             stopper.join()
+        for run in reversed(sidecars):
+            left_s = grace_s - (time.monotonic() - started_mono)
+            run.stop(max(left_s, MINIMUM_GRACE_S) if grace_s > 0 else 0)
+
+    def _stop_sidecars_when_done(self) -> None:
+        """Once no container runs or will be started again, the kubelet kills the pod, its
+        sidecars with it and not to be restarted (kuberuntime_manager.go computePodActions:
+        keepCount == 0 and nothing to start is KillPod, InitContainersToStart dropped)."""
+        running = [
+            s
+            for s in self.init_slots
+            if s.record.sidecar and s.run is not None and s.run.exit_code is None
+        ]
+        failed_init = any(
+            s.done and s.record.terminated is not None and s.record.terminated.exit_code != 0
+            for s in self.init_slots
+            if not s.record.sidecar
+        )
+        if not running or not (failed_init or (self.slots and all(s.done for s in self.slots))):
+            return
+        for s in running:
+            s.stopped_for_good = True
+            self._event(s, "Normal", "Killing", f"Stopping container {s.name}")
+        self._kill_all(self._grace_s())
 
     def _teardown(self) -> None:
         if self.sandbox is not None:

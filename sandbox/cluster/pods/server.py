@@ -4,9 +4,10 @@ The API server reaches a node at its InternalIP on ``status.daemonEndpoints.kube
 (10250) over TLS with its kubelet client certificate (``--kubelet-client-certificate``); this
 server presents a serving certificate for that IP signed by the cluster CA and accepts only
 client certificates from that CA. It serves ``GET /containerLogs/<ns>/<pod>/<container>``
-with ``previous`` and ``tailLines`` as ``pkg/kubelet/server/server.go`` getContainerLogs does
-(a pod or container it does not know is 404; ``follow``, ``sinceSeconds``, ``timestamps`` and
-``limitBytes`` are not implemented and are refused with 400 rather than ignored), and
+with ``previous``, ``tailLines`` and ``follow`` as ``pkg/kubelet/server/server.go``
+getContainerLogs does (a pod or container it does not know is 404; ``sinceSeconds``,
+``timestamps`` and ``limitBytes`` are not implemented and are refused with 400 rather than
+ignored), and
 ``GET /exec/<ns>/<pod>/<container>?command=...`` over a WebSocket with the
 ``v4.channel.k8s.io`` protocol, which the API server proxies as it is (only ``v5`` requests are
 translated to SPDY, ``pkg/registry/core/pod/rest/subresources.go``): stdout and stderr on
@@ -32,15 +33,23 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from sandbox.cluster.pods import websocket
-from sandbox.cluster.pods.containers import read_log
+from sandbox.cluster.pods.containers import read_log, read_log_bytes
 from sandbox.cluster.pods.sandbox import dial_in_pod
 
 KUBELET_PORT = 10250
-_UNSUPPORTED = ("follow", "sinceSeconds", "sinceTime", "timestamps", "limitBytes")
+_UNSUPPORTED = ("sinceSeconds", "sinceTime", "timestamps", "limitBytes")
+# How long a followed log waits for the container to write before it reads again: the kubelet
+# waits for an fsnotify event on the log's directory, or logForceCheckPeriod (1 s) at most
+# (k8s.io/cri-client v0.36.3 pkg/logs/logs.go waitLogs); a write wakes it there, here the
+# container's exit does and a write is seen within this period.
+FOLLOW_CHECK_S = 0.2
 
 # (namespace, pod, container, previous) -> the log file; None when the pod or container is
 # unknown, a str when known but the requested log does not exist (the message to return).
 LogLookup = Callable[[str, str, str, bool], "Path | str | None"]
+# (namespace, pod, container, log file) -> set when the run writing that log ends; None when no
+# running container writes it (the log is then read to its end and the stream closes).
+FollowLookup = Callable[[str, str, str, Path], "threading.Event | None"]
 # (namespace, pod, container) -> the argv prefix entering the pod and the container's env, or
 # None when no such container is running.
 ExecLookup = Callable[[str, str, str], "tuple[list[str], dict[str, str]] | None"]
@@ -68,6 +77,7 @@ def exec_status(argv: list[str], exit_code: int) -> dict[str, object]:
 
 class _Handler(BaseHTTPRequestHandler):
     lookup: LogLookup
+    follow_lookup: FollowLookup
     exec_lookup: ExecLookup
     sandbox_lookup: SandboxLookup
 
@@ -102,6 +112,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, f"not supported by this node agent: {asked}".encode())
             return
         previous = query.get("previous", ["false"])[0] == "true"
+        follow = query.get("follow", ["false"])[0] == "true"
         tail: int | None = None
         if "tailLines" in query:
             try:
@@ -115,8 +126,40 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, f'pod "{pod}" or container "{container}" not found'.encode())
         elif isinstance(found, str):
             self._reply(400, found.encode())
+        elif follow:
+            self._follow(found, type(self).follow_lookup(namespace, pod, container, found), tail)
         else:
             self._reply(200, read_log(found, tail))
+
+    def _follow(self, path: Path, exited: threading.Event | None, tail: int | None) -> None:
+        """The log as ReadLogs with Follow streams it (cri-client pkg/logs/logs.go): from the
+        tail on, then what the container writes, until it is no longer running and the
+        log's end is read. The body ends with the connection (HTTP/1.0, no length), which the
+        API server streams on to its client as it comes (its LocationStreamer flushes when
+        following)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.close_connection = True
+        with path.open("rb") as log:
+            # What the tail holds, then everything written after it.
+            data = log.read()
+            self.wfile.write(read_log_bytes(data, tail))
+            try:
+                while True:
+                    # Whether it still runs is read before the last read, so nothing
+                    # written before its end is missed.
+                    ended = exited is None or exited.is_set()
+                    while chunk := log.read(65536):
+                        self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if ended:
+                        return
+                    assert exited is not None
+                    exited.wait(FOLLOW_CHECK_S)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client (the API server on kubectl's behalf) stopped following.
+                return
 
     def _upgrade(self, key: str) -> None:
         self.send_response(101)
@@ -255,6 +298,7 @@ class KubeletServer:
         lookup: LogLookup,
         exec_lookup: ExecLookup,
         sandbox_lookup: SandboxLookup,
+        follow_lookup: FollowLookup = lambda namespace, pod, container, path: None,
     ) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(cert), str(key))
@@ -265,6 +309,7 @@ class KubeletServer:
             (_Handler,),
             {
                 "lookup": staticmethod(lookup),
+                "follow_lookup": staticmethod(follow_lookup),
                 "exec_lookup": staticmethod(exec_lookup),
                 "sandbox_lookup": staticmethod(sandbox_lookup),
             },

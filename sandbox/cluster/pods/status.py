@@ -55,6 +55,17 @@ class ContainerRecord:
     ready: bool = False
     started: bool = False
     container_id: str = ""
+    # An init container with restartPolicy Always (a sidecar, pkg/api/v1/pod
+    # IsRestartableInitContainer).
+    sidecar: bool = False
+
+    @property
+    def has_run(self) -> bool:
+        return (
+            self.running_since is not None
+            or self.terminated is not None
+            or self.last_terminated is not None
+        )
 
     def as_dict(self) -> dict[str, Any]:
         state: dict[str, Any]
@@ -127,9 +138,16 @@ def pod_conditions(
 ) -> None:
     """The kubelet's conditions (generate.go): reasons and messages name the containers."""
     conditions.set("PodReadyToStartContainers", sandbox_ready, now)
+    # isInitContainerInitialized: a sidecar once started, a regular one once completed; and
+    # once a regular container has started the pod stays initialized while sidecars restart
+    # (HasAnyRegularContainerStarted).
     incomplete = [
-        r.name for r in init_records if r.terminated is None or r.terminated.exit_code != 0
+        r.name
+        for r in init_records
+        if (not r.started if r.sidecar else r.terminated is None or r.terminated.exit_code != 0)
     ]
+    if any(r.has_run for r in records):
+        incomplete = []
     if incomplete:
         conditions.set(
             "Initialized",
@@ -140,7 +158,9 @@ def pod_conditions(
         )
     else:
         conditions.set("Initialized", True, now)
-    unready = [r.name for r in records if not r.ready]
+    # GenerateContainersReadyCondition: sidecars' readiness counts, before the containers'.
+    unready = [r.name for r in init_records if r.sidecar and not r.ready]
+    unready += [r.name for r in records if not r.ready]
     if phase == "Succeeded":
         # generate.go: a completed pod's containers are not ready, reason PodCompleted.
         conditions.set("ContainersReady", False, now, "PodCompleted")
@@ -163,13 +183,27 @@ def pod_phase(
 ) -> str:
     """getPhase (kubelet_pods.go), for the cases this node produces."""
     for record in init_records:
+        if record.sidecar:
+            continue
         if record.terminated is not None and record.terminated.exit_code != 0:
             if restart_policy == "Never":
                 return "Failed"
             return "Pending"
         if record.terminated is None:
             return "Pending"
-    if any(r.running_since is not None for r in records):
+    # A sidecar not yet started (or never run) holds the pod Pending until the pod has
+    # initialized once; a running one counts as running.
+    initialized = any(r.has_run for r in records)
+    sidecars = [r for r in init_records if r.sidecar]
+    pending = [
+        r
+        for r in sidecars
+        if (r.running_since is not None and not r.started)
+        or (r.running_since is None and r.terminated is None and r.last_terminated is None)
+    ]
+    if pending and not initialized:
+        return "Pending"
+    if any(r.running_since is not None for r in records + sidecars):
         return "Running"
     if all(r.terminated is not None for r in records):
         if all(r.terminated is not None and r.terminated.exit_code == 0 for r in records):
