@@ -146,7 +146,7 @@ def pod_conditions(
         for r in init_records
         if (not r.started if r.sidecar else r.terminated is None or r.terminated.exit_code != 0)
     ]
-    if any(r.has_run for r in records):
+    if any(r.running_since is not None or r.terminated is not None for r in records):
         incomplete = []
     if incomplete:
         conditions.set(
