@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets as token
+import signal
 import subprocess
 import threading
 import time
@@ -216,6 +217,14 @@ class PodWorker:
     def stop_for_agent(self) -> None:
         with self._lock:
             self._stopping_agent = True
+        # Every container goes with the agent at once, from here: the pod's thread may be
+        # waiting out a grace period of up to the pod's terminationGracePeriodSeconds (a
+        # liveness kill, a deletion, the sidecars' ordered stop) and would only then notice
+        # the agent's stop, past the supervisor's grace for the agent itself.
+        for s in self.init_slots + self.slots:
+            run = s.run
+            if run is not None and run.process.poll() is None:
+                run.signal(signal.SIGKILL)
         self._wake.set()
 
     def join(self, timeout_s: float) -> None:
