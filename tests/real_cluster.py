@@ -35,6 +35,7 @@ from sandbox.cluster import netns
 from sandbox.cluster.control_plane import Cluster, ClusterConfig, start_cluster, stop_cluster
 from sandbox.cluster.node_agent import NodeSpec
 from sandbox.cluster.processes import ComponentFailed
+from sandbox.cluster.waits import wait_for
 
 # A test's own work on the running cluster (create, watch controllers act) took at most 4.3 s
 # at load average 16 (--durations); the bound leaves room for worse.
@@ -150,3 +151,22 @@ def real_render_example(tmp_path: Path) -> Callable[[str, str, str], dict[str, A
         return doc
 
     return render
+
+
+def counted_pod_quota(core: k8s.CoreV1Api, namespace: str, name: str, pods: int) -> None:
+    """Create a ResourceQuota of ``pods`` pods and return once the quota controller has
+    counted it: until then quota admission refuses every pod with "status unknown for quota"
+    (k8s.io/apiserver pkg/admission/plugin/resourcequota), not the refusal a test is after."""
+    core.create_namespaced_resource_quota(
+        namespace, {"metadata": {"name": name}, "spec": {"hard": {"pods": str(pods)}}}
+    )
+    wait_for(
+        core.list_namespaced_resource_quota,
+        lambda items: (
+            len(items) == 1 and "pods" in ((items[0].status and items[0].status.hard) or {})
+        ),
+        namespace=namespace,
+        field_selector=f"metadata.name={name}",
+        timeout_s=60,
+        what=f"ResourceQuota {namespace}/{name} counted",
+    )

@@ -53,6 +53,7 @@ from sandbox.cluster.waits import wait_for
 from sandbox.prefect_stack import poll
 from sandbox.runtimes import install as runtimes_install
 from tests.real.ray_support import OLD_TEMPLATES, render_old_workload
+from tests.real_cluster import counted_pod_quota
 from tests.real_deploy import RealStores, write_real_spec
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -255,19 +256,7 @@ def _a_prefill_down_keeps_the_router_ready_and_drops_the_old_one(
     # quota below the namespace's count (quota admission needs the quota's status first).
     pods_now = len(core.list_namespaced_pod(namespace).items)
     quota = "no-new-pods"
-    core.create_namespaced_resource_quota(
-        namespace, {"metadata": {"name": quota}, "spec": {"hard": {"pods": str(pods_now - 1)}}}
-    )
-    wait_for(
-        core.list_namespaced_resource_quota,
-        lambda items: (
-            len(items) == 1 and "pods" in ((items[0].status and items[0].status.hard) or {})
-        ),
-        namespace=namespace,
-        field_selector=f"metadata.name={quota}",
-        timeout_s=60,
-        what=f"ResourceQuota {quota} counted",
-    )
+    counted_pod_quota(core, namespace, quota, pods_now - 1)
     marks["quota counted"] = time.monotonic() - t0
     down = f"{name}-prefill-1"
     t_down = time.monotonic()

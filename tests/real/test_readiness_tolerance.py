@@ -41,8 +41,8 @@ from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.readiness import WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from sandbox.cluster.node_agent import NodeSpec
-from sandbox.cluster.waits import wait_for
 from sandbox.oss import OssServer
+from tests.real_cluster import counted_pod_quota
 
 WAIT_S = 60.0
 AK_ID, AK_SECRET = "LTAI-tolerance-test", "tolerance-test-secret"
@@ -351,19 +351,7 @@ def pod_quota(real_admin: k8s.ApiClient, real_namespace: str) -> Callable[[int],
     admission refuses with `status unknown for quota` until the controller has counted it);
     returns ``set_pods(n)``."""
     core = k8s.CoreV1Api(real_admin)
-    core.create_namespaced_resource_quota(
-        real_namespace, {"metadata": {"name": QUOTA}, "spec": {"hard": {"pods": "0"}}}
-    )
-    wait_for(
-        core.list_namespaced_resource_quota,
-        lambda items: (
-            len(items) == 1 and "pods" in ((items[0].status and items[0].status.hard) or {})
-        ),
-        namespace=real_namespace,
-        field_selector=f"metadata.name={QUOTA}",
-        timeout_s=60,
-        what=f"ResourceQuota {QUOTA} counted",
-    )
+    counted_pod_quota(core, real_namespace, QUOTA, 0)
     return lambda pods: core.patch_namespaced_resource_quota(
         QUOTA, real_namespace, {"spec": {"hard": {"pods": str(pods)}}}
     )
