@@ -333,6 +333,18 @@ class SandboxServer:
             if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
                 raise TimeoutError(f"{self._in_flight} request(s) still in flight")
 
+    def settle(self, timeout: float = 5.0) -> bool:
+        """``wait_idle`` that gives up quietly; True when no request was left in flight.
+
+        Used before clearing counters, so a record of a request the client already saw
+        answered cannot land after the reset and be counted against the next step.
+        """
+        try:
+            self.wait_idle(timeout)
+        except TimeoutError:
+            return False
+        return True
+
     # -- observation (also served on the admin endpoints) --------------------------------
     def stats(self) -> dict[str, object]:
         """Counters for the admin ``stats`` endpoint; subclasses add their own."""

@@ -347,6 +347,7 @@ class HubServer(SandboxServer):
         return self._bytes_served.value
 
     def reset_counters(self) -> None:
+        self.settle()
         self._bytes_served.reset()
         self.request_log.clear()
 

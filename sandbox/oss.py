@@ -494,6 +494,7 @@ class OssServer(SandboxServer):
         return self._bytes_sent.value
 
     def reset_counters(self) -> None:
+        self.settle()
         self._bytes_received.reset()
         self._bytes_sent.reset()
         self.request_log.clear()

@@ -113,6 +113,7 @@ def test_preflight_lists_every_problem_and_writes_nothing(
     assert "acme/tiny@v2" in out  # hub revision
     assert "flow run" in out
     assert WRONG_SECRET not in out and KEY_ID not in out
+    oss.wait_idle()  # the last request's record lands just after its answer
     requests = oss.request_log.snapshot()
     assert any(r.status == 403 for r in requests)  # the bucket check really asked OSS
     assert [r for r in requests if r.method in ("PUT", "POST", "DELETE")] == []
