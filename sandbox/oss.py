@@ -1558,6 +1558,9 @@ class _OssHandler(SandboxHandler):
             md5s.update(bytes.fromhex(part.md5))
         etag = f"{md5s.hexdigest().upper()}-{len(chosen)}"
         udir = oss.data_dir / "uploads" / upload.upload_id
+        # The upload leaves and the object arrives in one step: a client whose first complete
+        # timed out retries, gets NoSuchUpload and HEADs the key, which must then find the
+        # object (bench/reliability's OSS stall trial at load 21 saw a 404 in between).
         with oss._lock:
             if oss._uploads.pop(upload.upload_id, None) is None:
                 raise OssError(404, "NoSuchUpload", "The specified upload does not exist.",
@@ -1565,19 +1568,19 @@ class _OssHandler(SandboxHandler):
             segments = []
             for part in chosen:
                 segments.append(self._install_segment(oss, self._bucket, udir / part.file))
-        meta = ObjectMeta(
-            key=self._key,
-            size=sum(p.size for p in chosen),
-            etag=etag,
-            crc64=crc,
-            content_type=upload.content_type,
-            user_meta=upload.user_meta,
-            last_modified=time.time(),
-            object_type="Multipart",
-            segments=segments,
-            segment_sizes=[p.size for p in chosen],
-        )
-        oss._commit_object(self._bucket, meta)
+            meta = ObjectMeta(
+                key=self._key,
+                size=sum(p.size for p in chosen),
+                etag=etag,
+                crc64=crc,
+                content_type=upload.content_type,
+                user_meta=upload.user_meta,
+                last_modified=time.time(),
+                object_type="Multipart",
+                segments=segments,
+                segment_sizes=[p.size for p in chosen],
+            )
+            oss._commit_object(self._bucket, meta)
         shutil.rmtree(udir, ignore_errors=True)
         url = self._params.get("encoding-type") == "url"
         key = quote(self._key, safe="") if url else self._key

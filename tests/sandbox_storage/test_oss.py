@@ -275,3 +275,27 @@ def test_secrets_never_logged(oss: OssServer, capfd: pytest.CaptureFixture[str])
     assert SK not in info.value.body.decode() and "wrong-secret-xyz" not in info.value.body.decode()
     oss.wait_idle()
     assert SK not in repr(oss.request_log.snapshot())
+
+
+def test_complete_multipart_swaps_upload_for_object_in_one_step(
+    oss: OssServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client whose complete timed out retries it, gets NoSuchUpload and HEADs the key
+    # (llm_rollout/mirror/transfer.py); the object must already be there, so no request may
+    # see the upload gone and the object not yet committed.
+    b = _bucket(oss)
+    up = b.init_multipart_upload("atomic.bin").upload_id
+    part = b.upload_part("atomic.bin", up, 1, b"x" * 1024)
+    seen: list[tuple[bool, bool]] = []
+    commit = OssServer._commit_object
+
+    def observed(self: OssServer, bucket: str, meta: object) -> None:
+        # From inside the commit: is the upload already gone, and is the server's lock (an
+        # RLock, so other requests wait on it) held by this handler the whole time?
+        seen.append((up not in self._uploads, self._lock._is_owned()))  # type: ignore[attr-defined]
+        commit(self, bucket, meta)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(OssServer, "_commit_object", observed)
+    b.complete_multipart_upload("atomic.bin", up, [PartInfo(1, part.etag)])
+    assert seen == [(True, True)]
+    assert b.head_object("atomic.bin").content_length == 1024
