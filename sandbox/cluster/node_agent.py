@@ -35,6 +35,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from sandbox.cluster.pods.memory import MemoryCgroups
 from sandbox.cluster.pods.node import NodePods, PodsConfig
 from sandbox.cluster.pods.runner import FIELD_MANAGER
 from sandbox.cluster.pods.server import KUBELET_PORT
@@ -280,6 +281,9 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
     for handle in handles:
         handle.register()
     node_pods = []
+    # One set of memory cgroups for the agent's containers, whichever node runs them; without
+    # a usable memory controller the agent says so once and sets no limits.
+    memory = MemoryCgroups.open() if config.pods is not None else MemoryCgroups(None)
     if config.pods is not None:
         for handle in handles:
             # A lost node's pods keep running, unheard: the stop file cuts them off too.
@@ -290,6 +294,7 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
                 handle.api,
                 config.pods,
                 stopped.exists,
+                memory,
                 registry_fault=functools.partial(registry_fault, config.control_dir),
             )
             node_pods.append(pods)
@@ -301,9 +306,10 @@ def run(config: AgentConfig, stop: threading.Event) -> None:
     try:
         _heartbeats(config, handles, stop)
     finally:
-        # Every pod's processes and sandbox go with the agent.
+        # Every pod's processes and sandbox go with the agent, then their memory cgroups.
         for pods in node_pods:
             pods.stop()
+        memory.close()
 
 
 def _heartbeats(config: AgentConfig, handles: list[NodeHandle], stop: threading.Event) -> None:

@@ -41,6 +41,20 @@ def wait_pod(admin: k8s.ApiClient, namespace: str, name: str, what: str, check: 
     return pod
 
 
+def delete_pod(admin: k8s.ApiClient, namespace: str, name: str) -> None:
+    """Delete the pod and wait until its node has stopped it and removed it from the API."""
+    core = k8s.CoreV1Api(admin)
+    core.delete_namespaced_pod(name, namespace)
+    wait_for(
+        core.list_namespaced_pod,
+        lambda items: not items,
+        namespace=namespace,
+        field_selector=f"metadata.name={name}",
+        timeout_s=POD_TIMEOUT_S,
+        what=f"pod {name} deleted by its node",
+    )
+
+
 def is_ready(pod: k8s.V1Pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 

@@ -22,6 +22,7 @@ from tests.cluster.pod_helpers import (
     POD_TIMEOUT_S,
     SHELL_IMAGE,
     alive,
+    delete_pod,
     interfaces,
     is_ready,
     make_pod,
@@ -491,15 +492,7 @@ def test_deleting_a_pod_stops_its_processes_and_sandbox(
     # /proc/net/dev lists the interfaces of the reader's network namespace (/sys/class/net
     # shows the namespace sysfs was mounted in, the root one).
     assert veth in interfaces()
-    core.delete_namespaced_pod("doomed", namespace)
-    wait_for(
-        core.list_namespaced_pod,
-        lambda items: not items,
-        namespace=namespace,
-        field_selector="metadata.name=doomed",
-        timeout_s=POD_TIMEOUT_S,
-        what="pod doomed deleted by its node",
-    )
+    delete_pod(admin, namespace, "doomed")
     assert not [p for p in marked if alive(p)]
     assert not marked_processes(marker)
     assert veth not in interfaces()

@@ -15,7 +15,9 @@ first's for its own). Commands run in a running container (exec probes,
 ``kubectl exec``) enter its namespaces (``enter_container``). Processes stay in
 the node agent's process group, so the harness's stop of the agent reaches any that are left.
 Each run's stdout and stderr go to a file of its own: the current run's is the container's log,
-the one before it is ``--previous``.
+the one before it is ``--previous``. Each run's processes, and the commands run in it, are in
+the run's memory cgroup (``sandbox.cluster.pods.memory``), which bounds them by the container's
+memory limit and tells an OOM kill.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from sandbox.cluster.pods.memory import RunCgroup, remove_cgroup
 
 # k8s.io/kubernetes pkg/kubelet/kubelet.go: backOffPeriod = 10 s, MaxContainerBackOff = 300 s;
 # the back-off doubles from one to the next and resets after a run longer than twice the
@@ -90,6 +94,9 @@ class Run:
     finished_mono: float = 0.0
     killed: bool = False
     exited: threading.Event = field(default_factory=threading.Event)
+    cgroup: RunCgroup | None = None
+    # The kernel OOM-killed a process of the run (its cgroup's count, read at its end).
+    oom_killed: bool = False
 
     def pid1(self) -> int | None:
         """The container's PID 1 (the child of ``unshare --fork``), once it exists."""
@@ -141,13 +148,17 @@ _PRIVATE_TMP = (
 )
 
 
-def enter_container(pid1: int, workdir: str | None = None) -> list[str]:
+def enter_container(
+    pid1: int, workdir: str | None = None, cgroup: RunCgroup | None = None
+) -> list[str]:
     """The argv prefix that runs a command inside a running container: the pod's network and
-    UTS namespaces, and the container's own mount (its /proc and /tmp) and PID namespaces."""
+    UTS namespaces, and the container's own mount (its /proc and /tmp) and PID namespaces; and
+    its memory cgroup, as runc's exec joins the container's cgroups."""
     prefix = ["nsenter", f"--target={pid1}", "--net", "--uts", "--mount", "--pid"]
     if workdir:
         prefix.append(f"--wd={workdir}")
-    return [*prefix, "--"]
+    join = cgroup.join_argv() if cgroup is not None else []
+    return [*join, *prefix, "--"]
 
 
 def start_run(
@@ -158,29 +169,45 @@ def start_run(
     log: Path,
     on_exit: Callable[[], None],
     private_tmp: bool = False,
+    cgroup: RunCgroup | None = None,
 ) -> Run:
     """Start one run and a thread that records its exit and calls ``on_exit``. With
-    ``private_tmp`` the run has a /tmp of its own, empty at its start."""
+    ``private_tmp`` the run has a /tmp of its own, empty at its start; with ``cgroup`` its
+    processes are in that memory cgroup, removed once the run has ended."""
     log.parent.mkdir(parents=True, exist_ok=True)
     unshare = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
     private = ["/bin/sh", "-c", _PRIVATE_TMP, "container"] if private_tmp else []
+    join = cgroup.join_argv() if cgroup is not None else []
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [*enter, *unshare, *private, *argv],
+            [*join, *enter, *unshare, *private, *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,
         )
-    run = Run(process=process, log=log, started_at=utc_now(), started_mono=time.monotonic())
+    run = Run(
+        process=process,
+        log=log,
+        started_at=utc_now(),
+        started_mono=time.monotonic(),
+        cgroup=cgroup,
+    )
 
     def wait() -> None:
         code = process.wait()
+        # unshare returns once the PID namespace is empty (its PID 1's exit kills the rest and
+        # waits for them), so the count is final here.
+        if cgroup is not None:
+            run.oom_killed = cgroup.oom_killed()
+            remove_cgroup(cgroup.path)
         # A run killed by a signal reports 128 + the signal, as container runtimes do.
         # unshare re-raises its child's fatal signal on itself, except SIGKILL, which it
         # cannot reset to SIG_DFL: util-linux 2.38 (this machine's) sys-utils/unshare.c then
-        # exits 1 (later versions skip the reset for SIGKILL).
-        if run.killed and code == 1:
+        # exits 1 (later versions skip the reset for SIGKILL). That 1 is read as SIGKILL after
+        # the agent's own kill, and after an OOM kill (the kernel's SIGKILL): a PID 1 that
+        # itself exits 1 after the kernel killed one of its children reads 137 too.
+        if (run.killed or run.oom_killed) and code == 1:
             code = -signal.SIGKILL
         run.exit_code = code if code >= 0 else 128 - code
         run.finished_at = utc_now()

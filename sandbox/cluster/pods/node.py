@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes import client as k8s
 
 from sandbox.cluster.pods.containers import BACKOFF_BASE_S, BACKOFF_MAX_S, BackoffPolicy
+from sandbox.cluster.pods.memory import MemoryCgroups
 from sandbox.cluster.pods.runner import NodeContext, PodRunner, no_registry_fault
 from sandbox.cluster.pods.sandbox import PodIpAllocator
 from sandbox.cluster.pods.server import KUBELET_PORT, KubeletServer
@@ -66,9 +67,11 @@ class NodePods:
         api: k8s.ApiClient,
         config: PodsConfig,
         cut_off: Callable[[], bool],
+        memory: MemoryCgroups,
         registry_fault: Callable[[str], str | None] = no_registry_fault,
     ) -> None:
         self.cut_off = cut_off
+        self.memory = memory
         self.registry_fault = registry_fault
         self.node_name = node_name
         self.internal_ip = internal_ip
@@ -108,6 +111,7 @@ class NodePods:
             backoff=BackoffPolicy(self.config.backoff_base_s, self.config.backoff_max_s),
             nameserver=self.config.nameserver,
             cut_off=self.cut_off,
+            memory=self.memory,
             registry_fault=self.registry_fault,
         )
         self.runner = PodRunner(ctx)

@@ -39,6 +39,7 @@ from sandbox.cluster.pods.containers import (
     start_run,
     utc_now,
 )
+from sandbox.cluster.pods.memory import OOM_KILLED, MemoryCgroups, memory_limit_bytes
 from sandbox.cluster.pods.probes import ProbeKind, ProbeSpec, ProbeWorker, prober_for
 from sandbox.cluster.pods.sandbox import (
     PodIpAllocator,
@@ -100,6 +101,8 @@ class NodeContext:
     # True while the node is cut off from the API server (a lost node, issue 14 item 7): its
     # pods keep running, but it neither hears of changes nor writes status or Events.
     cut_off: Callable[[], bool]
+    # The agent's memory cgroups (one per container run), shared by its nodes.
+    memory: MemoryCgroups
     # image -> the registry's error for a pull of it now, None when the pull goes through
     # (node_agent.registry_faults_file).
     registry_fault: Callable[[str], str | None] = no_registry_fault
@@ -261,7 +264,7 @@ class PodWorker:
                 pid1 = s.run.pid1()
                 if pid1 is None:
                     return self.sandbox.enter(workdir), s.env
-                return enter_container(pid1, workdir), s.env
+                return enter_container(pid1, workdir, s.run.cgroup), s.env
         return None
 
     def sandbox_pid(self) -> int | None:
@@ -448,7 +451,13 @@ class PodWorker:
         s.exit_handled = True
         s.stop_probes()
         assert run.finished_at is not None
-        term = Terminated(run.exit_code, run.started_at, run.finished_at, s.record.container_id)
+        term = Terminated(
+            run.exit_code,
+            run.started_at,
+            run.finished_at,
+            s.record.container_id,
+            reason=OOM_KILLED if run.oom_killed else "",
+        )
         record = s.record
         record.running_since = None
         record.ready = False
@@ -578,6 +587,9 @@ class PodWorker:
             log=log_file,
             on_exit=self._wake.set,
             private_tmp=runtime.private_tmp,
+            cgroup=self.ctx.memory.create(
+                self.uid, f"{s.name}-{attempt}", memory_limit_bytes(s.spec)
+            ),
         )
         s.logs.append(log_file)
         s.exit_handled = False
@@ -648,7 +660,7 @@ class PodWorker:
 
         def enter() -> list[str]:
             pid1 = run.pid1()
-            return sandbox.enter() if pid1 is None else enter_container(pid1)
+            return sandbox.enter() if pid1 is None else enter_container(pid1, None, run.cgroup)
 
         for kind, key in (
             (ProbeKind.STARTUP, "startupProbe"),
@@ -796,6 +808,8 @@ class PodWorker:
         if self.sandbox is not None:
             self.sandbox.teardown()
             self.sandbox = None
+        # Each run's cgroup went with the run; the pod's own is left.
+        self.ctx.memory.remove_pod(self.uid)
         if self.pod_ip:
             self.ctx.allocator.release(self.pod_ip)
 
