@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -18,6 +19,7 @@ from sandbox.cluster.control_plane import (
     stop_cluster,
 )
 from sandbox.cluster.node_agent import NodeSpec
+from sandbox.cluster.pods.memory import memory_controller_unavailable, own_memory_cgroup
 from sandbox.cluster.pods.sandbox import veth_name
 from tests.cluster.pod_helpers import (
     interfaces,
@@ -64,6 +66,10 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
     cluster: Cluster, gpu_nodes: tuple[NodeSpec, ...]
 ) -> None:
     solo = NodeSpec(name="solo-node", internal_ip="10.244.254.9", gpus=1)
+    # The node agents' memory cgroups, under ours (sandbox/cluster/pods/memory.py).
+    own_cgroup = own_memory_cgroup(Path("/proc/self/cgroup").read_text())
+    cgroups_before = set(own_cgroup.glob("llm-rollout-*")) if own_cgroup else set()
+    limited = own_cgroup is not None and not memory_controller_unavailable()
     extra = start_cluster(
         ClusterConfig(
             nodes=(solo,),
@@ -93,6 +99,7 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
                         "main",
                         f"exec sleep 3600 # {marker}",
                         env=[{"name": "MARKER", "value": marker}],
+                        resources={"limits": {"memory": "64Mi"}},
                     )
                 ],
             ),
@@ -101,10 +108,15 @@ def test_a_short_lived_cluster_runs_beside_the_session_one_and_leaves_nothing(
         assert marked_processes(marker)
         veth = veth_name(running.metadata.uid)
         assert veth in interfaces()
+        pod_cgroups = f"llm-rollout-*/{running.metadata.uid}/main-0"
+        memory_cgroups = set(own_cgroup.glob(pod_cgroups)) if own_cgroup and limited else set()
+        assert memory_cgroups or not limited
     finally:
         stop_cluster(extra)
     assert not marked_processes(marker)
     assert veth not in interfaces()
+    assert not [p for p in memory_cgroups if p.exists()]
+    assert (set(own_cgroup.glob("llm-rollout-*")) if own_cgroup else set()) == cgroups_before
     pids = [c.process.pid for c in extra.supervisor.components]
     assert all(c.process.returncode is not None for c in extra.supervisor.components)
     assert not [pid for pid in pids if psutil.pid_exists(pid)]

@@ -1,9 +1,8 @@
 """Watch-based readiness and its failure classes on the session's real cluster: the pods run on
 the node agent, the Deployment controller and scheduler are the real ones, and API faults go
-through the identity-keeping proxy (``sandbox/cluster/api_proxy.py``).
-
-OOMKilled is not produced here (the node agent enforces no memory limit); its classification
-is covered by the rule tests (tests/kube_edge/test_readiness_rules*.py).
+through the identity-keeping proxy (``sandbox/cluster/api_proxy.py``). OOMKilled is a real kill
+of the node agent's memory cgroup (sandbox/cluster/pods/memory.py), skipped where the agent has
+no memory controller.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from llm_rollout.readiness import (
 )
 from sandbox.cluster.api_proxy import ApiFaultProxy, FaultRule, running_proxy
 from sandbox.cluster.control_plane import Cluster
+from sandbox.cluster.pods.memory import memory_controller_unavailable
 from tests.cluster.faults_support import admin_via, seen
 
 WAIT_S = 60.0
@@ -93,6 +93,28 @@ def test_crash_loop_reports_previous_container_logs(
     # The kubelet's BackOff event for a crash loop (pkg/kubelet/kuberuntime's
     # "Back-off restarting failed container %s in pod %s"), naming the container.
     assert info.value.event_message.startswith("Back-off restarting failed container ")
+
+
+NO_MEMORY_CGROUP = memory_controller_unavailable()
+
+
+@pytest.mark.skipif(bool(NO_MEMORY_CGROUP), reason=f"memory cgroup unavailable: {NO_MEMORY_CGROUP}")
+def test_oom_killed_names_the_container(real_admin: k8s.ApiClient, real_namespace: str) -> None:
+    # tail holds the newline-less stream in memory: 300 MiB against a 64 MiB limit. As an
+    # engine that runs out of memory while it loads, it never answers its probe.
+    container = {
+        "command": ["sh", "-c", "echo loading; head -c 300m /dev/zero | tail"],
+        "resources": {"limits": {"memory": "64Mi"}},
+        "readinessProbe": {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 1},
+    }
+    ref = _deploy(real_admin, real_namespace, "hungry", container=container)
+    with pytest.raises(WorkloadFailed) as info:
+        wait_ready(real_admin, ref, timeout_s=WAIT_S)
+    failure = info.value
+    assert failure.reason == "OOMKilled"
+    assert failure.detail == "container engine OOMKilled (exit 137)"
+    assert failure.pod is not None and failure.pod.name.startswith("hungry-")
+    assert "loading" in failure.log_lines
 
 
 def test_unschedulable_names_the_scheduler_message(
