@@ -4,18 +4,20 @@ As runc does for the CRI runtime, each run of a container (a new container ID on
 gets a memory cgroup of its own, here ``<the agent's memory cgroup>/llm-rollout-<pid>/<pod
 uid>/<container>-<attempt>``, with ``memory.limit_in_bytes`` set to the container's
 ``resources.limits.memory`` (rounded up to a byte, Quantity.Value()) and, as the kubelet asks
-for on cgroup v1 when the node has no swap configured, the same swap-inclusive limit
-(``memory.memsw.limit_in_bytes``; pkg/kubelet/kuberuntime/kuberuntime_container_linux.go,
-swap behaviour NoSwap). A container without a memory limit still gets its cgroup, without a
-limit. The pod's own cgroup carries no limit (pod-level accounting is not modelled).
+for on cgroup v1 when swap is not allowed, the same swap-inclusive limit
+(``memory.memsw.limit_in_bytes``; pkg/kubelet/kuberuntime/kuberuntime_container_linux.go
+swapConfigurationHelper.ConfigureNoSwap: MemorySwapLimitInBytes = MemoryLimitInBytes). A
+container without a memory limit still gets its cgroup, without a limit. The pod's own cgroup
+carries no limit (pod-level accounting is not modelled).
 
 An OOM kill is read as containerd's runc shim sees one on cgroup v1: the shim waits on the
 cgroup's ``memory.oom_control`` event fd (containerd ``pkg/oom/v1/v1.go``) and publishes
 TaskOOM, which the CRI plugin turns into the container's reason "OOMKilled" whatever the exit
 code (``internal/cri/server/events.go`` TaskOOM -> ``oomExitReason``; ``container_status.go``
-toCRIContainerStatus keeps that reason, else "Completed"/"Error"); the kubelet copies the
-reason into ``state.terminated``/``lastState.terminated`` (``pkg/kubelet/kuberuntime/
-kuberuntime_container.go`` toKubeContainerStatus). Here the run's cgroup is read once the run
+toCRIContainerStatus keeps that reason, else "Completed"/"Error"); the kubelet takes it as
+it is (``pkg/kubelet/kuberuntime/kuberuntime_container.go`` toKubeContainerStatus) into
+``state.terminated``, then ``lastState.terminated`` once restarted (``pkg/kubelet/
+kubelet_pods.go`` convertToAPIContainerStatuses). Here the run's cgroup is read once the run
 has ended: its ``oom_kill`` counter (kernel 4.13+) counts the kernel's kills in it.
 
 Without a writable memory controller (no v1 hierarchy mounted, or our cgroup not writable) the
@@ -36,7 +38,7 @@ from kubernetes.utils import parse_quantity
 log = logging.getLogger("node-agent.memory")
 
 MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
-# runc's words are "OOMKilled" too; containerd internal/cri/server/helpers.go oomExitReason.
+# containerd's CRI plugin's oomExitReason (internal/cri/server).
 OOM_KILLED = "OOMKilled"
 # A cgroup's last processes may still be leaving when the run's parent has been reaped (an
 # exec'd command's nsenter outside the container's PID namespace); rmdir is retried this long.
