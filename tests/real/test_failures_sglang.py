@@ -17,10 +17,9 @@ Every failure is made with real components, each the way a cluster shows it:
   more GPUs than a node has before any write, see the preflight cases below);
 - FailedMount: the sandbox OSS refuses the node's reads of a new PV (403), so the node agent's
   OSS CSI stand-in fails NodePublishVolume as ossfs would.
-OOMKilled is not made here: the node agent sets no memory limit on a container (it runs the
-command in network namespaces only; this machine's memory cgroup is v1), so nothing kills a
-container for exceeding one; the rule is tested on observed statuses in
-tests/kube_edge/test_readiness_rules_edges.py and tests/deploy/test_release_plain.py.
+OOMKilled is made in tests/real/test_readiness_classes.py (a Deployment over its 64Mi limit; the
+node agent's per-container memory cgroup, sandbox/cluster/pods/memory.py), not in this module's
+release flow.
 """
 
 from __future__ import annotations
