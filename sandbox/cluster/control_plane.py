@@ -31,7 +31,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from sandbox.cluster import build, lws, netns, rbg
+from sandbox.cluster import build, lws, netns, rbg, rbg_v07
 from sandbox.cluster.node_agent import NodeSpec, agent_argv, write_agent_config
 from sandbox.cluster.pki import CertPair, ClusterPki, make_pki
 from sandbox.cluster.pods.containers import BACKOFF_BASE_S
@@ -619,16 +619,18 @@ class _Starter:
         """Apply the RoleBasedGroup CRD and the reconciler's ClusterRole bound to its user;
         return the CRD's name."""
         crd_docs = _load_yaml_docs([crd])
+        if crd == rbg.CRD_V07:
+            crd_docs += rbg_v07.child_crds()
         apply_documents(api, crd_docs)
         role = rbg.cluster_role()
         apply_documents(api, [role, _bind_user(rbg.USER, role["metadata"]["name"])])
         return [str(d["metadata"]["name"]) for d in crd_docs]
 
-    def rbg_reconciler(self) -> Callable[[], None]:
+    def rbg_reconciler(self, crd: Path) -> Callable[[], None]:
         kubeconfig = self._kubeconfig(rbg.USER, self.pki.client(rbg.USER))
         ready_file = self.run_dir / "rbg-listed"
         component = self.supervisor.start(
-            RBG_RECONCILER, rbg.reconciler_argv(kubeconfig, ready_file=ready_file)
+            RBG_RECONCILER, rbg.reconciler_argv(kubeconfig, ready_file=ready_file, crd=crd)
         )
         return self._wait_later(component, ready_file.exists)
 
@@ -839,7 +841,7 @@ def start_cluster(config: ClusterConfig, *, binaries: Path | None = None) -> Clu
         if config.with_lws:
             operator_waits.append(starter.lws_manager())
         if config.rbg_crd is not None:
-            operator_waits.append(starter.rbg_reconciler())
+            operator_waits.append(starter.rbg_reconciler(config.rbg_crd))
         for wait in operator_waits:
             wait()
         if config.with_lws:
@@ -873,9 +875,9 @@ def ensure_rbg_crd(cluster: Cluster, crd: Path, *, timeout_s: float) -> float:
     when another is installed (issue 14, item 5: a swap fixture rather than an extra
     cluster). Returns the seconds a swap took, 0 when ``crd`` was already installed.
 
-    Our reconciler runs only beside v0.6.0's CRD: it speaks that release's v1alpha1 and none of
-    v0.7's RoleInstanceSet chain. The old CRD is deleted, with every group in it, rather than
-    edited: the API server refuses to drop a version objects were stored at
+    The reconciler of the release restarts with it (``rbg.py`` for v0.6.0's v1alpha1 roles,
+    ``rbg_v07.py`` for v0.7.0's RoleInstanceSet chain). The old CRD is deleted, with every
+    group in it, rather than edited: the API server refuses to drop a version objects were stored at
     (``status.storedVersions``). A swap is slow (v0.7.0's CRD is 2.9 MB): test modules that
     need one release ask for it, and the swap back happens only when a later test needs it.
     """
@@ -898,16 +900,20 @@ def ensure_rbg_crd(cluster: Cluster, crd: Path, *, timeout_s: float) -> float:
         if time.monotonic() > deadline:
             raise TimeoutError(f"CRD {rbg.CRD_NAME} still present after {timeout_s:.0f} s")
         time.sleep(0.2)
-    apply_documents(api, wanted)
-    _wait_crds_established(api, [rbg.CRD_NAME], timeout_s)
-    if crd == rbg.CRD_V06:
-        kubeconfig = cluster.run_dir / "kubeconfigs" / f"{rbg.USER}.yaml"
-        ready_file = cluster.run_dir / "rbg-listed"
-        ready_file.unlink(missing_ok=True)
-        component = supervisor.start(
-            RBG_RECONCILER, rbg.reconciler_argv(kubeconfig, ready_file=ready_file)
-        )
-        supervisor.wait_ready(component, ready_file.exists, timeout_s=timeout_s)
+    # v0.7's RoleInstanceSet and RoleInstance kinds come with its CRD (rbg_v07.child_crds);
+    # left installed after a swap back, where nothing creates them.
+    children = rbg_v07.child_crds() if crd == rbg.CRD_V07 else []
+    apply_documents(api, [*wanted, *children])
+    _wait_crds_established(
+        api, [rbg.CRD_NAME, *(c["metadata"]["name"] for c in children)], timeout_s
+    )
+    kubeconfig = cluster.run_dir / "kubeconfigs" / f"{rbg.USER}.yaml"
+    ready_file = cluster.run_dir / "rbg-listed"
+    ready_file.unlink(missing_ok=True)
+    component = supervisor.start(
+        RBG_RECONCILER, rbg.reconciler_argv(kubeconfig, ready_file=ready_file, crd=crd)
+    )
+    supervisor.wait_ready(component, ready_file.exists, timeout_s=timeout_s)
     return time.monotonic() - started
 
 

@@ -109,7 +109,6 @@ def cluster_role() -> Obj:
         "kind": "ClusterRole",
         "metadata": {"name": "rbgs-controller-role"},
         "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
             {
                 "apiGroups": [GROUP],
                 "resources": [PLURAL],
@@ -123,6 +122,20 @@ def cluster_role() -> Obj:
                 "verbs": ["create", "get", "list", "patch", "update", "watch"],
             },
             {"apiGroups": ["apps"], "resources": ["statefulsets", "deployments"], "verbs": rw},
+            # v0.7.0 (config/rbac/role.yaml): its RoleInstanceSets, RoleInstances and the
+            # pods these create, whose gate conditions it writes (rbg_v07.py).
+            {
+                "apiGroups": [GROUP],
+                "resources": [
+                    "roleinstancesets",
+                    "roleinstancesets/status",
+                    "roleinstances",
+                    "roleinstances/status",
+                ],
+                "verbs": rw,
+            },
+            {"apiGroups": [""], "resources": ["pods"], "verbs": rw},
+            {"apiGroups": [""], "resources": ["pods/status"], "verbs": ["get", "patch", "update"]},
         ],
     }
 
@@ -181,29 +194,37 @@ def role_env(rbg: Obj, role: Obj) -> list[Obj]:
     return env
 
 
-def pod_template(rbg: Obj, role: Obj, labels: dict[str, str]) -> Obj:
-    """The role's template with the config volume, the env (merged by name, sorted) and the
-    common labels (PodReconciler.ConstructPodTemplateSpecApplyConfiguration)."""
-    template = copy.deepcopy(role.get("template") or {})
-    spec = template.setdefault("spec", {})
+def mount_group_config(spec: Obj, configmap: str) -> None:
+    """InjectConfig: the group's ``config.yaml`` from ``configmap`` as volume
+    ``rbg-cluster-config``, mounted read-only at ``/etc/rbg`` in every container (v0.6 names
+    the ConfigMap ``<rbg>-<role>``, v0.7 ``<rbg>``)."""
     volumes = spec.setdefault("volumes", [])
     if not any(v.get("name") == CONFIG_VOLUME for v in volumes):
         volumes.append(
             {
                 "name": CONFIG_VOLUME,
                 "configMap": {
-                    "name": workload_name(rbg["metadata"]["name"], role["name"]),
+                    "name": configmap,
                     "items": [{"key": CONFIG_KEY, "path": CONFIG_KEY}],
                 },
             }
         )
-    injected = role_env(rbg, role)
     for container in spec.get("containers") or []:
         mounts = container.setdefault("volumeMounts", [])
         if not any(
             m.get("name") == CONFIG_VOLUME and m.get("mountPath") == CONFIG_MOUNT for m in mounts
         ):
             mounts.append({"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True})
+
+
+def pod_template(rbg: Obj, role: Obj, labels: dict[str, str]) -> Obj:
+    """The role's template with the config volume, the env (merged by name, sorted) and the
+    common labels (PodReconciler.ConstructPodTemplateSpecApplyConfiguration)."""
+    template = copy.deepcopy(role.get("template") or {})
+    spec = template.setdefault("spec", {})
+    mount_group_config(spec, workload_name(rbg["metadata"]["name"], role["name"]))
+    injected = role_env(rbg, role)
+    for container in spec.get("containers") or []:
         merged = {e["name"]: e for e in container.get("env") or []}
         merged.update({e["name"]: e for e in injected})
         container["env"] = [merged[name] for name in sorted(merged)]
@@ -283,6 +304,33 @@ def ready_condition(ready: bool, previous: list[Obj], now: str) -> Obj:
     }
 
 
+def roles_ready(roles: list[Obj], current: list[Obj]) -> bool:
+    """updateRBGStatus: every role has a status whose replicas are the role's and all ready."""
+    by_name = {c["name"]: c for c in current}
+    return all(
+        r["name"] in by_name
+        and by_name[r["name"]]["replicas"] == int(r.get("replicas", 1))
+        and by_name[r["name"]]["replicas"] == by_name[r["name"]]["readyReplicas"]
+        for r in roles
+    )
+
+
+def merge_role_statuses(previous: list[Obj], current: list[Obj]) -> list[Obj]:
+    """updateRBGStatus keeps an existing entry unless its replicas or readyReplicas moved,
+    and appends the new ones (v0.6.0 and v0.7.0 alike)."""
+    merged = list(previous)
+    for entry in current:
+        index = next((i for i, s in enumerate(merged) if s["name"] == entry["name"]), None)
+        if index is None:
+            merged.append(entry)
+        elif (merged[index].get("replicas"), merged[index].get("readyReplicas")) != (
+            entry["replicas"],
+            entry["readyReplicas"],
+        ):
+            merged[index] = entry
+    return merged
+
+
 @dataclass
 class _Workload:
     kind: str
@@ -298,7 +346,7 @@ class Reconciler:
         self.custom = k8s.CustomObjectsApi(api)
         self.core = k8s.CoreV1Api(api)
         self.apps = k8s.AppsV1Api(api)
-        self.queue: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.queue: queue.Queue[tuple[str, ...]] = queue.Queue()
         self.events: dict[tuple[str, str, str, str], tuple[str, int]] = {}
         self.workloads = {
             STATEFULSET: _Workload(
@@ -340,11 +388,18 @@ class Reconciler:
             )
         )
 
-    def event(self, rbg: Obj, kind: str, reason: str, message: str) -> None:
-        """Record an Event on the group; a repeat of the same one raises its count, as
-        client-go's event correlator does (tools/record/events_cache.go), instead of adding
-        one per requeue."""
-        meta = rbg["metadata"]
+    def event(
+        self,
+        obj: Obj,
+        kind: str,
+        reason: str,
+        message: str,
+        component: str = CONTROLLER_NAME,
+    ) -> None:
+        """Record an Event on ``obj`` (the group unless a v0.7 controller names its own object)
+        as ``component``; a repeat of the same one raises its count, as client-go's event
+        correlator does (tools/record/events_cache.go), instead of adding one per requeue."""
+        meta = obj["metadata"]
         now = datetime.datetime.now(datetime.UTC).isoformat()
         key = (meta["uid"], kind, reason, message)
         seen = self.events.get(key)
@@ -364,8 +419,8 @@ class Reconciler:
             {
                 "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
                 "involvedObject": {
-                    "apiVersion": rbg["apiVersion"],
-                    "kind": "RoleBasedGroup",
+                    "apiVersion": obj["apiVersion"],
+                    "kind": obj["kind"],
                     "name": meta["name"],
                     "namespace": meta["namespace"],
                     "uid": meta["uid"],
@@ -373,7 +428,7 @@ class Reconciler:
                 "reason": reason,
                 "message": message,
                 "type": kind,
-                "source": {"component": CONTROLLER_NAME},
+                "source": {"component": component},
                 "firstTimestamp": now,
                 "lastTimestamp": now,
                 "count": 1,
@@ -577,24 +632,8 @@ class Reconciler:
             current.append(entry)
         if not changed:
             return
-        ready = all(
-            (entry := next(c for c in current if c["name"] == r["name"]))["replicas"]
-            == int(r.get("replicas", 1))
-            and entry["replicas"] == entry["readyReplicas"]
-            for r in roles
-        )
-        # updateRBGStatus keeps an existing entry unless its replicas or readyReplicas moved,
-        # and appends the new ones.
-        merged = list(status.get("roleStatuses") or [])
-        for entry in current:
-            index = next((i for i, s in enumerate(merged) if s["name"] == entry["name"]), None)
-            if index is None:
-                merged.append(entry)
-            elif (merged[index].get("replicas"), merged[index].get("readyReplicas")) != (
-                entry["replicas"],
-                entry["readyReplicas"],
-            ):
-                merged[index] = entry
+        ready = roles_ready(roles, current)
+        merged = merge_role_statuses(status.get("roleStatuses") or [], current)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = rbg["metadata"]
         self.custom.patch_namespaced_custom_object_status(
@@ -656,6 +695,17 @@ class Reconciler:
                 version = None
                 stop.wait(REQUEUE_S)
 
+    def handle(self, key: tuple[str, ...]) -> None:
+        """Reconcile what ``key`` names (here a group's namespace and name)."""
+        self.reconcile(*key)
+
+    def watches(self) -> list[tuple[Callable[..., Any], tuple[str, ...]]]:
+        return [
+            (self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)),
+            (self.apps.list_stateful_set_for_all_namespaces, ()),
+            (self.apps.list_deployment_for_all_namespaces, ()),
+        ]
+
     def _enqueue(self, obj: Obj) -> None:
         meta = obj.get("metadata") or {}
         if obj.get("kind") == "RoleBasedGroup":
@@ -667,13 +717,8 @@ class Reconciler:
 
     def run(self, stop: threading.Event, ready_file: Path | None = None) -> None:
         """Reconcile until ``stop``; ``ready_file`` is created once every watch has listed."""
-        watches: list[tuple[Callable[..., Any], tuple[str, ...]]] = [
-            (self.custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL)),
-            (self.apps.list_stateful_set_for_all_namespaces, ()),
-            (self.apps.list_deployment_for_all_namespaces, ()),
-        ]
         listed = []
-        for lister, args in watches:
+        for lister, args in self.watches():
             listed.append(threading.Event())
             threading.Thread(
                 target=self._watch,
@@ -681,7 +726,7 @@ class Reconciler:
                 daemon=True,
                 name=f"watch{args}",
             ).start()
-        retry: set[tuple[str, str]] = set()
+        retry: set[tuple[str, ...]] = set()
         while not stop.is_set():
             if ready_file is not None and all(e.is_set() for e in listed):
                 ready_file.touch()
@@ -696,28 +741,25 @@ class Reconciler:
                 retry.clear()
                 continue
             try:
-                self.reconcile(*key)
+                self.handle(key)
                 retry.discard(key)
             except RoleError as exc:
-                log.info("%s/%s requeued: %s", *key, exc)
+                log.info("%s requeued: %s", "/".join(key), exc)
                 retry.add(key)
             except ApiException as exc:
                 # The API server's Status message names the refused field.
-                log.warning("%s/%s: %s %s %s", *key, exc.status, exc.reason, exc.body)
+                log.warning("%s: %s %s %s", "/".join(key), exc.status, exc.reason, exc.body)
                 retry.add(key)
 
 
-def reconciler_argv(kubeconfig: Path, *, ready_file: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "sandbox.cluster.rbg",
-        str(kubeconfig),
-        f"--ready-file={ready_file}",
-    ]
+def reconciler_argv(kubeconfig: Path, *, ready_file: Path, crd: Path = CRD_V06) -> list[str]:
+    """The reconciler of the release whose CRD is ``crd``: v0.7.0's chain lives in
+    ``rbg_v07``."""
+    module = "sandbox.cluster.rbg_v07" if crd == CRD_V07 else "sandbox.cluster.rbg"
+    return [sys.executable, "-m", module, str(kubeconfig), f"--ready-file={ready_file}"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, reconciler: type[Reconciler] = Reconciler) -> int:
     parser = argparse.ArgumentParser(description="RoleBasedGroup reconciler (stand-in)")
     parser.add_argument("kubeconfig")
     parser.add_argument("--ready-file", type=Path, default=None)
@@ -731,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     api = k8s_config.new_client_from_config(config_file=args.kubeconfig)
-    Reconciler(api).run(stop, args.ready_file)
+    reconciler(api).run(stop, args.ready_file)
     return 0
 
 
