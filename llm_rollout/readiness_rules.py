@@ -97,6 +97,15 @@ _CREATE_FINAL = re.compile(
     r'( is invalid: |admission webhook "[^"]*" denied the request|violates PodSecurity'
     r"|failed quota: [^:]+: must specify)"
 )
+# RBG v0.7's RoleInstance appends the refused pod, as JSON, to its FailedCreate message
+# ("failed to create pod: <error>, pod: <json>", sgl-project/rbg pkg/reconciler/roleinstance/
+# sync/instance_scale.go createOnePod): the error is kept, the pod's spec is not repeated.
+_DUMPED_POD = re.compile(r", pod: \{.*\Z", re.DOTALL)
+
+
+def _creation_message(event: Mapping[str, Any]) -> str:
+    return _DUMPED_POD.sub("", str(event.get("message") or ""))
+
 
 # Labels that tell one incarnation of a stable-named pod from a rolled one, each kind's own
 # (`WorkloadKind.revision_labels`); an operator's template revision outranks the StatefulSet's
@@ -547,7 +556,7 @@ def _outcome_order(event: Mapping[str, Any]) -> tuple[str, bool]:
     """Latest first; within the same second (event times have no finer grain) a refusal no
     retry can change outranks one that may clear, which it can follow (a fresh namespace's
     pods are refused until its `default` ServiceAccount exists) but never precede."""
-    return event_order(event), bool(_CREATE_FINAL.search(str(event.get("message") or "")))
+    return event_order(event), bool(_CREATE_FINAL.search(_creation_message(event)))
 
 
 def creation_signals(
@@ -580,7 +589,7 @@ def creation_signals(
             success is not None and event_order(success) >= event_order(event)
         ):
             continue
-        message = str(event.get("message") or "")
+        message = _creation_message(event)
         bound: Bound = "none" if _CREATE_FINAL.search(message) else "pod_create"
         involved = _involved(event)
         found.append(

@@ -14,6 +14,7 @@ The headless Service of a role is read late from the pods the controller created
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -239,17 +240,23 @@ class RoleBasedGroup(WorkloadKind):
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
         """v1alpha1 (RBG v0.6): each role's workload is `<rbg>-<role>`
         (api/workloads/v1alpha1/helper.go GetWorkloadName), a StatefulSet, a Deployment (whose
-        ReplicaSets create the pods) or a LeaderWorkerSet (whose StatefulSets do). v1alpha2
-        (RBG v0.7+) RoleInstances create their pods themselves; which events they record was
-        not read, so none are followed."""
+        ReplicaSets create the pods) or a LeaderWorkerSet (whose StatefulSets do).
+
+        v1alpha2 (RBG v0.7+): a role's RoleInstanceSet `<rbg>-<role>` makes RoleInstances
+        `<rbg>-<role>-<i>` (pkg/reconciler/roleinstanceset/statefulmode
+        stateful_instance_set_utils.go getInstanceName), and each RoleInstance creates its pods
+        itself, recording `FailedCreate` "failed to create pod: <error>, pod: <the pod's
+        JSON>" on itself when the API server refuses one and `SuccessfulCreate` "succeed to
+        create pod <name>" when one is created (pkg/reconciler/roleinstance/sync/
+        instance_scale.go createOnePod); neither the set nor the group carries the refusal.
+        """
+        roles = [str(role.get("name")) for role in (obj.get("spec") or {}).get("roles") or []]
+        if not roles:
+            return ()
+        workloads = [f"{name_of(obj)}-{role}" for role in roles]
         if _is_v1alpha2(obj):
-            return ()
-        workloads = [
-            f"{name_of(obj)}-{role.get('name')}"
-            for role in (obj.get("spec") or {}).get("roles") or []
-        ]
-        if not workloads:
-            return ()
+            instances = names_matching(*(f"{re.escape(w)}-[0-9]+" for w in workloads))
+            return (PodCreator("RoleInstance", instances, KUBE_CREATE_OUTCOMES),)
         statefulsets = names_matching(*(group_statefulsets(w) for w in workloads))
         replica_sets = names_matching(*(replica_sets_of(w) for w in workloads))
         return (

@@ -253,6 +253,46 @@ def test_rbg_v1alpha1_roles_workloads_are_followed() -> None:
     assert sorted(s.pod for s in _signals(rbg, events)) == ["pd-prefill", "pd-router-7d9f8b6c5"]
 
 
+def test_rbg_v1alpha2_role_instances_are_followed_without_repeating_the_pod() -> None:
+    """RBG v0.7's RoleInstance records the refusal on itself, the refused pod's JSON appended
+    (sgl-project/rbg v0.7.0 pkg/reconciler/roleinstance/sync/instance_scale.go createOnePod);
+    its `SuccessfulCreate` clears it; the set's own events (RoleInstances, not pods) do not."""
+    rbg = {
+        "apiVersion": "workloads.x-k8s.io/v1alpha2",
+        "kind": "RoleBasedGroup",
+        "metadata": {"name": "pd"},
+        "spec": {"roles": [{"name": "prefill"}, {"name": "decode"}]},
+    }
+    refused = (
+        'failed to create pod: pods "pd-prefill-0" is forbidden: exceeded quota: pods, '
+        'requested: pods=1, used: pods=0, limited: pods=0, pod: {"metadata":{"name":'
+        '"pd-prefill-0"},"spec":{"containers":[{"name":"engine","args":["--api-key","x"]}]}}'
+    )
+    events = [
+        _event("RoleInstance", "pd-prefill-0", "FailedCreate", refused, "2026-12-07T01:00:01Z"),
+        _event("RoleInstance", "pd-decode-0", "FailedCreate", refused, "2026-12-07T01:00:01Z"),
+        _event(
+            "RoleInstance",
+            "pd-decode-0",
+            "SuccessfulCreate",
+            "succeed to create pod pd-decode-0",
+            "2026-12-07T01:00:05Z",
+            "Normal",
+        ),
+        _event("RoleInstanceSet", "pd-prefill", "FailedCreate", QUOTA, "2026-12-07T01:00:01Z"),
+        _event("RoleInstance", "pd-router-0", "FailedCreate", refused, "2026-12-07T01:00:01Z"),
+    ]
+    (signal,) = _signals(rbg, events)
+    assert (signal.kind, signal.pod, signal.reason) == (
+        "RoleInstance",
+        "pd-prefill-0",
+        "FailedCreate",
+    )
+    assert signal.detail.endswith("limited: pods=0"), signal.detail
+    assert "--api-key" not in signal.detail
+    assert signal.bound == "pod_create"
+
+
 def test_kuberay_head_and_worker_creation_are_told_apart() -> None:
     ray = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "qwen-ray"}}
     head_failed = _event(
