@@ -144,19 +144,37 @@ def crash_looping_group(namespace: str, name: str, log_lines: tuple[str, ...]) -
         }
         return {"spec": {"terminationGracePeriodSeconds": 1, "containers": [container]}}
 
+    return lws_group(
+        namespace,
+        name,
+        template("exec sleep 3600"),
+        template(f"{echo}; sleep 3; exit 1"),
+        restart_policy="RecreateGroupOnPodRestart",
+    )
+
+
+def lws_group(
+    namespace: str,
+    name: str,
+    leader: dict[str, Any],
+    worker: dict[str, Any],
+    *,
+    restart_policy: str = "",
+    startup_policy: str = "",
+) -> dict[str, Any]:
+    """A LeaderWorkerSet of one group, a leader and one worker of the given pod templates;
+    the policies are LWS's defaults where not given."""
+    group: dict[str, Any] = {"size": 2, "leaderTemplate": leader, "workerTemplate": worker}
+    if restart_policy:
+        group["restartPolicy"] = restart_policy
+    spec: dict[str, Any] = {"replicas": 1, "leaderWorkerTemplate": group}
+    if startup_policy:
+        spec["startupPolicy"] = startup_policy
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
         "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "replicas": 1,
-            "leaderWorkerTemplate": {
-                "size": 2,
-                "restartPolicy": "RecreateGroupOnPodRestart",
-                "leaderTemplate": template("exec sleep 3600"),
-                "workerTemplate": template(f"{echo}; sleep 3; exit 1"),
-            },
-        },
+        "spec": spec,
     }
 
 

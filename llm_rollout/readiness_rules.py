@@ -53,13 +53,21 @@ Which signals clear by themselves, from upstream behaviour:
   it on the same object: the controllers record a Normal event per created pod, and
   client-go's event spam filter keys on the event type (tools/record/events_cache.go
   getSpamKey), so a burst of refusals does not silence the success that ends them.
+- stale events: events outlive their objects (kube-apiserver --event-ttl, 1 h) and names come
+  back (a release deployed again under its name, a recreated LWS group's StatefulSets, a
+  Deployment's ReplicaSet named after the template's hash). A pod's events count only with
+  its uid (`readiness._events_for`), and those that describe an attempt, not a state, only
+  while the state agrees (a FailedMount only before any container started); a pod creator's
+  only when about the current object (`PodCreator.uid`, `PodCreator.since`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 import yaml
@@ -542,21 +550,71 @@ def _involved(event: Mapping[str, Any]) -> Mapping[str, Any]:
     return involved if isinstance(involved, dict) else {}
 
 
-def event_order(event: Mapping[str, Any]) -> str:
-    """When the event last occurred, as a sort key (RFC 3339 times in UTC sort as strings)."""
-    return str(
-        event.get("lastTimestamp")
-        or event.get("eventTime")
-        or (event.get("metadata") or {}).get("creationTimestamp")
-        or ""
-    )
+def timestamp_s(value: object) -> float | None:
+    """An API time (RFC 3339 in UTC, whole seconds or a MicroTime's fraction) as epoch
+    seconds; None when absent or not a time."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
-def _outcome_order(event: Mapping[str, Any]) -> tuple[str, bool]:
+def event_order(event: Mapping[str, Any]) -> float:
+    """When the event last occurred (epoch seconds; -inf when it says nothing).
+
+    core/v1 events from client-go's tools/record carry `lastTimestamp`, moved forward on each
+    repeat (events_cache.go eventObserve); events.k8s.io/v1 ones from tools/events carry
+    `eventTime` and, once repeated, `series.lastObservedTime` (events/event_broadcaster.go
+    recordToSink), both MicroTimes. The latest of them is the event's last occurrence.
+    """
+    series = event.get("series")
+    times = [
+        timestamp_s(value)
+        for value in (
+            event.get("lastTimestamp"),
+            series.get("lastObservedTime") if isinstance(series, dict) else None,
+            event.get("eventTime"),
+            (event.get("metadata") or {}).get("creationTimestamp"),
+        )
+    ]
+    known = [t for t in times if t is not None]
+    return max(known) if known else -math.inf
+
+
+def _event_second(event: Mapping[str, Any]) -> float:
+    """The event's last occurrence at the grain of a whole second, which is all lastTimestamp
+    and creationTimestamp keep."""
+    last = event_order(event)
+    return math.floor(last) if math.isfinite(last) else last
+
+
+def _outcome_order(event: Mapping[str, Any]) -> tuple[float, bool]:
     """Latest first; within the same second (event times have no finer grain) a refusal no
     retry can change outranks one that may clear, which it can follow (a fresh namespace's
     pods are refused until its `default` ServiceAccount exists) but never precede."""
-    return event_order(event), bool(_CREATE_FINAL.search(_creation_message(event)))
+    return _event_second(event), bool(_CREATE_FINAL.search(_creation_message(event)))
+
+
+def _about_current(creator: PodCreator, event: Mapping[str, Any]) -> bool:
+    """The event is about the creator as it is now, not an earlier object of its name
+    (`PodCreator.uid` and `since`).
+
+    `since` is compared at a whole second: an event in the second the workload was created
+    may be the last of an earlier object's, so it is left out; a failure that persists is
+    retried within that time (the StatefulSet and ReplicaSet controllers' back-off starts at
+    5 ms, client-go util/workqueue default_rate_limiters.go) and its repeat moves
+    `lastTimestamp` on, so it is only counted a second later.
+    """
+    uid = str(_involved(event).get("uid") or "")
+    if creator.uid and uid and uid != creator.uid:
+        return False
+    if creator.since:
+        created = timestamp_s(creator.since)
+        if created is not None and not _event_second(event) > math.floor(created):
+            return False
+    return True
 
 
 def creation_signals(
@@ -572,6 +630,8 @@ def creation_signals(
         for creator in creators:
             if kind != creator.kind or not creator.names.fullmatch(name):
                 continue
+            if not _about_current(creator, event):
+                continue
             if reason in creator.outcomes or reason in creator.outcomes.values():
                 key = (kind, name, reason)
                 if key not in latest or _outcome_order(event) >= _outcome_order(latest[key]):
@@ -586,7 +646,7 @@ def creation_signals(
             continue  # a success, read as the failures' counterpart
         success = latest.get((kind, name, succeeded))
         if event.get("type") != "Warning" or (
-            success is not None and event_order(success) >= event_order(event)
+            success is not None and _event_second(success) >= _event_second(event)
         ):
             continue
         message = _creation_message(event)

@@ -65,11 +65,25 @@ class PodCreator:
     `kind` and `names` (a full match of the name) pick the events' `involvedObject`;
     `outcomes` maps each Warning reason the controller records when a pod create fails to the
     Normal reason it records when one succeeds (a later success means the failure cleared).
+
+    Names come back: a release deployed again under the same name, or a group recreated, has
+    new objects under the old names, and the old objects' events stay for their TTL
+    (kube-apiserver --event-ttl, 1 h). An event about an earlier object never counts: `uid`
+    (the creator's own, when the workload is the creator) must be the event's
+    `involvedObject.uid`, which client-go's recorders copy from the object
+    (tools/reference/ref.go GetReference) and key their events on (tools/record/events_cache.go
+    getEventKey); `since` (the workload's creationTimestamp, when the creators are objects its
+    controller makes, whose uids the workload does not show) must precede the event's
+    second: a child is created after its workload. Left open: a child of an earlier workload
+    that the garbage collector has not removed yet when the name is reused can still record
+    a later event (with Background propagation the owner goes first).
     """
 
     kind: str
     names: re.Pattern[str]
     outcomes: Mapping[str, str]
+    uid: str = ""
+    since: str = ""
 
 
 # The reasons kube-controller-manager's pod-creating controllers record on their own object:
@@ -164,6 +178,15 @@ def accept_all(pod: JsonDict) -> bool:
 
 def name_of(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name"))
+
+
+def uid_of(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def created_at(obj: Mapping[str, Any]) -> str:
+    """The object's creationTimestamp (RFC 3339, whole seconds), "" when not created yet."""
+    return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
 
 
 # --- the kind ------------------------------------------------------------------------------------

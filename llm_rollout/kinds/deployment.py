@@ -16,11 +16,13 @@ from llm_rollout.kinds.base import (
     as_int,
     condition_missing,
     conditions,
+    created_at,
     generation_missing,
     name_of,
     register,
     replicas_missing,
     replicas_of,
+    uid_of,
 )
 
 # A ReplicaSet of a Deployment is named "<deployment>-<pod-template-hash>" (kubernetes
@@ -97,12 +99,14 @@ class Deployment(WorkloadKind):
         (pkg/controller/deployment/progress.go getReplicaFailures). So the last refusal of an
         earlier ReplicaSet, among the events for their TTL (kube-apiserver --event-ttl, 1 h),
         is not read as current. The events, not the condition, give the ReplicaSet and the
-        latest cause: the condition keeps the message of its first failure."""
+        latest cause: the condition keeps the message of its first failure. Only events after
+        the Deployment's creation count: a ReplicaSet name (the template's hash) comes back
+        when a Deployment of the same name and template is created again."""
         failure = conditions(obj).get("ReplicaFailure") or {}
         if str(failure.get("status")) != "True":
             return ()
         names = re.compile(replica_sets_of(name_of(obj)))
-        return (PodCreator("ReplicaSet", names, KUBE_CREATE_OUTCOMES),)
+        return (PodCreator("ReplicaSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
 
 
 @register
@@ -124,4 +128,4 @@ class StatefulSet(WorkloadKind):
 
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
         names = re.compile(re.escape(name_of(obj)))
-        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES),)
+        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES, uid=uid_of(obj)),)

@@ -29,6 +29,7 @@ from llm_rollout.kinds.base import (
     accept_all,
     as_int,
     condition_missing,
+    created_at,
     generation_missing,
     name_of,
     names_matching,
@@ -126,9 +127,11 @@ class LeaderWorkerSet(WorkloadKind):
 
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
         """The StatefulSets create the pods (the LWS controller creates none itself): a
-        StatefulSet that cannot create a pod says so in its own events."""
+        StatefulSet that cannot create a pod says so in its own events. Their names come back
+        with every LeaderWorkerSet of the same name and every recreated group, so only
+        events after the LeaderWorkerSet's creation count (`PodCreator.since`)."""
         names = names_matching(group_statefulsets(name_of(obj)))
-        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES),)
+        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         size = ((obj.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size", 1)

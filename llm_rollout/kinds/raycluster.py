@@ -26,6 +26,7 @@ from llm_rollout.kinds.base import (
     register,
     replicas_of,
     template_demand,
+    uid_of,
 )
 
 if TYPE_CHECKING:
@@ -198,7 +199,10 @@ class RayCluster(WorkloadKind):
         return demands
 
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
-        return (PodCreator("RayCluster", re.compile(re.escape(name_of(obj))), CREATE_OUTCOMES),)
+        """The RayCluster itself: only its own events count, by uid, not those of an earlier
+        RayCluster of the same name."""
+        names = re.compile(re.escape(name_of(obj)))
+        return (PodCreator("RayCluster", names, CREATE_OUTCOMES, uid=uid_of(obj)),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         for i, group in enumerate((obj.get("spec") or {}).get("workerGroupSpecs") or []):

@@ -32,6 +32,7 @@ from llm_rollout.kinds.base import (
     accept_all,
     as_int,
     condition_missing,
+    created_at,
     generation_missing,
     name_of,
     names_matching,
@@ -259,9 +260,11 @@ class RoleBasedGroup(WorkloadKind):
             return (PodCreator("RoleInstance", instances, KUBE_CREATE_OUTCOMES),)
         statefulsets = names_matching(*(group_statefulsets(w) for w in workloads))
         replica_sets = names_matching(*(replica_sets_of(w) for w in workloads))
+        # A group created again under its name has its roles' workloads under the old names.
+        since = created_at(obj)
         return (
-            PodCreator("StatefulSet", statefulsets, KUBE_CREATE_OUTCOMES),
-            PodCreator("ReplicaSet", replica_sets, KUBE_CREATE_OUTCOMES),
+            PodCreator("StatefulSet", statefulsets, KUBE_CREATE_OUTCOMES, since=since),
+            PodCreator("ReplicaSet", replica_sets, KUBE_CREATE_OUTCOMES, since=since),
         )
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:

@@ -322,3 +322,119 @@ def test_kuberay_head_and_worker_creation_are_told_apart() -> None:
 def test_the_tolerance_comes_from_the_rollout_spec() -> None:
     assert RolloutSpec().pod_create_tolerance_s == DEFAULT_TOLERANCES.pod_create_s
     assert RolloutSpec.model_fields["pod_create_tolerance_s"].description
+
+
+# --- events about an earlier object of the same name ---------------------------------------------
+
+CREATED = "2026-12-07T02:00:00Z"  # the current workload's creationTimestamp
+
+
+def _current(workload: dict[str, Any], uid: str = "uid-now") -> dict[str, Any]:
+    return {
+        **workload,
+        "metadata": {**workload["metadata"], "uid": uid, "creationTimestamp": CREATED},
+    }
+
+
+def _with_uid(event: dict[str, Any], uid: str) -> dict[str, Any]:
+    return {**event, "involvedObject": {**event["involvedObject"], "uid": uid}}
+
+
+@pytest.mark.parametrize(
+    ("workload", "kind", "name"),
+    [
+        (_lws(), "StatefulSet", "qwen-lws-0"),  # a worker StatefulSet of an earlier LWS
+        (_lws(), "StatefulSet", "qwen-lws"),
+        (_deployment(), "ReplicaSet", "qwen-abc-7d9f8b6c5"),  # same name, same template hash
+        (
+            {
+                "apiVersion": "workloads.x-k8s.io/v1alpha1",
+                "kind": "RoleBasedGroup",
+                "metadata": {"name": "pd"},
+                "spec": {"roles": [{"name": "prefill"}]},
+            },
+            "StatefulSet",
+            "pd-prefill",
+        ),
+    ],
+)
+def test_an_earlier_same_named_childs_last_refusal_does_not_fail_the_current_workload(
+    workload: dict[str, Any], kind: str, name: str
+) -> None:
+    """The release was deployed before under the same name and its last pod create was refused
+    (a refusal no retry changes, which would fail at once); the name's events outlive it. The
+    current workload's children are created after it, so their events come later."""
+    current = _current(workload)
+    for at in ("2026-12-07T01:59:30Z", CREATED):  # before it, or within its creation second
+        stale = _with_uid(_event(kind, name, "FailedCreate", WEBHOOK_DENIED, at), "uid-earlier")
+        assert _signals(current, [stale]) == []
+        _, verdict = _verdict(_signals(current, [stale]), {}, 0.0)
+        assert isinstance(verdict, Waiting) and not verdict.tolerated
+    # The current child's own refusal, a second later, fails at once as before.
+    now = _with_uid(
+        _event(kind, name, "FailedCreate", WEBHOOK_DENIED, "2026-12-07T02:00:01Z"), "uid-child"
+    )
+    _, verdict = _verdict(_signals(current, [now]), {}, 0.0)
+    assert isinstance(verdict, Failed) and verdict.signal.pod == name
+
+
+def test_a_current_quota_refusal_in_the_creation_second_counts_once_its_repeat_moves_on() -> None:
+    """The first refusal can share the workload's creation second; the controller's retry
+    (back-off from 5 ms) repeats it, and client-go's recorder moves `lastTimestamp` on
+    (tools/record/events_cache.go eventObserve), so the persisting failure is tolerated and
+    then fails as before."""
+    lws = _current(_lws())
+    first = _event("StatefulSet", "qwen-lws-0", "FailedCreate", QUOTA, CREATED)
+    assert _signals(lws, [first]) == []
+    repeated = {**first, "lastTimestamp": "2026-12-07T02:00:02Z", "count": 5}
+    signals = _signals(lws, [repeated])
+    assert [(s.pod, s.bound) for s in signals] == [("qwen-lws-0", "pod_create")]
+    bound_s = DEFAULT_TOLERANCES.pod_create_s
+    seen, waiting = _verdict(signals, {}, 0.0)
+    assert isinstance(waiting, Waiting)
+    _, failed = _verdict(signals, seen, bound_s)
+    assert isinstance(failed, Failed)
+
+
+def test_an_earlier_raycluster_of_the_same_name_is_told_apart_by_uid() -> None:
+    """KubeRay records its pod-create outcomes on the RayCluster itself; an earlier RayCluster
+    of the name has another uid, whatever the times (the uid, not the clock, decides)."""
+    ray = _current(
+        {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "qwen-ray"}}
+    )
+    later = "2026-12-07T02:00:05Z"
+    stale = _with_uid(
+        _event("RayCluster", "qwen-ray", "FailedToCreateWorkerPod", WEBHOOK_DENIED, later),
+        "uid-earlier",
+    )
+    assert _signals(ray, [stale]) == []
+    current = _with_uid(stale, "uid-now")
+    assert [(s.reason, s.bound) for s in _signals(ray, [stale, current])] == [
+        ("FailedToCreateWorkerPod", "none")
+    ]
+
+
+def test_events_k8s_io_series_times_order_the_outcomes() -> None:
+    """An events.k8s.io/v1 event (client-go tools/events, as KubeRay's master records them)
+    has `eventTime` and, once repeated, `series.lastObservedTime`, both MicroTimes, and no
+    `lastTimestamp`: the refusal repeated after the success is the latest outcome."""
+    ray = {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "qwen-ray"}}
+
+    def series_event(reason: str, type_: str, at: str, last: str | None) -> dict[str, Any]:
+        event = _event("RayCluster", "qwen-ray", reason, QUOTA, "", type_)
+        event.pop("lastTimestamp")
+        event["eventTime"] = at
+        if last is not None:
+            event["series"] = {"count": 2, "lastObservedTime": last}
+        return event
+
+    failed = series_event("FailedToCreateHeadPod", "Warning", "2026-12-07T02:00:00.100000Z", None)
+    created = series_event("CreatedHeadPod", "Normal", "2026-12-07T02:00:03.500000Z", None)
+    assert _signals(ray, [failed, created]) == []
+    repeated = series_event(
+        "FailedToCreateHeadPod",
+        "Warning",
+        "2026-12-07T02:00:00.100000Z",
+        "2026-12-07T02:00:09.250000Z",
+    )
+    assert [s.reason for s in _signals(ray, [repeated, created])] == ["FailedToCreateHeadPod"]
