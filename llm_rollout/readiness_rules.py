@@ -321,10 +321,20 @@ def _node_signal(pod: Mapping[str, Any], uid: str, name: str, nodes: Nodes) -> S
     return Signal(f"node:{node}:{uid}", NODE_LOST, name, None, detail, "node")
 
 
-def _pull_error(message: str, pod_events: Sequence[JsonDict]) -> str:
-    """The registry's answer to the last pull: the ErrImagePull message, or else the kubelet's
-    `Failed to pull image "<image>": <error>` event (pkg/kubelet/images/image_manager.go);
-    during ImagePullBackOff the waiting message only says `Back-off pulling image`."""
+def _about_container(event: Mapping[str, Any], container: str) -> bool:
+    """The event names this container, or no container at all. The kubelet's container
+    events carry `spec.containers{<name>}` (or initContainers, ephemeralContainers) as
+    `involvedObject.fieldPath` (kubernetes pkg/kubelet/container/ref.go fieldPath)."""
+    path = str(_involved(event).get("fieldPath") or "")
+    return not path.endswith("}") or path.endswith("{" + container + "}")
+
+
+def _pull_error(message: str, pod_events: Sequence[JsonDict], container: str) -> str:
+    """The registry's answer to the container's last pull: the ErrImagePull message, or else
+    the kubelet's `Failed to pull image "<image>": <error>` event about it
+    (pkg/kubelet/images/image_manager.go); during ImagePullBackOff the waiting message only
+    says `Back-off pulling image`. Another container's pull, of another image, says nothing
+    about this one."""
     if message.startswith("Failed to pull image") or _PULL_FINAL.search(message):
         return message
     event = next(
@@ -333,6 +343,7 @@ def _pull_error(message: str, pod_events: Sequence[JsonDict]) -> str:
             for e in reversed(pod_events)
             if e.get("reason") == "Failed"
             and str(e.get("message") or "").startswith("Failed to pull image")
+            and _about_container(e, container)
         ),
         None,
     )
@@ -354,7 +365,7 @@ def _container_signals(
         message = str(waiting.get("message") or "")
         if reason in IMAGE_RETRIED_REASONS:
             # One key for both reasons: the kubelet alternates them on each retry.
-            error = _pull_error(message, pod_events)
+            error = _pull_error(message, pod_events, cname)
             bound: Bound = "none" if _PULL_FINAL.search(error) else "image_pull"
             found.append(Signal(f"image:{uid}:{cname}", reason, name, cname, error, bound))
             continue

@@ -409,3 +409,22 @@ def test_during_back_off_the_pull_error_comes_from_the_kubelet_event() -> None:
     limited = [_event("Failed", RATE_LIMITED), _event("Failed", "Error: ImagePullBackOff")]
     [signal] = _signals(backoff, limited)
     assert signal.bound == "image_pull" and "429 Too Many Requests" in signal.detail
+
+
+def test_another_containers_pull_error_does_not_decide_this_ones() -> None:
+    """The kubelet names the container in the event's fieldPath (kubernetes
+    pkg/kubelet/container/ref.go); a sidecar's missing image does not make the engine's
+    rate-limited pull final, nor the reverse."""
+    backoff = _pod(waiting="ImagePullBackOff", waiting_message='Back-off pulling image "x"')
+
+    def pull(message: str, container: str) -> dict[str, Any]:
+        event = _event("Failed", message)
+        event["involvedObject"] = {"kind": "Pod", "fieldPath": f"spec.containers{{{container}}}"}
+        return event
+
+    engine_limited, sidecar_missing = pull(RATE_LIMITED, "vllm"), pull(NOT_FOUND, "sidecar")
+    [signal] = _signals(backoff, [engine_limited, sidecar_missing])
+    assert signal.bound == "image_pull" and "429 Too Many Requests" in signal.detail
+    engine_missing, sidecar_limited = pull(NOT_FOUND, "vllm"), pull(RATE_LIMITED, "sidecar")
+    [signal] = _signals(backoff, [engine_missing, sidecar_limited])
+    assert signal.bound == "none" and signal.detail == NOT_FOUND
