@@ -38,8 +38,11 @@ Which signals clear by themselves, from upstream behaviour:
   api/workloads/v1alpha1/rolebasedgroup_types.go RestartPolicyType) and runs LWS roles with
   RecreateGroupOnPodRestart, so its StatefulSet- and LWS-backed roles are counted alike. Pods
   no StatefulSet owns (Deployment-backed roles, RBG v0.7 RoleInstances, RayCluster pods) are
-  not counted; whether KubeRay ever recreates a crashing pod instead of letting the kubelet
-  restart it (and show CrashLoopBackOff) was not checked here.
+  not counted. KubeRay leaves a pod whose Ray container exited to the kubelet's restart, so
+  CrashLoopBackOff shows, unless the pod's restartPolicy is Never (which it sets itself only
+  with autoscaler v2, our template enables no autoscaling): then it deletes the pod and
+  creates another under a new name (ray-operator v1.6.2 controllers/ray/raycluster_controller.go
+  shouldDeletePod, common/pod.go), which is not counted here as a recreation.
 - pod creation: a controller whose pod create the API server refuses records a Warning on its
   own object (the objects each kind names in `WorkloadKind.pod_creators`) and retries with
   back-off; the workload then has no pod to show anything. An exceeded ResourceQuota clears

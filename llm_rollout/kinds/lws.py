@@ -128,8 +128,10 @@ class LeaderWorkerSet(WorkloadKind):
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
         """The StatefulSets create the pods (the LWS controller creates none itself): a
         StatefulSet that cannot create a pod says so in its own events. Their names come back
-        with every LeaderWorkerSet of the same name and every recreated group, so only
-        events after the LeaderWorkerSet's creation count (`PodCreator.since`)."""
+        with every LeaderWorkerSet of the same name, so only events after the
+        LeaderWorkerSet's creation count (`PodCreator.since`); within one LeaderWorkerSet, a
+        recreated group's worker StatefulSet records its own outcomes after the earlier one's,
+        and the latest outcome decides."""
         names = names_matching(group_statefulsets(name_of(obj)))
         return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
 

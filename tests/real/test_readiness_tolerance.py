@@ -335,8 +335,14 @@ def test_a_crash_looping_lws_group_is_a_crash_loop_with_its_log(
     failure = info.value
     assert failure.reason == "GroupCrashLoop", failure
     assert "recreated 2 times" in failure.detail
-    assert failure.pod is not None and failure.pod.name.startswith("crashgroup-0")
+    # The crash is named: the worker's container and its exit, not the leader the group's
+    # deletion killed; the run's message carries the worker's last log lines.
+    assert failure.pod is not None and failure.pod.name == "crashgroup-0-1", failure
+    assert "last crash: container engine of pod crashgroup-0-1 Error with exit code 1" in str(
+        failure.detail
+    ), failure
     assert lines[1] in failure.log_lines
+    assert "last container log lines:" in str(failure) and lines[1] in str(failure)
 
 
 # --- pod creation refused -----------------------------------------------------------------------
