@@ -575,26 +575,36 @@ def timestamp_s(value: object) -> float | None:
         return None
 
 
-def event_order(event: Mapping[str, Any]) -> float:
-    """When the event last occurred (epoch seconds; -inf when it says nothing).
-
-    core/v1 events from client-go's tools/record carry `lastTimestamp`, moved forward on each
-    repeat (events_cache.go eventObserve); events.k8s.io/v1 ones from tools/events carry
-    `eventTime` and, once repeated, `series.lastObservedTime` (events/event_broadcaster.go
-    recordToSink), both MicroTimes. The latest of them is the event's last occurrence.
-    """
+def _event_times(event: Mapping[str, Any]) -> list[float]:
     series = event.get("series")
     times = [
         timestamp_s(value)
         for value in (
+            event.get("firstTimestamp"),
             event.get("lastTimestamp"),
             series.get("lastObservedTime") if isinstance(series, dict) else None,
             event.get("eventTime"),
             (event.get("metadata") or {}).get("creationTimestamp"),
         )
     ]
-    known = [t for t in times if t is not None]
-    return max(known) if known else -math.inf
+    return [t for t in times if t is not None]
+
+
+def event_order(event: Mapping[str, Any]) -> float:
+    """When the event last occurred (epoch seconds; -inf when it says nothing).
+
+    core/v1 events from client-go's tools/record carry `firstTimestamp` and `lastTimestamp`,
+    the latter moved forward on each repeat (events_cache.go eventObserve); events.k8s.io/v1
+    ones from tools/events carry `eventTime` (the first occurrence) and, once repeated,
+    `series.lastObservedTime` (events/event_broadcaster.go recordToSink), both MicroTimes.
+    """
+    return max(_event_times(event), default=-math.inf)
+
+
+def _first_second(event: Mapping[str, Any]) -> float:
+    """When the event first occurred, at the grain of a whole second (inf when unknown)."""
+    first = min(_event_times(event), default=math.inf)
+    return math.floor(first) if math.isfinite(first) else first
 
 
 def _event_second(event: Mapping[str, Any]) -> float:
@@ -615,18 +625,18 @@ def _about_current(creator: PodCreator, event: Mapping[str, Any]) -> bool:
     """The event is about the creator as it is now, not an earlier object of its name
     (`PodCreator.uid` and `since`).
 
-    `since` is compared at a whole second: an event in the second the workload was created
-    may be the last of an earlier object's, so it is left out; a failure that persists is
-    retried within that time (the StatefulSet and ReplicaSet controllers' back-off starts at
-    5 ms, client-go util/workqueue default_rate_limiters.go) and its repeat moves
-    `lastTimestamp` on, so it is only counted a second later.
+    With `since`, the event must have first occurred no earlier than the workload's
+    creation second: each object of the name has its own event (the recorders key them on
+    the involved object's uid), and the current workload's children are created after it,
+    so their events start then; an earlier object's started before. Times are compared at a
+    whole second, all that creationTimestamp and lastTimestamp keep.
     """
     uid = str(_involved(event).get("uid") or "")
     if creator.uid and uid and uid != creator.uid:
         return False
     if creator.since:
         created = timestamp_s(creator.since)
-        if created is not None and not _event_second(event) > math.floor(created):
+        if created is not None and _first_second(event) < math.floor(created):
             return False
     return True
 

@@ -73,10 +73,10 @@ class PodCreator:
     `involvedObject.uid`, which client-go's recorders copy from the object
     (tools/reference/ref.go GetReference) and key their events on (tools/record/events_cache.go
     getEventKey); `since` (the workload's creationTimestamp, when the creators are objects its
-    controller makes, whose uids the workload does not show) must precede the event's
-    second: a child is created after its workload. Left open: a child of an earlier workload
-    that the garbage collector has not removed yet when the name is reused can still record
-    a later event (with Background propagation the owner goes first).
+    controller makes, whose uids the workload does not show) must not follow the event's
+    first occurrence: a child is created after its workload. Left open: a child of an earlier
+    workload that the garbage collector has not removed yet when the name is reused can
+    still start a new event (with Background propagation the owner goes first).
     """
 
     kind: str

@@ -365,28 +365,28 @@ def test_an_earlier_same_named_childs_last_refusal_does_not_fail_the_current_wor
     (a refusal no retry changes, which would fail at once); the name's events outlive it. The
     current workload's children are created after it, so their events come later."""
     current = _current(workload)
-    for at in ("2026-12-07T01:59:30Z", CREATED):  # before it, or within its creation second
-        stale = _with_uid(_event(kind, name, "FailedCreate", WEBHOOK_DENIED, at), "uid-earlier")
+    # Last seen before it, or repeated up to its creation second: first seen before it.
+    for last in ("2026-12-07T01:59:30Z", CREATED):
+        stale = _with_uid(_event(kind, name, "FailedCreate", WEBHOOK_DENIED, last), "uid-earlier")
+        stale["firstTimestamp"] = "2026-12-07T01:59:30Z"
         assert _signals(current, [stale]) == []
         _, verdict = _verdict(_signals(current, [stale]), {}, 0.0)
         assert isinstance(verdict, Waiting) and not verdict.tolerated
-    # The current child's own refusal, a second later, fails at once as before.
-    now = _with_uid(
-        _event(kind, name, "FailedCreate", WEBHOOK_DENIED, "2026-12-07T02:00:01Z"), "uid-child"
-    )
-    _, verdict = _verdict(_signals(current, [now]), {}, 0.0)
-    assert isinstance(verdict, Failed) and verdict.signal.pod == name
+    # The current child's own refusal, from the workload's creation second on, fails at once.
+    for first in (CREATED, "2026-12-07T02:00:01Z"):
+        now = _with_uid(_event(kind, name, "FailedCreate", WEBHOOK_DENIED, first), "uid-child")
+        now["firstTimestamp"] = first
+        _, verdict = _verdict(_signals(current, [now]), {}, 0.0)
+        assert isinstance(verdict, Failed) and verdict.signal.pod == name
 
 
-def test_a_current_quota_refusal_in_the_creation_second_counts_once_its_repeat_moves_on() -> None:
-    """The first refusal can share the workload's creation second; the controller's retry
-    (back-off from 5 ms) repeats it, and client-go's recorder moves `lastTimestamp` on
-    (tools/record/events_cache.go eventObserve), so the persisting failure is tolerated and
-    then fails as before."""
+def test_a_quota_refusal_repeated_since_the_workloads_creation_is_current() -> None:
+    """A refusal that started with the workload and repeats (client-go's recorder counts the
+    repeats on one event, tools/record/events_cache.go eventObserve) is tolerated and then
+    fails as before; an earlier object's event repeated until then is not."""
     lws = _current(_lws())
-    first = _event("StatefulSet", "qwen-lws-0", "FailedCreate", QUOTA, CREATED)
-    assert _signals(lws, [first]) == []
-    repeated = {**first, "lastTimestamp": "2026-12-07T02:00:02Z", "count": 5}
+    repeated = _event("StatefulSet", "qwen-lws-0", "FailedCreate", QUOTA, "2026-12-07T02:03:00Z")
+    repeated |= {"firstTimestamp": CREATED, "count": 9}
     signals = _signals(lws, [repeated])
     assert [(s.pod, s.bound) for s in signals] == [("qwen-lws-0", "pod_create")]
     bound_s = DEFAULT_TOLERANCES.pod_create_s
@@ -394,6 +394,8 @@ def test_a_current_quota_refusal_in_the_creation_second_counts_once_its_repeat_m
     assert isinstance(waiting, Waiting)
     _, failed = _verdict(signals, seen, bound_s)
     assert isinstance(failed, Failed)
+    earlier = {**repeated, "firstTimestamp": "2026-12-07T01:59:59Z", "lastTimestamp": CREATED}
+    assert _signals(lws, [earlier]) == []
 
 
 def test_an_earlier_raycluster_of_the_same_name_is_told_apart_by_uid() -> None:
