@@ -255,13 +255,13 @@ class RoleBasedGroup(WorkloadKind):
         if not roles:
             return ()
         workloads = [f"{name_of(obj)}-{role}" for role in roles]
+        # A group created again under its name has its roles' objects under the old names.
+        since = created_at(obj)
         if _is_v1alpha2(obj):
             instances = names_matching(*(f"{re.escape(w)}-[0-9]+" for w in workloads))
-            return (PodCreator("RoleInstance", instances, KUBE_CREATE_OUTCOMES),)
+            return (PodCreator("RoleInstance", instances, KUBE_CREATE_OUTCOMES, since=since),)
         statefulsets = names_matching(*(group_statefulsets(w) for w in workloads))
         replica_sets = names_matching(*(replica_sets_of(w) for w in workloads))
-        # A group created again under its name has its roles' workloads under the old names.
-        since = created_at(obj)
         return (
             PodCreator("StatefulSet", statefulsets, KUBE_CREATE_OUTCOMES, since=since),
             PodCreator("ReplicaSet", replica_sets, KUBE_CREATE_OUTCOMES, since=since),
