@@ -1545,11 +1545,11 @@ class NodeKiller(_Background):
         self.lost_at = 0.0  # time.time(), as log records stamp theirs
 
     def _run(self) -> None:
-        from llm_rollout.kube.watching import WatchSpec, watching
+        from llm_rollout.kube.watching import Selector, watching
 
         api = self.world.cluster.api_client()  # not through the fault proxy
         selector = f"{RELEASE_LABEL}!={self.serving}"
-        spec = WatchSpec("v1", "Pod", self.namespace, label_selector=selector)
+        spec = Selector("v1", "Pod", self.namespace, label_selector=selector)
         try:
             with watching(api, [spec]) as group:
                 while not self._stop.is_set():
@@ -1917,10 +1917,10 @@ class LeaseRecorder:
 
     def _run(self) -> None:
         from llm_rollout.kube.client import load_api_client
-        from llm_rollout.kube.watching import WatchSpec, watching
+        from llm_rollout.kube.watching import Selector, watching
 
         api = load_api_client()
-        spec = WatchSpec("coordination.k8s.io/v1", "Lease", self.namespace, name=self.name)
+        spec = Selector("coordination.k8s.io/v1", "Lease", self.namespace, name=self.name)
         try:
             with watching(api, [spec]) as group:
                 while not self._stop.is_set():

@@ -47,7 +47,7 @@ from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kube.errors import ConflictError, NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, request_json, resolve_resource
-from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.kube.watching import Selector, watching
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ def acquire(
     if taken:
         return state, reentrant
     waited_from = time.monotonic()
-    spec = WatchSpec(LEASE_API_VERSION, "Lease", namespace, name=ref.name)
+    spec = Selector(LEASE_API_VERSION, "Lease", namespace, name=ref.name)
     with watching(api, [spec]) as group:
         while True:
             remaining = deadline - time.monotonic()

@@ -43,13 +43,19 @@ from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
 from llm_rollout.kube.watching import (
+    Done,
+    Interrupt,
+    Selector,
+    StreamMessage,
+    Verdict,
     WaitTimeout,
-    WatchSpec,
+    WatchGroup,
     call_with_retry,
     wait_deleted,
     wait_pvc_bound,
-    watching,
+    watch_until,
 )
+from llm_rollout.kube.watching import Waiting as KeepWaiting
 from llm_rollout.readiness_rules import (
     DEFAULT_TOLERANCES,
     GROUP_CRASH_LOOP,
@@ -311,6 +317,7 @@ def wait_ready(
     pod_selector: str | None = None,
     on_event: OnEvent | None = None,
     tolerances: Tolerances = DEFAULT_TOLERANCES,
+    interrupt: Interrupt | None = None,
 ) -> ReadyReport:
     """Block until `workload` is ready; raise `WorkloadFailed` or `ReadinessTimeout`.
 
@@ -318,153 +325,204 @@ def wait_ready(
     `pod_selector_for`). `on_event(ref, message)` receives progress lines (status changes,
     Warning events, tolerated signals, watch re-lists), each about the object `ref`.
     `tolerances` bound how long a signal that can clear by itself may persist (see
-    `readiness_rules`); the verdict itself comes from `readiness_rules.decide`.
+    `readiness_rules`); the verdict itself comes from `readiness_rules.decide`. An
+    `interrupt` (the run's rollout lease, `locking.ServiceLock`) ends the wait with its own
+    error as soon as it fires.
+
+    The waiting is the session's (`kube.watching.watch_until` over the four streams); what a
+    snapshot means is `_ReadinessCheck`'s.
     """
     if workload.namespace is None:
         raise PermanentError(f"{workload}: serving workloads are namespaced; namespace missing")
-    namespace = workload.namespace
     started = time.monotonic()
-    deadline = started + timeout_s
-    notify = on_event or (lambda ref, message: None)
-    workload_spec = WatchSpec(workload.api_version, workload.kind, namespace, name=workload.name)
-    event_spec = WatchSpec("v1", "Event", namespace)
-    node_spec = WatchSpec("v1", "Node", None)
-    seen_nodes: set[str] = set()
-
     # The pod selector depends on the workload's spec, so the workload is read first.
     initial = call_with_retry(lambda: get(api, workload))
     if initial is None:
         raise PermanentError(f"{workload} does not exist: nothing to wait for")
+    readiness = _ReadinessCheck(
+        api, workload, initial, pod_selector, on_event, tolerances, started=started
+    )
+    try:
+        return watch_until(
+            api,
+            readiness.selectors,
+            readiness.check,
+            # The deadline counts from the call, the read of the workload included.
+            timeout_s - (time.monotonic() - started),
+            on_message=readiness.on_message,
+            interrupt=interrupt,
+        )
+    except WaitTimeout as exc:
+        raise ReadinessTimeout(workload, timeout_s, exc.missing) from exc
 
-    selector: str | None
-    pod_filter: Callable[[JsonDict], bool]
-    if pod_selector is not None:
-        selector, pod_filter = pod_selector, accept_all
-    else:
-        selector, pod_filter = pod_selector_for(initial)
-    kind = _kind(initial)
-    pod_spec = WatchSpec("v1", "Pod", namespace, label_selector=selector)
-    last_note: dict[ObjectRef, str] = {}
 
-    def note(ref: ObjectRef, message: str) -> None:
-        if last_note.get(ref) != message:
-            last_note[ref] = message
-            notify(ref, message)
+class _ReadinessCheck:
+    """The readiness rules over the watched snapshot, with what they remember between looks:
+    when each signal began, the pods' incarnations and captured crash logs, a decided failure
+    waiting up to EVENT_GRACE_S for its explaining event, and the progress lines already told."""
 
-    autoscaler = _AutoscalerView(api)
-    seen: dict[str, Seen] = {}
-    incarnations = Incarnations()
-    captured: set[tuple[str, str, int]] = set()
-    # A failure is final once decided; it waits at most EVENT_GRACE_S for an explaining event.
-    failed: tuple[Failed, float] | None = None
-    recheck_at: float | None = None
-    tolerated: list[str] = []  # still inside their bound, named if the wait times out
-    announced: set[tuple[str, str]] = set()  # (pod, reason) tolerated signals already logged
-    with watching(api, [workload_spec, pod_spec, event_spec, node_spec]) as group:
-        while True:
-            now = time.monotonic()
-            if group.all_synced:
-                current_nodes = group.cache[node_spec]
-                seen_nodes.update(current_nodes)
-                nodes = Nodes(current_nodes, seen_nodes - current_nodes.keys())
-                obj = group.cache[workload_spec].get(workload.name)
-                all_pods = [p for p in group.cache[pod_spec].values() if pod_filter(p)]
-                pods = [
-                    p for p in all_pods if not (p.get("metadata") or {}).get("deletionTimestamp")
-                ]
-                events = list(group.cache[event_spec].values())
-                incarnations = _capture_crashes(
-                    api, namespace, observe_incarnations(incarnations, all_pods), all_pods, captured
+    def __init__(
+        self,
+        api: k8s_client.ApiClient,
+        workload: ObjectRef,
+        initial: JsonDict,
+        pod_selector: str | None,
+        on_event: OnEvent | None,
+        tolerances: Tolerances,
+        *,
+        started: float,
+    ) -> None:
+        assert workload.namespace is not None  # wait_ready refused a cluster-scoped one
+        self.api = api
+        self.workload = workload
+        self.namespace = workload.namespace
+        self.initial = initial
+        self.tolerances = tolerances
+        self.started = started
+        self.notify: OnEvent = on_event or (lambda ref, message: None)
+        self.selector: str | None
+        self.pod_filter: Callable[[JsonDict], bool]
+        if pod_selector is not None:
+            self.selector, self.pod_filter = pod_selector, accept_all
+        else:
+            self.selector, self.pod_filter = pod_selector_for(initial)
+        self.kind = _kind(initial)
+        self.workload_spec = Selector.of(workload)
+        self.pod_spec = Selector("v1", "Pod", self.namespace, label_selector=self.selector)
+        self.event_spec = Selector("v1", "Event", self.namespace)
+        self.node_spec = Selector("v1", "Node", None)
+        self.selectors = [self.workload_spec, self.pod_spec, self.event_spec, self.node_spec]
+        self.seen_nodes: set[str] = set()
+        self.last_note: dict[ObjectRef, str] = {}
+        self.autoscaler = _AutoscalerView(api)
+        self.seen: dict[str, Seen] = {}
+        self.incarnations = Incarnations()
+        self.captured: set[tuple[str, str, int]] = set()
+        # A failure is final once decided; it waits at most EVENT_GRACE_S for an explaining
+        # event.
+        self.failed: tuple[Failed, float] | None = None
+        self.announced: set[tuple[str, str]] = set()  # (pod, reason) tolerated signals logged
+
+    def note(self, ref: ObjectRef, message: str) -> None:
+        if self.last_note.get(ref) != message:
+            self.last_note[ref] = message
+            self.notify(ref, message)
+
+    def check(self, group: WatchGroup) -> Verdict[ReadyReport]:
+        workload, namespace, tolerances = self.workload, self.namespace, self.tolerances
+        now = time.monotonic()
+        current_nodes = group.cache[self.node_spec]
+        self.seen_nodes.update(current_nodes)
+        nodes = Nodes(current_nodes, self.seen_nodes - current_nodes.keys())
+        obj = group.cache[self.workload_spec].get(workload.name)
+        all_pods = [p for p in group.cache[self.pod_spec].values() if self.pod_filter(p)]
+        pods = [p for p in all_pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        events = list(group.cache[self.event_spec].values())
+        self.incarnations = _capture_crashes(
+            self.api,
+            namespace,
+            observe_incarnations(self.incarnations, all_pods),
+            all_pods,
+            self.captured,
+        )
+        signals = [
+            signal
+            for pod in pods
+            for signal in pod_signals(
+                pod, _events_for(pod, events), nodes, self.autoscaler.view(pods, now)
+            )
+        ]
+        signals += group_signals(self.incarnations, tolerances)
+        signals += creation_signals(self.kind.pod_creators(obj or self.initial), events)
+        self.seen = track(self.seen, signals, now)
+        missing = _missing(workload, obj, pods, self.selector)
+        verdict = decide(signals, self.seen, tolerances, now, missing)
+        if self.failed is None and isinstance(verdict, Failed):
+            self.failed = (verdict, now)
+        recheck_at: float | None = None
+        tolerated = (
+            [
+                f"{signal.reason} on {_subject(namespace, signal)} for {elapsed_s:.0f}s "
+                f"(tolerated up to {bound_s:.0f}s): {signal.detail}"
+                for signal, elapsed_s, bound_s in verdict.tolerated
+            ]
+            if isinstance(verdict, Waiting)
+            else []
+        )
+        if isinstance(verdict, Waiting):
+            current = {(signal.pod, signal.reason) for signal, _, _ in verdict.tolerated}
+            # Once per onset: the signal's own events keep arriving while it is tolerated,
+            # and a line per event would drown the log.
+            self.announced &= current
+            for signal, _elapsed_s, bound_s in verdict.tolerated:
+                if (signal.pod, signal.reason) in self.announced:
+                    continue
+                self.announced.add((signal.pod, signal.reason))
+                self.note(
+                    _subject(namespace, signal),
+                    f"tolerating {signal.reason} for up to {bound_s:.0f}s: {signal.detail}",
                 )
-                signals = [
-                    signal
-                    for pod in pods
-                    for signal in pod_signals(
-                        pod, _events_for(pod, events), nodes, autoscaler.view(pods, now)
-                    )
-                ]
-                signals += group_signals(incarnations, tolerances)
-                signals += creation_signals(kind.pod_creators(obj or initial), events)
-                seen = track(seen, signals, now)
-                missing = _missing(workload, obj, pods, selector)
-                verdict = decide(signals, seen, tolerances, now, missing)
-                if failed is None and isinstance(verdict, Failed):
-                    failed = (verdict, now)
-                recheck_at = None
-                tolerated = (
-                    [
-                        f"{signal.reason} on {_subject(namespace, signal)} for {elapsed_s:.0f}s "
-                        f"(tolerated up to {bound_s:.0f}s): {signal.detail}"
-                        for signal, elapsed_s, bound_s in verdict.tolerated
-                    ]
-                    if isinstance(verdict, Waiting)
-                    else []
+            if verdict.recheck_in_s is not None:
+                recheck_at = now + verdict.recheck_in_s
+        if self.failed is not None:
+            self._raise_failed(self.failed, pods, events, now)
+        if obj is not None:
+            self.note(workload, "waiting: " + "; ".join(missing) if missing else "ready")
+        for pod in pods:
+            pod_missing = _pod_ready_missing(pod)
+            self.note(_pod_ref(pod), pod_missing or "Ready")
+        if isinstance(verdict, Ready) and self.failed is None:
+            return Done(
+                ReadyReport(
+                    workload=workload,
+                    elapsed_s=time.monotonic() - self.started,
+                    noticed_at=time.time(),
+                    pods=sorted((_pod_ref(p) for p in pods), key=lambda r: r.name),
+                    status=dict((obj or {}).get("status") or {}),
+                    watch_resyncs=group.resyncs,
                 )
-                if isinstance(verdict, Waiting):
-                    current = {(signal.pod, signal.reason) for signal, _, _ in verdict.tolerated}
-                    # Once per onset: the signal's own events keep arriving while it is
-                    # tolerated, and a line per event would drown the log.
-                    announced &= current
-                    for signal, _elapsed_s, bound_s in verdict.tolerated:
-                        if (signal.pod, signal.reason) in announced:
-                            continue
-                        announced.add((signal.pod, signal.reason))
-                        note(
-                            _subject(namespace, signal),
-                            f"tolerating {signal.reason} for up to {bound_s:.0f}s: {signal.detail}",
-                        )
-                    if verdict.recheck_in_s is not None:
-                        recheck_at = now + verdict.recheck_in_s
-                if failed is not None:
-                    signal = failed[0].signal
-                    on_pod = signal.kind == "Pod"
-                    pod_events = _events_by_name(signal.pod, pods, events) if on_pod else []
-                    # A pod-creation failure is its controller's event already.
-                    event_message = _explaining_event(signal.reason, pod_events) if on_pod else ""
-                    # A group crash loop is explained by its captured log, not by an event.
-                    wanted = EVENT_REASONS_FOR.get(signal.reason, ())
-                    if event_message or not wanted or now - failed[1] >= EVENT_GRACE_S:
-                        raise WorkloadFailed(
-                            workload,
-                            reason=signal.reason,
-                            pod=_subject(namespace, signal) if signal.pod else None,
-                            detail=_with_persistence(signal.detail, failed[0].persisted_s),
-                            event_message=event_message,
-                            log_lines=_log_lines(api, namespace, signal),
-                        )
-                if obj is not None:
-                    note(workload, "waiting: " + "; ".join(missing) if missing else "ready")
-                for pod in pods:
-                    pod_missing = _pod_ready_missing(pod)
-                    note(_pod_ref(pod), pod_missing or "Ready")
-                if isinstance(verdict, Ready) and failed is None:
-                    return ReadyReport(
-                        workload=workload,
-                        elapsed_s=time.monotonic() - started,
-                        noticed_at=time.time(),
-                        pods=sorted((_pod_ref(p) for p in pods), key=lambda r: r.name),
-                        status=dict((obj or {}).get("status") or {}),
-                        watch_resyncs=group.resyncs,
-                    )
-            now = time.monotonic()
-            wake_at = deadline
-            if failed is not None:
-                wake_at = min(wake_at, failed[1] + EVENT_GRACE_S)
-            if recheck_at is not None:
-                wake_at = min(wake_at, recheck_at)
-            if deadline - now <= 0:
-                obj = group.cache[workload_spec].get(workload.name)
-                pods = [p for p in group.cache[pod_spec].values() if pod_filter(p)]
-                missing = _missing(workload, obj, pods, selector) or ["not synced"]
-                raise ReadinessTimeout(workload, timeout_s, missing + tolerated)
-            message = group.next(max(wake_at - now, 0.0))
-            if message is None:
-                continue
-            if message.kind == "resync":
-                notify(workload, f"watch on {message.spec.describe()} restarted: {message.note}")
-            elif message.kind == "event" and message.spec == event_spec and message.obj:
-                tracked = {workload.name} | set(group.cache[pod_spec])
-                _note_event(message.obj, namespace, tracked, notify)
+            )
+        wake_at = [t for t in (recheck_at,) if t is not None]
+        if self.failed is not None:
+            wake_at.append(self.failed[1] + EVENT_GRACE_S)
+        # What a timeout names: the workload's and every matched pod's state (terminating
+        # ones too), then the signals still inside their tolerance.
+        timeout_missing = _missing(workload, obj, all_pods, self.selector) or ["not synced"]
+        return KeepWaiting(
+            tuple(timeout_missing + tolerated),
+            recheck_in_s=max(0.0, min(wake_at) - time.monotonic()) if wake_at else None,
+        )
+
+    def _raise_failed(
+        self, failed: tuple[Failed, float], pods: list[JsonDict], events: list[JsonDict], now: float
+    ) -> None:
+        """Raise the decided failure once its explaining event arrived or its grace ran out."""
+        signal = failed[0].signal
+        on_pod = signal.kind == "Pod"
+        pod_events = _events_by_name(signal.pod, pods, events) if on_pod else []
+        # A pod-creation failure is its controller's event already.
+        event_message = _explaining_event(signal.reason, pod_events) if on_pod else ""
+        # A group crash loop is explained by its captured log, not by an event.
+        wanted = EVENT_REASONS_FOR.get(signal.reason, ())
+        if event_message or not wanted or now - failed[1] >= EVENT_GRACE_S:
+            raise WorkloadFailed(
+                self.workload,
+                reason=signal.reason,
+                pod=_subject(self.namespace, signal) if signal.pod else None,
+                detail=_with_persistence(signal.detail, failed[0].persisted_s),
+                event_message=event_message,
+                log_lines=_log_lines(self.api, self.namespace, signal),
+            )
+
+    def on_message(self, message: StreamMessage, group: WatchGroup) -> None:
+        """Progress lines for what the streams deliver between looks."""
+        if message.kind == "resync" and message.spec is not None:
+            self.notify(
+                self.workload, f"watch on {message.spec.describe()} restarted: {message.note}"
+            )
+        elif message.kind == "event" and message.spec == self.event_spec and message.obj:
+            tracked = {self.workload.name} | set(group.cache[self.pod_spec])
+            _note_event(message.obj, self.namespace, tracked, self.notify)
 
 
 def _with_persistence(detail: str, persisted_s: float) -> str:

@@ -32,7 +32,7 @@ from llm_rollout.errors import PermanentError
 from llm_rollout.kinds import PodRoll, TemplateChange, WorkloadKind, kind_of
 from llm_rollout.kinds.base import PodFilter
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
-from llm_rollout.kube.watching import WatchSpec, call_with_retry, watching
+from llm_rollout.kube.watching import Selector, call_with_retry, watching
 from llm_rollout.release import WORKLOAD_KINDS, read_release_state, release_objects
 from llm_rollout.spec import DNS1123_LABEL, IMAGE_REF, SAFE_ARG, SecretKeyRef, SmokeSpec
 
@@ -424,11 +424,11 @@ def revert_incarnations(changed: PodIncarnations, now: PodIncarnations) -> PodIn
     return {uid: seen for uid, seen in now.items() if changed.get(uid) != seen}
 
 
-def pod_watch(workload: Mapping[str, Any]) -> tuple[WatchSpec, PodFilter]:
+def pod_watch(workload: Mapping[str, Any]) -> tuple[Selector, PodFilter]:
     """The watch over a workload's pods and the client-side filter its kind needs."""
     selector, keep = _kind(workload).pod_selector(workload)
     namespace = ObjectRef.of(workload).namespace
-    return WatchSpec("v1", "Pod", namespace, label_selector=selector), keep
+    return Selector("v1", "Pod", namespace, label_selector=selector), keep
 
 
 def workload_incarnations(

@@ -37,13 +37,13 @@ from llm_rollout.kube.resources import (
 from llm_rollout.kube.views import ObjectView
 from llm_rollout.kube.watching import (
     TRANSIENT_ATTEMPTS,
+    Interrupt,
     Selector,
     Verdict,
     WatchGroup,
     call_with_retry,
     wait_deleted,
     wait_until,
-    watch_spec_of,
     watching,
 )
 
@@ -100,6 +100,7 @@ class Session:
                 selector.kind,
                 selector.namespace,
                 label_selector=selector.label_selector,
+                field_selector=selector.field_selector,
             )
         )
         return [ObjectView(item) for item in items]
@@ -136,7 +137,7 @@ class Session:
     @contextmanager
     def watch(self, targets: Sequence[ObjectRef | Selector]) -> Iterator[WatchGroup]:
         """Watch streams of `targets` for the block (`watching.WatchGroup`, one per target)."""
-        with watching(self._api, [watch_spec_of(t) for t in targets]) as group:
+        with watching(self._api, [Selector.of(t) for t in targets]) as group:
             yield group
 
     @overload
@@ -147,6 +148,7 @@ class Session:
         timeout_s: float,
         *,
         waiting_for: str = "",
+        interrupt: Interrupt | None = None,
     ) -> _T: ...
 
     @overload
@@ -157,6 +159,7 @@ class Session:
         timeout_s: float,
         *,
         waiting_for: str = "",
+        interrupt: Interrupt | None = None,
     ) -> _T: ...
 
     def wait_until(
@@ -166,9 +169,14 @@ class Session:
         timeout_s: float,
         *,
         waiting_for: str = "",
+        interrupt: Interrupt | None = None,
     ) -> _T:
-        """Watch `target` until `check` says Done / Failed, or time out: `watching.wait_until`."""
-        result: _T = wait_until(self._api, target, check, timeout_s, waiting_for=waiting_for)
+        """Watch `target` until `check` says Done / Failed, or time out: `watching.wait_until`.
+        `interrupt` (a held rollout lease) ends the wait early with its own error. A wait on
+        several kinds at once (readiness) is `watching.watch_until`, which this one wraps."""
+        result: _T = wait_until(
+            self._api, target, check, timeout_s, waiting_for=waiting_for, interrupt=interrupt
+        )
         return result
 
     def close(self) -> None:

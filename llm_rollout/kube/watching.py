@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from kubernetes import client as k8s_client
 from kubernetes import watch as _k8s_watch
@@ -55,14 +55,27 @@ class WaitTimeout(PermanentError):
 
 
 @dataclass(frozen=True)
-class WatchSpec:
-    """One collection to watch. `name` narrows it to a single object."""
+class Selector:
+    """Objects of one kind in one namespace (None: cluster-scoped or every namespace), narrowed
+    by a label selector and, with `name`, to a single object: what is listed, watched and
+    waited on."""
 
     api_version: str
     kind: str
     namespace: str | None
     label_selector: str | None = None
     name: str | None = None
+
+    @classmethod
+    def of(cls, target: ObjectRef | Selector) -> Selector:
+        """The selector of one object (`ObjectRef`), or `target` itself."""
+        if isinstance(target, ObjectRef):
+            return cls(target.api_version, target.kind, target.namespace, name=target.name)
+        return target
+
+    @property
+    def field_selector(self) -> str | None:
+        return f"metadata.name={self.name}" if self.name else None
 
     def describe(self) -> str:
         where = f" in {self.namespace}" if self.namespace else ""
@@ -72,12 +85,18 @@ class WatchSpec:
         return f"{self.kind} objects{where}{sel}"
 
 
+# The name this type had as the watch machinery's own; kept so that llm_rollout/release.py
+# (being split into modules on another branch) keeps importing it until that split lands.
+WatchSpec = Selector
+
+
 @dataclass
 class StreamMessage:
-    """What a stream delivered: a full snapshot (`sync`), one change (`event`), or a fault."""
+    """What a stream delivered: a full snapshot (`sync`), one change (`event`), or a fault;
+    or `wake`, from no stream (`spec` None): an `Interrupt` asks the waiter to look."""
 
-    spec: WatchSpec
-    kind: str  # "sync" | "event" | "resync" | "error"
+    spec: Selector | None
+    kind: str  # "sync" | "event" | "resync" | "error" | "wake"
     event_type: str = ""
     obj: JsonDict | None = None
     items: list[JsonDict] = field(default_factory=list)
@@ -120,7 +139,7 @@ class _Stream(threading.Thread):
     def __init__(
         self,
         api: k8s_client.ApiClient,
-        spec: WatchSpec,
+        spec: Selector,
         out: queue.Queue[StreamMessage],
         stop: threading.Event,
     ) -> None:
@@ -148,14 +167,13 @@ class _Stream(threading.Thread):
         return self.spec.name is None or ObjectView(obj).metadata.name == self.spec.name
 
     def _list(self) -> str:
-        field_selector = f"metadata.name={self.spec.name}" if self.spec.name else None
         items, resource_version = list_objects(
             self.api,
             self.spec.api_version,
             self.spec.kind,
             self.spec.namespace,
             label_selector=self.spec.label_selector,
-            field_selector=field_selector,
+            field_selector=self.spec.field_selector,
         )
         self.out.put(StreamMessage(self.spec, "sync", items=[i for i in items if self._matches(i)]))
         return resource_version
@@ -181,8 +199,8 @@ class _Stream(threading.Thread):
             query.append(("resourceVersion", resource_version))
         if self.spec.label_selector:
             query.append(("labelSelector", self.spec.label_selector))
-        if self.spec.name:
-            query.append(("fieldSelector", f"metadata.name={self.spec.name}"))
+        if self.spec.field_selector:
+            query.append(("fieldSelector", self.spec.field_selector))
         response = raw_request(
             self.api,
             "GET",
@@ -268,13 +286,13 @@ class WatchGroup:
     `cache[spec][name]` holds the latest version of every object of that stream.
     """
 
-    def __init__(self, api: k8s_client.ApiClient, specs: Sequence[WatchSpec]) -> None:
+    def __init__(self, api: k8s_client.ApiClient, specs: Sequence[Selector]) -> None:
         self.api = api
         self.specs = list(specs)
         self.queue: queue.Queue[StreamMessage] = queue.Queue()
         self.stop_event = threading.Event()
-        self.cache: dict[WatchSpec, dict[str, JsonDict]] = {s: {} for s in self.specs}
-        self.synced: set[WatchSpec] = set()
+        self.cache: dict[Selector, dict[str, JsonDict]] = {s: {} for s in self.specs}
+        self.synced: set[Selector] = set()
         self.resyncs = 0
         self._streams = [_Stream(api, s, self.queue, self.stop_event) for s in self.specs]
 
@@ -288,6 +306,10 @@ class WatchGroup:
             stream.halt()
         for stream in self._streams:
             stream.join(timeout=2.0)
+
+    def wake(self) -> None:
+        """Make the consumer's pending `next` return at once (callable from any thread)."""
+        self.queue.put(StreamMessage(None, "wake"))
 
     @property
     def all_synced(self) -> bool:
@@ -304,6 +326,8 @@ class WatchGroup:
             return None
         if message.kind == "error" and message.error is not None:
             raise message.error
+        if message.spec is None:
+            return message
         objects = self.cache[message.spec]
         if message.kind == "sync":
             objects.clear()
@@ -325,7 +349,7 @@ def _name(obj: JsonDict) -> str:
 
 
 @contextmanager
-def watching(api: k8s_client.ApiClient, specs: Sequence[WatchSpec]) -> Iterator[WatchGroup]:
+def watching(api: k8s_client.ApiClient, specs: Sequence[Selector]) -> Iterator[WatchGroup]:
     """Run a `WatchGroup` for the duration of the block; streams stop on exit."""
     group = WatchGroup(api, specs)
     group.start()
@@ -333,19 +357,6 @@ def watching(api: k8s_client.ApiClient, specs: Sequence[WatchSpec]) -> Iterator[
         yield group
     finally:
         group.close()
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Objects of one kind in one namespace (None: cluster-scoped), narrowed by a label selector."""
-
-    api_version: str
-    kind: str
-    namespace: str | None
-    label_selector: str | None = None
-
-    def watch_spec(self) -> WatchSpec:
-        return WatchSpec(self.api_version, self.kind, self.namespace, self.label_selector)
 
 
 @dataclass(frozen=True)
@@ -357,9 +368,12 @@ class Done(Generic[_T]):
 
 @dataclass(frozen=True)
 class Waiting:
-    """A `wait_until` check's verdict: not yet; `missing` says what, for the timeout message."""
+    """A `wait_until` check's verdict: not yet; `missing` says what, for the timeout message.
+    `recheck_in_s`: look again after that long even if nothing changes (a timer of the check's
+    own, such as a tolerance running out); None: only on a change."""
 
     missing: tuple[str, ...]
+    recheck_in_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -380,15 +394,83 @@ class WaitFailed(PermanentError):
         self.reason = reason
 
 
-def watch_spec_of(target: ObjectRef | Selector) -> WatchSpec:
-    """The watch stream of one object, or of the objects a selector matches."""
-    if isinstance(target, ObjectRef):
-        return WatchSpec(target.api_version, target.kind, target.namespace, name=target.name)
-    return target.watch_spec()
-
-
 def _views(cache: Mapping[str, JsonDict]) -> list[ObjectView]:
     return [ObjectView(cache[name]) for name in sorted(cache)]
+
+
+class Interrupt(Protocol):
+    """What may end a wait in progress from another thread: a rollout lease lost while the
+    wait runs (`locking.ServiceLock`). The wait looks at it before each check, and `subscribe`
+    wakes it when that happens, so it ends promptly without polling."""
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` (from any thread) once the wait must end, at once if it must already;
+        returns the call that cancels the subscription."""
+        ...
+
+    def interrupted(self) -> RolloutError | None:
+        """The error the wait ends with, once it must end; None until then."""
+        ...
+
+
+def watch_until(
+    api: k8s_client.ApiClient,
+    targets: Sequence[ObjectRef | Selector],
+    check: Callable[[WatchGroup], Verdict[_T]],
+    timeout_s: float,
+    *,
+    waiting_for: str = "",
+    on_message: Callable[[StreamMessage, WatchGroup], None] | None = None,
+    interrupt: Interrupt | None = None,
+) -> _T:
+    """Watch every target at once until `check` says `Done` (its value is returned) or
+    `Failed` (raised as `WaitFailed`); `WaitTimeout` after `timeout_s`, naming what the last
+    `Waiting` missed. `check` may raise its own error instead of returning `Failed`.
+
+    `check` sees the group (`cache[Selector.of(target)]` per target) once every stream has
+    listed, and again after every message and whenever a `Waiting.recheck_in_s` runs out, never
+    on a partial picture. `on_message` sees each message after it reached the cache (progress
+    reports). An `interrupt` ends the wait with its error as soon as it fires.
+    """
+    specs = [Selector.of(t) for t in targets]
+    deadline = time.monotonic() + timeout_s
+    missing: tuple[str, ...] = ()
+    with watching(api, specs) as group:
+        unsubscribe = interrupt.subscribe(group.wake) if interrupt is not None else None
+        try:
+            while True:
+                error = interrupt.interrupted() if interrupt is not None else None
+                if error is not None:
+                    raise error
+                wake_at = deadline
+                if group.all_synced:
+                    verdict = check(group)
+                    if isinstance(verdict, Done):
+                        return verdict.value
+                    if isinstance(verdict, Failed):
+                        raise WaitFailed(verdict.reason)
+                    missing = verdict.missing
+                    if verdict.recheck_in_s is not None:
+                        wake_at = min(deadline, time.monotonic() + verdict.recheck_in_s)
+                else:
+                    missing = tuple(
+                        f"{spec.describe()} not listed yet"
+                        for spec in specs
+                        if spec not in group.synced
+                    )
+                now = time.monotonic()
+                if deadline - now <= 0:
+                    about = f" waiting for {waiting_for}" if waiting_for else ""
+                    raise WaitTimeout(
+                        f"timed out after {timeout_s:.0f}s{about}: " + "; ".join(missing),
+                        missing=list(missing),
+                    )
+                message = group.next(max(wake_at - now, 0.0))
+                if message is not None and on_message is not None:
+                    on_message(message, group)
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
 
 
 def wait_until(
@@ -398,6 +480,7 @@ def wait_until(
     timeout_s: float,
     *,
     waiting_for: str = "",
+    interrupt: Interrupt | None = None,
 ) -> _T:
     """Watch `target` until `check` says `Done` (its value is returned) or `Failed` (raised as
     `WaitFailed`); `WaitTimeout` after `timeout_s`, naming what the last `Waiting` missed.
@@ -407,33 +490,20 @@ def wait_until(
     once the first list arrived and after every change, never on a partial picture. Success
     and failure both end the wait, as with lightkube's `Client.wait(for_conditions=...,
     raise_for_conditions=...)` (gtsystem/lightkube src/lightkube/core/client.py), but the
-    check may look at anything.
+    check may look at anything. One target of `watch_until`.
     """
-    spec = watch_spec_of(target)
-    missing: tuple[str, ...] = (f"{spec.describe()} not listed yet",)
-    deadline = time.monotonic() + timeout_s
-    with watching(api, [spec]) as group:
-        while True:
-            if spec in group.synced:
-                cache = group.cache[spec]
-                if isinstance(target, ObjectRef):
-                    found = cache.get(target.name)
-                    verdict = check(ObjectView(found) if found is not None else None)
-                else:
-                    verdict = check(_views(cache))
-                if isinstance(verdict, Done):
-                    return verdict.value
-                if isinstance(verdict, Failed):
-                    raise WaitFailed(verdict.reason)
-                missing = verdict.missing
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                about = f" waiting for {waiting_for}" if waiting_for else ""
-                raise WaitTimeout(
-                    f"timed out after {timeout_s:.0f}s{about}: " + "; ".join(missing),
-                    missing=list(missing),
-                )
-            group.next(remaining)
+    spec = Selector.of(target)
+
+    def check_target(group: WatchGroup) -> Verdict[_T]:
+        cache = group.cache[spec]
+        if isinstance(target, ObjectRef):
+            found = cache.get(target.name)
+            return check(ObjectView(found) if found is not None else None)
+        return check(_views(cache))
+
+    return watch_until(
+        api, [spec], check_target, timeout_s, waiting_for=waiting_for, interrupt=interrupt
+    )
 
 
 def wait_deleted(api: k8s_client.ApiClient, ref: ObjectRef, timeout_s: float) -> None:

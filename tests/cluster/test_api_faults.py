@@ -20,7 +20,7 @@ from llm_rollout.errors import PermanentError, RolloutError, is_transient
 from llm_rollout.kube.errors import KubeTransientError, UnauthorizedError
 from llm_rollout.kube.objects import apply, get
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.kube.watching import WatchSpec, call_with_retry, watching
+from llm_rollout.kube.watching import Selector, call_with_retry, watching
 from sandbox.cluster.api_proxy import ApiFaultProxy, FaultRule
 from sandbox.cluster.control_plane import Cluster
 from tests.cluster.faults_support import (
@@ -339,7 +339,7 @@ def test_product_watch_relists_after_410_and_still_sees_changes(
     rule = faults.plan.add(
         FaultRule("gone", rf"/namespaces/{namespace}/configmaps$", watch=True, times=2)
     )
-    spec = WatchSpec("v1", "ConfigMap", namespace)
+    spec = Selector("v1", "ConfigMap", namespace)
     with watching(worker_via_proxy, [spec]) as group:
         notes = _drain_resyncs(group, 2)
         _changes_still_arrive(group, worker_via_proxy, namespace, "after-gone")
@@ -358,7 +358,7 @@ def test_product_watch_relists_after_a_cut_stream_and_still_sees_changes(
     rule = faults.plan.add(
         FaultRule("cut", rf"/namespaces/{namespace}/configmaps$", watch=True, events_before_cut=1)
     )
-    spec = WatchSpec("v1", "ConfigMap", namespace)
+    spec = Selector("v1", "ConfigMap", namespace)
     with watching(worker_via_proxy, [spec]) as group:
         while spec not in group.synced:
             assert group.next(30.0) is not None, "the first list never arrived"

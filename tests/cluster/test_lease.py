@@ -18,7 +18,7 @@ from kubernetes import client as k8s
 
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.locking import (
     OWNER_ANNOTATION,
     LeaseLostError,
@@ -52,7 +52,7 @@ def _lease(api: k8s.ApiClient, namespace: str) -> LeaseState:
 def _wait_lease(api: k8s.ApiClient, namespace: str, what: str, done: object) -> LeaseState:
     """Watch the Lease until ``done(state)`` holds (bounded)."""
     assert callable(done)
-    spec = WatchSpec("coordination.k8s.io/v1", "Lease", namespace, name=lease_name(SERVICE))
+    spec = Selector("coordination.k8s.io/v1", "Lease", namespace, name=lease_name(SERVICE))
     deadline = time.monotonic() + WAIT_S
     with watching(api, [spec]) as group:
         while True:

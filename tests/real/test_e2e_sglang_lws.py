@@ -30,7 +30,7 @@ from prefect.client.schemas.objects import State
 
 from flows.deploy import RolloutFailed, deploy
 from llm_rollout.kube.client import load_api_client
-from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.record import ANN_DEPLOYED_AT
 from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.spec import load_spec
@@ -159,7 +159,7 @@ def _when_service_routes_away_from(
     The new release needs readiness and the smoke test first: ~1 min on the loaded machine.
     Fails at once when the flow run ended without switching it."""
     api = load_api_client()
-    spec = WatchSpec("v1", "Service", NAMESPACE, name=name)
+    spec = Selector("v1", "Service", NAMESPACE, name=name)
     deadline = time.monotonic() + SWITCH_WAIT_S
     try:
         with watching(api, [spec]) as group:

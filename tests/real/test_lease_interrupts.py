@@ -30,7 +30,7 @@ from flows.deploy import deploy
 from flows.redeploy import RedeployFailed, redeploy
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
-from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.locking import LEASE_API_VERSION, OWNER_ANNOTATION, LeaseLostError, lease_name
 from llm_rollout.redeploy import pod_templates
 from llm_rollout.release import teardown
@@ -103,7 +103,7 @@ def test_a_lease_taken_over_mid_redeploy_stops_the_run_without_further_writes(
         with product_via_proxy(real_cluster) as proxy:
 
             def take_over_once_applied() -> None:
-                spec = WatchSpec("apps/v1", "Deployment", NAMESPACE, label_selector=selector)
+                spec = Selector("apps/v1", "Deployment", NAMESPACE, label_selector=selector)
                 deadline = time.monotonic() + WAIT_S
                 try:
                     with watching(real_admin, [spec]) as group:

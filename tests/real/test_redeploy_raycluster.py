@@ -46,7 +46,7 @@ from llm_rollout.kinds import PodRoll
 from llm_rollout.kinds.raycluster import RayCluster
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef
-from llm_rollout.kube.watching import WatchSpec, watching
+from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.redeploy import (
     RESTARTED_AT_ANNOTATION,
     Action,
@@ -113,8 +113,8 @@ def _wait_cluster(
     api: k8s.ApiClient, namespace: str, what: str, done: Any
 ) -> tuple[JsonDict, list[JsonDict]]:
     """Watch the RayCluster and its pods until ``done(cluster, live_pods)`` holds (bounded)."""
-    cluster_spec = WatchSpec("ray.io/v1", "RayCluster", namespace, name=NAME)
-    pod_spec = WatchSpec("v1", "Pod", namespace, label_selector=f"{CLUSTER_LABEL}={NAME}")
+    cluster_spec = Selector("ray.io/v1", "RayCluster", namespace, name=NAME)
+    pod_spec = Selector("v1", "Pod", namespace, label_selector=f"{CLUSTER_LABEL}={NAME}")
     deadline = time.monotonic() + WAIT_S
     with watching(api, [cluster_spec, pod_spec]) as group:
         while True:
