@@ -1,6 +1,7 @@
 """Kubernetes stages of a rollout: volumes, release apply, the late binding of the PD router,
 the gate (promote / bake / retire / roll back). Each task takes the release plan
-(`llm_rollout.plan.ReleasePlan`), opens an API client (`cluster_api`) and runs one stage of
+(`llm_rollout.plan.ReleasePlan`), uses the process's Kubernetes session
+(`kube.session.process_session`) and runs one stage of
 `llm_rollout.stages`; retries only on transient API errors.
 """
 
@@ -10,8 +11,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.kube.session import process_session
 from llm_rollout.plan import ReleasePlan
-from llm_rollout.release import BakeReport, ReleaseDegraded, bake, cluster_api
+from llm_rollout.release import BakeReport, ReleaseDegraded, bake
 from llm_rollout.stages import (
     AppliedRelease,
     apply_release,
@@ -39,31 +41,31 @@ __all__ = [
 @api_task("volumes", timeout_seconds=900)
 def volumes(plan: ReleasePlan) -> list[str]:
     """Namespace (if missing), the OSS Secret (unless RRSA), PV and PVC; wait until Bound."""
-    with cluster_api() as api:
-        return apply_volumes(api, plan, get_run_logger())
+    api = process_session().api
+    return apply_volumes(api, plan, get_run_logger())
 
 
 @api_task("rollout", timeout_seconds=1800)
 def rollout(plan: ReleasePlan) -> AppliedRelease:
     """Validate, dry-run everything, then apply the new release (after removing the serving
     one first with recreate)."""
-    with cluster_api() as api:
-        return apply_release(api, plan, get_run_logger())
+    api = process_session().api
+    return apply_release(api, plan, get_run_logger())
 
 
 @api_task("bind-router-backends", timeout_seconds=1800)
 def bind_router_backends(plan: ReleasePlan) -> ReleasePlan:
     """The late binding of a RoleBasedGroup's PD router: its backend URLs name the role
     Services the controller created; returns the bound plan."""
-    with cluster_api() as api:
-        return bind_late(api, plan, get_run_logger())
+    api = process_session().api
+    return bind_late(api, plan, get_run_logger())
 
 
 @api_task("promote", timeout_seconds=300)
 def promote(plan: ReleasePlan) -> GatePlan:
     """Point the stable Service at the new release; the previous one stays until retired."""
-    with cluster_api() as api:
-        return promote_release(api, plan, get_run_logger())
+    api = process_session().api
+    return promote_release(api, plan, get_run_logger())
 
 
 @task(
@@ -89,19 +91,19 @@ def bake_release(plan: ReleasePlan, window_s: float) -> BakeReport:
         spec.name,
         window_s,
     )
-    with cluster_api() as api:
-        try:
-            report = bake(
-                api,
-                workload,
-                window_s,
-                stable_service=spec.name,
-                release=plan.release,
-                on_event=logger.info,
-            )
-        except ReleaseDegraded as exc:
-            logger.error("%s", exc)
-            raise
+    api = process_session().api
+    try:
+        report = bake(
+            api,
+            workload,
+            window_s,
+            stable_service=spec.name,
+            release=plan.release,
+            on_event=logger.info,
+        )
+    except ReleaseDegraded as exc:
+        logger.error("%s", exc)
+        raise
     logger.info("%s stayed ready for %.0fs with %d pod(s)", workload, window_s, len(report.pods))
     return report
 
@@ -109,12 +111,12 @@ def bake_release(plan: ReleasePlan, window_s: float) -> BakeReport:
 @api_task("retire-previous", timeout_seconds=900)
 def retire_previous(plan: ReleasePlan, gate: GatePlan) -> list[str]:
     """Remove the releases the promotion replaced (waiting until their pods are gone)."""
-    with cluster_api() as api:
-        return retire_releases(api, plan, gate, get_run_logger())
+    api = process_session().api
+    return retire_releases(api, plan, gate, get_run_logger())
 
 
 @api_task("rollback", timeout_seconds=900)
 def rollback(plan: ReleasePlan) -> GatePlan:
     """Remove the new release; the serving one (if any is left) keeps the stable Service."""
-    with cluster_api() as api:
-        return roll_back_release(api, plan, get_run_logger())
+    api = process_session().api
+    return roll_back_release(api, plan, get_run_logger())

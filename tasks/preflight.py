@@ -8,9 +8,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
+from llm_rollout.kube.session import process_session
 from llm_rollout.plan import render_for
 from llm_rollout.preflight import PreflightReport, run_preflight
-from llm_rollout.release import cluster_api, find_serving_release
+from llm_rollout.release import find_serving_release
 from llm_rollout.render import RenderedRelease
 from llm_rollout.spec import ServiceSpec
 from tasks.policy import retry_transient_only
@@ -33,13 +34,13 @@ def preflight(
     `rendered`, from an earlier pass of the same run, is reused when it still fits.
     """
     logger = get_run_logger()
-    with cluster_api() as api:
-        report = run_preflight(
-            api,
-            spec,
-            render_release=functools.partial(render_for, spec, release, reuse=rendered),
-            find_serving=lambda a: find_serving_release(a, spec.namespace, spec.name),
-        )
+    api = process_session().api
+    report = run_preflight(
+        api,
+        spec,
+        render_release=functools.partial(render_for, spec, release, reuse=rendered),
+        find_serving=lambda a: find_serving_release(a, spec.namespace, spec.name),
+    )
     for check in report.checks:
         logger.info("preflight ok: %s", check)
     for warning in report.warnings:

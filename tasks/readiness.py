@@ -15,9 +15,9 @@ from llm_rollout.artifacts import (
     readiness_timeout_markdown,
 )
 from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.kube.session import process_session
 from llm_rollout.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES, Tolerances
-from llm_rollout.release import cluster_api
 from tasks.policy import retry_transient_only
 
 # The task's own limit only backstops `timeout_s`, which `wait_ready` enforces precisely.
@@ -51,34 +51,34 @@ def wait_workload_ready(
     """
     logger = get_run_logger()
     logger.info("waiting up to %.0fs for %s to become ready", timeout_s, workload)
-    with cluster_api() as api:
-        try:
-            report = wait_ready(
-                api,
-                workload,
-                timeout_s=timeout_s,
-                pod_selector=pod_selector,
-                tolerances=tolerances,
-                on_event=lambda ref, message: logger.info("%s: %s", ref, message),
-            )
-        except WorkloadFailed as exc:
-            logger.error("%s failed: %s", workload, exc)
-            create_markdown_artifact(
-                key=artifact_key(READINESS, service_id),
-                markdown=readiness_failure_markdown(
-                    str(workload), exc.reason, str(exc.pod or "-"), exc.event_message, exc.log_lines
-                ),
-                description=f"{workload} failed: {exc.reason}",
-            )
-            raise
-        except ReadinessTimeout as exc:
-            logger.error("%s", exc)
-            create_markdown_artifact(
-                key=artifact_key(READINESS, service_id),
-                markdown=readiness_timeout_markdown(str(workload), timeout_s, exc.missing),
-                description=f"{workload} readiness timeout",
-            )
-            raise
+    api = process_session().api
+    try:
+        report = wait_ready(
+            api,
+            workload,
+            timeout_s=timeout_s,
+            pod_selector=pod_selector,
+            tolerances=tolerances,
+            on_event=lambda ref, message: logger.info("%s: %s", ref, message),
+        )
+    except WorkloadFailed as exc:
+        logger.error("%s failed: %s", workload, exc)
+        create_markdown_artifact(
+            key=artifact_key(READINESS, service_id),
+            markdown=readiness_failure_markdown(
+                str(workload), exc.reason, str(exc.pod or "-"), exc.event_message, exc.log_lines
+            ),
+            description=f"{workload} failed: {exc.reason}",
+        )
+        raise
+    except ReadinessTimeout as exc:
+        logger.error("%s", exc)
+        create_markdown_artifact(
+            key=artifact_key(READINESS, service_id),
+            markdown=readiness_timeout_markdown(str(workload), timeout_s, exc.missing),
+            description=f"{workload} readiness timeout",
+        )
+        raise
     logger.info(
         "%s ready after %.1fs with %d pod(s): %s",
         workload,

@@ -18,12 +18,12 @@ from llm_rollout.credentials import resolve_oss_credentials
 from llm_rollout.errors import PermanentError
 from llm_rollout.hub import HubClient
 from llm_rollout.incremental import CopyResult, copy_unchanged
+from llm_rollout.kube.session import process_session
 from llm_rollout.locking import ServiceLock, service_lock
 from llm_rollout.mirror.manifest import manifest_key
 from llm_rollout.oss import open_bucket
 from llm_rollout.preflight import credentials_ref
 from llm_rollout.refresh import RefreshPlan, inspect_refresh, revision_target
-from llm_rollout.release import cluster_api
 from llm_rollout.retention import (
     delete_revision,
     list_revisions,
@@ -46,14 +46,14 @@ def _bucket(spec: ServiceSpec, revision: str) -> oss2.Bucket:
 def inspect(spec: ServiceSpec) -> RefreshPlan:
     """Compare the hub's branch now with the serving revision's manifest (reads only)."""
     logger = get_run_logger()
-    with cluster_api() as api:
-        assert spec.model.modelscope is not None  # inspect_refresh says so clearly otherwise
-        plan = inspect_refresh(
-            spec,
-            hub=HubClient(),
-            bucket=_bucket(spec, spec.model.modelscope.revision),
-            api=api,
-        )
+    api = process_session().api
+    assert spec.model.modelscope is not None  # inspect_refresh says so clearly otherwise
+    plan = inspect_refresh(
+        spec,
+        hub=HubClient(),
+        bucket=_bucket(spec, spec.model.modelscope.revision),
+        api=api,
+    )
     logger.info("%s/%s: %s", spec.namespace, spec.name, plan.reason)
     return plan
 
@@ -91,8 +91,8 @@ def clean_revisions(spec: ServiceSpec, keep: int, protected: list[str]) -> list[
     bucket = _bucket(spec, source.revision)
     target = revision_target(spec, source.revision)
     root = model_root(spec.storage.prefix, source.model_id)
-    with cluster_api() as api:
-        in_use = revisions_in_use(api, source.model_id)
+    api = process_session().api
+    in_use = revisions_in_use(api, source.model_id)
     plan = plan_retention(
         list_revisions(bucket, target, root), keep=keep, protected={*protected, *in_use}
     )
@@ -117,10 +117,8 @@ def rollout_lease(namespace: str, service: str, *, wait_s: float) -> Iterator[Se
     holder = f"{flow_run.get_flow_name()}/{flow_run.get_name()} (flow run {run_id}) on " + (
         socket.gethostname()
     )
-    with (
-        cluster_api() as api,
-        service_lock(api, namespace, service, holder=holder, owner=owner, wait_s=wait_s) as lock,
-    ):
+    api = process_session().api
+    with service_lock(api, namespace, service, holder=holder, owner=owner, wait_s=wait_s) as lock:
         logger.info("rollout lease of %s/%s held by %s", namespace, service, holder)
         yield lock
         logger.info("rollout lease of %s/%s released by %s", namespace, service, holder)

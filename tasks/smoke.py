@@ -24,8 +24,8 @@ from llm_rollout.artifacts import (
     artifact_key,
     smoke_verdict_markdown,
 )
+from llm_rollout.kube.session import process_session
 from llm_rollout.metrics import MetricsReading
-from llm_rollout.release import cluster_api
 from llm_rollout.smoke import (
     SmokeReport,
     SmokeTarget,
@@ -70,14 +70,14 @@ def smoke_test(target: SmokeTarget) -> SmokeOutcome:
     """
     logger = get_run_logger()
     where = f"Service {target.namespace}/{target.service}"
-    with cluster_api() as api:
-        report, metrics = smoke_release(
-            api,
-            target,
-            on_route=lambda route: logger.info(
-                "smoke test of %s port %d via %s", where, target.port, route
-            ),
-        )
+    api = process_session().api
+    report, metrics = smoke_release(
+        api,
+        target,
+        on_route=lambda route: logger.info(
+            "smoke test of %s port %d via %s", where, target.port, route
+        ),
+    )
     verdict = validate_smoke(report, target.smoke.expect)
     _log_outcome(where, report, verdict, metrics)
     service_id = ServiceId(target.kind, target.namespace, target.name)
