@@ -26,8 +26,11 @@ over; a renewal that finds another holder stops it at once. Like client-go's `Ru
 cancels the context handed to `OnStartedLeading` when `renew` returns, the loss is handed to
 the guarded work cooperatively: `check_lease` (called before every API stage, see
 `tasks.policy.api_task`) raises `LeaseLostError` naming the Lease and its new holder, so no
-further stage starts and nothing more is written. As client-go's package comment says, this is
-not fencing: a write already in flight when the lease is lost still lands.
+further stage starts and nothing more is written; and a wait already in progress (readiness,
+given the hold as its `kube.watching.Interrupt`) is woken by the keeper the moment it gives up
+(`ServiceLock.subscribe`) and ends with the same error, rather than at its own timeout. As
+client-go's package comment says, this is not fencing: a write already in flight when the
+lease is lost still lands.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -345,6 +348,9 @@ class ServiceLock:
     api: k8s_client.ApiClient | None = field(default=None, repr=False)
     # Set once, when the hold is found lost; what a waiter blocks on.
     lost_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    # Waits in progress to wake when the hold is lost (`subscribe`), under `_guard`.
+    _wakers: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def lost(self) -> bool:
@@ -355,9 +361,35 @@ class ServiceLock:
         return lease_ref(self.namespace, self.service)
 
     def mark_lost(self, holder: str, why: str) -> None:
-        if not self.lost:
+        with self._guard:
+            if self.lost:
+                return
             self.lost_to, self.lost_why = holder, why
             self.lost_event.set()
+            wakers = list(self._wakers)
+        for wake in wakers:
+            wake()
+
+    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
+        """Have `wake` called once the hold is lost (at once if it is already), so a wait in
+        progress (readiness: `kube.watching.watch_until`) ends with `interrupted()` without
+        waiting for its next event; returns the call that unsubscribes. The cooperative stop
+        of client-go's `Run`, which cancels the context the guarded work runs in."""
+        with self._guard:
+            if not self.lost:
+                self._wakers.append(wake)
+                return lambda: self._unsubscribe(wake)
+        wake()
+        return lambda: None
+
+    def _unsubscribe(self, wake: Callable[[], None]) -> None:
+        with self._guard:
+            if wake in self._wakers:
+                self._wakers.remove(wake)
+
+    def interrupted(self) -> LeaseLostError | None:
+        """`LeaseLostError` once the hold is lost: what a wait in progress ends with."""
+        return self.lost_error() if self.lost else None
 
     def lost_error(self) -> LeaseLostError:
         ref = self.ref

@@ -16,6 +16,7 @@ from llm_rollout.artifacts import (
 )
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.session import process_session
+from llm_rollout.locking import held_lease
 from llm_rollout.readiness import ReadinessTimeout, ReadyReport, WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES, Tolerances
 from tasks.policy import retry_transient_only
@@ -47,7 +48,7 @@ def wait_workload_ready(
 
     Raises `WorkloadFailed` (reason, pod, event, log lines) or `ReadinessTimeout` (what is
     missing); both are permanent and also published as a markdown artifact in the history of
-    `service_id`.
+    `service_id`. Under a rollout lease, `LeaseLostError` as soon as the lease is lost.
     """
     logger = get_run_logger()
     logger.info("waiting up to %.0fs for %s to become ready", timeout_s, workload)
@@ -60,6 +61,8 @@ def wait_workload_ready(
             pod_selector=pod_selector,
             tolerances=tolerances,
             on_event=lambda ref, message: logger.info("%s: %s", ref, message),
+            # A rollout lease lost meanwhile ends the wait at once (LeaseLostError).
+            interrupt=held_lease(),
         )
     except WorkloadFailed as exc:
         logger.error("%s failed: %s", workload, exc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from llm_rollout.kube.watching import (
     Waiting,
     WaitTimeout,
 )
+from llm_rollout.locking import LeaseLostError, ServiceLock
 from llm_rollout.release import cluster_api
 from sandbox.cluster.control_plane import Cluster
 from tests.kube_edge.conftest import configmap
@@ -173,6 +175,33 @@ def test_wait_until_a_selector_sees_objects_arrive(session: Session, namespace: 
 
     selector = Selector("v1", "ConfigMap", namespace, "app.kubernetes.io/part-of=waiting")
     assert session.wait_until(selector, both, timeout_s=60) == ["m0", "m1"]
+
+
+def test_a_lost_lease_ends_a_wait_in_progress(session: Session, namespace: str) -> None:
+    # The hold is lost from another thread while the wait blocks on its watch: the lease
+    # keeper's `mark_lost` (llm_rollout/locking.py) wakes the wait, which ends with the
+    # lease's error instead of running to its timeout (an hour: the test's own bound is 60 s).
+    session.apply(configmap(namespace, "never-done", {"phase": "Pending"}))
+    lock = ServiceLock(namespace, "svc", "run a", "a", False, datetime.now(UTC))
+    keeper = threading.Thread(target=lock.mark_lost, args=("run b", "another run holds it now"))
+    checks: list[ObjectView | None] = []
+
+    def pending(obj: ObjectView | None) -> Verdict[None]:
+        checks.append(obj)
+        if len(checks) == 1:
+            keeper.start()
+        return Waiting(("still Pending",))
+
+    ref = ObjectRef("v1", "ConfigMap", namespace, "never-done")
+    with pytest.raises(LeaseLostError, match="it is held by 'run b' now"):
+        session.wait_until(ref, pending, timeout_s=3600, interrupt=lock)
+    keeper.join()
+    assert len(checks) == 1  # woken by the loss, not by a change of the object
+    # A wait that starts after the loss ends before its first check.
+    with pytest.raises(LeaseLostError):
+        session.wait_until(ref, pending, timeout_s=3600, interrupt=lock)
+    assert len(checks) == 1
+    assert lock._wakers == []  # every wait unsubscribed on the way out
 
 
 def test_retry_policy_retries_transient_failures_only() -> None:

@@ -1,5 +1,6 @@
 """A rollout whose Lease is taken over stops, says so, and writes nothing more (issue 19:
-"let a Lease expire and be taken over while a rollout holds it").
+"let a Lease expire and be taken over while a rollout holds it"); a wait in progress when that
+happens (readiness) ends at once instead of running to its own timeout.
 
 The redeploy flow holds the service's rollout Lease (llm_rollout/locking.py ``service_lock``,
 taken in tasks/refresh.py ``rollout_lease``). Here, once the flow has applied its change and
@@ -13,6 +14,12 @@ the revert a failed stage would run is not written, since the service is the oth
 Every request the product made goes through the recording API proxy
 (sandbox/cluster/api_proxy.py), which shows no write after the takeover.
 
+The second case takes the Lease over while the deploy flow waits for a release that never
+becomes ready: the lease keeper's next renewal finds the other holder (``locking._keep_renewing``)
+and wakes the readiness wait (``ServiceLock.subscribe``, ``kube.watching.watch_until``), which
+ends with ``LeaseLostError`` long before its 900 s timeout (the test's own bound is far
+shorter, so only the interrupt can end it in time).
+
 The engine plays no part, so the service is a Deployment serving the SGLang stand-in.
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,6 +44,7 @@ from llm_rollout.redeploy import pod_templates
 from llm_rollout.release import teardown
 from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.spec import load_spec
+from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord
 from sandbox.cluster.control_plane import Cluster
 from tests.deploy.cli_support import product_via_proxy
 from tests.real_deploy import RealStores, write_real_spec
@@ -43,6 +52,12 @@ from tests.real_deploy import RealStores, write_real_spec
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 NAMESPACE = "lease-taken-over"
+NEVER_READY_NAMESPACE = "lease-lost-in-readiness"
+# Rank 0 of a two-node group whose other rank never comes: the stand-in (like SGLang) answers
+# /health with 503 until every rank joined (sandbox/sglang_standin/server.py `_lead`), so the
+# pod runs but never becomes Ready, and no failure signal ends the readiness wait.
+NEVER_READY_ARGS = ["--nnodes", "2", "--node-rank", "0", "--dist-init-addr", "127.0.0.1:20000"]
+NEVER_READY_TIMEOUT_S = 900
 OTHER_HOLDER = "redeploy/other-run (flow run b) on another-host"
 WAIT_S = 120.0
 
@@ -66,6 +81,65 @@ def _take_over(admin: k8s.ApiClient, namespace: str, lease: str) -> None:
     )
     current["metadata"].setdefault("annotations", {})[OWNER_ANNOTATION] = "b"
     api.replace_namespaced_lease(lease, namespace, current)
+
+
+class _OtherRun(threading.Thread):
+    """A second run taking the Lease over as soon as `due` says so of the watched objects;
+    `mark` is how many requests the proxy had recorded then."""
+
+    def __init__(
+        self,
+        admin: k8s.ApiClient,
+        proxy: ApiFaultProxy,
+        watched: Selector,
+        due: Callable[[list[JsonDict]], bool],
+        lease: str,
+        never: str,
+    ) -> None:
+        super().__init__(name="other-run")
+        self.admin, self.proxy, self.watched, self.due = admin, proxy, watched, due
+        self.lease, self.never = lease, never
+        self.taken = threading.Event()
+        self.mark = 0
+        self.failures: list[BaseException] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + WAIT_S
+        try:
+            with watching(self.admin, [self.watched]) as group:
+                while True:
+                    if self.due(list(group.cache[self.watched].values())):
+                        self.mark = len(self.proxy.records())
+                        assert self.watched.namespace is not None
+                        _take_over(self.admin, self.watched.namespace, self.lease)
+                        self.taken.set()
+                        return
+                    remaining = deadline - time.monotonic()
+                    assert remaining > 0, self.never
+                    group.next(remaining)
+        except BaseException as exc:  # reported in the test's thread
+            self.failures.append(exc)
+
+    def finish(self) -> None:
+        self.join(timeout=WAIT_S)
+        assert not self.failures, self.failures
+        assert self.taken.is_set()
+
+
+def _stopped_without_writes(
+    lost: BaseException, records: list[ProxyRecord], takeover: int, namespace: str, lease: str
+) -> None:
+    """The run failed naming the Lease and its new holder, and after the takeover sent
+    nothing but, at most, a renewal the takeover beat (refused: 409), and no smoke request
+    (the service proxy's POST)."""
+    message = str(lost)
+    assert f"Lease {namespace}/{lease}" in message
+    assert repr(OTHER_HOLDER) in message
+    after = [r for r in records[takeover:] if r.method not in ("GET", "HEAD")]
+    assert all(r.path.endswith(f"/leases/{lease}") and r.status == 409 for r in after), [
+        f"{r.method} {r.path} {r.status}" for r in after
+    ]
+    assert not any("/proxy/" in r.path for r in records[takeover:])
 
 
 def _get(admin: k8s.ApiClient, api_version: str, kind: str, name: str) -> JsonDict:
@@ -96,31 +170,15 @@ def test_a_lease_taken_over_mid_redeploy_stops_the_run_without_further_writes(
         )
         generation = workload["metadata"]["generation"]
 
-        taken = threading.Event()
-        mark: list[int] = []
-        failures: list[BaseException] = []
-
         with product_via_proxy(real_cluster) as proxy:
-
-            def take_over_once_applied() -> None:
-                spec = Selector("apps/v1", "Deployment", NAMESPACE, label_selector=selector)
-                deadline = time.monotonic() + WAIT_S
-                try:
-                    with watching(real_admin, [spec]) as group:
-                        while True:
-                            items = list(group.cache[spec].values())
-                            if items and items[0]["metadata"]["generation"] > generation:
-                                mark.append(len(proxy.records()))
-                                _take_over(real_admin, NAMESPACE, lease)
-                                taken.set()
-                                return
-                            remaining = deadline - time.monotonic()
-                            assert remaining > 0, "the redeploy never applied its change"
-                            group.next(remaining)
-                except BaseException as exc:  # reported in the test's thread
-                    failures.append(exc)
-
-            other = threading.Thread(target=take_over_once_applied, name="other-run")
+            other = _OtherRun(
+                real_admin,
+                proxy,
+                Selector("apps/v1", "Deployment", NAMESPACE, label_selector=selector),
+                lambda items: bool(items) and items[0]["metadata"]["generation"] > generation,
+                lease,
+                "the redeploy never applied its change",
+            )
             other.start()
             try:
                 with pytest.raises(LeaseLostError) as lost:
@@ -132,31 +190,30 @@ def test_a_lease_taken_over_mid_redeploy_stops_the_run_without_further_writes(
                         ready_timeout_s=300,
                     )
             finally:
-                other.join(timeout=WAIT_S)
-            assert not failures, failures
-            assert taken.is_set()
+                other.finish()
             records = proxy.records()
 
-        message = str(lost.value)
-        assert f"Lease {NAMESPACE}/{lease}" in message
-        assert repr(OTHER_HOLDER) in message
-        assert "writes nothing more" in message
+        assert "writes nothing more" in str(lost.value)
         assert not isinstance(lost.value, RedeployFailed)  # no revert was attempted
 
-        # Before the takeover: the run's own writes (its Lease, the dry run and the apply).
-        before = [f"{r.method} {r.path}" for r in records[: mark[0]] if r.method != "GET"]
-        assert any(w.startswith("PATCH ") and "/deployments/" in w for w in before), before
-        # After it: nothing but, at most, a renewal the takeover beat (refused: 409).
-        after = [r for r in records[mark[0] :] if r.method not in ("GET", "HEAD")]
-        assert all(r.path.endswith(f"/leases/{lease}") and r.status == 409 for r in after), [
-            f"{r.method} {r.path} {r.status}" for r in after
-        ]
-        # The stage check read the Lease after the takeover, and the run stopped there: no
-        # smoke request (the service proxy's POST) was sent after it.
-        assert any(
-            r.method == "GET" and r.path.endswith(f"/leases/{lease}") for r in records[mark[0] :]
+        # The proxy records a request once the API server has answered it, so the apply whose
+        # new generation the other run saw may be recorded just after the mark: the takeover
+        # follows that apply (the first PATCH of the Deployment that is not a dry run).
+        applied = next(
+            i
+            for i, r in enumerate(records)
+            if r.method == "PATCH" and "/deployments/" in r.path and "dryRun" not in r.query
         )
-        assert not any("/proxy/" in r.path for r in records[mark[0] :])
+        takeover = max(other.mark, applied + 1)
+        # Before the takeover: the run's own writes (its Lease, the dry run and the apply).
+        before = [f"{r.method} {r.path}" for r in records[:takeover] if r.method != "GET"]
+        assert any(w.startswith("PATCH ") and "/deployments/" in w for w in before), before
+        # After it: nothing more written; the stage check read the Lease after the takeover,
+        # and the run stopped there.
+        _stopped_without_writes(lost.value, records, takeover, NAMESPACE, lease)
+        assert any(
+            r.method == "GET" and r.path.endswith(f"/leases/{lease}") for r in records[takeover:]
+        )
 
         # The other run's hold is intact, and the change stays as applied (not reverted).
         held = _get(real_admin, LEASE_API_VERSION, "Lease", lease)
@@ -168,3 +225,53 @@ def test_a_lease_taken_over_mid_redeploy_stops_the_run_without_further_writes(
     finally:
         teardown(real_admin, NAMESPACE, name, wait_timeout_s=120)
         k8s.CoreV1Api(real_admin).delete_namespace(NAMESPACE)
+
+
+@pytest.mark.timeout(300, func_only=True)
+def test_a_lease_taken_over_during_readiness_ends_the_wait_without_further_writes(
+    real_deploy_env: RealStores, real_admin: k8s.ApiClient, real_cluster: Cluster, tmp_path: Path
+) -> None:
+    namespace = NEVER_READY_NAMESPACE
+    path, data = write_real_spec(
+        real_deploy_env,
+        "seed-sglang-lws",
+        tmp_path,
+        namespace=namespace,
+        serving={"shape": "single-gpu", "tp": 1, "nodes": 1, "extra_args": NEVER_READY_ARGS},
+        model={"size_bytes": 1 << 30},
+        rollout={"ready_timeout_s": NEVER_READY_TIMEOUT_S},
+    )
+    name = data["name"]
+    lease = lease_name(name)
+    try:
+        with product_via_proxy(real_cluster) as proxy:
+            # The release's pod runs (applied, so the flow is at or entering readiness).
+            other = _OtherRun(
+                real_admin,
+                proxy,
+                Selector("v1", "Pod", namespace),
+                lambda pods: any(p.get("status", {}).get("phase") == "Running" for p in pods),
+                lease,
+                "the release's pod never ran",
+            )
+            other.start()
+            try:
+                with pytest.raises(LeaseLostError) as lost:
+                    deploy(load_spec(path))
+            finally:
+                other.finish()
+            records = proxy.records()
+
+        # The readiness wait was running: its watch of the namespace's Events (only readiness
+        # watches them before the smoke test) was opened.
+        assert any(
+            r.watch and r.path == f"/api/v1/namespaces/{namespace}/events" for r in records
+        ), "the readiness wait never started"
+        # After the takeover: no rollback of the release (the service is the other run's now),
+        # no smoke call, nothing written.
+        _stopped_without_writes(lost.value, records, other.mark, namespace, lease)
+        held = get(real_admin, ObjectRef(LEASE_API_VERSION, "Lease", namespace, lease))
+        assert held is not None and held["spec"]["holderIdentity"] == OTHER_HOLDER
+    finally:
+        teardown(real_admin, namespace, name, wait_timeout_s=120)
+        k8s.CoreV1Api(real_admin).delete_namespace(namespace)
