@@ -473,14 +473,17 @@ class _Ctx:
         Under LWS `startupPolicy: LeaderCreated` a worker can start before the leader's GCS
         listens (or before its DNS name resolves); a `ray start --address` that exits then
         would, under `RecreateGroupOnPodRestart`, recreate the whole group (issue 16 F5).
-        Measured with the vLLM image's ray 2.48.0, a bare start does not exit that way: with
-        no head it was still waiting after 300 s (closed port) and 400 s (unresolvable name);
-        the non-head `Node` retries its GCS client (python/ray/_private/node.py
-        `_init_gcs_client`; the time one attempt takes was not traced further). The
-        loop stays for a start that exits for another reason, as vLLM's
-        `examples/online_serving/multi-node-serving.sh` (LWS's own vLLM example) retries; it
-        is bounded by the budget the leader waits for its workers. `--block` keeps the
-        container alive as long as the raylet.
+        With the vLLM image's ray 2.48.0 a bare start does not exit at once: the non-head
+        `Node` makes `RAY_NUM_REDIS_GET_RETRIES` (20) GCS client attempts, each a 5 s channel
+        wait plus the `RAY_py_gcs_connect_timeout_s` (30 s) cluster-ID call plus 1 s
+        (ray/_private/node.py `_init_gcs_client` L758-800, ray_constants.py L502), then exits
+        1: about 720 s, measured 732 s with a closed port; an unresolvable name waits the same
+        (tests/real/test_ray_join_bound.py pins it). The loop stays because the startup
+        budget it is bounded by (the budget the leader waits for its workers; 1800 s for
+        seed-vllm-lws) is longer than ray's own bound, so a head later than ~12 min costs a
+        retry instead of a container exit and a group recreation; vLLM's
+        `examples/online_serving/multi-node-serving.sh` (LWS's own vLLM example) retries for
+        the same reason. `--block` keeps the container alive as long as the raylet.
         """
         budget = self.spec.serving.probes.startup_budget_s
         join = f"ray start --address={address} {flags} --disable-usage-stats --block"
