@@ -2,10 +2,11 @@
 --address` does when the head's GCS is not listening yet, with the ray the vLLM image ships
 (2.48.0, sandbox/runtimes/ray-requirements.txt), run in real pods.
 
-The audit expected it to exit at once (so that LWS's RecreateGroupOnPodRestart recreates the
-group over and over). ray 2.48.0 does not: a non-head `Node` retries its GCS client a bounded
-number of times, and only then `ray start` exits non-zero. Read in ray 2.48.0's own code (the
-wheel the image table runs):
+The audit expected it to give up soon, and at once when the leader's name does not resolve
+yet (so that LWS's RecreateGroupOnPodRestart recreates the group over and over). ray 2.48.0
+does neither: a non-head `Node` retries its GCS client a bounded number of times, the same for
+a closed port and an unresolvable name, and only then `ray start` exits non-zero. Read in
+ray 2.48.0's own code (the wheel the image table runs):
 - ray/scripts/scripts.py L1089-1098 (`start`, worker branch): the node IP is taken with
   `services.get_node_ip_address(bootstrap_address)`, then `Node(ray_params, head=False)`;
 - ray/_private/node.py L165-167: a non-head `Node.__init__` calls `_init_gcs_client()`, which
@@ -16,10 +17,11 @@ wheel the image table runs):
 - one attempt (`GcsClient.__cinit__`, python/ray/_raylet.pyx L2775 ->
   `InnerGcsClient.standalone`, python/ray/includes/gcs_client.pxi L65, as this build's
   traceback names them) first waits for the channel ("Failed to connect to GCS at address ...
-  within 5 seconds", src/ray/rpc/gcs/gcs_rpc_client.h L151 in this build's log; the 5 s is
-  `gcs_rpc_server_connect_timeout_s`), then asks the cluster ID with the timeout
-  `py_gcs_connect_timeout_s` (env `RAY_py_gcs_connect_timeout_s`, default 30; "Failed to get
-  cluster ID from GCS server", gcs_client.cc L183).
+  within 5 seconds", gcs_rpc_client.h L151 as this build's log names it; the 5 s is
+  `RAY_gcs_rpc_server_connect_timeout_s`: set to 1 it logged "within 1 seconds"), then asks
+  the cluster ID with the timeout `py_gcs_connect_timeout_s` (env
+  `RAY_py_gcs_connect_timeout_s`, default 30; "Failed to get cluster ID from GCS server",
+  gcs_client.cc L183 as the log names it).
 So with the defaults the wait is bounded at about 20 x (5 + 30 + 1) s = 720 s. Measured here once
 with the defaults (the image's ray, a closed port, no RAY_* variables): exit status 1 after
 732 s, 20 attempts logged.
@@ -167,8 +169,9 @@ def test_bare_ray_start_waits_a_bounded_number_of_gcs_attempts_then_exits_and_th
         assert terminated.exit_code == 1, (name, terminated)
     # With an unresolvable leader name the node IP is taken before any GCS attempt, and
     # services.node_ip_address_from_perspective (ray/_private/services.py L615-645) falls back
-    # to 127.0.0.1 on the resolution error: a worker that then joined a late head would
-    # register that address.
+    # to 127.0.0.1 on the resolution error; it becomes the node's `node_ip_address`. What a
+    # worker started that way does once the name resolves and a head listens was not traced
+    # here.
     assert "Local node IP: 127.0.0.1" in logs["old-no-dns"]
 
     # Today's worker under the same bound: ray start gave up the same way, and the loop
