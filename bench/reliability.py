@@ -55,7 +55,7 @@ its own service (PersistentVolumes are cluster-scoped and named after the servic
   is not run: the node agent has no memory cgroup, so nothing is OOM-killed. On the real
   cluster the lost node's pod stays Terminating (nobody confirms its deletion,
   tests/cluster/test_node_loss.py); the rollback does not wait for it but names it, its Node
-  and what frees it (llm_rollout/release.py unconfirmable_deletion, issue 16 B4).
+  and what frees it (llm_rollout/release/removal.py unconfirmable_deletion, issue 16 B4).
 - workload, blue-green promotion: release A serves; with the same traffic running, release B
   passes readiness and smoke, takes the stable Service, bakes 3 s and A is removed. Survived:
   B serves and is ready, A's objects and pods are gone, zero failed requests, the answers are
@@ -110,6 +110,7 @@ from llm_rollout.mirror import (  # noqa: E402
     read_manifest,
 )
 from llm_rollout.oss import crc64, head_crc64, open_bucket  # noqa: E402
+from llm_rollout.vocabulary import RELEASE_LABEL  # noqa: E402
 from sandbox.cluster.api_proxy import (  # noqa: E402
     ApiFaultProxy,
     FaultAction,
@@ -1240,7 +1241,8 @@ def release_name(prefix: str, rng: random.Random) -> str:
 
 def serving_release(namespace: str, name: str) -> tuple[str | None, bool]:
     """(release the stable Service routes to, whether its workload is ready), from the cluster."""
-    from llm_rollout.release import cluster_api, service_status
+    from llm_rollout.release.cluster import cluster_api
+    from llm_rollout.release.status import service_status
 
     with cluster_api() as api:
         status = service_status(api, namespace, name)
@@ -1415,7 +1417,6 @@ PERSISTENT_FAULT_TOLERANCES = {
 # The SGLang stand-in refuses a flag it does not know with exit 2, as SGLang's argparse does
 # (python/sglang/srt/server_args.py): the container exits at once, each restart too.
 CRASH_FLAG = "--no-such-flag-reliability-trial"
-RELEASE_LABEL = "llm-rollout.io/release"
 
 
 class _Background:
@@ -1773,7 +1774,8 @@ def trial_blue_green(
 
     `serving_spec`: the spec of the release that already serves `service`, which is then A
     (the tests reuse a deploy; each costs the SGLang probes' period)."""
-    from llm_rollout.release import cluster_api, release_objects
+    from llm_rollout.release.cluster import cluster_api
+    from llm_rollout.release.inventory import release_objects
     from llm_rollout.spec import load_spec
 
     namespace = name = service

@@ -51,11 +51,11 @@ from llm_rollout.kube.errors import ConflictError, NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, request_json, resolve_resource
 from llm_rollout.kube.watching import Selector, watching
+from llm_rollout.vocabulary import MANAGED_BY_LABEL, OWNER_ANNOTATION, PART_OF_LABEL
 
 log = logging.getLogger(__name__)
 
 LEASE_API_VERSION = "coordination.k8s.io/v1"
-OWNER_ANNOTATION = "llm-rollout.io/lock-owner"
 LEASE_NAME_PREFIX = "llm-rollout-"
 DEFAULT_DURATION_S = 60
 # client-go's defaults are LeaseDuration 15 s, RenewDeadline 10 s, RetryPeriod 2 s
@@ -154,8 +154,8 @@ def _lease_body(
         "name": lease_name(service),
         "namespace": namespace,
         "labels": {
-            "app.kubernetes.io/managed-by": FIELD_MANAGER,
-            "app.kubernetes.io/part-of": service,
+            MANAGED_BY_LABEL: FIELD_MANAGER,
+            PART_OF_LABEL: service,
         },
         "annotations": {OWNER_ANNOTATION: owner},
     }
@@ -204,7 +204,7 @@ def _ensure_namespace(api: k8s_client.ApiClient, namespace: str) -> None:
                 "kind": "Namespace",
                 "metadata": {
                     "name": namespace,
-                    "labels": {"app.kubernetes.io/managed-by": FIELD_MANAGER},
+                    "labels": {MANAGED_BY_LABEL: FIELD_MANAGER},
                 },
             },
         )

@@ -28,12 +28,13 @@ from llm_rollout.kinds import RbgFlavor
 from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.preflight import PreflightReport
-from llm_rollout.record import ANN_DEPLOYED_AT, deployment_annotations
-from llm_rollout.release import WORKLOAD_KINDS, with_annotations
+from llm_rollout.record import deployment_annotations
+from llm_rollout.release.writing import with_annotations
 from llm_rollout.render import RenderedRelease
 from llm_rollout.smoke import SmokeTarget
 from llm_rollout.spec import ServiceSpec
 from llm_rollout.strategy import Strategy
+from llm_rollout.vocabulary import ANN_DEPLOYED_AT, WORKLOAD_KINDS
 
 # The RBG convention rendered when the cluster serves no RBG API (shapes that use no RBG do
 # not depend on it): the current one.

@@ -14,15 +14,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from llm_rollout.smoke import SmokeReport, SmokeVerdict
-
-ANNOTATION_PREFIX = "llm-rollout.io/"
-ANN_RELEASE = ANNOTATION_PREFIX + "release"
-ANN_PREVIOUS_RELEASE = ANNOTATION_PREFIX + "previous-release"
-ANN_REVISION = ANNOTATION_PREFIX + "model-revision"
-ANN_MODEL = ANNOTATION_PREFIX + "model-source"
-ANN_SPEC_HASH = ANNOTATION_PREFIX + "spec-hash"
-ANN_STRATEGY = ANNOTATION_PREFIX + "strategy"
-ANN_DEPLOYED_AT = ANNOTATION_PREFIX + "deployed-at"
+from llm_rollout.vocabulary import (
+    ANN_DEPLOYED_AT,
+    ANN_MODEL,
+    ANN_PREVIOUS_RELEASE,
+    ANN_RELEASE,
+    ANN_REVISION,
+    ANN_SPEC_HASH,
+    ANN_STRATEGY,
+)
 
 EVENT_READY = "llm-rollout.service.ready"
 EVENT_FAILED = "llm-rollout.service.failed"

@@ -33,10 +33,11 @@ from llm_rollout.kinds import PodRoll, TemplateChange, WorkloadKind, kind_of
 from llm_rollout.kinds.base import PodFilter
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
 from llm_rollout.kube.watching import Selector, call_with_retry, watching
-from llm_rollout.release import WORKLOAD_KINDS, read_release_state, release_objects
+from llm_rollout.release.inventory import release_objects
+from llm_rollout.release.state import read_release_state
 from llm_rollout.spec import DNS1123_LABEL, IMAGE_REF, SAFE_ARG, SecretKeyRef, SmokeSpec
+from llm_rollout.vocabulary import COMPONENT_LABEL, RESTARTED_AT_ANNOTATION, WORKLOAD_KINDS
 
-RESTARTED_AT_ANNOTATION = "llm-rollout.io/restarted-at"
 # Server-owned metadata that must not be sent back in an apply.
 _SERVER_METADATA = (
     "resourceVersion",
@@ -160,9 +161,8 @@ def pod_templates(obj: JsonDict) -> list[JsonDict]:
     return found
 
 
-# The label render puts on every pod template (llm_rollout/render.py `labels`); the PD router's
-# pods carry component "router" (manifests/sglang/pd-rbg.yaml.j2).
-COMPONENT_LABEL = "app.kubernetes.io/component"
+# The component label render puts on every pod template (llm_rollout/render.py `labels`): the
+# PD router's pods carry component "router" (manifests/sglang/pd-rbg.yaml.j2).
 ROUTER_COMPONENT = "router"
 
 

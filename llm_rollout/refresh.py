@@ -25,7 +25,7 @@ from llm_rollout.mirror.inputs import hub_source_of
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.mirror.models import Manifest
 from llm_rollout.oss import OssTarget
-from llm_rollout.release import read_release_state
+from llm_rollout.release.state import read_release_state
 from llm_rollout.spec import ServiceSpec, spec_hash
 from llm_rollout.strategy import ReleaseState
 from llm_rollout.upstream_names import check_revision

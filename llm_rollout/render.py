@@ -57,13 +57,24 @@ from llm_rollout.kinds import RbgFlavor, kind_for, raycluster, rbg
 from llm_rollout.kinds.rbg import RoleServiceError
 from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
 from llm_rollout.templates import template_loader
+from llm_rollout.vocabulary import (
+    ANN_MODEL,
+    ANN_RELEASE,
+    ANN_REVISION,
+    ANN_SPEC_HASH,
+    COMPONENT_LABEL,
+    ENTRYPOINT_LABEL,
+    INSTANCE_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    PART_OF_LABEL,
+    RELEASE_LABEL,
+    VERSION_LABEL,
+)
 
 K8sObject = dict[str, Any]
 
-MANAGED_BY = "llm-rollout"
-RELEASE_LABEL = "llm-rollout.io/release"
-ENTRYPOINT_LABEL = "llm-rollout.io/entrypoint"
-PART_OF_LABEL = "app.kubernetes.io/part-of"
 RAY_GCS_PORT = kuberay.GCS_PORT
 SGLANG_DIST_PORT = 20000
 SHM_VOLUME = "dshm"
@@ -360,29 +371,29 @@ class _Ctx:
         self.workload = workload_name(spec, release)
         self.api_service = release_service_name(spec, release)
         self.storage_annotations = {
-            "llm-rollout.io/model-source": _model_source(spec),
-            "llm-rollout.io/model-revision": spec.model_revision,
-            "llm-rollout.io/spec-hash": spec_hash(spec),
+            ANN_MODEL: _model_source(spec),
+            ANN_REVISION: spec.model_revision,
+            ANN_SPEC_HASH: spec_hash(spec),
         }
-        self.annotations = {**self.storage_annotations, "llm-rollout.io/release": release}
+        self.annotations = {**self.storage_annotations, ANN_RELEASE: release}
         if spec.volume.other_opts is not None:
             self.other_opts = spec.volume.other_opts
         else:
             # ossfs2 takes different options; its defaults already suit read-only weights.
             self.other_opts = OSSFS_DEFAULT_OPTS if spec.volume.fuse_type == "ossfs" else ""
         self.base_labels = {
-            "app.kubernetes.io/name": spec.serving.engine,
+            NAME_LABEL: spec.serving.engine,
             PART_OF_LABEL: spec.name,
-            "app.kubernetes.io/managed-by": MANAGED_BY,
-            "app.kubernetes.io/version": _image_tag(spec.serving.image),
+            MANAGED_BY_LABEL: MANAGED_BY,
+            VERSION_LABEL: _image_tag(spec.serving.image),
         }
 
     def labels(self, component: str, *, entrypoint: bool = False, **extra: str) -> dict[str, str]:
         """Labels of a release object or pod template; `entrypoint` marks client-facing pods."""
         labels = {
             **self.base_labels,
-            "app.kubernetes.io/instance": self.workload,
-            "app.kubernetes.io/component": component,
+            INSTANCE_LABEL: self.workload,
+            COMPONENT_LABEL: component,
             RELEASE_LABEL: self.release,
         }
         if entrypoint:
@@ -400,8 +411,8 @@ class _Ctx:
     def storage_labels(self) -> dict[str, str]:
         return {
             **self.base_labels,
-            "app.kubernetes.io/instance": self.spec.name,
-            "app.kubernetes.io/component": "model-storage",
+            INSTANCE_LABEL: self.spec.name,
+            COMPONENT_LABEL: "model-storage",
         }
 
     def gpu_resources(self, gpus: int) -> K8sObject:

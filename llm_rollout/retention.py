@@ -22,8 +22,8 @@ from kubernetes import client as k8s_client
 from llm_rollout.kube.resources import request_json
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.oss import OssTarget, oss_call
-from llm_rollout.record import ANN_MODEL, ANN_REVISION
 from llm_rollout.upstream_names import UnsafeUpstreamData, check_revision, under_prefix
+from llm_rollout.vocabulary import ANN_MODEL, ANN_REVISION
 
 _DELETE_BATCH = 1000
 

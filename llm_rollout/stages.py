@@ -23,17 +23,15 @@ from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.kube.watching import wait_pvc_bound
 from llm_rollout.plan import ReleasePlan, bind_role_services
 from llm_rollout.preflight import credentials_ref
-from llm_rollout.release import (
-    apply_checked,
-    namespace_object,
-    ordered_refs,
+from llm_rollout.release.inventory import ordered_refs, release_objects
+from llm_rollout.release.removal import remove_release
+from llm_rollout.release.services import (
     point_stable_service,
-    read_release_state,
-    release_objects,
-    remove_release,
     restore_stable_service,
     wait_rbg_role_services,
 )
+from llm_rollout.release.state import read_release_state
+from llm_rollout.release.writing import apply_checked, namespace_object
 from llm_rollout.render import render_oss_secret
 from llm_rollout.strategy import GatePlan, plan_promote, plan_rollback
 from llm_rollout.validation import validate_objects

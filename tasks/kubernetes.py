@@ -13,7 +13,7 @@ from prefect.logging import get_run_logger
 
 from llm_rollout.kube.session import process_session
 from llm_rollout.plan import ReleasePlan
-from llm_rollout.release import BakeReport, ReleaseDegraded, bake
+from llm_rollout.release.bake import BakeReport, ReleaseDegraded, bake
 from llm_rollout.stages import (
     AppliedRelease,
     apply_release,

@@ -11,7 +11,7 @@ from prefect.logging import get_run_logger
 from llm_rollout.kube.session import process_session
 from llm_rollout.plan import render_for
 from llm_rollout.preflight import PreflightReport, run_preflight
-from llm_rollout.release import find_serving_release
+from llm_rollout.release.inventory import find_serving_release
 from llm_rollout.render import RenderedRelease
 from llm_rollout.spec import ServiceSpec
 from tasks.policy import retry_transient_only

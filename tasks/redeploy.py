@@ -26,7 +26,7 @@ from llm_rollout.redeploy import (
     wait_rolled,
     workload_incarnations,
 )
-from llm_rollout.release import rollback_to_previous
+from llm_rollout.release.services import rollback_to_previous
 from llm_rollout.spec import SecretKeyRef
 from tasks.policy import api_task
 

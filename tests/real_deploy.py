@@ -35,7 +35,7 @@ import yaml
 from kubernetes import client as k8s
 from modelscope_hub.config import set_default_config
 
-from llm_rollout.release import teardown
+from llm_rollout.release.removal import teardown
 from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer

@@ -60,7 +60,7 @@ def _on_cluster(failure: str, call: Callable[[ApiClient], T]) -> T:
     """Run `call` with an API client from KUBECONFIG; a `RolloutError` is printed after
     `failure` and ends the command with exit code 1."""
     from llm_rollout.errors import RolloutError
-    from llm_rollout.release import cluster_api
+    from llm_rollout.release.cluster import cluster_api
 
     try:
         with cluster_api() as api:
@@ -119,7 +119,7 @@ def deploy_command(
 
 def status_command(name: NameArg, namespace: NamespaceOpt) -> None:
     """Which release serves, whether its workload is ready, its revision and spec hash."""
-    from llm_rollout.release import service_status
+    from llm_rollout.release.status import service_status
 
     status = _on_cluster("status failed", lambda api: service_status(api, namespace, name))
     state = status.state
@@ -149,7 +149,7 @@ def status_command(name: NameArg, namespace: NamespaceOpt) -> None:
 
 def rollback_command(name: NameArg, namespace: NamespaceOpt) -> None:
     """Point the stable Service back to the previous release, if its workload still exists."""
-    from llm_rollout.release import rollback_to_previous
+    from llm_rollout.release.services import rollback_to_previous
 
     message = _on_cluster(
         "rollback not possible", lambda api: rollback_to_previous(api, namespace, name)
@@ -165,7 +165,7 @@ def teardown_command(
     ] = 300.0,
 ) -> None:
     """Remove workloads, Services, PVC, PV and Secret of a service; the OSS data stays."""
-    from llm_rollout.release import teardown
+    from llm_rollout.release.removal import teardown
 
     removed = _on_cluster(
         "teardown failed", lambda api: teardown(api, namespace, name, wait_timeout_s=timeout_s)

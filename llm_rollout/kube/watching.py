@@ -85,11 +85,6 @@ class Selector:
         return f"{self.kind} objects{where}{sel}"
 
 
-# The name this type had as the watch machinery's own; kept so that llm_rollout/release.py
-# (being split into modules on another branch) keeps importing it until that split lands.
-WatchSpec = Selector
-
-
 @dataclass
 class StreamMessage:
     """What a stream delivered: a full snapshot (`sync`), one change (`event`), or a fault;

@@ -20,7 +20,6 @@ from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.locking import (
-    OWNER_ANNOTATION,
     LeaseLostError,
     LeaseState,
     acquire,
@@ -32,6 +31,7 @@ from llm_rollout.locking import (
     service_lock,
     try_acquire,
 )
+from llm_rollout.vocabulary import OWNER_ANNOTATION
 from sandbox.cluster.api_proxy import ApiFaultProxy, FaultRule
 from sandbox.cluster.control_plane import Cluster
 from tests.cluster.faults_support import admin_via, faults, product_client, proxy, seen

@@ -43,12 +43,10 @@ from llm_rollout.locking import acquire, release
 from llm_rollout.preflight import PreflightReport, check_cluster
 from llm_rollout.rbac import DEFAULT_SERVICE_ACCOUNT, render_worker_rbac, worker_user
 from llm_rollout.readiness import AUTOSCALER_STATUS, read_autoscaler_status
-from llm_rollout.release import (
-    apply_checked,
-    find_serving_release,
-    point_stable_service,
-    teardown,
-)
+from llm_rollout.release.inventory import find_serving_release
+from llm_rollout.release.removal import teardown
+from llm_rollout.release.services import point_stable_service
+from llm_rollout.release.writing import apply_checked
 from llm_rollout.render import render, render_oss_secret
 from llm_rollout.retention import revisions_in_use
 from llm_rollout.spec import load_spec

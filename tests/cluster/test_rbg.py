@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes import watch
 
-from llm_rollout.release import wait_rbg_role_services
+from llm_rollout.release.services import wait_rbg_role_services
 from sandbox.cluster import rbg
 from sandbox.cluster.control_plane import Cluster, ensure_rbg_crd
 from sandbox.cluster.node_agent import FIELD_MANAGER as NODE_AGENT_MANAGER

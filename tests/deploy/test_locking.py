@@ -13,13 +13,13 @@ import pytest
 
 from llm_rollout.locking import (
     LEASE_API_VERSION,
-    OWNER_ANNOTATION,
     LeaseState,
     _lease_body,
     _parse_micro,
     lease_name,
     lease_ref,
 )
+from llm_rollout.vocabulary import OWNER_ANNOTATION
 
 T0 = datetime(2026, 12, 6, 18, 0, 0, 250000, tzinfo=UTC)
 

@@ -16,10 +16,10 @@ from llm_rollout.kinds import RbgFlavor
 from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.plan import ReleasePlan, bind_role_services, plan_release, render_for
 from llm_rollout.preflight import PreflightReport
-from llm_rollout.record import ANN_DEPLOYED_AT, ANN_PREVIOUS_RELEASE, ANN_SPEC_HASH
-from llm_rollout.release import with_annotations
+from llm_rollout.release.writing import with_annotations
 from llm_rollout.spec import ServiceSpec, load_spec, spec_hash
 from llm_rollout.strategy import StrategyDecision
+from llm_rollout.vocabulary import ANN_DEPLOYED_AT, ANN_PREVIOUS_RELEASE, ANN_SPEC_HASH
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 RELEASE = "rplan0001"

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from llm_rollout.artifacts import RUN_SUMMARY, ServiceId, artifact_key, summary_markdown
 from llm_rollout.record import (
-    ANN_PREVIOUS_RELEASE,
-    ANN_RELEASE,
-    ANN_REVISION,
-    ANN_SPEC_HASH,
     RunSummary,
     SmokeSummary,
     StageTiming,
@@ -15,6 +11,7 @@ from llm_rollout.record import (
     event_payload,
     service_resource_id,
 )
+from llm_rollout.vocabulary import ANN_PREVIOUS_RELEASE, ANN_RELEASE, ANN_REVISION, ANN_SPEC_HASH
 
 
 def _summary(**overrides: object) -> RunSummary:

@@ -13,7 +13,6 @@ from pydantic import ValidationError
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.redeploy import (
-    RESTARTED_AT_ANNOTATION,
     RedeployRequest,
     applyable,
     changed_workload,
@@ -21,6 +20,7 @@ from llm_rollout.redeploy import (
     served_model,
 )
 from llm_rollout.spec import SecretKeyRef
+from llm_rollout.vocabulary import RESTARTED_AT_ANNOTATION
 
 NOW = datetime(2026, 12, 6, 18, 5, 9, tzinfo=UTC)
 STAMP = "2026-12-06T18:05:09Z"

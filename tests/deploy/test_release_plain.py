@@ -12,17 +12,11 @@ from typing import Any
 import pytest
 
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.release import (
-    _applyable,
-    _bake_problem,
-    _pod_name,
-    _restarts,
-    namespace_object,
-    ordered_refs,
-    pod_degradation,
-    release_selector,
-    with_annotations,
-)
+from llm_rollout.release.bake import _bake_problem, _pod_name, _restarts, pod_degradation
+from llm_rollout.release.inventory import ordered_refs
+from llm_rollout.release.services import _applyable
+from llm_rollout.release.writing import namespace_object, with_annotations
+from llm_rollout.vocabulary import release_selector
 
 WORKLOAD = ObjectRef("apps/v1", "Deployment", "llm", "qwen-r2")
 

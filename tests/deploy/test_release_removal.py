@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.release import Removal, StrandedPod, unconfirmable_deletion
+from llm_rollout.release.removal import Removal, StrandedPod, unconfirmable_deletion
 
 NODE = "gpu-1"
 GRACE_ENDS = "2026-12-07T01:00:30Z"

@@ -38,7 +38,7 @@ from prefect.flow_runs import wait_for_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from llm_rollout.kube.client import load_api_client
-from llm_rollout.release import read_release_state
+from llm_rollout.release.state import read_release_state
 from sandbox.cluster.api_proxy import ApiFaultProxy
 from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer

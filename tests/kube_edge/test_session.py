@@ -32,7 +32,7 @@ from llm_rollout.kube.watching import (
     WaitTimeout,
 )
 from llm_rollout.locking import LeaseLostError, ServiceLock
-from llm_rollout.release import cluster_api
+from llm_rollout.release.cluster import cluster_api
 from sandbox.cluster.control_plane import Cluster
 from tests.kube_edge.conftest import configmap
 

@@ -12,7 +12,7 @@ the leader's first startup probe comes before the stand-in listens, the next 25 
 How each failure is made, with real components only:
 - smoke: an expectation the server does not meet (`smoke.expect.equals`);
 - degrading while baking: a pod of the new release is deleted through the API server, which
-  `bake` (llm_rollout/release.py) must notice from its watch;
+  `bake` (llm_rollout/release/bake.py) must notice from its watch;
 - manual rollback: `llm-rollout rollback` while the flow bakes.
 """
 
@@ -31,9 +31,8 @@ from prefect.client.schemas.objects import State
 from flows.deploy import RolloutFailed, deploy
 from llm_rollout.kube.client import load_api_client
 from llm_rollout.kube.watching import Selector, watching
-from llm_rollout.record import ANN_DEPLOYED_AT
-from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.spec import load_spec
+from llm_rollout.vocabulary import ANN_DEPLOYED_AT, RELEASE_LABEL
 from sandbox.cluster.control_plane import Cluster
 from tests.deploy.cli_support import (
     cli,

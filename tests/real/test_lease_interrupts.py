@@ -39,11 +39,11 @@ from flows.redeploy import RedeployFailed, redeploy
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
 from llm_rollout.kube.watching import Selector, watching
-from llm_rollout.locking import LEASE_API_VERSION, OWNER_ANNOTATION, LeaseLostError, lease_name
+from llm_rollout.locking import LEASE_API_VERSION, LeaseLostError, lease_name
 from llm_rollout.redeploy import pod_templates
-from llm_rollout.release import teardown
-from llm_rollout.render import RELEASE_LABEL
+from llm_rollout.release.removal import teardown
 from llm_rollout.spec import load_spec
+from llm_rollout.vocabulary import OWNER_ANNOTATION, RELEASE_LABEL
 from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord
 from sandbox.cluster.control_plane import Cluster
 from tests.deploy.cli_support import product_via_proxy

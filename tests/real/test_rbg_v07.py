@@ -31,12 +31,9 @@ from llm_rollout.preflight import rbg_flavor_from_versions
 from llm_rollout.readiness import WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
 from llm_rollout.redeploy import NoEffectError
-from llm_rollout.release import (
-    apply_checked,
-    namespace_object,
-    point_stable_service,
-    release_objects,
-)
+from llm_rollout.release.inventory import release_objects
+from llm_rollout.release.services import point_stable_service
+from llm_rollout.release.writing import apply_checked, namespace_object
 from llm_rollout.render import render
 from llm_rollout.spec import load_spec
 from sandbox.cluster import rbg

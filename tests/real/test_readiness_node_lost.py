@@ -15,7 +15,7 @@ own steps, cited there):
   (DefaultTolerationSeconds), so the pod that must be evicted declares its own 1 s one, which
   the admission plugin leaves alone.
 Removing a release then waits for its pods on the healthy node and sets aside the one on the
-lost node (``llm_rollout.release.unconfirmable_deletion``, issue 16 B4).
+lost node (``llm_rollout.release.removal.unconfirmable_deletion``, issue 16 B4).
 
 One loss serves every test of the module (the fixture cuts the node once and restores it at
 the end, waiting until it is Ready again so later tests find it whole).
@@ -39,8 +39,8 @@ from llm_rollout.kube.objects import apply
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import ReadinessTimeout, WorkloadFailed, wait_ready
 from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
-from llm_rollout.release import remove_release, teardown
-from llm_rollout.render import PART_OF_LABEL, RELEASE_LABEL
+from llm_rollout.release.removal import remove_release, teardown
+from llm_rollout.vocabulary import PART_OF_LABEL, RELEASE_LABEL
 from sandbox.cluster.control_plane import Cluster
 from sandbox.cluster.node_agent import NodeSpec, heartbeats_stopped_file
 from sandbox.cluster.waits import wait_for

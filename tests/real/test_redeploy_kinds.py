@@ -46,17 +46,12 @@ from flows.redeploy import RedeployFailed, redeploy
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from llm_rollout.plan import plan_release
 from llm_rollout.readiness_rules import tolerances_of
-from llm_rollout.redeploy import (
-    COMPONENT_LABEL,
-    RESTARTED_AT_ANNOTATION,
-    ROUTER_COMPONENT,
-    engine_templates,
-    pod_templates,
-)
-from llm_rollout.release import read_release_state, teardown
-from llm_rollout.render import RELEASE_LABEL
+from llm_rollout.redeploy import ROUTER_COMPONENT, engine_templates, pod_templates
+from llm_rollout.release.removal import teardown
+from llm_rollout.release.state import read_release_state
 from llm_rollout.spec import SmokeExpectations, SmokeSpec, load_spec, spec_hash
 from llm_rollout.strategy import new_release_id
+from llm_rollout.vocabulary import COMPONENT_LABEL, RELEASE_LABEL, RESTARTED_AT_ANNOTATION
 from sandbox.cluster import rbg
 from sandbox.cluster.control_plane import Cluster, ensure_rbg_crd
 from sandbox.runtimes import install as runtimes_install

@@ -48,7 +48,6 @@ from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.redeploy import (
-    RESTARTED_AT_ANNOTATION,
     Action,
     NoEffectError,
     RedeployRequest,
@@ -60,6 +59,7 @@ from llm_rollout.redeploy import (
 )
 from llm_rollout.render import render
 from llm_rollout.spec import load_spec
+from llm_rollout.vocabulary import RESTARTED_AT_ANNOTATION
 
 NAME = "ray-roll"
 CLUSTER_LABEL = "ray.io/cluster"

@@ -36,9 +36,9 @@ from llm_rollout.kube.resources import read_pod_log
 from llm_rollout.locking import acquire
 from llm_rollout.rbac import DEFAULT_SERVICE_ACCOUNT
 from llm_rollout.readiness import read_autoscaler_status
-from llm_rollout.render import RELEASE_LABEL
 from llm_rollout.retention import revisions_in_use
 from llm_rollout.spec import load_spec
+from llm_rollout.vocabulary import RELEASE_LABEL
 from sandbox.cluster.api_proxy import ApiFaultProxy
 from sandbox.cluster.control_plane import Cluster
 from tests.cluster.faults_support import product_client, proxy, service_account_token

@@ -15,9 +15,9 @@ from llm_rollout.kinds import (
     kind_of,
     rendered_kinds,
 )
-from llm_rollout.release import RELEASE_KINDS, WORKLOAD_KINDS
 from llm_rollout.render import release_service_name, render
 from llm_rollout.spec import load_spec
+from llm_rollout.vocabulary import RELEASE_KINDS, WORKLOAD_KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("seed-*.yaml"))

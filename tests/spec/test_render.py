@@ -10,7 +10,6 @@ import pytest
 from llm_rollout.errors import SpecError
 from llm_rollout.kinds import kind_of
 from llm_rollout.render import (
-    RELEASE_LABEL,
     RbgFlavor,
     default_release,
     render,
@@ -19,6 +18,7 @@ from llm_rollout.render import (
 )
 from llm_rollout.spec import ServiceSpec, spec_from_dict
 from llm_rollout.validation import validate_objects
+from llm_rollout.vocabulary import RELEASE_LABEL
 
 from .conftest import EXAMPLES, example_dict
 
