@@ -1496,10 +1496,10 @@ class ServiceTraffic(_Background):
 
 
 def _pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    from llm_rollout.kube.client import load_api_client
+    from llm_rollout.kube.client import shared_api_client
     from llm_rollout.kube.resources import list_objects
 
-    api = load_api_client()
+    api = shared_api_client()
     try:
         items, _ = list_objects(api, "v1", "Pod", namespace, label_selector=selector)
     finally:
@@ -1510,9 +1510,9 @@ def _pods(namespace: str, selector: str) -> list[dict[str, Any]]:
 def _nodes() -> list[Any]:
     from kubernetes import client as k8s_client
 
-    from llm_rollout.kube.client import load_api_client
+    from llm_rollout.kube.client import shared_api_client
 
-    api = load_api_client()
+    api = shared_api_client()
     try:
         return list(k8s_client.CoreV1Api(api).list_node().items)
     finally:
@@ -1522,9 +1522,9 @@ def _nodes() -> list[Any]:
 def _cordon(names: set[str], cordoned: bool) -> None:
     from kubernetes import client as k8s_client
 
-    from llm_rollout.kube.client import load_api_client
+    from llm_rollout.kube.client import shared_api_client
 
-    api = load_api_client()
+    api = shared_api_client()
     try:
         core = k8s_client.CoreV1Api(api)
         for node in sorted(names):
@@ -1918,10 +1918,10 @@ class LeaseRecorder:
         self._thread = threading.Thread(target=self._run, name="lease-recorder", daemon=True)
 
     def _run(self) -> None:
-        from llm_rollout.kube.client import load_api_client
+        from llm_rollout.kube.client import shared_api_client
         from llm_rollout.kube.watching import Selector, watching
 
-        api = load_api_client()
+        api = shared_api_client()
         spec = Selector("coordination.k8s.io/v1", "Lease", self.namespace, name=self.name)
         try:
             with watching(api, [spec]) as group:

@@ -1,6 +1,7 @@
-"""Kubernetes `ApiClient`s from the standard configuration sources only: one shared by the
-whole process (`shared_api_client`, what `load_api_client()` without arguments answers), or
-a new one of its own for an explicitly named kubeconfig."""
+"""Kubernetes `ApiClient`s from the standard configuration sources only, under two names for
+two meanings: the one client the whole process shares (`shared_api_client`; closing it does
+nothing), or a new one of its own that the caller closes (`new_api_client`, for an explicitly
+named kubeconfig or context)."""
 
 from __future__ import annotations
 
@@ -156,17 +157,6 @@ def close_api_client(api: k8s_client.ApiClient) -> None:
         api.close_for_real()
     else:
         api.close()  # type: ignore[no-untyped-call]
-
-
-def load_api_client(
-    kubeconfig: Path | None = None, context: str | None = None
-) -> k8s_client.ApiClient:
-    """With no arguments, the process's shared client (`shared_api_client`); with a
-    `kubeconfig` or `context`, a new client of its own (`new_api_client`, see there for the
-    order of the sources) that the caller closes."""
-    if kubeconfig is None and context is None:
-        return shared_api_client()
-    return new_api_client(kubeconfig, context)
 
 
 def server_version(api: k8s_client.ApiClient) -> tuple[int, int]:

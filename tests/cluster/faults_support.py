@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import new_api_client
 from sandbox.cluster.api_proxy import ApiFaultProxy, ProxyRecord, running_proxy
 from sandbox.cluster.control_plane import Cluster
 
@@ -42,7 +42,7 @@ def service_account_token(
 
 def product_client(kubeconfig: Path) -> k8s.ApiClient:
     """The product's own client loader (its connection-retry policy included)."""
-    return load_api_client(kubeconfig)
+    return new_api_client(kubeconfig)
 
 
 def admin_via(cluster: Cluster, proxy: ApiFaultProxy) -> k8s.ApiClient:

@@ -17,7 +17,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from llm_rollout.cli import app
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import shared_api_client
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
 from sandbox.cluster.api_proxy import ApiFaultProxy, running_proxy
 from sandbox.cluster.control_plane import Cluster
@@ -29,7 +29,7 @@ def cli(*args: str) -> Result:
 
 def stable_models(namespace: str, name: str, port: int = 8000) -> httpx.Response:
     """`GET /v1/models` on the stable Service, through the API server's service proxy."""
-    api = load_api_client()
+    api = shared_api_client()
     try:
         url = service_proxy_url(api, namespace, name, port) + "/v1/models"
         with httpx_client_for(api, timeout_s=10) as client:

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from llm_rollout.credentials import OssCredentials
 from llm_rollout.hub import HubClient
 from llm_rollout.incremental import CopyItem, copy_unchanged, part_ranges
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import new_api_client
 from llm_rollout.kube.objects import get
 from llm_rollout.locking import ServiceLockedError, lease_ref, service_lock
 from llm_rollout.mirror import MirrorOptions, mirror_model
@@ -253,7 +253,7 @@ def test_refresh_of_a_service_not_deployed_yet_plans_a_full_deploy_and_writes_no
         spec_data(oss, model.model_id, name="core-undeployed", namespace=real_namespace)
     )
     listing = HubClient(endpoint=hub.base_url).list_files(hub_source(spec))
-    api = load_api_client(admin_kubeconfig_via(real_cluster, proxy, "core-refresh"))
+    api = new_api_client(admin_kubeconfig_via(real_cluster, proxy, "core-refresh"))
     bucket = open_bucket(revision_target(spec, "master"), CREDS)
     oss.reset_counters()
     try:
@@ -286,9 +286,9 @@ def test_lease_serialises_two_holders_and_names_the_holder(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     namespace = real_namespace
-    api = load_api_client(real_cluster.admin_kubeconfig)
+    api = new_api_client(real_cluster.admin_kubeconfig)
     # B's calls go through the recording proxy, which shows that B waits on a watch.
-    api_b = load_api_client(admin_kubeconfig_via(real_cluster, proxy, "lease-b"))
+    api_b = new_api_client(admin_kubeconfig_via(real_cluster, proxy, "lease-b"))
     leases_path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
     # Appended by the threads in the order things happened (list.append is atomic).
     events: list[tuple[str, str]] = []

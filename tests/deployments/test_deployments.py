@@ -37,7 +37,7 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.flow_runs import wait_for_flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import new_api_client
 from llm_rollout.release.state import read_release_state
 from sandbox.cluster.api_proxy import ApiFaultProxy
 from sandbox.cluster.control_plane import Cluster
@@ -211,7 +211,7 @@ def _assert_completed(run: FlowRun) -> None:
 
 
 def _serving_revision(stack: Stack) -> str | None:
-    api = load_api_client(stack.cluster.admin_kubeconfig)
+    api = new_api_client(stack.cluster.admin_kubeconfig)
     try:
         return read_release_state(api, NAMESPACE, SERVICE).revision
     finally:

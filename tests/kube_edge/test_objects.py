@@ -8,7 +8,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError
-from llm_rollout.kube.client import load_api_client, server_version
+from llm_rollout.kube.client import new_api_client, server_version
 from llm_rollout.kube.errors import ConflictError, InvalidObjectError, NotFoundError
 from llm_rollout.kube.objects import apply, apply_all, delete, delete_all, get
 from llm_rollout.kube.resources import ObjectRef, resolve_resource
@@ -97,7 +97,7 @@ def test_delete_all_goes_in_reverse_order_and_tolerates_missing(
         via = real_cluster.kubeconfig_for(
             "admin-via-proxy", real_cluster.pki.admin, server=proxy.url
         )
-        recorded = load_api_client(via)
+        recorded = new_api_client(via)
         try:
             assert (
                 delete(recorded, ObjectRef("v1", "ConfigMap", namespace, "never-existed")) is False

@@ -17,7 +17,7 @@ import pytest
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import TransientError
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import shared_api_client
 from llm_rollout.kube.errors import InvalidObjectError, KubeTransientError, NotFoundError
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.session import RetryPolicy, Session, process_session, reset_process_session
@@ -63,7 +63,7 @@ def test_one_client_per_process_shared_by_every_entry(
     for _ in range(3):
         with cluster_api() as api:
             assert api is session.api
-        assert load_api_client() is session.api
+        assert shared_api_client() is session.api
         assert process_session() is session
     # Closing the shared client, as tasks written for a client of their own do, keeps it usable.
     session.api.close()  # type: ignore[no-untyped-call]

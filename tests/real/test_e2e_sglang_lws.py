@@ -29,7 +29,7 @@ from kubernetes import client as k8s
 from prefect.client.schemas.objects import State
 
 from flows.deploy import RolloutFailed, deploy
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import shared_api_client
 from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.spec import load_spec
 from llm_rollout.vocabulary import ANN_DEPLOYED_AT, RELEASE_LABEL
@@ -157,7 +157,7 @@ def _when_service_routes_away_from(
     """Block (watching the stable Service) until it selects another release; return that.
     The new release needs readiness and the smoke test first: ~1 min on the loaded machine.
     Fails at once when the flow run ended without switching it."""
-    api = load_api_client()
+    api = shared_api_client()
     spec = Selector("v1", "Service", NAMESPACE, name=name)
     deadline = time.monotonic() + SWITCH_WAIT_S
     try:

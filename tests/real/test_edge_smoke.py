@@ -23,7 +23,7 @@ import pytest
 from kubernetes import client as k8s
 
 from llm_rollout.errors import PermanentError, TransientError
-from llm_rollout.kube.client import load_api_client
+from llm_rollout.kube.client import new_api_client
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import apply
 from llm_rollout.kube.portforward import ForwardTarget, PortForwarder, pick_pod
@@ -254,7 +254,7 @@ def test_a_refused_upgrade_fails_the_forwarder_at_start(
         "reader",
         [{"apiGroups": [""], "resources": ["pods/portforward"], "verbs": ["get"]}],
     )
-    reader = load_api_client(real_cluster.token_kubeconfig(f"reader-{namespace}", token))
+    reader = new_api_client(real_cluster.token_kubeconfig(f"reader-{namespace}", token))
     try:
         with pytest.raises(UnauthorizedError, match="HTTP 403") as refused:
             PortForwarder(reader, target).start()
@@ -356,7 +356,7 @@ def test_bearer_token_client_reaches_proxy_but_refuses_a_second_api_key(
             {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]},
         ],
     )
-    api = load_api_client(real_cluster.token_kubeconfig(f"smoker-{namespace}", token))
+    api = new_api_client(real_cluster.token_kubeconfig(f"smoker-{namespace}", token))
     try:
         base_url = service_proxy_url(api, namespace, "open", 80)
         with httpx_client_for(api, timeout_s=30) as client:

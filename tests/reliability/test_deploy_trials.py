@@ -149,12 +149,12 @@ def test_second_deploy_fails_fast_naming_the_holder_when_told_not_to_wait(
     to the workload's namespace beyond the read-only preflight."""
     from kubernetes import client as k8s_client
 
-    from llm_rollout.kube.client import load_api_client
+    from llm_rollout.kube.client import shared_api_client
     from llm_rollout.locking import try_acquire
 
     namespace = name = "rel-conc-held"
     holder = "deploy-model/someone-else (flow run 00000000-0000-0000-0000-000000000000) on ci"
-    api = load_api_client()
+    api = shared_api_client()
     try:
         taken, _, _ = try_acquire(
             api, namespace, name, holder=holder, owner="another-root", duration_s=300
