@@ -44,12 +44,11 @@ from llm_rollout.artifacts import RUN_SUMMARY, ServiceId, artifact_key
 from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.locking import ServiceLock, lease_name
-from llm_rollout.plan import ReleasePlan, plan_release
+from llm_rollout.plan import ReleasePlan, new_release, plan_release
 from llm_rollout.preflight import PreflightReport
 from llm_rollout.readiness_rules import tolerances_of
 from llm_rollout.record import Outcome, RunSummary, SmokeSummary, StageTiming, smoke_summary
-from llm_rollout.spec import ServiceSpec, spec_hash
-from llm_rollout.strategy import new_release_id
+from llm_rollout.spec import ServiceSpec
 from tasks.kubernetes import (
     AppliedRelease,
     bake_release,
@@ -195,8 +194,8 @@ def deploy(spec: ServiceSpec) -> DeployResult:
     """Deploy `spec`: preflight, lease, mirror, volumes, rollout, readiness, smoke, gate,
     record."""
     logger = get_run_logger()
-    digest = spec_hash(spec)
-    run = _Run(spec, new_release_id(digest, int(time.time() * 1000)), digest)
+    named = new_release(spec, int(time.time() * 1000))
+    run = _Run(spec, named.release, named.spec_hash)
     logger.info(
         "deploying Service %s/%s as release %s (%s on %s)",
         spec.namespace,
@@ -210,7 +209,7 @@ def deploy(spec: ServiceSpec) -> DeployResult:
             # Reads only: a spec the cluster, OSS or hub cannot take is refused before any
             # write (the lease is one).
             with run.timer.stage("preflight") as detail:
-                run.report = preflight(spec, run.release)
+                run.report = preflight(spec, run.release, run.spec_hash)
                 detail.append(f"strategy {run.report.strategy}")
             with run.timer.stage("lease") as detail:
                 asked = time.monotonic()
@@ -243,7 +242,7 @@ def _deploy_locked(run: _Run, *, fresh_preflight: bool) -> DeployResult:
             # Another run may have changed the service while this one waited for the lease.
             with timer.stage("preflight (under lease)") as detail:
                 assert run.report is not None  # the first preflight ran
-                run.report = preflight(spec, release, run.report.rendered)
+                run.report = preflight(spec, release, run.spec_hash, run.report.rendered)
                 detail.append(f"strategy {run.report.strategy}")
         report = run.report
         assert report is not None  # the first preflight ran

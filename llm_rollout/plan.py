@@ -1,6 +1,8 @@
 """The release plan: what one deploy run decided about its release, settled once, right after
 preflight, and frozen.
 
+`new_release` names the run's release and hashes its spec, once: the hash goes into the release
+id, the storage objects' annotations (through `render_for`) and the plan's record annotations.
 `plan_release` adopts the objects preflight rendered to size the cluster (the RBG flavour the
 cluster serves, the sequence length the KV fit was checked for) and adds what the later stages
 read: the strategy and the serving release, one set of annotations with one `deployed-at`
@@ -24,7 +26,7 @@ from datetime import UTC, datetime
 from llm_rollout import render as rendering
 from llm_rollout.artifacts import ServiceId
 from llm_rollout.errors import PermanentError
-from llm_rollout.kinds import RbgFlavor
+from llm_rollout.kinds import DEFAULT_RBG_FLAVOR, RbgFlavor
 from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.preflight import PreflightReport
@@ -32,13 +34,24 @@ from llm_rollout.record import deployment_annotations
 from llm_rollout.release.writing import with_annotations
 from llm_rollout.render import RenderedRelease
 from llm_rollout.smoke import SmokeTarget
-from llm_rollout.spec import ServiceSpec
-from llm_rollout.strategy import Strategy
+from llm_rollout.spec import ServiceSpec, spec_hash
+from llm_rollout.strategy import Strategy, new_release_id
 from llm_rollout.vocabulary import ANN_DEPLOYED_AT, WORKLOAD_KINDS
 
-# The RBG convention rendered when the cluster serves no RBG API (shapes that use no RBG do
-# not depend on it): the current one.
-DEFAULT_RBG_FLAVOR: RbgFlavor = "v0.7"
+
+@dataclass(frozen=True)
+class NewRelease:
+    """A deploy run's release id and the hash of the spec it deploys (`spec.spec_hash`)."""
+
+    release: str
+    spec_hash: str
+
+
+def new_release(spec: ServiceSpec, now_ms: int) -> NewRelease:
+    """The run's release, named from its spec's hash and the time (`strategy.new_release_id`);
+    the one place a deploy run hashes its spec."""
+    digest = spec_hash(spec)
+    return NewRelease(release=new_release_id(digest, now_ms), spec_hash=digest)
 
 
 def render_for(
@@ -48,17 +61,19 @@ def render_for(
     max_model_len: int | None,
     crd_features: frozenset[str] = frozenset(),
     *,
+    spec_hash: str,
     reuse: RenderedRelease | None = None,
 ) -> RenderedRelease:
-    """`release` rendered for `rbg_flavor`, `max_model_len` and the CRD's `crd_features`;
-    `reuse` when it was rendered for the same (a second preflight under the lease renders
-    nothing new)."""
+    """`release` of the spec hashed `spec_hash` rendered for `rbg_flavor`, `max_model_len` and
+    the CRD's `crd_features`; `reuse` when it was rendered for the same (a second preflight
+    under the lease renders nothing new)."""
     flavor = rbg_flavor or DEFAULT_RBG_FLAVOR
-    wanted = (release, flavor, max_model_len, crd_features)
+    wanted = (release, spec_hash, flavor, max_model_len, crd_features)
     if (
         reuse is not None
         and (
             reuse.release,
+            reuse.spec_hash,
             reuse.rbg_flavor,
             reuse.max_model_len,
             reuse.crd_features,
@@ -72,6 +87,7 @@ def render_for(
         rbg_flavor=flavor,
         max_model_len=max_model_len,
         crd_features=crd_features,
+        spec_hash=spec_hash,
     )
 
 
@@ -134,6 +150,11 @@ def plan_release(
     rendered = report.rendered
     if rendered is None or rendered.release != release:
         raise PermanentError(f"preflight passed without rendering release {release}")
+    if rendered.spec_hash != spec_hash:
+        raise PermanentError(
+            f"release {release} was rendered from a spec hashed {rendered.spec_hash}, "
+            f"not the deployed one ({spec_hash})"
+        )
     source = spec.model.modelscope
     annotations = deployment_annotations(
         release=release,

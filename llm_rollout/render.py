@@ -1,6 +1,7 @@
 """Render a `ServiceSpec` into the Kubernetes objects of one release.
 
-Call `render(spec, release="r1a2b3", rbg_flavor="v0.6")`; it returns a `RenderedRelease`:
+Call `render(spec, release="r1a2b3", rbg_flavor="v0.6")` (the flavour defaults to
+`kinds.DEFAULT_RBG_FLAVOR`); it returns a `RenderedRelease`:
 
 - `storage_objects`: shared by every release that serves the same weights, in apply order:
   the OSS AccessKey `Secret` (only when the mount uses keys, i.e. no `volume.rrsa_role`; the
@@ -53,9 +54,10 @@ import yaml
 
 from llm_rollout import kuberay, kv_cache
 from llm_rollout.errors import SpecError
-from llm_rollout.kinds import RbgFlavor, kind_for, raycluster, rbg
+from llm_rollout.kinds import DEFAULT_RBG_FLAVOR, RbgFlavor, kind_for, raycluster, rbg
 from llm_rollout.kinds.rbg import RoleServiceError
-from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec, spec_hash
+from llm_rollout.spec import DNS1123_LABEL, MAX_RELEASE_LEN, ServiceSpec
+from llm_rollout.spec import spec_hash as hash_of_spec
 from llm_rollout.templates import template_loader
 from llm_rollout.vocabulary import (
     ANN_MODEL,
@@ -92,8 +94,10 @@ class RenderedRelease:
     storage_objects: list[K8sObject]
     workload_objects: list[K8sObject]
     stable_service: K8sObject
+    # The hash of the spec rendered (`spec.spec_hash`), in the storage objects' annotations.
+    spec_hash: str
     # What the objects were rendered for, so a caller can tell whether they still fit.
-    rbg_flavor: RbgFlavor = "v0.6"
+    rbg_flavor: RbgFlavor = DEFAULT_RBG_FLAVOR
     max_model_len: int | None = None
     # Operator-version features read from the installed CRD (`WorkloadKind.crd_features`).
     crd_features: frozenset[str] = frozenset()
@@ -127,7 +131,7 @@ def release_service_name(spec: ServiceSpec, release: str) -> str:
 
 def default_release(spec: ServiceSpec) -> str:
     """Deterministic release id for a spec: "r" + the first 7 hex digits of its hash."""
-    return "r" + spec_hash(spec)[:7]
+    return "r" + hash_of_spec(spec)[:7]
 
 
 def check_release(release: str) -> None:
@@ -360,8 +364,10 @@ class _Ctx:
         role_services: Mapping[str, str] | None = None,
         max_model_len: int | None = None,
         crd_features: frozenset[str] = frozenset(),
+        spec_hash: str | None = None,
     ) -> None:
         self.spec = spec
+        self.spec_hash = spec_hash if spec_hash is not None else hash_of_spec(spec)
         self.crd_features = crd_features
         self.role_services = dict(role_services or {})
         self.max_model_len = max_model_len
@@ -373,7 +379,7 @@ class _Ctx:
         self.storage_annotations = {
             ANN_MODEL: _model_source(spec),
             ANN_REVISION: spec.model_revision,
-            ANN_SPEC_HASH: spec_hash(spec),
+            ANN_SPEC_HASH: self.spec_hash,
         }
         self.annotations = {**self.storage_annotations, ANN_RELEASE: release}
         if spec.volume.other_opts is not None:
@@ -663,10 +669,11 @@ def render(
     spec: ServiceSpec,
     *,
     release: str,
-    rbg_flavor: RbgFlavor = "v0.6",
+    rbg_flavor: RbgFlavor = DEFAULT_RBG_FLAVOR,
     rbg_role_services: Mapping[str, str] | None = None,
     max_model_len: int | None = None,
     crd_features: frozenset[str] = frozenset(),
+    spec_hash: str | None = None,
 ) -> RenderedRelease:
     """Render every object of `release` (see the module docstring for the grouping).
 
@@ -677,12 +684,13 @@ def render(
     (`llm_rollout.kv_cache.KvFit.max_len`); it is passed as `--max-model-len` unless
     `serving.extra_args` already sets one. `crd_features` are what the installed CRD of the
     workload kind offers (`WorkloadKind.crd_features`); without them nothing version-dependent
-    is rendered.
+    is rendered. `spec_hash` is the spec's `spec.spec_hash` when the caller has it (a deploy's
+    plan computes it once per run); without it, it is computed here.
     """
     check_release(release)
     check_name_lengths(spec, release, rbg_flavor)
     _check_role_services(rbg_role_services or {})
-    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len, crd_features)
+    ctx = _Ctx(spec, release, rbg_flavor, rbg_role_services, max_model_len, crd_features, spec_hash)
     env = _environment()
     storage = _render_docs(env, "storage.yaml.j2", ctx)
     workload = _render_docs(env, template_for(spec), ctx)
@@ -694,6 +702,7 @@ def render(
         storage_objects=storage,
         workload_objects=workload + release_services,
         stable_service=stable[0],
+        spec_hash=ctx.spec_hash,
         rbg_flavor=rbg_flavor,
         max_model_len=max_model_len,
         crd_features=crd_features,
@@ -723,6 +732,7 @@ def bind_role_services(
         role_services,
         rendered.max_model_len,
         rendered.crd_features,
+        rendered.spec_hash,
     )
     bound = {
         doc["kind"]: doc
@@ -768,10 +778,17 @@ def plan_checks(spec: ServiceSpec, rendered: RenderedRelease) -> list[str]:
     return checks
 
 
-def render_oss_secret(spec: ServiceSpec, access_key_id: str, access_key_secret: str) -> K8sObject:
-    """The OSS AccessKey Secret with its values, for the deploy flow to apply; never log it."""
+def render_oss_secret(
+    spec: ServiceSpec,
+    access_key_id: str,
+    access_key_secret: str,
+    *,
+    spec_hash: str | None = None,
+) -> K8sObject:
+    """The OSS AccessKey Secret with its values, for the deploy flow to apply; never log it.
+    `spec_hash` as for `render`."""
     # Storage objects do not depend on the release; any valid id renders them identically.
-    ctx = _Ctx(spec, "storage", "v0.6")
+    ctx = _Ctx(spec, "storage", DEFAULT_RBG_FLAVOR, spec_hash=spec_hash)
     docs = _render_docs(_environment(), "storage.yaml.j2", ctx)
     secret = next(doc for doc in docs if doc["kind"] == "Secret")
     secret["stringData"] = {"akId": access_key_id, "akSecret": access_key_secret}

@@ -83,7 +83,7 @@ def apply_volumes(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -
                 )
             # The only place key values enter an object; it goes straight to the server.
             keys = resolve_oss_credentials(ref).csi_secret_data()
-            obj = render_oss_secret(spec, keys["akId"], keys["akSecret"])
+            obj = render_oss_secret(spec, keys["akId"], keys["akSecret"], spec_hash=plan.spec_hash)
         objects.append(obj)
     apply_checked(api, objects)
     applied = ordered_refs(created) + ordered_refs(objects)

@@ -26,9 +26,10 @@ from tasks.policy import retry_transient_only
     cache_policy=NO_CACHE,
 )
 def preflight(
-    spec: ServiceSpec, release: str, rendered: RenderedRelease | None = None
+    spec: ServiceSpec, release: str, spec_hash: str, rendered: RenderedRelease | None = None
 ) -> PreflightReport:
-    """Check everything the rollout of `release` needs; raise `PreflightError` listing problems.
+    """Check everything the rollout of `release` (of the spec hashed `spec_hash`) needs; raise
+    `PreflightError` listing problems.
 
     The report carries the release as rendered for its capacity check (for the release plan);
     `rendered`, from an earlier pass of the same run, is reused when it still fits.
@@ -38,7 +39,9 @@ def preflight(
     report = run_preflight(
         api,
         spec,
-        render_release=functools.partial(render_for, spec, release, reuse=rendered),
+        render_release=functools.partial(
+            render_for, spec, release, spec_hash=spec_hash, reuse=rendered
+        ),
         find_serving=lambda a: find_serving_release(a, spec.namespace, spec.name),
     )
     for check in report.checks:

@@ -18,6 +18,8 @@ from typing import Annotated, Literal
 
 import typer
 
+from llm_rollout.kinds import DEFAULT_RBG_FLAVOR
+
 SpecArg = Annotated[Path, typer.Argument(help="Path of the service spec (YAML).")]
 
 
@@ -30,7 +32,7 @@ def plan_command(
     ] = None,
     rbg_flavor: Annotated[
         str, typer.Option(help="RoleBasedGroup conventions: v0.6 (v1alpha1) or v0.7.")
-    ] = "v0.6",
+    ] = DEFAULT_RBG_FLAVOR,
     model_config: Annotated[
         Path | None,
         typer.Option(

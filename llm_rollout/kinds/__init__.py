@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 from llm_rollout.kinds.base import (
+    DEFAULT_RBG_FLAVOR,
     ApiRequirement,
     PodCreator,
     PodDemand,
@@ -29,6 +30,7 @@ for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "DEFAULT_RBG_FLAVOR",
     "ApiRequirement",
     "PodCreator",
     "PodDemand",

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 JsonDict = dict[str, Any]
 PodFilter = Callable[[JsonDict], bool]
 RbgFlavor = Literal["v0.6", "v0.7"]
+# The RoleBasedGroup convention rendered when no cluster says which one it runs: `llm-rollout
+# plan` offline, and `render()` called without one. A deploy never needs it for an RBG shape:
+# preflight refuses the shape when the cluster serves no RBG API, and otherwise renders the
+# flavour the served versions name (kinds/rbg.py `flavor_from_versions`); other shapes render
+# nothing that depends on it. v0.6, because its v1alpha1 API is the one every supported
+# controller serves (v0.7+ keeps v1alpha1 beside v1alpha2, which a v0.6 cluster refuses), and
+# its name limits are the stricter (`derived_statefulsets`: only v0.6 runs roles as
+# StatefulSets named "<rbg>-<role>"), so a name `plan` accepts fits either controller.
+DEFAULT_RBG_FLAVOR: RbgFlavor = "v0.6"
 # What a redeploy changes in the pod templates: annotations only, container images (with
 # annotations), or other pod-spec fields such as the engine's arguments.
 TemplateChange = Literal["metadata", "image", "spec"]

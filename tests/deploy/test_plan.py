@@ -14,11 +14,11 @@ from llm_rollout import render as rendering
 from llm_rollout.errors import PermanentError
 from llm_rollout.kinds import RbgFlavor
 from llm_rollout.kinds.rbg import RoleBasedGroup
-from llm_rollout.plan import ReleasePlan, bind_role_services, plan_release, render_for
+from llm_rollout.plan import ReleasePlan, bind_role_services, new_release, plan_release, render_for
 from llm_rollout.preflight import PreflightReport
 from llm_rollout.release.writing import with_annotations
 from llm_rollout.spec import ServiceSpec, load_spec, spec_hash
-from llm_rollout.strategy import StrategyDecision
+from llm_rollout.strategy import StrategyDecision, new_release_id
 from llm_rollout.vocabulary import ANN_DEPLOYED_AT, ANN_PREVIOUS_RELEASE, ANN_SPEC_HASH
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -32,7 +32,7 @@ def _plan(spec: ServiceSpec, *, flavor: str | None = None) -> ReleasePlan:
         decision=StrategyDecision(requested="auto", strategy="blue-green"),
         namespace_exists=True,
         serving_release="rold0001",
-        rendered=render_for(spec, RELEASE, flavor, None),  # type: ignore[arg-type]
+        rendered=render_for(spec, RELEASE, flavor, None, spec_hash=spec_hash(spec)),  # type: ignore[arg-type]
     )
     return plan_release(spec, release=RELEASE, spec_hash=spec_hash(spec), report=report, now=NOW)
 
@@ -85,13 +85,20 @@ def test_a_rendering_is_reused_only_for_the_same_flavor_and_length(
         return real(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(rendering, "render", counting)
-    first = render_for(spec, RELEASE, "v0.6", None)
-    assert render_for(spec, RELEASE, "v0.6", None, reuse=first) is first
-    assert render_for(spec, RELEASE, "v0.7", None, reuse=first).rbg_flavor == "v0.7"
-    assert render_for(spec, "rplan0002", "v0.6", None, reuse=first).release == "rplan0002"
-    # No RBG API on the cluster: the current convention, as every stage renders it.
-    assert render_for(spec, RELEASE, None, None).rbg_flavor == "v0.7"
-    assert calls == ["v0.6", "v0.7", "v0.6", "v0.7"]
+    digest = spec_hash(spec)
+    first = render_for(spec, RELEASE, "v0.6", None, spec_hash=digest)
+    assert render_for(spec, RELEASE, "v0.6", None, spec_hash=digest, reuse=first) is first
+    assert (
+        render_for(spec, RELEASE, "v0.7", None, spec_hash=digest, reuse=first).rbg_flavor == "v0.7"
+    )
+    assert (
+        render_for(spec, "rplan0002", "v0.6", None, spec_hash=digest, reuse=first).release
+        == "rplan0002"
+    )
+    # No RBG API on the cluster: the one default (kinds/base.py DEFAULT_RBG_FLAVOR), as `plan`
+    # and `render()` use it.
+    assert render_for(spec, RELEASE, None, None, spec_hash=digest).rbg_flavor == "v0.6"
+    assert calls == ["v0.6", "v0.7", "v0.6", "v0.6"]
 
 
 @pytest.mark.parametrize("flavor", ["v0.6", "v0.7"])
@@ -126,3 +133,35 @@ def test_the_late_binding_changes_the_router_only(flavor: RbgFlavor) -> None:
     )
     assert bound.rendered.workload_objects == full.workload_objects
     assert after[RoleBasedGroup.kind] == with_annotations(full.workload, plan.annotations)
+
+
+def test_a_deploy_run_hashes_its_spec_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = load_spec(EXAMPLES / "seed-vllm-single-gpu.yaml")
+    named = new_release(spec, 1_765_000_000_000)
+    assert named.spec_hash == spec_hash(spec)
+    assert named.release == new_release_id(named.spec_hash, 1_765_000_000_000)
+
+    def no_second_hash(spec: ServiceSpec) -> str:
+        raise AssertionError("render hashed the spec again")
+
+    # Everything after `new_release` takes the hash it computed: rendering and the Secret with
+    # its values never hash the spec themselves.
+    monkeypatch.setattr(rendering, "hash_of_spec", no_second_hash)
+    rendered = render_for(spec, named.release, None, None, spec_hash=named.spec_hash)
+    bound = rendering.bind_role_services(spec, rendered, {})
+    assert rendering.render_oss_secret(spec, "id", "key", spec_hash=named.spec_hash)
+    # The PV and the PVC record the hash (the Secret records none).
+    recorded = [o for o in rendered.storage_objects if o["kind"] != "Secret"]
+    assert [o["kind"] for o in recorded] == ["PersistentVolume", "PersistentVolumeClaim"]
+    for obj in [*recorded, *bound.storage_objects[1:]]:
+        assert obj["metadata"]["annotations"][ANN_SPEC_HASH] == named.spec_hash
+
+
+def test_a_rendering_of_another_spec_is_not_planned() -> None:
+    spec = load_spec(EXAMPLES / "seed-sglang-lws.yaml")
+    report = PreflightReport(
+        decision=StrategyDecision(requested="auto", strategy="blue-green"),
+        rendered=render_for(spec, RELEASE, None, None, spec_hash="0" * 64),
+    )
+    with pytest.raises(PermanentError, match="rendered from a spec hashed"):
+        plan_release(spec, release=RELEASE, spec_hash=spec_hash(spec), report=report, now=NOW)

@@ -44,13 +44,12 @@ from prefect import flow
 from flows.deploy import deploy
 from flows.redeploy import RedeployFailed, redeploy
 from llm_rollout.kube.proxy import httpx_client_for, service_proxy_url
-from llm_rollout.plan import plan_release
+from llm_rollout.plan import new_release, plan_release
 from llm_rollout.readiness_rules import tolerances_of
 from llm_rollout.redeploy import ROUTER_COMPONENT, engine_templates, pod_templates
 from llm_rollout.release.removal import teardown
 from llm_rollout.release.state import read_release_state
-from llm_rollout.spec import SmokeExpectations, SmokeSpec, load_spec, spec_hash
-from llm_rollout.strategy import new_release_id
+from llm_rollout.spec import SmokeExpectations, SmokeSpec, load_spec
 from llm_rollout.vocabulary import COMPONENT_LABEL, RELEASE_LABEL, RESTARTED_AT_ANNOTATION
 from sandbox.cluster import rbg
 from sandbox.cluster.control_plane import Cluster, ensure_rbg_crd
@@ -183,11 +182,14 @@ def _promote_without_retiring(spec_path: Path) -> str:
     """The deploy flow's tasks up to the promotion of a new release (no smoke, no bake, no
     retirement): a second release serving while the previous one still exists."""
     spec = load_spec(spec_path)
-    digest = spec_hash(spec)
-    release = new_release_id(digest, int(time.time() * 1000))
-    report = preflight(spec, release)
+    named = new_release(spec, int(time.time() * 1000))
+    report = preflight(spec, named.release, named.spec_hash)
     plan = plan_release(
-        spec, release=release, spec_hash=digest, report=report, now=datetime.now(UTC)
+        spec,
+        release=named.release,
+        spec_hash=named.spec_hash,
+        report=report,
+        now=datetime.now(UTC),
     )
     applied = rollout(plan)
     wait_workload_ready(
@@ -197,7 +199,7 @@ def _promote_without_retiring(spec_path: Path) -> str:
         tolerances=tolerances_of(spec.rollout),
     )
     promote(plan)
-    return release
+    return named.release
 
 
 @pytest.mark.timeout(900, func_only=True)
