@@ -378,7 +378,18 @@ class Failed:
     reason: str
 
 
-Verdict = Done[_T] | Waiting | Failed
+@dataclass(frozen=True)
+class Holding(Generic[_T]):
+    """A `wait_until` check's verdict in a hold (`hold_s`): all is as it should be so far;
+    `value` is what `wait_until` returns if it still is when the hold is over."""
+
+    value: _T
+
+
+Verdict = Done[_T] | Waiting | Failed | Holding[_T]
+# What `wait_until` watches: one object, the objects a selector matches, or several of those
+# together (the check then sees one picture per target, in order).
+Target = ObjectRef | Selector
 
 
 class WaitFailed(PermanentError):
@@ -417,6 +428,7 @@ def watch_until(
     waiting_for: str = "",
     on_message: Callable[[StreamMessage, WatchGroup], None] | None = None,
     interrupt: Interrupt | None = None,
+    hold_s: float | None = None,
 ) -> _T:
     """Watch every target at once until `check` says `Done` (its value is returned) or
     `Failed` (raised as `WaitFailed`); `WaitTimeout` after `timeout_s`, naming what the last
@@ -426,9 +438,19 @@ def watch_until(
     listed, and again after every message and whenever a `Waiting.recheck_in_s` runs out, never
     on a partial picture. `on_message` sees each message after it reached the cache (progress
     reports). An `interrupt` ends the wait with its error as soon as it fires.
+
+    With `hold_s` the wait is a hold, where time running out is the success (a bake): `check`
+    answers `Holding(value)` while all is well, `value` is returned once `hold_s` (counted
+    from the start) has passed with the check holding, and `Failed` ends it at once;
+    `timeout_s` (not less than `hold_s`) then bounds how long the first full picture may take.
     """
+    if hold_s is not None and hold_s > timeout_s:
+        raise ValueError(f"a hold of {hold_s}s cannot end after its timeout of {timeout_s}s")
     specs = [Selector.of(t) for t in targets]
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
+    hold_ends = started + hold_s if hold_s is not None else None
+    held: Holding[_T] | None = None
     missing: tuple[str, ...] = ()
     with watching(api, specs) as group:
         unsubscribe = interrupt.subscribe(group.wake) if interrupt is not None else None
@@ -444,9 +466,14 @@ def watch_until(
                         return verdict.value
                     if isinstance(verdict, Failed):
                         raise WaitFailed(verdict.reason)
-                    missing = verdict.missing
-                    if verdict.recheck_in_s is not None:
-                        wake_at = min(deadline, time.monotonic() + verdict.recheck_in_s)
+                    if isinstance(verdict, Holding):
+                        if hold_ends is None:
+                            raise TypeError("a check answered Holding in a wait that is no hold")
+                        held = verdict
+                    else:
+                        held, missing = None, verdict.missing
+                        if verdict.recheck_in_s is not None:
+                            wake_at = min(deadline, time.monotonic() + verdict.recheck_in_s)
                 else:
                     missing = tuple(
                         f"{spec.describe()} not listed yet"
@@ -454,7 +481,11 @@ def watch_until(
                         if spec not in group.synced
                     )
                 now = time.monotonic()
-                if deadline - now <= 0:
+                if held is not None and hold_ends is not None:
+                    if now >= hold_ends:
+                        return held.value
+                    wake_at = hold_ends
+                elif deadline - now <= 0:
                     about = f" waiting for {waiting_for}" if waiting_for else ""
                     raise WaitTimeout(
                         f"timed out after {timeout_s:.0f}s{about}: " + "; ".join(missing),
@@ -468,14 +499,23 @@ def watch_until(
                 unsubscribe()
 
 
+def _picture(target: Target, cache: Mapping[str, JsonDict]) -> ObjectView | list[ObjectView] | None:
+    """What a check sees of one target: the object (None while absent) or the matches."""
+    if isinstance(target, ObjectRef):
+        found = cache.get(target.name)
+        return ObjectView(found) if found is not None else None
+    return _views(cache)
+
+
 def wait_until(
     api: k8s_client.ApiClient,
-    target: ObjectRef | Selector,
+    target: Target | tuple[Target, ...],
     check: Callable[[Any], Verdict[_T]],
     timeout_s: float,
     *,
     waiting_for: str = "",
     interrupt: Interrupt | None = None,
+    hold_s: float | None = None,
 ) -> _T:
     """Watch `target` until `check` says `Done` (its value is returned) or `Failed` (raised as
     `WaitFailed`); `WaitTimeout` after `timeout_s`, naming what the last `Waiting` missed.
@@ -485,19 +525,25 @@ def wait_until(
     once the first list arrived and after every change, never on a partial picture. Success
     and failure both end the wait, as with lightkube's `Client.wait(for_conditions=...,
     raise_for_conditions=...)` (gtsystem/lightkube src/lightkube/core/client.py), but the
-    check may look at anything. One target of `watch_until`.
+    check may look at anything. A tuple of targets is watched together: `check` then sees a
+    tuple of their pictures, in order, once every one was listed. `hold_s` makes it a hold
+    (`watch_until`), and `interrupt` may end it early. The targets' case of `watch_until`.
     """
-    spec = Selector.of(target)
+    targets = target if isinstance(target, tuple) else (target,)
+    specs = [Selector.of(t) for t in targets]
 
-    def check_target(group: WatchGroup) -> Verdict[_T]:
-        cache = group.cache[spec]
-        if isinstance(target, ObjectRef):
-            found = cache.get(target.name)
-            return check(ObjectView(found) if found is not None else None)
-        return check(_views(cache))
+    def check_pictures(group: WatchGroup) -> Verdict[_T]:
+        pictures = tuple(_picture(t, group.cache[s]) for t, s in zip(targets, specs, strict=True))
+        return check(pictures if isinstance(target, tuple) else pictures[0])
 
     return watch_until(
-        api, [spec], check_target, timeout_s, waiting_for=waiting_for, interrupt=interrupt
+        api,
+        specs,
+        check_pictures,
+        timeout_s,
+        waiting_for=waiting_for,
+        interrupt=interrupt,
+        hold_s=hold_s,
     )
 
 

@@ -14,7 +14,16 @@ from llm_rollout.errors import PermanentError, TransientError
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.kube.views import ObjectView, items_at, mapping_at
-from llm_rollout.kube.watching import Selector, call_with_retry, watching
+from llm_rollout.kube.watching import (
+    Failed,
+    Holding,
+    Selector,
+    Verdict,
+    WaitFailed,
+    WaitTimeout,
+    call_with_retry,
+    wait_until,
+)
 from llm_rollout.readiness import pod_selector_for, workload_missing
 from llm_rollout.vocabulary import RELEASE_LABEL
 
@@ -98,56 +107,56 @@ def bake(
     """
     if workload.namespace is None:
         raise PermanentError(f"{workload}: serving workloads are namespaced; namespace missing")
+    namespace = workload.namespace
     notify = on_event or (lambda message: None)
     initial = call_with_retry(lambda: get(api, workload))
     if initial is None:
         raise ReleaseDegraded(workload, "the workload no longer exists", 0.0)
     selector, pod_filter = pod_selector_for(initial)
-    workload_spec = Selector(
-        workload.api_version, workload.kind, workload.namespace, name=workload.name
-    )
-    pod_spec = Selector("v1", "Pod", workload.namespace, label_selector=selector)
-    service_spec = Selector("v1", "Service", workload.namespace, name=stable_service)
-    started = time.monotonic()
-    deadline = started + window_s
+    service_ref = ObjectRef("v1", "Service", namespace, stable_service)
+    # Restart counts when the bake began: only a count above them is news.
     baseline: dict[str, dict[str, int]] | None = None
-    with watching(api, [workload_spec, pod_spec, service_spec]) as group:
-        while True:
-            now = time.monotonic()
-            if group.all_synced:
-                obj = group.cache[workload_spec].get(workload.name)
-                pods = {name: pod for name, pod in group.cache[pod_spec].items() if pod_filter(pod)}
-                if baseline is None:
-                    baseline = {name: _restarts(pod) for name, pod in pods.items()}
-                    notify(f"baking {workload} with {len(pods)} pod(s) for {window_s:.0f}s")
-                service = group.cache[service_spec].get(stable_service)
-                selected = mapping_at(service, "spec", "selector")
-                reason = _bake_problem(workload, obj, pods, baseline)
-                if selected.get(RELEASE_LABEL) != release:
-                    reason = (
-                        f"Service {workload.namespace}/{stable_service} no longer routes to "
-                        f"release {release} (now: {selected.get(RELEASE_LABEL) or 'nothing'})"
-                    )
-                if reason is not None:
-                    raise ReleaseDegraded(workload, reason, now - started)
-                if now >= deadline:
-                    return BakeReport(
-                        workload,
-                        window_s,
-                        tuple(
-                            ObjectRef("v1", "Pod", workload.namespace, name)
-                            for name in sorted(pods)
-                        ),
-                    )
-            elif now >= deadline + BAKE_SYNC_SLACK_S:
-                raise TransientError(f"could not list {workload} and its pods to bake it")
-            remaining = deadline - now if group.all_synced else deadline + BAKE_SYNC_SLACK_S - now
-            group.next(max(remaining, 0.0))
+
+    def still_serving(
+        picture: tuple[ObjectView | None, list[ObjectView], ObjectView | None],
+    ) -> Verdict[BakeReport]:
+        nonlocal baseline
+        obj, listed, service = picture
+        pods = {p.metadata.name: dict(p.raw) for p in listed if pod_filter(dict(p.raw))}
+        if baseline is None:
+            baseline = {name: _restarts(pod) for name, pod in pods.items()}
+            notify(f"baking {workload} with {len(pods)} pod(s) for {window_s:.0f}s")
+        reason = _bake_problem(workload, obj.raw if obj is not None else None, pods, baseline)
+        routed = service.at("spec", "selector").get(RELEASE_LABEL) if service is not None else None
+        if routed != release:
+            reason = (
+                f"Service {namespace}/{stable_service} no longer routes to "
+                f"release {release} (now: {routed or 'nothing'})"
+            )
+        if reason is not None:
+            return Failed(reason)
+        pod_refs = tuple(ObjectRef("v1", "Pod", namespace, name) for name in sorted(pods))
+        return Holding(BakeReport(workload, window_s, pod_refs))
+
+    started = time.monotonic()
+    try:
+        return wait_until(
+            api,
+            (workload, Selector("v1", "Pod", namespace, selector), service_ref),
+            still_serving,
+            window_s + BAKE_SYNC_SLACK_S,
+            hold_s=window_s,
+        )
+    except WaitFailed as exc:
+        raise ReleaseDegraded(workload, exc.reason, time.monotonic() - started) from exc
+    except WaitTimeout as exc:
+        # The check holds or fails on every full picture: only the first list can time out.
+        raise TransientError(f"could not list {workload} and its pods to bake it") from exc
 
 
 def _bake_problem(
     workload: ObjectRef,
-    obj: JsonDict | None,
+    obj: Mapping[str, Any] | None,
     pods: Mapping[str, JsonDict],
     baseline: Mapping[str, Mapping[str, int]],
 ) -> str | None:
