@@ -72,6 +72,7 @@ from llm_rollout.vocabulary import (
     NAME_LABEL,
     PART_OF_LABEL,
     RELEASE_LABEL,
+    SECRET_VALUES_ANNOTATION,
     VERSION_LABEL,
 )
 
@@ -420,6 +421,21 @@ class _Ctx:
             INSTANCE_LABEL: self.spec.name,
             COMPONENT_LABEL: "model-storage",
         }
+
+    def secret_annotations(self) -> dict[str, str]:
+        return {
+            SECRET_VALUES_ANNOTATION: (
+                "filled in at apply time from storage.credentials; never rendered"
+            )
+        }
+
+    def stable_service_labels(self) -> dict[str, str]:
+        """The stable Service's labels: the service's, not a release's."""
+        return {**self.base_labels, INSTANCE_LABEL: self.spec.name, COMPONENT_LABEL: "api"}
+
+    def stable_service_annotations(self) -> dict[str, str]:
+        """The release the stable Service routes to when rendered (promote adds the rest)."""
+        return {ANN_RELEASE: self.release}
 
     def gpu_resources(self, gpus: int) -> K8sObject:
         res = self.spec.serving.resources

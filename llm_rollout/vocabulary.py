@@ -36,6 +36,8 @@ ANN_MODEL = ANNOTATION_PREFIX + "model-source"
 ANN_SPEC_HASH = ANNOTATION_PREFIX + "spec-hash"
 ANN_STRATEGY = ANNOTATION_PREFIX + "strategy"
 ANN_DEPLOYED_AT = ANNOTATION_PREFIX + "deployed-at"
+# On the OSS Secret as rendered: where its values come from (they are never rendered).
+SECRET_VALUES_ANNOTATION = ANNOTATION_PREFIX + "values"
 # Who holds a service's rollout Lease (llm_rollout.locking).
 OWNER_ANNOTATION = ANNOTATION_PREFIX + "lock-owner"
 # Set on a pod template to make its controller roll the pods (llm_rollout.redeploy).
