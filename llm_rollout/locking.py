@@ -38,11 +38,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from kubernetes import client as k8s_client
 
@@ -50,6 +51,7 @@ from llm_rollout.errors import PermanentError, RolloutError
 from llm_rollout.kube.errors import ConflictError, NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, request_json, resolve_resource
+from llm_rollout.kube.views import ObjectView
 from llm_rollout.kube.watching import Selector, watching
 from llm_rollout.vocabulary import MANAGED_BY_LABEL, OWNER_ANNOTATION, PART_OF_LABEL
 
@@ -113,16 +115,17 @@ class LeaseState:
     resource_version: str
 
     @classmethod
-    def of(cls, obj: JsonDict) -> LeaseState:
-        spec = obj.get("spec") or {}
-        metadata = obj.get("metadata") or {}
+    def of(cls, obj: Mapping[str, Any] | None) -> LeaseState:
+        """The state of the Lease as read; None (no Lease) and an empty one are free."""
+        lease = ObjectView(obj if obj is not None else {})
+        spec = lease.spec
         return cls(
             holder=str(spec.get("holderIdentity") or ""),
-            owner=str((metadata.get("annotations") or {}).get(OWNER_ANNOTATION) or ""),
+            owner=str(lease.metadata.annotations.get(OWNER_ANNOTATION) or ""),
             acquired_at=_parse_micro(spec.get("acquireTime")),
             renewed_at=_parse_micro(spec.get("renewTime")),
             duration_s=int(spec.get("leaseDurationSeconds") or 0),
-            resource_version=str(metadata.get("resourceVersion") or ""),
+            resource_version=lease.metadata.resource_version,
         )
 
     def expires_in_s(self, now: datetime) -> float:
@@ -160,9 +163,9 @@ def _lease_body(
         "annotations": {OWNER_ANNOTATION: owner},
     }
     if previous is not None:
-        old_spec = previous.get("spec") or {}
-        transitions = int(old_spec.get("leaseTransitions") or 0) + 1
-        metadata["resourceVersion"] = (previous.get("metadata") or {}).get("resourceVersion")
+        old = ObjectView(previous)
+        transitions = int(old.spec.get("leaseTransitions") or 0) + 1
+        metadata["resourceVersion"] = old.metadata.resource_version
     return {
         "apiVersion": LEASE_API_VERSION,
         "kind": "Lease",
@@ -239,7 +242,7 @@ def try_acquire(
                 created = _write(api, "POST", body)
         except ConflictError:
             fresh = get(api, ref)
-            return False, LeaseState.of(fresh or {}), False
+            return False, LeaseState.of(fresh), False
         return True, LeaseState.of(created), False
     state = LeaseState.of(current)
     if state.holder and state.owner == owner:
@@ -251,7 +254,7 @@ def try_acquire(
         replaced = _write(api, "PUT", body)
     except ConflictError:
         fresh = get(api, ref)
-        return False, LeaseState.of(fresh or {}), False
+        return False, LeaseState.of(fresh), False
     if state.holder:
         log.warning("took over the lease of %s from %s (expired)", ref, state.holder)
     return True, LeaseState.of(replaced), False
@@ -306,11 +309,11 @@ def renew(api: k8s_client.ApiClient, namespace: str, service: str, *, owner: str
     """Move renewTime forward; `LeaseLostError` when someone else holds it now."""
     ref = lease_ref(namespace, service)
     current = get(api, ref)
-    state = LeaseState.of(current or {})
+    state = LeaseState.of(current)
     if current is None or state.owner != owner or not state.holder:
         raise LeaseLostError(f"lease {ref} is no longer ours ({state.holder or 'free'})")
     body = dict(current)
-    body["spec"] = {**dict(current.get("spec") or {}), "renewTime": _now_micro()}
+    body["spec"] = {**ObjectView(current).spec, "renewTime": _now_micro()}
     return LeaseState.of(_write(api, "PUT", body))
 
 
@@ -319,11 +322,11 @@ def release(api: k8s_client.ApiClient, namespace: str, service: str, *, owner: s
     ref = lease_ref(namespace, service)
     for _ in range(3):
         current = get(api, ref)
-        state = LeaseState.of(current or {})
+        state = LeaseState.of(current)
         if current is None or state.owner != owner or not state.holder:
             return False
         body = dict(current)
-        body["spec"] = {**dict(current.get("spec") or {}), "holderIdentity": ""}
+        body["spec"] = {**ObjectView(current).spec, "holderIdentity": ""}
         try:
             _write(api, "PUT", body)
         except ConflictError:
@@ -433,7 +436,7 @@ def check_lease() -> None:
         else:
             reason = _not_ours(current, lock.owner)
             if reason:
-                lock.mark_lost(LeaseState.of(current or {}).holder, reason)
+                lock.mark_lost(LeaseState.of(current).holder, reason)
     if lock.lost:
         raise lock.lost_error()
 
@@ -471,7 +474,7 @@ def _keep_renewing(
                 lock.mark_lost("", "a renewal found it no longer ours")
             else:
                 reason = _not_ours(current, lock.owner) or "a renewal found it no longer ours"
-                lock.mark_lost(LeaseState.of(current or {}).holder, reason)
+                lock.mark_lost(LeaseState.of(current).holder, reason)
             log.error("lost lease %s to %r", ref, lock.lost_to)
             return
         except RolloutError as exc:
@@ -542,7 +545,7 @@ def service_lock(
             else:
                 reason = _not_ours(current, owner)
                 if reason:
-                    lock.mark_lost(LeaseState.of(current or {}).holder, reason)
+                    lock.mark_lost(LeaseState.of(current).holder, reason)
         log.info(
             "lease %s released by %s%s",
             lock.ref,

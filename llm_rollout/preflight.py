@@ -45,6 +45,7 @@ from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.kube.client import server_version
 from llm_rollout.kube.errors import NotFoundError
 from llm_rollout.kube.resources import list_objects, request_json, served_versions
+from llm_rollout.kube.views import ObjectView, PodView
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.mirror.inputs import hub_source_of
 from llm_rollout.oss import OssTarget, open_bucket, oss_call, plain_http_warning
@@ -124,11 +125,9 @@ class PreflightReport:
 # -- cluster --------------------------------------------------------------------------------
 
 
-def _node_ready(node: Mapping[str, Any]) -> bool:
-    for condition in (node.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready":
-            return bool(condition.get("status") == "True")
-    return False
+def _node_ready(node: ObjectView) -> bool:
+    ready = node.condition("Ready")
+    return ready is not None and ready.is_true
 
 
 def _int_quantity(value: Any) -> int:
@@ -143,21 +142,20 @@ def node_capacities(
 ) -> list[NodeCapacity]:
     """Free GPU/eRDMA per schedulable, Ready node: allocatable minus what bound pods request."""
     requested: dict[str, list[int]] = {}
-    for pod in pods:
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if not node_name or phase in ("Succeeded", "Failed"):
+    for pod in map(PodView, pods):
+        node_name = pod.node_name
+        if not node_name or pod.phase in ("Succeeded", "Failed"):
             continue  # unbound pods hold nothing; finished pods released their devices
-        demand = container_demand(pod.get("spec") or {})
+        demand = container_demand(pod.spec)
         totals = requested.setdefault(node_name, [0, 0])
         totals[0] += demand.gpus
         totals[1] += demand.erdma
     result: list[NodeCapacity] = []
-    for node in nodes:
-        name = str((node.get("metadata") or {}).get("name"))
-        if (node.get("spec") or {}).get("unschedulable") or not _node_ready(node):
+    for node in map(ObjectView, nodes):
+        name = node.metadata.name
+        if node.spec.get("unschedulable") or not _node_ready(node):
             continue
-        allocatable = (node.get("status") or {}).get("allocatable") or {}
+        allocatable = node.at("status", "allocatable")
         used = requested.get(name, [0, 0])
         result.append(
             NodeCapacity(
@@ -174,11 +172,11 @@ def node_capacities(
 def pods_by_node(pods: Sequence[Mapping[str, Any]]) -> dict[str, PodDemand]:
     """Sum the GPU/eRDMA requests of running pods per node (what removing them would free)."""
     totals: dict[str, PodDemand] = {}
-    for pod in pods:
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        if not node_name or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+    for pod in map(PodView, pods):
+        node_name = pod.node_name
+        if not node_name or pod.phase in ("Succeeded", "Failed"):
             continue
-        demand = container_demand(pod.get("spec") or {})
+        demand = container_demand(pod.spec)
         old = totals.get(node_name, PodDemand(gpus=0))
         totals[node_name] = PodDemand(old.gpus + demand.gpus, old.erdma + demand.erdma)
     return totals

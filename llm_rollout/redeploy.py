@@ -32,6 +32,7 @@ from llm_rollout.errors import PermanentError
 from llm_rollout.kinds import PodRoll, TemplateChange, WorkloadKind, kind_of
 from llm_rollout.kinds.base import PodFilter
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
+from llm_rollout.kube.views import ObjectView, PodView, items_at, mapping_at
 from llm_rollout.kube.watching import Selector, call_with_retry, watching
 from llm_rollout.release.inventory import release_objects
 from llm_rollout.release.state import read_release_state
@@ -157,7 +158,7 @@ def pod_templates(obj: JsonDict) -> list[JsonDict]:
             for value in node:
                 walk(value)
 
-    walk(obj.get("spec") or {})
+    walk(obj.get("spec"))
     return found
 
 
@@ -172,7 +173,7 @@ def engine_templates(templates: list[JsonDict]) -> list[JsonDict]:
     return [
         t
         for t in templates
-        if ((t.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL) != ROUTER_COMPONENT
+        if ObjectView(t).metadata.labels.get(COMPONENT_LABEL) != ROUTER_COMPONENT
     ]
 
 
@@ -229,7 +230,7 @@ def changed_workload(obj: JsonDict, request: RedeployRequest, now: datetime) -> 
                 )
             container["args"] = _set_flags([str(a) for a in args], request.engine_args)
     if request.replicas is not None:
-        if "replicas" not in (desired.get("spec") or {}):
+        if "replicas" not in ObjectView(desired).spec:
             raise PermanentError(
                 f"{kind} has no spec.replicas (PD and Ray layouts size themselves); change "
                 "the spec and run deploy-model instead"
@@ -260,8 +261,9 @@ def release_service(
     """Name and port of the release's own Service (what the smoke test talks to)."""
     for obj in release_objects(api, namespace, service, release):
         if obj.get("kind") == "Service":
-            ports = (obj.get("spec") or {}).get("ports") or [{}]
-            return str(obj["metadata"]["name"]), int(ports[0].get("port") or 0)
+            ports = items_at(obj, "spec", "ports")
+            port = int(ports[0].get("port") or 0) if ports else 0
+            return str(obj["metadata"]["name"]), port
     raise PermanentError(f"release {release} of Service {namespace}/{service} has no Service")
 
 
@@ -290,8 +292,8 @@ def served_model(workload: JsonDict) -> tuple[str, SecretKeyRef | None]:
     if name is None:
         raise PermanentError("cannot tell the served model name from the engine arguments")
     key: SecretKeyRef | None = None
-    for env in container.get("env") or []:
-        ref = ((env.get("valueFrom") or {}).get("secretKeyRef")) or {}
+    for env in items_at(container, "env"):
+        ref = mapping_at(env, "valueFrom", "secretKeyRef")
         if str(env.get("name", "")).endswith("API_KEY") and ref:
             key = SecretKeyRef(secret_name=str(ref["name"]), key=str(ref["key"]))
     return name, key
@@ -352,28 +354,15 @@ def expected_roll(workload: Mapping[str, Any], request: RedeployRequest) -> PodR
     return roll
 
 
-def _live(pod: Mapping[str, Any]) -> bool:
-    return not (pod.get("metadata") or {}).get("deletionTimestamp")
-
-
 def incarnations(pods: Iterable[Mapping[str, Any]]) -> PodIncarnations:
     """The live pods' UIDs with each container's identity and restart count."""
     found: PodIncarnations = {}
-    for pod in pods:
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
-        if not uid or not _live(pod):
+    for pod in map(PodView, pods):
+        uid = pod.metadata.uid
+        if not uid or pod.is_terminating:
             continue
-        statuses = (pod.get("status") or {}).get("containerStatuses") or []
-        found[uid] = {
-            str(c.get("name")): f"{c.get('containerID') or ''}#{c.get('restartCount') or 0}"
-            for c in statuses
-        }
+        found[uid] = {c.name: f"{c.container_id}#{c.restart_count}" for c in pod.container_statuses}
     return found
-
-
-def _ready(pod: Mapping[str, Any]) -> bool:
-    conditions = (pod.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def not_rolled(
@@ -391,21 +380,20 @@ def not_rolled(
     live pod is new but one is missing.
     """
     missing: list[str] = []
-    live = [pod for pod in pods if _live(pod)]
+    live = [pod for pod in map(PodView, pods) if not pod.is_terminating]
     if not live:
         return ["no live pods yet"]
-    now = incarnations(live)
+    now = incarnations(pod.raw for pod in live)
     took = 0
     for pod in live:
-        meta = pod.get("metadata") or {}
-        uid, name = str(meta.get("uid") or ""), str(meta.get("name"))
+        uid, name = pod.metadata.uid, pod.metadata.name
         old = before.get(uid)
         changed = old is None or (
             roll.mode == "in-place"
             and any(old.get(c) not in (None, seen) for c, seen in now.get(uid, {}).items())
         )
         if changed:
-            if _ready(pod):
+            if pod.is_ready:
                 took += 1
             else:
                 missing.append(f"pod {name} (uid {uid}) runs the change but is not Ready yet")
@@ -467,7 +455,8 @@ def wait_rolled(
                 pods = [p for p in group.cache[spec].values() if keep(p)]
                 missing = not_rolled(before, pods, roll, expected)
                 if not missing:
-                    return sorted(str(p["metadata"]["name"]) for p in pods if _live(p))
+                    live = [pod for pod in map(PodView, pods) if not pod.is_terminating]
+                    return sorted(pod.metadata.name for pod in live)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 ref = ObjectRef.of(workload)

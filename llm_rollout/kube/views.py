@@ -5,7 +5,8 @@ absent or null reads as an empty mapping, an empty tuple or None, so callers sto
 `(obj.get("metadata") or {}).get(...)` chains. The shape follows kopf's
 `kopf/_cogs/structs/bodies.py` (nolar/kopf: `Body` with `.metadata`/`.spec`/`.status`, `Meta`
 with `.labels`, `.annotations`, `.deletion_timestamp`), written for our needs: conditions are
-typed too (`Condition`), and a nested mapping is reached with `mapping_at`.
+typed too (`Condition`), pods have their own view (`PodView`: node, phase, containers, container
+statuses as `ContainerStatus`, readiness), and a nested mapping is reached with `mapping_at`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def mapping_at(obj: Mapping[str, Any] | None, *keys: str) -> Mapping[str, Any]:
             return _EMPTY
         current = current.get(key)
     return current if isinstance(current, Mapping) else _EMPTY
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def items_at(obj: Mapping[str, Any] | None, *keys: str) -> tuple[Mapping[str, Any], ...]:
@@ -102,6 +107,11 @@ class Meta:
         return str(self._raw.get("resourceVersion") or "")
 
     @property
+    def generation(self) -> int | None:
+        """The spec generation the server counts (None before the server assigned one)."""
+        return _int_or_none(self._raw.get("generation"))
+
+    @property
     def uid(self) -> str:
         return str(self._raw.get("uid") or "")
 
@@ -115,7 +125,7 @@ class ObjectView:
         self.raw = raw
 
     def __repr__(self) -> str:
-        return f"ObjectView({self.kind} {self.metadata.namespace}/{self.metadata.name})"
+        return f"{type(self).__name__}({self.kind} {self.metadata.namespace}/{self.metadata.name})"
 
     @property
     def api_version(self) -> str:
@@ -138,6 +148,12 @@ class ObjectView:
         return mapping_at(self.raw, "status")
 
     @property
+    def observed_generation(self) -> int | None:
+        """`status.observedGeneration`: the generation the controller last acted on (None when
+        the controller does not report one, or has not yet)."""
+        return _int_or_none(self.status.get("observedGeneration"))
+
+    @property
     def conditions(self) -> tuple[Condition, ...]:
         return tuple(Condition.of(c) for c in items_at(self.raw, "status", "conditions"))
 
@@ -152,3 +168,58 @@ class ObjectView:
     @property
     def ref(self) -> ObjectRef:
         return ObjectRef.of(self.raw)
+
+
+class ContainerStatus:
+    """One entry of a pod's `status.containerStatuses`."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: Mapping[str, Any]) -> None:
+        self.raw = raw
+
+    @property
+    def name(self) -> str:
+        return str(self.raw.get("name") or "")
+
+    @property
+    def container_id(self) -> str:
+        """The runtime's id of the current container ("" before one was created): what an
+        in-place restart changes."""
+        return str(self.raw.get("containerID") or "")
+
+    @property
+    def restart_count(self) -> int:
+        return int(self.raw.get("restartCount") or 0)
+
+
+class PodView(ObjectView):
+    """A read-only view of a Pod (core/v1): where it runs, its phase, its container statuses
+    and readiness."""
+
+    __slots__ = ()
+
+    @property
+    def node_name(self) -> str | None:
+        """`spec.nodeName`, None while the pod is not bound to a node."""
+        node = self.spec.get("nodeName")
+        return str(node) if node else None
+
+    @property
+    def phase(self) -> str | None:
+        phase = self.status.get("phase")
+        return str(phase) if phase else None
+
+    @property
+    def container_statuses(self) -> tuple[ContainerStatus, ...]:
+        return tuple(ContainerStatus(c) for c in items_at(self.raw, "status", "containerStatuses"))
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the pod reports condition Ready=True."""
+        return any(c.type == "Ready" and c.is_true for c in self.conditions)
+
+    @property
+    def is_terminating(self) -> bool:
+        """Deletion has begun (`metadata.deletionTimestamp` is set): the pod is going away."""
+        return self.metadata.deletion_timestamp is not None
