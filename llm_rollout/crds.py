@@ -185,6 +185,7 @@ def crds_from_cluster(api: ApiClient, *, timeout_s: float = 30.0) -> CrdCatalog:
     """The CustomResourceDefinitions the cluster serves (one list call; RBAC: list CRDs)."""
     # Imported here: the Kubernetes helpers are only needed when a cluster is asked.
     from llm_rollout.kube.resources import request_json
+    from llm_rollout.kube.views import ObjectView
 
     answer = request_json(
         api, "GET", CRD_LIST_PATH, target="CustomResourceDefinitions", timeout_s=timeout_s
@@ -196,7 +197,7 @@ def crds_from_cluster(api: ApiClient, *, timeout_s: float = 30.0) -> CrdCatalog:
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise CrdReadError(f"CustomResourceDefinition list item {index} is not an object")
-        name = (item.get("metadata") or {}).get("name", f"#{index}")
+        name = ObjectView(item).metadata.name or f"#{index}"
         # Items of a list carry no kind of their own.
         docs.append((f"cluster CRD {name}", {**item, "kind": "CustomResourceDefinition"}))
     return _catalog(f"the cluster at {api.configuration.host}", docs)

@@ -20,6 +20,7 @@ import oss2.models
 from kubernetes import client as k8s_client
 
 from llm_rollout.kube.resources import request_json
+from llm_rollout.kube.views import ObjectView, items_at
 from llm_rollout.mirror.manifest import read_manifest
 from llm_rollout.oss import OssTarget, oss_call
 from llm_rollout.upstream_names import UnsafeUpstreamData, check_revision, under_prefix
@@ -136,8 +137,8 @@ def revisions_in_use(api: k8s_client.ApiClient, model_id: str) -> set[str]:
     # Across all namespaces: another service may serve the same model from the same bucket.
     listing = request_json(api, "GET", "/api/v1/services", target="Service list (all namespaces)")
     used: set[str] = set()
-    for service in listing.get("items") or []:
-        annotations = (service.get("metadata") or {}).get("annotations") or {}
+    for service in map(ObjectView, items_at(listing, "items")):
+        annotations = service.metadata.annotations
         model = str(annotations.get(ANN_MODEL) or "")
         revision = annotations.get(ANN_REVISION)
         if revision and (model == model_id or model.endswith(":" + model_id)):

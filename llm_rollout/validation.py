@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from functools import cache, lru_cache
 from typing import Any
 
@@ -30,6 +30,7 @@ import kubernetes_validate.utils as kv_utils
 from llm_rollout.crds import CrdCatalog, configured_crds
 from llm_rollout.errors import ManifestValidationError
 from llm_rollout.kinds import all_kinds, kind_of
+from llm_rollout.kube.views import ObjectView, mapping_at
 
 K8S_VERSION = "1.30"
 OSS_CSI_DRIVER = "ossplugin.csi.alibabacloud.com"
@@ -57,9 +58,9 @@ def _is_core(api_version: str) -> bool:
 
 
 def _where(obj: Obj) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    name = meta.get("name", "<unnamed>")
+    meta = ObjectView(obj).metadata
+    ns = meta.namespace
+    name = meta.name or "<unnamed>"
     return f"{obj.get('kind', '<no kind>')} {ns + '/' if ns else ''}{name}"
 
 
@@ -143,25 +144,25 @@ def schema_problems(obj: Obj, crds: CrdCatalog | None) -> list[str]:
 
 
 def _metadata_problems(obj: Obj) -> Iterator[str]:
-    meta = obj.get("metadata") or {}
-    name = str(meta.get("name", ""))
+    meta = ObjectView(obj).metadata
+    name = meta.name
     kind = obj.get("kind")
     pattern = _DNS1123_LABEL if kind in _LABEL_NAMED else _DNS1123_SUBDOMAIN
     limit = 63 if kind in _LABEL_NAMED else 253
     if not pattern.match(name) or len(name) > limit:
         yield f"metadata.name: {name!r} is not a valid {kind} name (DNS-1123, <= {limit})"
-    if kind not in _CLUSTER_SCOPED and not meta.get("namespace"):
+    if kind not in _CLUSTER_SCOPED and not meta.namespace:
         yield "metadata.namespace: required (never left to a default)"
-    yield from _label_problems("metadata.labels", meta.get("labels"))
+    yield from _label_problems("metadata.labels", meta.labels)
 
 
-def _label_problems(where: str, labels: Any) -> Iterator[str]:
-    for key, value in (labels or {}).items():
+def _label_problems(where: str, labels: Mapping[str, Any]) -> Iterator[str]:
+    for key, value in labels.items():
         if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
             yield f"{where}.{key}: {value!r} is not a valid label value"
 
 
-def _pod_templates(obj: Obj) -> Iterator[tuple[str, Obj]]:
+def _pod_templates(obj: Obj) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """Every pod template inside a workload, with its field path."""
     kind = kind_of(obj)
     if kind is not None:
@@ -169,18 +170,18 @@ def _pod_templates(obj: Obj) -> Iterator[tuple[str, Obj]]:
 
 
 def _kind_rules(obj: Obj) -> Iterator[str]:
-    spec = obj.get("spec") or {}
+    view = ObjectView(obj)
     kind = obj.get("kind")
-    name = (obj.get("metadata") or {}).get("name")
+    name = view.metadata.name
     if kind == "PersistentVolume":
-        csi = spec.get("csi") or {}
+        csi = mapping_at(view.spec, "csi")
         if csi.get("driver") == OSS_CSI_DRIVER:
             if csi.get("volumeHandle") != name:
                 yield (
                     f"spec.csi.volumeHandle: {csi.get('volumeHandle')!r} must equal the PV "
                     f"name {name!r} for {OSS_CSI_DRIVER}"
                 )
-            attrs = csi.get("volumeAttributes") or {}
+            attrs = mapping_at(csi, "volumeAttributes")
             for key in ("bucket", "url", "path"):
                 if not attrs.get(key):
                     yield f"spec.csi.volumeAttributes.{key}: required by the OSS CSI driver"
@@ -192,15 +193,13 @@ def _kind_rules(obj: Obj) -> Iterator[str]:
     if workload is not None:
         yield from workload.validation_problems(obj)
     for where, template in _pod_templates(obj):
-        yield from _label_problems(
-            f"{where}.metadata.labels", (template.get("metadata") or {}).get("labels")
-        )
+        yield from _label_problems(f"{where}.metadata.labels", ObjectView(template).metadata.labels)
 
 
 # --- cross-object references -------------------------------------------------------------------
 
 
-def _pod_specs(objects: list[Obj]) -> Iterator[tuple[Obj, str, Obj]]:
+def _pod_specs(objects: list[Obj]) -> Iterator[tuple[Obj, str, Mapping[str, Any]]]:
     for obj in objects:
         for where, template in _pod_templates(obj):
             yield obj, where, template
@@ -214,19 +213,17 @@ def _reference_problems(objects: list[Obj]) -> Iterator[tuple[Obj, str]]:
     pvcs = by_kind.get("PersistentVolumeClaim", {})
     secrets = by_kind.get("Secret", {})
     for pvc in pvcs.values():
-        wanted = ((pvc["spec"].get("selector") or {}).get("matchLabels") or {}).get(
-            "alicloud-pvname"
-        )
+        wanted = mapping_at(pvc, "spec", "selector", "matchLabels").get("alicloud-pvname")
         if pvs and wanted is not None:
             matches = [
                 pv
                 for pv in pvs.values()
-                if pv["metadata"].get("labels", {}).get("alicloud-pvname") == wanted
+                if ObjectView(pv).metadata.labels.get("alicloud-pvname") == wanted
             ]
             if not matches:
                 yield pvc, f"spec.selector.matchLabels.alicloud-pvname: no PV labelled {wanted!r}"
     for pv in pvs.values():
-        ref = (pv["spec"].get("csi") or {}).get("nodePublishSecretRef")
+        ref = mapping_at(pv, "spec", "csi").get("nodePublishSecretRef")
         if ref and ref.get("name") not in secrets:
             yield (
                 pv,
@@ -234,24 +231,24 @@ def _reference_problems(objects: list[Obj]) -> Iterator[tuple[Obj, str]]:
             )
     templates = list(_pod_specs(objects))
     for owner, where, template in templates:
-        for i, volume in enumerate((template.get("spec") or {}).get("volumes") or []):
-            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+        for i, volume in enumerate(mapping_at(template, "spec").get("volumes") or []):
+            claim = mapping_at(volume, "persistentVolumeClaim").get("claimName")
             if claim is not None and pvcs and claim not in pvcs:
                 yield owner, f"{where}.spec.volumes[{i}]: PVC {claim!r} not in the set"
     for service in by_kind.get("Service", {}).values():
-        selector = service["spec"].get("selector") or {}
+        selector = mapping_at(service, "spec", "selector")
         if (
             selector
             and templates
             and not any(
-                _selects(selector, (template.get("metadata") or {}).get("labels") or {})
+                _selects(selector, ObjectView(template).metadata.labels)
                 for _, _, template in templates
             )
         ):
             yield service, "spec.selector: selects no pod template of the set"
 
 
-def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     # Controller-added labels are not in the templates; ignore those keys.
     return all(
         labels.get(key) == value
