@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from llm_rollout.errors import PermanentError
+from llm_rollout.kube.views import ObjectView, items_at, mapping_at
 
 if TYPE_CHECKING:
     from llm_rollout.crds import CrdCatalog
@@ -132,9 +133,9 @@ def container_demand(pod_spec: Mapping[str, Any]) -> PodDemand:
     """Sum GPU and eRDMA requests of a pod spec (limits count: extended resources need both)."""
     gpus = 0
     erdma = 0
-    for container in pod_spec.get("containers", []) or []:
-        resources = container.get("resources", {}) or {}
-        amounts = {**(resources.get("limits") or {}), **(resources.get("requests") or {})}
+    for container in items_at(pod_spec, "containers"):
+        resources = mapping_at(container, "resources")
+        amounts = {**mapping_at(resources, "limits"), **mapping_at(resources, "requests")}
         gpus += quantity_int(amounts.get(GPU_RESOURCE))
         erdma += quantity_int(amounts.get(ERDMA_RESOURCE))
     return PodDemand(gpus=gpus, erdma=erdma)
@@ -143,7 +144,7 @@ def container_demand(pod_spec: Mapping[str, Any]) -> PodDemand:
 def template_demand(template: Mapping[str, Any] | None) -> PodDemand:
     if not template:
         return PodDemand(gpus=0)
-    return container_demand(template.get("spec", {}) or {})
+    return container_demand(mapping_at(template, "spec"))
 
 
 def replicas_of(holder: Mapping[str, Any]) -> int:
@@ -153,21 +154,21 @@ def replicas_of(holder: Mapping[str, Any]) -> int:
 
 
 def conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    status = obj.get("status") or {}
-    return {str(c.get("type")): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+    return {str(c.get("type")): c for c in items_at(obj, "status", "conditions")}
 
 
 def generation_missing(obj: Mapping[str, Any]) -> list[str]:
-    generation = (obj.get("metadata") or {}).get("generation")
-    observed = (obj.get("status") or {}).get("observedGeneration")
+    view = ObjectView(obj)
+    generation, observed = view.metadata.generation, view.observed_generation
     if generation is not None and as_int(observed, -1) < as_int(generation):
         return [f"controller has not observed generation {generation} (observed {observed})"]
     return []
 
 
 def replicas_missing(obj: Mapping[str, Any], what: str = "readyReplicas") -> list[str]:
-    want = as_int((obj.get("spec") or {}).get("replicas"), 1)
-    have = as_int((obj.get("status") or {}).get("readyReplicas"))
+    view = ObjectView(obj)
+    want = as_int(view.spec.get("replicas"), 1)
+    have = as_int(view.status.get("readyReplicas"))
     return [] if have >= want else [f"{what} {have}/{want}"]
 
 
@@ -186,7 +187,7 @@ def accept_all(pod: JsonDict) -> bool:
 
 
 def name_of(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name"))
+    return ObjectView(obj).metadata.name
 
 
 def uid_of(obj: Mapping[str, Any]) -> str:
@@ -267,10 +268,9 @@ class WorkloadKind:
 
     # -- reading objects -----------------------------------------------------------------------
 
-    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, JsonDict]]:
+    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
         """Every pod template inside the workload, with its field path."""
-        spec = obj.get("spec") or {}
-        yield "spec.template", spec.get("template") or {}
+        yield "spec.template", mapping_at(obj, "spec", "template")
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
         """A server-side label selector for the workload's pods and a client-side filter."""
@@ -282,7 +282,7 @@ class WorkloadKind:
 
     def pod_demands(self, obj: Mapping[str, Any]) -> list[PodDemand]:
         """The pods the object will create, with their GPU/eRDMA asks."""
-        spec = obj.get("spec") or {}
+        spec = ObjectView(obj).spec
         return [template_demand(spec.get("template"))] * replicas_of(spec)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:

@@ -15,7 +15,6 @@ from llm_rollout.kinds.base import (
     accept_all,
     as_int,
     condition_missing,
-    conditions,
     created_at,
     generation_missing,
     name_of,
@@ -24,6 +23,7 @@ from llm_rollout.kinds.base import (
     replicas_of,
     uid_of,
 )
+from llm_rollout.kube.views import ObjectView, mapping_at
 
 # A ReplicaSet of a Deployment is named "<deployment>-<pod-template-hash>" (kubernetes
 # pkg/controller/deployment/sync.go generateReplicaSetName; the name is cut only past 253
@@ -38,7 +38,7 @@ def replica_sets_of(deployment: str) -> str:
 
 
 def _selector_string(selector: Mapping[str, Any]) -> str:
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
+    parts = [f"{k}={v}" for k, v in sorted(mapping_at(selector, "matchLabels").items())]
     for expr in selector.get("matchExpressions") or []:
         key, op = expr.get("key"), expr.get("operator")
         values = ",".join(expr.get("values") or [])
@@ -71,7 +71,7 @@ class Deployment(WorkloadKind):
     revision_labels = ("pod-template-hash",)
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
-        selector = _selector_string((obj.get("spec") or {}).get("selector") or {})
+        selector = _selector_string(mapping_at(obj, "spec", "selector"))
         return selector or None, accept_all
 
     def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
@@ -82,7 +82,8 @@ class Deployment(WorkloadKind):
         calculateStatus)."""
         missing = generation_missing(obj) + condition_missing(obj, "Available")
         missing += replicas_missing(obj)
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        view = ObjectView(obj)
+        spec, status = view.spec, view.status
         # Zero counters are omitted from the status (omitempty), so once the controller
         # reported at all, an absent updatedReplicas means none.
         if "observedGeneration" in status:
@@ -102,8 +103,8 @@ class Deployment(WorkloadKind):
         latest cause: the condition keeps the message of its first failure. Only events after
         the Deployment's creation count: a ReplicaSet name (the template's hash) comes back
         when a Deployment of the same name and template is created again."""
-        failure = conditions(obj).get("ReplicaFailure") or {}
-        if str(failure.get("status")) != "True":
+        failure = ObjectView(obj).condition("ReplicaFailure")
+        if failure is None or not failure.is_true:
             return ()
         names = re.compile(replica_sets_of(name_of(obj)))
         return (PodCreator("ReplicaSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
@@ -120,7 +121,7 @@ class StatefulSet(WorkloadKind):
     revision_labels = ("controller-revision-hash",)
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
-        selector = _selector_string((obj.get("spec") or {}).get("selector") or {})
+        selector = _selector_string(mapping_at(obj, "spec", "selector"))
         return selector or None, accept_all
 
     def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from llm_rollout.kinds.base import (
     KUBE_CREATE_OUTCOMES,
-    JsonDict,
     PodCreator,
     PodDemand,
     PodFilter,
@@ -38,6 +37,7 @@ from llm_rollout.kinds.base import (
     replicas_of,
     template_demand,
 )
+from llm_rollout.kube.views import ObjectView, mapping_at
 
 if TYPE_CHECKING:
     from llm_rollout.spec import ServiceSpec
@@ -98,11 +98,11 @@ class LeaderWorkerSet(WorkloadKind):
             return ["LWS: workers retry joining the Ray head within the startup budget"]
         return []
 
-    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, JsonDict]]:
-        lwt = (obj.get("spec") or {}).get("leaderWorkerTemplate") or {}
+    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        lwt = mapping_at(obj, "spec", "leaderWorkerTemplate")
         if "leaderTemplate" in lwt:
             yield "spec.leaderWorkerTemplate.leaderTemplate", lwt["leaderTemplate"]
-        yield "spec.leaderWorkerTemplate.workerTemplate", lwt.get("workerTemplate") or {}
+        yield "spec.leaderWorkerTemplate.workerTemplate", mapping_at(lwt, "workerTemplate")
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
         return f"{NAME_LABEL}={name_of(obj)}", accept_all
@@ -110,20 +110,21 @@ class LeaderWorkerSet(WorkloadKind):
     def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
         """Available=True, readyReplicas (ready groups) == replicas; and, where this LWS
         version reports them, the generation observed and every group updated."""
-        status = obj.get("status") or {}
+        view = ObjectView(obj)
+        status = view.status
         missing = generation_missing(obj) if "observedGeneration" in status else []
         missing += condition_missing(obj, "Available")
         missing += replicas_missing(obj, "readyReplicas (groups)")
         if "updatedReplicas" in status:
-            want = replicas_of(obj.get("spec") or {})
+            want = replicas_of(view.spec)
             have = as_int(status.get("updatedReplicas"))
             if have < want:
                 missing.append(f"updatedReplicas (groups) {have}/{want}")
         return missing
 
     def pod_demands(self, obj: Mapping[str, Any]) -> list[PodDemand]:
-        spec = obj.get("spec") or {}
-        return group_demands(replicas_of(spec), spec.get("leaderWorkerTemplate") or {})
+        spec = ObjectView(obj).spec
+        return group_demands(replicas_of(spec), mapping_at(spec, "leaderWorkerTemplate"))
 
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
         """The StatefulSets create the pods (the LWS controller creates none itself): a
@@ -136,6 +137,6 @@ class LeaderWorkerSet(WorkloadKind):
         return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
-        size = ((obj.get("spec") or {}).get("leaderWorkerTemplate") or {}).get("size", 1)
+        size = mapping_at(obj, "spec", "leaderWorkerTemplate").get("size", 1)
         if not isinstance(size, int) or size < 1:
             yield f"spec.leaderWorkerTemplate.size: must be >= 1, got {size!r}"

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from llm_rollout import kuberay
 from llm_rollout.kinds.base import (
-    JsonDict,
     PodCreator,
     PodDemand,
     PodFilter,
@@ -28,6 +27,7 @@ from llm_rollout.kinds.base import (
     template_demand,
     uid_of,
 )
+from llm_rollout.kube.views import ObjectView, mapping_at
 
 if TYPE_CHECKING:
     from llm_rollout.crds import CrdCatalog
@@ -59,7 +59,7 @@ def _upgrade_types(schema: Mapping[str, Any]) -> list[Any]:
     """The enum of `spec.upgradeStrategy.type` in a RayCluster object schema ([] without)."""
     node: Any = schema
     for field in ("spec", "upgradeStrategy", "type"):
-        node = (node.get("properties") or {}).get(field) if isinstance(node, Mapping) else None
+        node = mapping_at(node, "properties").get(field)
     enum = node.get("enum") if isinstance(node, Mapping) else None
     return list(enum) if isinstance(enum, list) else []
 
@@ -177,23 +177,22 @@ class RayCluster(WorkloadKind):
             "are injected",
         ]
 
-    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, JsonDict]]:
-        spec = obj.get("spec") or {}
-        yield "spec.headGroupSpec.template", (spec.get("headGroupSpec") or {}).get("template", {})
+    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        spec = ObjectView(obj).spec
+        yield "spec.headGroupSpec.template", mapping_at(spec, "headGroupSpec", "template")
         for i, group in enumerate(spec.get("workerGroupSpecs") or []):
-            yield f"spec.workerGroupSpecs[{i}].template", group.get("template") or {}
+            yield f"spec.workerGroupSpecs[{i}].template", mapping_at(group, "template")
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
         return f"{CLUSTER_LABEL}={name_of(obj)}", accept_all
 
     def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
-        state = str((obj.get("status") or {}).get("state") or "")
+        state = str(ObjectView(obj).status.get("state") or "")
         return [] if state == "ready" else [f"state {state or 'not reported'} (want ready)"]
 
     def pod_demands(self, obj: Mapping[str, Any]) -> list[PodDemand]:
-        spec = obj.get("spec") or {}
-        head = spec.get("headGroupSpec") or {}
-        demands = [template_demand(head.get("template"))]
+        spec = ObjectView(obj).spec
+        demands = [template_demand(mapping_at(spec, "headGroupSpec").get("template"))]
         for group in spec.get("workerGroupSpecs") or []:
             demands += [template_demand(group.get("template"))] * replicas_of(group)
         return demands
@@ -205,7 +204,7 @@ class RayCluster(WorkloadKind):
         return (PodCreator("RayCluster", names, CREATE_OUTCOMES, uid=uid_of(obj)),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
-        for i, group in enumerate((obj.get("spec") or {}).get("workerGroupSpecs") or []):
+        for i, group in enumerate(ObjectView(obj).spec.get("workerGroupSpecs") or []):
             low, high = group.get("minReplicas", 0), group.get("maxReplicas", 0)
             want = group.get("replicas", low)
             if not low <= want <= high:
@@ -220,7 +219,7 @@ class RayCluster(WorkloadKind):
         `Recreate` (KubeRay >= v1.6), which deletes every pod once the spec hash stored on the
         head pod differs (ray-project/kuberay `ray-operator/controllers/ray/
         raycluster_controller.go` shouldRecreatePodsForUpgrade, reconcilePods)."""
-        strategy = (obj.get("spec") or {}).get("upgradeStrategy") or {}
+        strategy = mapping_at(obj, "spec", "upgradeStrategy")
         if strategy.get("type") == RECREATE:
             return PodRoll("replace")
         return PodRoll(

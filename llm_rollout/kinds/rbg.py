@@ -42,6 +42,7 @@ from llm_rollout.kinds.base import (
 )
 from llm_rollout.kinds.deployment import replica_sets_of
 from llm_rollout.kinds.lws import group_demands, group_statefulsets
+from llm_rollout.kube.views import ObjectView, mapping_at
 
 if TYPE_CHECKING:
     from llm_rollout.spec import ServiceSpec
@@ -98,11 +99,12 @@ def role_services_from_pods(
     """
     found: dict[str, set[str]] = {}
     for pod in pods:
-        labels = (pod.get("metadata") or {}).get("labels") or {}
+        view = ObjectView(pod)
+        labels = view.metadata.labels
         for role in roles:
             wanted = role_labels(workload, role, rbg_flavor)
             if all(labels.get(key) == value for key, value in wanted.items()):
-                subdomain = (pod.get("spec") or {}).get("subdomain")
+                subdomain = view.spec.get("subdomain")
                 found.setdefault(role, set()).add(subdomain or "")
     services: dict[str, str] = {}
     for role, names in found.items():
@@ -179,12 +181,12 @@ class RoleBasedGroup(WorkloadKind):
     def controller_services(self, workload: str, rbg_flavor: RbgFlavor) -> list[str]:
         return [default_role_service(workload, role) for role in PD_ROLES]
 
-    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, JsonDict]]:
-        for i, role in enumerate((obj.get("spec") or {}).get("roles") or []):
+    def pod_templates(self, obj: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
+        for i, role in enumerate(ObjectView(obj).spec.get("roles") or []):
             if "template" in role:
                 yield f"spec.roles[{i}].template", role["template"]
             for pattern in ("standalonePattern", "leaderWorkerPattern"):
-                if "template" in (role.get(pattern) or {}):
+                if "template" in mapping_at(role, pattern):
                     yield f"spec.roles[{i}].{pattern}.template", role[pattern]["template"]
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
@@ -195,7 +197,7 @@ class RoleBasedGroup(WorkloadKind):
             return f"{V07_NAME_LABEL}={name}", accept_all
 
         def either_label(pod: JsonDict) -> bool:
-            labels = (pod.get("metadata") or {}).get("labels") or {}
+            labels = ObjectView(pod).metadata.labels
             return bool(labels.get(V06_NAME_LABEL) == name or labels.get(V07_NAME_LABEL) == name)
 
         return None, either_label
@@ -203,10 +205,11 @@ class RoleBasedGroup(WorkloadKind):
     def ready_missing(self, obj: Mapping[str, Any]) -> list[str]:
         """Ready=True and every role's readyReplicas == its replicas; where reported, the
         generation observed and every role's replicas updated."""
-        status = obj.get("status") or {}
+        view = ObjectView(obj)
+        status = view.status
         missing = generation_missing(obj) if "observedGeneration" in status else []
         missing += condition_missing(obj, "Ready")
-        spec_roles = [str(r.get("name")) for r in (obj.get("spec") or {}).get("roles") or []]
+        spec_roles = [str(r.get("name")) for r in view.spec.get("roles") or []]
         statuses = {str(s.get("name")): s for s in status.get("roleStatuses") or []}
         for role in spec_roles:
             role_status = statuses.get(role)
@@ -225,7 +228,7 @@ class RoleBasedGroup(WorkloadKind):
 
     def pod_demands(self, obj: Mapping[str, Any]) -> list[PodDemand]:
         demands: list[PodDemand] = []
-        for role in (obj.get("spec") or {}).get("roles") or []:
+        for role in ObjectView(obj).spec.get("roles") or []:
             replicas = replicas_of(role)
             lws = role.get("leaderWorkerSet") or (role.get("leaderWorkerPattern") or None)
             if lws:
@@ -233,7 +236,7 @@ class RoleBasedGroup(WorkloadKind):
                 merged.setdefault("workerTemplate", role.get("template"))
                 demands += group_demands(replicas, merged)
             else:
-                pattern = role.get("standalonePattern") or {}
+                pattern = mapping_at(role, "standalonePattern")
                 template = role.get("template") or pattern.get("template")
                 demands += [template_demand(template)] * replicas
         return demands
@@ -268,7 +271,7 @@ class RoleBasedGroup(WorkloadKind):
         )
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
-        roles = (obj.get("spec") or {}).get("roles") or []
+        roles = ObjectView(obj).spec.get("roles") or []
         seen: set[Any] = set()
         for i, role in enumerate(roles):
             if role.get("name") in seen:
