@@ -354,12 +354,17 @@ def expected_roll(workload: Mapping[str, Any], request: RedeployRequest) -> PodR
     return roll
 
 
+def _live(pods: Iterable[Mapping[str, Any]]) -> list[PodView]:
+    """The pods not being deleted."""
+    return [pod for pod in map(PodView, pods) if not pod.is_terminating]
+
+
 def incarnations(pods: Iterable[Mapping[str, Any]]) -> PodIncarnations:
     """The live pods' UIDs with each container's identity and restart count."""
     found: PodIncarnations = {}
-    for pod in map(PodView, pods):
+    for pod in _live(pods):
         uid = pod.metadata.uid
-        if not uid or pod.is_terminating:
+        if not uid:
             continue
         found[uid] = {c.name: f"{c.container_id}#{c.restart_count}" for c in pod.container_statuses}
     return found
@@ -380,7 +385,7 @@ def not_rolled(
     live pod is new but one is missing.
     """
     missing: list[str] = []
-    live = [pod for pod in map(PodView, pods) if not pod.is_terminating]
+    live = _live(pods)
     if not live:
         return ["no live pods yet"]
     now = incarnations(pod.raw for pod in live)
@@ -455,8 +460,7 @@ def wait_rolled(
                 pods = [p for p in group.cache[spec].values() if keep(p)]
                 missing = not_rolled(before, pods, roll, expected)
                 if not missing:
-                    live = [pod for pod in map(PodView, pods) if not pod.is_terminating]
-                    return sorted(pod.metadata.name for pod in live)
+                    return sorted(pod.metadata.name for pod in _live(pods))
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 ref = ObjectRef.of(workload)

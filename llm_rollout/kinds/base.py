@@ -160,7 +160,7 @@ def conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 def generation_missing(obj: Mapping[str, Any]) -> list[str]:
     view = ObjectView(obj)
     generation, observed = view.metadata.generation, view.observed_generation
-    if generation is not None and as_int(observed, -1) < as_int(generation):
+    if generation is not None and as_int(observed, -1) < generation:
         return [f"controller has not observed generation {generation} (observed {observed})"]
     return []
 

@@ -5,8 +5,8 @@ absent or null reads as an empty mapping, an empty tuple or None, so callers sto
 `(obj.get("metadata") or {}).get(...)` chains. The shape follows kopf's
 `kopf/_cogs/structs/bodies.py` (nolar/kopf: `Body` with `.metadata`/`.spec`/`.status`, `Meta`
 with `.labels`, `.annotations`, `.deletion_timestamp`), written for our needs: conditions are
-typed too (`Condition`), pods have their own view (`PodView`: node, phase, containers, container
-statuses as `ContainerStatus`, readiness), and a nested mapping is reached with `mapping_at`.
+typed too (`Condition`), pods have their own view (`PodView`: node, phase, container statuses
+as `ContainerStatus`, readiness, deletion), and a nested mapping is reached with `mapping_at`.
 """
 
 from __future__ import annotations
