@@ -254,7 +254,7 @@ class RoleBasedGroup(WorkloadKind):
         create pod <name>" when one is created (pkg/reconciler/roleinstance/sync/
         instance_scale.go createOnePod); neither the set nor the group carries the refusal.
         """
-        roles = [str(role.get("name")) for role in (obj.get("spec") or {}).get("roles") or []]
+        roles = [str(role.get("name")) for role in ObjectView(obj).spec.get("roles") or []]
         if not roles:
             return ()
         workloads = [f"{name_of(obj)}-{role}" for role in roles]
