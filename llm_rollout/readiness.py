@@ -42,6 +42,7 @@ from llm_rollout.kinds.base import conditions as _conditions
 from llm_rollout.kube.errors import UnauthorizedError
 from llm_rollout.kube.objects import get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, read_pod_log
+from llm_rollout.kube.views import PodView, mapping_at
 from llm_rollout.kube.watching import (
     Done,
     Interrupt,
@@ -222,7 +223,7 @@ def _pod_ready_missing(pod: Mapping[str, Any]) -> str | None:
     if ready is not None and str(ready.get("status")) == "True":
         return None
     ref = _pod_ref(pod)
-    why = (ready or {}).get("reason") or (pod.get("status") or {}).get("phase") or "no status"
+    why = (ready or {}).get("reason") or PodView(pod).phase or "no status"
     return f"pod {ref.namespace}/{ref.name} not Ready ({why})"
 
 
@@ -416,7 +417,7 @@ class _ReadinessCheck:
         nodes = Nodes(current_nodes, self.seen_nodes - current_nodes.keys())
         obj = group.cache[self.workload_spec].get(workload.name)
         all_pods = [p for p in group.cache[self.pod_spec].values() if self.pod_filter(p)]
-        pods = [p for p in all_pods if not (p.get("metadata") or {}).get("deletionTimestamp")]
+        pods = [p for p in all_pods if not PodView(p).is_terminating]
         events = list(group.cache[self.event_spec].values())
         self.incarnations = _capture_crashes(
             self.api,
@@ -478,7 +479,7 @@ class _ReadinessCheck:
                     elapsed_s=time.monotonic() - self.started,
                     noticed_at=time.time(),
                     pods=sorted((_pod_ref(p) for p in pods), key=lambda r: r.name),
-                    status=dict((obj or {}).get("status") or {}),
+                    status=dict(mapping_at(obj, "status")),
                     watch_resyncs=group.resyncs,
                 )
             )
@@ -537,7 +538,7 @@ def _subject(namespace: str, signal: Signal) -> ObjectRef:
 
 
 def _events_by_name(name: str, pods: list[JsonDict], events: list[JsonDict]) -> list[JsonDict]:
-    pod = next((p for p in pods if (p.get("metadata") or {}).get("name") == name), None)
+    pod = next((p for p in pods if mapping_at(p, "metadata").get("name") == name), None)
     return _events_for(pod or {"metadata": {"name": name}}, events)
 
 
@@ -563,11 +564,7 @@ def _capture_crashes(
             continue
         container, exit_code, reason, previous = found
         restarts = max(
-            (
-                int(cs.get("restartCount") or 0)
-                for cs in (pod.get("status") or {}).get("containerStatuses") or []
-                if cs.get("name") == container
-            ),
+            (cs.restart_count for cs in PodView(pod).container_statuses if cs.name == container),
             default=0,
         )
         key = (str(meta.get("uid")), container, restarts)
@@ -636,7 +633,7 @@ def _missing(
     missing = [f"{workload}: {m}" for m in workload_missing(obj)]
     if not pods:
         missing.append(f"no pods{' matching ' + selector if selector else ''} yet")
-    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name"))):
+    for pod in sorted(pods, key=lambda p: str(mapping_at(p, "metadata").get("name"))):
         pod_missing = _pod_ready_missing(pod)
         if pod_missing:
             missing.append(pod_missing)

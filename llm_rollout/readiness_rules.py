@@ -76,6 +76,7 @@ from typing import Any, Literal
 import yaml
 
 from llm_rollout.kinds import PodCreator, all_kinds
+from llm_rollout.kube.views import PodView, mapping_at
 from llm_rollout.spec import RolloutSpec
 
 JsonDict = dict[str, Any]
@@ -273,13 +274,13 @@ def autoscaler_from_configmap(configmap: Mapping[str, Any] | None) -> Autoscaler
     """
     if configmap is None:
         return NO_AUTOSCALER
-    text = str((configmap.get("data") or {}).get("status") or "")
+    text = str(mapping_at(configmap, "data").get("status") or "")
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError:
         doc = None
     if isinstance(doc, dict):
-        scale_up = ((doc.get("clusterWide") or {}).get("scaleUp") or {}).get("status")
+        scale_up = mapping_at(doc, "clusterWide", "scaleUp").get("status")
         if isinstance(scale_up, str):
             return Autoscaler(present=True, scale_up=scale_up)
     match = re.search(r"^\s*ScaleUp:\s*(\w+)", text, re.MULTILINE)
@@ -309,7 +310,7 @@ def _ready(pod: Mapping[str, Any]) -> bool:
 
 
 def _node_signal(pod: Mapping[str, Any], uid: str, name: str, nodes: Nodes) -> Signal | None:
-    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    node = PodView(pod).node_name or ""
     if not node:
         return None
     if node in nodes.deleted:
@@ -378,7 +379,7 @@ def _container_signals(
         oom = next(
             (
                 t
-                for t in ((cs.get("lastState") or {}).get("terminated"), state.get("terminated"))
+                for t in (mapping_at(cs, "lastState").get("terminated"), state.get("terminated"))
                 if isinstance(t, dict) and t.get("reason") == "OOMKilled"
             ),
             None,
@@ -432,7 +433,7 @@ def pod_signals(
         return [node]
     found = _container_signals(pod, uid, name, pod_events)
     scheduled = _conditions(pod).get("PodScheduled") or {}
-    bound_to_node = bool((pod.get("spec") or {}).get("nodeName"))
+    bound_to_node = PodView(pod).node_name is not None
     if str(scheduled.get("status")) == "False" and scheduled.get("reason") == "Unschedulable":
         message = str(scheduled.get("message") or "")
         found.append(_scale_up_signal(uid, name, message, pod_events, autoscaler))
@@ -506,7 +507,7 @@ def crash_to_capture(pod: Mapping[str, Any]) -> tuple[str, int | None, str, bool
     for cs in list(status.get("initContainerStatuses") or []) + list(
         status.get("containerStatuses") or []
     ):
-        last = (cs.get("lastState") or {}).get("terminated")
+        last = mapping_at(cs, "lastState").get("terminated")
         if int(cs.get("restartCount") or 0) > 0 and isinstance(last, dict):
             return (
                 str(cs.get("name")),
@@ -514,7 +515,7 @@ def crash_to_capture(pod: Mapping[str, Any]) -> tuple[str, int | None, str, bool
                 str(last.get("reason") or "Error"),
                 True,
             )
-        now = (cs.get("state") or {}).get("terminated")
+        now = mapping_at(cs, "state").get("terminated")
         if not deleting and isinstance(now, dict) and now.get("exitCode") not in (0, None):
             return (
                 str(cs.get("name")),
@@ -584,7 +585,7 @@ def _event_times(event: Mapping[str, Any]) -> list[float]:
             event.get("lastTimestamp"),
             series.get("lastObservedTime") if isinstance(series, dict) else None,
             event.get("eventTime"),
-            (event.get("metadata") or {}).get("creationTimestamp"),
+            mapping_at(event, "metadata").get("creationTimestamp"),
         )
     ]
     return [t for t in times if t is not None]
