@@ -191,12 +191,12 @@ def name_of(obj: Mapping[str, Any]) -> str:
 
 
 def uid_of(obj: Mapping[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("uid") or "")
+    return ObjectView(obj).metadata.uid
 
 
 def created_at(obj: Mapping[str, Any]) -> str:
     """The object's creationTimestamp (RFC 3339, whole seconds), "" when not created yet."""
-    return str((obj.get("metadata") or {}).get("creationTimestamp") or "")
+    return str(mapping_at(obj, "metadata").get("creationTimestamp") or "")
 
 
 # --- the kind ------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.objects import delete
-from llm_rollout.kube.resources import JsonDict, ObjectRef
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.kube.views import PodView, items_at
 from llm_rollout.kube.watching import Selector, WaitTimeout, watching
 from llm_rollout.release.inventory import release_objects, service_objects
 from llm_rollout.vocabulary import STORAGE_KINDS_REVERSED, release_selector, service_selector
@@ -61,13 +62,13 @@ UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 
 
-def _node_ready(node: Mapping[str, Any]) -> JsonDict:
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return next((c for c in conditions if isinstance(c, dict) and c.get("type") == "Ready"), {})
+def _node_ready(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    conditions = items_at(node, "status", "conditions")
+    return next((c for c in conditions if c.get("type") == "Ready"), {})
 
 
 def _tainted(node: Mapping[str, Any], key: str) -> bool:
-    return any(t.get("key") == key for t in (node.get("spec") or {}).get("taints") or [])
+    return any(t.get("key") == key for t in items_at(node, "spec", "taints"))
 
 
 def unconfirmable_deletion(
@@ -99,7 +100,7 @@ def unconfirmable_deletion(
     """
     metadata = pod.get("metadata") or {}
     grace_ends = metadata.get("deletionTimestamp")
-    node_name = (pod.get("spec") or {}).get("nodeName")
+    node_name = PodView(pod).node_name
     if not grace_ends or not node_name:
         return None
     ref = ObjectRef("v1", "Pod", metadata.get("namespace"), str(metadata.get("name")))
@@ -227,10 +228,11 @@ def _why_left(pod: Mapping[str, Any]) -> str:
     """Why a deleted pod may stay although its node is not lost: its deletion is confirmed by
     the kubelet of its node once the containers stopped (pkg/kubelet/status/status_manager.go),
     and that kubelet is slow or its node not ready while still reporting."""
-    deleting = (pod.get("metadata") or {}).get("deletionTimestamp")
+    view = PodView(pod)
+    deleting = view.metadata.deletion_timestamp
     if not deleting:
         return ""
-    node = (pod.get("spec") or {}).get("nodeName")
+    node = view.node_name
     where = f" on Node {node}" if node else ""
     return (
         f" (Terminating{where}, grace period ending {deleting}: its kubelet has not confirmed "
