@@ -52,7 +52,9 @@ its own service (PersistentVolumes are cluster-scoped and named after the servic
   sends chat completions through the stable Service to the real pod of release N. Survived: a
   failure naming the reason within 25 s (NodeLost and the lost Node for a lost node), "keeps
   serving", the Service still on release N and ready -- and zero failed requests. OOMKilled
-  is not run: the node agent has no memory cgroup, so nothing is OOM-killed. On the real
+  is not a class here: the spec's memory is whole GiB and the SGLang stand-in uses far less,
+  so no release of it exceeds its limit; tests/real/test_readiness_classes.py makes one (a
+  Deployment over a 64Mi limit in the node agent's memory cgroup). On the real
   cluster the lost node's pod stays Terminating (nobody confirms its deletion,
   tests/cluster/test_node_loss.py); the rollback does not wait for it but names it, its Node
   and what frees it (llm_rollout/release/removal.py unconfirmable_deletion, issue 16 B4).
@@ -1395,9 +1397,9 @@ WORKLOAD_KINDS: dict[str, tuple[str, ...]] = {
     "Unschedulable": ("Unschedulable",),
     "node lost": ("NodeLost",),
 }
-# OOMKilled is not among them: the node agent runs containers without a memory cgroup, so no
-# container is ever OOM-killed on this cluster (readiness's OOMKilled rule is covered by its
-# own tests with recorded pod statuses).
+# OOMKilled is not among them: the spec's memory is whole GiB and the SGLang stand-in stays far
+# below 1 GiB, so no release of it is OOM-killed; tests/real/test_readiness_classes.py makes one
+# with a 64Mi limit (the node agent's memory cgroup, sandbox/cluster/pods/memory.py).
 # The node-lost class needs the node-lifecycle controller's timings shortened (BENCH_CLUSTER);
 # the session cluster keeps upstream's, so tests/reliability runs the others.
 SESSION_WORKLOAD_KINDS = tuple(k for k in WORKLOAD_KINDS if k != "node lost")
