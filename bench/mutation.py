@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -36,6 +37,8 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +77,14 @@ class Target:
     # (tests/conftest.py and tests/deploy/conftest.py pull in Prefect, the CLI and the
     # sandbox), which takes a plain test run from about 6 s to 2 s per mutant here.
     conftest: bool = True
+    # Plugins loaded with -p when conftest is False: the mirror tests need only
+    # tests/mirror/conftest.py's sandbox hub and OSS, not tests/conftest.py's Prefect and CLI.
+    plugins: tuple[str, ...] = ()
+    # True for tests on the real cluster: one lean cluster (API server, etcd, controllers; no
+    # operators, DNS or kube-proxy) is started for the run, and each mutant's pytest session
+    # attaches to it (tests/real_cluster.py ATTACH_ENV). The run must be inside
+    # ./scripts/in-netns.
+    cluster: bool = False
 
 
 # The kinds' rules are read by readiness (ready_missing, pod_selector), strategy (pod_demands)
@@ -88,16 +99,26 @@ KINDS_TESTS = (
     "tests/deploy/test_redeploy_effect.py",
 )
 
+MIRROR_PLUGINS = ("tests.mirror.conftest",)
+
 TARGETS = (
     Target(
         "mirror verification (manifest)",
         "llm_rollout/mirror/manifest.py",
-        ("_record_problem", "check_mirror", "read_manifest"),
         (
-            "tests/mirror/test_corruption.py",
-            "tests/mirror/test_mirror_status.py",
-            "tests/mirror/test_mirror.py",
+            "_record_problem",
+            "check_mirror",
+            "read_manifest",
+            "check_manifest_names",
+            "write_manifest",
         ),
+        (
+            "tests/mirror/test_manifest_checks.py",
+            "tests/mirror/test_mirror_status.py",
+            "tests/mirror/test_corruption.py",
+        ),
+        conftest=False,
+        plugins=MIRROR_PLUGINS,
     ),
     Target(
         "mirror verification (transfer)",
@@ -107,17 +128,19 @@ TARGETS = (
             "tests/mirror/test_corruption.py",
             "tests/mirror/test_mirror_status.py",
             "tests/mirror/test_mirror.py",
+            "tests/mirror/test_transfer_paths.py",
         ),
         timeout_s=240.0,
     ),
     Target(
         "mirror resume (transfer)",
         "llm_rollout/mirror/transfer.py",
-        ("_open_upload", "_resume_hash"),
+        ("_open_upload", "_resume_hash", "_list_parts", "_run_part"),
         (
-            "tests/mirror/test_resumable_hash.py",
             "tests/mirror/test_resume_edges.py",
+            "tests/mirror/test_resumable_hash.py",
             "tests/mirror/test_mirror.py",
+            "tests/mirror/test_corruption.py",
         ),
         timeout_s=240.0,
     ),
@@ -255,11 +278,36 @@ TARGETS = (
             "expires_in_s",
             "describe",
             "_lease_body",
+            "_not_ours",
+            "mark_lost",
+            "lost_error",
         ),
-        # Not try_acquire / renew / release: their compare-and-swap steps run only against the
-        # real API server (tests/cluster/test_lease.py), one cluster start (20-60 s) per mutant.
-        ("tests/deploy/test_locking.py", "tests/deploy/test_locking_decisions.py"),
+        # The compare-and-swap steps (try_acquire, renew, release...) are the "lease
+        # compare-and-swap" target: they run only against the real API server.
+        (
+            "tests/deploy/test_locking.py",
+            "tests/deploy/test_locking_decisions.py",
+            "tests/deploy/test_locking_loss.py",
+        ),
         conftest=False,
+    ),
+    Target(
+        "lease compare-and-swap",
+        "llm_rollout/locking.py",
+        (
+            "try_acquire",
+            "acquire",
+            "renew",
+            "release",
+            "check_lease",
+            "_keep_renewing",
+            "service_lock",
+            "_write",
+            "_ensure_namespace",
+        ),
+        # On the real API server (one lean cluster for the run, see `Target.cluster`).
+        ("tests/cluster/test_lease_race.py", "tests/cluster/test_lease.py"),
+        cluster=True,
     ),
     Target(
         "redeploy",
@@ -426,8 +474,40 @@ def _filter(db: WorkDB, functions: tuple[str, ...] | None, source: str) -> None:
                 break
 
 
+@contextmanager
+def _lean_cluster(workdir: Path) -> Iterator[Path]:
+    """A cluster for the whole run; yields the file each mutant's session attaches to."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # run as a script: bench/ is sys.path[0]
+    from bench.cluster_attach import dump_cluster
+    from sandbox.cluster.control_plane import ClusterConfig, start_cluster, stop_cluster
+    from tests.real_cluster import NODES
+
+    config = ClusterConfig(
+        nodes=NODES,
+        with_kuberay=False,
+        with_lws=False,
+        rbg_crd=None,
+        with_dns=False,
+        with_kube_proxy=False,
+    )
+    cluster = start_cluster(config)
+    try:
+        attach = workdir / "cluster.pickle"
+        dump_cluster(cluster, attach)
+        print(f"cluster ready in {sum(cluster.ready_s.values()):.0f} s", flush=True)
+        yield attach
+    finally:
+        stop_cluster(cluster)
+
+
 def _run_target(
-    target: Target, tree: Path, workdir: Path, budget_s: float, resume: bool
+    target: Target,
+    tree: Path,
+    workdir: Path,
+    budget_s: float,
+    resume: bool,
+    attach: Path | None = None,
 ) -> tuple[Row, str]:
     slug = target.module.replace("/", "_").removesuffix(".py")
     if target.functions is not None:
@@ -451,6 +531,7 @@ def _run_target(
                     "test-command": (
                         f"{PYTHON} -m pytest -x -q -p no:cacheprovider -o addopts= "
                         + ("" if target.conftest else "--noconftest ")
+                        + "".join(f"-p {plugin} " for plugin in target.plugins)
                         + tests
                     ),
                     "distributor": {"name": "local"},
@@ -465,7 +546,12 @@ def _run_target(
         _filter(db, target.functions, (tree / target.module).read_text())
         filtered = sum(1 for _, r in db.results if r.worker_outcome == WorkerOutcome.SKIPPED)
     started = time.monotonic()
-    proc = subprocess.Popen([*cosmic, "exec", str(config), str(session)], cwd=tree)
+    env = dict(os.environ)
+    if attach is not None:
+        from tests.real_cluster import ATTACH_ENV
+
+        env[ATTACH_ENV] = str(attach)
+    proc = subprocess.Popen([*cosmic, "exec", str(config), str(session)], cwd=tree, env=env)
     try:
         proc.wait(timeout=budget_s)
     except subprocess.TimeoutExpired:
@@ -538,12 +624,23 @@ def main() -> int:
     rows: list[Row] = []
     survivors = []
     try:
-        _scratch_tree(tree)
-        for target in targets:
-            row, text = _run_target(target, tree, workdir, args.budget_s, args.resume)
-            rows.append(row)
-            survivors.append(text)
-            _print([row])
+        with ExitStack() as stack:
+            _scratch_tree(tree)
+            attach = None
+            if any(t.cluster for t in targets):
+                attach = stack.enter_context(_lean_cluster(workdir))
+            for target in targets:
+                row, text = _run_target(
+                    target,
+                    tree,
+                    workdir,
+                    args.budget_s,
+                    args.resume,
+                    attach if target.cluster else None,
+                )
+                rows.append(row)
+                survivors.append(text)
+                _print([row])
     finally:
         shutil.rmtree(tree, ignore_errors=True)
     (workdir / "survivors.txt").write_text("\n".join(survivors))

@@ -20,6 +20,8 @@ summary.
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import subprocess
 import sys
 import uuid
@@ -56,6 +58,11 @@ NODES = (
         labels={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
     ),
 )
+
+# A pickled `Cluster` already running in this network namespace (its supervisor left out):
+# bench/mutation.py starts one cluster for a whole mutation run and each mutant's pytest
+# session attaches to it instead of starting its own (20-60 s each). Unset in every other run.
+ATTACH_ENV = "LLM_ROLLOUT_ATTACH_CLUSTER"
 
 _figures: dict[str, object] = {}
 _session_cluster: list[Cluster] = []
@@ -97,6 +104,11 @@ def real_root_routes_before() -> tuple[list[tuple[str, str]], list[str]]:
 
 @pytest.fixture(scope="session")
 def real_cluster(real_root_routes_before: object) -> Iterator[Cluster]:
+    attach = os.environ.get(ATTACH_ENV)
+    if attach:
+        attached: Cluster = pickle.loads(Path(attach).read_bytes())
+        yield attached
+        return
     try:
         # Restarts back off from 1 s instead of the kubelet's 10 s so crash-loop tests see
         # several restarts within their bounds; set through the node agent's config only.

@@ -12,6 +12,7 @@ wall-clock durations: expiry and renewal are judged from the timestamps the Leas
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 from kubernetes import client as k8s
@@ -206,7 +207,7 @@ def test_the_first_take_creates_the_namespace_and_the_owner_reenters_without_wri
     """A first deploy may take its lock before anything created the namespace: the real
     server answers the Lease POST with 404 and the product creates the namespace first."""
     api = product_client(cluster.admin_kubeconfig)
-    fresh = "lease-first-take"
+    fresh = f"lease-first-take-{uuid.uuid4().hex[:8]}"
     namespace_ref = ObjectRef("v1", "Namespace", None, fresh)
     assert get(admin, namespace_ref) is None
     try:
