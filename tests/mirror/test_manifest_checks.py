@@ -9,14 +9,12 @@ is the sandbox's `sandbox.oss`; CRC-64/ECMA as OSS computes it (`llm_rollout.oss
 from __future__ import annotations
 
 import hashlib
-import itertools
+import json
 from collections.abc import Iterator
 
 import oss2
 import pytest
-from pydantic import SecretStr
 
-from llm_rollout.credentials import OssCredentials
 from llm_rollout.hub import HubFile, HubListing
 from llm_rollout.mirror.manifest import (
     check_mirror,
@@ -25,41 +23,23 @@ from llm_rollout.mirror.manifest import (
     write_manifest,
 )
 from llm_rollout.mirror.models import FileRecord, Manifest
-from llm_rollout.oss import IntegrityError, OssPermanentError, OssTarget, crc64, open_bucket
+from llm_rollout.oss import IntegrityError, OssPermanentError, OssTarget, crc64
 from llm_rollout.upstream_names import UnsafeUpstreamData
 from sandbox.oss import OssServer
+from tests.mirror.direct_oss import direct_bucket, fresh_target, running_oss
 
-KEY_ID = "LTAI-manifest-checks"
-KEY_SECRET = "manifest-checks-secret-value"
 BUCKET = "verify"
 MODEL = "acme/tiny"
 FILES = {f"f{n}.bin": bytes([n]) * (100 + n) for n in range(1, 7)}
 
-_prefixes = itertools.count()
-
 
 @pytest.fixture(scope="module")
 def oss(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OssServer]:
-    with OssServer(
-        tmp_path_factory.mktemp("oss"), credentials={KEY_ID: KEY_SECRET}, buckets=[BUCKET]
-    ) as server:
-        yield server
+    yield from running_oss(tmp_path_factory.mktemp("oss"), BUCKET)
 
 
 def _target(oss: OssServer, bucket: str = BUCKET) -> OssTarget:
-    return OssTarget(
-        endpoint=oss.endpoint,
-        bucket=bucket,
-        region=oss.region,
-        prefix=f"models/{MODEL}/r{next(_prefixes)}",
-    )
-
-
-def _bucket(target: OssTarget, secret: str = KEY_SECRET) -> oss2.Bucket:
-    creds = OssCredentials(access_key_id=SecretStr(KEY_ID), access_key_secret=SecretStr(secret))
-    # As the mirror opens it (llm_rollout/mirror/run.py): oss2's own CRC64 check off, so the
-    # product's comparisons are the ones that run.
-    return open_bucket(target, creds, enable_crc=False)
+    return fresh_target(oss, bucket, f"models/{MODEL}")
 
 
 def _listing(files: dict[str, bytes], model_id: str = MODEL) -> HubListing:
@@ -78,7 +58,7 @@ def _mirrored(
 ) -> tuple[OssTarget, oss2.Bucket, Manifest]:
     """Every file stored, then the manifest recording each object's size and CRC64."""
     target = _target(oss)
-    bucket = _bucket(target)
+    bucket = direct_bucket(target)
     records = []
     for path, data in sorted(files.items()):
         bucket.put_object(target.key(path), data)
@@ -181,7 +161,7 @@ def test_no_manifest_or_one_that_is_not_a_manifest_is_no_manifest(
     oss: OssServer, body: bytes | None
 ) -> None:
     target = _target(oss)
-    bucket = _bucket(target)
+    bucket = direct_bucket(target)
     bucket.put_object(target.key("f1.bin"), FILES["f1.bin"])
     if body is not None:
         bucket.put_object(manifest_key(target), body)
@@ -196,16 +176,18 @@ def test_a_missing_bucket_or_a_wrong_secret_raises_instead_of_reading_as_no_mani
 ) -> None:
     missing = _target(oss, bucket="no-such-bucket")
     with pytest.raises(OssPermanentError, match="the bucket does not exist at this endpoint"):
-        read_manifest(_bucket(missing), missing)
+        read_manifest(direct_bucket(missing), missing)
     target, _, _ = _mirrored(oss)
     with pytest.raises(OssPermanentError):
-        check_mirror(_bucket(target, secret="wrong-secret"), target)
+        check_mirror(direct_bucket(target, secret="wrong-secret"), target)
 
 
 @pytest.mark.parametrize(
     ("change", "rule"),
     [
+        # Keys elsewhere in the bucket, sorting after and before the expected one.
         ({"key": "models/elsewhere/f1.bin"}, "outside-prefix"),
+        ({"key": "models/a/f1.bin"}, "outside-prefix"),
         ({"path": "../f1.bin"}, None),
         ({"sha256": "not-a-digest"}, None),
     ],
@@ -225,12 +207,33 @@ def test_a_manifest_record_naming_another_key_or_a_bad_path_or_digest_is_refused
         check_mirror(bucket, target)
 
 
-def test_a_manifest_damaged_on_the_way_fails_its_crc64_check(oss: OssServer) -> None:
+def _flip_sorting(body: bytes, direction: str) -> int:
+    """An offset whose byte flipped (the sandbox's damage: `^ 0xFF`) gives `body` a CRC64
+    sorting `direction` its own."""
+    whole = crc64(body)
+    for offset in range(len(body)):
+        damaged = bytearray(body)
+        damaged[offset] ^= 0xFF
+        if (crc64(damaged) > whole) == (direction == "above"):
+            return offset
+    raise AssertionError(f"no single-byte damage sorts {direction}")
+
+
+@pytest.mark.parametrize("direction", ["above", "below"])
+def test_a_manifest_damaged_on_the_way_fails_its_crc64_check(
+    oss: OssServer, direction: str
+) -> None:
     target, bucket, manifest = _mirrored(oss)
-    oss.faults.damage("PutObject", when="in_transit", key=manifest_key(target))
+    # The body write_manifest sends (its own serialization), to aim the damage.
+    body = json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True).encode()
+    offset = _flip_sorting(body, direction)
+    oss.faults.damage("PutObject", when="in_transit", key=manifest_key(target), offset=offset)
     try:
         with pytest.raises(IntegrityError, match="CRC64 mismatch after upload"):
             write_manifest(bucket, target, manifest)
         assert oss.faults.fired() == 1
     finally:
         oss.faults.clear()
+    # What OSS stored is the damaged body: the stand-in did damage what was sent.
+    stored = bucket.get_object(manifest_key(target)).read()
+    assert len(stored) == len(body) and stored != body

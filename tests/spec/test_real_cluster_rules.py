@@ -291,7 +291,14 @@ def test_names_too_long_for_the_statefulset_revision_label_are_refused(
 
 
 def test_rbg_v07_and_deployments_are_not_limited_by_the_statefulset_label() -> None:
-    for example, flavor in (("seed-sglang-pd-rbg", "v0.7"), ("seed-vllm-tp4", "v0.6")):
+    name = "a" * 40  # past both StatefulSet-bound limits above (37 and 31)
+    for example, flavor, kind in (
+        ("seed-sglang-pd-rbg", "v0.7", "RoleBasedGroup"),
+        ("seed-vllm-tp4", "v0.6", "Deployment"),
+    ):
         data = example_dict(example)
-        data["name"] = "a" * 40
-        render(spec_from_dict(data), release="r1234567", rbg_flavor=flavor)  # type: ignore[arg-type]
+        data["name"] = name
+        rendered = render(spec_from_dict(data), release="r1234567", rbg_flavor=flavor)  # type: ignore[arg-type]
+        workload = rendered.workload
+        assert workload["kind"] == kind
+        assert workload["metadata"]["name"] == f"{name}-r1234567"
