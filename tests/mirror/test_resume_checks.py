@@ -18,12 +18,14 @@ import pytest
 
 from llm_rollout.hub import HubFile
 from llm_rollout.mirror.checkpoint import PartState, UploadState
+from llm_rollout.mirror.hashing import STATE_FORMAT, ResumableSha256
 from llm_rollout.mirror.models import SHA256_META
 from llm_rollout.mirror.transfer import (
     Counters,
     TransferContext,
     _open_upload,
     _PartJob,
+    _resume_hash,
     _run_part,
 )
 from llm_rollout.oss import crc64
@@ -236,3 +238,77 @@ def test_a_part_whose_bytes_differ_from_what_oss_holds_is_sent_and_checkpointed(
     assert _part_puts(oss, ctx)[-1] == 2
     assert (mine.sent, mine.fetched, ctx.counters.sent) == (PART, PART, PART)
     assert _state(ctx, upload_id).parts == {2: got}
+
+
+def _hashed(ctx: TransferContext, parts: dict[int, PartState], hashed: bytes) -> UploadState:
+    """A checkpoint whose saved sha256 state covers `hashed` as parts 1..len(parts)."""
+    hasher = ResumableSha256()
+    hasher.update(hashed)
+    state = UploadState(
+        bucket=BUCKET,
+        key=_key(ctx),
+        upload_id="u1",
+        size=FILE.size,
+        sha256=SHA,
+        part_size=PART,
+        parts=parts,
+        hashed_parts=len(parts),
+        sha256_format=STATE_FORMAT,
+        sha256_state=hasher.state(),
+        hashed_crc64=crc64(hashed),
+    )
+    ctx.checkpoints.save(state)
+    return state
+
+
+def test_a_saved_hash_over_whole_listed_parts_is_continued(ctx: TransferContext) -> None:
+    parts = {
+        n: PartState(number=n, size=PART, crc64=crc64(_chunk(n)), etag=f'"E{n}"') for n in (1, 2)
+    }
+    state = _hashed(ctx, parts, DATA[: 2 * PART])
+    hasher, crc, count = _resume_hash(ctx, state, parts, PART, FILE.size)
+    assert (hasher.bytes_hashed, crc, count) == (2 * PART, crc64(DATA[: 2 * PART]), 2)
+    hasher.update(DATA[2 * PART :])
+    assert hasher.hexdigest() == SHA
+
+
+def test_a_saved_hash_over_a_short_part_is_not_continued_and_is_forgotten(
+    ctx: TransferContext,
+) -> None:
+    """A part before the last one shorter than the part size (its bytes would leave a gap
+    before part 2): the state is not trusted even though its byte count matches the part."""
+    short = PartState(number=1, size=PART - 7, crc64=crc64(DATA[: PART - 7]), etag='"E1"')
+    state = _hashed(ctx, {1: short}, DATA[: PART - 7])
+    hasher, crc, count = _resume_hash(ctx, state, {1: short}, PART, FILE.size)
+    assert (hasher.bytes_hashed, crc, count) == (0, 0, 0)
+    saved = ctx.checkpoints.load(BUCKET, _key(ctx))
+    assert saved is not None
+    assert (saved.hashed_parts, saved.sha256_state, saved.hashed_crc64, saved.sha256_format) == (
+        0,
+        None,
+        None,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        # Parts counted but no state saved (a state that failed to export, say).
+        {"sha256_state": None, "hashed_crc64": None},
+        # A state saved over no part, with a CRC64 that is not the empty one.
+        {"hashed_parts": 0, "sha256_state": ResumableSha256().state(), "hashed_crc64": 123},
+    ],
+)
+def test_an_unusable_saved_hash_starts_afresh_and_is_forgotten(
+    ctx: TransferContext, change: dict[str, object]
+) -> None:
+    parts = {1: PartState(number=1, size=PART, crc64=crc64(_chunk(1)), etag='"E1"')}
+    state = _hashed(ctx, parts, DATA[:PART]).model_copy(update=change)
+    ctx.checkpoints.save(state)
+    hasher, crc, count = _resume_hash(ctx, state, parts, PART, FILE.size)
+    assert (hasher.bytes_hashed, crc, count) == (0, 0, 0)
+    saved = ctx.checkpoints.load(BUCKET, _key(ctx))
+    assert saved is not None
+    assert (saved.hashed_parts, saved.sha256_state, saved.hashed_crc64) == (0, None, None)
+    assert saved.parts == parts  # the uploaded parts themselves stay reusable
