@@ -16,16 +16,16 @@ mutants not run are reported as pending), and each mutant's tests by cosmic-ray'
     uv run python bench/mutation.py --budget-s 900 --workdir build/mutation
     uv run python bench/mutation.py --workdir build/mutation --resume   # after adding tests
 
-Not run in CI: a run takes minutes per module (2-10 min each on a shared 2-core machine, one
-target at a time; 1-7 s per mutant for the plain-test targets). The mirror targets and the
-Secret-block credentials target start the sandbox hub and OSS, or the Prefect server, for every
-mutant (about 20-60 s each): give them a --budget-s and --resume later. The mirror targets
-start with tests/mirror/test_*_checks.py (the sandbox OSS alone, a few seconds), so most
-mutants are killed before the slower whole-mirror tests run (10-20 s per mutant at load 20).
-The "lease compare-and-swap" target needs the real API server: run it inside
-./scripts/in-netns; one lean cluster is started for the run (about 20 s) and each mutant's
-session attaches to it (20-40 s per mutant). The scratch copy holds files git knows: `git add`
-a new test file before a run. The score counts every survivor, equivalent ones included.
+Not run in CI: a run takes minutes per module (one target at a time under `nice -n 19` on a
+shared 2-core machine). Measured (2026-12-07, load 7-22): plain-test targets 1-7 s per
+mutant; the mirror targets, which start with tests/mirror/test_*_checks.py (the sandbox OSS
+alone, a few seconds) before the whole-mirror tests, 2-13 s (transfer verification 81 mutants
+in 141 s, resume 139 in 777 s, manifest 105 in 1360 s at load 20); the Secret-block target
+(the Prefect server per mutant) 6 in 85 s. The "lease compare-and-swap" target needs the real
+API server: run it inside ./scripts/in-netns; one lean cluster is started for the run (17-20
+s) and each mutant's session attaches to it. Give long targets a --budget-s and --resume
+later. The scratch copy holds files git knows: `git add` a new test file before a run. The
+score counts every survivor, equivalent ones included.
 
 Survivors judged equivalent, with the reason (earlier runs: the commit messages that last
 changed each target, e.g. 72cce75 and 7466ba8):

@@ -167,13 +167,24 @@ def test_a_checkpointed_upload_oss_no_longer_has_is_started_afresh(
     assert ctx.checkpoints.load(BUCKET, _key(ctx)) == resumed.state
 
 
-def test_a_listed_part_number_beyond_the_files_parts_is_refused(ctx: TransferContext) -> None:
+@pytest.mark.parametrize(("size", "beyond"), [(FILE.size, 4), (2 * PART, 3)])
+def test_a_listed_part_number_beyond_the_files_parts_is_refused(
+    ctx: TransferContext, size: int, beyond: int
+) -> None:
+    """A file of two parts and a bit has three parts; one of exactly two parts has two."""
+    file = FILE.model_copy(update={"size": size})
     upload_id, acked = _upload(ctx, (1,))
-    ctx.bucket.upload_part(_key(ctx), upload_id, 4, b"x")  # the file has 3 parts
-    _checkpoint(ctx, upload_id, acked)
+    ctx.bucket.upload_part(_key(ctx), upload_id, beyond, b"x")
+    _checkpoint(ctx, upload_id, acked, size=size)
     with pytest.raises(UnsafeUpstreamData) as refused:
-        _open_upload(ctx, FILE, _key(ctx), PART)
+        _open_upload(ctx, file, _key(ctx), PART)
     assert refused.value.rule == "part-number"
+    # The last part number itself is accepted.
+    ctx.bucket.abort_multipart_upload(_key(ctx), upload_id)
+    upload_id, acked = _upload(ctx, (1,))
+    ctx.bucket.upload_part(_key(ctx), upload_id, beyond - 1, b"x")
+    _checkpoint(ctx, upload_id, acked, size=size)
+    assert _open_upload(ctx, file, _key(ctx), PART).unrecorded.keys() == {beyond - 1}
 
 
 def _state(ctx: TransferContext, upload_id: str) -> UploadState:
@@ -216,14 +227,16 @@ def test_an_unrecorded_part_with_the_same_md5_is_adopted_without_sending(
     assert _state(ctx, upload_id).parts == {2: got}
 
 
-@pytest.mark.parametrize("stale", ["known", "listed"])
+# A checkpointed part whose CRC64 sorts above or below that of the bytes read now, or an
+# unrecorded part OSS lists with another ETag.
+@pytest.mark.parametrize(("stale", "crc_change"), [("known", 1), ("known", -1), ("listed", 0)])
 def test_a_part_whose_bytes_differ_from_what_oss_holds_is_sent_and_checkpointed(
-    ctx: TransferContext, oss: OssServer, stale: str
+    ctx: TransferContext, oss: OssServer, stale: str, crc_change: int
 ) -> None:
     upload_id, acked = _upload(ctx, (2,))
     _checkpoint(ctx, upload_id, {})
     state = _state(ctx, upload_id)
-    other = acked[2].model_copy(update={"crc64": acked[2].crc64 ^ 1, "etag": '"0BAD"'})
+    other = acked[2].model_copy(update={"crc64": acked[2].crc64 + crc_change, "etag": '"0BAD"'})
     job = _PartJob(
         number=2,
         offset=PART,
@@ -272,13 +285,15 @@ def test_a_saved_hash_over_whole_listed_parts_is_continued(ctx: TransferContext)
     assert hasher.hexdigest() == SHA
 
 
-def test_a_saved_hash_over_a_short_part_is_not_continued_and_is_forgotten(
-    ctx: TransferContext,
+@pytest.mark.parametrize("odd", [-7, 7])
+def test_a_saved_hash_over_a_part_of_another_size_is_not_continued_and_is_forgotten(
+    ctx: TransferContext, odd: int
 ) -> None:
-    """A part before the last one shorter than the part size (its bytes would leave a gap
-    before part 2): the state is not trusted even though its byte count matches the part."""
-    short = PartState(number=1, size=PART - 7, crc64=crc64(DATA[: PART - 7]), etag='"E1"')
-    state = _hashed(ctx, {1: short}, DATA[: PART - 7])
+    """A part before the last one shorter or longer than the part size (part 2 would not
+    start where its bytes end): the state is not trusted though its byte count matches."""
+    size = PART + odd
+    short = PartState(number=1, size=size, crc64=crc64(DATA[:size]), etag='"E1"')
+    state = _hashed(ctx, {1: short}, DATA[:size])
     hasher, crc, count = _resume_hash(ctx, state, {1: short}, PART, FILE.size)
     assert (hasher.bytes_hashed, crc, count) == (0, 0, 0)
     saved = ctx.checkpoints.load(BUCKET, _key(ctx))
