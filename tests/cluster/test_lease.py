@@ -201,6 +201,27 @@ def test_a_takeover_stops_the_holder_at_its_next_check(cluster: Cluster, namespa
     b_api.close()  # type: ignore[no-untyped-call]
 
 
+def test_a_failed_lease_read_before_a_stage_is_no_loss(
+    cluster: Cluster, faults: ApiFaultProxy, namespace: str
+) -> None:
+    """``check_lease`` reads the Lease before a stage; a read the API server fails (500 on
+    every GET of it, through the fault proxy) is no evidence that the hold was lost: the stage
+    runs and the renewer's deadline decides, as client-go's ``renew`` loop does."""
+    a_api = admin_via(cluster, faults)
+    lease_path = rf"/namespaces/{namespace}/leases/{lease_name(SERVICE)}$"
+    with service_lock(
+        a_api, namespace, SERVICE, holder="run-a", owner="a", wait_s=0, duration_s=60
+    ) as lock:
+        rule = FaultRule("error", lease_path, method="GET", watch=False, status=500, times=None)
+        faults.plan.add(rule)
+        check_lease()
+        assert rule.hits >= 1  # the read was made and failed
+        assert not lock.lost
+        faults.plan.clear()
+    assert _lease(a_api, namespace).holder == ""  # released on exit as usual
+    a_api.close()  # type: ignore[no-untyped-call]
+
+
 def test_the_first_take_creates_the_namespace_and_the_owner_reenters_without_writing(
     cluster: Cluster, admin: k8s.ApiClient
 ) -> None:
@@ -237,8 +258,18 @@ def test_renew_and_release_act_only_on_our_own_hold(cluster: Cluster, namespace:
     with pytest.raises(LeaseLostError, match="no longer ours \\(run-a\\)"):
         renew(api, namespace, SERVICE, owner="b")
     assert release(api, namespace, SERVICE, owner="b") is False
-    assert _lease(api, namespace).holder == "run-a"
+    held = _lease(api, namespace)
+    assert held.holder == "run-a"
     assert release(api, namespace, SERVICE, owner="a") is True
+    # Only the holder is cleared: the rest of the spec (when it was taken, renewed, for how
+    # long) stays as the hold left it.
+    released = _lease(api, namespace)
+    assert released.holder == ""
+    assert (released.acquired_at, released.renewed_at, released.duration_s) == (
+        held.acquired_at,
+        held.renewed_at,
+        held.duration_s,
+    )
     assert release(api, namespace, SERVICE, owner="a") is False  # already free
     with pytest.raises(LeaseLostError, match="no longer ours \\(free\\)"):
         renew(api, namespace, SERVICE, owner="a")  # released: the object stays, unheld
