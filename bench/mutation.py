@@ -29,8 +29,8 @@ score counts every survivor, equivalent ones included.
 
 Survivors judged equivalent, with the reason (earlier runs: the commit messages that last
 changed each target, e.g. 72cce75 and 7466ba8):
-- locking.py L145 _lease_body keyword-only `*` -> positional-only `/`: every caller passes
-  `previous` by keyword and the rest positionally.
+- locking.py L145 _lease_body and L214 try_acquire keyword-only `*` -> positional-only `/`:
+  every caller passes the keyword-only parameters by keyword and the rest positionally.
 - mirror/manifest.py L45 read_manifest `code == "NoSuchBucket"` -> `<=`, `>=`, `is not`: the
   `except NotFound` branch sees what oss2 makes a NotFound (oss2/exceptions.py
   make_exception: only a (status, code) pair of a NotFound subclass, else ServerError):

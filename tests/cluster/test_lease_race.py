@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kubernetes import client as k8s
@@ -51,6 +52,37 @@ def test_a_create_lost_after_creating_the_namespace_reports_the_holder(
 
     taken, state, reentrant = try_acquire(api, absent_namespace, SERVICE, holder="run-a", owner="a")
 
+    assert [(w[0], w[1].holder) for w in winner] == [(True, "run-b")]
+    assert (taken, reentrant) == (False, False)
+    assert (state.holder, state.owner) == ("run-b", "b")
+
+
+def test_a_replace_lost_to_another_take_of_a_free_lease_reports_the_holder(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other compare-and-swap: a free Lease is taken by a replace guarded by the
+    resourceVersion read. Run B takes it between A's read and A's replace; the API server
+    answers A's replace 409 (optimistic concurrency on resourceVersion), and A learns B holds
+    it instead of believing it took it."""
+    api = product_client(cluster.admin_kubeconfig)
+    assert try_acquire(api, namespace, SERVICE, holder="run-c", owner="c", duration_s=30)[0]
+    assert locking.release(api, namespace, SERVICE, owner="c")  # free, the object kept
+    lease_body = locking._lease_body
+    winner: list[tuple[bool, LeaseState, bool]] = []
+    calls: list[str] = []
+
+    def body_then_winner(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        body = lease_body(*args, **kwargs)
+        calls.append(str(args[2]))
+        if len(calls) == 1:  # A's body, with the resourceVersion A read: B acts once
+            winner.append(try_acquire(api, namespace, SERVICE, holder="run-b", owner="b"))
+        return body
+
+    monkeypatch.setattr(locking, "_lease_body", body_then_winner)
+
+    taken, state, reentrant = try_acquire(api, namespace, SERVICE, holder="run-a", owner="a")
+
+    assert calls == ["run-a", "run-b"]
     assert [(w[0], w[1].holder) for w in winner] == [(True, "run-b")]
     assert (taken, reentrant) == (False, False)
     assert (state.holder, state.owner) == ("run-b", "b")
