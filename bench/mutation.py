@@ -31,6 +31,8 @@ Survivors judged equivalent, with the reason (earlier runs: the commit messages 
 changed each target, e.g. 72cce75 and 7466ba8):
 - locking.py L145 _lease_body and L214 try_acquire keyword-only `*` -> positional-only `/`:
   every caller passes the keyword-only parameters by keyword and the rest positionally.
+- locking.py L245 try_acquire refused while held, `return False, state, False` -> `..., True`:
+  the re-entrant flag is read only when the Lease was taken (`acquire`, `service_lock`).
 - mirror/manifest.py L45 read_manifest `code == "NoSuchBucket"` -> `<=`, `>=`, `is not`: the
   `except NotFound` branch sees what oss2 makes a NotFound (oss2/exceptions.py
   make_exception: only a (status, code) pair of a NotFound subclass, else ServerError):

@@ -20,6 +20,7 @@ import pytest
 from kubernetes import client as k8s
 
 from llm_rollout import locking
+from llm_rollout.kube.objects import get
 from llm_rollout.locking import LeaseState, try_acquire
 from sandbox.cluster.control_plane import Cluster
 from tests.cluster.faults_support import product_client
@@ -86,3 +87,28 @@ def test_a_replace_lost_to_another_take_of_a_free_lease_reports_the_holder(
     assert [(w[0], w[1].holder) for w in winner] == [(True, "run-b")]
     assert (taken, reentrant) == (False, False)
     assert (state.holder, state.owner) == ("run-b", "b")
+
+
+def test_a_release_raced_by_a_renewal_reads_again_and_releases(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The holder's own renewer moves renewTime (a new resourceVersion) between the release's
+    read and its replace: the replace answers 409, and the release reads again and clears the
+    holder rather than leaving the hold to expire."""
+    api = product_client(cluster.admin_kubeconfig)
+    assert try_acquire(api, namespace, SERVICE, holder="run-a", owner="a", duration_s=30)[0]
+    write = locking._write
+    puts: list[int] = []
+
+    def renewal_then_put(api_: k8s.ApiClient, method: str, body: dict[str, Any]) -> Any:
+        if method == "PUT" and body["spec"].get("holderIdentity") == "" and not puts:
+            puts.append(1)
+            locking.renew(api, namespace, SERVICE, owner="a")
+        return write(api_, method, body)
+
+    monkeypatch.setattr(locking, "_write", renewal_then_put)
+
+    assert locking.release(api, namespace, SERVICE, owner="a") is True
+    assert puts == [1]
+    stored = get(api, locking.lease_ref(namespace, SERVICE))
+    assert stored is not None and stored["spec"]["holderIdentity"] == ""
