@@ -29,10 +29,22 @@ score counts every survivor, equivalent ones included.
 
 Survivors judged equivalent, with the reason (earlier runs: the commit messages that last
 changed each target, e.g. 72cce75 and 7466ba8):
-- locking.py L145 _lease_body and L214 try_acquire keyword-only `*` -> positional-only `/`:
-  every caller passes the keyword-only parameters by keyword and the rest positionally.
+- locking.py L145 _lease_body, L214 try_acquire, L302 renew and L314 release keyword-only `*`
+  -> positional-only `/`: every caller passes the keyword-only parameters by keyword and the
+  rest positionally.
+- locking.py L244 try_acquire `expires_in_s(now) > 0` -> `>= 0`: differs only at the exact
+  microsecond a hold lapses (renewTime is a MicroTime; `now` is read once per attempt).
 - locking.py L245 try_acquire refused while held, `return False, state, False` -> `..., True`:
-  the re-entrant flag is read only when the Lease was taken (`acquire`, `service_lock`).
+  the re-entrant flag is read only when the Lease was taken (`acquire`).
+- locking.py L252 try_acquire `if state.holder:` -> `if not ...`: decides only whether the
+  takeover is logged as a warning.
+- locking.py L396 check_lease `not lock.lost and lock.api is not None` -> `or`: a lock already
+  lost is read once more, and `mark_lost` keeps the first loss, so the same error is raised;
+  `api` is None only for a ServiceLock made outside `service_lock`.
+Not killed and not equivalent (lease compare-and-swap run, 2026-12-07): locking.py L242
+try_acquire `state.owner == owner` -> `>=` (a live hold of an owner sorting after ours would
+read as re-entrant; the tests' holders sort before their askers) and L329 release's final
+`return False` -> `True` (reached only after three 409s in a row).
 - mirror/manifest.py L45 read_manifest `code == "NoSuchBucket"` -> `<=`, `>=`, `is not`: the
   `except NotFound` branch sees what oss2 makes a NotFound (oss2/exceptions.py
   make_exception: only a (status, code) pair of a NotFound subclass, else ServerError):
