@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from llm_rollout.locking import OWNER_ANNOTATION, ServiceLock, _not_ours
+from llm_rollout.locking import ServiceLock, _not_ours
+from llm_rollout.vocabulary import OWNER_ANNOTATION
 
 
 def _lease(holder: str, owner: str) -> dict[str, object]:
