@@ -44,7 +44,7 @@ from llm_rollout.kinds import ApiRequirement, RbgFlavor, kind_for, kind_for_shap
 from llm_rollout.kinds.rbg import RoleBasedGroup
 from llm_rollout.kube.client import server_version
 from llm_rollout.kube.errors import NotFoundError
-from llm_rollout.kube.resources import list_objects, request_json, served_versions
+from llm_rollout.kube.resources import list_objects, request_json, versions_serving_kind
 from llm_rollout.kube.views import ObjectView, PodView
 from llm_rollout.kube.watching import call_with_retry
 from llm_rollout.mirror.inputs import hub_source_of
@@ -230,7 +230,7 @@ def check_cluster(
     apis_ok = True
     for need in required_apis(spec.serving.shape):
         try:
-            versions = _read(functools.partial(served_versions, api, need.group))
+            versions = _read(functools.partial(versions_serving_kind, api, need.group, need.kind))
         except RolloutError as exc:
             report.problems.append(f"cluster: cannot discover API group {need.group} ({exc})")
             apis_ok = False

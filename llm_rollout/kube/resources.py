@@ -239,6 +239,31 @@ def served_versions(api: k8s_client.ApiClient, group: str) -> list[str]:
     return versions
 
 
+def versions_serving_kind(api: k8s_client.ApiClient, group: str, kind: str) -> list[str]:
+    """The versions of `group` that serve `kind`, preferred first; [] if none.
+
+    A group's discovery lists every version any of its CRDs serves (the apiextensions
+    server builds it from all the group's CRDs: k8s.io/apiextensions-apiserver
+    pkg/apiserver/customresource_discovery_controller.go sync), so a version there need not
+    serve this kind: RBG v0.7's RoleInstanceSet and RoleInstance CRDs serve
+    workloads.x-k8s.io/v1alpha2 while the RoleBasedGroup CRD may serve v1alpha1 only. Each
+    version's resource list is read fresh, not from the per-client cache: the answer decides
+    what is rendered, and CRDs change under a long-lived process.
+    """
+    found: list[str] = []
+    for version in served_versions(api, group):
+        try:
+            listing = request_json(
+                api, "GET", f"/apis/{group}/{version}", target=f"API {group}/{version}"
+            )
+        except NotFoundError:
+            continue
+        resources = listing.get("resources") or []
+        if any(r.get("kind") == kind and "/" not in str(r.get("name", "")) for r in resources):
+            found.append(version)
+    return found
+
+
 def object_path(api: k8s_client.ApiClient, ref: ObjectRef) -> str:
     """URL path of one object, checking that the namespace matches the kind's scope."""
     info = resolve_resource(api, ref.api_version, ref.kind)

@@ -869,6 +869,39 @@ def _served_rbg_versions(api: k8s.ApiClient) -> list[str]:
     return sorted(str(v["name"]) for v in crd["spec"]["versions"] if v.get("served"))
 
 
+def _wait_kind_discovered(
+    api: k8s.ApiClient, group: str, kind: str, versions: list[str], deadline: float
+) -> None:
+    """Wait until the API server's discovery serves `kind` at exactly `versions` of `group`.
+
+    Established is not enough after a swap: discovery is rebuilt by the apiextensions
+    server's DiscoveryController from its own queue of CRD changes
+    (k8s.io/apiextensions-apiserver pkg/apiserver/customresource_discovery_controller.go), so
+    for a moment it can still list the deleted CRD's versions, and a client reading what is
+    served then (the product's preflight, `kube.resources.versions_serving_kind`) would render
+    for a release the cluster no longer runs. The group's own version list is not the test:
+    v0.7's RoleInstanceSet and RoleInstance CRDs, left installed, keep v1alpha2 in it.
+    """
+    listed: list[str] = []
+    while True:
+        groups = k8s.ApisApi(api).get_api_versions().groups or []
+        group_versions = [str(v.version) for g in groups if g.name == group for v in g.versions]
+        custom = k8s.CustomObjectsApi(api)
+        listed = sorted(
+            version
+            for version in group_versions
+            if any(
+                r.kind == kind and "/" not in r.name
+                for r in custom.get_api_resources(group, version).resources or []
+            )
+        )
+        if listed == versions:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"discovery serves {kind}.{group} at {listed}, not {versions}")
+        time.sleep(0.2)
+
+
 def ensure_rbg_crd(cluster: Cluster, crd: Path, *, timeout_s: float) -> float:
     """Make the running cluster serve the RoleBasedGroup CRD of ``crd`` (upstream's of one
     release; v0.6.0's and v0.7.0's share one name, so a cluster serves one), swapping it in
@@ -906,6 +939,10 @@ def ensure_rbg_crd(cluster: Cluster, crd: Path, *, timeout_s: float) -> float:
     apply_documents(api, [*wanted, *children])
     _wait_crds_established(
         api, [rbg.CRD_NAME, *(c["metadata"]["name"] for c in children)], timeout_s
+    )
+    served = sorted(v["name"] for v in doc["spec"]["versions"] if v.get("served"))
+    _wait_kind_discovered(
+        api, str(doc["spec"]["group"]), str(doc["spec"]["names"]["kind"]), served, deadline
     )
     kubeconfig = cluster.run_dir / "kubeconfigs" / f"{rbg.USER}.yaml"
     ready_file = cluster.run_dir / "rbg-listed"

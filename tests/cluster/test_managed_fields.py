@@ -201,6 +201,15 @@ def test_the_node_agent_identity_wrote_only_nodes_leases_pod_status_and_events(
     the status subresource, and on the Events it records as the kubelet (issue 14, item 8)."""
     core = k8s.CoreV1Api(admin)
     apps = k8s.AppsV1Api(admin)
+    # The test before only waits for its pods to be bound; the node agent records their
+    # first Events (Pulled, Created, Started) as it starts them, a moment later on a loaded
+    # machine (a CI run listed pod statuses written and no Event yet).
+    wait_for(
+        core.list_event_for_all_namespaces,
+        lambda items: any(NODE_AGENT_MANAGER in _managers(e) for e in items),
+        timeout_s=WAIT_S,
+        what="an Event recorded by the node agent",
+    )
     listings: dict[str, list[Any]] = {
         "Node": core.list_node().items,
         "Lease": k8s.CoordinationV1Api(admin).list_lease_for_all_namespaces().items,
