@@ -102,19 +102,20 @@ def rbg_v06(real_cluster: Cluster) -> None:
 
 
 @pytest.mark.timeout(300, func_only=True)
-@pytest.mark.usefixtures("rbg_v06")
-def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_services(
-    real_deploy_env: RealStores,
-    real_admin: k8s.ApiClient,
-    real_cleanup: Callable[[str, str], None],
+def deploy_pd_example(
+    env: RealStores,
+    admin: k8s.ApiClient,
+    cleanup: Callable[[str, str], None],
     tmp_path: Path,
-    render_calls: list[str],
-) -> None:
+    namespace: str,
+) -> tuple[Path, dict[str, Any], DeployResult]:
+    """Deploy the PD example with the real router into `namespace` (whichever RBG release the
+    cluster runs); the smoke answer is checked. Returns the spec's path and data, and the
+    run's result."""
     if not runtimes_install.is_router_installed():
         pytest.fail("sglang-router is not installed: run scripts/install-runtimes", pytrace=False)
-    namespace = "real-pd-rbg06"
     path, data = write_real_spec(
-        real_deploy_env,
+        env,
         EXAMPLE,
         tmp_path,
         namespace=namespace,
@@ -123,13 +124,28 @@ def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_servi
         serving={"pd": {"router": "sglang_router"}, "resources": {"erdma": 0}},
         rollout={"smoke_timeout_s": 120},
     )
-    real_cleanup(namespace, data["name"])
+    cleanup(namespace, data["name"])
     try:
         result = deploy(load_spec(path))
     finally:
-        print("events:\n" + "\n".join(_events(real_admin, namespace)))
+        print("events:\n" + "\n".join(_events(admin, namespace)))
     assert isinstance(result, DeployResult)
-    assert result.answer == real_deploy_env.tiny.answer
+    assert result.answer == env.tiny.answer
+    return path, data, result
+
+
+@pytest.mark.usefixtures("rbg_v06")
+def test_pd_on_rbg_v06_serves_through_the_real_router_bound_to_the_created_services(
+    real_deploy_env: RealStores,
+    real_admin: k8s.ApiClient,
+    real_cleanup: Callable[[str, str], None],
+    tmp_path: Path,
+    render_calls: list[str],
+) -> None:
+    namespace = "real-pd-rbg06"
+    path, data, result = deploy_pd_example(
+        real_deploy_env, real_admin, real_cleanup, tmp_path, namespace
+    )
 
     core = k8s.CoreV1Api(real_admin)
     (group,) = k8s.CustomObjectsApi(real_admin).list_namespaced_custom_object(

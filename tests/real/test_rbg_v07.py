@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from flows.deploy import DeployResult, deploy
 from flows.redeploy import redeploy
 from llm_rollout.kinds.rbg import GROUP, RoleBasedGroup
 from llm_rollout.kube.objects import FIELD_MANAGER
@@ -38,8 +37,7 @@ from llm_rollout.render import render
 from llm_rollout.spec import load_spec
 from sandbox.cluster import rbg
 from sandbox.cluster.control_plane import Cluster, ensure_rbg_crd
-from sandbox.runtimes import install as runtimes_install
-from tests.real.test_deploy_pd_rbg import _events, _router_argv, _summary
+from tests.real.test_deploy_pd_rbg import _router_argv, _summary, deploy_pd_example
 from tests.real_cluster import counted_pod_quota
 from tests.real_deploy import RealStores, write_real_spec
 
@@ -155,24 +153,10 @@ def test_pd_on_rbg_v07_serves_through_the_real_router_bound_to_the_created_role_
     RoleInstance, ``pkg/reconciler/roleinstance/core/instance_core.go``); readiness passes on
     the group's v0.7 status, the router's backends are bound late to the Services those pods
     name, and the smoke test goes through the real router to a prefill and the decode server."""
-    if not runtimes_install.is_router_installed():
-        pytest.fail("sglang-router is not installed: run scripts/install-runtimes", pytrace=False)
     namespace = "real-pd-rbg07"
-    path, data = write_real_spec(
-        real_deploy_env,
-        EXAMPLE,
-        tmp_path,
-        namespace=namespace,
-        serving={"pd": {"router": "sglang_router"}, "resources": {"erdma": 0}},
-        rollout={"smoke_timeout_s": 120},
+    _, data, result = deploy_pd_example(
+        real_deploy_env, real_admin, real_cleanup, tmp_path, namespace
     )
-    real_cleanup(namespace, data["name"])
-    try:
-        result = deploy(load_spec(path))
-    finally:
-        print("events:\n" + "\n".join(_events(real_admin, namespace)))
-    assert isinstance(result, DeployResult)
-    assert result.answer == real_deploy_env.tiny.answer
 
     custom = k8s.CustomObjectsApi(real_admin)
     core = k8s.CoreV1Api(real_admin)
