@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from sandbox.cluster.rbg import upstream_crd_dir
+
 # The real cluster's fixtures (real_cluster, real_admin, ...); nothing starts unless asked for.
 pytest_plugins = ["tests.real_cluster", "tests.real_deploy"]
 
@@ -19,7 +21,7 @@ os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 os.environ["no_proxy"] = "127.0.0.1,localhost"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_CRDS = REPO_ROOT.parent / "shared" / "crds"
+SHARED_CRDS = upstream_crd_dir()
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +32,10 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def shared_crds() -> Path:
     if not SHARED_CRDS.is_dir():
-        pytest.fail(f"upstream CRD schemas not found at {SHARED_CRDS}")
+        pytest.fail(
+            f"upstream CRD schemas not found at {SHARED_CRDS}"
+            " (set LLM_ROLLOUT_CRD_DIR to their directory)"
+        )
     return SHARED_CRDS
 
 

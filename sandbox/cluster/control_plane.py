@@ -345,7 +345,8 @@ _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 def _load_yaml_docs(paths: list[Path]) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in paths:
-        docs += [d for d in yaml.load_all(path.read_text(), Loader=_YAML_LOADER) if d]
+        text = rbg.require_crd_file(path).read_text()
+        docs += [d for d in yaml.load_all(text, Loader=_YAML_LOADER) if d]
     return docs
 
 

@@ -48,6 +48,7 @@ import datetime
 import hashlib
 import json
 import logging
+import os
 import queue
 import signal
 import sys
@@ -73,7 +74,30 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 USER = "rbg-controller-manager"
 # Upstream's CRD at the two releases (../shared/crds/SOURCES.md): v0.6.0 serves v1alpha1 only;
 # v0.7.0 stores v1alpha2 and still serves v1alpha1. They share one name, so a cluster has one.
-SHARED_CRDS = Path(__file__).resolve().parents[3] / "shared" / "crds"
+CRD_DIR_ENV = "LLM_ROLLOUT_CRD_DIR"
+
+
+def upstream_crd_dir() -> Path:
+    """Where upstream's CRD files are read from: `$LLM_ROLLOUT_CRD_DIR` (the product's own
+    setting for offline validation, `llm_rollout/crds.py`) when set, else the checkout's
+    sibling `shared/crds`. A clone placed elsewhere names the directory through the variable."""
+    explicit = os.environ.get(CRD_DIR_ENV)
+    if explicit:
+        return Path(explicit).expanduser().resolve()
+    return Path(__file__).resolve().parents[3] / "shared" / "crds"
+
+
+def require_crd_file(path: Path) -> Path:
+    """`path`, or a clear error naming it and how to point at the directory that holds it."""
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"upstream CRD file {path} not found: the sandbox reads upstream's CRDs from "
+            f"{path.parent}; set {CRD_DIR_ENV} to the directory that holds them"
+        )
+    return path
+
+
+SHARED_CRDS = upstream_crd_dir()
 CRD_V06 = SHARED_CRDS / "workloads.x-k8s.io_rolebasedgroups.v0.6.0.yaml"
 CRD_V07 = SHARED_CRDS / "workloads.x-k8s.io_rolebasedgroups.v0.7.0.yaml"
 # pkg/utils/utils.go FieldManager; api/workloads/v1alpha1/constant.go ControllerName.

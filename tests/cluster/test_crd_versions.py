@@ -30,10 +30,11 @@ from llm_rollout.crds import CRD_DIR_ENV
 from llm_rollout.errors import RolloutError
 from llm_rollout.kube.objects import apply
 from sandbox.cluster import build
+from sandbox.cluster.rbg import upstream_crd_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted(p.name for p in (REPO_ROOT / "examples").glob("*.yaml"))
-SHARED_CRDS = REPO_ROOT.parent / "shared" / "crds"
+SHARED_CRDS = upstream_crd_dir()
 RBG_EXAMPLES = {"seed-sglang-pd-rbg.yaml"}
 
 
