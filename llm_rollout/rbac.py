@@ -52,11 +52,16 @@ def render_worker_rbac(
         keep_trailing_newline=True,
         autoescape=False,  # noqa: S701 - YAML, not HTML; every value was checked above
     )
+    workloads = [(kind.group, kind.plural) for kind in rendered_kinds()]
+    children = {
+        (child.group, child.plural) for kind in rendered_kinds() for child in kind.child_kinds
+    }
     text = env.get_template(TEMPLATE).render(
         namespace=namespace,
         service_account=service_account,
         cluster_role=cluster_role,
-        workloads=[(kind.group, kind.plural) for kind in rendered_kinds()],
+        workloads=workloads,
+        children=sorted(children - set(workloads)),
         autoscaler_status=(AUTOSCALER_STATUS.namespace, AUTOSCALER_STATUS.name),
     )
     return [doc for doc in yaml.safe_load_all(text) if doc]

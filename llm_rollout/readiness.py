@@ -15,7 +15,10 @@ after k recreations, reported with the log captured before the pod was deleted.
 A workload whose controller cannot create its pods (an exceeded ResourceQuota, an invalid
 label, an admission webhook's denial) shows nothing on pods, since there are none: the
 controller's Warning events on its own objects (each kind's `pod_creators`) say why, and are
-read from the same event stream.
+read from the same event stream. Those objects (a Deployment's ReplicaSets, a
+LeaderWorkerSet's StatefulSets, RBG v0.7's RoleInstanceSets and RoleInstances: each kind's
+`children`) are watched too, so that only the events about the ones the workload controls
+count, not those of an earlier workload's of the same names.
 
 Nodes are watched because a lost node says nothing on most of its pods: the node lifecycle
 controller only flips Ready to False (with a NodeNotReady event) on pods that were Ready, and a
@@ -330,8 +333,8 @@ def wait_ready(
     `interrupt` (the run's rollout lease, `locking.ServiceLock`) ends the wait with its own
     error as soon as it fires.
 
-    The waiting is the session's (`kube.watching.watch_until` over the four streams); what a
-    snapshot means is `_ReadinessCheck`'s.
+    The waiting is the session's (`kube.watching.watch_until` over the four streams and the
+    workload kind's `children`); what a snapshot means is `_ReadinessCheck`'s.
     """
     if workload.namespace is None:
         raise PermanentError(f"{workload}: serving workloads are namespaced; namespace missing")
@@ -392,7 +395,19 @@ class _ReadinessCheck:
         self.pod_spec = Selector("v1", "Pod", self.namespace, label_selector=self.selector)
         self.event_spec = Selector("v1", "Event", self.namespace)
         self.node_spec = Selector("v1", "Node", None)
-        self.selectors = [self.workload_spec, self.pod_spec, self.event_spec, self.node_spec]
+        self.child_specs = list(
+            dict.fromkeys(
+                Selector(c.api_version, c.kind, self.namespace, label_selector=c.label_selector)
+                for c in self.kind.children(initial)
+            )
+        )
+        self.selectors = [
+            self.workload_spec,
+            self.pod_spec,
+            self.event_spec,
+            self.node_spec,
+            *self.child_specs,
+        ]
         self.seen_nodes: set[str] = set()
         self.last_note: dict[ObjectRef, str] = {}
         self.autoscaler = _AutoscalerView(api)
@@ -434,7 +449,12 @@ class _ReadinessCheck:
             )
         ]
         signals += group_signals(self.incarnations, tolerances)
-        signals += creation_signals(self.kind.pod_creators(obj or self.initial), events)
+        chain = [o for spec in self.child_specs for o in group.cache[spec].values()]
+        signals += creation_signals(
+            self.kind.pod_creators(obj or self.initial),
+            events,
+            [*chain, *group.cache[self.pod_spec].values()],
+        )
         self.seen = track(self.seen, signals, now)
         missing = _missing(workload, obj, pods, self.selector)
         verdict = decide(signals, self.seen, tolerances, now, missing)

@@ -61,7 +61,9 @@ Which signals clear by themselves, from upstream behaviour:
   Deployment's ReplicaSet named after the template's hash). A pod's events count only with
   its uid (`readiness._events_for`), and those that describe an attempt, not a state, only
   while the state agrees (a FailedMount only before any container started); a pod creator's
-  only when about the current object (`PodCreator.uid`, `PodCreator.since`).
+  only when about the current object: the workload itself by uid, or an object the workload
+  controls through controller references (`PodCreator`, `descendants`), which an earlier
+  workload's child, collected late or orphaned, is not.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ from typing import Any, Literal
 import yaml
 
 from llm_rollout.kinds import PodCreator, all_kinds
-from llm_rollout.kube.views import PodView, mapping_at
+from llm_rollout.kube.views import PodView, items_at, mapping_at
 from llm_rollout.spec import RolloutSpec
 
 JsonDict = dict[str, Any]
@@ -622,31 +624,77 @@ def _outcome_order(event: Mapping[str, Any]) -> tuple[float, bool]:
     return _event_second(event), bool(_CREATE_FINAL.search(_creation_message(event)))
 
 
-def _about_current(creator: PodCreator, event: Mapping[str, Any]) -> bool:
-    """The event is about the creator as it is now, not an earlier object of its name
-    (`PodCreator.uid` and `since`).
+def descendants(root_uid: str, objects: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """The uid and creationTimestamp of each of `objects` whose chain of controller references
+    (the `ownerReferences` entry with `controller: true`, at most one per object, as the API
+    server validates) leads to `root_uid`, through other objects of `objects`.
 
-    With `since`, the event must have first occurred no earlier than the workload's
-    creation second: each object of the name has its own event (the recorders key them on
-    the involved object's uid), and the current workload's children are created after it,
-    so their events start then; an earlier object's started before. Times are compared at a
+    This is how the garbage collector and the controllers themselves tell an object's
+    dependents (apimachinery pkg/apis/meta/v1/controller_ref.go GetControllerOf): not by
+    name, which comes back, nor by time."""
+    controller_of: dict[str, str] = {}
+    created: dict[str, str] = {}
+    for obj in objects:
+        meta = mapping_at(obj, "metadata")
+        uid = str(meta.get("uid") or "")
+        refs = items_at(obj, "metadata", "ownerReferences")
+        owner = next((str(r.get("uid") or "") for r in refs if r.get("controller") is True), "")
+        if uid and owner:
+            controller_of[uid] = owner
+            created[uid] = str(meta.get("creationTimestamp") or "")
+    found: dict[str, str] = {}
+    for uid in controller_of:
+        seen = {uid}
+        ancestor = controller_of[uid]
+        while ancestor in controller_of and ancestor not in seen:
+            seen.add(ancestor)
+            ancestor = controller_of[ancestor]
+        if ancestor == root_uid:
+            found[uid] = created[uid]
+    return found
+
+
+def _about_current(
+    creator: PodCreator, event: Mapping[str, Any], lineage: Mapping[str, str]
+) -> bool:
+    """The event is about the creator as it is now, not an earlier object of its name.
+
+    With `uid`, the event's object must be the workload itself. With `owner`, it must be one
+    of `lineage` (the workload's `descendants`, uid -> creationTimestamp); if that object was
+    created before the workload (adopted, not made by it), its events count only from the
+    workload's creation second on (`since`), the earlier ones being its previous life's.
+    Both creationTimestamps come from the API server's clock; event times are compared at a
     whole second, all that creationTimestamp and lastTimestamp keep.
     """
     uid = str(_involved(event).get("uid") or "")
     if creator.uid and uid and uid != creator.uid:
         return False
-    if creator.since:
-        created = timestamp_s(creator.since)
-        if created is not None and _first_second(event) < math.floor(created):
+    if creator.owner:
+        if uid not in lineage:
             return False
+        workload_created = timestamp_s(creator.since)
+        child_created = timestamp_s(lineage[uid])
+        if (
+            workload_created is not None
+            and child_created is not None
+            and child_created < math.floor(workload_created)
+        ):
+            return _first_second(event) >= math.floor(workload_created)
     return True
 
 
 def creation_signals(
-    creators: Sequence[PodCreator], events: Iterable[Mapping[str, Any]]
+    creators: Sequence[PodCreator],
+    events: Iterable[Mapping[str, Any]],
+    objects: Iterable[Mapping[str, Any]],
 ) -> list[Signal]:
     """A signal per object of `creators` (and failure reason) whose latest pod-create outcome
-    is a failure; a success at the same second or later clears it."""
+    is a failure; a success at the same second or later clears it.
+
+    `objects` are what the caller holds of the workload's chain (its `children` and pods),
+    from which an `owner` creator's current objects are found (`descendants`)."""
+    held = list(objects)
+    lineages = {c.owner: descendants(c.owner, held) for c in creators if c.owner}
     latest: dict[tuple[str, str, str], Mapping[str, Any]] = {}
     for event in events:
         involved = _involved(event)
@@ -655,7 +703,7 @@ def creation_signals(
         for creator in creators:
             if kind != creator.kind or not creator.names.fullmatch(name):
                 continue
-            if not _about_current(creator, event):
+            if not _about_current(creator, event, lineages.get(creator.owner, {})):
                 continue
             if reason in creator.outcomes or reason in creator.outcomes.values():
                 key = (kind, name, reason)

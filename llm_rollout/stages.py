@@ -125,6 +125,14 @@ def apply_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -
         removed = remove_release(
             api, spec.namespace, spec.name, serving, wait_timeout_s=DELETE_WAIT_S
         ).lines()
+    # A release deployed again under its name is applied without waiting for the earlier
+    # workload's children to be collected: readiness counts only the objects the new workload
+    # controls (kinds/base.py PodCreator.owner), as kubectl and the controllers judge by
+    # controller references (k8s.io/kubectl pkg/util/deployment/deployment.go
+    # listReplicaSets, pkg/controller/controller_ref_manager.go), and neither kubectl apply
+    # nor the Deployment controller waits for an earlier owner's dependents. Waiting would tie
+    # the deploy to the garbage collector's pace and never end for an orphan, which it does not
+    # collect; the pods that hold GPUs are waited for where a release is removed.
     apply_checked(api, workload_objects)
     applied = ordered_refs(workload_objects)
     for line in applied:

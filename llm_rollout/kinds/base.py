@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from llm_rollout.errors import PermanentError
@@ -69,6 +69,27 @@ class ApiRequirement:
 
 
 @dataclass(frozen=True)
+class ChildKind:
+    """Objects a workload's controllers make between the workload and its pods (a
+    Deployment's ReplicaSets, a LeaderWorkerSet's StatefulSets, RBG v0.7's RoleInstanceSets
+    and RoleInstances). Readiness lists and watches them, narrowed by `label_selector`, to know
+    which of them the workload controls now (`PodCreator.owner`); the worker's RBAC grants
+    `list` and `watch` on each kind's `plural`."""
+
+    api_version: str
+    kind: str
+    plural: str
+    label_selector: str | None = None
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def matching(self, label_selector: str) -> ChildKind:
+        return replace(self, label_selector=label_selector)
+
+
+@dataclass(frozen=True)
 class PodCreator:
     """Objects that create a workload's pods, as their controller's events name them.
 
@@ -78,21 +99,34 @@ class PodCreator:
 
     Names come back: a release deployed again under the same name, or a group recreated, has
     new objects under the old names, and the old objects' events stay for their TTL
-    (kube-apiserver --event-ttl, 1 h). An event about an earlier object never counts: `uid`
-    (the creator's own, when the workload is the creator) must be the event's
-    `involvedObject.uid`, which client-go's recorders copy from the object
-    (tools/reference/ref.go GetReference) and key their events on (tools/record/events_cache.go
-    getEventKey); `since` (the workload's creationTimestamp, when the creators are objects its
-    controller makes, whose uids the workload does not show) must not follow the event's
-    first occurrence: a child is created after its workload. Left open: a child of an earlier
-    workload that the garbage collector has not removed yet when the name is reused can
-    still start a new event (with Background propagation the owner goes first).
+    (kube-apiserver --event-ttl, 1 h); an old object may even outlive its owner and record new
+    events (Background propagation deletes the owner first and its dependents after it,
+    kubernetes pkg/controller/garbagecollector/garbagecollector.go attemptToDeleteItem; an
+    orphaned one is never collected). So an event counts by the identity of the object it is
+    about, never by its name or time alone: client-go's recorders copy `involvedObject.uid`
+    from the object (tools/reference/ref.go GetReference) and key their events on it
+    (tools/record/events_cache.go getEventKey).
+    - `uid`: the workload is the creator; the event's uid must be its own.
+    - `owner`: the creators are objects the workload's controllers make (`ChildKind`); the
+      event's uid must be that of an object whose chain of controller references
+      (`ownerReferences` with `controller: true`) leads to the workload with this uid
+      (`readiness_rules.descendants`), read from the objects readiness watches, as kubectl
+      judges a Deployment's ReplicaSets by ControllerRef, not by name (k8s.io/kubectl
+      pkg/util/deployment/deployment.go listReplicaSets). An old child being collected or
+      orphaned is controlled by no one or by the earlier workload's uid.
+    - `since`: the workload's creationTimestamp, for a child it adopted rather than made (one
+      created before it: the Deployment controller adopts orphaned ReplicaSets its selector
+      matches, pkg/controller/controller_ref_manager.go ClaimReplicaSets): only its events
+      first seen from then on count, the earlier ones being its previous owner's.
+    A deploy under a reused name does not wait for the earlier workload's children to be
+    collected (see `stages.apply_release`): ownership makes their events harmless.
     """
 
     kind: str
     names: re.Pattern[str]
     outcomes: Mapping[str, str]
     uid: str = ""
+    owner: str = ""
     since: str = ""
 
 
@@ -223,6 +257,8 @@ class WorkloadKind:
     revision_labels: ClassVar[tuple[str, ...]] = ()
     # Rendering depends on the installed CRD's schema (`crd_features`): preflight reads it.
     reads_crd_schema: ClassVar[bool] = False
+    # Every kind `children` may name (without selector): what the worker's RBAC must list.
+    child_kinds: ClassVar[tuple[ChildKind, ...]] = ()
 
     # -- API ------------------------------------------------------------------------------------
 
@@ -297,6 +333,12 @@ class WorkloadKind:
         """The objects whose controller creates the workload's pods (readiness reads their
         pod-creation events: a quota, an invalid label or an admission denial leaves the
         workload without pods and says so only there)."""
+        return ()
+
+    def children(self, obj: Mapping[str, Any]) -> tuple[ChildKind, ...]:
+        """The objects between the workload and its pods in its controllers' ownership chain
+        (pods are watched anyway), each narrowed by a label selector the controllers set;
+        readiness watches them to follow `PodCreator.owner`."""
         return ()
 
 

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 from llm_rollout.kinds.base import (
     KUBE_CREATE_OUTCOMES,
+    ChildKind,
     PodCreator,
     PodFilter,
     WorkloadKind,
@@ -30,6 +31,12 @@ from llm_rollout.kube.views import ObjectView, mapping_at
 # characters), the hash a FNV-32 written in these characters (controller_utils.go ComputeHash,
 # apimachinery pkg/util/rand/rand.go SafeEncodeString).
 POD_TEMPLATE_HASH = "[bcdfghjklmnpqrstvwxz2456789]+"
+
+
+# The built-in kinds that sit between a custom workload and its pods.
+STATEFULSETS = ChildKind("apps/v1", "StatefulSet", "statefulsets")
+REPLICASETS = ChildKind("apps/v1", "ReplicaSet", "replicasets")
+DEPLOYMENTS = ChildKind("apps/v1", "Deployment", "deployments")
 
 
 def replica_sets_of(deployment: str) -> str:
@@ -69,6 +76,7 @@ class Deployment(WorkloadKind):
     # The Deployment controller labels its ReplicaSets' pods `pod-template-hash`
     # (kubernetes `pkg/controller/deployment/sync.go`); a new template means new pods.
     revision_labels = ("pod-template-hash",)
+    child_kinds = (REPLICASETS,)
 
     def pod_selector(self, obj: Mapping[str, Any]) -> tuple[str | None, PodFilter]:
         selector = _selector_string(mapping_at(obj, "spec", "selector"))
@@ -100,14 +108,25 @@ class Deployment(WorkloadKind):
         (pkg/controller/deployment/progress.go getReplicaFailures). So the last refusal of an
         earlier ReplicaSet, among the events for their TTL (kube-apiserver --event-ttl, 1 h),
         is not read as current. The events, not the condition, give the ReplicaSet and the
-        latest cause: the condition keeps the message of its first failure. Only events after
-        the Deployment's creation count: a ReplicaSet name (the template's hash) comes back
-        when a Deployment of the same name and template is created again."""
+        latest cause: the condition keeps the message of its first failure. Only events about a
+        ReplicaSet it controls count (`PodCreator.owner`): a ReplicaSet name (the template's
+        hash) comes back when a Deployment of the same name and template is created again."""
         failure = ObjectView(obj).condition("ReplicaFailure")
         if failure is None or not failure.is_true:
             return ()
         names = re.compile(replica_sets_of(name_of(obj)))
-        return (PodCreator("ReplicaSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
+        creator = PodCreator(
+            "ReplicaSet", names, KUBE_CREATE_OUTCOMES, owner=uid_of(obj), since=created_at(obj)
+        )
+        return (creator,)
+
+    def children(self, obj: Mapping[str, Any]) -> tuple[ChildKind, ...]:
+        """Its ReplicaSets, controlled by it (pkg/controller/deployment/sync.go
+        getNewReplicaSet: `metav1.NewControllerRef(d, controllerKind)`) and labelled with its
+        pod template's labels, which its selector must match (the RS is listed by that
+        selector, as kubectl's listReplicaSets does)."""
+        selector, _ = self.pod_selector(obj)
+        return (REPLICASETS.matching(selector),) if selector else (REPLICASETS,)
 
 
 @register

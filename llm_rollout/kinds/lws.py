@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from llm_rollout.kinds.base import (
     KUBE_CREATE_OUTCOMES,
+    ChildKind,
     PodCreator,
     PodDemand,
     PodFilter,
@@ -36,7 +37,9 @@ from llm_rollout.kinds.base import (
     replicas_missing,
     replicas_of,
     template_demand,
+    uid_of,
 )
+from llm_rollout.kinds.deployment import STATEFULSETS
 from llm_rollout.kube.views import ObjectView, mapping_at
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ class LeaderWorkerSet(WorkloadKind):
     name_is_dns_label = True
     controller_label_prefixes = ("leaderworkerset.sigs.k8s.io/",)
     revision_labels = (REVISION_LABEL,)
+    child_kinds = (STATEFULSETS,)
 
     def entry_selector(self, workload: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
         return {NAME_LABEL: workload, "role": "leader"}
@@ -129,12 +133,25 @@ class LeaderWorkerSet(WorkloadKind):
     def pod_creators(self, obj: Mapping[str, Any]) -> tuple[PodCreator, ...]:
         """The StatefulSets create the pods (the LWS controller creates none itself): a
         StatefulSet that cannot create a pod says so in its own events. Their names come back
-        with every LeaderWorkerSet of the same name, so only events after the
-        LeaderWorkerSet's creation count (`PodCreator.since`); within one LeaderWorkerSet, a
-        recreated group's worker StatefulSet records its own outcomes after the earlier one's,
-        and the latest outcome decides."""
+        with every LeaderWorkerSet of the same name and every recreated group, so only those
+        the LeaderWorkerSet controls count (`PodCreator.owner`, through `children`)."""
         names = names_matching(group_statefulsets(name_of(obj)))
-        return (PodCreator("StatefulSet", names, KUBE_CREATE_OUTCOMES, since=created_at(obj)),)
+        creator = PodCreator(
+            "StatefulSet", names, KUBE_CREATE_OUTCOMES, owner=uid_of(obj), since=created_at(obj)
+        )
+        return (creator,)
+
+    def children(self, obj: Mapping[str, Any]) -> tuple[ChildKind, ...]:
+        """Its StatefulSets, both labelled `leaderworkerset.sigs.k8s.io/name: <lws>`: the
+        leader StatefulSet, controlled by the LeaderWorkerSet
+        (pkg/controllers/leaderworkerset_controller.go SSAWithStatefulset,
+        constructLeaderStatefulSetApplyConfiguration), and each group's worker StatefulSet,
+        controlled by the group's leader pod (pkg/controllers/pod_controller.go Reconcile,
+        setControllerReferenceWithStatefulSet(&pod, ...);
+        constructWorkerStatefulSetApplyConfiguration), which its leader StatefulSet controls
+        (kubernetes pkg/controller/statefulset/stateful_set_utils.go newStatefulSetPod). The
+        leader pods are among the pods readiness watches."""
+        return (STATEFULSETS.matching(f"{NAME_LABEL}={name_of(obj)}"),)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         size = mapping_at(obj, "spec", "leaderWorkerTemplate").get("size", 1)

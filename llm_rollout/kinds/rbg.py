@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from llm_rollout.errors import PermanentError
 from llm_rollout.kinds.base import (
     KUBE_CREATE_OUTCOMES,
+    ChildKind,
     JsonDict,
     PodCreator,
     PodDemand,
@@ -39,9 +40,11 @@ from llm_rollout.kinds.base import (
     register,
     replicas_of,
     template_demand,
+    uid_of,
 )
-from llm_rollout.kinds.deployment import replica_sets_of
-from llm_rollout.kinds.lws import group_demands, group_statefulsets
+from llm_rollout.kinds.deployment import DEPLOYMENTS, REPLICASETS, STATEFULSETS, replica_sets_of
+from llm_rollout.kinds.lws import NAME_LABEL as LWS_NAME_LABEL
+from llm_rollout.kinds.lws import LeaderWorkerSet, group_demands, group_statefulsets
 from llm_rollout.kube.views import ObjectView, mapping_at
 
 if TYPE_CHECKING:
@@ -55,6 +58,12 @@ V07_ROLE_LABEL = "rbg.workloads.x-k8s.io/role-name"
 PD_ROLES = ("prefill", "decode", "router")
 # The roles the PD router addresses, whose Services it is bound to late.
 PD_BACKEND_ROLES = ("prefill", "decode")
+# v0.7's chain below a v1alpha2 group: RoleInstanceSets, then RoleInstances.
+ROLE_INSTANCE_SETS = ChildKind(f"{GROUP}/v1alpha2", "RoleInstanceSet", "roleinstancesets")
+ROLE_INSTANCES = ChildKind(f"{GROUP}/v1alpha2", "RoleInstance", "roleinstances")
+LEADERWORKERSETS = ChildKind(
+    LeaderWorkerSet.api_versions()[0], LeaderWorkerSet.kind, LeaderWorkerSet.plural
+)
 
 
 def role_labels(workload: str, role: str, rbg_flavor: RbgFlavor) -> dict[str, str]:
@@ -152,6 +161,14 @@ class RoleBasedGroup(WorkloadKind):
     describe = "pd-disaggregated (RBG)"
     name_is_dns_label = True
     controller_label_prefixes = ("rolebasedgroup.", "rbg.")
+    child_kinds = (
+        STATEFULSETS,
+        DEPLOYMENTS,
+        REPLICASETS,
+        LEADERWORKERSETS,
+        ROLE_INSTANCE_SETS,
+        ROLE_INSTANCES,
+    )
 
     def flavor_from_versions(self, versions: Iterable[str]) -> RbgFlavor | None:
         """v0.7+ serves v1alpha2 (and keeps v1alpha1); v0.6 serves v1alpha1 only.
@@ -258,17 +275,58 @@ class RoleBasedGroup(WorkloadKind):
         if not roles:
             return ()
         workloads = [f"{name_of(obj)}-{role}" for role in roles]
-        # A group created again under its name has its roles' objects under the old names.
-        since = created_at(obj)
+        # A group created again under its name has its roles' objects under the old names:
+        # only the objects it controls count (`PodCreator.owner`, through `children`).
+        owner, since = uid_of(obj), created_at(obj)
+
+        def creator(kind: str, names: re.Pattern[str]) -> PodCreator:
+            return PodCreator(kind, names, KUBE_CREATE_OUTCOMES, owner=owner, since=since)
+
         if _is_v1alpha2(obj):
             instances = names_matching(*(f"{re.escape(w)}-[0-9]+" for w in workloads))
-            return (PodCreator("RoleInstance", instances, KUBE_CREATE_OUTCOMES, since=since),)
+            return (creator(ROLE_INSTANCES.kind, instances),)
         statefulsets = names_matching(*(group_statefulsets(w) for w in workloads))
         replica_sets = names_matching(*(replica_sets_of(w) for w in workloads))
         return (
-            PodCreator("StatefulSet", statefulsets, KUBE_CREATE_OUTCOMES, since=since),
-            PodCreator("ReplicaSet", replica_sets, KUBE_CREATE_OUTCOMES, since=since),
+            creator(STATEFULSETS.kind, statefulsets),
+            creator(REPLICASETS.kind, replica_sets),
         )
+
+    def children(self, obj: Mapping[str, Any]) -> tuple[ChildKind, ...]:
+        """The chain from the group to its pods, every link a controller reference.
+
+        v1alpha2 (RBG v0.7+): each role's RoleInstanceSet, controlled by the group
+        (pkg/reconciler/roleinstanceset_reconciler.go constructRoleInstanceSetApplyConfiguration,
+        labelled with GetCommonLabelsFromRole's group name), and its RoleInstances, controlled
+        by the set and carrying its labels (pkg/reconciler/roleinstanceset/statefulmode/
+        stateful_instance_set_utils.go newVersionedInstance).
+
+        v1alpha1 (RBG v0.6): each role's workload `<rbg>-<role>`, controlled by the group and
+        labelled with its name (pkg/reconciler/sts_reconciler.go, deploy_reconciler.go,
+        lws_reconciler.go construct*ApplyConfiguration), of the role's `workload` kind
+        (StatefulSet by default): a Deployment's ReplicaSets carry its pod labels, the group's
+        too; a LeaderWorkerSet's StatefulSets carry only LWS's name label (see
+        `LeaderWorkerSet.children`).
+        """
+        name = name_of(obj)
+        if _is_v1alpha2(obj):
+            group = f"{V07_NAME_LABEL}={name}"
+            return (ROLE_INSTANCE_SETS.matching(group), ROLE_INSTANCES.matching(group))
+        group = f"{V06_NAME_LABEL}={name}"
+        found = [STATEFULSETS.matching(group)]
+        roles = ObjectView(obj).spec.get("roles") or []
+        kinds = {str(mapping_at(role, "workload").get("kind") or "StatefulSet") for role in roles}
+        if DEPLOYMENTS.kind in kinds:
+            found += [DEPLOYMENTS.matching(group), REPLICASETS.matching(group)]
+        lws_roles = sorted(
+            f"{name}-{role.get('name')}"
+            for role in roles
+            if mapping_at(role, "workload").get("kind") == LeaderWorkerSet.kind
+        )
+        if lws_roles:
+            found.append(LEADERWORKERSETS.matching(group))
+            found.append(STATEFULSETS.matching(f"{LWS_NAME_LABEL} in ({','.join(lws_roles)})"))
+        return tuple(found)
 
     def validation_problems(self, obj: Mapping[str, Any]) -> Iterator[str]:
         roles = ObjectView(obj).spec.get("roles") or []

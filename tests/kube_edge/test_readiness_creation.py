@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from llm_rollout.kinds import kind_of
+from llm_rollout.kinds import kind_of, rendered_kinds
+from llm_rollout.rbac import render_worker_rbac
 from llm_rollout.readiness_rules import (
     DEFAULT_TOLERANCES,
     Failed,
@@ -28,6 +29,7 @@ from llm_rollout.readiness_rules import (
     Waiting,
     creation_signals,
     decide,
+    descendants,
     track,
 )
 from llm_rollout.spec import RolloutSpec
@@ -61,16 +63,39 @@ POD_SECURITY = (
 )
 
 
+WORKLOAD_UID = "uid-now"  # the current workload's
+CHILD_UID = "uid-child"  # an object it controls
+
+
 def _event(
-    kind: str, name: str, reason: str, message: str, at: str, type_: str = "Warning"
+    kind: str,
+    name: str,
+    reason: str,
+    message: str,
+    at: str,
+    type_: str = "Warning",
+    uid: str = CHILD_UID,
 ) -> dict[str, Any]:
     return {
-        "involvedObject": {"apiVersion": "apps/v1", "kind": kind, "namespace": "llm", "name": name},
+        "involvedObject": {
+            "apiVersion": "apps/v1",
+            "kind": kind,
+            "namespace": "llm",
+            "name": name,
+            "uid": uid,
+        },
         "reason": reason,
         "message": message,
         "type": type_,
         "lastTimestamp": at,
     }
+
+
+def _owned(uid: str, owner: str | None, created: str = "2026-12-07T02:00:00Z") -> dict[str, Any]:
+    """An object as readiness holds it: its uid, creation and controller reference (none for
+    an orphan)."""
+    refs = [{"uid": owner, "controller": True}] if owner else []
+    return {"metadata": {"uid": uid, "creationTimestamp": created, "ownerReferences": refs}}
 
 
 def _deployment(name: str = "qwen-abc", *, failing: bool = True) -> dict[str, Any]:
@@ -84,7 +109,7 @@ def _deployment(name: str = "qwen-abc", *, failing: bool = True) -> dict[str, An
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "uid": WORKLOAD_UID},
         "status": status,
     }
 
@@ -93,14 +118,22 @@ def _lws(name: str = "qwen-lws") -> dict[str, Any]:
     return {
         "apiVersion": "leaderworkerset.x-k8s.io/v1",
         "kind": "LeaderWorkerSet",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "uid": WORKLOAD_UID},
     }
 
 
-def _signals(workload: dict[str, Any], events: Sequence[dict[str, Any]]) -> list[Signal]:
+def _signals(
+    workload: dict[str, Any],
+    events: Sequence[dict[str, Any]],
+    held: Sequence[dict[str, Any]] | None = None,
+) -> list[Signal]:
+    """The creation signals with `held` as the objects readiness watches (by default one
+    object the workload controls, `CHILD_UID`, which the events are about)."""
     kind = kind_of(workload)
     assert kind is not None
-    return creation_signals(kind.pod_creators(workload), events)
+    if held is None:
+        held = [_owned(CHILD_UID, workload["metadata"].get("uid"))]
+    return creation_signals(kind.pod_creators(workload), events, held)
 
 
 def _verdict(
@@ -242,7 +275,7 @@ def test_rbg_v1alpha1_roles_workloads_are_followed() -> None:
     rbg = {
         "apiVersion": "workloads.x-k8s.io/v1alpha1",
         "kind": "RoleBasedGroup",
-        "metadata": {"name": "pd"},
+        "metadata": {"name": "pd", "uid": WORKLOAD_UID},
         "spec": {"roles": [{"name": "prefill"}, {"name": "router"}]},
     }
     events = [
@@ -260,7 +293,7 @@ def test_rbg_v1alpha2_role_instances_are_followed_without_repeating_the_pod() ->
     rbg = {
         "apiVersion": "workloads.x-k8s.io/v1alpha2",
         "kind": "RoleBasedGroup",
-        "metadata": {"name": "pd"},
+        "metadata": {"name": "pd", "uid": WORKLOAD_UID},
         "spec": {"roles": [{"name": "prefill"}, {"name": "decode"}]},
     }
     refused = (
@@ -327,63 +360,126 @@ def test_the_tolerance_comes_from_the_rollout_spec() -> None:
 # --- events about an earlier object of the same name ---------------------------------------------
 
 CREATED = "2026-12-07T02:00:00Z"  # the current workload's creationTimestamp
+EARLIER = "uid-earlier"  # the earlier workload of the same name
+LATER = "2026-12-07T02:00:07Z"
 
 
-def _current(workload: dict[str, Any], uid: str = "uid-now") -> dict[str, Any]:
+def _current(workload: dict[str, Any], uid: str = WORKLOAD_UID) -> dict[str, Any]:
     return {
         **workload,
         "metadata": {**workload["metadata"], "uid": uid, "creationTimestamp": CREATED},
     }
 
 
-def _with_uid(event: dict[str, Any], uid: str) -> dict[str, Any]:
-    return {**event, "involvedObject": {**event["involvedObject"], "uid": uid}}
+def _refusal(kind: str, name: str, uid: str, first: str, message: str = WEBHOOK_DENIED) -> Any:
+    event = _event(kind, name, "FailedCreate", message, first, uid=uid)
+    event["firstTimestamp"] = first
+    return event
 
 
-@pytest.mark.parametrize(
-    ("workload", "kind", "name"),
-    [
-        (_lws(), "StatefulSet", "qwen-lws-0"),  # a worker StatefulSet of an earlier LWS
-        (_lws(), "StatefulSet", "qwen-lws"),
-        (_deployment(), "ReplicaSet", "qwen-abc-7d9f8b6c5"),  # same name, same template hash
-        (
-            {
-                "apiVersion": "workloads.x-k8s.io/v1alpha1",
-                "kind": "RoleBasedGroup",
-                "metadata": {"name": "pd"},
-                "spec": {"roles": [{"name": "prefill"}]},
-            },
-            "StatefulSet",
-            "pd-prefill",
-        ),
-    ],
-)
-def test_an_earlier_same_named_childs_last_refusal_does_not_fail_the_current_workload(
+_RBG_V1 = {
+    "apiVersion": "workloads.x-k8s.io/v1alpha1",
+    "kind": "RoleBasedGroup",
+    "metadata": {"name": "pd"},
+    "spec": {"roles": [{"name": "prefill"}]},
+}
+_RBG_V2 = {**_RBG_V1, "apiVersion": "workloads.x-k8s.io/v1alpha2"}
+# (workload, the creator's kind and name): a child of one level below the workload.
+ONE_LEVEL = [
+    pytest.param(_lws(), "StatefulSet", "qwen-lws", id="lws-leader-statefulset"),
+    pytest.param(_deployment(), "ReplicaSet", "qwen-abc-7d9f8b6c5", id="deployment-replicaset"),
+    pytest.param(_RBG_V1, "StatefulSet", "pd-prefill", id="rbg-v0.6-role-statefulset"),
+]
+
+
+@pytest.mark.parametrize(("workload", "kind", "name"), ONE_LEVEL)
+def test_an_old_childs_fresh_refusal_does_not_fail_the_current_workload(
     workload: dict[str, Any], kind: str, name: str
 ) -> None:
-    """The release was deployed before under the same name and its last pod create was refused
-    (a refusal no retry changes, which would fail at once); the name's events outlive it. The
-    current workload's children are created after it, so their events come later."""
+    """Issue 16 point 3. The name was deployed before; its workload is gone, but a child of it
+    is still there (the garbage collector removes dependents after their owner with Background
+    propagation, or the child was orphaned) and records a refusal after the current workload
+    was created. It is not a child of the current workload (its controller reference names
+    the earlier workload's uid, or nothing), so it never counts, whatever its time; a refusal
+    about the current child of the same name fails at once."""
     current = _current(workload)
-    # Last seen before it, or repeated up to its creation second: first seen before it.
-    for last in ("2026-12-07T01:59:30Z", CREATED):
-        stale = _with_uid(_event(kind, name, "FailedCreate", WEBHOOK_DENIED, last), "uid-earlier")
-        stale["firstTimestamp"] = "2026-12-07T01:59:30Z"
-        assert _signals(current, [stale]) == []
-        _, verdict = _verdict(_signals(current, [stale]), {}, 0.0)
+    stale = _refusal(kind, name, "uid-old-child", LATER)
+    for old_child in (_owned("uid-old-child", EARLIER), _owned("uid-old-child", None)):
+        held = [old_child, _owned(CHILD_UID, WORKLOAD_UID)]
+        assert _signals(current, [stale], held) == []
+        _, verdict = _verdict(_signals(current, [stale], held), {}, 0.0)
         assert isinstance(verdict, Waiting) and not verdict.tolerated
-    # The current child's own refusal, from the workload's creation second on, fails at once.
-    for first in (CREATED, "2026-12-07T02:00:01Z"):
-        now = _with_uid(_event(kind, name, "FailedCreate", WEBHOOK_DENIED, first), "uid-child")
-        now["firstTimestamp"] = first
-        _, verdict = _verdict(_signals(current, [now]), {}, 0.0)
+        # Its own child's refusal, alongside, is the one that fails.
+        now = _refusal(kind, name, CHILD_UID, LATER)
+        _, verdict = _verdict(_signals(current, [stale, now], held), {}, 0.0)
         assert isinstance(verdict, Failed) and verdict.signal.pod == name
+    # An object readiness does not hold (deleted since, or not listed yet) decides nothing.
+    assert _signals(current, [_refusal(kind, name, CHILD_UID, LATER)], []) == []
+
+
+def test_the_lws_worker_statefulset_counts_through_its_leader_pod() -> None:
+    """Two levels (lws pkg/controllers/pod_controller.go: the worker StatefulSet is controlled
+    by the group's leader pod, which the leader StatefulSet controls): the current group's
+    worker StatefulSet counts, an earlier group's of the same name does not, even when the
+    earlier group's leader pod is still held (being deleted)."""
+    lws = _current(_lws())
+    held = [
+        _owned("uid-leader-sts", WORKLOAD_UID),
+        _owned("uid-leader-pod", "uid-leader-sts"),
+        _owned("uid-worker-sts", "uid-leader-pod"),
+        _owned("uid-old-leader-sts", EARLIER),
+        _owned("uid-old-leader-pod", "uid-old-leader-sts"),
+        _owned("uid-old-worker-sts", "uid-old-leader-pod"),
+    ]
+    old = _refusal("StatefulSet", "qwen-lws-0", "uid-old-worker-sts", LATER)
+    assert _signals(lws, [old], held) == []
+    current = _refusal("StatefulSet", "qwen-lws-0", "uid-worker-sts", LATER, QUOTA)
+    assert [(s.pod, s.bound) for s in _signals(lws, [old, current], held)] == [
+        ("qwen-lws-0", "pod_create")
+    ]
+    # Without its leader pod the chain is broken: nothing proves it is the current group's.
+    without_leader = [h for h in held if h["metadata"]["uid"] != "uid-leader-pod"]
+    assert _signals(lws, [current], without_leader) == []
+
+
+def test_an_rbg_v07_role_instance_counts_through_its_role_instance_set() -> None:
+    """RBG v0.7: group -> RoleInstanceSet -> RoleInstance, each a controller reference
+    (sgl-project/rbg pkg/reconciler/roleinstanceset_reconciler.go,
+    roleinstanceset/statefulmode/stateful_instance_set_utils.go newVersionedInstance)."""
+    rbg = _current(_RBG_V2)
+    held = [
+        _owned("uid-set", WORKLOAD_UID),
+        _owned("uid-instance", "uid-set"),
+        _owned("uid-old-set", EARLIER),
+        _owned("uid-old-instance", "uid-old-set"),
+    ]
+    old = _refusal("RoleInstance", "pd-prefill-0", "uid-old-instance", LATER)
+    assert _signals(rbg, [old], held) == []
+    current = _refusal("RoleInstance", "pd-prefill-0", "uid-instance", LATER)
+    assert [s.pod for s in _signals(rbg, [old, current], held)] == ["pd-prefill-0"]
+
+
+def test_an_adopted_childs_refusals_from_before_the_workload_are_its_past() -> None:
+    """The Deployment controller adopts an orphaned ReplicaSet its selector matches
+    (pkg/controller/controller_ref_manager.go ClaimReplicaSets): it becomes the Deployment's,
+    created before it. Its refusals first seen before the Deployment's creation are from its
+    previous owner's time; those from then on count."""
+    deployment = _current(_deployment())
+    held = [_owned(CHILD_UID, WORKLOAD_UID, created="2026-12-07T01:30:00Z")]
+    before = _refusal("ReplicaSet", "qwen-abc-7d9f8b6c5", CHILD_UID, "2026-12-07T01:59:30Z")
+    assert _signals(deployment, [before], held) == []
+    for first in (CREATED, LATER):
+        after = _refusal("ReplicaSet", "qwen-abc-7d9f8b6c5", CHILD_UID, first)
+        assert [s.pod for s in _signals(deployment, [after], held)] == ["qwen-abc-7d9f8b6c5"]
+    # A child it made itself counts by ownership alone (no clock is compared).
+    made = [_owned(CHILD_UID, WORKLOAD_UID, created=CREATED)]
+    assert [s.pod for s in _signals(deployment, [before], made)] == ["qwen-abc-7d9f8b6c5"]
 
 
 def test_a_quota_refusal_repeated_since_the_workloads_creation_is_current() -> None:
-    """A refusal that started with the workload and repeats (client-go's recorder counts the
-    repeats on one event, tools/record/events_cache.go eventObserve) is tolerated and then
-    fails as before; an earlier object's event repeated until then is not."""
+    """A refusal of a current child that repeats (client-go's recorder counts the repeats on
+    one event, tools/record/events_cache.go eventObserve) is tolerated and then fails; an
+    earlier child's event repeated as long is not."""
     lws = _current(_lws())
     repeated = _event("StatefulSet", "qwen-lws-0", "FailedCreate", QUOTA, "2026-12-07T02:03:00Z")
     repeated |= {"firstTimestamp": CREATED, "count": 9}
@@ -394,8 +490,66 @@ def test_a_quota_refusal_repeated_since_the_workloads_creation_is_current() -> N
     assert isinstance(waiting, Waiting)
     _, failed = _verdict(signals, seen, bound_s)
     assert isinstance(failed, Failed)
-    earlier = {**repeated, "firstTimestamp": "2026-12-07T01:59:59Z", "lastTimestamp": CREATED}
-    assert _signals(lws, [earlier]) == []
+    earlier = _event(
+        "StatefulSet", "qwen-lws-0", "FailedCreate", QUOTA, "2026-12-07T02:03:00Z", uid="uid-old"
+    )
+    held = [_owned(CHILD_UID, WORKLOAD_UID), _owned("uid-old", EARLIER)]
+    assert _signals(lws, [earlier], held) == []
+
+
+def test_descendants_follow_controller_references_only() -> None:
+    """Only the `controller: true` reference makes a child (a Service owned by a StatefulSet
+    without the flag, as RBG's headless Services are, is not one); a cycle ends the walk."""
+    objects = [
+        _owned("a", "root"),
+        _owned("b", "a"),
+        {"metadata": {"uid": "svc", "ownerReferences": [{"uid": "a"}]}},
+        _owned("x", "y"),
+        _owned("y", "x"),
+        _owned("z", "elsewhere"),
+    ]
+    assert sorted(descendants("root", objects)) == ["a", "b"]
+    assert descendants("root", []) == {}
+
+
+def test_each_kind_watches_the_chain_its_controllers_make() -> None:
+    """What readiness watches to follow the ownership (label selectors from the upstream
+    files cited in each kind's `children`)."""
+    selectors = {
+        "Deployment": _deployment() | {"spec": {"selector": {"matchLabels": {"app": "qwen"}}}},
+        "LeaderWorkerSet": _lws(),
+        "v1alpha1": _RBG_V1,
+        "v1alpha2": _RBG_V2,
+        "RayCluster": {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "r"}},
+    }
+    found = {}
+    for key, obj in selectors.items():
+        kind = kind_of(obj)
+        assert kind is not None
+        found[key] = [(c.kind, c.label_selector) for c in kind.children(obj)]
+        assert {c.kind for c in kind.children(obj)} <= {c.kind for c in kind.child_kinds}
+    assert found == {
+        "Deployment": [("ReplicaSet", "app=qwen")],
+        "LeaderWorkerSet": [("StatefulSet", "leaderworkerset.sigs.k8s.io/name=qwen-lws")],
+        "v1alpha1": [("StatefulSet", "rolebasedgroup.workloads.x-k8s.io/name=pd")],
+        "v1alpha2": [
+            ("RoleInstanceSet", "rbg.workloads.x-k8s.io/group-name=pd"),
+            ("RoleInstance", "rbg.workloads.x-k8s.io/group-name=pd"),
+        ],
+        "RayCluster": [],
+    }
+    lws_role = {"name": "w", "workload": {"apiVersion": "x/v1", "kind": "LeaderWorkerSet"}}
+    deploy_role = {"name": "r", "workload": {"apiVersion": "apps/v1", "kind": "Deployment"}}
+    mixed = {**_RBG_V1, "spec": {"roles": [lws_role, deploy_role]}}
+    kind = kind_of(mixed)
+    assert kind is not None
+    assert [(c.kind, c.label_selector) for c in kind.children(mixed)] == [
+        ("StatefulSet", "rolebasedgroup.workloads.x-k8s.io/name=pd"),
+        ("Deployment", "rolebasedgroup.workloads.x-k8s.io/name=pd"),
+        ("ReplicaSet", "rolebasedgroup.workloads.x-k8s.io/name=pd"),
+        ("LeaderWorkerSet", "rolebasedgroup.workloads.x-k8s.io/name=pd"),
+        ("StatefulSet", "leaderworkerset.sigs.k8s.io/name in (pd-w)"),
+    ]
 
 
 def test_an_earlier_raycluster_of_the_same_name_is_told_apart_by_uid() -> None:
@@ -405,12 +559,13 @@ def test_an_earlier_raycluster_of_the_same_name_is_told_apart_by_uid() -> None:
         {"apiVersion": "ray.io/v1", "kind": "RayCluster", "metadata": {"name": "qwen-ray"}}
     )
     later = "2026-12-07T02:00:05Z"
-    stale = _with_uid(
-        _event("RayCluster", "qwen-ray", "FailedToCreateWorkerPod", WEBHOOK_DENIED, later),
-        "uid-earlier",
+    stale = _event(
+        "RayCluster", "qwen-ray", "FailedToCreateWorkerPod", WEBHOOK_DENIED, later, uid=EARLIER
     )
     assert _signals(ray, [stale]) == []
-    current = _with_uid(stale, "uid-now")
+    current = _event(
+        "RayCluster", "qwen-ray", "FailedToCreateWorkerPod", WEBHOOK_DENIED, later, uid=WORKLOAD_UID
+    )
     assert [(s.reason, s.bound) for s in _signals(ray, [stale, current])] == [
         ("FailedToCreateWorkerPod", "none")
     ]
@@ -440,3 +595,24 @@ def test_events_k8s_io_series_times_order_the_outcomes() -> None:
         "2026-12-07T02:00:09.250000Z",
     )
     assert [s.reason for s in _signals(ray, [repeated, created])] == ["FailedToCreateHeadPod"]
+
+
+def test_the_worker_may_list_and_watch_every_chain_kind() -> None:
+    """Readiness under the worker's RBAC (llm-rollout rbac) watches each kind's `children`: a
+    missing grant would fail every wait with 403."""
+    role = next(o for o in render_worker_rbac("llm") if o["kind"] == "Role")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    wanted = {
+        (child.group, child.plural, verb)
+        for kind in rendered_kinds()
+        for child in kind.child_kinds
+        for verb in ("list", "watch")
+    }
+    assert {("apps", "statefulsets", "watch"), ("apps", "replicasets", "list")} <= wanted
+    assert wanted - granted == set()

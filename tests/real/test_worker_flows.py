@@ -62,10 +62,14 @@ LWS = {"serving": FAST_PROBES}
 # of every kind, RayClusters included): the other RayCluster grants are used, pod-free, in
 # tests/cluster/test_rbac_worker.py, except `get rayclusters`, which only readiness of a
 # running RayCluster sends; no RoleBasedGroup is deployed, so of its grants only `list` (every
-# deploy lists the service's groups) is used.
-NOT_HERE = NEEDS_RBG | {
-    f"Role: {verb} rayclusters" for verb in ("get", "watch", "create", "patch", "delete")
-}
+# deploy lists the service's groups) is used, nor those on the RBG v0.7 objects readiness
+# watches below a v1alpha2 group.
+RBG_V07_CHAIN = ("roleinstancesets", "roleinstances")
+NOT_HERE = (
+    NEEDS_RBG
+    | {f"Role: {verb} rayclusters" for verb in ("get", "watch", "create", "patch", "delete")}
+    | {f"Role: {verb} {r}" for verb in ("list", "watch") for r in RBG_V07_CHAIN}
+)
 
 
 @pytest.fixture(scope="module")
