@@ -626,8 +626,9 @@ def _outcome_order(event: Mapping[str, Any]) -> tuple[float, bool]:
 
 def descendants(root_uid: str, objects: Iterable[Mapping[str, Any]]) -> dict[str, str]:
     """The uid and creationTimestamp of each of `objects` whose chain of controller references
-    (the `ownerReferences` entry with `controller: true`, at most one per object, as the API
-    server validates) leads to `root_uid`, through other objects of `objects`.
+    (the `ownerReferences` entry with `controller: true`, at most one per object: apimachinery
+    pkg/api/validation/objectmeta.go ValidateOwnerReferences) leads to `root_uid`, through
+    other objects of `objects`.
 
     This is how the garbage collector and the controllers themselves tell an object's
     dependents (apimachinery pkg/apis/meta/v1/controller_ref.go GetControllerOf): not by

@@ -17,6 +17,12 @@ real controller on its own object:
 - RayCluster: the real KubeRay operator on the RayCluster itself (ray-operator
   controllers/ray/raycluster_controller.go createWorkerPod, FailedToCreateWorkerPod); the
   second release of the name wants no worker, so nothing ever records a later outcome for it.
+A third test leaves an earlier release's child alive: a worker StatefulSet `<lws>-1` of an
+earlier two-group LeaderWorkerSet, labelled as LWS labels it but controlled by nothing (orphaned,
+or not yet collected: Background propagation removes dependents after their owner), whose pod
+creates the real StatefulSet controller keeps failing, the first after the new one-group
+LeaderWorkerSet of the name was created. Its name and times are those of the new release's
+objects; only its controller references tell it apart (issue 16 point 3).
 The pods run the shell image (busybox, host sh under the node agent): what is tested is the
 controllers' events, not an engine.
 """
@@ -30,10 +36,11 @@ import pytest
 from kubernetes import client as k8s
 
 from bench.readiness import IMAGE, lws_group
-from llm_rollout.kube.objects import apply, delete
+from llm_rollout.kinds.lws import NAME_LABEL
+from llm_rollout.kube.objects import apply, delete, get
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.readiness import ReadyReport, WorkloadFailed, wait_ready
-from llm_rollout.readiness_rules import DEFAULT_TOLERANCES
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES, timestamp_s
 from tests.real_cluster import counted_pod_quota
 
 WAIT_S = 60.0
@@ -43,6 +50,7 @@ QUOTA = "pods"
 # (and so its worker StatefulSet appears) well after it.
 TOLERANCES = replace(DEFAULT_TOLERANCES, pod_create_s=1.0)
 LEADER_START_S = 4
+GROUP_INDEX_LABEL = "leaderworkerset.sigs.k8s.io/group-index"
 
 
 def _template(name: str, *, start_s: int = 0, probe: bool = False) -> dict[str, Any]:
@@ -163,3 +171,66 @@ def test_a_raycluster_deployed_again_is_not_failed_by_the_earlier_clusters_refus
         "FailedToCreateWorkerPod",
     )
     assert len(report.pods) == 1  # the head
+
+
+def _left_behind_worker(namespace: str, lws: str, group: int) -> dict[str, Any]:
+    """A worker StatefulSet as LWS names and labels it (pkg/controllers/pod_controller.go
+    constructWorkerStatefulSetApplyConfiguration), without the controller reference to its
+    leader pod; its pods name a ServiceAccount that does not exist, so the ServiceAccount
+    admission plugin refuses each one and the StatefulSet controller records FailedCreate."""
+    name = f"{lws}-{group}"
+    template = _template("worker")
+    template["metadata"] = {"labels": {"left-behind": name}}
+    template["spec"]["serviceAccountName"] = "absent"
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            # lws api/leaderworkerset/v1 SetNameLabelKey and GroupIndexLabelKey: the leader
+            # controller lists StatefulSets by the first and skips indexes past its replicas
+            # (pkg/controllers/leaderworkerset_controller.go getReplicaStates, pkg/utils
+            # SortByIndex).
+            "labels": {NAME_LABEL: lws, GROUP_INDEX_LABEL: str(group)},
+        },
+        "spec": {
+            "replicas": 1,
+            "serviceName": lws,
+            "selector": {"matchLabels": {"left-behind": name}},
+            "template": template,
+        },
+    }
+
+
+def test_an_earlier_groups_statefulset_left_alive_does_not_fail_the_current_lws(
+    real_admin: k8s.ApiClient, real_namespace: str
+) -> None:
+    name = "left"
+    lws = _group(real_namespace, name, leader_start_s=LEADER_START_S)
+    apply(real_admin, lws)
+    # Created after the LeaderWorkerSet, so its refusals start after it too.
+    apply(real_admin, _left_behind_worker(real_namespace, name, 1))
+    report = wait_ready(real_admin, ObjectRef.of(lws), timeout_s=WAIT_S, tolerances=TOLERANCES)
+    assert sorted(p.name for p in report.pods) == [f"{name}-0", f"{name}-0-1"]
+
+    core = k8s.CoreV1Api(real_admin)
+    current = get(real_admin, ObjectRef.of(lws))
+    assert current is not None
+    created_s = timestamp_s(current["metadata"]["creationTimestamp"])
+    assert created_s is not None
+    refusals = [
+        e
+        for e in core.list_namespaced_event(real_namespace).items
+        if e.reason == "FailedCreate" and e.involved_object.name == f"{name}-1"
+    ]
+    assert refusals, "the left-behind StatefulSet recorded no refusal"
+    # By name and time alone it was the current LeaderWorkerSet's: first refused from its
+    # creation second on, before readiness ended (the rule before ownership counted it).
+    first_s = min(e.first_timestamp.timestamp() for e in refusals)
+    assert created_s <= first_s <= report.noticed_at, (created_s, first_s, report.noticed_at)
+    assert all('serviceaccount "absent" not found' in str(e.message) for e in refusals)
+    # And it is still there, controlled by nothing.
+    left = get(real_admin, ObjectRef("apps/v1", "StatefulSet", real_namespace, f"{name}-1"))
+    assert left is not None
+    assert not left["metadata"].get("ownerReferences")
