@@ -113,7 +113,10 @@ class PodCreator:
       (`readiness_rules.descendants`), read from the objects readiness watches, as kubectl
       judges a Deployment's ReplicaSets by ControllerRef, not by name (k8s.io/kubectl
       pkg/util/deployment/deployment.go listReplicaSets). An old child being collected or
-      orphaned is controlled by no one or by the earlier workload's uid.
+      orphaned is controlled by no one or by the earlier workload's uid. A child readiness
+      does not hold (not listed yet, or without the labels its controller sets) decides
+      nothing until it is held: at worst a refusal waits out the timeout, never a wrong
+      failure.
     - `since`: the workload's creationTimestamp, for a child it adopted rather than made (one
       created before it: the Deployment controller adopts orphaned ReplicaSets its selector
       matches, pkg/controller/controller_ref_manager.go ClaimReplicaSets): only its events
