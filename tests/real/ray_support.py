@@ -11,7 +11,15 @@ from kubernetes import client as k8s
 
 from flows.deploy import DeployResult, deploy
 from llm_rollout import render
+from llm_rollout.kube.objects import delete
+from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.spec import ServiceSpec
+from sandbox.cluster.waits import wait_for
+
+# ray/scripts/scripts.py `ray start`: cli_logger.success("Ray runtime started.") on head and
+# worker alike; a worker prints it once its raylet is in the GCS's node table
+# (ray/_private/node.py `Node.__init__` waits for it through services.wait_for_node).
+RAY_STARTED = "Ray runtime started."
 
 
 def print_events(admin: k8s.ApiClient, namespace: str) -> None:
@@ -58,6 +66,36 @@ def pod_log(core: k8s.CoreV1Api, pod: k8s.V1Pod, container: str) -> str:
     tail = "\n".join(log.splitlines()[-40:])
     print(f"--- {pod.metadata.name}/{container} (last 40 lines)\n{tail}")
     return log
+
+
+def delete_now(admin: k8s.ApiClient, workload: ObjectRef, pod_selector: str) -> None:
+    """Delete ``workload``, the StatefulSets its controllers made and its pods (all matching
+    ``pod_selector``), the pods without their grace period, and wait until no pod is left.
+
+    The templates give 60 s of grace, in which a Ray or vLLM process of the test would outlive
+    it. The workload goes first and its StatefulSets (LWS's) next, so no controller is left
+    to make a pod again: a StatefulSet being deleted creates none (kubernetes v1.36.3
+    pkg/controller/statefulset/stateful_set_control.go updateStatefulSet L643-647); KubeRay
+    makes a RayCluster's pods itself.
+    """
+    assert workload.namespace is not None, workload
+    namespace = workload.namespace
+    delete(admin, workload, propagation="Background")
+    k8s.AppsV1Api(admin).delete_collection_namespaced_stateful_set(
+        namespace, label_selector=pod_selector
+    )
+    core = k8s.CoreV1Api(admin)
+    core.delete_collection_namespaced_pod(
+        namespace, label_selector=pod_selector, grace_period_seconds=0
+    )
+    wait_for(
+        core.list_namespaced_pod,
+        lambda items: items == [],
+        namespace=namespace,
+        label_selector=pod_selector,
+        timeout_s=120,
+        what=f"the pods of {workload} gone",
+    )
 
 
 def ready_after_s(pod: k8s.V1Pod) -> float:

@@ -38,11 +38,14 @@ from kubernetes import client as k8s
 
 from llm_rollout import kuberay
 from llm_rollout.kinds import PodRoll
+from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.redeploy import RedeployRequest, expected_roll
 from llm_rollout.spec import ServiceSpec, load_spec
 from sandbox.cluster.waits import wait_for
 from tests.real.ray_support import (
     OLD_RAY_CLUSTER,
+    RAY_STARTED,
+    delete_now,
     pod_log,
     ready_after_s,
     render_old_workload,
@@ -54,7 +57,6 @@ pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
 EXAMPLE = "seed-qwen14b-ray-tp2"
 CLUSTER_LABEL = "ray.io/cluster"
-RAY_STARTED = "Ray runtime started."
 # KubeRay v1.6.2 utils/constant.go: DefaultDashboardAgentListenPort, RayAgentRayletHealthPath.
 INJECTED_PROBE_TARGET = "http://localhost:52365/api/local_raylet_healthz"
 OLD_TEMPLATE_TIMEOUT_S = 240
@@ -255,28 +257,8 @@ def _old_template_worker_never_becomes_ready(
             f"not Ready after {time.monotonic() - t0:.0f} s"
         )
     finally:
-        _delete_now(admin, namespace, name)
-
-
-def _delete_now(admin: k8s.ApiClient, namespace: str, name: str) -> None:
-    """Delete the RayCluster and its pods without their 60 s grace, and wait until they are
-    gone, so that no vLLM of the old template outlives the test."""
-    k8s.CustomObjectsApi(admin).delete_namespaced_custom_object(
-        "ray.io", "v1", namespace, "rayclusters", name
-    )
-    core = k8s.CoreV1Api(admin)
-    selector = f"{CLUSTER_LABEL}={name}"
-    core.delete_collection_namespaced_pod(
-        namespace, label_selector=selector, grace_period_seconds=0
-    )
-    wait_for(
-        core.list_namespaced_pod,
-        lambda items: items == [],
-        namespace=namespace,
-        label_selector=selector,
-        timeout_s=120,
-        what=f"the pods of {name} gone",
-    )
+        ref = ObjectRef(api_version="ray.io/v1", kind="RayCluster", namespace=namespace, name=name)
+        delete_now(admin, ref, f"{CLUSTER_LABEL}={name}")
 
 
 def load_spec_with_port(path: Path, port: int) -> ServiceSpec:

@@ -25,16 +25,13 @@ import pytest
 from kubernetes import client as k8s
 
 from llm_rollout.spec import load_spec
-from tests.real.ray_support import pod_log, ready_after_s, timed_deploy
+from tests.real.ray_support import RAY_STARTED, pod_log, ready_after_s, timed_deploy
 from tests.real_deploy import RealServiceFactory
 
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
 EXAMPLE = "seed-vllm-lws"
 LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
-# ray/scripts/scripts.py `ray start`: cli_logger.success("Ray runtime started.") on head and
-# worker alike, once the node's raylet registered with the GCS.
-RAY_STARTED = "Ray runtime started."
 
 
 @pytest.mark.timeout(1200, func_only=True)
