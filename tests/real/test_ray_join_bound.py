@@ -33,17 +33,25 @@ a bare start covers anything shorter. The product's LWS worker keeps its retry l
 budget (1800 s for seed-vllm-lws), longer than ray's own 720 s, so it covers a head later than
 ray's bound without a container exit, hence without a group recreation.
 
-This test pins that behaviour cheaply: the two bounds' knobs are shrunk through ray's own
-environment variables (2 attempts, 2 s cluster-ID timeout; the 5 s channel wait is kept), and
-the commands are the LWS worker's, rendered from the template before the F5 fix
-(tests/real/old_templates, commit 818048d^) and from today's. Showing the group recreation
-itself with the old template would take the full ~12 min bound: this test stands in for point 7's
-F5 old-template case (issue 15).
+Two tests pin it cheaply, with ray's own environment variables shrinking the two bounds
+(2 attempts, 2 s cluster-ID timeout; the 5 s channel wait is kept) and the LWS worker commands
+rendered from the template before the F5 fix (tests/real/old_templates, commit 818048d^) and
+from today's:
+- bare pods, a closed port and an unresolvable name: the old command exits 1 after the 2
+  attempts, today's keeps retrying with 0 restarts;
+- both LeaderWorkerSets, whole, under the real LWS operator (v0.9.0,
+  sandbox/cluster/go/lws/go.mod), whose leaders' heads start late: the old group is recreated
+  by the operator, today's worker retries and joins once the head listens. See that test's
+  docstring for what LWS does and what the test adapts.
 """
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +59,14 @@ import pytest
 from kubernetes import client as k8s
 
 from llm_rollout import render
+from llm_rollout.kube.objects import apply
+from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.readiness import WorkloadFailed, wait_ready
+from llm_rollout.readiness_rules import DEFAULT_TOLERANCES, GROUP_CRASH_LOOP
 from llm_rollout.spec import load_spec
+from sandbox.cluster.control_plane import Cluster
 from sandbox.cluster.waits import wait_for
-from tests.real.ray_support import OLD_MULTI_NODE_LWS, render_old_workload
+from tests.real.ray_support import OLD_MULTI_NODE_LWS, RAY_STARTED, delete_now, render_old_workload
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "seed-vllm-lws.yaml"
 IMAGE = "vllm/vllm-openai:v0.10.0"
@@ -64,32 +77,40 @@ CLUSTER_ID_TIMEOUT = "Failed to get cluster ID from GCS server"
 GAVE_UP = "Failed to connect to GCS. Last connection error"
 # llm_rollout/render.py ray_join_retrying's line between two attempts.
 RETRYING = "not reachable yet; retrying in 5 s"
+# ray's own knobs of a worker's GCS wait (see the module doc), shrunk for every worker here.
+RAY_BOUND_ENV = [
+    {"name": "RAY_NUM_REDIS_GET_RETRIES", "value": str(ATTEMPTS)},
+    {"name": "RAY_py_gcs_connect_timeout_s", "value": "2"},
+]
 # Bounds, not expectations: each pod ends (or retries) in ~25 s on an idle machine.
 POD_TIMEOUT_S = 150
+LWS_NAME_LABEL = "leaderworkerset.sigs.k8s.io/name"
+# lws pkg/controllers/pod_controller.go L264: the event handleRestartPolicy records on the LWS.
+RECREATE_GROUP = "RecreateGroup"
+
+
+def _workloads(old_release: str, new_release: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The seed-vllm-lws LeaderWorkerSet before the F5 fix and today."""
+    spec = load_spec(EXAMPLE)
+    old = render_old_workload(spec, old_release, OLD_MULTI_NODE_LWS)
+    return old, render.render(spec, release=new_release).workload
+
+
+def _worker_container(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = workload["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"]["containers"]
+    assert isinstance(container, dict)
+    return container
 
 
 def _worker_commands() -> tuple[list[str], list[str]]:
     """The seed-vllm-lws worker container's command before the F5 fix and today."""
-    spec = load_spec(EXAMPLE)
-
-    def command(workload: dict[str, Any]) -> list[str]:
-        (container,) = workload["spec"]["leaderWorkerTemplate"]["workerTemplate"]["spec"][
-            "containers"
-        ]
-        return list(container["command"])
-
-    old = command(render_old_workload(spec, "f5", OLD_MULTI_NODE_LWS))
-    new = command(render.render(spec, release="f5").workload)
-    return old, new
+    old, new = _workloads("f5", "f5")
+    return list(_worker_container(old)["command"]), list(_worker_container(new)["command"])
 
 
 def _pod(name: str, command: list[str], leader: dict[str, Any]) -> dict[str, Any]:
     """A worker pod whose `$(LWS_LEADER_ADDRESS)` names a head that does not listen."""
-    env = [
-        {"name": "LWS_LEADER_ADDRESS", **leader},
-        {"name": "RAY_NUM_REDIS_GET_RETRIES", "value": str(ATTEMPTS)},
-        {"name": "RAY_py_gcs_connect_timeout_s", "value": "2"},
-    ]
+    env = [{"name": "LWS_LEADER_ADDRESS", **leader}, *RAY_BOUND_ENV]
     return {
         "metadata": {"name": name},
         "spec": {
@@ -105,15 +126,22 @@ def _terminated(pod: k8s.V1Pod) -> Any:
     return None if status is None else status.state.terminated
 
 
-def _wait_terminated(core: k8s.CoreV1Api, namespace: str, name: str) -> Any:
+def _wait_pod(
+    core: k8s.CoreV1Api, namespace: str, name: str, what: str, check: Callable[[k8s.V1Pod], bool]
+) -> k8s.V1Pod:
     (pod,) = wait_for(
         core.list_namespaced_pod,
-        lambda items: len(items) == 1 and _terminated(items[0]) is not None,
+        lambda items: len(items) == 1 and check(items[0]),
         namespace=namespace,
         field_selector=f"metadata.name={name}",
         timeout_s=POD_TIMEOUT_S,
-        what=f"pod {name}'s worker to exit",
+        what=f"pod {name}: {what}",
     )
+    return pod
+
+
+def _wait_terminated(core: k8s.CoreV1Api, namespace: str, name: str) -> Any:
+    pod = _wait_pod(core, namespace, name, "its worker exited", lambda p: bool(_terminated(p)))
     return _terminated(pod)
 
 
@@ -123,14 +151,20 @@ def _log(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
     return text
 
 
-def _log_once(core: k8s.CoreV1Api, namespace: str, name: str, wanted: tuple[str, ...]) -> str:
-    """The worker's log once every line of ``wanted`` is in it, or at POD_TIMEOUT_S. Polled:
-    a followed log would hold a stream open on a container that keeps running."""
+def _log_once(
+    core: k8s.CoreV1Api,
+    namespace: str,
+    name: str,
+    wanted: tuple[str, ...],
+    container: str = "worker",
+) -> str:
+    """The container's log once every line of ``wanted`` is in it, or at POD_TIMEOUT_S.
+    Polled: a followed log would hold a stream open on a container that keeps running."""
     deadline = time.monotonic() + POD_TIMEOUT_S
     while True:
-        text: str = core.read_namespaced_pod_log(name, namespace, container="worker")
+        text: str = core.read_namespaced_pod_log(name, namespace, container=container)
         if all(w in text for w in wanted) or time.monotonic() > deadline:
-            print(f"--- {name}/worker:\n" + "\n".join(text.splitlines()[-30:]))
+            print(f"--- {name}/{container}:\n" + "\n".join(text.splitlines()[-30:]))
             return text
         time.sleep(1)
 
@@ -164,7 +198,7 @@ def test_bare_ray_start_waits_a_bounded_number_of_gcs_attempts_then_exits_and_th
         assert log.count(CHANNEL_WAIT) == ATTEMPTS, name
         assert "within 5 seconds" in log, name
         assert GAVE_UP in log, name
-        assert "Ray runtime started." not in log, name
+        assert RAY_STARTED not in log, name
         # The container exits non-zero: under RecreateGroupOnPodRestart, the group's end.
         assert terminated.exit_code == 1, (name, terminated)
     # With an unresolvable leader name the node IP is taken before any GCS attempt, and
@@ -183,3 +217,160 @@ def test_bare_ray_start_waits_a_bounded_number_of_gcs_attempts_then_exits_and_th
     ).items
     (status,) = pod.status.container_statuses
     assert status.state.running is not None and status.restart_count == 0, status
+
+
+# --- the group recreation itself, on the real LWS operator ----------------------------------
+
+GATE_IMAGE = "busybox:1.36"
+
+
+def _late_head_group(workload: dict[str, Any], namespace: str, gate: Path) -> dict[str, Any]:
+    """``workload``, a rendered seed-vllm-lws LeaderWorkerSet, with this test's adaptations;
+    nothing else of the template changes:
+    - the leader pod gets an init container that waits until ``gate`` exists: it stands for a
+      leader whose image pull or start is slower than its worker's, with the delay in the
+      test's hands. It is busybox's (host sh and its /tmp, sandbox/cluster/images.py) and
+      exits on SIGTERM, so that a deleted leader goes at once;
+    - the worker container gets ray's shrunk bounds (``RAY_BOUND_ENV``);
+    - the model PVC becomes an emptyDir: nothing reads the model before the test ends (it
+      stops once the worker's Ray node joined, before the leader's `vllm serve`).
+    """
+    lws = copy.deepcopy(workload)
+    lws["metadata"]["namespace"] = namespace
+    group = lws["spec"]["leaderWorkerTemplate"]
+    for role in ("leaderTemplate", "workerTemplate"):
+        pod = group[role]["spec"]
+        pod["volumes"] = [
+            {"name": v["name"], "emptyDir": {}} if "persistentVolumeClaim" in v else v
+            for v in pod["volumes"]
+        ]
+    wait = f"trap 'exit 143' TERM; until [ -e {gate} ]; do sleep 0.2; done"
+    group["leaderTemplate"]["spec"]["initContainers"] = [
+        {"name": "head-late", "image": GATE_IMAGE, "command": ["sh", "-c", wait]}
+    ]
+    worker = _worker_container(lws)
+    worker["env"] = [*worker.get("env", []), *RAY_BOUND_ENV]
+    return lws
+
+
+def _crash_loop_verdict(cluster: Cluster, workload: ObjectRef) -> WorkloadFailed:
+    """The product's readiness verdict on ``workload``, which must fail; run in a thread of
+    its own from the group's creation (to see the first pods' UIDs), on a client of its own.
+    One recreation is tolerated instead of the spec's default 3, to keep the test short."""
+    tolerances = replace(DEFAULT_TOLERANCES, group_recreations=1)
+    with cluster.api_client() as api, pytest.raises(WorkloadFailed) as info:
+        wait_ready(api, workload, timeout_s=POD_TIMEOUT_S, tolerances=tolerances)
+    return info.value
+
+
+def _recreations(core: k8s.CoreV1Api, namespace: str, lws: str) -> list[str]:
+    events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={lws}")
+    return [e.message for e in events.items if e.reason == RECREATE_GROUP]
+
+
+def _running(pod: k8s.V1Pod) -> bool:
+    statuses = pod.status.container_statuses or []
+    return bool(statuses) and statuses[0].state.running is not None
+
+
+@pytest.mark.timeout(300, func_only=True)
+def test_a_worker_started_before_its_head_recreates_the_old_group_and_joins_today(
+    real_cluster: Cluster, real_admin: k8s.ApiClient, real_namespace: str, tmp_path: Path
+) -> None:
+    """F5 itself (issue 15 point 7) on the real LWS operator, sigs.k8s.io/lws v0.9.0 (the
+    version sandbox/cluster/go/lws/go.mod builds):
+    - pkg/controllers/pod_controller.go: Reconcile (L91) calls handleRestartPolicy
+      (L204-266) for every pod of a group. Under RecreateGroupOnPodRestart, once a container
+      of the pod has restarted (pkg/utils/pod/pod_utils.go ContainerRestarted L29-45:
+      restartCount > 0 of any init or app container of a Running or Pending pod), it deletes
+      the group's leader pod with Foreground propagation (L258-263) and records
+      `RecreateGroup` "Worker pod %s failed, deleted leader pod %s to recreate group %s" on
+      the LWS (L264). The worker StatefulSet the leader pod owns goes with it, and the leader
+      StatefulSet makes the leader again: the same pod names, new UIDs;
+    - the kubelet (here the node agent, sandbox/cluster/pods/containers.py Backoff) restarts
+      an exited container at once the first time, so the worker's first exit is its first
+      restart.
+
+    Both LeaderWorkerSets run side by side, rendered whole from the template before the F5
+    fix and from today's, with the adaptations of ``_late_head_group``: a leader's Ray head
+    starts only once the test opens its gate. The old group's gate never opens: its worker
+    gives up after ray's (shrunk) bound, exits 1, and the operator recreates the group; the
+    product's readiness reports that as a crash loop naming the worker and ray's last words
+    (finding B6). Today's gate opens once its worker has given up once and said it retries:
+    the worker then joins the head with no restart and the group is not recreated.
+    """
+    core = k8s.CoreV1Api(real_admin)
+    rendered_old, rendered_new = _workloads("f5old", "f5new")
+    gates = {"old": tmp_path / "old-head-may-start", "new": tmp_path / "new-head-may-start"}
+    groups = {
+        "old": _late_head_group(rendered_old, real_namespace, gates["old"]),
+        "new": _late_head_group(rendered_new, real_namespace, gates["new"]),
+    }
+    names = {key: str(lws["metadata"]["name"]) for key, lws in groups.items()}
+    leaders = {key: f"{name}-0" for key, name in names.items()}
+    workers = {key: f"{name}-0-1" for key, name in names.items()}
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            for lws in groups.values():
+                apply(real_admin, lws)
+            verdict = pool.submit(_crash_loop_verdict, real_cluster, ObjectRef.of(groups["old"]))
+            first_uids = {
+                key: _wait_pod(core, real_namespace, leader, "created", bool).metadata.uid
+                for key, leader in leaders.items()
+            }
+            worker = _wait_pod(core, real_namespace, workers["new"], "running", _running)
+            first_uids["new-worker"] = worker.metadata.uid
+            # Today's worker started before its head, ray gave up once and the loop retries:
+            # now the head may start.
+            log = _log_once(
+                core, real_namespace, workers["new"], (GAVE_UP, RETRYING), "vllm-worker"
+            )
+            assert GAVE_UP in log and RETRYING in log, log[-2000:]
+            gates["new"].touch()
+            retrying_s = time.monotonic() - t0
+
+            # The old group: the worker's exit made the operator recreate it.
+            failure = verdict.result()
+            recreated_s = time.monotonic() - t0
+            assert failure.reason == GROUP_CRASH_LOOP, failure
+            assert failure.pod is not None and failure.pod.name == workers["old"], failure
+            crash = f"container vllm-worker of pod {workers['old']} Error with exit code 1"
+            assert f"last crash: {crash}" in failure.detail, failure
+            assert any(GAVE_UP in line for line in failure.log_lines), failure.log_lines
+            recreated = (
+                f"Worker pod {workers['old']} failed, deleted leader pod {leaders['old']} "
+                "to recreate group 0"
+            )
+            wait_for(
+                core.list_namespaced_event,
+                lambda items: any(e.message == recreated for e in items),
+                namespace=real_namespace,
+                field_selector=f"involvedObject.name={names['old']},reason={RECREATE_GROUP}",
+                timeout_s=POD_TIMEOUT_S,
+                what=f"LWS {names['old']}'s RecreateGroup event",
+            )
+            leader = _wait_pod(core, real_namespace, leaders["old"], "recreated", bool)
+            assert leader.metadata.uid != first_uids["old"], leader.metadata
+
+            # Today's group: the worker joined once the head listened, nothing restarted.
+            log = _log_once(core, real_namespace, workers["new"], (RAY_STARTED,), "vllm-worker")
+            joined_s = time.monotonic() - t0
+            assert RAY_STARTED in log, log[-3000:]
+            assert log.index(GAVE_UP) < log.index(RETRYING) < log.index(RAY_STARTED)
+            for key, name in (("new", leaders["new"]), ("new-worker", workers["new"])):
+                (pod,) = core.list_namespaced_pod(
+                    real_namespace, field_selector=f"metadata.name={name}"
+                ).items
+                assert pod.metadata.uid == first_uids[key], pod.metadata
+                (status,) = pod.status.container_statuses
+                assert status.restart_count == 0, (name, status)
+            assert _recreations(core, real_namespace, names["new"]) == []
+            print(
+                f"F5_FIGURES from the groups' creation: today's worker retrying {retrying_s:.0f} s;"
+                f" old group recreated (readiness verdict) {recreated_s:.0f} s; today's worker "
+                f"joined {joined_s:.0f} s"
+            )
+        finally:
+            for key, lws in groups.items():
+                delete_now(real_admin, ObjectRef.of(lws), f"{LWS_NAME_LABEL}={names[key]}")
