@@ -405,6 +405,21 @@ TARGETS = (
         conftest=False,
     ),
     Target(
+        "secret redaction (Kubernetes error messages)",
+        "llm_rollout/kube/errors.py",
+        ("server_status_message", "_retry_after_s", "translate"),
+        # Answers of a stand-in HTTP server to the real kubernetes client: no cluster.
+        ("tests/kube_edge/test_error_messages.py",),
+        conftest=False,
+    ),
+    Target(
+        "secret redaction (OSS error messages)",
+        "llm_rollout/oss.py",
+        ("translate_oss_error",),
+        ("tests/mirror/test_oss_errors.py",),
+        conftest=False,
+    ),
+    Target(
         "secret redaction (credentials, Secret block)",
         "llm_rollout/credentials.py",
         ("_from_secret_block",),
