@@ -339,6 +339,8 @@ TARGETS = (
         (
             "tests/cluster/test_lease.py::test_renew_and_release_act_only_on_our_own_hold",
             "tests/cluster/test_lease.py::"
+            "test_a_live_hold_is_refused_to_every_other_owner_whichever_way_it_sorts",
+            "tests/cluster/test_lease.py::"
             "test_the_first_take_creates_the_namespace_and_the_owner_reenters_without_writing",
             "tests/cluster/test_lease_race.py",
             "tests/cluster/test_lease.py",

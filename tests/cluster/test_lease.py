@@ -279,3 +279,31 @@ def test_renew_and_release_act_only_on_our_own_hold(cluster: Cluster, namespace:
     stored = get(api, lease_ref(namespace, SERVICE))
     assert stored is not None and stored["spec"]["leaseTransitions"] == 1
     api.close()  # type: ignore[no-untyped-call]
+
+
+def test_a_live_hold_is_refused_to_every_other_owner_whichever_way_it_sorts(
+    cluster: Cluster, namespace: str
+) -> None:
+    """Owners are flow run ids (UUIDs), so another run's owner may sort before or after the
+    holder's: only the holder's own owner re-enters, and every other one is refused without a
+    write, with the holder named."""
+    api = product_client(cluster.admin_kubeconfig)
+    holder_owner = "5d0c9f2e-0000-4000-8000-000000000000"
+    assert try_acquire(api, namespace, SERVICE, holder="run-m", owner=holder_owner, duration_s=30)[
+        0
+    ]
+    held = _lease(api, namespace)
+    before, after = "0" + holder_owner[1:], "f" + holder_owner[1:]
+    assert before < holder_owner < after
+    for asker in (before, after):
+        taken, state, reentrant = try_acquire(
+            api, namespace, SERVICE, holder=f"run-{asker[0]}", owner=asker, duration_s=30
+        )
+        assert (taken, reentrant, state.holder, state.owner) == (
+            False,
+            False,
+            "run-m",
+            holder_owner,
+        ), asker
+    assert _lease(api, namespace).resource_version == held.resource_version
+    api.close()  # type: ignore[no-untyped-call]

@@ -20,6 +20,7 @@ import pytest
 from kubernetes import client as k8s
 
 from llm_rollout import locking
+from llm_rollout.kube.errors import ConflictError
 from llm_rollout.kube.objects import get
 from llm_rollout.locking import LeaseState, try_acquire
 from sandbox.cluster.control_plane import Cluster
@@ -112,3 +113,38 @@ def test_a_release_raced_by_a_renewal_reads_again_and_releases(
     assert puts == [1]
     stored = get(api, locking.lease_ref(namespace, SERVICE))
     assert stored is not None and stored["spec"]["holderIdentity"] == ""
+
+
+def test_a_release_that_loses_every_race_reports_it_did_not_release(
+    cluster: Cluster, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A renewal lands between every read and replace of the release: the API server answers
+    all three replaces 409 (optimistic concurrency on resourceVersion), and the release gives
+    up and says it did not release, so the caller (``service_lock``) neither believes the
+    Lease free nor reports a loss; the hold stays the renewer's, and lapses at its expiry if
+    nobody renews it."""
+    api = product_client(cluster.admin_kubeconfig)
+    assert try_acquire(api, namespace, SERVICE, holder="run-a", owner="a", duration_s=30)[0]
+    write = locking._write
+    conflicts: list[str] = []
+
+    def renewal_then_put(api_: k8s.ApiClient, method: str, body: dict[str, Any]) -> Any:
+        if method == "PUT" and body["spec"].get("holderIdentity") == "":
+            renewed = locking.renew(api, namespace, SERVICE, owner="a")
+            try:
+                return write(api_, method, body)
+            except ConflictError:
+                conflicts.append(renewed.resource_version)
+                raise
+        return write(api_, method, body)
+
+    monkeypatch.setattr(locking, "_write", renewal_then_put)
+
+    assert locking.release(api, namespace, SERVICE, owner="a") is False
+    assert len(conflicts) == 3  # three real 409s, one per attempt
+    stored = get(api, locking.lease_ref(namespace, SERVICE))
+    assert stored is not None
+    state = LeaseState.of(stored)
+    # Neither cleared nor anyone else's: the last renewal's hold, as it was written.
+    assert (state.holder, state.owner) == ("run-a", "a")
+    assert state.resource_version == conflicts[-1]
