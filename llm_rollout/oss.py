@@ -190,6 +190,13 @@ def translate_oss_error(exc: oss2.exceptions.OssError, action: str) -> RolloutEr
     if isinstance(exc, oss2.exceptions.InconsistentError):
         # A CRC mismatch on the wire: the bytes got corrupted in flight, sending again helps.
         return OssRequestError(f"OSS {action}: CRC64 mismatch between client and server")
+    if isinstance(exc, oss2.exceptions.ClientError):
+        # oss2 refused the call before sending it, for its arguments (an empty key or key
+        # list, an invalid bucket name: oss2/api.py, "raised for a wrong user argument"):
+        # the same call fails the same way every time.
+        return OssPermanentError(
+            f"OSS {action}: oss2 refused the request before sending it", code=""
+        )
     status = int(getattr(exc, "status", 0) or 0)
     code = str(getattr(exc, "code", "") or "")
     request_id = str(getattr(exc, "request_id", "") or "")
@@ -202,7 +209,7 @@ def translate_oss_error(exc: oss2.exceptions.OssError, action: str) -> RolloutEr
             "AccessDenied": "the credentials lack permission",
         }.get(code, "request rejected")
         return OssPermanentError(f"OSS {action}: {hint}: {detail}", code=code)
-    if status in _TRANSIENT_STATUSES or status < 0:
+    if status in _TRANSIENT_STATUSES:
         retry_after = _retry_after_s(exc)
         return OssRequestError(f"OSS {action}: {detail}", retry_after_s=retry_after)
     return OssPermanentError(f"OSS {action}: {detail}", code=code)

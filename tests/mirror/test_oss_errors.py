@@ -166,3 +166,15 @@ def test_a_dropped_connection_and_a_crc_mismatch_are_transient(
         oss_call(f"PUT {key}", lambda: checking.put_object(key, DATA))
     assert isinstance(damaged.value.__cause__, oss2.exceptions.InconsistentError)
     assert str(damaged.value) == f"OSS PUT {key}: CRC64 mismatch between client and server"
+
+
+def test_a_call_oss2_refuses_before_sending_is_permanent(target: OssTarget) -> None:
+    """oss2 raises ClientError for its arguments before any request (oss2/api.py
+    ``Bucket.__do_object``: an empty key); it was retried as transient before the mutation
+    run of issue 19 showed the branch."""
+    bucket = direct_bucket(target)
+    with pytest.raises(OssPermanentError) as refused:
+        oss_call("GET (no key)", lambda: bucket.get_object(""))
+    assert type(refused.value.__cause__) is oss2.exceptions.ClientError
+    assert str(refused.value) == "OSS GET (no key): oss2 refused the request before sending it"
+    assert refused.value.code == ""
