@@ -21,30 +21,25 @@ shared 2-core machine). Measured (2026-12-07, load 7-22): plain-test targets 1-7
 mutant; the mirror targets, which start with tests/mirror/test_*_checks.py (the sandbox OSS
 alone, a few seconds) before the whole-mirror tests, 2-13 s (transfer verification 81 mutants
 in 141 s, resume 139 in 777 s, manifest 105 in 1360 s at load 20); the Secret-block target
-(the Prefect server per mutant) 6 in 85 s. The "lease compare-and-swap" target needs the real
-API server: run it inside ./scripts/in-netns; one lean cluster is started for the run (17-20
-s) and each mutant's session attaches to it. Give long targets a --budget-s and --resume
-later. The scratch copy holds files git knows: `git add` a new test file before a run. The
-score counts every survivor, equivalent ones included.
+(the Prefect server per mutant) 6 in 85 s; the error-message targets (a stand-in HTTP
+server, the sandbox OSS) 46 mutants in 168 s and 10 in 44 s. The "lease compare-and-swap"
+target needs the real API server: run it inside ./scripts/in-netns; one lean cluster is
+started for the run (17-23 s) and each mutant's session attaches to it. Give long targets a
+--budget-s and --resume later. The scratch copy holds files git knows: `git add` a new test
+file before a run. The score counts every survivor, equivalent ones included.
 
 Survivors judged equivalent, with the reason (earlier runs: the commit messages that last
 changed each target, e.g. 72cce75 and 7466ba8):
-- locking.py L145 _lease_body, L214 try_acquire, L302 renew and L314 release keyword-only `*`
-  -> positional-only `/`: every caller passes the keyword-only parameters by keyword and the
-  rest positionally.
-- locking.py L244 try_acquire `expires_in_s(now) > 0` -> `>= 0`: differs only at the exact
+- locking.py _lease_body ("locking" target), L220 try_acquire, L308 renew and L320 release
+  keyword-only `*` -> positional-only `/`: every caller passes the keyword-only parameters by
+  keyword and the rest positionally.
+- locking.py L250 try_acquire `expires_in_s(now) > 0` -> `>= 0`: differs only at the exact
   microsecond a hold lapses (renewTime is a MicroTime; `now` is read once per attempt).
-- locking.py L245 try_acquire refused while held, `return False, state, False` -> `..., True`:
-  the re-entrant flag is read only when the Lease was taken (`acquire`).
-- locking.py L252 try_acquire `if state.holder:` -> `if not ...`: decides only whether the
+- locking.py L258 try_acquire `if state.holder:` -> `if not ...`: decides only whether the
   takeover is logged as a warning.
-- locking.py L396 check_lease `not lock.lost and lock.api is not None` -> `or`: a lock already
+- locking.py L431 check_lease `not lock.lost and lock.api is not None` -> `or`: a lock already
   lost is read once more, and `mark_lost` keeps the first loss, so the same error is raised;
   `api` is None only for a ServiceLock made outside `service_lock`.
-Not killed and not equivalent (lease compare-and-swap run, 2026-12-07): locking.py L242
-try_acquire `state.owner == owner` -> `>=` (a live hold of an owner sorting after ours would
-read as re-entrant; the tests' holders sort before their askers) and L329 release's final
-`return False` -> `True` (reached only after three 409s in a row).
 - mirror/manifest.py L45 read_manifest `code == "NoSuchBucket"` -> `<=`, `>=`, `is not`: the
   `except NotFound` branch sees what oss2 makes a NotFound (oss2/exceptions.py
   make_exception: only a (status, code) pair of a NotFound subclass, else ServerError):
@@ -56,6 +51,23 @@ read as re-entrant; the tests' holders sort before their askers) and L329 releas
   its bytes are compared only with their own CRC64.
 - mirror/transfer.py L605 _resume_hash `count > 0` -> `!= 0`: `count` is the checkpoint's
   `hashed_parts`, validated `ge=0` (UploadState) and written only as 0 or a part count.
+- kube/errors.py L107 translate keyword-only `*` -> positional-only `/`: every caller passes
+  `verb`, `target` and `ref` by keyword and the exception positionally.
+- kube/errors.py L118 translate `status == 0` -> `<= 0`: `int(exc.status or 0)` is never
+  negative: the client's status is urllib3's parsed HTTP status or 0 for a failure before any
+  answer (kubernetes/stream/ws_client.py), and portforward.py's from a three-digit match.
+Lease compare-and-swap, second run (2026-12-07, after df4ed47): 129 mutants, 123 killed, the
+6 survivors the equivalents above. Killed since the first run: try_acquire `state.owner ==
+owner` -> `>=` (a live hold of an owner sorting after ours read as re-entrant;
+test_lease.py, owners on both sides of the holder's), release's final `return False` ->
+`True` (test_lease_race.py, three real 409s in a row) and the refused take's re-entrant
+flag `False` -> `True`, which the first run judged equivalent (the same test asserts it).
+Found not equivalent, and fixed (OSS error messages run, 2026-12-07): oss.py translate_oss_error
+`status in _TRANSIENT_STATUSES or status < 0` -> `... or status == 0` survived, because the
+only negative status reaching that line was oss2's ClientError (-1; RequestError and
+InconsistentError have their own branches), which oss2 raises for its arguments before
+sending: it was retried as transient. ClientError is permanent since a75e96c (the clause
+is gone, so are its mutants; `<= 0` was the equivalent one, no OssError has status 0).
 """
 
 from __future__ import annotations
