@@ -20,6 +20,9 @@ from dataclasses import asdict, dataclass
 
 import httpx
 
+from llm_rollout.interruptible_http import InterruptibleCalls
+from llm_rollout.kube.watching import Interrupt
+
 __all__ = [
     "HistogramSummary",
     "MetricsReading",
@@ -248,13 +251,18 @@ def summarize_metrics(text: str) -> MetricsSummary:
     )
 
 
-def fetch_metrics(client: httpx.Client, base_url: str, *, timeout_s: float) -> MetricsReading:
-    """GET `{base_url}/metrics` and summarize it; failures are described in `error`."""
+def fetch_metrics(
+    client: httpx.Client, base_url: str, *, timeout_s: float, interrupt: Interrupt | None = None
+) -> MetricsReading:
+    """GET `{base_url}/metrics` and summarize it; failures are described in `error`. Once
+    `interrupt` fires (a rollout Lease lost), the read is cut and its error raised."""
     url = f"{base_url.rstrip('/')}/metrics"
-    try:
-        response = client.get(url, timeout=timeout_s)
-    except httpx.TransportError as exc:
-        return MetricsReading(url, error=f"no answer ({type(exc).__name__})")
+    with InterruptibleCalls(interrupt).armed() as calls:
+        try:
+            response = client.get(url, timeout=timeout_s, extensions=calls.extensions)
+        except httpx.TransportError as exc:
+            calls.check(exc)
+            return MetricsReading(url, error=f"no answer ({type(exc).__name__})")
     if response.status_code != 200:
         return MetricsReading(url, error=f"HTTP {response.status_code}")
     if len(response.content) > MAX_METRICS_BYTES:

@@ -10,6 +10,11 @@ proxy, a port-forward to one Ready pod, or a direct base URL. An API key is neve
 the service proxy: the API server authenticates the caller with the Authorization header and
 deletes it before proxying, so the key could not reach the server and would instead be offered
 to the API server as a credential.
+
+Under a rollout Lease the calls take the hold as their `interrupt`: once the Lease is lost, the
+call in progress is cut (its connection shut, see `llm_rollout.interruptible_http`) and the
+smoke test ends with `LeaseLostError` rather than waiting for the endpoint or its timeout; no
+further call is made, and a cut call is never made again nor judged.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import httpx
 from kubernetes import client as k8s_client
 
 from llm_rollout.errors import PermanentError, TransientError
+from llm_rollout.interruptible_http import InterruptibleCalls
 from llm_rollout.kube.objects import secret_value
 from llm_rollout.kube.portforward import forward_service
 from llm_rollout.kube.proxy import (
@@ -34,6 +40,7 @@ from llm_rollout.kube.proxy import (
     is_api_server_proxy,
     service_proxy_url,
 )
+from llm_rollout.kube.watching import Interrupt
 from llm_rollout.metrics import MetricsReading, fetch_metrics
 from llm_rollout.spec import SecretKeyRef, SmokeExpectations, SmokeSpec
 
@@ -203,14 +210,30 @@ def _chat_body(
     return body
 
 
-def _list_models(
-    client: httpx.Client, base_url: str, headers: dict[str, str], timeout_s: float
-) -> tuple[CallResult, list[str]]:
+@dataclass(frozen=True)
+class _Caller:
+    """How every call of one smoke test is made: `client` with `headers`, each call bounded
+    by `timeout_s`, under `calls` (checked before each call and on each transport error)."""
+
+    client: httpx.Client
+    headers: dict[str, str]
+    timeout_s: float
+    calls: InterruptibleCalls
+
+
+def _list_models(caller: _Caller, base_url: str) -> tuple[CallResult, list[str]]:
     result = CallResult(call="models")
+    caller.calls.check()
     started = time.perf_counter()
     try:
-        response = client.get(f"{base_url}/v1/models", headers=headers, timeout=timeout_s)
+        response = caller.client.get(
+            f"{base_url}/v1/models",
+            headers=caller.headers,
+            timeout=caller.timeout_s,
+            extensions=caller.calls.extensions,
+        )
     except httpx.TransportError as exc:
+        caller.calls.check(exc)
         raise SmokeUnreachable(
             f"GET {base_url}/v1/models: no answer ({type(exc).__name__})"
         ) from exc
@@ -263,20 +286,24 @@ def _made_again_if_broken(attempt: Callable[[], tuple[CallResult, bool]]) -> Cal
     return result
 
 
-def _chat(
-    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> CallResult:
-    return _made_again_if_broken(lambda: _chat_once(client, url, body, headers, timeout_s))
+def _chat(caller: _Caller, url: str, body: dict[str, Any]) -> CallResult:
+    return _made_again_if_broken(lambda: _chat_once(caller, url, body))
 
 
-def _chat_once(
-    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> tuple[CallResult, bool]:
+def _chat_once(caller: _Caller, url: str, body: dict[str, Any]) -> tuple[CallResult, bool]:
     result = CallResult(call="chat")
+    caller.calls.check()
     started = time.perf_counter()
     try:
-        response = client.post(url, json=body, headers=headers, timeout=timeout_s)
+        response = caller.client.post(
+            url,
+            json=body,
+            headers=caller.headers,
+            timeout=caller.timeout_s,
+            extensions=caller.calls.extensions,
+        )
     except httpx.TransportError as exc:
+        caller.calls.check(exc)
         result.error = f"no answer ({type(exc).__name__})"
         return result, isinstance(exc, _BROKEN)
     result.latency_ms = (time.perf_counter() - started) * 1000
@@ -301,25 +328,27 @@ def _sse_payloads(lines: Iterable[str]) -> Iterable[str]:
                 yield payload
 
 
-def _stream(
-    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> CallResult:
-    return _made_again_if_broken(lambda: _stream_once(client, url, body, headers, timeout_s))
+def _stream(caller: _Caller, url: str, body: dict[str, Any]) -> CallResult:
+    return _made_again_if_broken(lambda: _stream_once(caller, url, body))
 
 
-def _stream_once(
-    client: httpx.Client, url: str, body: dict[str, Any], headers: dict[str, str], timeout_s: float
-) -> tuple[CallResult, bool]:
+def _stream_once(caller: _Caller, url: str, body: dict[str, Any]) -> tuple[CallResult, bool]:
     result = CallResult(call="stream")
     stream_body = dict(body, stream=True, stream_options={"include_usage": True})
     parts: list[str] = []
     broke = False
+    caller.calls.check()
     started = time.perf_counter()
     try:
-        request = client.build_request(
-            "POST", url, json=stream_body, headers=headers, timeout=timeout_s
+        request = caller.client.build_request(
+            "POST",
+            url,
+            json=stream_body,
+            headers=caller.headers,
+            timeout=caller.timeout_s,
+            extensions=caller.calls.extensions,
         )
-        with closing(client.send(request, stream=True)) as response:
+        with closing(caller.client.send(request, stream=True)) as response:
             result.status = response.status_code
             if response.status_code != 200:
                 response.read()
@@ -342,6 +371,7 @@ def _stream_once(
                     result.completion_tokens = usage.get("completion_tokens")
                 result.model = chunk.get("model") or result.model
     except httpx.TransportError as exc:
+        caller.calls.check(exc)
         broke = isinstance(exc, _BROKEN)
         result.error = f"stream broken ({type(exc).__name__})"
     except (ValueError, AttributeError) as exc:
@@ -362,6 +392,7 @@ def run_smoke(
     timeout_s: float,
     sampling: Mapping[str, Any] | None = None,
     stream: bool = True,
+    interrupt: Interrupt | None = None,
 ) -> SmokeReport:
     """List models, send one chat completion and (with `stream`) one streamed completion.
 
@@ -369,18 +400,21 @@ def run_smoke(
     `api_key` with a client or URL of the API server is refused (`PermanentError`).
     `sampling` adds request fields such as temperature, top_p, seed. HTTP failures of the chat
     calls are recorded in the report for `validate_smoke` to judge; only an endpoint that
-    does not answer at all raises (`SmokeUnreachable`, transient).
+    does not answer at all raises (`SmokeUnreachable`, transient). Once `interrupt` fires
+    (a rollout Lease lost), the call in progress is cut and its error is raised.
     """
     base_url = base_url.rstrip("/")
     headers = _headers(client, base_url, api_key)
     report = SmokeReport(base_url=base_url, model=model)
-    models_call, report.served_models = _list_models(client, base_url, headers, timeout_s)
-    report.calls.append(models_call)
-    url = f"{base_url}/v1/chat/completions"
-    body = _chat_body(model, messages, max_tokens, sampling or {})
-    report.calls.append(_chat(client, url, body, headers, timeout_s))
-    if stream:
-        report.calls.append(_stream(client, url, body, headers, timeout_s))
+    with InterruptibleCalls(interrupt).armed() as calls:
+        caller = _Caller(client, headers, timeout_s, calls)
+        models_call, report.served_models = _list_models(caller, base_url)
+        report.calls.append(models_call)
+        url = f"{base_url}/v1/chat/completions"
+        body = _chat_body(model, messages, max_tokens, sampling or {})
+        report.calls.append(_chat(caller, url, body))
+        if stream:
+            report.calls.append(_stream(caller, url, body))
     return report
 
 
@@ -580,10 +614,15 @@ class SmokeTarget:
 
 
 def smoke_release(
-    api: k8s_client.ApiClient, target: SmokeTarget, *, on_route: Callable[[str], None]
+    api: k8s_client.ApiClient,
+    target: SmokeTarget,
+    *,
+    on_route: Callable[[str], None],
+    interrupt: Interrupt | None = None,
 ) -> tuple[SmokeReport, MetricsReading]:
     """The smoke test of `target` along its route (`SmokeSpec.route`), then the server's
-    `/metrics` along the same route; `on_route` hears which route was opened.
+    `/metrics` along the same route; `on_route` hears which route was opened. `interrupt`
+    (the rollout Lease held) cuts either short with its error once it fires.
 
     The API key is read from its Secret here and only travels in a request header."""
     key = (
@@ -611,6 +650,9 @@ def smoke_release(
             timeout_s=target.timeout_s,
             sampling=target.sampling(),
             stream=target.smoke.stream,
+            interrupt=interrupt,
         )
-        metrics = fetch_metrics(endpoint.client, endpoint.base_url, timeout_s=target.timeout_s)
+        metrics = fetch_metrics(
+            endpoint.client, endpoint.base_url, timeout_s=target.timeout_s, interrupt=interrupt
+        )
     return report, metrics

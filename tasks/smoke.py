@@ -25,6 +25,7 @@ from llm_rollout.artifacts import (
     smoke_verdict_markdown,
 )
 from llm_rollout.kube.session import process_session
+from llm_rollout.locking import held_lease
 from llm_rollout.metrics import MetricsReading
 from llm_rollout.smoke import (
     SmokeReport,
@@ -66,7 +67,8 @@ def smoke_test(target: SmokeTarget) -> SmokeOutcome:
     (works from outside the cluster with the kubeconfig alone), a port-forward to one Ready pod
     (the same reach, and request headers arrive untouched: chosen when there is an API key), or
     `smoke.base_url` directly, for in-cluster workers. The API key is read from the Secret its
-    reference names and never becomes a parameter, log line or artifact.
+    reference names and never becomes a parameter, log line or artifact. Under a rollout
+    lease, `LeaseLostError` as soon as the lease is lost, the call in progress cut.
     """
     logger = get_run_logger()
     where = f"Service {target.namespace}/{target.service}"
@@ -77,6 +79,8 @@ def smoke_test(target: SmokeTarget) -> SmokeOutcome:
         on_route=lambda route: logger.info(
             "smoke test of %s port %d via %s", where, target.port, route
         ),
+        # A rollout lease lost meanwhile cuts the call in progress (LeaseLostError).
+        interrupt=held_lease(),
     )
     verdict = validate_smoke(report, target.smoke.expect)
     _log_outcome(where, report, verdict, metrics)
