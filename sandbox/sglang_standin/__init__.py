@@ -27,4 +27,8 @@ other rank to connect to ``--dist-init-addr`` before it reports healthy; ranks >
 ``/health`` and ``/health_generate`` (SGLang's ``launch_dummy_health_check_server``,
 ``python/sglang/srt/utils.py``), and any rank exits when its peers drop, as a broken NCCL
 group ends every rank.
+
+One test knob, not SGLang: a chat completion whose message is ``server.HOLD_PROMPT`` is held
+unanswered until its client closes the connection, both moments logged (a call cut short by
+its client, seen from the server).
 """

@@ -35,6 +35,14 @@ PD_POLL_S = 0.05
 RENDEZVOUS_TIMEOUT_S = 600.0
 FALLBACK_ANSWER = "stand-in answer"
 EXIT_BAD_FLAGS = 2
+# A test knob, not SGLang: a chat completion with a message of exactly this content is held
+# unanswered (a generation that never ends) until its client closes the connection. Both
+# moments are logged (HELD_LOG, HELD_CLOSED_LOG), so a test sees the call reach the server and
+# sees the client end it (tests/real/test_lease_interrupts.py: a smoke call cut by a lost
+# Lease).
+HOLD_PROMPT = "stand-in: hold this request"
+HELD_LOG = "[standin] holding a chat completion until its client closes the connection"
+HELD_CLOSED_LOG = "[standin] the client of the held chat completion closed its connection"
 
 
 class StandinParser(argparse.ArgumentParser):
@@ -173,6 +181,14 @@ def _max_tokens(body: dict[str, Any]) -> int:
         if body.get(key) is not None:
             return int(body[key])
     return 128
+
+
+def asks_hold(body: dict[str, Any]) -> bool:
+    """Whether a chat request carries `HOLD_PROMPT` (the stand-in's test knob)."""
+    messages = body.get("messages")
+    return isinstance(messages, list) and any(
+        isinstance(m, dict) and m.get("content") == HOLD_PROMPT for m in messages
+    )
 
 
 def pd_gate(standin: Standin, body: dict[str, Any]) -> None:
@@ -405,6 +421,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not standin.ready.is_set():
             self._error(503, "server is not ready")
             return
+        if kinds[path] == "chat" and asks_hold(body):
+            self._hold()
+            return
         try:
             pd_gate(standin, body)
         except RequestError as exc:
@@ -414,6 +433,18 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream(chat_stream(standin, body))
         else:
             self._json(200, chat_response(standin, body, kinds[path]))
+
+    def _hold(self) -> None:
+        """The test knob (`HOLD_PROMPT`): no answer; block until the client closes the
+        connection (or resets it), and log both moments."""
+        sys.stderr.write(HELD_LOG + "\n")
+        sys.stderr.flush()
+        with contextlib.suppress(OSError):
+            while self.connection.recv(65536):
+                pass
+        sys.stderr.write(HELD_CLOSED_LOG + "\n")
+        sys.stderr.flush()
+        self.close_connection = True
 
     def _stream(self, events: Iterator[dict[str, Any]]) -> None:
         self.send_response(200)

@@ -4,6 +4,7 @@ code 2, and behaves on /health and in multi-node and PD mode as its docstring sa
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,42 @@ def test_the_answer_is_the_tiny_models(supervisor: Supervisor, tiny_model: Path)
     status, body = http_post(f"{base}/v1/chat/completions", {"messages": [], "max_tokens": 2})
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 2
+
+
+def test_a_chat_completion_asking_to_be_held_stays_unanswered_until_its_client_goes(
+    supervisor: Supervisor, tiny_model: Path
+) -> None:
+    # The test knob (server.HOLD_PROMPT) the smoke test's cut is observed with on the real
+    # cluster: the request reaches the server and gets no answer; closing the connection is
+    # what ends it, and the server logs both.
+    port = free_port()
+    proc = start_standin(supervisor, "hold", ["--model-path", str(tiny_model), "--port", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    supervisor.wait_ready(proc, lambda: http_ok(f"{base}/health"), timeout_s=READY_TIMEOUT_S)
+    body = json.dumps({"messages": [{"role": "user", "content": server.HOLD_PROMPT}]}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    client = socket.create_connection(("127.0.0.1", port), timeout=READY_TIMEOUT_S)
+    try:
+        client.sendall(head + body)
+        supervisor.wait_ready(
+            proc, lambda: server.HELD_LOG in proc.log.read_text(), timeout_s=READY_TIMEOUT_S
+        )
+        assert server.HELD_CLOSED_LOG not in proc.log.read_text()
+        # Nothing came back while it was held.
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.recv(1)
+    finally:
+        client.close()
+    supervisor.wait_ready(
+        proc, lambda: server.HELD_CLOSED_LOG in proc.log.read_text(), timeout_s=READY_TIMEOUT_S
+    )
+    # Any other message is answered as before.
+    status, answer = http_post(
+        f"{base}/v1/chat/completions",
+        {"messages": [{"role": "user", "content": server.HOLD_PROMPT + "?"}], "max_tokens": 30},
+    )
+    assert status == 200 and answer["choices"][0]["message"]["content"] == TINY_ANSWER
