@@ -7,13 +7,15 @@ first chunk) until its client closes the connection, and says when it holds it; 
 then lost from another thread, as the lease keeper does (`locking.ServiceLock.mark_lost`).
 The calls' own timeout is far longer than the test's bound, so only the cut can end them in
 time; without it, the held call would end at that timeout and the smoke test return a report.
-No cluster is involved: the route is the direct URL.
+No cluster is involved: the route is the direct URL, in plain HTTP/1.1, over TLS, and in
+HTTP/2 over TLS (what the smoke client speaks to the API server on the proxy route).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -23,6 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import httpx
 import pytest
 from kubernetes import client as k8s_client
@@ -277,3 +282,52 @@ def test_a_lost_lease_cuts_a_call_over_tls(tmp_path: Path) -> None:
         keeper.join()
         _cut(lost, server, lock)
         assert server.requests == ["GET /v1/models", "POST chat"]
+
+
+def _hold_h2(listener: socket.socket, tls: ssl.SSLContext, server: Server) -> None:
+    """An HTTP/2 server (the API server's protocol on the proxy route, llm_rollout/kube/
+    proxy.py `httpx_client_for`) that answers no request: it notes the first one complete,
+    then reads until the client closes the connection."""
+    raw, _ = listener.accept()
+    with tls.wrap_socket(raw, server_side=True) as conn:
+        assert conn.selected_alpn_protocol() == "h2"
+        h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        h2conn.initiate_connection()
+        conn.sendall(h2conn.data_to_send())
+        with contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                for event in h2conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        headers = dict(event.headers)
+                        server.requests.append(
+                            f"{headers[b':method'].decode()} h2 {headers[b':path'].decode()}"
+                        )
+                    if isinstance(event, h2.events.StreamEnded):
+                        server.held.set()
+                conn.sendall(h2conn.data_to_send())
+    server.closed.set()
+
+
+def test_a_lost_lease_cuts_a_call_over_http2(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path, advertise_ip="10.244.255.254", service_ip="10.96.0.1")
+    pair = pki.serving("smoke-h2", "smoke-h2", server_ips=("127.0.0.1",))
+    serving = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    serving.load_cert_chain(str(pair.cert), str(pair.key))
+    serving.set_alpn_protocols(["h2"])
+    trusting = ssl.create_default_context(cafile=str(pki.ca.cert))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = Server(url=f"https://127.0.0.1:{listener.getsockname()[1]}")
+        h2_server = threading.Thread(target=_hold_h2, args=(listener, serving, server))
+        h2_server.start()
+        lock = _lock()
+        keeper = _Keeper(lock, server)
+        keeper.start()
+        with (
+            httpx.Client(verify=trusting, http2=True) as client,
+            pytest.raises(LeaseLostError) as lost,
+        ):
+            _smoke(client, server, lock)
+        keeper.join()
+        _cut(lost, server, lock)
+        h2_server.join(STEP_WAIT_S)
+        assert server.requests == ["GET h2 /v1/models"]
