@@ -27,8 +27,10 @@ cancels the context handed to `OnStartedLeading` when `renew` returns, the loss 
 the guarded work cooperatively: `check_lease` (called before every API stage, see
 `tasks.policy.api_task`) raises `LeaseLostError` naming the Lease and its new holder, so no
 further stage starts and nothing more is written; and a wait already in progress (readiness,
-given the hold as its `kube.watching.Interrupt`) is woken by the keeper the moment it gives up
-(`ServiceLock.subscribe`) and ends with the same error, rather than at its own timeout. As
+the bake, given the hold as their `kube.watching.Interrupt`) is woken by the keeper the moment
+it gives up (`ServiceLock.subscribe`) and ends with the same error, rather than at its own
+timeout, as do the smoke test's HTTP calls, whose connections it shuts
+(`llm_rollout.interruptible_http`). As
 client-go's package comment says, this is not fencing: a write already in flight when the
 lease is lost still lands.
 """

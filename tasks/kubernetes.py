@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from llm_rollout.kube.session import process_session
+from llm_rollout.locking import held_lease
 from llm_rollout.plan import ReleasePlan
 from llm_rollout.release.bake import BakeReport, ReleaseDegraded, bake
 from llm_rollout.stages import (
@@ -80,7 +81,8 @@ def bake_release(plan: ReleasePlan, window_s: float) -> BakeReport:
     """Watch the promoted release for `window_s` while the previous one can take traffic back.
 
     Raises `ReleaseDegraded` as soon as a pod or the workload stops serving: the flow then
-    rolls back instead of retiring the previous release.
+    rolls back instead of retiring the previous release. Under a rollout lease,
+    `LeaseLostError` as soon as the lease is lost (the flow's rollback then writes nothing).
     """
     logger = get_run_logger()
     spec, workload = plan.spec, plan.workload
@@ -100,6 +102,8 @@ def bake_release(plan: ReleasePlan, window_s: float) -> BakeReport:
             stable_service=spec.name,
             release=plan.release,
             on_event=logger.info,
+            # A rollout lease lost meanwhile ends the hold at once (LeaseLostError).
+            interrupt=held_lease(),
         )
     except ReleaseDegraded as exc:
         logger.error("%s", exc)

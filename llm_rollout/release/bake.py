@@ -17,6 +17,7 @@ from llm_rollout.kube.views import ObjectView, items_at, mapping_at
 from llm_rollout.kube.watching import (
     Failed,
     Holding,
+    Interrupt,
     Selector,
     Verdict,
     WaitFailed,
@@ -95,6 +96,7 @@ def bake(
     stable_service: str,
     release: str,
     on_event: Callable[[str], None] | None = None,
+    interrupt: Interrupt | None = None,
 ) -> BakeReport:
     """Watch a promoted `workload` and its pods for `window_s`; raise `ReleaseDegraded` at the
     first sign it no longer serves (a pod not Ready, a container exiting or restarting, a pod
@@ -103,7 +105,8 @@ def bake(
     then would take down what serves).
 
     Watch-based: a failure is noticed when the API server reports it, not at the end of the
-    window, so the caller can hand traffic back to the previous release at once.
+    window, so the caller can hand traffic back to the previous release at once. An
+    `interrupt` (the rollout lease held) ends the bake with its error as soon as it fires.
     """
     if workload.namespace is None:
         raise PermanentError(f"{workload}: serving workloads are namespaced; namespace missing")
@@ -146,6 +149,7 @@ def bake(
             still_serving,
             window_s + BAKE_SYNC_SLACK_S,
             hold_s=window_s,
+            interrupt=interrupt,
         )
     except WaitFailed as exc:
         raise ReleaseDegraded(workload, exc.reason, time.monotonic() - started) from exc
