@@ -21,6 +21,7 @@ for the ``v2.portforward.k8s.io`` tunnel, which is not served).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import socket
@@ -215,8 +216,9 @@ class _Handler(BaseHTTPRequestHandler):
         def pump(channel: int, conn: socket.socket) -> None:
             while chunk := conn.recv(65536):
                 out(channel, chunk)
-            # The pod closed its side: so does the stream, as a closed data stream does.
-            with lock:
+            # The pod closed its side: so does the stream, as a closed data stream does; unless
+            # the stream ended first (ValueError: its file is closed already).
+            with lock, contextlib.suppress(OSError, ValueError):
                 websocket.send(self.wfile, websocket.OPCODE_CLOSE, b"\x03\xe8")
 
         for channel, conn in conns.items():
@@ -233,6 +235,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.log_error("port-forward to %s/%s ended: %s", namespace, pod, exc)
         finally:
             for conn in conns.values():
+                # The end of the stream ends the pod connection, as containerd's portForward
+                # closes it once either copy stops (internal/cri/server/
+                # sandbox_portforward_linux.go; Go's Close wakes the other copy and sends the
+                # FIN). Shut down first: a plain close from this thread neither wakes the pump
+                # reading the socket nor lets the pod see the end while that read is blocked.
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
         self.close_connection = True
 
