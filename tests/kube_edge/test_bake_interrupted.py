@@ -45,7 +45,11 @@ def _workload(namespace: str) -> dict[str, Any]:
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            "template": {
+                "metadata": {"labels": labels},
+                # sleep as PID 1 ignores SIGTERM: the namespace's removal need not wait 30 s.
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [container]},
+            },
         },
     }
 
