@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from sandbox.cluster.waits import wait_for
 # worker alike; a worker prints it once its raylet is in the GCS's node table
 # (ray/_private/node.py `Node.__init__` waits for it through services.wait_for_node).
 RAY_STARTED = "Ray runtime started."
+
+# ray/scripts/scripts.py `ray start` (ray 2.48.0, the vLLM image's): cli_logger.success("Ray
+# runtime started.") on head and worker alike, once the node's raylet registered with the GCS;
+# a worker prints "Local node IP: <ip>" (the address it reaches the head from) just before.
+RAY_STARTED = "Ray runtime started."
+# KubeRay v1.6.2 controllers/ray/utils/constant.go RayClusterLabelKey, RayNodeTypeLabelKey.
+CLUSTER_LABEL = "ray.io/cluster"
+NODE_TYPE_LABEL = "ray.io/node-type"
 
 
 def print_events(admin: k8s.ApiClient, namespace: str) -> None:
@@ -103,6 +112,43 @@ def ready_after_s(pod: k8s.V1Pod) -> float:
     ready = next(c for c in pod.status.conditions or [] if c.type == "Ready")
     assert ready.status == "True", (pod.metadata.name, ready)
     return float((ready.last_transition_time - pod.metadata.creation_timestamp).total_seconds())
+
+
+def rayclusters(namespace: str, admin: k8s.ApiClient) -> list[dict[str, Any]]:
+    listed = k8s.CustomObjectsApi(admin).list_namespaced_custom_object(
+        "ray.io", "v1", namespace, "rayclusters"
+    )
+    return list(listed["items"])
+
+
+def raycluster_pods(core: k8s.CoreV1Api, namespace: str, cluster: str) -> dict[str, k8s.V1Pod]:
+    """The RayCluster's pods by node type ("head", "worker"; one worker assumed)."""
+    pods = core.list_namespaced_pod(namespace, label_selector=f"{CLUSTER_LABEL}={cluster}").items
+    return {p.metadata.labels[NODE_TYPE_LABEL]: p for p in pods}
+
+
+@dataclass(frozen=True)
+class ReadyRayCluster:
+    body: dict[str, Any]
+    head: k8s.V1Pod
+    worker: k8s.V1Pod
+
+    @property
+    def name(self) -> str:
+        return str(self.body["metadata"]["name"])
+
+
+def ready_raycluster(admin: k8s.ApiClient, namespace: str) -> ReadyRayCluster:
+    """The namespace's one RayCluster, asserted ready under KubeRay with its one worker, and
+    its head and worker pods."""
+    (cluster,) = rayclusters(namespace, admin)
+    status = cluster["status"]
+    assert status["state"] == "ready", status
+    assert status["readyWorkerReplicas"] == 1 and status["desiredWorkerReplicas"] == 1
+    pods = raycluster_pods(k8s.CoreV1Api(admin), namespace, cluster["metadata"]["name"])
+    assert set(pods) == {"head", "worker"}, sorted(pods)
+    assert status["head"]["podName"] == pods["head"].metadata.name
+    return ReadyRayCluster(cluster, pods["head"], pods["worker"])
 
 
 # --- the Ray templates as they stood before issue 16's fixes ----------------------------------

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -43,11 +42,15 @@ from llm_rollout.redeploy import RedeployRequest, expected_roll
 from llm_rollout.spec import ServiceSpec, load_spec
 from sandbox.cluster.waits import wait_for
 from tests.real.ray_support import (
+    CLUSTER_LABEL,
     OLD_RAY_CLUSTER,
     RAY_STARTED,
     delete_now,
     pod_log,
+    raycluster_pods,
+    rayclusters,
     ready_after_s,
+    ready_raycluster,
     render_old_workload,
     timed_deploy,
 )
@@ -56,22 +59,9 @@ from tests.real_deploy import RealServiceFactory
 pytestmark = [pytest.mark.vllm, pytest.mark.usefixtures("prefect_server")]
 
 EXAMPLE = "seed-qwen14b-ray-tp2"
-CLUSTER_LABEL = "ray.io/cluster"
 # KubeRay v1.6.2 utils/constant.go: DefaultDashboardAgentListenPort, RayAgentRayletHealthPath.
 INJECTED_PROBE_TARGET = "http://localhost:52365/api/local_raylet_healthz"
 OLD_TEMPLATE_TIMEOUT_S = 240
-
-
-def _rayclusters(namespace: str, admin: k8s.ApiClient) -> list[dict[str, Any]]:
-    listed = k8s.CustomObjectsApi(admin).list_namespaced_custom_object(
-        "ray.io", "v1", namespace, "rayclusters"
-    )
-    return list(listed["items"])
-
-
-def _pods(core: k8s.CoreV1Api, namespace: str, cluster: str) -> dict[str, k8s.V1Pod]:
-    pods = core.list_namespaced_pod(namespace, label_selector=f"{CLUSTER_LABEL}={cluster}").items
-    return {p.metadata.labels["ray.io/node-type"]: p for p in pods}
 
 
 def _events_of(core: k8s.CoreV1Api, namespace: str, name: str) -> list[k8s.CoreV1Event]:
@@ -94,14 +84,9 @@ def test_raycluster_tp2_serves_under_kuberay_and_its_old_template_fails_as_found
     assert result.answer == tiny.answer
 
     core = k8s.CoreV1Api(real_admin)
-    (cluster,) = _rayclusters(namespace, real_admin)
-    name = cluster["metadata"]["name"]
-    assert cluster["status"]["state"] == "ready"
-    pods = _pods(core, namespace, name)
-    head, worker = pods["head"], pods["worker"]
+    ready = ready_raycluster(real_admin, namespace)
+    cluster, name, head, worker = ready.body, ready.name, ready.head, ready.worker
     status = cluster["status"]
-    assert status["readyWorkerReplicas"] == 1 and status["desiredWorkerReplicas"] == 1
-    assert status["head"]["podName"] == head.metadata.name
     # KubeRay v1.6.2 pkg/features/features.go: RayClusterStatusConditions is on by default.
     conditions = {c["type"]: c["status"] for c in status.get("conditions") or []}
     assert conditions["HeadPodReady"] == "True"
@@ -238,7 +223,7 @@ def _old_template_worker_never_becomes_ready(
             timeout_s=OLD_TEMPLATE_TIMEOUT_S,
             what=f"{name}'s worker joined and its injected readiness probe failing",
         )
-        worker = _pods(core, namespace, name)["worker"]
+        worker = raycluster_pods(core, namespace, name)["worker"]
         (container,) = worker.spec.containers
         for probe in (container.readiness_probe, container.liveness_probe):
             assert probe.var_exec.command[:2] == ["bash", "-c"]
@@ -250,7 +235,7 @@ def _old_template_worker_never_becomes_ready(
         assert status.state.running is not None and not status.ready
         ready = next(c for c in worker.status.conditions if c.type == "Ready")
         assert ready.status == "False"
-        (cluster,) = [c for c in _rayclusters(namespace, admin) if c["metadata"]["name"] == name]
+        (cluster,) = [c for c in rayclusters(namespace, admin) if c["metadata"]["name"] == name]
         assert (cluster.get("status") or {}).get("state") != "ready"
         print(
             f"REAL_DEPLOY_FIGURES F2 old template: worker joined, injected readiness failing, "

@@ -60,9 +60,9 @@ from llm_rollout.redeploy import (
 from llm_rollout.render import render
 from llm_rollout.spec import load_spec
 from llm_rollout.vocabulary import RESTARTED_AT_ANNOTATION
+from tests.real.ray_support import CLUSTER_LABEL
 
 NAME = "ray-roll"
-CLUSTER_LABEL = "ray.io/cluster"
 # KubeRay v1.6.2 controllers/ray/utils/constant.go UpgradeStrategyRecreateHashKey.
 HASH_ANNOTATION = "ray.io/upgrade-strategy-recreate-hash"
 WAIT_S = 120.0
