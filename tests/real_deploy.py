@@ -5,8 +5,9 @@ asks for ``real_stores`` or ``real_deploy_env``.
 
 - ``real_stores``: one sandbox hub that publishes the tiny generated model
   (``sandbox.vllm.tiny_model``) under every example's model id, and one sandbox OSS with the
-  examples' bucket, for the whole session. The node agent's OSS CSI stand-in reads that OSS
-  from the harness namespace, where its loopback address is.
+  examples' bucket, holding the tiny model at every example's ``model.oss_uri``, for the whole
+  session. The node agent's OSS CSI stand-in reads that OSS from the harness namespace, where
+  its loopback address is.
 - ``real_deploy_env``: per test, ``KUBECONFIG`` names the real cluster's admin, the hub and OSS
   credentials are in the environment, and the modelscope library's endpoint (read once per
   process) is reset before and after; ``real_deploy_module_env`` the same for a module.
@@ -30,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import oss2
 import pytest
 import yaml
 from kubernetes import client as k8s
 from modelscope_hub.config import set_default_config
 
 from llm_rollout.release.removal import teardown
+from llm_rollout.spec import OSS_URI
 from sandbox.cluster.control_plane import Cluster
 from sandbox.hub import HubServer
 from sandbox.oss import OssServer
@@ -74,7 +77,22 @@ def real_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealStores
             if model_id and model_id not in published:
                 published.add(model_id)
                 hub.add_revision_from_dir(model_id, "v1", model_dir)
+            if model.get("oss_uri") and model["oss_uri"] not in published:
+                published.add(model["oss_uri"])
+                _store_in_oss(oss, model["oss_uri"], model_dir)
         yield RealStores(hub=hub, oss=oss, root=root, tiny=tiny, model_dir=model_dir)
+
+
+def _store_in_oss(oss: OssServer, oss_uri: str, model_dir: Path) -> None:
+    """The tiny model's files under ``oss_uri``: an example whose weights are already in OSS
+    (``model.oss_uri``) skips the mirror, and its pods mount that prefix as it stands."""
+    match = OSS_URI.match(oss_uri)
+    assert match is not None, oss_uri
+    bucket = oss2.Bucket(oss2.Auth(KEY_ID, KEY_SECRET), oss.endpoint, match["bucket"])
+    prefix = match["prefix"].rstrip("/") + "/"
+    for path in sorted(model_dir.rglob("*")):
+        if path.is_file():
+            bucket.put_object_from_file(prefix + path.relative_to(model_dir).as_posix(), str(path))
 
 
 @contextmanager
