@@ -17,14 +17,10 @@ from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.spec import ServiceSpec
 from sandbox.cluster.waits import wait_for
 
-# ray/scripts/scripts.py `ray start`: cli_logger.success("Ray runtime started.") on head and
-# worker alike; a worker prints it once its raylet is in the GCS's node table
-# (ray/_private/node.py `Node.__init__` waits for it through services.wait_for_node).
-RAY_STARTED = "Ray runtime started."
-
 # ray/scripts/scripts.py `ray start` (ray 2.48.0, the vLLM image's): cli_logger.success("Ray
-# runtime started.") on head and worker alike, once the node's raylet registered with the GCS;
-# a worker prints "Local node IP: <ip>" (the address it reaches the head from) just before.
+# runtime started.") on head and worker alike, once the node's raylet is in the GCS's node
+# table (ray/_private/node.py `Node.__init__` waits through services.wait_for_node); a worker
+# prints "Local node IP: <ip>" (the address it reaches the head from) just before.
 RAY_STARTED = "Ray runtime started."
 # KubeRay v1.6.2 controllers/ray/utils/constant.go RayClusterLabelKey, RayNodeTypeLabelKey.
 CLUSTER_LABEL = "ray.io/cluster"
