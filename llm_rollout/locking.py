@@ -54,7 +54,7 @@ from llm_rollout.kube.errors import ConflictError, NotFoundError
 from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef, request_json, resolve_resource
 from llm_rollout.kube.views import ObjectView
-from llm_rollout.kube.watching import Selector, watching
+from llm_rollout.kube.watching import Done, Verdict, Waiting, WaitTimeout, wait_until
 from llm_rollout.vocabulary import MANAGED_BY_LABEL, OWNER_ANNOTATION, PART_OF_LABEL
 
 log = logging.getLogger(__name__)
@@ -275,36 +275,52 @@ def acquire(
     """Take the lease, waiting up to `wait_s` (0: fail fast) for the current holder.
 
     Returns the state and whether the hold is re-entrant. Raises `ServiceLockedError` naming
-    the holder when the wait runs out.
+    the holder when the wait runs out. The wait watches the Lease (`kube.watching.wait_until`)
+    and tries again on each change of it and when the hold it shows would lapse.
     """
     ref = lease_ref(namespace, service)
-    deadline = time.monotonic() + max(0.0, wait_s)
     taken, state, reentrant = try_acquire(
         api, namespace, service, holder=holder, owner=owner, duration_s=duration_s
     )
     if taken:
         return state, reentrant
     waited_from = time.monotonic()
-    spec = Selector(LEASE_API_VERSION, "Lease", namespace, name=ref.name)
-    with watching(api, [spec]) as group:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                message = (
-                    f"Service {namespace}/{service} is being rolled out by another run: lease "
-                    f"{ref.name} {state.describe(datetime.now(UTC))}; waited "
-                    f"{time.monotonic() - waited_from:.0f}s"
-                )
-                raise ServiceLockedError(message, holder=state.holder)
-            log.info("waiting for lease %s: %s", ref, state.describe(datetime.now(UTC)))
-            # Wake on any change of the lease, or when the current hold would lapse.
-            expiry = max(0.05, state.expires_in_s(datetime.now(UTC)) + 0.05)
-            group.next(min(remaining, expiry))
-            taken, state, reentrant = try_acquire(
+    last = state
+    told: tuple[str, str, datetime | None] | None = None
+
+    def take(lease: ObjectView | None) -> Verdict[tuple[LeaseState, bool]]:
+        nonlocal last, told
+        now = datetime.now(UTC)
+        seen = LeaseState.of(lease.raw if lease is not None else None)
+        # A live hold of another owner is what `try_acquire` would refuse: it is waited out
+        # without a request; anything else (free, lapsed, ours) is tried.
+        if not (seen.holder and seen.owner != owner and seen.expires_in_s(now) > 0):
+            taken, seen, reentrant = try_acquire(
                 api, namespace, service, holder=holder, owner=owner, duration_s=duration_s
             )
             if taken:
-                return state, reentrant
+                return Done((seen, reentrant))
+            now = datetime.now(UTC)
+        last = seen
+        # Said once per hold, not at each renewal of it.
+        if told != (seen.holder, seen.owner, seen.acquired_at):
+            told = (seen.holder, seen.owner, seen.acquired_at)
+            log.info("waiting for lease %s: %s", ref, seen.describe(now))
+        # Looked at again on any change of the Lease, or when the current hold would lapse.
+        return Waiting((seen.describe(now),), recheck_in_s=max(0.05, seen.expires_in_s(now) + 0.05))
+
+    timed_out: WaitTimeout | None = None
+    if wait_s > 0:
+        try:
+            return wait_until(api, ref, take, wait_s, waiting_for=f"lease {ref}")
+        except WaitTimeout as exc:
+            timed_out = exc
+    message = (
+        f"Service {namespace}/{service} is being rolled out by another run: lease "
+        f"{ref.name} {last.describe(datetime.now(UTC))}; waited "
+        f"{time.monotonic() - waited_from:.0f}s"
+    )
+    raise ServiceLockedError(message, holder=last.holder) from timed_out
 
 
 def renew(api: k8s_client.ApiClient, namespace: str, service: str, *, owner: str) -> LeaseState:
