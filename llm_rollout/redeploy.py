@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import shlex
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, Literal
@@ -33,7 +32,15 @@ from llm_rollout.kinds import PodRoll, TemplateChange, WorkloadKind, kind_of
 from llm_rollout.kinds.base import PodFilter
 from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
 from llm_rollout.kube.views import ObjectView, PodView, items_at, mapping_at
-from llm_rollout.kube.watching import Selector, call_with_retry, watching
+from llm_rollout.kube.watching import (
+    Done,
+    Selector,
+    Verdict,
+    Waiting,
+    WaitTimeout,
+    call_with_retry,
+    wait_until,
+)
 from llm_rollout.release.inventory import release_objects
 from llm_rollout.release.state import read_release_state
 from llm_rollout.spec import DNS1123_LABEL, IMAGE_REF, SAFE_ARG, SecretKeyRef, SmokeSpec
@@ -452,20 +459,18 @@ def wait_rolled(
     """
     spec, keep = pod_watch(workload)
     expected = len(_kind(workload).pod_demands(workload))
-    deadline = time.monotonic() + timeout_s
-    with watching(api, [spec]) as group:
-        while True:
-            missing = ["pods not listed yet"]
-            if spec in group.synced:
-                pods = [p for p in group.cache[spec].values() if keep(p)]
-                missing = not_rolled(before, pods, roll, expected)
-                if not missing:
-                    return sorted(pod.metadata.name for pod in _live(pods))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                ref = ObjectRef.of(workload)
-                raise NoEffectError(
-                    f"{ref}: the change did not reach its pods within {timeout_s:.0f}s: "
-                    + "; ".join(missing)
-                )
-            group.next(remaining)
+
+    def rolled(listed: list[ObjectView]) -> Verdict[list[str]]:
+        pods = [pod for pod in (dict(view.raw) for view in listed) if keep(pod)]
+        missing = not_rolled(before, pods, roll, expected)
+        if missing:
+            return Waiting(tuple(missing))
+        return Done(sorted(pod.metadata.name for pod in _live(pods)))
+
+    try:
+        return wait_until(api, spec, rolled, timeout_s, waiting_for="the change to reach the pods")
+    except WaitTimeout as exc:
+        raise NoEffectError(
+            f"{ObjectRef.of(workload)}: the change did not reach its pods within "
+            f"{timeout_s:.0f}s: " + "; ".join(exc.missing)
+        ) from exc
