@@ -5,7 +5,6 @@ kubelet will ever confirm gone are reported, not waited for (issue 16 B4)."""
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +14,8 @@ from kubernetes import client as k8s_client
 from llm_rollout.errors import PermanentError
 from llm_rollout.kube.objects import delete
 from llm_rollout.kube.resources import ObjectRef
-from llm_rollout.kube.views import PodView, items_at
-from llm_rollout.kube.watching import Selector, WaitTimeout, watching
+from llm_rollout.kube.views import ObjectView, PodView, items_at
+from llm_rollout.kube.watching import Done, Selector, Verdict, Waiting, wait_until
 from llm_rollout.release.inventory import release_objects, service_objects
 from llm_rollout.vocabulary import STORAGE_KINDS_REVERSED, release_selector, service_selector
 
@@ -194,34 +193,28 @@ def wait_pods_gone(
     """
     pod_spec = Selector("v1", "Pod", namespace, label_selector=label_selector)
     node_spec = Selector("v1", "Node", None)
-    deadline = time.monotonic() + timeout_s
-    with watching(api, [pod_spec, node_spec]) as group:
-        while True:
-            pods = group.cache[pod_spec]
-            waiting = sorted(pods)
-            stranded: dict[str, StrandedPod] = {}
-            if group.all_synced:
-                nodes = group.cache[node_spec]
-                for pod_name, pod in pods.items():
-                    found = unconfirmable_deletion(pod, nodes)
-                    if found is not None:
-                        stranded[pod_name] = found
-                waiting = [p for p in waiting if p not in stranded]
-                if not waiting:
-                    for found in stranded.values():
-                        log.warning("%s", found.describe())
-                    return [stranded[p] for p in sorted(stranded)]
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                missing = [
-                    f"Pod {namespace}/{pod} still exists{_why_left(pods[pod])}" for pod in waiting
-                ] or [f"pods matching {label_selector} in {namespace} not listed"]
-                raise WaitTimeout(
-                    f"timed out after {timeout_s:.0f}s waiting for pods to go: "
-                    + "; ".join(missing),
-                    missing=missing,
+
+    def gone(
+        picture: tuple[list[ObjectView], list[ObjectView]],
+    ) -> Verdict[list[StrandedPod]]:
+        pods, nodes = picture
+        by_name = {node.metadata.name: node.raw for node in nodes}
+        stranded: list[StrandedPod] = []
+        missing: list[str] = []
+        for pod in pods:
+            found = unconfirmable_deletion(pod.raw, by_name)
+            if found is not None:
+                stranded.append(found)
+            else:
+                missing.append(
+                    f"Pod {namespace}/{pod.metadata.name} still exists{_why_left(pod.raw)}"
                 )
-            group.next(remaining)
+        return Waiting(tuple(missing)) if missing else Done(stranded)
+
+    stranded = wait_until(api, (pod_spec, node_spec), gone, timeout_s, waiting_for="pods to go")
+    for found in stranded:
+        log.warning("%s", found.describe())
+    return stranded
 
 
 def _why_left(pod: Mapping[str, Any]) -> str:
