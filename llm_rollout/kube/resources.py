@@ -181,6 +181,20 @@ def request_json(
     return cast(JsonDict, result)
 
 
+def _kinds_served(api_version: str, listing: Mapping[str, Any]) -> dict[str, ResourceInfo]:
+    """The kinds a group-version's discovery document (`APIResourceList`) serves, by kind;
+    subresources (`deployments/status`, `pods/log`) are entries of their own there and are
+    skipped, since they share their parent's kind."""
+    found: dict[str, ResourceInfo] = {}
+    for resource in listing.get("resources") or []:
+        name = str(resource.get("name", ""))
+        if "/" in name:
+            continue
+        kind = str(resource.get("kind", ""))
+        found[kind] = ResourceInfo(api_version, kind, name, bool(resource.get("namespaced")))
+    return found
+
+
 def resolve_resource(api: k8s_client.ApiClient, api_version: str, kind: str) -> ResourceInfo:
     """Discover the plural and scope of `kind` in `api_version`, cached per client.
 
@@ -201,28 +215,19 @@ def resolve_resource(api: k8s_client.ApiClient, api_version: str, kind: str) -> 
             status=404,
             server_message=exc.server_message,
         ) from exc
-    found: dict[tuple[str, str], ResourceInfo] = {}
-    for resource in listing.get("resources") or []:
-        name = str(resource.get("name", ""))
-        if "/" in name:
-            continue  # subresources such as deployments/status
-        info = ResourceInfo(
-            api_version=api_version,
-            kind=str(resource.get("kind", "")),
-            plural=name,
-            namespaced=bool(resource.get("namespaced")),
-        )
-        found[(api_version, info.kind)] = info
+    served = _kinds_served(api_version, listing)
     with _DISCOVERY_LOCK:
-        _DISCOVERY.setdefault(api, {}).update(found)
-    if key not in found:
+        _DISCOVERY.setdefault(api, {}).update(
+            {(api_version, info.kind): info for info in served.values()}
+        )
+    if kind not in served:
         raise NotFoundError(
             f"API {api_version} does not serve kind {kind}",
             ref=None,
             status=404,
             server_message="",
         )
-    return found[key]
+    return served[kind]
 
 
 def served_versions(api: k8s_client.ApiClient, group: str) -> list[str]:
@@ -258,8 +263,7 @@ def versions_serving_kind(api: k8s_client.ApiClient, group: str, kind: str) -> l
             )
         except NotFoundError:
             continue
-        resources = listing.get("resources") or []
-        if any(r.get("kind") == kind and "/" not in str(r.get("name", "")) for r in resources):
+        if kind in _kinds_served(f"{group}/{version}", listing):
             found.append(version)
     return found
 
