@@ -80,6 +80,14 @@ class ClusterConfig:
     # kube-controller-manager's defaults are 5 s and 50 s; a lost node is noticed in seconds.
     node_monitor_period_s: int = 2
     node_monitor_grace_period_s: int = 16
+    # The PV controller matches a new claim against the PVs in its informer cache when the
+    # claim's add event comes; a PV created just before it (the product applies PV then PVC)
+    # and not yet in that cache leaves the claim Pending until the controller's own resync,
+    # every --pvclaimbinder-sync-period, 15 s by default (k8s.io/kubernetes
+    # pkg/controller/volume/persistentvolume/pv_controller.go syncUnboundClaim "no volume
+    # found", pv_controller_base.go resync; config/v1alpha1/defaults.go). Deploys waited 1-14 s
+    # for it in about half the runs; 1 s makes that wait a second at most. No test studies it.
+    pv_binder_sync_period_s: int = 1
     # The API server's DefaultTolerationSeconds admission: upstream's 300 s unless a test
     # asks for a shorter eviction of a lost node's pods.
     not_ready_toleration_s: int = 300
@@ -506,6 +514,7 @@ class _Starter:
                 f"--service-cluster-ip-range={self.config.service_cidr}",
                 f"--node-monitor-period={self.config.node_monitor_period_s}s",
                 f"--node-monitor-grace-period={self.config.node_monitor_grace_period_s}s",
+                f"--pvclaimbinder-sync-period={self.config.pv_binder_sync_period_s}s",
             ],
         )
 
