@@ -34,6 +34,7 @@ from llm_rollout.kube.resources import JsonDict, ObjectRef, list_objects
 from llm_rollout.kube.views import ObjectView, PodView, items_at, mapping_at
 from llm_rollout.kube.watching import (
     Done,
+    Interrupt,
     Selector,
     Verdict,
     Waiting,
@@ -448,6 +449,8 @@ def wait_rolled(
     before: PodIncarnations,
     roll: PodRoll,
     timeout_s: float,
+    *,
+    interrupt: Interrupt | None = None,
 ) -> list[str]:
     """Wait until every live pod of `workload` took the change and is Ready, as many as the
     workload asks for; return their names.
@@ -455,7 +458,9 @@ def wait_rolled(
     Old pods of a replaced set may still be going when readiness holds (a Deployment counts
     them out once they terminate), and a kind whose status lags its roles (an RBG role rolled
     after the others) may report ready before its last pod was replaced, so this watches
-    rather than looks once. A timeout is a `NoEffectError` naming the pods that did not change.
+    rather than looks once. A timeout is a `NoEffectError` naming the pods that did not change;
+    an `interrupt` (the rollout lease the caller holds, lost meanwhile) ends the wait with its
+    error as soon as it fires.
     """
     spec, keep = pod_watch(workload)
     expected = len(_kind(workload).pod_demands(workload))
@@ -468,7 +473,14 @@ def wait_rolled(
         return Done(sorted(pod.metadata.name for pod in _live(pods)))
 
     try:
-        return wait_until(api, spec, rolled, timeout_s, waiting_for="the change to reach the pods")
+        return wait_until(
+            api,
+            spec,
+            rolled,
+            timeout_s,
+            waiting_for="the change to reach the pods",
+            interrupt=interrupt,
+        )
     except WaitTimeout as exc:
         raise NoEffectError(
             f"{ObjectRef.of(workload)}: the change did not reach its pods within "

@@ -20,7 +20,7 @@ from llm_rollout.errors import PermanentError
 from llm_rollout.kinds.rbg import PD_BACKEND_ROLES, RoleBasedGroup
 from llm_rollout.kube.objects import apply_all
 from llm_rollout.kube.resources import JsonDict, ObjectRef
-from llm_rollout.kube.watching import wait_pvc_bound
+from llm_rollout.kube.watching import Interrupt, wait_pvc_bound
 from llm_rollout.plan import ReleasePlan, bind_role_services
 from llm_rollout.preflight import credentials_ref
 from llm_rollout.release.inventory import ordered_refs, release_objects
@@ -101,12 +101,15 @@ def apply_volumes(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -
     return applied
 
 
-def apply_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -> AppliedRelease:
+def apply_release(
+    api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog, *, interrupt: Interrupt | None
+) -> AppliedRelease:
     """Validate the plan's objects against the cluster's CRDs, dry-run them all (the stable
     Service too, so the gate cannot fail on a rejected object), then apply the new release.
 
     With recreate the serving release is removed first (and waited for, so its GPUs are free):
     nothing answers until the new release is ready. With blue-green it stays untouched.
+    `interrupt` (the rollout lease held, if any) ends that wait, and the stage, once it fires.
     """
     spec, release, serving = plan.spec, plan.release, plan.serving_release
     validate_objects(plan.rendered.all(), crds_from_cluster(api))
@@ -123,7 +126,12 @@ def apply_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -
             release,
         )
         removed = remove_release(
-            api, spec.namespace, spec.name, serving, wait_timeout_s=DELETE_WAIT_S
+            api,
+            spec.namespace,
+            spec.name,
+            serving,
+            wait_timeout_s=DELETE_WAIT_S,
+            interrupt=interrupt,
         ).lines()
     # A release deployed again under its name is applied without waiting for the earlier
     # workload's children to be collected: readiness counts only the objects the new workload
@@ -177,13 +185,21 @@ def promote_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog)
 
 
 def retire_releases(
-    api: k8s_client.ApiClient, plan: ReleasePlan, gate: GatePlan, log: StageLog
+    api: k8s_client.ApiClient,
+    plan: ReleasePlan,
+    gate: GatePlan,
+    log: StageLog,
+    *,
+    interrupt: Interrupt | None,
 ) -> list[str]:
-    """Remove the releases the promotion replaced (waiting until their pods are gone)."""
+    """Remove the releases the promotion replaced (waiting until their pods are gone, unless
+    `interrupt`, the rollout lease held, fires first)."""
     spec = plan.spec
     removed: list[str] = []
     for old in gate.remove_releases:
-        removal = remove_release(api, spec.namespace, spec.name, old, wait_timeout_s=DELETE_WAIT_S)
+        removal = remove_release(
+            api, spec.namespace, spec.name, old, wait_timeout_s=DELETE_WAIT_S, interrupt=interrupt
+        )
         for ref in removal.removed:
             log.info("removed %s (previous release %s)", ref, old)
         for pod in removal.stranded:
@@ -192,12 +208,15 @@ def retire_releases(
     return removed
 
 
-def roll_back_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog) -> GatePlan:
+def roll_back_release(
+    api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLog, *, interrupt: Interrupt | None
+) -> GatePlan:
     """Remove the new release; the serving one (if any is left) keeps the stable Service.
 
     When the stable Service was already switched to the new release (it degraded while
     baking), it is pointed back at the previous release first, so no request meets a
-    release that is being removed.
+    release that is being removed. `interrupt` (the rollout lease held, if any) ends the wait
+    for its pods once it fires.
     """
     spec, release, serving = plan.spec, plan.release, plan.serving_release
     old_exists = bool(serving and release_objects(api, spec.namespace, spec.name, serving))
@@ -206,7 +225,9 @@ def roll_back_release(api: k8s_client.ApiClient, plan: ReleasePlan, log: StageLo
     if switched and serving and old_exists:
         restore_stable_service(api, spec.namespace, spec.name, serving)
         log.warning("Service %s/%s routes to release %s again", spec.namespace, spec.name, serving)
-    removal = remove_release(api, spec.namespace, spec.name, release, wait_timeout_s=DELETE_WAIT_S)
+    removal = remove_release(
+        api, spec.namespace, spec.name, release, wait_timeout_s=DELETE_WAIT_S, interrupt=interrupt
+    )
     for ref in removal.removed:
         log.info("removed %s (failed release %s)", ref, release)
     if removal.stranded:

@@ -51,7 +51,8 @@ def rollout(plan: ReleasePlan) -> AppliedRelease:
     """Validate, dry-run everything, then apply the new release (after removing the serving
     one first with recreate)."""
     api = process_session().api
-    return apply_release(api, plan, get_run_logger())
+    # A rollout lease lost while recreate waits for the old release's pods ends the stage.
+    return apply_release(api, plan, get_run_logger(), interrupt=held_lease())
 
 
 @api_task("bind-router-backends", timeout_seconds=1800)
@@ -116,11 +117,11 @@ def bake_release(plan: ReleasePlan, window_s: float) -> BakeReport:
 def retire_previous(plan: ReleasePlan, gate: GatePlan) -> list[str]:
     """Remove the releases the promotion replaced (waiting until their pods are gone)."""
     api = process_session().api
-    return retire_releases(api, plan, gate, get_run_logger())
+    return retire_releases(api, plan, gate, get_run_logger(), interrupt=held_lease())
 
 
 @api_task("rollback", timeout_seconds=900)
 def rollback(plan: ReleasePlan) -> GatePlan:
     """Remove the new release; the serving one (if any is left) keeps the stable Service."""
     api = process_session().api
-    return roll_back_release(api, plan, get_run_logger())
+    return roll_back_release(api, plan, get_run_logger(), interrupt=held_lease())

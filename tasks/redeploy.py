@@ -13,6 +13,7 @@ from llm_rollout.kube.objects import FIELD_MANAGER, apply, get
 from llm_rollout.kube.resources import JsonDict, ObjectRef
 from llm_rollout.kube.session import process_session
 from llm_rollout.kube.watching import call_with_retry
+from llm_rollout.locking import held_lease
 from llm_rollout.redeploy import (
     PodIncarnations,
     RedeployRequest,
@@ -87,7 +88,10 @@ def prove_rolled(change: AppliedChange, timeout_s: float) -> list[str]:
     workload = call_with_retry(lambda: get(api, change.workload))
     if workload is None:
         raise PermanentError(f"{change.workload} disappeared after the change")
-    pods = wait_rolled(api, workload, change.pods_before, change.roll, timeout_s)
+    # A rollout lease lost meanwhile ends the wait at once (LeaseLostError).
+    pods = wait_rolled(
+        api, workload, change.pods_before, change.roll, timeout_s, interrupt=held_lease()
+    )
     how = "restarted in place or replaced" if change.roll.mode == "in-place" else "new"
     get_run_logger().info(
         "%s: the change reached every pod (%s): %s", change.workload, how, ", ".join(pods)

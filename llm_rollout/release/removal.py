@@ -15,7 +15,7 @@ from llm_rollout.errors import PermanentError
 from llm_rollout.kube.objects import delete
 from llm_rollout.kube.resources import ObjectRef
 from llm_rollout.kube.views import ObjectView, PodView, items_at
-from llm_rollout.kube.watching import Done, Selector, Verdict, Waiting, wait_until
+from llm_rollout.kube.watching import Done, Interrupt, Selector, Verdict, Waiting, wait_until
 from llm_rollout.release.inventory import release_objects, service_objects
 from llm_rollout.vocabulary import STORAGE_KINDS_REVERSED, release_selector, service_selector
 
@@ -152,12 +152,14 @@ def remove_release(
     release: str,
     *,
     wait_timeout_s: float | None,
+    interrupt: Interrupt | None = None,
 ) -> Removal:
     """Delete every object of `release` (Services first, then the workload).
 
     With `wait_timeout_s`, also wait until the release's pods are gone: only then are their
     GPUs free and the shared claim unused. A pod no kubelet will confirm gone is not waited
-    for but returned in `Removal.stranded` (see `unconfirmable_deletion`).
+    for but returned in `Removal.stranded` (see `unconfirmable_deletion`). An `interrupt`
+    (the rollout lease the caller holds) ends that wait with its error as soon as it fires.
     """
     if not release:
         raise PermanentError("remove_release: an empty release id would match nothing safely")
@@ -165,7 +167,9 @@ def remove_release(
     removed = _delete_in_order(api, list(reversed(refs)), wait_timeout_s)
     stranded: list[StrandedPod] = []
     if wait_timeout_s is not None:
-        stranded = wait_pods_gone(api, namespace, release_selector(name, release), wait_timeout_s)
+        stranded = wait_pods_gone(
+            api, namespace, release_selector(name, release), wait_timeout_s, interrupt=interrupt
+        )
     return Removal(removed, tuple(stranded))
 
 
@@ -182,11 +186,17 @@ def _delete_in_order(
 
 
 def wait_pods_gone(
-    api: k8s_client.ApiClient, namespace: str, label_selector: str, timeout_s: float
+    api: k8s_client.ApiClient,
+    namespace: str,
+    label_selector: str,
+    timeout_s: float,
+    *,
+    interrupt: Interrupt | None = None,
 ) -> list[StrandedPod]:
     """Return once every pod in `namespace` matching `label_selector` is gone, or stranded on
     a node whose kubelet will never confirm its deletion (`unconfirmable_deletion`): those are
-    returned, by name. `WaitTimeout` when any other pod outlasts `timeout_s`.
+    returned, by name. `WaitTimeout` when any other pod outlasts `timeout_s`; an `interrupt`
+    (a rollout lease lost meanwhile) ends the wait with its error as soon as it fires.
 
     Nodes are watched with the pods: a node lost during the wait is seen when the
     node-lifecycle controller marks it, and its pods stop being waited for then.
@@ -211,7 +221,14 @@ def wait_pods_gone(
                 )
         return Waiting(tuple(missing)) if missing else Done(stranded)
 
-    stranded = wait_until(api, (pod_spec, node_spec), gone, timeout_s, waiting_for="pods to go")
+    stranded = wait_until(
+        api,
+        (pod_spec, node_spec),
+        gone,
+        timeout_s,
+        waiting_for="pods to go",
+        interrupt=interrupt,
+    )
     for found in stranded:
         log.warning("%s", found.describe())
     return stranded
