@@ -10,7 +10,8 @@ hour (the test's own bound is far shorter): a pod no node can take (a nodeSelect
 matches) is neither rolled nor removed by anyone. The hold is lost from another thread as soon
 as the wait subscribes to it (after its watches started), as the lease keeper does
 (`locking.ServiceLock.mark_lost`); without the interrupt passed in, no wait subscribes and the
-test runs into its timeout.
+test runs into its timeout. The last test runs the prove-rolled task's body inside a real hold
+(`locking.service_lock`), so what is checked there is that the task hands its wait the lease.
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s_client
 
-from llm_rollout.errors import RolloutError
 from llm_rollout.kinds import PodRoll
 from llm_rollout.kube.objects import apply, get
-from llm_rollout.kube.resources import ObjectRef
+from llm_rollout.kube.resources import JsonDict, ObjectRef
+from llm_rollout.kube.session import reset_process_session
 from llm_rollout.kube.views import ObjectView
 from llm_rollout.kube.watching import Done, Selector, Verdict, Waiting, wait_until
-from llm_rollout.locking import LeaseLostError, ServiceLock
-from llm_rollout.redeploy import wait_rolled, workload_incarnations
+from llm_rollout.locking import LeaseLostError, ServiceLock, service_lock
+from llm_rollout.redeploy import PodIncarnations, wait_rolled, workload_incarnations
 from llm_rollout.release.removal import remove_release
 from llm_rollout.vocabulary import PART_OF_LABEL, RELEASE_LABEL
+from sandbox.cluster.control_plane import Cluster
+from tasks.redeploy import AppliedChange, prove_rolled
 from tests.kube_edge.conftest import deployment
 
 NAME = "held"
@@ -44,23 +47,24 @@ POD_TIMEOUT_S = 30.0
 UNSCHEDULABLE = {"llm-rollout.test/no-such-node": "true"}
 
 
-class _LostOnceWaiting:
-    """The hold as the wait's `Interrupt`, lost from another thread (the lease keeper's part)
-    as soon as a wait subscribes to it, so the loss reaches a wait in progress."""
+def _lost_once_waiting(lock: ServiceLock, monkeypatch: pytest.MonkeyPatch) -> threading.Thread:
+    """Have the hold lost from another thread (the lease keeper's part) as soon as a wait
+    subscribes to it, so the loss reaches a wait in progress; returns that thread."""
+    keeper = threading.Thread(target=lock.mark_lost, args=("run b", "another run holds it now"))
+    subscribe = lock.subscribe
 
-    def __init__(self, namespace: str) -> None:
-        self.lock = ServiceLock(namespace, NAME, "run a", "a", False, datetime.now(UTC))
-        self.keeper = threading.Thread(
-            target=self.lock.mark_lost, args=("run b", "another run holds it now")
-        )
-
-    def subscribe(self, wake: Callable[[], None]) -> Callable[[], None]:
-        unsubscribe = self.lock.subscribe(wake)
-        self.keeper.start()
+    def subscribe_then_lose(wake: Callable[[], None]) -> Callable[[], None]:
+        unsubscribe = subscribe(wake)
+        keeper.start()
         return unsubscribe
 
-    def interrupted(self) -> RolloutError | None:
-        return self.lock.interrupted()
+    monkeypatch.setattr(lock, "subscribe", subscribe_then_lose)
+    return keeper
+
+
+def _unheld(namespace: str) -> ServiceLock:
+    """A hold as the lease keeper holds it, without a Lease written (the waits only listen)."""
+    return ServiceLock(namespace, NAME, "run a", "a", False, datetime.now(UTC))
 
 
 def _pod_spec() -> dict[str, Any]:
@@ -76,9 +80,9 @@ def _pod_exists(pods: list[ObjectView]) -> Verdict[None]:
     return Done(None) if pods else Waiting(("a pod",))
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(60, func_only=True)
 def test_a_lost_lease_ends_the_wait_for_a_removed_releases_pods(
-    api: k8s_client.ApiClient, namespace: str
+    api: k8s_client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     labels = {PART_OF_LABEL: NAME, RELEASE_LABEL: RELEASE}
     service = {
@@ -95,19 +99,21 @@ def test_a_lost_lease_ends_the_wait_for_a_removed_releases_pods(
     }
     apply(api, service)
     apply(api, pod)
-    interrupt = _LostOnceWaiting(namespace)
+    lock = _unheld(namespace)
+    keeper = _lost_once_waiting(lock, monkeypatch)
 
     with pytest.raises(LeaseLostError, match="it is held by 'run b' now"):
-        remove_release(api, namespace, NAME, RELEASE, wait_timeout_s=NEVER_S, interrupt=interrupt)
-    interrupt.keeper.join()
+        remove_release(api, namespace, NAME, RELEASE, wait_timeout_s=NEVER_S, interrupt=lock)
+    keeper.join()
     # The removal deleted the release's objects before it waited; the pod it waited for stays.
     assert get(api, ObjectRef.of(service)) is None
     assert get(api, ObjectRef.of(pod)) is not None
-    assert interrupt.lock._wakers == []  # the wait unsubscribed on the way out
+    assert lock._wakers == []  # the wait unsubscribed on the way out
 
 
-@pytest.mark.timeout(60)
-def test_a_lost_lease_ends_the_wait_for_a_roll(api: k8s_client.ApiClient, namespace: str) -> None:
+def _never_rolling(api: k8s_client.ApiClient, namespace: str) -> tuple[JsonDict, PodIncarnations]:
+    """A Deployment whose one pod is never scheduled, and its pods as they are: no change is
+    applied, so the pod stays the one from before and the roll never comes."""
     workload = deployment(namespace, NAME)
     workload["spec"]["template"]["spec"]["nodeSelector"] = UNSCHEDULABLE
     apply(api, workload)
@@ -119,12 +125,58 @@ def test_a_lost_lease_ends_the_wait_for_a_roll(api: k8s_client.ApiClient, namesp
     )
     stored = get(api, ObjectRef.of(workload))
     assert stored is not None
-    # No change is applied: the pod seen now stays the one from before, so the roll never comes.
     before = workload_incarnations(api, stored)
     assert len(before) == 1
-    interrupt = _LostOnceWaiting(namespace)
+    return stored, before
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_a_lost_lease_ends_the_wait_for_a_roll(
+    api: k8s_client.ApiClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stored, before = _never_rolling(api, namespace)
+    lock = _unheld(namespace)
+    keeper = _lost_once_waiting(lock, monkeypatch)
 
     with pytest.raises(LeaseLostError, match="it is held by 'run b' now"):
-        wait_rolled(api, stored, before, PodRoll("replace"), NEVER_S, interrupt=interrupt)
-    interrupt.keeper.join()
-    assert interrupt.lock._wakers == []
+        wait_rolled(api, stored, before, PodRoll("replace"), NEVER_S, interrupt=lock)
+    keeper.join()
+    assert lock._wakers == []
+
+
+@pytest.mark.timeout(60, func_only=True)
+def test_the_prove_rolled_task_waits_under_the_lease_it_runs_in(
+    api: k8s_client.ApiClient,
+    namespace: str,
+    real_cluster: Cluster,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The task body (tasks/redeploy.py, as the redeploy flow runs it under `rollout_lease`):
+    # it finds the hold itself (`held_lease`), through a real Lease taken for the block.
+    stored, before = _never_rolling(api, namespace)
+    change = AppliedChange(
+        release="r1",
+        workload=ObjectRef.of(stored),
+        before=stored,
+        service_name=NAME,
+        service_port=8000,
+        model="tiny",
+        api_key=None,
+        roll=PodRoll("replace"),
+        pods_before=before,
+    )
+    monkeypatch.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
+    reset_process_session()
+    try:
+        # Leaving the block says the hold was lost too (`service_lock`).
+        with (
+            pytest.raises(LeaseLostError),
+            service_lock(api, namespace, NAME, holder="run a", owner="a", wait_s=0) as lock,
+        ):
+            keeper = _lost_once_waiting(lock, monkeypatch)
+            with pytest.raises(LeaseLostError, match="it is held by 'run b' now"):
+                prove_rolled.fn(change, timeout_s=NEVER_S)
+        keeper.join()
+    finally:
+        reset_process_session()
+    assert lock._wakers == []
