@@ -17,8 +17,11 @@ test runs into its timeout. The last test runs the prove-rolled task's body insi
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,12 +34,17 @@ from llm_rollout.kube.session import reset_process_session
 from llm_rollout.kube.views import ObjectView
 from llm_rollout.kube.watching import Done, Selector, Verdict, Waiting, wait_until
 from llm_rollout.locking import LeaseLostError, ServiceLock, service_lock
+from llm_rollout.plan import new_release, plan_release
 from llm_rollout.redeploy import PodIncarnations, wait_rolled, workload_incarnations
 from llm_rollout.release.removal import remove_release
+from llm_rollout.spec import load_spec
 from llm_rollout.vocabulary import PART_OF_LABEL, RELEASE_LABEL
 from sandbox.cluster.control_plane import Cluster
+from tasks.kubernetes import rollback
+from tasks.preflight import preflight
 from tasks.redeploy import AppliedChange, prove_rolled
 from tests.kube_edge.conftest import deployment
+from tests.real_deploy import RealStores, write_real_spec
 
 NAME = "held"
 RELEASE = "r-old"
@@ -166,16 +174,66 @@ def test_the_prove_rolled_task_waits_under_the_lease_it_runs_in(
         pods_before=before,
     )
     monkeypatch.setenv("KUBECONFIG", str(real_cluster.admin_kubeconfig))
-    reset_process_session()
+    with _lost_in_a_real_hold(api, namespace, NAME, monkeypatch):
+        prove_rolled.fn(change, timeout_s=NEVER_S)
+
+
+@pytest.mark.timeout(120, func_only=True)
+@pytest.mark.usefixtures("prefect_server")
+def test_the_rollback_task_waits_for_the_release_pods_under_the_lease_it_runs_in(
+    real_deploy_env: RealStores,
+    api: k8s_client.ApiClient,
+    namespace: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    # The deploy flow's rollback task (tasks/kubernetes.py), removing a release whose pod never
+    # goes: the stages take the interrupt from the task (llm_rollout/stages.py); rollout's
+    # recreate removal and retire-previous hand over the same `held_lease()`.
+    path, _ = write_real_spec(
+        real_deploy_env,
+        "seed-sglang-lws",
+        tmp_path,
+        namespace=namespace,
+        serving={"shape": "single-gpu", "tp": 1, "nodes": 1},
+        model={"size_bytes": 1 << 30},
+    )
+    spec = load_spec(path)
+    named = new_release(spec, int(time.time() * 1000))
+    report = preflight(spec, named.release, named.spec_hash)
+    plan = plan_release(
+        spec, release=named.release, spec_hash=named.spec_hash, report=report, now=datetime.now(UTC)
+    )
+    labels = {PART_OF_LABEL: spec.name, RELEASE_LABEL: plan.release}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{spec.name}-left", "namespace": namespace, "labels": labels},
+        "spec": _pod_spec(),
+    }
+    apply(api, pod)
+    with _lost_in_a_real_hold(api, namespace, spec.name, monkeypatch):
+        rollback(plan)
+    assert get(api, ObjectRef.of(pod)) is not None
+
+
+@contextmanager
+def _lost_in_a_real_hold(
+    api: k8s_client.ApiClient, namespace: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
+    """Run the block (a task body finding the hold itself, `held_lease`) inside a real hold of
+    the service's Lease (`locking.service_lock`, as the flows take it), lost as soon as a wait
+    subscribes to it; the block must end with `LeaseLostError`, and so must the hold."""
+    reset_process_session()  # the task's session reads the KUBECONFIG set for the test
     try:
-        # Leaving the block says the hold was lost too (`service_lock`).
+        # Leaving the hold says it was lost too (`service_lock`).
         with (
             pytest.raises(LeaseLostError),
-            service_lock(api, namespace, NAME, holder="run a", owner="a", wait_s=0) as lock,
+            service_lock(api, namespace, service, holder="run a", owner="a", wait_s=0) as lock,
         ):
             keeper = _lost_once_waiting(lock, monkeypatch)
             with pytest.raises(LeaseLostError, match="it is held by 'run b' now"):
-                prove_rolled.fn(change, timeout_s=NEVER_S)
+                yield
         keeper.join()
     finally:
         reset_process_session()
