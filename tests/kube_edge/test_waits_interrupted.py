@@ -84,6 +84,17 @@ def _pod_spec() -> dict[str, Any]:
     return {"nodeSelector": UNSCHEDULABLE, "containers": [container]}
 
 
+def _release_pod(namespace: str, name: str, release: str) -> JsonDict:
+    """A pod of `release` of service `name` that nothing ever removes."""
+    labels = {PART_OF_LABEL: name, RELEASE_LABEL: release}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{name}-{release}-left", "namespace": namespace, "labels": labels},
+        "spec": _pod_spec(),
+    }
+
+
 def _pod_exists(pods: list[ObjectView]) -> Verdict[None]:
     return Done(None) if pods else Waiting(("a pod",))
 
@@ -99,12 +110,7 @@ def test_a_lost_lease_ends_the_wait_for_a_removed_releases_pods(
         "metadata": {"name": f"{NAME}-{RELEASE}", "namespace": namespace, "labels": labels},
         "spec": {"selector": labels, "ports": [{"port": 8000}]},
     }
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{NAME}-{RELEASE}-0", "namespace": namespace, "labels": labels},
-        "spec": _pod_spec(),
-    }
+    pod = _release_pod(namespace, NAME, RELEASE)
     apply(api, service)
     apply(api, pod)
     lock = _unheld(namespace)
@@ -178,7 +184,7 @@ def test_the_prove_rolled_task_waits_under_the_lease_it_runs_in(
         prove_rolled.fn(change, timeout_s=NEVER_S)
 
 
-@pytest.mark.timeout(120, func_only=True)
+@pytest.mark.timeout(60, func_only=True)
 @pytest.mark.usefixtures("prefect_server")
 def test_the_rollback_task_waits_for_the_release_pods_under_the_lease_it_runs_in(
     real_deploy_env: RealStores,
@@ -190,27 +196,14 @@ def test_the_rollback_task_waits_for_the_release_pods_under_the_lease_it_runs_in
     # The deploy flow's rollback task (tasks/kubernetes.py), removing a release whose pod never
     # goes: the stages take the interrupt from the task (llm_rollout/stages.py); rollout's
     # recreate removal and retire-previous hand over the same `held_lease()`.
-    path, _ = write_real_spec(
-        real_deploy_env,
-        "seed-sglang-lws",
-        tmp_path,
-        namespace=namespace,
-        serving={"shape": "single-gpu", "tp": 1, "nodes": 1},
-        model={"size_bytes": 1 << 30},
-    )
+    path, _ = write_real_spec(real_deploy_env, "seed-sglang-lws", tmp_path, namespace=namespace)
     spec = load_spec(path)
     named = new_release(spec, int(time.time() * 1000))
     report = preflight(spec, named.release, named.spec_hash)
     plan = plan_release(
         spec, release=named.release, spec_hash=named.spec_hash, report=report, now=datetime.now(UTC)
     )
-    labels = {PART_OF_LABEL: spec.name, RELEASE_LABEL: plan.release}
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": f"{spec.name}-left", "namespace": namespace, "labels": labels},
-        "spec": _pod_spec(),
-    }
+    pod = _release_pod(namespace, spec.name, plan.release)
     apply(api, pod)
     with _lost_in_a_real_hold(api, namespace, spec.name, monkeypatch):
         rollback(plan)
