@@ -484,11 +484,43 @@ class _Ctx:
     def probes(self) -> dict[str, K8sObject]:
         return server_probes(self.spec, ready_path=self.ready_path())
 
+    def signal_forwarding(self) -> str:
+        """Shell lines defining `run_child`, which runs a command so that SIGTERM reaches it.
+
+        The container's PID 1 is this bash script, and the kernel drops a signal whose
+        disposition is the default for a PID namespace's init (signal(7), pid_namespaces(7)):
+        without a trap, bash ignores the kubelet's SIGTERM and the container waits out the
+        whole terminationGracePeriodSeconds for its SIGKILL. A trap alone is not enough: bash
+        runs it only after the foreground command ends and never passes the signal on. So a
+        long command runs in the background, `wait` (which a trapped signal interrupts)
+        waits for it, and the trap sends it SIGTERM, waits for its exit and ends the script
+        with 143 (128 + SIGTERM, as a shell killed by it would; `|| ...` keeps `set -e` from
+        ending it with the child's status first). SIGTERM also for an INT:
+        bash starts background commands with SIGINT ignored when job control is off. The
+        script's last long-running command is `exec`ed instead, replacing bash.
+        """
+        return (
+            "child=0\n"
+            "forward_term() {\n"
+            "  code=none\n"
+            '  if [ "$child" -ne 0 ]; then\n'
+            '    kill -TERM "$child" 2>/dev/null || true\n'
+            '    code=0; wait "$child" || code=$?\n'
+            "  fi\n"
+            '  echo "SIGTERM forwarded to the running command, which exited $code" >&2\n'
+            "  exit 143\n"
+            "}\n"
+            "trap forward_term TERM INT\n"
+            'run_child() { "$@" & child=$!; wait "$child"; }'
+        )
+
     def wait_for_ray_nodes(self, count: str) -> str:
-        """Shell lines that block until `count` Ray nodes are alive or the startup budget ends."""
+        """Shell lines that block until `count` Ray nodes are alive or the startup budget ends
+        (through `run_child`, see `signal_forwarding`; `-c`, not a here-document, because
+        bash gives a background command /dev/null as its stdin)."""
         budget = self.spec.serving.probes.startup_budget_s
         return (
-            f"python3 - {count} {budget} <<'PY'\n"
+            "run_child python3 -c '\n"
             "import sys, time\n"
             "import ray\n"
             "want, deadline = int(sys.argv[1]), time.monotonic() + int(sys.argv[2])\n"
@@ -497,7 +529,7 @@ class _Ctx:
             "    if time.monotonic() > deadline:\n"
             '        sys.exit(f"only part of the {want} Ray nodes joined in time")\n'
             "    time.sleep(5)\n"
-            "PY"
+            f"' {count} {budget}"
         )
 
     def ray_join_retrying(self, address: str, flags: str) -> str:
@@ -517,17 +549,24 @@ class _Ctx:
         retry instead of a container exit and a group recreation; vLLM's
         `examples/online_serving/multi-node-serving.sh` (LWS's own vLLM example) retries for
         the same reason. `--block` keeps the container alive as long as the raylet.
+
+        Each attempt and each pause runs through `run_child` (see `signal_forwarding`), so a
+        deletion's SIGTERM reaches `ray start --block`, which stops its node itself: with
+        `--block` it builds its `Node` with `shutdown_at_exit=True` (ray 2.48.0
+        ray/scripts/scripts.py L1096-1098), whose SIGTERM handler kills the node's processes
+        gracefully and exits 1 (ray/_private/node.py `_register_shutdown_hooks`, L447-462);
+        a separate `ray stop` would only repeat that.
         """
         budget = self.spec.serving.probes.startup_budget_s
         join = f"ray start --address={address} {flags} --disable-usage-stats --block"
         return (
-            f"until {join}; do\n"
+            f"until run_child {join}; do\n"
             f'  if [ "$SECONDS" -ge {budget} ]; then\n'
             f'    echo "could not join the Ray head at {address} within {budget} s" >&2\n'
             "    exit 1\n"
             "  fi\n"
             f'  echo "Ray head at {address} not reachable yet; retrying in 5 s" >&2\n'
-            "  sleep 5\n"
+            "  run_child sleep 5\n"
             "done"
         )
 
