@@ -517,9 +517,11 @@ class _Ctx:
     def wait_for_ray_nodes(self, count: str) -> str:
         """Shell lines that block until `count` Ray nodes are alive or the startup budget ends
         (through `run_child`, see `signal_forwarding`; `-c`, not a here-document, because
-        bash gives a background command /dev/null as its stdin)."""
+        bash gives a background command /dev/null as its stdin). The line before it tells a
+        reader of the leader's log what the leader waits for, since the wait itself is quiet."""
         budget = self.spec.serving.probes.startup_budget_s
         return (
+            f'echo "waiting for {count} Ray nodes, up to {budget} s" >&2\n'
             "run_child python3 -c '\n"
             "import sys, time\n"
             "import ray\n"

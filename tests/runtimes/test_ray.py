@@ -24,12 +24,13 @@ START_TIMEOUT_S = 90
 
 
 def _leader_wait_script() -> str:
-    """The Python heredoc of the rendered vLLM-on-LWS leader: wait for N live Ray nodes."""
+    """The Python program of the rendered vLLM-on-LWS leader (its `python3 -c '...'`,
+    run_child'ed, llm_rollout/render.py `_Ctx.wait_for_ray_nodes`): wait for N live Ray nodes."""
     leader = next(
         c for c in rendered_containers() if c.example == "seed-vllm-lws" and c.name == "vllm-leader"
     )
     script = leader.argv[-1]
-    return script.split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    return script.split("run_child python3 -c '\n", 1)[1].split("\n' ", 1)[0]
 
 
 class RayProcesses:
