@@ -80,6 +80,10 @@ K8sObject = dict[str, Any]
 
 RAY_GCS_PORT = kuberay.GCS_PORT
 SGLANG_DIST_PORT = 20000
+# sglang-router's pause between health-check rounds while it waits for its servers
+# (`--worker-startup-check-interval`, default 10 s: sgl-router `py_src/sglang_router/
+# launch_router.py` `RouterArgs`); the rendered command keeps the default.
+ROUTER_CHECK_INTERVAL_S = 10
 SHM_VOLUME = "dshm"
 MODEL_VOLUME = "model"
 API_KEY_ENV = "LLM_API_KEY"
@@ -599,28 +603,42 @@ class _Ctx:
         return f"http://{host}.{self.namespace}.svc:{self.spec.serving.port}"
 
     def router_probes(self) -> dict[str, K8sObject]:
-        """Readiness and liveness of the PD router.
+        """Startup, readiness and liveness of the PD router.
 
         sglang_router's `/health` aggregates the backends (503 while any prefill or decode
         server is unhealthy), so probing it would take the only entry point out of service
         and restart it whenever one backend restarts. The router serves `/liveness` (the
         process answers) and `/readiness` (it can route) of its own, in the actix-web
         generation of sglang-router 0.1.x and the axum one alike (sgl-project/sglang
-        `sgl-router/src/server.rs`). mini_lb only has `/health`.
+        `sgl-router/src/server.rs`). mini_lb only has `/health`, answered 200 without asking
+        the backends (sglang `python/sglang/srt/disaggregation/mini_lb.py` `health_check`).
+
+        The startup probe exists because sglang-router 0.1.x listens only after
+        `PDRouter::new` has waited for every prefill and decode server's `/health`
+        (`sgl-router/src/routers/pd_router.rs`, `Router::wait_for_healthy_workers` in
+        `src/routers/router.rs`), and an update rolls the router with its servers: with
+        liveness alone the kubelet killed it after `failure_threshold` periods while the
+        new servers loaded. The kubelet runs neither liveness nor readiness before the
+        startup probe succeeds (kubernetes `pkg/kubelet/prober/worker.go` `doProbe`:
+        "Disable other probes until container has started"), so its budget is the router's
+        own wait (`router_wait_s`) plus one health-check round.
+        mini_lb listens without waiting (`mini_lb.run` starts uvicorn at once); the same
+        budget only bounds its start, which ends at its first answered probe.
         """
         probes = self.spec.serving.probes
         pd = self.spec.serving.pd
         assert pd is not None
         ready, live = (
-            ("/readiness", "/liveness")
-            if pd.router == "sglang_router"
-            else (
-                "/health",
-                "/health",
-            )
+            ("/readiness", "/liveness") if pd.router == "sglang_router" else ("/health", "/health")
         )
         timing = {"periodSeconds": probes.period_s, "timeoutSeconds": probes.timeout_s}
+        startup_budget_s = self.router_wait_s() + ROUTER_CHECK_INTERVAL_S
         return {
+            "startupProbe": {
+                "httpGet": {"path": live, "port": "http"},
+                **timing,
+                "failureThreshold": math.ceil(startup_budget_s / probes.period_s),
+            },
             "readinessProbe": {"httpGet": {"path": ready, "port": "http"}, **timing},
             "livenessProbe": {
                 "httpGet": {"path": live, "port": "http"},
@@ -628,6 +646,14 @@ class _Ctx:
                 "failureThreshold": probes.failure_threshold,
             },
         }
+
+    def router_wait_s(self) -> int:
+        """How long the router waits for its servers before it gives up: the servers'
+        startup budget, the time their own startup probes allow for loading the weights
+        (sglang-router's default of 300 s, `--worker-startup-timeout-secs` in
+        `py_src/sglang_router/launch_router.py` `RouterArgs`, is shorter than a large
+        model's load: the router would exit and restart, each time waiting anew)."""
+        return self.spec.serving.probes.startup_budget_s
 
     def pd_router_command(self) -> list[str]:
         pd = self.spec.serving.pd
@@ -642,7 +668,7 @@ class _Ctx:
                 cmd += ["--prefill", url, str(pd.bootstrap_port)]
             for url in decode:
                 cmd += ["--decode", url]
-            return cmd + listen
+            return [*cmd, "--worker-startup-timeout-secs", str(self.router_wait_s()), *listen]
         cmd = ["python3", "-m", "sglang.srt.disaggregation.mini_lb", "--prefill", *prefill]
         cmd += ["--prefill-bootstrap-ports", *[str(pd.bootstrap_port)] * len(prefill)]
         return [*cmd, "--decode", *decode, *listen]

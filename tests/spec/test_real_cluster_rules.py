@@ -106,6 +106,32 @@ def test_pd_router_probes_its_own_liveness_and_readiness() -> None:
     assert router["readinessProbe"]["httpGet"]["path"] == "/readiness"
 
 
+@pytest.mark.parametrize("router", ["sglang_router", "mini_lb"])
+def test_pd_router_startup_outlasts_its_servers_start(router: str) -> None:
+    """sglang-router 0.1.x listens only once every prefill and decode server is healthy
+    (sgl-router `src/routers/pd_router.rs` `PDRouter::new`), up to `--worker-startup-timeout-secs`
+    (default 300 s, `py_src/sglang_router/launch_router.py`); the kubelet holds liveness and
+    readiness until the startup probe succeeds (kubernetes `pkg/kubelet/prober/worker.go`
+    `doProbe`). Without a startup probe covering the servers' load, an update that rolls the
+    router with its servers had the router killed for liveness."""
+    data = example_dict("seed-sglang-pd-rbg")
+    data["serving"]["pd"]["router"] = router
+    data["serving"]["probes"] = {"startup_budget_s": 2400, "period_s": 7}
+    roles = {r["name"]: r for r in _render(data).workload["spec"]["roles"]}
+    server_startup = _container(roles["prefill"]["template"])["startupProbe"]
+    server_budget_s = server_startup["periodSeconds"] * server_startup["failureThreshold"]
+    router = _container(roles["router"]["template"])
+    startup = router["startupProbe"]
+    assert startup["httpGet"] == router["livenessProbe"]["httpGet"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= server_budget_s >= 2400
+    if data["serving"]["pd"]["router"] == "sglang_router":
+        command = router["command"]
+        wait_s = int(command[command.index("--worker-startup-timeout-secs") + 1])
+        assert wait_s >= server_budget_s - server_startup["periodSeconds"]
+        # Its wait plus one round of health checks (RouterArgs.worker_startup_check_interval).
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= wait_s + 10
+
+
 @pytest.mark.parametrize("example", ["seed-sglang-lws", "seed-sglang-pd-rbg"])
 def test_sglang_probes_outlast_its_health_check_timeout(example: str) -> None:
     """sglang python/sglang/srt/entrypoints/http_server.py: /health and /health_generate wait
