@@ -80,20 +80,9 @@ KINDS: dict[str, tuple[str, dict[str, Any]]] = {
         {
             # The real router; the session's nodes offer no aliyun/erdma devices (KV transfer
             # between stand-ins needs none).
-            # Liveness failures before a restart, at the spec's maximum: an update rolls the
-            # router with its servers, and sglang-router 0.1.8 listens only once every backend
-            # is healthy, so at 3 failures x 2 s the kubelet killed the new router for
-            # liveness while the new servers started; waiting for its backends it has no
-            # SIGTERM handler yet and, as PID 1, ignores SIGTERM, so each kill took the
-            # template's whole 60 s grace (events of one run: "failed liveness probe, will be
-            # restarted" at 08:28:09, started again at 08:29:09; three rolls, ~70 s each).
-            # The router's restarts are not what this test studies: 30 x 2 s outlasts the
-            # servers' start. (The template gives the router no startup probe: reported.)
-            "serving": {
-                "pd": {"router": "sglang_router"},
-                "resources": {"erdma": 0},
-                "probes": {"failure_threshold": 30},
-            },
+            # The router's startup probe (render.py `router_probes`) covers its wait for the
+            # servers an update rolls with it.
+            "serving": {"pd": {"router": "sglang_router"}, "resources": {"erdma": 0}},
             "rollout": {"smoke_timeout_s": 120},
         },
     ),
