@@ -232,13 +232,16 @@ def _a_prefill_down_keeps_the_router_ready_and_drops_the_old_one(
     t0 = time.monotonic()
     core = k8s.CoreV1Api(admin)
     namespace, port = spec.namespace, spec.serving.port
-    # Commit 818048d changed the router's probes and nothing else of its container.
+    # Commit 818048d changed the router's probes and nothing else of its container; the
+    # startup probe came later (render.py `router_probes`: the router waits for its servers
+    # before it listens), so the old router runs without one.
     current = _role_container(render(spec, release=release, rbg_flavor="v0.6").workload, "router")
     old_group = render_old_workload(spec, release, OLD_PD_RBG)
     old = _role_container(old_group, "router")
     assert {k: v for k, v in old.items() if k not in PROBES} == {
-        k: v for k, v in current.items() if k not in PROBES
+        k: v for k, v in current.items() if k not in (*PROBES, "startupProbe")
     }
+    assert current["startupProbe"]["httpGet"]["path"] == "/liveness"
     assert [old[p]["httpGet"]["path"] for p in PROBES] == ["/health", "/health"]
     assert [current[p]["httpGet"]["path"] for p in PROBES] == ["/readiness", "/liveness"]
     router = f"{name}-router-0"
