@@ -281,6 +281,10 @@ def _scenario(
     for pod in pods:
         if not _is_router(pod):
             assert _flag(_pod_args(pod), "--served-model-name") == [updated_model]
+        else:
+            # Rolled with its servers, the router waited for them under its startup probe
+            # instead of being killed for liveness (render.py `router_probes`).
+            assert [c["restartCount"] for c in pod["status"]["containerStatuses"]] == [0]
     assert _wait_stable(admin, namespace, name, updated_model) == stores.tiny.answer
 
     # An update whose smoke gate fails is reverted: the template from before it is applied
